@@ -1,0 +1,64 @@
+# slurmft: the two commands are `make demo` and `make test`; both install what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+APT_PACKAGES := slurm-wlm munge openssh-server openmpi-bin libopenmpi-dev iputils-ping iproute2 \
+	util-linux procps psmisc shellcheck rsync cgroup-tools
+# Binaries whose presence means the apt step is done.
+APT_BINARIES := slurmctld slurmd munged /usr/sbin/sshd mpirun ping ip nsenter unshare shellcheck rsync pkill
+PYTEST_ARGS ?=
+
+.PHONY: install apt venv test unit integration demo lint bench clean cluster-up cluster-down help
+
+help:
+	@echo "make demo   - set up and run the end-to-end recovery demo on a local cluster"
+	@echo "make test   - install, then run unit and integration tests (needs root)"
+	@echo "make unit   - unit tests only (no root, no cluster)"
+	@echo "make lint   - import-layer contract"
+	@echo "make bench  - benchmarks (print tables with the baseline from the same run)"
+
+install: apt venv
+
+apt:
+	@missing=0; for b in $(APT_BINARIES); do command -v $$b >/dev/null 2>&1 || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make install: run as root to install Debian packages: $(APT_PACKAGES)"; exit 1; fi; \
+	  echo "installing Debian packages: $(APT_PACKAGES)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel setuptools
+
+# Torch first and pinned: the CPU wheel on disk. mpi4py built from source against Debian's
+# Open MPI (pip caches the wheel, so only the first build costs minutes).
+$(VENV)/.stamp-installed: setup.cfg setup.py | $(PY)
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q --no-binary mpi4py -e ".[mpi,torch,plot,dev]"
+	touch $@
+
+venv: $(VENV)/.stamp-installed
+
+unit: venv
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+# All tests; integration tests need root (they build real clusters in network namespaces).
+test: install
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/lint-imports
+
+demo: install
+	$(VENV)/bin/slurmft demo
+
+bench: install
+	$(PY) bench/probe.py
+	$(PY) bench/checkpoint.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

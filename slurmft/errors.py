@@ -1,0 +1,92 @@
+"""One error hierarchy for slurmft.
+
+Every error carries a message written for the user: what went wrong and what to do.
+The CLI maps any SlurmFTError to ``slurmft: <message>`` and ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class SlurmFTError(Exception):
+    """Root of all slurmft errors."""
+
+    exit_code = 1
+
+
+class UsageError(SlurmFTError):
+    """Bad input from the user (host names, job ids, options)."""
+
+    exit_code = 2
+
+
+class ConfigError(SlurmFTError):
+    """A configuration value is missing or invalid."""
+
+    exit_code = 2
+
+
+class HostNameError(UsageError):
+    """A host name or hostlist expression is malformed."""
+
+
+class SlurmCommandError(SlurmFTError):
+    """A Slurm command failed; ``slurm_message`` is Slurm's own text."""
+
+    def __init__(self, message: str, *, argv: list[str] | None = None,
+                 returncode: int | None = None, slurm_message: str = "") -> None:
+        super().__init__(message)
+        self.argv = list(argv or [])
+        self.returncode = returncode
+        self.slurm_message = slurm_message
+
+
+class InvalidJobError(SlurmCommandError):
+    """Slurm does not know the job id."""
+
+
+class JobNotPendingError(SlurmCommandError):
+    """The update applies only to pending jobs."""
+
+
+class InvalidNodeError(SlurmCommandError):
+    """Slurm does not know the node name."""
+
+
+class ControllerUnreachableError(SlurmCommandError):
+    """slurmctld did not answer."""
+
+
+class SlurmParseError(SlurmFTError):
+    """Slurm's output could not be understood."""
+
+
+class ProbeError(SlurmFTError):
+    """A probe could not be set up (not: a host is unhealthy)."""
+
+
+class PolicyError(SlurmFTError):
+    """The restart policy refuses to act (e.g. retry budget spent)."""
+
+    exit_code = 3
+
+
+class RenderError(SlurmFTError):
+    """A template could not be rendered."""
+
+
+class CheckpointError(SlurmFTError):
+    """A checkpoint is missing, corrupt, or could not be written."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint failed verification."""
+
+
+class ClusterError(SlurmFTError):
+    """The local test cluster could not be built, used or torn down."""
+
+
+class PermissionDeniedError(SlurmFTError):
+    """The caller may not act on this object."""
+
+    exit_code = 4

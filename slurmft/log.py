@@ -1,0 +1,130 @@
+"""One logging setup for all of slurmft.
+
+Text lines look like::
+
+    2026-11-25T16:10:09.123+00:00 INFO [slurmft.rescheduler] node=node1 job=42 message
+
+which the shipped Logstash grok pattern
+``%{TIMESTAMP_ISO8601:timestamp} %{LOGLEVEL:level} \\[%{DATA:module}\\] %{GREEDYDATA:msg}``
+parses. ``fmt="json"`` writes one JSON object per line for Filebeat's ndjson parser.
+The node id comes from SLURMD_NODENAME or the host name; the job id from SLURM_JOB_ID.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Mapping
+
+LOGGER_NAME = "slurmft"
+TEXT_FORMATS = ("text", "json")
+
+
+def _now_iso(created: float) -> str:
+    return _dt.datetime.fromtimestamp(created, tz=_dt.timezone.utc).isoformat(
+        timespec="milliseconds"
+    )
+
+
+def default_node_id(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("SLURMD_NODENAME") or env.get("SLURM_TOPOLOGY_ADDR") or socket.gethostname()
+
+
+def default_job_id(env: Mapping[str, str] | None = None) -> str:
+    env = os.environ if env is None else env
+    return env.get("SLURM_JOB_ID") or "-"
+
+
+class _ContextFilter(logging.Filter):
+    """Adds node and job ids to every record (a record may override with extra=)."""
+
+    def __init__(self, node_id: str, job_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+        self.job_id = job_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "node", None):
+            record.node = self.node_id
+        if not getattr(record, "job", None):
+            record.job = self.job_id
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage().replace("\n", " | ")
+        line = (
+            f"{_now_iso(record.created)} {record.levelname} [{record.name}] "
+            f"node={record.node} job={record.job} {msg}"
+        )
+        if record.exc_info and record.levelno >= logging.ERROR:
+            # One line per record: the exception type and text, no multi-line traceback.
+            exc = record.exc_info[1]
+            line += f" | {type(exc).__name__}: {exc}"
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "timestamp": _now_iso(record.created),
+            "level": record.levelname,
+            "module": record.name,
+            "node_id": record.node,
+            "job_id": record.job,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info and record.exc_info[1] is not None:
+            doc["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        return json.dumps(doc, sort_keys=False)
+
+
+def setup_logging(
+    level: str | int = "INFO",
+    fmt: str | None = None,
+    stream=None,
+    logfile: str | None = None,
+    node_id: str | None = None,
+    job_id: str | None = None,
+) -> logging.Logger:
+    """Configure the ``slurmft`` logger (idempotent: replaces its handlers).
+
+    ``fmt`` defaults to SLURMFT_LOG_FORMAT or ``text``; ``logfile`` to SLURMFT_LOG_FILE.
+    """
+    fmt = (fmt or os.environ.get("SLURMFT_LOG_FORMAT") or "text").lower()
+    if fmt not in TEXT_FORMATS:
+        from slurmft.errors import ConfigError
+
+        raise ConfigError(f"log format must be one of {', '.join(TEXT_FORMATS)}, not {fmt!r}")
+    logfile = logfile or os.environ.get("SLURMFT_LOG_FILE")
+    logger = logging.getLogger(LOGGER_NAME)
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
+    context = _ContextFilter(node_id or default_node_id(), job_id or default_job_id())
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    if logfile:
+        handlers.append(logging.FileHandler(logfile))
+    for h in handlers:
+        h.setFormatter(formatter)
+        h.addFilter(context)
+        logger.addHandler(h)
+    logger.setLevel(level if isinstance(level, int) else level.upper())
+    logger.propagate = False
+    # paramiko logs tracebacks on failed connects: keep them out of user output.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    return logger
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A child of the slurmft logger: use ``get_logger(__name__)``."""
+    if not name.startswith(LOGGER_NAME):
+        name = f"{LOGGER_NAME}.{name}"
+    return logging.getLogger(name)

@@ -1,0 +1,87 @@
+"""The Slurm client protocol and its records.
+
+Records are plain dataclasses so policy code can be tested without Slurm. State names are
+Slurm's upper-case base states (RUNNING, PENDING, COMPLETING, NODE_FAIL, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+ENDED_STATES = frozenset(
+    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+     "DEADLINE", "OUT_OF_MEMORY"}
+)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: int
+    name: str
+    state: str
+    user: str = ""
+    user_id: int | None = None
+    reason: str = ""
+    nodes: tuple[str, ...] = ()
+    node_count: int = 0
+    excluded_nodes: tuple[str, ...] = ()
+    requeue: bool = False
+    restart_count: int = 0
+    exit_code: int | None = None
+    partition: str = ""
+    work_dir: str = ""
+    stdout: str = ""
+    command: str = ""
+    submit_time: int | None = None
+    start_time: int | None = None
+    batch_host: str = ""
+
+    @property
+    def is_running(self) -> bool:
+        return self.state in ("RUNNING", "COMPLETING", "CONFIGURING")
+
+    @property
+    def is_pending(self) -> bool:
+        return self.state == "PENDING"
+
+    @property
+    def has_ended(self) -> bool:
+        return self.state in ENDED_STATES
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    state: str  # lower-case base state as sinfo reports it: idle, allocated, mixed, down ...
+    address: str = ""
+    flags: tuple[str, ...] = ()  # DRAIN, NOT_RESPONDING, ...
+    reason: str = ""
+    cpus: int = 0
+    partitions: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_drained(self) -> bool:
+        return "DRAIN" in self.flags or self.state in ("drained", "draining")
+
+    @property
+    def is_down(self) -> bool:
+        return self.state == "down"
+
+
+class SlurmClient(Protocol):
+    def job(self, job_id: int) -> JobInfo: ...
+    def jobs(self) -> list[JobInfo]: ...
+    def nodes(self) -> list[NodeInfo]: ...
+    def drain(self, nodes: Sequence[str], reason: str) -> None: ...
+    def down(self, nodes: Sequence[str], reason: str) -> None: ...
+    def resume(self, nodes: Sequence[str]) -> None: ...
+    def hold(self, job_id: int) -> None: ...
+    def release(self, job_id: int) -> None: ...
+    def requeue(self, job_id: int) -> None: ...
+    def requeue_hold(self, job_id: int) -> None: ...
+    def update_job(self, job_id: int, *, exclude: Sequence[str] | None = None,
+                   num_nodes: tuple[int, int] | None = None,
+                   start_now: bool = False, comment: str | None = None) -> None: ...
+    def submit(self, script: str, args: Sequence[str] = ()) -> int: ...
