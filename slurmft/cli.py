@@ -72,8 +72,10 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, log_format: s
     """
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
-    level = {0: "WARNING", 1: "INFO"}.get(verbose, "DEBUG")
-    setup_logging(level=level, fmt=log_format)
+    log_cfg = load_config(config_path).log
+    # -v / -vv win over the configured level (log.level, default WARNING).
+    level = {0: log_cfg.level, 1: "INFO"}.get(verbose, "DEBUG")
+    setup_logging(level=level, fmt=log_format or log_cfg.format, logfile=log_cfg.file or None)
 
 
 def main() -> None:
@@ -85,13 +87,689 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------
 
 # === cluster (issue 2) ===
+_CLUSTER_NAME = click.option("--name", default="sft", envvar="SLURMFT_CLUSTER_NAME",
+                             show_default=True, help="Cluster name (env SLURMFT_CLUSTER_NAME).")
+
+
+@cli.group("cluster")
+def cluster_group() -> None:
+    """A real local Slurm/SSH/MPI cluster in network namespaces (root)."""
+
+
+@cluster_group.command("up")
+@click.option("--nodes", "-n", type=int, default=4, show_default=True)
+@_CLUSTER_NAME
+@click.option("--no-slurm", is_flag=True, help="Probe-only hosts: sshd per node, no Slurm.")
+@click.option("--epilog", default="", help="Absolute path for EpilogSlurmctld= in slurm.conf.")
+@click.option("--subnet", default=None, help="IPv4 /24 (default: a free one in 10.99.0.0/16).")
+@click.option("--json", "as_json", is_flag=True)
+def cluster_up(nodes: int, name: str, no_slurm: bool, epilog: str, subnet: str | None,
+               as_json: bool) -> None:
+    """Build the cluster (idempotent: says so if it is already up)."""
+    from slurmft.cluster import Cluster
+    c = Cluster(name)
+    res = c.up(nodes, slurm=not no_slurm, epilog=epilog, subnet=subnet)
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    if res.already_up:
+        click.echo(f"cluster {name} already up: {len(res.nodes)} nodes on {res.subnet}")
+        return
+    daemons: dict[str, list[str]] = {}
+    for key, pid in res.started.items():
+        host, daemon = key.split(":")
+        daemons.setdefault(daemon, []).append(f"{host}={pid}")
+    click.echo(f"cluster {name} up in {res.seconds:.2f}s: {len(res.nodes)} nodes on {res.subnet}")
+    for daemon, items in daemons.items():
+        click.echo(f"  {daemon}: {' '.join(items)}")
+    click.echo(f"  ssh config: {c.ssh_config_path}\n  shared dir: {c.shared_dir}")
+    click.echo(f"  try: slurmft cluster exec --name {name} -- sinfo")
+
+
+@cluster_group.command("down")
+@_CLUSTER_NAME
+def cluster_down(name: str) -> None:
+    """Stop what the cluster started; remove its namespaces, route and state."""
+    from slurmft.cluster import Cluster
+    done = Cluster(name).down()
+    click.echo(f"cluster {name} down: removed {', '.join(done)}" if done
+               else f"cluster {name} is not up: nothing to do")
+
+
+@cluster_group.command("status")
+@_CLUSTER_NAME
+@click.option("--json", "as_json", is_flag=True)
+def cluster_status(name: str, as_json: bool) -> None:
+    """Nodes, addresses, daemon pids (alive or not) and Slurm's view of each node."""
+    from slurmft.cluster import Cluster
+    st = Cluster(name).status()
+    if as_json:
+        echo_json(st)
+        return
+    if "subnet" not in st:
+        click.echo(f"cluster {name} is not up")
+        return
+    click.echo(f"cluster {name}: {'up' if st['up'] else 'BROKEN (run down)'} on {st['subnet']}, "
+               f"state {st['state_dir']}")
+    ctl = st["controller"]
+    fmt = lambda ds: " ".join(f"{d}={v['pid']}({v['state']})" for d, v in ds.items())  # noqa: E731
+    click.echo(f"  {ctl['name']:<8} {ctl['address']:<15} {fmt(ctl['daemons'])}")
+    for n in st["nodes"]:
+        click.echo(f"  {n['name']:<8} {n['address']:<15} link={n['link'] or '?'} "
+                   f"slurm={n['slurm_state'] or '-'} {fmt(n['daemons'])}")
+
+
+@cluster_group.command("exec", context_settings={"ignore_unknown_options": True,
+                                                 "allow_interspersed_args": False})
+@_CLUSTER_NAME
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def cluster_exec(name: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND in the controller namespace (node names resolve; SLURM_CONF set)."""
+    from slurmft.cluster import Cluster
+    Cluster(name).execvpe(list(command))
+
+
+@cluster_group.command("fault")
+@click.argument("node")
+@click.argument("action")
+@_CLUSTER_NAME
+def cluster_fault(node: str, action: str, name: str) -> None:
+    """Break NODE: kill-slurmd restart-slurmd link-down link-up stop-sshd start-sshd
+    freeze-sshd thaw-sshd kill-job-procs."""
+    from slurmft.cluster import Cluster
+    click.echo(Cluster(name).fault(node, action))
+
 
 # === slurm + probe (issue 3) ===
 
+
+@cli.command("probe")
+@click.argument("hostlist", required=False)
+@click.option("--job", "job_id", type=int, default=None,
+              help="Probe the nodes of this Slurm job (asks squeue/scontrol).")
+@click.option("--timeout", type=float, default=None,
+              help="Per-host deadline in seconds for ping + SSH + command (probe.timeout).")
+@click.option("--command", "command", default=None,
+              help="Health command run over SSH (probe.command, default: true).")
+@click.option("--ssh-config", default=None, type=click.Path(dir_okay=False),
+              help="OpenSSH client config for HostName/Port/User/IdentityFile/"
+                   "UserKnownHostsFile (probe.ssh_config).")
+@click.option("--accept-unknown-hosts", is_flag=True, default=None,
+              help="Trust host keys missing from known_hosts (default: reject them).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def probe_cmd(ctx: click.Context, hostlist: str | None, job_id: int | None,
+              timeout: float | None, command: str | None, ssh_config: str | None,
+              accept_unknown_hosts: bool | None, as_json: bool) -> None:
+    """Check node health: ping, then SSH and a health command, all hosts in parallel.
+
+    \b
+    HOSTLIST is a Slurm hostlist such as 'node[1-4],gpu07'.
+    States: HEALTHY; UNREACHABLE (no ping reply); UNRESPONSIVE (ping answers
+    but SSH refuses, times out or the command hangs); DEGRADED (the command
+    or a built-in check reported a problem).
+
+    \b
+    Exit codes: 0 all hosts healthy; 10 at least one host is not healthy;
+    1 Slurm or probe setup failed; 2 usage error (bad host name, no hosts).
+    """
+    from slurmft import hosts as _hosts
+    from slurmft.probe.fanout import FanoutProber
+
+    if not hostlist and job_id is None:
+        raise click.UsageError("give a HOSTLIST or --job JOBID")
+    cfg = get_config(ctx, probe={"timeout": timeout, "command": command,
+                                 "ssh_config": ssh_config,
+                                 "accept_unknown_hosts": accept_unknown_hosts})
+    names = _hosts.expand(hostlist) if hostlist else []
+    if job_id is not None:
+        from slurmft.slurm.client import CommandSlurmClient
+
+        client = CommandSlurmClient(timeout=cfg.slurm.timeout, bin_dir=cfg.slurm.bin_dir)
+        job = client.job(job_id)
+        if not job.nodes:
+            raise click.ClickException(
+                f"job {job_id} holds no nodes (state {job.state}): nothing to probe")
+        names = list(dict.fromkeys([*names, *job.nodes]))
+    if not names:
+        raise click.UsageError("the hostlist is empty")
+    results = FanoutProber(cfg.probe).probe(names)
+    if as_json:
+        echo_json({"hosts": [r.to_dict() for r in results.values()],
+                   "healthy": all(not r.health.is_failed for r in results.values())})
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        colors = {"HEALTHY": "green", "UNREACHABLE": "red", "UNRESPONSIVE": "red",
+                  "DEGRADED": "yellow"}
+        table = Table("host", "state", "reason", "latency", box=None, header_style="bold")
+        for r in results.values():
+            st = r.health.value
+            table.add_row(r.host, f"[{colors[st]}]{st}[/]", r.reason, f"{r.latency_s:.3f}s")
+        Console(highlight=False).print(table)
+    if any(r.health.is_failed for r in results.values()):
+        ctx.exit(EXIT_UNHEALTHY)
+
+
 # === reschedule / render / epilog / watch (issue 4) ===
 
+
+def _reschedule_parts(cfg: Config, *, dry_run: bool = False,
+                      start_wait: float = 0.0) -> tuple[Any, Any, Any]:
+    """Build the concrete client, prober and rescheduler (only the CLI builds adapters)."""
+    from slurmft.probe.fanout import FanoutProber
+    from slurmft.rescheduler import Rescheduler
+    from slurmft.slurm.client import CommandSlurmClient
+    from slurmft.state import StateStore
+
+    client = CommandSlurmClient(timeout=cfg.slurm.timeout, bin_dir=cfg.slurm.bin_dir)
+    prober = FanoutProber(cfg.probe)
+    store = StateStore(cfg.reschedule.state_dir, cfg.reschedule.lock_timeout)
+    return client, prober, Rescheduler(client, prober, store, cfg.reschedule, dry_run=dry_run,
+                                       start_wait=start_wait)
+
+
+@cli.command("reschedule")
+@click.argument("job_id")
+@click.option("--dry-run", is_flag=True, help="Print the exact commands it would run; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--max-retry", type=click.IntRange(min=0), default=None,
+              help="Reschedules allowed per job, requeues and resubmissions together "
+                   "(reschedule.max_retry, default 3; env MAX_RETRY too).")
+@click.option("--min-nodes", type=click.IntRange(min=1), default=None,
+              help="Refuse to shrink the job below this many nodes (reschedule.min_nodes).")
+@click.option("--no-drain", is_flag=True, default=False,
+              help="Do not drain failed nodes. A running job's failed nodes are still set "
+                   "DOWN (without it the job waits for SlurmdTimeout); a DOWN node returns "
+                   "to service by itself when its slurmd registers again.")
+@click.option("--settle", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Wait up to this many seconds for a COMPLETING job to settle (its failed "
+                   "nodes are set DOWN first).")
+@click.option("--nodes", "nodes_hint", default=None,
+              help="Hostlist the job ran on, for a job Slurm already requeued (the epilog "
+                   "passes SLURM_JOB_NODELIST).")
+@click.option("--train-cmd", default=None,
+              help="Training command for a restart job (reschedule.train_cmd).")
+@click.option("--checkpoint-dir", default=None,
+              help="Checkpoint directory a restart job resumes from (reschedule.checkpoint_dir).")
+@click.option("--state-dir", default=None, help="Shared state directory (reschedule.state_dir).")
+@click.option("--wait", type=click.FloatRange(min=0), default=15.0, show_default=True,
+              help="After a requeue, wait up to this many seconds for the job to run again "
+                   "(re-issuing StartTime=now if Slurm applied the requeue delay); 0: return "
+                   "at once.")
+@click.pass_context
+def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool,
+                   max_retry: int | None, min_nodes: int | None, no_drain: bool, settle: float,
+                   nodes_hint: str | None, train_cmd: str | None, checkpoint_dir: str | None,
+                   state_dir: str | None, wait: float) -> None:
+    """Recover JOB_ID from failed nodes: probe, decide, act, report.
+
+    \b
+    RUNNING with failed nodes: requeuehold, set the nodes DOWN then DRAIN,
+      ExcNodeList (merged) + NumNodes=k-k, release, StartTime=now.
+    PENDING: update ExcNodeList/NumNodes, release, StartTime=now.
+    Ended and not requeueable: submit a restart job that resumes from the checkpoint.
+    Nothing failed: change nothing (exit 0).
+
+    \b
+    Exit codes: 0 done or nothing to do; 1 Slurm failed; 2 usage; 3 policy refused
+    (retry budget spent: job held; or too few nodes); 4 not your job.
+    """
+    from slurmft import hosts as _hosts
+    from slurmft.errors import PolicyError
+    from slurmft.slurm.cli import check_job_id
+
+    jid = check_job_id(job_id)
+    cfg = get_config(ctx, reschedule={"max_retry": max_retry, "min_nodes": min_nodes,
+                                      "drain": False if no_drain else None,
+                                      "state_dir": state_dir})
+    hint = _hosts.expand(nodes_hint) if nodes_hint else []
+    _, _, resched = _reschedule_parts(cfg, dry_run=dry_run, start_wait=wait)
+    try:
+        report = resched.reschedule(jid, settle=settle, train_cmd=train_cmd,
+                                    checkpoint_dir=checkpoint_dir, nodes_hint=hint)
+    except PolicyError as exc:
+        if as_json:
+            echo_json({"job_id": jid, "outcome": "refused", "error": str(exc)})
+        raise
+    if as_json:
+        echo_json(report.to_dict())
+    else:
+        click.echo(report.text())
+
+
+def _render_options(f: Any) -> Any:
+    opts = [
+        click.option("--job", "job_id", default=None, help="Take nodes, name, partition and "
+                     "work dir from this Slurm job."),
+        click.option("--nodes", "nodelist", default=None, help="Hostlist, e.g. 'node[1-3]'."),
+        click.option("--exclude", default=None, help="Hostlist to exclude (restart)."),
+        click.option("--slots", type=click.IntRange(min=1), default=None,
+                     help="MPI ranks per node (reschedule.slots)."),
+        click.option("--train-cmd", default=None, help="Training command (shell words)."),
+        click.option("--checkpoint-dir", default=None, help="Checkpoint directory."),
+        click.option("--job-name", default=None, help="Job name (job/restart)."),
+        click.option("--launcher", type=click.Choice(["mpirun", "srun"]), default=None,
+                     help="Launcher (reschedule.launcher)."),
+        click.option("--output", "-o", "out", type=click.Path(dir_okay=False), default=None,
+                     help="Write to this file instead of stdout."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: str | None,
+                exclude: str | None, slots: int | None, train_cmd: str | None,
+                checkpoint_dir: str | None, job_name: str | None, launcher: str | None,
+                out: str | None) -> None:
+    from slurmft import hosts as _hosts
+    from slurmft.errors import UsageError
+    from slurmft.rescheduler import job_context, restart_context
+    from slurmft.render import render
+    from slurmft.slurm.api import JobInfo
+
+    cfg = get_config(ctx, reschedule={"slots": slots, "launcher": launcher})
+    rcfg = cfg.reschedule
+    job = None
+    if job_id is not None:
+        from slurmft.slurm.cli import check_job_id
+        from slurmft.slurm.client import CommandSlurmClient
+
+        job = CommandSlurmClient(timeout=cfg.slurm.timeout,
+                                 bin_dir=cfg.slurm.bin_dir).job(check_job_id(job_id))
+    names = _hosts.expand(nodelist) if nodelist else list(job.nodes if job else [])
+    excluded = _hosts.expand(exclude) if exclude else list(job.excluded_nodes if job else [])
+    names = [n for n in names if n not in excluded]
+    train = train_cmd or rcfg.train_cmd
+    ckpt = checkpoint_dir or rcfg.checkpoint_dir
+    if which in ("hostfile", "restart") and not names:
+        raise UsageError(f"render {which}: give --nodes HOSTLIST or --job JOBID with nodes")
+    if which == "hostfile":
+        text = render("hostfile.j2", {"nodes": names, "slots": rcfg.slots})
+    elif which == "restart":
+        base = job or JobInfo(job_id=1, name=job_name or "train", state="FAILED")
+        if job_name:
+            from dataclasses import replace
+
+            base = replace(base, name=job_name)
+        text = render("restart.sh.j2", restart_context(
+            base, names, excluded, train, ckpt, rcfg,
+            reschedule_log=f"{rcfg.state_dir}/reschedule.log"))
+    else:
+        count = len(names) or (job.node_count if job else 1)
+        text = render("job.sh.j2", job_context(
+            rcfg, train_cmd=train, checkpoint_dir=ckpt,
+            job_name=job_name or (job.name if job else "train"), nodes=count,
+            partition=job.partition if job else ""))
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(text)
+        if which != "hostfile":
+            Path(out).chmod(0o755)
+        click.echo(out)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.group("render")
+def render_group() -> None:
+    """Print slurmft's rendered files: hostfile, restart script, job wrapper."""
+
+
+@render_group.command("hostfile")
+@_render_options
+@click.pass_context
+def render_hostfile(ctx: click.Context, **kw: Any) -> None:
+    """mpirun hostfile: one 'host slots=N' line per node (--exclude removed)."""
+    _render_cmd(ctx, "hostfile", **kw)
+
+
+@render_group.command("restart")
+@_render_options
+@click.pass_context
+def render_restart(ctx: click.Context, **kw: Any) -> None:
+    """Batch script that restarts a job on the given nodes and resumes from its checkpoint."""
+    _render_cmd(ctx, "restart", **kw)
+
+
+@render_group.command("job")
+@_render_options
+@click.pass_context
+def render_job(ctx: click.Context, **kw: Any) -> None:
+    """The job wrapper to submit training with: requeueable, resumes, calls reschedule on failure."""
+    _render_cmd(ctx, "job", **kw)
+
+
+@cli.command("epilog")
+@click.option("--settle", type=float, default=30.0, show_default=True,
+              help="Passed to the detached reschedule.")
+@click.pass_context
+def epilog_cmd(ctx: click.Context, settle: float) -> None:
+    """Slurm Epilog/EpilogSlurmctld hook: start a detached `slurmft reschedule` for
+    SLURM_JOB_ID and return at once. Always exits 0, never prints a traceback."""
+    from slurmft.epilog import run_epilog
+
+    log_file = None
+    try:
+        cfg = get_config(ctx)
+        log_file = f"{cfg.reschedule.state_dir}/epilog.log"
+    except Exception:  # noqa: BLE001 - a failing epilog drains the node: never fail
+        pass
+    res = run_epilog(log_file=log_file, settle=settle)
+    click.echo(f"slurmft epilog: {res.message}", err=True)
+    ctx.exit(0)
+
+
+@cli.command("watch")
+@click.option("--job", "job_ids", multiple=True, type=int,
+              help="Watch this job (repeatable); default: all running jobs.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="Seconds between probe cycles.")
+@click.option("--once", is_flag=True, help="Run one cycle and exit.")
+@click.option("--max-cycles", type=click.IntRange(min=1), default=None,
+              help="Stop after this many cycles.")
+@click.option("--cooldown", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to leave a job alone after a refused or failed reschedule.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per cycle on stdout.")
+@click.option("--wait", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="After a requeue, wait up to this many seconds for the job to run again.")
+@click.pass_context
+def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, once: bool,
+              max_cycles: int | None, cooldown: float, as_json: bool, wait: float) -> None:
+    """Probe running jobs' nodes every interval and reschedule a job when one fails.
+
+    Stops on SIGINT/SIGTERM (exit 0)."""
+    import signal
+    import threading
+
+    from slurmft.watch import Watcher
+
+    cfg = get_config(ctx)
+    client, prober, resched = _reschedule_parts(cfg, start_wait=wait)
+    stop = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+
+    def report(res: Any) -> None:
+        if as_json:
+            click.echo(json.dumps(res.to_dict(), default=str))
+        else:
+            for r in res.reports:
+                click.echo(r.decision.message)
+            for jid, err in res.errors.items():
+                click.echo(f"job {jid}: {err}", err=True)
+        sys.stdout.flush()
+
+    Watcher(client, prober, resched, job_ids=job_ids, interval=interval, cooldown=cooldown,
+            stop=stop, on_cycle=report).run(once=once, max_cycles=max_cycles)
+
+
 # === checkpoint (issue 5) ===
+
+
+def _ckpt_store(path: str):
+    from pathlib import Path
+
+    from slurmft.checkpoint.store import Store
+    from slurmft.errors import UsageError
+
+    if not Path(path).is_dir():
+        raise UsageError(f"{path} is not a checkpoint directory")
+    return Store(path)
+
+
+def _ckpt_table(rows: list[dict], columns: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns, box=None, header_style="bold")
+    for r in rows:
+        table.add_row(*[str(r.get(c, "")) for c in columns])
+    Console(highlight=False).print(table)
+
+
+def _ckpt_row(info: Any, latest: str | None, status: str) -> dict:
+    import datetime as _dt
+
+    when = (_dt.datetime.fromtimestamp(info.time, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            if info.time else "-")
+    return {"name": info.name + (" *" if info.name == latest else ""), "step": info.step,
+            "kind": info.kind if not info.error else "?", "base": info.base or "-",
+            "MB": f"{info.bytes_written / 1e6:.1f}", "time (UTC)": when,
+            "world": info.world_size, "status": status}
+
+
+@cli.group("checkpoint")
+def checkpoint_grp() -> None:
+    """Inspect, verify and prune a checkpoint directory (* marks latest)."""
+
+
+@checkpoint_grp.command("list")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def checkpoint_list(path: str, as_json: bool) -> None:
+    """List checkpoints in PATH, newest first, from their manifests (fast; see verify)."""
+    store = _ckpt_store(path)
+    infos, latest = store.list(), store.latest_name()
+    if as_json:
+        echo_json({"latest": latest, "checkpoints": [i.summary() for i in infos]})
+        return
+    _ckpt_table([_ckpt_row(i, latest, "manifest ok" if not i.error else i.error) for i in infos],
+                ["name", "step", "kind", "base", "MB", "time (UTC)", "world", "status"])
+
+
+@checkpoint_grp.command("verify")
+@click.argument("path", type=click.Path())
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def checkpoint_verify(path: str, name: str | None, as_json: bool) -> None:
+    """Read back every file of every checkpoint (or NAME) and check sizes and checksums.
+
+    Exit 0 if all are valid; 1 naming the first corrupt file and why.
+    """
+    from slurmft.checkpoint.store import CheckpointInfo, parse_name
+    from slurmft.errors import CorruptCheckpointError, UsageError
+
+    store = _ckpt_store(path)
+    names = [name] if name else store.names()
+    if name and parse_name(name) is None:
+        raise UsageError(f"{name!r} is not a checkpoint name (step_<12 digits>)")
+    latest = store.latest_name()
+    rows, docs, errors = [], [], []
+    for n in names:
+        try:
+            info = store.verify(n)
+            status = "ok"
+        except CorruptCheckpointError as exc:
+            info = CheckpointInfo(name=n, path=str(store.root / n), step=parse_name(n) or 0,
+                                  error=str(exc))
+            try:
+                meta = store.read_manifest(n)
+                meta.error = str(exc)
+                info = meta
+            except CorruptCheckpointError:
+                pass
+            status = "CORRUPT"
+            errors.append(str(exc))
+        rows.append(_ckpt_row(info, latest, status))
+        docs.append(info.summary())
+    if as_json:
+        echo_json({"latest": latest, "checkpoints": docs, "valid": not errors})
+    else:
+        _ckpt_table(rows, ["name", "step", "kind", "base", "MB", "time (UTC)", "world", "status"])
+    if errors:
+        raise CorruptCheckpointError(
+            f"{len(errors)} of {len(names)} checkpoint(s) corrupt: {errors[0]}")
+
+
+@checkpoint_grp.command("prune")
+@click.argument("path", type=click.Path())
+@click.option("--keep-last", type=int, required=True,
+              help="Keep this many newest checkpoints (plus latest and any base a kept diff needs).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def checkpoint_prune(path: str, keep_last: int, as_json: bool) -> None:
+    """Delete old checkpoints and leftovers of interrupted saves (run it while no job writes)."""
+    from slurmft.errors import UsageError
+
+    if keep_last < 1:
+        raise UsageError(f"--keep-last must be >= 1, not {keep_last}")
+    store = _ckpt_store(path)
+    leftovers = store.cleanup()
+    deleted = store.prune(keep_last)
+    if as_json:
+        echo_json({"deleted": deleted, "leftovers_removed": leftovers,
+                   "kept": [i.name for i in store.list()]})
+    else:
+        click.echo(f"deleted {len(deleted)} checkpoint(s){': ' + ', '.join(deleted) if deleted else ''}; "
+                   f"removed {len(leftovers)} leftover(s); kept {len(store.names())}")
+
 
 # === demo / inject (issue 6) ===
 
 # === observability (issue 7) ===
+
+def _check_bind(bind: str, option: str = "--bind") -> str:
+    import ipaddress
+
+    from slurmft.errors import UsageError
+    from slurmft.hosts import validate_hostname
+
+    try:
+        return str(ipaddress.ip_address(bind))
+    except ValueError:
+        try:
+            return validate_hostname(bind)
+        except SlurmFTError:
+            raise UsageError(f"{option} must name an IP address or host name, not {bind!r}") from None
+
+
+@click.command("exporter")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics over HTTP on this port (0: any free port, printed).")
+@click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--checkpoint-dir", "checkpoint_dirs", multiple=True,
+              type=click.Path(file_okay=False), help="Checkpoint directory to watch (repeatable).")
+@click.option("--state-dir", default=None, type=click.Path(file_okay=False),
+              help="slurmft state (audit log); default: reschedule.state_dir.")
+@click.option("--audit-file", default=None, type=click.Path(dir_okay=False),
+              help="Rescheduler audit JSONL (default: audit.jsonl in the state dir).")
+@click.option("--textfile", default=None, type=click.Path(dir_okay=False),
+              help="Write node_exporter textfile-collector output to PATH (*.prom).")
+@click.option("--once", is_flag=True, help="With --textfile: write once and exit.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+              help="Seconds between textfile rewrites.")
+@click.pass_context
+def exporter(ctx: click.Context, port: int | None, bind: str, checkpoint_dirs: tuple[str, ...],
+             state_dir: str | None, audit_file: str | None, textfile: str | None,
+             once: bool, interval: float) -> None:
+    """Export checkpoint and recovery metrics for Prometheus.
+
+    \b
+    slurmft exporter --port 9464 --checkpoint-dir /ckpt/job42
+    slurmft exporter --textfile /var/lib/node_exporter/slurmft.prom --once
+    """
+    import threading
+
+    from slurmft import metrics as m
+    from slurmft.errors import UsageError
+    from slurmft.exporter import ExporterCollector, build_registry
+
+    if port is None and not textfile:
+        raise UsageError("give --port to serve HTTP or --textfile PATH to write a file")
+    if once and (port is not None or not textfile):
+        raise UsageError("--once goes with --textfile and without --port")
+    bind = _check_bind(bind)
+    cfg = get_config(ctx, reschedule={"state_dir": state_dir})
+    collector = ExporterCollector(checkpoint_dirs, state_dir=cfg.reschedule.state_dir,
+                                  audit_file=audit_file)
+    registry = build_registry(collector)
+    if textfile:
+        m.write_textfile(registry, textfile)
+    if once:
+        return
+    if port is not None:
+        server = m.start_http_server(registry, port, bind)
+        click.echo(f"serving http://{bind}:{server.server_port}/metrics")
+        sys.stdout.flush()
+    stop = threading.Event()
+    while not stop.wait(interval if textfile else 3600):
+        if textfile:
+            m.write_textfile(registry, textfile)
+
+
+def render_logging(format_: str | None, log_paths: tuple[str, ...], logstash_hosts: tuple[str, ...],
+                   beats_port: int, job_id: str | None, node_id: str | None,
+                   out: str | None) -> None:
+    """Render filebeat.yml and logstash.conf for slurmft's logs."""
+    import os
+    from pathlib import Path
+
+    from slurmft.errors import UsageError
+    from slurmft.log import default_node_id
+    from slurmft.render import render
+
+    fmt = format_ or os.environ.get("SLURMFT_LOG_FORMAT") or "text"
+    if fmt not in ("text", "json"):
+        raise UsageError(f"log format must be text or json, not {fmt!r}")
+    for hostport in logstash_hosts:
+        host, _, port = hostport.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"--logstash-host must be host:port, not {hostport!r}")
+        _check_bind(host, "--logstash-host")
+    ctx = {
+        "format": fmt,
+        "log_paths": list(log_paths) or ["/var/log/slurmft/*.log"],
+        "logstash_hosts": list(logstash_hosts) or ["localhost:5044"],
+        "beats_port": beats_port,
+        "job_id": job_id or "${SLURM_JOB_ID:none}",
+        "node_id": node_id or default_node_id(),
+        "elasticsearch_hosts": [],
+    }
+    files = {"filebeat.yml": render("filebeat.yml.j2", ctx),
+             "logstash.conf": render("logstash.conf.j2", ctx)}
+    if out is None:
+        for name, text in files.items():
+            click.echo(f"# ---- {name} ----")
+            click.echo(text, nl=False)
+        return
+    target = Path(out)
+    if not target.is_dir():
+        raise UsageError(f"--out {target} is not a directory")
+    for name, text in files.items():
+        (target / name).write_text(text)
+        click.echo(str(target / name))
+
+
+_render_logging_cmd = click.Command(
+    "logging", callback=render_logging,
+    help="Render filebeat.yml and a Logstash pipeline for slurmft's logs "
+         "(text lines parsed by grok, or JSON lines by Filebeat's ndjson parser).",
+    params=[
+        click.Option(["--format", "format_"], type=click.Choice(["text", "json"]), default=None,
+                     help="Log format to ship (default: SLURMFT_LOG_FORMAT or text)."),
+        click.Option(["--log-path", "log_paths"], multiple=True,
+                     help="Log file glob (repeatable; default /var/log/slurmft/*.log)."),
+        click.Option(["--logstash-host", "logstash_hosts"], multiple=True,
+                     help="host:port of Logstash's beats input (repeatable; default localhost:5044)."),
+        click.Option(["--beats-port"], type=click.IntRange(1, 65535), default=5044,
+                     show_default=True, help="Port of the pipeline's beats input."),
+        click.Option(["--job-id"], default=None,
+                     help="job_id field (default: Filebeat's ${SLURM_JOB_ID:none})."),
+        click.Option(["--node-id"], default=None, help="node field (default: this node)."),
+        click.Option(["--out"], type=click.Path(file_okay=False), default=None,
+                     help="Write filebeat.yml and logstash.conf here (default: stdout)."),
+    ],
+)
+cli.add_command(exporter)
+# `slurmft render logging` when issue 4's `render` group exists, else `slurmft render-logging`.
+if isinstance(cli.commands.get("render"), click.Group):
+    cli.commands["render"].add_command(_render_logging_cmd, "logging")
+else:
+    cli.add_command(_render_logging_cmd, "render-logging")

@@ -68,18 +68,24 @@ class RescheduleConfig:
     state_dir: str = "/var/lib/slurmft"   # shared state: retry records and locks
     lock_timeout: float = 30.0
     launcher: str = "mpirun"               # mpirun or srun, for rendered restart scripts
+    slots: int = 1                         # MPI ranks per node in rendered scripts
+    mpirun_args: str = ""                  # extra mpirun options (shell words), e.g. --mca ...
+    train_cmd: str = ""                    # training command for restart jobs (shell words)
+    checkpoint_dir: str = ""               # where restart jobs resume from
 
     def __post_init__(self) -> None:
         if self.max_retry < 0:
             raise ConfigError(f"reschedule.max_retry must be >= 0, not {self.max_retry}")
         _positive("reschedule.min_nodes", self.min_nodes)
+        _positive("reschedule.slots", self.slots)
+        _positive("reschedule.lock_timeout", self.lock_timeout)
         if self.launcher not in ("mpirun", "srun"):
             raise ConfigError(f"reschedule.launcher must be mpirun or srun, not {self.launcher!r}")
 
 
 @dataclass
 class LogConfig:
-    level: str = "INFO"
+    level: str = "WARNING"
     format: str = "text"
     file: str = ""
 

@@ -44,12 +44,32 @@ class InvalidJobError(SlurmCommandError):
     """Slurm does not know the job id."""
 
 
-class JobNotPendingError(SlurmCommandError):
-    """The update applies only to pending jobs."""
+class JobStateError(SlurmCommandError):
+    """The job is in a state where Slurm refuses the operation."""
+
+
+class JobNotPendingError(JobStateError):
+    """The update applies only to pending jobs (the job runs or has finished)."""
+
+
+class JobPendingError(JobStateError):
+    """The operation needs a started job, but the job is pending (e.g. requeue)."""
+
+
+class RequeueDisabledError(JobStateError):
+    """Slurm will not requeue this job (``--no-requeue`` or requeue disabled)."""
 
 
 class InvalidNodeError(SlurmCommandError):
     """Slurm does not know the node name."""
+
+
+class NodeStateError(SlurmCommandError):
+    """Slurm refuses the node state change (e.g. resume of an idle node, drain without reason)."""
+
+
+class UnsatisfiableRequestError(SlurmCommandError):
+    """Slurm cannot satisfy the request (node configuration not available, unsupported field)."""
 
 
 class ControllerUnreachableError(SlurmCommandError):

@@ -7,7 +7,10 @@ Text lines look like::
 which the shipped Logstash grok pattern
 ``%{TIMESTAMP_ISO8601:timestamp} %{LOGLEVEL:level} \\[%{DATA:module}\\] %{GREEDYDATA:msg}``
 parses. ``fmt="json"`` writes one JSON object per line for Filebeat's ndjson parser.
-The node id comes from SLURMD_NODENAME or the host name; the job id from SLURM_JOB_ID.
+The node id comes from SLURMD_NODENAME or the host name; the job id from SLURM_JOB_ID
+(``-`` outside a job); ``extra={"node": ..., "job": ...}`` overrides them per record. Every
+line, ERROR lines included, carries both as single tokens (whitespace becomes ``_``), and
+level names are the five the grok LOGLEVEL pattern knows.
 """
 
 from __future__ import annotations
@@ -40,27 +43,45 @@ def default_job_id(env: Mapping[str, str] | None = None) -> str:
     return env.get("SLURM_JOB_ID") or "-"
 
 
+def _token(value: object) -> str:
+    """An id as one whitespace-free token, so ``node=%{NOTSPACE}`` parses it; empty -> ``-``."""
+    text = "_".join(str(value).split())
+    return text or "-"
+
+
+# Level names the grok LOGLEVEL pattern knows; custom levels are shown as the next one up.
+_GROK_LEVELS = ((logging.DEBUG, "DEBUG"), (logging.INFO, "INFO"), (logging.WARNING, "WARNING"),
+                (logging.ERROR, "ERROR"), (logging.CRITICAL, "CRITICAL"))
+
+
+def _level_name(levelno: int) -> str:
+    for number, name in _GROK_LEVELS:
+        if levelno <= number:
+            return name
+    return "CRITICAL"
+
+
 class _ContextFilter(logging.Filter):
     """Adds node and job ids to every record (a record may override with extra=)."""
 
     def __init__(self, node_id: str, job_id: str) -> None:
         super().__init__()
-        self.node_id = node_id
-        self.job_id = job_id
+        self.node_id = _token(node_id)
+        self.job_id = _token(job_id)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not getattr(record, "node", None):
-            record.node = self.node_id
-        if not getattr(record, "job", None):
-            record.job = self.job_id
+        node = getattr(record, "node", None)
+        record.node = _token(node) if node else self.node_id
+        job = getattr(record, "job", None)
+        record.job = _token(job) if job else self.job_id
         return True
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage().replace("\n", " | ")
+        msg = record.getMessage().replace("\r\n", "\n").replace("\r", "\n").replace("\n", " | ")
         line = (
-            f"{_now_iso(record.created)} {record.levelname} [{record.name}] "
+            f"{_now_iso(record.created)} {_level_name(record.levelno)} [{record.name}] "
             f"node={record.node} job={record.job} {msg}"
         )
         if record.exc_info and record.levelno >= logging.ERROR:
@@ -74,7 +95,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc = {
             "timestamp": _now_iso(record.created),
-            "level": record.levelname,
+            "level": _level_name(record.levelno),
             "module": record.name,
             "node_id": record.node,
             "job_id": record.job,
@@ -103,20 +124,30 @@ def setup_logging(
 
         raise ConfigError(f"log format must be one of {', '.join(TEXT_FORMATS)}, not {fmt!r}")
     logfile = logfile or os.environ.get("SLURMFT_LOG_FILE")
+    numeric = level if isinstance(level, int) else logging.getLevelName(str(level).upper())
+    if not isinstance(numeric, int):
+        from slurmft.errors import ConfigError
+
+        raise ConfigError(f"log level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
+    if logfile:
+        try:
+            handlers.append(logging.FileHandler(logfile))
+        except OSError as exc:
+            from slurmft.errors import ConfigError
+
+            raise ConfigError(f"cannot open log file {logfile}: {exc.strerror}") from None
     logger = logging.getLogger(LOGGER_NAME)
     for h in list(logger.handlers):
         logger.removeHandler(h)
         h.close()
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     context = _ContextFilter(node_id or default_node_id(), job_id or default_job_id())
-    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
-    if logfile:
-        handlers.append(logging.FileHandler(logfile))
     for h in handlers:
         h.setFormatter(formatter)
         h.addFilter(context)
         logger.addHandler(h)
-    logger.setLevel(level if isinstance(level, int) else level.upper())
+    logger.setLevel(numeric)
     logger.propagate = False
     # paramiko logs tracebacks on failed connects: keep them out of user output.
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)

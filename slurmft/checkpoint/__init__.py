@@ -1,0 +1,10 @@
+"""Training-side checkpointing: policy, atomic verified saves, async upload, resume.
+
+Light on purpose: importing this package pulls in neither torch nor mpi4py (see torch.py,
+mpi.py, keras.py), nor anything from slurm/ or probe/.
+"""
+
+from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy, SaveHandle
+from slurmft.checkpoint.store import CheckpointInfo
+
+__all__ = ["CheckpointManager", "CheckpointPolicy", "CheckpointInfo", "SaveHandle"]

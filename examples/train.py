@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Data-parallel PyTorch training across MPI ranks, checkpointed by slurmft.
+
+A small regression MLP on a synthetic, seeded data set. Every step consumes one global batch
+(``--global-batch`` samples, dealt to ranks round-robin) and allreduces the summed gradients with
+mpi4py, so the maths of a step does not depend on the world size: a run that loses a node and
+resumes on N-1 ranks continues the same loss curve.
+
+Run under mpirun (or srun --mpi=pmix)::
+
+    mpirun -np 4 python examples/train.py --steps 300 --checkpoint-dir $CHECKPOINT_PATH --resume
+
+Rank 0 appends one JSON object per line to ``--log-jsonl`` (start, resume, step, save, done), which
+``slurmft demo`` reads to build its timeline and loss plot. SIGUSR1 (``#SBATCH
+--signal=B:USR1@60``) makes the next step boundary save and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+import torch
+from mpi4py import MPI
+
+from slurmft.checkpoint import CheckpointPolicy
+from slurmft.checkpoint.mpi import MPICheckpointManager
+from slurmft.checkpoint.torch import TorchCheckpointer
+
+FEATURES = 16
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=300, help="total optimizer steps")
+    p.add_argument("--global-batch", type=int, default=48,
+                   help="samples per step over all ranks (a multiple of 12 divides by 1-4 ranks)")
+    p.add_argument("--dataset-size", type=int, default=4800)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--step-time", type=float, default=0.0,
+                   help="extra seconds of simulated compute per step (makes the demo watchable)")
+    p.add_argument("--checkpoint-dir", default=os.environ.get("CHECKPOINT_PATH", ""),
+                   help="checkpoint directory (default: $CHECKPOINT_PATH)")
+    p.add_argument("--step-interval", type=int, default=20, help="save every N steps")
+    p.add_argument("--interval", type=float, default=30.0, help="save every N minutes")
+    p.add_argument("--keep-last", type=int, default=3)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest verified checkpoint, if there is one")
+    p.add_argument("--log-jsonl", default="", help="append progress records here (rank 0)")
+    args = p.parse_args(argv)
+    if not args.checkpoint_dir:
+        p.error("--checkpoint-dir or CHECKPOINT_PATH is required")
+    return args
+
+
+class ProgressLog:
+    """JSON lines for the demo's timeline (rank 0 only), flushed per record."""
+
+    def __init__(self, path: str, rank: int) -> None:
+        self._fh = None
+        if path and rank == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self._fh = open(path, "a", buffering=1)
+
+    def write(self, event: str, **fields) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps({"t": time.time(), "event": event, **fields}) + "\n")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, FEATURES, generator=g)
+    w = torch.randn(FEATURES, 1, generator=g)
+    y = torch.tanh(x @ w) + 0.05 * torch.randn(n, 1, generator=g)
+    return x, y
+
+
+def batch_indices(step: int, global_batch: int, n: int, seed: int) -> torch.Tensor:
+    """The global batch of ``step``: a seeded permutation per epoch, independent of ranks."""
+    per_epoch = n // global_batch
+    epoch, offset = divmod(step, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    return order[offset * global_batch:(offset + 1) * global_batch]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    comm = MPI.COMM_WORLD
+    rank, world = comm.Get_rank(), comm.Get_size()
+    if args.global_batch % world:
+        print(f"train.py: --global-batch {args.global_batch} does not divide by {world} ranks",
+              file=sys.stderr)
+        return 2
+    log = ProgressLog(args.log_jsonl, rank)
+    torch.manual_seed(args.seed)
+    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.7)
+    x, y = make_data(args.dataset_size, args.seed)
+
+    policy = CheckpointPolicy(interval=args.interval, step_interval=args.step_interval,
+                              keep_last=args.keep_last)
+    ckpt = MPICheckpointManager(args.checkpoint_dir, policy)
+    ckpt.install_signal_handlers()
+    torch_ckpt = TorchCheckpointer(ckpt.manager, model, optimizer, scheduler)
+
+    start_step = 0
+    log.write("start", world_size=world, host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID", ""),
+              restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0))
+    if args.resume:
+        info, raw = ckpt.load()
+        if info is not None:
+            point = torch_ckpt.apply(raw, info.name)
+            start_step = point.step
+            log.write("resume", checkpoint=info.name, from_step=point.step - 1,
+                      saved_world_size=point.world_size, world_size=world)
+            if rank == 0:
+                print(f"resumed from {info.name} (step {point.step - 1}, saved by "
+                      f"{point.world_size} ranks) on {world} ranks", flush=True)
+
+    params = [p for p in model.parameters()]
+    step = start_step
+    for step in range(start_step, args.steps):
+        t0 = time.perf_counter()
+        idx = batch_indices(step, args.global_batch, args.dataset_size, args.seed)[rank::world]
+        optimizer.zero_grad(set_to_none=False)
+        loss_sum = torch.nn.functional.mse_loss(model(x[idx]), y[idx], reduction="sum")
+        loss_sum.backward()
+        flat = torch.cat([p.grad.reshape(-1) for p in params]).numpy()
+        comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+        flat /= args.global_batch
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(torch.from_numpy(flat[offset:offset + n]).view_as(p))
+            offset += n
+        optimizer.step()
+        scheduler.step()
+        loss = comm.allreduce(float(loss_sum.detach()), op=MPI.SUM) / args.global_batch
+        if args.step_time:
+            time.sleep(args.step_time)
+        step_s = time.perf_counter() - t0
+        log.write("step", step=step, loss=loss, world_size=world, step_s=step_s)
+        if rank == 0 and (step % 20 == 0 or step == args.steps - 1):
+            print(f"step {step} loss {loss:.5f} world {world} "
+                  f"{args.global_batch / step_s:.0f} samples/s", flush=True)
+        if ckpt.should_save(step) or step == args.steps - 1:
+            ckpt.save(torch_ckpt.state(step), step, durable=step == args.steps - 1)
+            log.write("save", step=step)
+            if ckpt.should_stop:
+                log.write("stopped", step=step, reason="signal")
+                ckpt.close()
+                log.close()
+                return 0
+    ckpt.close()
+    log.write("done", step=step, world_size=world)
+    log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,601 @@
+"""Checkpoint policy and manager: the training side's public API (no torch, no MPI here).
+
+::
+
+    policy = CheckpointPolicy.from_env()          # or .from_dict({...}) / .from_yaml(path)
+    with CheckpointManager(policy.resolve_path(), policy) as mgr:
+        mgr.install_signal_handlers()             # SIGUSR1/SIGTERM -> save at next step, stop
+        state = mgr.load()                        # newest verified checkpoint, or None
+        for step in range(start, end):
+            train_step()
+            if mgr.should_save(step):
+                mgr.save(state_of(model), step)   # stall = in-memory snapshot only
+            if mgr.should_stop:
+                break
+
+The manager is a set of public template methods (``save``, ``load``, ``latest``, ``list``)
+over private hooks (``_snapshot``, ``_persist``, ``_verify``, ``_rotate``); on-disk format and
+atomicity live in store.py, shared-storage copies in upload.py. State is any nest of dicts,
+lists and tuples whose large leaves are numpy arrays (torch.py converts tensors).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pickle
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import numpy as np
+
+from slurmft.checkpoint.store import (
+    ALGORITHMS, CheckpointInfo, FaultHook, Snapshot, Store, split_state,
+)
+from slurmft.checkpoint.upload import (
+    DEFAULT_RSH, MountedDestination, RsyncDestination, Uploader, parse_remote,
+)
+from slurmft.config import coerce, read_yaml
+from slurmft.errors import CheckpointError, ConfigError, CorruptCheckpointError
+from slurmft.log import get_logger
+
+log = get_logger(__name__)
+
+DEFAULT_ROOT = "/tmp/slurmft-checkpoints"
+EventHook = Callable[[str, dict], None]
+
+
+@dataclass
+class CheckpointPolicy:
+    """When and how to checkpoint. Every field is validated at construction.
+
+    YAML (``checkpoint:`` section or a bare mapping), a dict, or the environment
+    (``SLURMFT_CHECKPOINT_<FIELD>``, plus ``CHECKPOINT_PATH`` for ``path``).
+    """
+
+    path: str = ""                 # empty: CHECKPOINT_PATH, else <root>/$USER/$SLURM_JOB_ID
+    interval: float = 30.0         # minutes between saves; 0 disables the time trigger
+    step_interval: int = 1000      # steps between saves; 0 disables the step trigger
+    keep_last: int = 5             # checkpoints kept (plus any full base a kept diff needs)
+    save_optimizer: bool = True
+    full_interval: float = 0.0     # minutes between full saves; between them saves are
+                                   # differential. 0: every save is full.
+    checksum: str = "xxh3"         # xxh3 | sha256
+    signals: tuple[str, ...] = ("SIGUSR1", "SIGTERM")  # save at the next step, then stop
+    local_cache: str = ""          # node-local directory; then ``path`` is the upload target
+    close_timeout: float = 600.0   # seconds close() waits for pending writes/uploads
+
+    def __post_init__(self) -> None:
+        if isinstance(self.signals, str):
+            self.signals = tuple(s.strip() for s in self.signals.split(",") if s.strip())
+        self.signals = tuple(s.upper() if s.upper().startswith("SIG") else "SIG" + s.upper()
+                             for s in self.signals)
+        if self.interval < 0:
+            raise ConfigError(f"checkpoint.interval must be >= 0 minutes, not {self.interval}")
+        if self.step_interval < 0:
+            raise ConfigError(f"checkpoint.step_interval must be >= 0, not {self.step_interval}")
+        if self.keep_last < 1:
+            raise ConfigError(f"checkpoint.keep_last must be >= 1, not {self.keep_last}")
+        if self.full_interval < 0:
+            raise ConfigError(
+                f"checkpoint.full_interval must be >= 0 minutes (0: always full), not {self.full_interval}")
+        if self.checksum not in ALGORITHMS:
+            raise ConfigError(
+                f"checkpoint.checksum must be one of {', '.join(ALGORITHMS)}, not {self.checksum!r}")
+        if not self.close_timeout > 0:
+            raise ConfigError(f"checkpoint.close_timeout must be > 0, not {self.close_timeout}")
+        for name in self.signals:
+            if name in ("SIGKILL", "SIGSTOP") or not isinstance(getattr(signal, name, None), signal.Signals):
+                raise ConfigError(
+                    f"checkpoint.signals: {name!r} is not a catchable signal; "
+                    "use e.g. SIGUSR1, SIGUSR2, SIGTERM")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "CheckpointPolicy":
+        hints = get_type_hints(cls)
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown setting checkpoint.{sorted(unknown)[0]}; "
+                              f"known: {', '.join(sorted(known))}")
+        kwargs: dict[str, Any] = {}
+        for k, v in values.items():
+            if hints[k] == tuple[str, ...]:
+                if isinstance(v, (list, tuple)):
+                    v = ",".join(str(x) for x in v)
+                kwargs[k] = str(v)
+            else:
+                kwargs[k] = coerce(f"checkpoint.{k}", hints[k], v)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, env: Mapping[str, str] | None = None,
+                  ) -> "CheckpointPolicy":
+        data = read_yaml(path)
+        section = data.get("checkpoint", data)
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: checkpoint section must be a mapping")
+        return cls.from_env(env, base=section)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 base: Mapping[str, Any] | None = None) -> "CheckpointPolicy":
+        """``base`` (e.g. from YAML), overridden by SLURMFT_CHECKPOINT_* and CHECKPOINT_PATH."""
+        env = os.environ if env is None else env
+        values = dict(base or {})
+        for f in fields(cls):
+            key = f"SLURMFT_CHECKPOINT_{f.name.upper()}"
+            if key in env:
+                values[f.name] = env[key]
+        if env.get("CHECKPOINT_PATH"):
+            values["path"] = env["CHECKPOINT_PATH"]
+        return cls.from_dict(values)
+
+    def resolve_path(self, env: Mapping[str, str] | None = None) -> str:
+        """``path``, else CHECKPOINT_PATH, else ``$SLURMFT_CHECKPOINT_ROOT/$USER/$SLURM_JOB_ID``."""
+        env = os.environ if env is None else env
+        if self.path:
+            return self.path
+        if env.get("CHECKPOINT_PATH"):
+            return env["CHECKPOINT_PATH"]
+        root = env.get("SLURMFT_CHECKPOINT_ROOT") or DEFAULT_ROOT
+        return str(Path(root) / (env.get("USER") or "nobody") / (env.get("SLURM_JOB_ID") or "local"))
+
+
+@dataclass
+class SaveHandle:
+    """What ``save`` returns at once; ``result()`` waits until the checkpoint is durable."""
+
+    step: int
+    kind: str
+    stall_s: float                       # time the caller was blocked
+    future: Future = field(repr=False)
+
+    def result(self, timeout: float | None = None) -> CheckpointInfo:
+        try:
+            return self.future.result(timeout)
+        except FutureTimeout:
+            raise CheckpointError(f"checkpoint of step {self.step} not durable after {timeout}s") from None
+
+    def done(self) -> bool:
+        return self.future.done()
+
+
+class CheckpointManager:
+    """Atomic, verified, rotated checkpoints with a local cache and asynchronous upload.
+
+    ``path`` is the durable destination: a directory, or ``host:path`` (rsync over ssh,
+    needs ``local_cache``). ``clock`` is injectable so tests drive the time trigger.
+    ``on_event(name, fields)`` receives "save", "verify_failed", "upload", "upload_failed",
+    "load", "fallback", "backlog" (for metrics; never raises into training).
+    """
+
+    def __init__(self, path: str | os.PathLike, policy: CheckpointPolicy | None = None,
+                 local_cache: str | os.PathLike | None = None,
+                 clock: Callable[[], float] = time.monotonic, *,
+                 world_size: int = 1, on_event: EventHook | None = None,
+                 rsh: tuple[str, ...] = DEFAULT_RSH, fault_hook: FaultHook | None = None,
+                 writer: bool = True) -> None:
+        self.policy = policy or CheckpointPolicy()
+        self.clock = clock
+        self.world_size = world_size
+        self._on_event = on_event
+        self._writer = writer
+        local_cache = local_cache or self.policy.local_cache or None
+        spec = str(path)
+        remote = parse_remote(spec)
+        if remote is not None and local_cache is None:
+            raise ConfigError(f"checkpoint destination {spec!r} is remote: set a local_cache directory")
+        self.destination_spec = spec
+        algo = self.policy.checksum
+        if local_cache is None:
+            self._store = Store(spec, algo, fault_hook)
+            self._dest: MountedDestination | RsyncDestination | None = None
+        else:
+            self._store = Store(local_cache, algo, fault_hook)
+            self._dest = (RsyncDestination(remote, rsh=rsh) if remote
+                          else MountedDestination(spec, algo))
+        self._write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slurmft-ckpt")
+        self._uploader = (Uploader(self._dest, self._store, self._backlog_changed, self._upload_done)
+                          if self._dest is not None else None)
+        self._buffers: dict[str, np.ndarray] = {}
+        self._inflight: Future | None = None     # write that still reads the buffers
+        self._pending: list[Future] = []         # until durable at the destination
+        self._failures: list[str] = []
+        self._lock = threading.Lock()
+        self._last_step: int | None = None
+        self._last_time = clock()
+        self._last_full_time: float | None = None
+        self._last_full: CheckpointInfo | None = None
+        self._stop_signal: int | None = None
+        self._saved_after_signal = False
+        self._old_handlers: dict[int, Any] = {}
+        self._closed = False
+        self.latest_loaded: CheckpointInfo | None = None
+        if writer:
+            removed = self._store.cleanup()
+            if isinstance(self._dest, MountedDestination):
+                removed += self._dest.store.cleanup()
+            if removed:
+                log.info("removed %d leftovers of interrupted saves: %s", len(removed), ", ".join(removed))
+        ref = weakref.ref(self)
+        self._atexit = lambda: (m := ref()) is not None and m._close_at_exit()
+        atexit.register(self._atexit)
+
+    # ---- triggers ----------------------------------------------------------------------
+
+    def should_save(self, step: int) -> bool:
+        """True at a step boundary where the policy (steps, minutes, a signal) asks to save."""
+        if self._stop_signal is not None and not self._saved_after_signal:
+            return True
+        p = self.policy
+        last = self._last_step if self._last_step is not None else 0
+        if p.step_interval and step - last >= p.step_interval:
+            return True
+        if p.interval and self.clock() - self._last_time >= p.interval * 60:
+            return True
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        """A save signal arrived: save at this step boundary (should_save says so), then exit."""
+        return self._stop_signal is not None
+
+    def request_stop(self, signum: int = signal.SIGUSR1) -> None:
+        """What the signal handler does; callable directly (e.g. from another rank's flag)."""
+        self._stop_signal = signum
+        self._saved_after_signal = False
+
+    def install_signal_handlers(self) -> None:
+        """Catch the policy's signals (main thread only); ``close()`` restores the old ones."""
+        if threading.current_thread() is not threading.main_thread():
+            raise CheckpointError("install_signal_handlers must be called from the main thread")
+        for name in self.policy.signals:
+            sig = getattr(signal, name)
+            self._old_handlers[sig] = signal.signal(sig, self._handle_signal)
+
+    def _handle_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        self.request_stop(signum)
+
+    # ---- saving ------------------------------------------------------------------------
+
+    def save(self, state: Any, step: int, *, full: bool | None = None,
+             wait: bool = False, meta: Mapping[str, Any] | None = None) -> SaveHandle:
+        """Snapshot ``state`` into reused buffers and return; writing, verifying and
+        uploading run in the background. ``wait=True`` returns once durable."""
+        if self._closed:
+            raise CheckpointError("checkpoint manager is closed")
+        t0 = time.perf_counter()
+        if self._inflight is not None:
+            # The previous write still reads the buffers: back-pressure, counted as stall.
+            try:
+                self._inflight.result()
+            except Exception:  # noqa: BLE001 - reported through the failure list
+                pass
+        now = self.clock()
+        is_full = full if full is not None else self._want_full(now)
+        snap = self._snapshot(state, step, meta)
+        done: Future = Future()
+        self._inflight = self._write_pool.submit(self._persist, snap, is_full, done)
+        with self._lock:
+            self._pending.append(done)
+        self._last_step = step
+        self._last_time = now
+        if is_full:
+            self._last_full_time = now
+        if self._stop_signal is not None:
+            self._saved_after_signal = True
+        stall = time.perf_counter() - t0
+        handle = SaveHandle(step=step, kind="full" if is_full else "diff", stall_s=stall, future=done)
+        if wait:
+            handle.result()
+            self._inflight.result()            # rotation done too
+        return handle
+
+    def _want_full(self, now: float) -> bool:
+        fi = self.policy.full_interval
+        if not fi or self._last_full_time is None:
+            return True
+        return now - self._last_full_time >= fi * 60
+
+    def reserve(self, state: Any) -> None:
+        """Allocate and touch the snapshot buffers for ``state`` now (e.g. before the
+        training loop), so the first save does not pay for page faults."""
+        _, arrays = split_state(state)
+        for key, arr in arrays.items():
+            buf = self._buffers.get(key)
+            if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype:
+                buf = np.empty(arr.shape, arr.dtype)
+                buf.reshape(-1).view(np.uint8)[:] = 0
+                self._buffers[key] = buf
+
+    def _snapshot(self, state: Any, step: int, meta: Mapping[str, Any] | None) -> Snapshot:
+        """Training-thread part: copy arrays into buffers reused across saves."""
+        skeleton, arrays = split_state(state)
+        copies: dict[str, np.ndarray] = {}
+        for key, arr in arrays.items():
+            buf = self._buffers.get(key)
+            if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype:
+                buf = np.empty(arr.shape, arr.dtype)
+                self._buffers[key] = buf
+            np.copyto(buf, arr)
+            copies[key] = buf
+        for key in set(self._buffers) - set(arrays):
+            del self._buffers[key]
+        try:
+            blob = pickle.dumps(skeleton, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"state of step {step} cannot be pickled: {exc}") from None
+        return Snapshot(step=step, skeleton=blob, arrays=copies, world_size=self.world_size,
+                        meta=dict(meta or {}))
+
+    def _persist(self, snap: Snapshot, full: bool, done: Future) -> None:
+        """Background: write, read back + verify, publish as latest, rotate, upload."""
+        try:
+            t0 = time.perf_counter()
+            base = None if full else self._diff_base()
+            info = self._store.write(snap, base, array_digests=bool(self.policy.full_interval))
+            t_write = time.perf_counter()
+            info = self._verify(info.name)
+            t_verify = time.perf_counter()
+            self._store.set_latest_if_newer(info.name)
+            self._emit("save", step=info.step, kind=info.kind, bytes_written=info.bytes_written,
+                       bytes_total=info.bytes_total, write_s=t_write - t0,
+                       verify_s=t_verify - t_write, path=info.path)
+            if info.kind == "full":
+                self._last_full = info
+            if self._uploader is None:
+                done.set_result(info)          # durable; rotation is not on that path
+            else:
+                fut = self._uploader.submit(info)
+                fut.add_done_callback(lambda f: _chain(f, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's future
+            msg = f"checkpoint of step {snap.step} failed: {exc}"
+            log.error(msg)
+            self._failures.append(msg)
+            self._emit("save_failed", step=snap.step, error=str(exc))
+            done.set_exception(exc if isinstance(exc, CheckpointError) else CheckpointError(msg))
+            return
+        try:
+            self._rotate(info)
+        except Exception as exc:  # noqa: BLE001 - the checkpoint itself is durable
+            log.warning("rotation in %s failed: %s", self._store.root, exc)
+
+    def _diff_base(self) -> CheckpointInfo | None:
+        base = self._last_full
+        if base is None:
+            return None
+        try:
+            return self._store.read_manifest(base.name)
+        except CorruptCheckpointError:
+            return None
+
+    def _verify(self, name: str) -> CheckpointInfo:
+        try:
+            return self._store.verify(name)
+        except CorruptCheckpointError as exc:
+            self._emit("verify_failed", name=name, error=str(exc))
+            raise
+
+    def _rotate(self, info: CheckpointInfo) -> None:
+        protect = [info.name]
+        if self._uploader is not None:
+            protect += self._uploader.pending_names()
+        deleted = self._store.prune(self.policy.keep_last, protect=protect)
+        if deleted:
+            log.debug("rotated out %s", ", ".join(deleted))
+
+    def _upload_done(self, info: CheckpointInfo, error: BaseException | None) -> None:
+        if error is None:
+            self._emit("upload", name=info.name, step=info.step, bytes=info.bytes_written,
+                       destination=self._dest.describe() if self._dest else "")
+            if isinstance(self._dest, MountedDestination):
+                try:
+                    self._dest.prune(self.policy.keep_last)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("rotation at %s failed: %s", self._dest.describe(), exc)
+        else:
+            msg = f"upload of {info.name} failed: {error}"
+            log.error(msg)
+            self._failures.append(msg)
+            self._emit("upload_failed", name=info.name, error=str(error))
+
+    def _backlog_changed(self, count: int, nbytes: int) -> None:
+        self._emit("backlog", count=count, bytes=nbytes)
+
+    @property
+    def backlog(self) -> int:
+        """Checkpoints written locally but not yet durable at the destination."""
+        with self._lock:
+            self._pending = [f for f in self._pending if not f.done()]
+            return len(self._pending)
+
+    @property
+    def failures(self) -> list[str]:
+        return list(self._failures)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every save is durable; raise CheckpointError on failure or timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            pending = list(self._pending)
+        if self._inflight is not None:
+            pending.append(self._inflight)
+        for fut in pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                fut.result(left)
+            except FutureTimeout:
+                raise CheckpointError(
+                    f"{self.backlog} checkpoint(s) still not durable after {timeout}s") from None
+            except CheckpointError:
+                pass
+        if self._failures:
+            raise CheckpointError("; ".join(self._failures))
+
+    # ---- reading -----------------------------------------------------------------------
+
+    def _stores(self) -> list[Store]:
+        stores = [self._store]
+        if isinstance(self._dest, MountedDestination):
+            stores.append(self._dest.store)
+        return stores
+
+    def list(self) -> list[CheckpointInfo]:
+        """Checkpoints at the destination (or in the cache when there is no upload)."""
+        return self._stores()[-1].list()
+
+    def latest(self) -> CheckpointInfo | None:
+        """The checkpoint ``latest`` names (always one that was verified when published)."""
+        store = self._stores()[-1]
+        name = store.latest_name()
+        if name is None:
+            return None
+        try:
+            return store.read_manifest(name)
+        except CorruptCheckpointError:
+            return None
+
+    def find_valid(self) -> tuple[Store, CheckpointInfo] | None:
+        """The newest checkpoint that verifies, preferring ``latest``; logs what it skips."""
+        if isinstance(self._dest, RsyncDestination):
+            self._fetch_remote_latest()
+        candidates: list[tuple[int, int, Store, str]] = []
+        for store in reversed(self._stores()):
+            latest = store.latest_name()
+            for n in store.names():
+                step = int(n.split("_")[1])
+                candidates.append((step, 1 if n == latest else 0, store, n))
+        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+        first = True
+        for _, _, store, name in candidates:
+            try:
+                info = store.verify(name)
+            except CorruptCheckpointError as exc:
+                log.warning("skipping checkpoint %s: %s", name, exc)
+                self._emit("verify_failed", name=name, error=str(exc))
+                first = False
+                continue
+            if not first:
+                log.warning("falling back to checkpoint %s (step %d)", info.name, info.step)
+                self._emit("fallback", name=info.name, step=info.step)
+            return store, info
+        if candidates:
+            raise CorruptCheckpointError(
+                f"no valid checkpoint in {self.destination_spec}: all {len(candidates)} failed verification")
+        return None
+
+    def _fetch_remote_latest(self) -> None:
+        assert isinstance(self._dest, RsyncDestination)
+        try:
+            name = self._dest.remote_latest()
+        except CheckpointError as exc:
+            log.warning("cannot read latest from %s: %s", self._dest.describe(), exc)
+            return
+        if name and name not in self._store.names():
+            self._dest.fetch(name, self._store)
+            info = self._store.read_manifest(name)
+            if info.base and info.base not in self._store.names():
+                self._dest.fetch(info.base, self._store)
+
+    def load(self, name: str | None = None) -> Any:
+        """The state of the newest valid checkpoint (or ``name``); None if there is none."""
+        if name is not None:
+            return self.load_info(name)[1]
+        found = self.find_valid()
+        if found is None:
+            return None
+        store, info = found
+        state = store.read_state(info)
+        self._after_load(info)
+        return state
+
+    def load_info(self, name: str) -> tuple[CheckpointInfo, Any]:
+        """Load exactly ``name`` (verified), e.g. the one rank 0 chose."""
+        for store in reversed(self._stores()):
+            if (store.root / name).is_dir():
+                info = self._verify_in(store, name)
+                state = store.read_state(info)
+                self._after_load(info)
+                return info, state
+        raise CheckpointError(f"checkpoint {name} not found in {self.destination_spec}")
+
+    def _verify_in(self, store: Store, name: str) -> CheckpointInfo:
+        try:
+            return store.verify(name)
+        except CorruptCheckpointError as exc:
+            self._emit("verify_failed", name=name, error=str(exc))
+            raise
+
+    def _after_load(self, info: CheckpointInfo) -> None:
+        self.latest_loaded = info
+        log.info("loaded checkpoint %s (step %d, %s)", info.name, info.step, info.kind)
+        self._emit("load", name=info.name, step=info.step, kind=info.kind)
+        self._last_step = info.step
+        self._last_time = self.clock()
+        # Differential saves continue against the full base of what was loaded.
+        base_name = info.base or info.name
+        try:
+            self._last_full = self._store.read_manifest(base_name) \
+                if (self._store.root / base_name).is_dir() else None
+        except CorruptCheckpointError:
+            self._last_full = None
+        self._last_full_time = self.clock() if self._last_full else None
+
+    # ---- lifetime ----------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wait (bounded) for pending writes and uploads; raise if any failed or timed out."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._atexit)
+        for sig, old in self._old_handlers.items():
+            try:
+                signal.signal(sig, old)
+            except (ValueError, TypeError):
+                pass
+        self._old_handlers.clear()
+        try:
+            self.wait(self.policy.close_timeout if timeout is None else timeout)
+        finally:
+            self._write_pool.shutdown(wait=False)
+            if self._uploader:
+                self._uploader.shutdown()
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except CheckpointError as exc:
+            log.error("at exit: %s", exc)
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _emit(self, event: str, **fields_: Any) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event, fields_)
+        except Exception:  # noqa: BLE001 - metrics must never break training
+            log.exception("on_event callback failed for %s", event)
+
+
+def _chain(src: Future, dst: Future) -> None:
+    exc = src.exception()
+    if exc is not None:
+        dst.set_exception(exc if isinstance(exc, CheckpointError)
+                          else CheckpointError(f"upload failed: {exc}"))
+    else:
+        dst.set_result(src.result())

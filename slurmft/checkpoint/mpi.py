@@ -1,0 +1,128 @@
+"""MPI coordination: the ONLY module of slurmft that imports mpi4py.
+
+Rank 0 owns the CheckpointManager's side effects (writes, rotation, uploads); the other
+ranks only decide with it and wait. Every decision is collective, so all ranks take the same
+branch at the same step:
+
+* ``should_save(step)``: rank 0's policy (its clock) OR a save signal seen on any rank;
+* ``should_stop``: true on every rank once any rank got the signal and the save was taken;
+* ``save``: rank 0 snapshots; a barrier holds the others until the snapshot is taken
+  (``durable=True``: until it is written and verified);
+* ``load``: rank 0 picks the newest checkpoint that verifies and broadcasts its name; every
+  rank then loads and verifies that same one (shared file system), whatever the world size
+  was when it was written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mpi4py import MPI
+
+from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy, SaveHandle
+from slurmft.checkpoint.store import CheckpointInfo
+from slurmft.errors import CheckpointError
+
+
+class MPICheckpointManager:
+    """A CheckpointManager shared by the ranks of ``comm`` (default COMM_WORLD)."""
+
+    def __init__(self, path: str, policy: CheckpointPolicy | None = None, comm: Any = None,
+                 **kwargs: Any) -> None:
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        # Only rank 0 cleans up leftovers; the others must not touch the directory.
+        self.manager = CheckpointManager(path, policy, world_size=self.size,
+                                         writer=self.rank == 0, **kwargs)
+        self._stop = False
+        self.comm.Barrier()
+
+    @property
+    def policy(self) -> CheckpointPolicy:
+        return self.manager.policy
+
+    def install_signal_handlers(self) -> None:
+        self.manager.install_signal_handlers()
+
+    def should_save(self, step: int) -> bool:
+        """Collective: the same answer on every rank."""
+        mine = self.manager.should_save(step) if self.rank == 0 else False
+        signalled = self.manager.should_stop
+        flags = self.comm.allreduce(int(mine) | (int(signalled) << 1), op=MPI.BOR)
+        if flags & 2:
+            self._stop = True
+            if self.rank == 0 and not self.manager.should_stop:
+                self.manager.request_stop()
+            return True
+        return bool(flags & 1)
+
+    @property
+    def should_stop(self) -> bool:
+        return self._stop
+
+    def save(self, state: Any, step: int, durable: bool = False, **kwargs: Any) -> SaveHandle | None:
+        """Rank 0 saves ``state``; the others wait at a barrier. Collective."""
+        handle = None
+        error = ""
+        if self.rank == 0:
+            try:
+                handle = self.manager.save(state, step, **kwargs)
+                if durable:
+                    handle.result()
+            except CheckpointError as exc:
+                error = str(exc)
+        error = self.comm.bcast(error, root=0)
+        if error:
+            raise CheckpointError(f"rank 0: {error}")
+        return handle
+
+    def choose(self) -> str | None:
+        """Collective: rank 0 picks the newest valid checkpoint, every rank gets its name."""
+        name, error = None, ""
+        if self.rank == 0:
+            try:
+                found = self.manager.find_valid()
+                name = found[1].name if found else None
+            except CheckpointError as exc:
+                error = str(exc)
+        name, error = self.comm.bcast((name, error), root=0)
+        if error:
+            raise CheckpointError(f"rank 0: {error}")
+        return name
+
+    def load(self) -> tuple[CheckpointInfo | None, Any]:
+        """Collective: every rank loads the checkpoint rank 0 chose; (None, None) if none."""
+        name = self.choose()
+        if name is None:
+            return None, None
+        error = ""
+        info = state = None
+        try:
+            info, state = self.manager.load_info(name)
+        except CheckpointError as exc:
+            error = str(exc)
+        errors = self.comm.allgather(error)
+        bad = [(r, e) for r, e in enumerate(errors) if e]
+        if bad:
+            raise CheckpointError(f"rank {bad[0][0]} cannot load {name}: {bad[0][1]}")
+        return info, state
+
+    def close(self) -> None:
+        error = ""
+        if self.rank == 0:
+            try:
+                self.manager.close()
+            except CheckpointError as exc:
+                error = str(exc)
+        else:
+            self.manager.close()
+        error = self.comm.bcast(error, root=0)
+        if error:
+            raise CheckpointError(f"rank 0: {error}")
+
+    def __enter__(self) -> "MPICheckpointManager":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,531 @@
+"""On-disk checkpoint format: atomic write, manifest with checksums, verification, rotation.
+
+One checkpoint is one directory ``step_<012d step>/`` under the checkpoint root::
+
+    data.bin       raw bytes of every array written by this save, 64-byte aligned
+    meta.pkl       the state with arrays replaced by ``ArrayRef`` placeholders (pickled)
+    manifest.json  step, time, world size, kind, files (size + checksum), per-array index
+                   (dtype, shape, offset, digest, which checkpoint holds the bytes); it
+                   carries its own checksum, so a broken manifest is detected too
+
+A save writes into ``.tmp-<name>-<pid>-<rand>/``, fsyncs every file, fsyncs that directory,
+renames it to its final name and fsyncs the root. ``latest`` is a one-line file naming a
+checkpoint that was read back and verified; it is replaced the same atomic way. Anything
+starting with ``.tmp-`` is a save cut short by a crash: it is never read and ``cleanup``
+removes it.
+
+A differential checkpoint (``kind: diff``) writes only the arrays whose digest differs from
+its full ``base``; the manifest still lists every array, with ``source`` naming the
+checkpoint that holds its bytes. Rebuilding checks every array against its digest.
+
+Only numpy arrays are stored as raw bytes; torch.py turns tensors into numpy views first, so
+this module needs no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import pickle
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xxhash
+
+from slurmft.errors import CheckpointError, CorruptCheckpointError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATA = "data.bin"
+META = "meta.pkl"
+LATEST = "latest"
+TMP_PREFIX = ".tmp-"
+ALIGN = 64
+CHUNK = 64 << 20
+ALGORITHMS = ("xxh3", "sha256")
+_NAME_RE = re.compile(r"^step_(\d{12})$")
+
+# A test hook: called with a label at each step of a save ("data", "manifest", "rename", ...).
+FaultHook = Callable[[str], None]
+
+
+def step_name(step: int) -> str:
+    if step < 0 or step >= 10**12:
+        raise CheckpointError(f"step must be in 0..10**12-1, not {step}")
+    return f"step_{step:012d}"
+
+
+def parse_name(name: str) -> int | None:
+    m = _NAME_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def new_hasher(algorithm: str) -> Any:
+    if algorithm == "xxh3":
+        return xxhash.xxh3_128()
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    raise CheckpointError(f"unknown checksum algorithm {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+
+
+def digest_bytes(algorithm: str, data: Any) -> str:
+    h = new_hasher(algorithm)
+    h.update(data)
+    return f"{algorithm}:{h.hexdigest()}"
+
+
+def digest_file(path: Path, algorithm: str) -> str:
+    """Checksum a file by mapping it (no copy through Python buffers)."""
+    h = new_hasher(algorithm)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                view = memoryview(m)
+                try:
+                    for start in range(0, size, CHUNK):
+                        h.update(view[start:start + CHUNK])
+                finally:
+                    view.release()
+    return f"{algorithm}:{h.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class ArrayRef:
+    """Placeholder for an array inside the pickled state skeleton."""
+
+    key: str
+
+
+@dataclass
+class FileEntry:
+    name: str
+    size: int
+    checksum: str
+
+
+@dataclass
+class ArrayEntry:
+    dtype: str
+    shape: list[int]
+    nbytes: int
+    digest: str
+    source: str          # checkpoint directory holding the bytes (itself or its base)
+    offset: int
+
+
+@dataclass
+class CheckpointInfo:
+    """What a manifest says about one checkpoint (``verified`` once read back)."""
+
+    name: str
+    path: str
+    step: int
+    kind: str = "full"                 # full | diff
+    base: str = ""                     # the full checkpoint a diff builds on
+    time: float = 0.0                  # wall-clock seconds since the epoch
+    world_size: int = 1
+    algorithm: str = "xxh3"
+    files: list[FileEntry] = field(default_factory=list)
+    arrays: dict[str, ArrayEntry] = field(default_factory=dict)
+    bytes_written: int = 0             # data bytes this save wrote
+    bytes_total: int = 0               # data bytes of the full rebuilt state
+    meta: dict = field(default_factory=dict)
+    verified: bool = False
+    error: str = ""                    # why it is not valid (list() only)
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name, "step": self.step, "kind": self.kind, "base": self.base,
+            "time": self.time, "world_size": self.world_size, "algorithm": self.algorithm,
+            "bytes_written": self.bytes_written, "bytes_total": self.bytes_total,
+            "files": [asdict(f) for f in self.files], "verified": self.verified,
+            "error": self.error, "path": self.path,
+        }
+
+
+@dataclass
+class Snapshot:
+    """A copy of the state taken on the training thread, written by the background thread."""
+
+    step: int
+    skeleton: bytes                     # pickled state with ArrayRef placeholders
+    arrays: dict[str, np.ndarray]
+    world_size: int = 1
+    meta: dict = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+
+# --- state <-> skeleton + arrays ------------------------------------------------------------
+
+def split_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray]]:
+    """Replace every numpy array in nested dicts/lists/tuples by an ArrayRef; return both."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
+            arrays[path] = obj
+            return ArrayRef(path)
+        if isinstance(obj, Mapping):
+            return {k: walk(v, f"{path}/{k}") for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+            return tuple(walk(v, f"{path}/{i}") for i, v in enumerate(obj))
+        return obj
+
+    return walk(state, prefix), arrays
+
+
+def join_state(skeleton: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    def walk(obj: Any) -> Any:
+        if isinstance(obj, ArrayRef):
+            return arrays[obj.key]
+        if isinstance(obj, dict):
+            return {k: walk(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v) for v in obj]
+        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+            return tuple(walk(v) for v in obj)
+        return obj
+
+    return walk(skeleton)
+
+
+# --- durable file operations ---------------------------------------------------------------
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_durable(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def replace_file_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` under a temporary name, fsync, rename over ``path``, fsync the dir."""
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    write_file_durable(tmp, data)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _manifest_checksum(doc: dict) -> str:
+    body = {k: v for k, v in doc.items() if k != "manifest_checksum"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return digest_bytes("xxh3", text.encode())
+
+
+# --- the store ------------------------------------------------------------------------------
+
+class Store:
+    """A checkpoint root on a mounted file system (local disk, NFS, Lustre)."""
+
+    def __init__(self, root: str | os.PathLike, algorithm: str = "xxh3",
+                 fault_hook: FaultHook | None = None) -> None:
+        if algorithm not in ALGORITHMS:
+            raise CheckpointError(
+                f"unknown checksum algorithm {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+        self.root = Path(root)
+        self.algorithm = algorithm
+        self._fault = fault_hook or (lambda label: None)
+
+    # -- writing --
+    def ensure_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"cannot create checkpoint directory {self.root}: {exc.strerror}") from None
+
+    def array_digests(self, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+        return {k: digest_bytes(self.algorithm, _bytes_view(a)) for k, a in arrays.items()}
+
+    def write(self, snap: Snapshot, base: CheckpointInfo | None = None,
+              array_digests: bool = True) -> CheckpointInfo:
+        """Write ``snap`` atomically (as a diff against ``base`` if given); not yet verified.
+
+        ``array_digests=False`` skips the per-array digests (one hashing pass less) when no
+        differential save will build on this one; the file checksum still covers every byte.
+        """
+        self.ensure_root()
+        name = step_name(snap.step)
+        final = self.root / name
+        tmp = self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            digests = (self.array_digests(snap.arrays) if array_digests or base
+                       else dict.fromkeys(snap.arrays, ""))
+            entries: dict[str, ArrayEntry] = {}
+            to_write: list[str] = []
+            for key, arr in snap.arrays.items():
+                prev = base.arrays.get(key) if base else None
+                if (prev is not None and prev.digest and prev.digest == digests[key]
+                        and prev.dtype == arr.dtype.str and prev.shape == list(arr.shape)):
+                    entries[key] = ArrayEntry(arr.dtype.str, list(arr.shape), arr.nbytes,
+                                              digests[key], prev.source, prev.offset)
+                else:
+                    to_write.append(key)
+            h = new_hasher(self.algorithm)
+            offset = 0
+            self._fault("data")
+            with open(tmp / DATA, "wb", buffering=0) as f:
+                for key in to_write:
+                    arr = snap.arrays[key]
+                    pad = (-offset) % ALIGN
+                    if pad:
+                        f.write(b"\0" * pad)
+                        h.update(b"\0" * pad)
+                        offset += pad
+                    view = _bytes_view(arr)
+                    h.update(view)
+                    _write_all(f, view)
+                    entries[key] = ArrayEntry(arr.dtype.str, list(arr.shape), arr.nbytes,
+                                              digests[key], name, offset)
+                    offset += arr.nbytes
+                self._fault("data-written")
+                os.fsync(f.fileno())
+            files = [FileEntry(DATA, offset, f"{self.algorithm}:{h.hexdigest()}")]
+            self._fault("meta")
+            write_file_durable(tmp / META, snap.skeleton)
+            files.append(FileEntry(META, len(snap.skeleton), digest_bytes(self.algorithm, snap.skeleton)))
+            info = CheckpointInfo(
+                name=name, path=str(final), step=snap.step,
+                kind="diff" if base else "full", base=base.name if base else "",
+                time=snap.time, world_size=snap.world_size, algorithm=self.algorithm,
+                files=files, arrays=entries, bytes_written=offset,
+                bytes_total=sum(e.nbytes for e in entries.values()), meta=dict(snap.meta),
+            )
+            self._fault("manifest")
+            write_file_durable(tmp / MANIFEST, _manifest_bytes(info))
+            fsync_dir(tmp)
+            self._fault("rename")
+            if final.exists():
+                # Same step saved again: move the old one aside first (never visible half-done).
+                trash = self.root / f"{TMP_PREFIX}old-{name}-{uuid.uuid4().hex[:8]}"
+                os.rename(final, trash)
+                os.rename(tmp, final)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.rename(tmp, final)
+            fsync_dir(self.root)
+            self._fault("renamed")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return info
+
+    def set_latest(self, name: str) -> None:
+        self._fault("latest")
+        replace_file_atomic(self.root / LATEST, (name + "\n").encode())
+        self._fault("latest-set")
+
+    def set_latest_if_newer(self, name: str) -> None:
+        current = self.latest_name()
+        if current is None or (parse_name(current) or -1) <= (parse_name(name) or 0):
+            self.set_latest(name)
+
+    # -- reading --
+    def latest_name(self) -> str | None:
+        try:
+            text = (self.root / LATEST).read_text().strip()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if parse_name(text) is not None else None
+
+    def names(self) -> list[str]:
+        """Complete checkpoint directories, newest step first."""
+        try:
+            entries = os.listdir(self.root)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        names = [n for n in entries if parse_name(n) is not None and (self.root / n).is_dir()]
+        return sorted(names, key=lambda n: parse_name(n) or 0, reverse=True)
+
+    def read_manifest(self, name: str) -> CheckpointInfo:
+        path = self.root / name / MANIFEST
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise CorruptCheckpointError(f"{path}: manifest missing") from None
+        except OSError as exc:
+            raise CorruptCheckpointError(f"{path}: cannot read manifest: {exc.strerror}") from None
+        try:
+            doc = json.loads(raw)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptCheckpointError(f"{path}: manifest is not valid JSON ({exc})") from None
+        if doc.get("manifest_checksum") != _manifest_checksum(doc):
+            raise CorruptCheckpointError(f"{path}: manifest checksum mismatch (manifest was altered)")
+        if doc.get("format") != FORMAT_VERSION:
+            raise CorruptCheckpointError(f"{path}: unknown format {doc.get('format')!r}")
+        try:
+            info = CheckpointInfo(
+                name=name, path=str(self.root / name), step=int(doc["step"]), kind=doc["kind"],
+                base=doc["base"], time=float(doc["time"]), world_size=int(doc["world_size"]),
+                algorithm=doc["algorithm"], files=[FileEntry(**f) for f in doc["files"]],
+                arrays={k: ArrayEntry(**v) for k, v in doc["arrays"].items()},
+                bytes_written=int(doc["bytes_written"]), bytes_total=int(doc["bytes_total"]),
+                meta=dict(doc.get("meta") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CorruptCheckpointError(f"{path}: manifest field missing or wrong ({exc})") from None
+        if info.step != parse_name(name):
+            raise CorruptCheckpointError(f"{path}: manifest step {info.step} does not match {name}")
+        return info
+
+    def verify(self, name: str, _depth: int = 0) -> CheckpointInfo:
+        """Read back every file and compare sizes and checksums; raise CorruptCheckpointError."""
+        info = self.read_manifest(name)
+        for entry in info.files:
+            path = self.root / name / entry.name
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise CorruptCheckpointError(f"{path}: file missing") from None
+            if size != entry.size:
+                raise CorruptCheckpointError(
+                    f"{path}: size {size} != {entry.size} in manifest (truncated or extended)")
+            algo = entry.checksum.split(":", 1)[0]
+            if algo not in ALGORITHMS:
+                raise CorruptCheckpointError(f"{path}: unknown checksum algorithm {algo!r}")
+            got = digest_file(path, algo)
+            if got != entry.checksum:
+                raise CorruptCheckpointError(f"{path}: checksum mismatch ({got} != {entry.checksum})")
+        if info.kind == "diff":
+            if _depth > 0 or not info.base:
+                raise CorruptCheckpointError(f"{info.path}: differential checkpoint without a full base")
+            try:
+                self.verify(info.base, _depth + 1)
+            except CorruptCheckpointError as exc:
+                raise CorruptCheckpointError(f"{info.path}: its base is invalid: {exc}") from None
+        info.verified = True
+        return info
+
+    def read_state(self, info: CheckpointInfo) -> Any:
+        """Rebuild the state (full + diff) and check every array against its digest."""
+        arrays: dict[str, np.ndarray] = {}
+        for key, e in info.arrays.items():
+            path = self.root / e.source / DATA
+            dtype = np.dtype(e.dtype)
+            count = e.nbytes // dtype.itemsize if dtype.itemsize else 0
+            try:
+                arr = np.fromfile(path, dtype=dtype, count=count, offset=e.offset)
+            except (OSError, ValueError) as exc:
+                raise CorruptCheckpointError(f"{path}: cannot read array {key}: {exc}") from None
+            if arr.nbytes != e.nbytes:
+                raise CorruptCheckpointError(f"{path}: array {key} truncated")
+            if e.digest and digest_bytes(info.algorithm, _bytes_view(arr)) != e.digest:
+                raise CorruptCheckpointError(f"{path}: array {key} does not match its digest")
+            arrays[key] = arr.reshape(e.shape)
+        meta_path = self.root / info.name / META
+        try:
+            skeleton = pickle.loads(meta_path.read_bytes())
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means corrupt
+            raise CorruptCheckpointError(f"{meta_path}: cannot unpickle state: {exc}") from None
+        return join_state(skeleton, arrays)
+
+    def list(self) -> list[CheckpointInfo]:
+        """Every complete checkpoint, newest first; broken manifests listed with ``error``."""
+        out = []
+        for name in self.names():
+            try:
+                out.append(self.read_manifest(name))
+            except CorruptCheckpointError as exc:
+                out.append(CheckpointInfo(name=name, path=str(self.root / name),
+                                          step=parse_name(name) or 0, error=str(exc)))
+        return out
+
+    # -- housekeeping --
+    def cleanup(self) -> list[str]:
+        """Remove what a crashed save left behind (``.tmp-*``); return the names removed."""
+        removed = []
+        try:
+            entries = os.listdir(self.root)
+        except (FileNotFoundError, NotADirectoryError):
+            return removed
+        for n in entries:
+            if n.startswith(TMP_PREFIX):
+                p = self.root / n
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(n)
+        return removed
+
+    def prune(self, keep_last: int, protect: Iterator[str] | None = None) -> list[str]:
+        """Keep the newest ``keep_last`` checkpoints, the one ``latest`` names, and every
+        full base a kept diff needs; delete the rest. Returns the names deleted."""
+        if keep_last < 1:
+            raise CheckpointError(f"keep_last must be >= 1, not {keep_last}")
+        infos = self.list()
+        keep = {i.name for i in infos[:keep_last]}
+        latest = self.latest_name()
+        if latest:
+            keep.add(latest)
+        keep.update(protect or ())
+        by_name = {i.name: i for i in infos}
+        for n in list(keep):
+            base = by_name.get(n, CheckpointInfo(name=n, path="", step=0)).base
+            if base:
+                keep.add(base)
+        deleted = []
+        for info in infos:
+            if info.name not in keep:
+                # Rename first so a half-deleted directory never looks complete.
+                trash = self.root / f"{TMP_PREFIX}del-{info.name}-{uuid.uuid4().hex[:8]}"
+                try:
+                    os.rename(self.root / info.name, trash)
+                except FileNotFoundError:
+                    continue
+                shutil.rmtree(trash, ignore_errors=True)
+                deleted.append(info.name)
+        return deleted
+
+
+def _manifest_bytes(info: CheckpointInfo) -> bytes:
+    doc = {
+        "format": FORMAT_VERSION, "step": info.step, "kind": info.kind, "base": info.base,
+        "time": info.time, "world_size": info.world_size, "algorithm": info.algorithm,
+        "files": [asdict(f) for f in info.files],
+        "arrays": {k: asdict(v) for k, v in info.arrays.items()},
+        "bytes_written": info.bytes_written, "bytes_total": info.bytes_total, "meta": info.meta,
+    }
+    doc["manifest_checksum"] = _manifest_checksum(doc)
+    return json.dumps(doc, indent=1).encode()
+
+
+def _bytes_view(arr: np.ndarray) -> memoryview:
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return memoryview(arr.reshape(-1).view(np.uint8))
+
+
+def _write_all(f: Any, view: memoryview) -> None:
+    # Large writes in chunks: a raw write may be short, and some file systems cap the size.
+    total = len(view)
+    pos = 0
+    while pos < total:
+        n = f.write(view[pos:pos + CHUNK])
+        if not n:
+            raise CheckpointError("short write to checkpoint file")
+        pos += n

@@ -1,0 +1,237 @@
+"""Processes and commands for the local cluster: argv lists only, pids checked by start time.
+
+A recorded process is (pid, start time from /proc/PID/stat); a signal is sent only while both
+still match, so a recycled pid never gets a signal meant for one of the cluster's daemons.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from slurmft.errors import ClusterError
+from slurmft.log import get_logger
+
+log = get_logger(__name__)
+
+# Run in a fresh uts+mount namespace: set the host name, bind the cluster's hosts file over
+# /etc/hosts, optionally give the node a private /tmp and /run, then exec the command.
+# Constant text: every value arrives as a positional argument ($1 host, $2 hosts file, $3 mode).
+NS_SETUP_SH = (
+    'set -e; hostname "$1"; mount --bind "$2" /etc/hosts; '
+    'if [ "$3" = node ]; then '
+    'mount -t tmpfs -o mode=1777 tmpfs /tmp; mount -t tmpfs -o mode=755 tmpfs /run; '
+    'mkdir -p /run/sshd; fi; shift 3; exec "$@"'
+)
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process the cluster started."""
+
+    pid: int
+    start: int          # /proc/PID/stat start time (clock ticks since boot)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Proc:
+        return cls(int(d["pid"]), int(d["start"]))
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # Fields after "(comm)": state is [0], ppid [1], starttime [19].
+    return text[text.rindex(")") + 2:].split()
+
+
+def start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def record(pid: int) -> Proc:
+    st = start_time(pid)
+    if st is None:
+        raise ClusterError(f"process {pid} exited right after it was started")
+    return Proc(pid, st)
+
+
+def alive(proc: Proc | None) -> bool:
+    """True while ``proc`` runs (not a zombie, same start time)."""
+    if proc is None:
+        return False
+    fields = _stat(proc.pid)
+    return bool(fields) and fields[0] != "Z" and int(fields[19]) == proc.start
+
+
+def state(proc: Proc) -> str:
+    """'running', 'stopped' (SIGSTOP), or 'dead'."""
+    fields = _stat(proc.pid)
+    if not fields or fields[0] == "Z" or int(fields[19]) != proc.start:
+        return "dead"
+    return "stopped" if fields[0] in ("T", "t") else "running"
+
+
+def signal_proc(proc: Proc, sig: int) -> bool:
+    """Send ``sig`` if ``proc`` is still the process we started; True if sent."""
+    if not alive(proc):
+        return False
+    try:
+        os.kill(proc.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def reap(pids: Iterable[int]) -> None:
+    """Collect our own exited children so they do not linger as zombies."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+
+
+def wait_gone(procs: Sequence[Proc], timeout: float) -> list[Proc]:
+    """Wait until none of ``procs`` runs; return those still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    left = list(procs)
+    while True:
+        reap(p.pid for p in left)
+        left = [p for p in left if alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.02)
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def parents() -> dict[int, int]:
+    """{pid: ppid} for every process."""
+    out = {}
+    for pid in all_pids():
+        fields = _stat(pid)
+        if fields:
+            out[pid] = int(fields[1])
+    return out
+
+
+def descendants(roots: Iterable[int], ppid_of: Mapping[int, int] | None = None) -> set[int]:
+    """All descendants of ``roots`` (not the roots themselves)."""
+    ppid_of = parents() if ppid_of is None else ppid_of
+    children: dict[int, list[int]] = {}
+    for pid, ppid in ppid_of.items():
+        children.setdefault(ppid, []).append(pid)
+    out: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def ancestors(pid: int, ppid_of: Mapping[int, int]) -> set[int]:
+    out = set()
+    while pid in ppid_of and pid not in out and pid > 1:
+        out.add(pid)
+        pid = ppid_of[pid]
+    return out
+
+
+def ns_inode(path: str | os.PathLike) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def pids_in_netns(inodes: set[int]) -> list[int]:
+    """Processes whose network namespace is one of ``inodes``."""
+    out = []
+    for pid in all_pids():
+        if ns_inode(f"/proc/{pid}/ns/net") in inodes:
+            out.append(pid)
+    return out
+
+
+def run(argv: Sequence[str], *, check: bool = True, input: str | None = None,
+        timeout: float = 30.0, env: Mapping[str, str] | None = None,
+        what: str = "") -> subprocess.CompletedProcess:
+    """Run ``argv`` (a list, never a shell line); ClusterError naming the command on failure."""
+    try:
+        cp = subprocess.run(list(argv), input=input, capture_output=True, text=True,
+                            timeout=timeout, env=None if env is None else dict(env))
+    except FileNotFoundError:
+        raise ClusterError(f"{argv[0]} not found: run `make install`") from None
+    except subprocess.TimeoutExpired:
+        raise ClusterError(f"{what or argv[0]} timed out after {timeout:g}s") from None
+    if check and cp.returncode != 0:
+        msg = (cp.stderr or cp.stdout).strip().splitlines()
+        raise ClusterError(f"{what or ' '.join(argv[:4])} failed (rc={cp.returncode}): "
+                           f"{msg[-1] if msg else 'no output'}")
+    return cp
+
+
+def spawn(argv: Sequence[str], log_file: Path, *, env: Mapping[str, str] | None = None) -> Proc:
+    """Start a daemon in its own session, output appended to ``log_file``; return its record.
+
+    The argv chain (nsenter, unshare, sh) execs in place, so the pid is the daemon's pid.
+    """
+    with open(log_file, "ab") as out:
+        try:
+            p = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 start_new_session=True, close_fds=True,
+                                 env=None if env is None else dict(env))
+        except FileNotFoundError:
+            raise ClusterError(f"{argv[0]} not found: run `make install`") from None
+    # Keep no Popen object: the daemon outlives this call; reap() collects it if we kill it.
+    p.returncode = 0  # tell subprocess not to track it as an active child
+    st = start_time(p.pid)
+    if st is None:
+        reap([p.pid])
+        raise ClusterError(f"{argv[0]} exited at once: see {log_file}")
+    return Proc(p.pid, st)
+
+
+def exited_rc(proc: Proc) -> int | None:
+    """Reap ``proc`` if it is our exited child; its exit status, or None if unknown/running."""
+    try:
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if pid == 0:
+        return None
+    return os.waitstatus_to_exitcode(status)
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "STOP": signal.SIGSTOP,
+           "CONT": signal.SIGCONT}

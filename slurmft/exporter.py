@@ -1,0 +1,223 @@
+"""The slurmft exporter: checkpoint manifests and rescheduler audit records as Prometheus metrics.
+
+``ExporterCollector`` re-reads its sources each time the registry is collected (a scrape, or a
+textfile write), so ``slurmft_checkpoint_age_seconds`` is current at every scrape:
+
+* each checkpoint directory, through the checkpoint store's manifest reader
+  (``slurmft.checkpoint.store.Store.list``/``latest_name``);
+* the rescheduler's audit log (``audit.jsonl`` in ``reschedule.state_dir``, written by
+  ``slurmft.state.StateStore.audit``), read incrementally: each record counts once.
+
+Audit record fields read here (others are ignored)::
+
+    {"event": "decision",             # only decisions count as reschedules ("action" lines not)
+     "outcome": "requeue",            # -> slurmft_reschedules_total{outcome}
+     "health": {"node1": "HEALTHY", "node3": "UNREACHABLE"},   # -> slurmft_node_health{state}
+     "detection_seconds": 3.2,        # any event: failure -> detected   (histogram)
+     "recovery_seconds": 41.0}        # any event: detected -> job back  (histogram)
+
+A record without ``event`` counts as a decision when it has an ``outcome``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slurmft import metrics as _m
+from slurmft.errors import SlurmFTError
+from slurmft.log import get_logger
+
+log = get_logger(__name__)
+
+AUDIT_FILE = "audit.jsonl"   # as slurmft.state.StateStore writes it
+MAX_AUDIT_LINE = 1 << 20
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What the exporter shows for one checkpoint directory."""
+
+    count: int                       # checkpoints whose manifest reads back
+    last_step: int | None
+    last_time: float | None          # unix seconds the latest checkpoint was written
+    last_size: int | None            # bytes of the full state
+    broken: tuple[str, ...] = ()     # checkpoints whose manifest is missing, altered or torn
+
+
+def summarize_checkpoints(infos: Iterable[Any], latest_name: str | None = None
+                          ) -> CheckpointSummary:
+    """Summarize the checkpoint store's ``CheckpointInfo`` list.
+
+    The latest is the one the store's ``latest`` pointer names (it is published only after
+    verification), else the valid one with the highest step.
+    """
+    infos = list(infos)
+    valid = [i for i in infos if not i.error]
+    broken = tuple(sorted(i.name for i in infos if i.error))
+    if not valid:
+        return CheckpointSummary(0, None, None, None, broken)
+    named = [i for i in valid if i.name == latest_name]
+    latest = named[0] if named else max(valid, key=lambda i: (i.step, i.time))
+    return CheckpointSummary(
+        count=len(valid),
+        last_step=latest.step,
+        last_time=latest.time or None,
+        last_size=latest.bytes_total or latest.bytes_written or None,
+        broken=broken,
+    )
+
+
+def read_checkpoints(directory: str) -> CheckpointSummary:
+    """Read a checkpoint directory through the checkpoint store's manifest reader."""
+    from slurmft.checkpoint.store import Store   # numpy + xxhash: only when asked
+
+    if not Path(directory).is_dir():
+        raise SlurmFTError(f"checkpoint directory {directory} does not exist")
+    store = Store(directory)
+    return summarize_checkpoints(store.list(), store.latest_name())
+
+
+class AuditTail:
+    """Reads complete new lines of a JSON-lines file since the last call (rotation-aware)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._offset = 0
+        self._inode: int | None = None
+
+    def read_new(self) -> tuple[list[dict], int, bool]:
+        """(new records, bad lines, restarted) — ``restarted`` when the file was replaced."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return [], 0, False
+        restarted = False
+        if self._inode is not None and (st.st_ino != self._inode or st.st_size < self._offset):
+            self._offset, restarted = 0, True
+        self._inode = st.st_ino
+        records, bad = [], 0
+        with self.path.open("rb") as fh:
+            fh.seek(self._offset)
+            while True:
+                line = fh.readline(MAX_AUDIT_LINE)
+                if not line.endswith(b"\n"):
+                    break  # a partial line: the writer has not finished it yet
+                self._offset += len(line)
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    bad += 1
+                    continue
+                if isinstance(doc, dict):
+                    records.append(doc)
+                else:
+                    bad += 1
+        return records, bad, restarted
+
+
+class ExporterCollector:
+    """A prometheus_client collector that refreshes slurmft metrics from disk when collected."""
+
+    def __init__(self, checkpoint_dirs: Iterable[str | os.PathLike] = (),
+                 state_dir: str | os.PathLike | None = None,
+                 audit_file: str | os.PathLike | None = None,
+                 read_dir: Callable[[str], CheckpointSummary] = read_checkpoints,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.checkpoint_dirs = [str(d) for d in checkpoint_dirs]
+        if audit_file is None and state_dir is not None:
+            audit_file = Path(state_dir) / AUDIT_FILE
+        self.audit = AuditTail(audit_file) if audit_file is not None else None
+        self._read_dir = read_dir
+        self._broken_seen: set[tuple[str, str]] = set()
+        self._warned: set[str] = set()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.metrics = _m.build_metrics()
+
+    def refresh(self) -> None:
+        """Re-read every source into the metrics."""
+        with self._lock:
+            for directory in self.checkpoint_dirs:
+                self._refresh_checkpoints(directory)
+            if self.audit is not None:
+                self._refresh_audit()
+
+    def _refresh_checkpoints(self, directory: str) -> None:
+        m = self.metrics
+        try:
+            summary = self._read_dir(directory)
+        except SlurmFTError as exc:
+            m.exporter_errors.labels(source="checkpoint").inc()
+            if directory not in self._warned:      # once per directory, not per scrape
+                self._warned.add(directory)
+                log.warning("exporter: %s", exc)
+            return
+        self._warned.discard(directory)
+        m.checkpoint_count.labels(dir=directory).set(summary.count)
+        failures = m.verification_failures.labels(dir=directory)
+        for name in summary.broken:                 # each broken checkpoint counts once
+            if (directory, name) not in self._broken_seen:
+                self._broken_seen.add((directory, name))
+                failures.inc()
+        if summary.last_time is not None:
+            m.checkpoint_timestamp.labels(dir=directory).set(summary.last_time)
+            m.checkpoint_age.labels(dir=directory).set(max(0.0, self._clock() - summary.last_time))
+        if summary.last_step is not None:
+            m.checkpoint_step.labels(dir=directory).set(summary.last_step)
+        if summary.last_size is not None:
+            m.checkpoint_size.labels(dir=directory).set(summary.last_size)
+
+    def _refresh_audit(self) -> None:
+        assert self.audit is not None
+        try:
+            records, bad, restarted = self.audit.read_new()
+        except OSError as exc:
+            self.metrics.exporter_errors.labels(source="audit").inc()
+            log.warning("exporter: cannot read %s: %s", self.audit.path, exc.strerror)
+            return
+        if restarted:
+            # The audit log was replaced: start the counters over (Prometheus handles resets).
+            self.metrics = _m.build_metrics()
+            self._broken_seen.clear()
+            for directory in self.checkpoint_dirs:
+                self._refresh_checkpoints(directory)
+        if bad:
+            self.metrics.exporter_errors.labels(source="audit").inc(bad)
+        for rec in records:
+            self.observe_record(rec)
+
+    def observe_record(self, rec: Mapping[str, Any]) -> None:
+        """Count one audit record."""
+        m = self.metrics
+        event = rec.get("event", "decision")
+        if event == "decision" and rec.get("outcome"):
+            m.reschedules.labels(outcome=str(rec["outcome"])[:64]).inc()
+            health = rec.get("health")
+            if isinstance(health, Mapping) and health:
+                _m.set_node_health(m, (str(v) for v in health.values()))
+        for key, hist in (("detection_seconds", m.detection_seconds),
+                          ("recovery_seconds", m.recovery_seconds)):
+            value = rec.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                hist.observe(value)
+
+    def collect(self) -> Iterator[Any]:
+        self.refresh()
+        yield from self.metrics.registry.collect()
+
+    def describe(self) -> Iterator[Any]:
+        yield from self.metrics.registry.collect()
+
+
+def build_registry(collector: ExporterCollector):
+    """A fresh CollectorRegistry serving ``collector``."""
+    return _m.registry_with(collector)

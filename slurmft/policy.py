@@ -1,0 +1,241 @@
+"""The restart policy: a pure function of (job, health, history, config) -> Decision.
+
+Nothing here talks to Slurm or the network; the rescheduler carries out ``Decision.actions``
+in order. The order of the fast path is the one measured on Slurm 22.05 (CLUSTER_NOTES.md):
+``requeuehold`` -> node ``down`` -> node ``drain`` -> ``update ExcNodeList NumNodes=k-k`` ->
+``release`` -> ``update StartTime=now``.
+
+``--no-drain`` still sets the failed nodes DOWN: without it a running job stays COMPLETING on
+an unreachable node until Slurm itself declares the node down (SlurmdTimeout, 300 s by
+default). A DOWN node returns to service on its own when its slurmd registers again
+(ReturnToService=2); a drained one stays out until an operator resumes it. The job's own
+ExcNodeList keeps the node out of *this* job either way.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from slurmft.probe.api import Health, ProbeResult
+from slurmft.slurm.api import JobInfo
+
+#: Ended states in which a node failure is the likely cause and a restart makes sense.
+RESTARTABLE_ENDED = frozenset({"NODE_FAIL", "FAILED", "BOOT_FAIL"})
+#: Pending reasons that mean the job is on hold.
+HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "held"})
+
+
+class Outcome(str, enum.Enum):
+    NOTHING = "nothing"            # no failed node, or a state we must not touch
+    ALREADY_DONE = "already_done"  # an earlier call already excluded the failed nodes
+    REQUEUE = "requeue"            # running (or ended, requeueable) -> requeuehold fast path
+    UPDATE_PENDING = "update_pending"
+    RESUBMIT = "resubmit"          # ended and not requeueable -> rendered restart job
+    EXHAUSTED = "exhausted"        # retry budget spent: hold with a reason, exit 3
+    REFUSED = "refused"            # would go below the minimum node count, exit 3
+
+    @property
+    def is_error(self) -> bool:
+        return self in (Outcome.EXHAUSTED, Outcome.REFUSED)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One planned side effect. ``op`` is a SlurmClient method name (or ``submit_restart``)."""
+
+    op: str
+    job_id: int | None = None
+    nodes: tuple[str, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        doc: dict[str, Any] = {"op": self.op}
+        if self.job_id is not None:
+            doc["job_id"] = self.job_id
+        if self.nodes:
+            doc["nodes"] = list(self.nodes)
+        doc.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in self.params.items()})
+        return doc
+
+
+@dataclass(frozen=True)
+class History:
+    """What earlier reschedules of this job (and its resubmissions) did."""
+
+    attempts: int = 0                    # reschedules recorded, all job ids together
+    attempts_on_job: int = 0             # of those, on the job id asked about now
+    excluded: tuple[str, ...] = ()       # every node slurmft excluded so far
+    last_nodes: tuple[str, ...] = ()     # the allocation seen last (pending jobs have none)
+    exhausted: bool = False              # the job was held because the budget was spent
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    max_retry: int = 3
+    min_nodes: int = 1
+    drain: bool = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    job_id: int
+    message: str
+    failed: tuple[str, ...] = ()
+    healthy: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    num_nodes: int | None = None
+    retries_used: int = 0
+    max_retry: int = 0
+    actions: tuple[Action, ...] = ()
+
+    @property
+    def changes_anything(self) -> bool:
+        return bool(self.actions)
+
+    def to_dict(self) -> dict:
+        return {
+            "job_id": self.job_id,
+            "outcome": self.outcome.value,
+            "message": self.message,
+            "failed": list(self.failed),
+            "healthy": list(self.healthy),
+            "exclude": list(self.exclude),
+            "num_nodes": self.num_nodes,
+            "retries_used": self.retries_used,
+            "max_retry": self.max_retry,
+            "actions": [a.to_dict() for a in self.actions],
+        }
+
+
+def drain_reason(job_id: int, health: Health | None = None) -> str:
+    """The node reason slurmft writes: names slurmft and the job."""
+    what = f" {health.value.lower()}" if health is not None else ""
+    return f"slurmft: node{what}, excluded from job {job_id}"
+
+
+def retries_used(job: JobInfo, history: History) -> int:
+    """Reschedules spent: our record, or Slurm's restart count if it saw more (Slurm requeues
+    on its own after a node failure; a resubmitted job starts again at 0)."""
+    before_this_job = history.attempts - history.attempts_on_job
+    return max(history.attempts, before_this_job + job.restart_count)
+
+
+def candidate_nodes(job: JobInfo, history: History) -> tuple[str, ...]:
+    """The nodes whose health matters: the job's allocation, else the last one we saw."""
+    return tuple(job.nodes) or tuple(history.last_nodes)
+
+
+def needs_probe(job: JobInfo) -> bool:
+    """Whether the job's state can lead to any action (skip probing otherwise)."""
+    return job.is_running or job.is_pending or job.state in RESTARTABLE_ENDED
+
+
+def _merge(*groups: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for g in groups:
+        out.update(dict.fromkeys(g))
+    return tuple(out)
+
+
+def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: History,
+           config: PolicyConfig) -> Decision:
+    """Plan the recovery of ``job`` given the health of its nodes. Pure: no side effects."""
+    jid = job.job_id
+    nodes = candidate_nodes(job, history)
+    status = {n: (h.health if isinstance(h, ProbeResult) else h) for n, h in health.items()}
+    failed = tuple(n for n in nodes if n in status and status[n].is_failed)
+    healthy = tuple(n for n in nodes if n not in failed)
+    used = retries_used(job, history)
+    base = dict(job_id=jid, failed=failed, healthy=healthy, retries_used=used,
+                max_retry=config.max_retry)
+
+    if not needs_probe(job):
+        return Decision(Outcome.NOTHING, message=f"job {jid} is {job.state}: nothing to do",
+                        **base)
+    if not failed:
+        if job.is_pending and job.reason in HELD_REASONS and history.exhausted:
+            return Decision(Outcome.NOTHING, message=f"job {jid} is held: retry budget "
+                            f"spent ({used}/{config.max_retry})", **base)
+        where = ", ".join(nodes) if nodes else "no nodes allocated"
+        return Decision(Outcome.NOTHING,
+                        message=f"job {jid} ({job.state}): no failed node ({where}); nothing changed",
+                        **base)
+
+    excluded = _merge(job.excluded_nodes, history.excluded)
+    exclude = _merge(excluded, failed)
+    k = len(healthy)
+    base.update(exclude=exclude, num_nodes=k)
+
+    if job.is_pending and set(failed) <= set(job.excluded_nodes):
+        if job.reason in HELD_REASONS and not history.exhausted:
+            return Decision(
+                Outcome.ALREADY_DONE,
+                message=f"job {jid} already excludes {', '.join(failed)} but is held: releasing",
+                actions=(Action("release", jid), Action("update_job", jid,
+                                                          params={"start_now": True})),
+                **base)
+        return Decision(Outcome.ALREADY_DONE,
+                        message=f"job {jid} is pending and already excludes "
+                        f"{', '.join(failed)}: not requeueing again", **base)
+
+    if used >= config.max_retry:
+        comment = (f"slurmft: held, retry budget spent ({used}/{config.max_retry}); "
+                   f"failed nodes {','.join(failed)}")
+        actions: list[Action] = []
+        if job.is_running:
+            actions.append(Action("requeue_hold", jid))
+        elif job.is_pending:
+            actions.append(Action("hold", jid))
+        actions += _node_actions(jid, failed, status, config, down=job.is_running)
+        if job.is_running or job.is_pending:
+            actions.append(Action("update_job", jid, params={"comment": comment}))
+        return Decision(Outcome.EXHAUSTED, actions=tuple(actions),
+                        message=f"job {jid}: retry budget spent ({used}/{config.max_retry}); "
+                        "job held, not rescheduled", **base)
+
+    if k < config.min_nodes:
+        return Decision(Outcome.REFUSED,
+                        message=f"job {jid}: only {k} healthy node(s) left, below the minimum "
+                        f"of {config.min_nodes}; not rescheduled", **base)
+
+    update = Action("update_job", jid, params={"exclude": exclude, "num_nodes": (k, k)})
+    start = Action("update_job", jid, params={"start_now": True})
+    if job.is_running or (job.has_ended and job.requeue):
+        actions = [Action("requeue_hold", jid)]
+        actions += _node_actions(jid, failed, status, config, down=job.is_running)
+        actions += [update, Action("release", jid), start]
+        verb = "requeued" if job.is_running else "requeued (ended, requeueable)"
+        return Decision(Outcome.REQUEUE, actions=tuple(actions),
+                        message=f"job {jid} {verb} on {k} node(s) without {', '.join(failed)}",
+                        **base)
+    if job.is_pending:
+        actions = _node_actions(jid, failed, status, config, down=False) + [update]
+        if job.reason in HELD_REASONS:
+            actions.append(Action("release", jid))
+        actions.append(start)
+        return Decision(Outcome.UPDATE_PENDING, actions=tuple(actions),
+                        message=f"pending job {jid} updated: {k} node(s), excluding "
+                        f"{', '.join(exclude)}", **base)
+    # Ended and not requeueable: submit a restart job that resumes from the checkpoint.
+    actions = _node_actions(jid, failed, status, config, down=False)
+    actions.append(Action("submit_restart", jid, nodes=healthy,
+                          params={"exclude": exclude, "num_nodes": k}))
+    return Decision(Outcome.RESUBMIT, actions=tuple(actions),
+                    message=f"job {jid} ended {job.state} and cannot be requeued: restart job "
+                    f"submitted on {k} node(s) without {', '.join(failed)}", **base)
+
+
+def _node_actions(jid: int, failed: tuple[str, ...], status: Mapping[str, Health],
+                  config: PolicyConfig, *, down: bool) -> list[Action]:
+    """DOWN (releases a running job at once) then DRAIN (keeps the node out afterwards)."""
+    reason = drain_reason(jid)
+    actions = []
+    if down:
+        actions.append(Action("down", nodes=failed, params={"reason": reason}))
+    if config.drain:
+        actions.append(Action("drain", nodes=failed, params={"reason": reason}))
+    return actions

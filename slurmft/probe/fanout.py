@@ -1,0 +1,174 @@
+"""``FanoutProber``: the Prober implementation. All hosts in parallel under one deadline.
+
+Per host: ping (UNREACHABLE if no reply) -> SSH connect + health command + built-in checks
+(UNRESPONSIVE if SSH fails or a command hangs, DEGRADED if a command reports a problem) ->
+HEALTHY. Each host gets ``timeout`` seconds from the moment a worker picks it up; the caller
+waits at most ``timeout * waves + grace`` (waves = ceil(hosts / workers)) and reports any host
+still in flight as UNRESPONSIVE "timed out". Workers are daemon threads, so a stuck one can
+never keep the process alive. ``ping_fn``/``ssh_fn`` are injectable for tests.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from slurmft.config import ProbeConfig
+from slurmft.errors import ProbeError
+from slurmft.hosts import validate_hostname
+from slurmft.log import get_logger
+from slurmft.probe import checks as _checks
+from slurmft.probe import ping as _ping
+from slurmft.probe import ssh as _ssh
+from slurmft.probe.api import Health, ProbeResult
+
+log = get_logger(__name__)
+
+PingFn = Callable[[str, float], _ping.PingOutcome]
+SshFn = Callable[[_ssh.SshTarget, Sequence[tuple[str, str]], float], _ssh.SshOutcome]
+
+
+class FanoutProber:
+    """Probe many hosts at once. ``config`` is the ``probe`` config section."""
+
+    def __init__(self, config: ProbeConfig | None = None, *, ping_fn: PingFn | None = None,
+                 ssh_fn: SshFn | None = None, ping_prefix: Sequence[str] = ()) -> None:
+        self.config = config or ProbeConfig()
+        if ping_fn is None and self.config.ping:
+            ping_bin = _ping.find_ping()
+            prefix = tuple(ping_prefix)
+
+            def ping_fn(host: str, timeout: float) -> _ping.PingOutcome:
+                return _ping.ping(host, timeout, ping_bin=ping_bin, prefix=prefix)
+
+        self._ping = ping_fn
+        self._ssh = ssh_fn or _ssh.run_commands
+        c = self.config
+        self.checks = _checks.build_checks(
+            c.command, check_slurmd=c.check_slurmd, gpu_count=c.gpu_count,
+            checkpoint_path=c.checkpoint_path, min_free_gb=c.min_free_gb)
+
+    @property
+    def grace(self) -> float:
+        return max(0.2, 0.25 * self.config.timeout)
+
+    def target(self, host: str) -> _ssh.SshTarget:
+        c = self.config
+        return _ssh.resolve_target(host, user=c.ssh_user, port=c.ssh_port, key=c.ssh_key,
+                                   ssh_config=c.ssh_config, known_hosts=c.known_hosts,
+                                   accept_unknown=c.accept_unknown_hosts)
+
+    # ------------------------------------------------------------------ one host
+    def probe_one(self, target: _ssh.SshTarget) -> ProbeResult:
+        c = self.config
+        start = time.monotonic()
+        deadline = start + c.timeout
+
+        def result(health: Health, reason: str, checks: dict | None = None) -> ProbeResult:
+            return ProbeResult(target.host, health, reason, time.monotonic() - start,
+                               dict(checks or {}))
+
+        if c.ping and self._ping is not None:
+            p = self._ping(target.address, c.timeout)
+            if not p.reachable:
+                return result(Health.UNREACHABLE, p.detail or "no ping reply")
+        if not c.ssh:
+            return result(Health.HEALTHY, "ping ok")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return result(Health.UNRESPONSIVE, f"timed out after {c.timeout:g}s")
+        outcome = self._ssh(target, [(ch.name, ch.command) for ch in self.checks], left)
+        if outcome.error:
+            return result(Health.UNRESPONSIVE, outcome.error)
+        by_name = {ch.name: ch for ch in self.checks}
+        states: dict[str, str] = {}
+        problems: list[str] = []
+        for out in outcome.results:
+            check = by_name.get(out.name)
+            if check is None:
+                continue
+            if out.exit_status is None:
+                states[out.name] = "timed out"
+                return result(Health.UNRESPONSIVE,
+                              f"{out.name} timed out after {c.timeout:g}s", states)
+            problem = check.judge(out.exit_status, out.stdout, out.stderr)
+            states[out.name] = problem or "ok"
+            if problem:
+                problems.append(problem)
+        missing = [ch.name for ch in self.checks if ch.name not in states]
+        if missing:
+            return result(Health.UNRESPONSIVE, f"{missing[0]} did not run", states)
+        if problems:
+            return result(Health.DEGRADED, "; ".join(problems), states)
+        return result(Health.HEALTHY, "ok" if self.checks else "ssh ok", states)
+
+    # ------------------------------------------------------------------ many hosts
+    def probe(self, hosts: Sequence[str]) -> dict[str, ProbeResult]:
+        """Probe ``hosts`` (validated first: nothing runs if one name is bad)."""
+        if isinstance(hosts, str):
+            raise TypeError("hosts must be a sequence of host names; expand hostlists first")
+        names = list(dict.fromkeys(validate_hostname(h) for h in hosts))
+        if not names:
+            return {}
+        targets = {h: self.target(h) for h in names}
+        workers = max(1, min(len(names), self.config.max_parallel))
+        waves = math.ceil(len(names) / workers)
+        queue = deque(names)
+        results: dict[str, ProbeResult] = {}
+        started: dict[str, float] = {}
+        lock = threading.Lock()
+        done = threading.Event()
+        stop = threading.Event()
+
+        go = threading.Event()
+
+        def work() -> None:
+            go.wait()  # start together: no thread competes for the GIL while others start
+            while not stop.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    host = queue.popleft()
+                    started[host] = time.monotonic()
+                try:
+                    res = self.probe_one(targets[host])
+                except ProbeError as exc:
+                    res = ProbeResult(host, Health.UNRESPONSIVE, f"probe setup failed: {exc}",
+                                      time.monotonic() - started[host])
+                except Exception as exc:  # a worker must never die silently
+                    res = ProbeResult(host, Health.UNRESPONSIVE,
+                                      f"probe error: {type(exc).__name__}: {exc}",
+                                      time.monotonic() - started[host])
+                with lock:
+                    results.setdefault(host, res)
+                    if len(results) == len(names):
+                        done.set()
+
+        start = time.monotonic()
+        threads = [threading.Thread(target=work, name=f"slurmft-probe-{i}", daemon=True)
+                   for i in range(workers)]
+        for t in threads:
+            t.start()
+        go.set()
+        log.debug("started %d probe threads in %.3fs", workers, time.monotonic() - start)
+        done.wait(max(0.0, start + self.config.timeout * waves + self.grace - time.monotonic()))
+        stop.set()
+        now = time.monotonic()
+        with lock:
+            for host in names:
+                if host not in results:
+                    t0 = started.get(host)
+                    why = (f"timed out after {self.config.timeout:g}s" if t0 is not None
+                           else "not probed before the deadline")
+                    results[host] = ProbeResult(host, Health.UNRESPONSIVE, why,
+                                                now - (t0 if t0 is not None else start))
+            out = {h: results[h] for h in names}
+        bad = [r for r in out.values() if r.health.is_failed]
+        # One record, not one per host: under GIL contention each write costs a switch.
+        log.info("probed %d hosts in %.2fs: %d unhealthy%s", len(names), now - start, len(bad),
+                 "".join(f" | host={r.host} state={r.health.value} reason={r.reason}"
+                         for r in bad))
+        return out

@@ -1,0 +1,532 @@
+"""The rescheduler: read the job, probe its nodes, decide (pure policy), act, record, report.
+
+Every dependency comes in through the constructor (Slurm client, prober, state store, the
+render function), so unit tests run it against a fake Slurm and a scripted prober.
+
+Safety:
+  * one reschedule per job at a time (file lock in ``state_dir``, keyed by the original job id);
+    the job is read again under the lock, so a second caller sees the first one's work and
+    does not requeue twice;
+  * a non-root caller may act only on their own jobs (PermissionDeniedError);
+  * every action is logged and appended to ``state_dir/audit.jsonl``;
+  * ``dry_run`` runs nothing that changes Slurm and writes no state: each planned command's
+    exact argv is reported instead (built by the same argv builders the real client uses).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slurmft import hosts
+from slurmft.config import RescheduleConfig
+from slurmft.errors import (
+    PermissionDeniedError,
+    PolicyError,
+    RenderError,
+    SlurmCommandError,
+    SlurmFTError,
+)
+from slurmft.log import get_logger
+from slurmft.policy import (
+    Action,
+    Decision,
+    Outcome,
+    PolicyConfig,
+    candidate_nodes,
+    decide,
+    drain_reason,
+    needs_probe,
+)
+from slurmft.probe.api import Health, ProbeResult, Prober
+from slurmft.render import render as default_render
+from slurmft.slurm import cli as scli
+from slurmft.slurm.api import JobInfo, SlurmClient
+from slurmft.state import Attempt, RetryRecord, StateStore
+
+log = get_logger(__name__)
+
+#: States in which the job is still winding down; ``settle`` waits them out.
+TRANSIENT_STATES = frozenset({"COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING"})
+
+
+@dataclass
+class Report:
+    """What a reschedule call decided and did."""
+
+    decision: Decision
+    dry_run: bool = False
+    commands: list[list[str]] = field(default_factory=list)   # argv run (or, dry-run, planned)
+    new_job_id: int | None = None
+    restart_script: str | None = None
+    elapsed_s: float = 0.0
+    state_after: str = ""                  # the job's state when we stopped watching it
+    running_after_s: float | None = None   # seconds from the last action to RUNNING
+
+
+    def to_dict(self) -> dict:
+        doc = self.decision.to_dict()
+        doc.update(dry_run=self.dry_run, commands=self.commands, new_job_id=self.new_job_id,
+                   elapsed_s=round(self.elapsed_s, 3), state_after=self.state_after,
+                   running_after_s=(None if self.running_after_s is None
+                                    else round(self.running_after_s, 3)))
+        if self.restart_script:
+            doc["restart_script"] = self.restart_script
+        return doc
+
+    def text(self) -> str:
+        d = self.decision
+        lines = [f"dry run: {d.message}" if self.dry_run and d.actions else d.message]
+        if d.failed:
+            lines.append(f"failed nodes: {', '.join(d.failed)}; healthy: {', '.join(d.healthy) or '-'}")
+        lines.append(f"retries used: {d.retries_used}/{d.max_retry}")
+        if self.commands:
+            lines.append("would run:" if self.dry_run else "ran:")
+            lines += ["  " + shlex.join(argv) for argv in self.commands]
+        if self.new_job_id is not None:
+            lines.append(f"restart job: {self.new_job_id}")
+        if self.running_after_s is not None:
+            lines.append(f"job RUNNING again {self.running_after_s:.2f}s after the last command")
+        elif self.state_after:
+            lines.append(f"job state now: {self.state_after}")
+        return "\n".join(lines)
+
+
+_SBATCH_SAFE = re.compile(r"^[A-Za-z0-9_.,:/%+=@-]+$")
+
+
+def sbatch_value(name: str, value: Any) -> str:
+    """A value for an ``#SBATCH`` line (sbatch reads those itself: no quoting helps there)."""
+    text = str(value)
+    if text and not _SBATCH_SAFE.match(text):
+        raise RenderError(f"{name} {text!r} cannot go on an #SBATCH line: use letters, digits "
+                          "and _.,:/%+=@- only")
+    return text
+
+
+def safe_job_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "slurmft"
+
+
+def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], checkpoint_dir: str,
+                job_name: str = "train", nodes: int = 1, partition: str = "",
+                time_limit: str = "", work_dir: str = "", output: str = "",
+                slurmft_cmd: Sequence[str] = (), reschedule_log: str = "") -> dict[str, Any]:
+    """Variables for templates/job.sh.j2 (the job wrapper)."""
+    words = shlex.split(train_cmd) if isinstance(train_cmd, str) else list(train_cmd)
+    if not words:
+        raise RenderError("a training command is required (--train-cmd)")
+    if not checkpoint_dir:
+        raise RenderError("a checkpoint directory is required (--checkpoint-dir)")
+    return {
+        "job_name": safe_job_name(job_name),
+        "nodes": int(nodes),
+        "slots": int(config.slots),
+        "partition": sbatch_value("partition", partition),
+        "time_limit": sbatch_value("time limit", time_limit),
+        "work_dir": sbatch_value("work dir", work_dir),
+        "output": sbatch_value("output", output),
+        "launcher": config.launcher,
+        "mpirun_args": shlex.split(config.mpirun_args),
+        "train_cmd": words,
+        "train_cmd_line": shlex.join(words),
+        "checkpoint_dir": checkpoint_dir,
+        "slurmft_cmd": list(slurmft_cmd) or [sys.executable, "-m", "slurmft"],
+        "reschedule_log": reschedule_log or str(Path(config.state_dir) / "reschedule.log"),
+    }
+
+
+def restart_context(job: JobInfo, healthy: Sequence[str], exclude: Sequence[str],
+                    train_cmd: str | Sequence[str], checkpoint_dir: str,
+                    config: RescheduleConfig, *, slurmft_cmd: Sequence[str] = (),
+                    reschedule_log: str = "") -> dict[str, Any]:
+    """Variables for templates/restart.sh.j2: job.sh.j2's plus the pinned healthy nodes."""
+    ctx = job_context(config, train_cmd=train_cmd, checkpoint_dir=checkpoint_dir,
+                      job_name=job.name or f"job{job.job_id}", nodes=len(healthy),
+                      partition=job.partition, work_dir=job.work_dir, output=job.stdout,
+                      slurmft_cmd=slurmft_cmd, reschedule_log=reschedule_log)
+    ctx.update(original_job_id=job.job_id,
+               node_names=[hosts.validate_hostname(n) for n in healthy],
+               exclude=[hosts.validate_hostname(n) for n in exclude])
+    return ctx
+
+
+class DryRunClient:
+    """Reads through to ``client``; every change is only recorded as the argv it would run."""
+
+    def __init__(self, client: SlurmClient) -> None:
+        self._client = client
+        self.bin_dir = getattr(client, "bin_dir", "")
+        self.commands: list[list[str]] = []
+
+    def job(self, job_id: int) -> JobInfo:
+        return self._client.job(job_id)
+
+    def jobs(self) -> list[JobInfo]:
+        return self._client.jobs()
+
+    def nodes(self, names: Sequence[str] | None = None) -> list:
+        return self._client.nodes(names) if names is not None else self._client.nodes()
+
+    def drain(self, nodes: Sequence[str], reason: str) -> None:
+        self.commands.append(scli.build_node_update_argv(nodes, "DRAIN", reason, self.bin_dir))
+
+    def down(self, nodes: Sequence[str], reason: str) -> None:
+        self.commands.append(scli.build_node_update_argv(nodes, "DOWN", reason, self.bin_dir))
+
+    def resume(self, nodes: Sequence[str]) -> None:
+        self.commands.append(scli.build_node_update_argv(nodes, "RESUME", None, self.bin_dir))
+
+    def hold(self, job_id: int) -> None:
+        self.commands.append(scli.build_job_action_argv("hold", job_id, self.bin_dir))
+
+    def release(self, job_id: int) -> None:
+        self.commands.append(scli.build_job_action_argv("release", job_id, self.bin_dir))
+
+    def requeue(self, job_id: int) -> None:
+        self.commands.append(scli.build_job_action_argv("requeue", job_id, self.bin_dir))
+
+    def requeue_hold(self, job_id: int) -> None:
+        self.commands.append(scli.build_job_action_argv("requeuehold", job_id, self.bin_dir))
+
+    def update_job(self, job_id: int, **kwargs: Any) -> None:
+        self.commands.append(scli.build_update_job_argv(job_id, bin_dir=self.bin_dir, **kwargs))
+
+    def submit(self, script: str, args: Sequence[str] = ()) -> int:
+        self.commands.append(scli.build_sbatch_argv(script, args, self.bin_dir))
+        return 0
+
+
+def argv_of(client: Any, action: Action) -> list[str]:
+    """The scontrol argv a real client runs for ``action`` (for the audit log and reports)."""
+    bin_dir = getattr(client, "bin_dir", "")
+    p = action.params
+    if action.op in ("drain", "down"):
+        return scli.build_node_update_argv(action.nodes, action.op.upper(), p["reason"], bin_dir)
+    if action.op == "update_job":
+        return scli.build_update_job_argv(action.job_id, bin_dir=bin_dir, **p)
+    if action.op in ("hold", "release", "requeue"):
+        return scli.build_job_action_argv(action.op, action.job_id, bin_dir)
+    if action.op == "requeue_hold":
+        return scli.build_job_action_argv("requeuehold", action.job_id, bin_dir)
+    return [action.op, str(action.job_id)]
+
+
+def slurm_health(client: Any, names: Sequence[str]) -> dict[str, ProbeResult]:
+    """Nodes Slurm itself already reports DOWN or NOT_RESPONDING count as failed too."""
+    out: dict[str, ProbeResult] = {}
+    if not names:
+        return out
+    try:
+        infos = client.nodes(list(names))
+    except SlurmFTError as exc:
+        log.warning("cannot read node states from Slurm: %s", exc)
+        return out
+    for info in infos:
+        if info.is_down or "NOT_RESPONDING" in info.flags:
+            out[info.name] = ProbeResult(info.name, Health.UNREACHABLE,
+                                         reason=f"slurm reports {info.state}"
+                                         f"{'+' + '+'.join(info.flags) if info.flags else ''}")
+    return out
+
+
+class Rescheduler:
+    """Composes client, prober, policy, state and templates. No global state."""
+
+    def __init__(self, client: SlurmClient, prober: Prober, store: StateStore,
+                 config: RescheduleConfig, *, uid: int | None = None, dry_run: bool = False,
+                 render: Callable[[str, Mapping[str, Any]], str] = default_render,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic,
+                 slurmft_cmd: Sequence[str] = (), start_wait: float = 0.0) -> None:
+        self.client: Any = DryRunClient(client) if dry_run else client
+        self.prober = prober
+        self.store = store
+        self.config = config
+        self.uid = os.getuid() if uid is None else uid
+        self.dry_run = dry_run
+        self.render = render
+        self.sleep = sleep
+        self.clock = clock
+        self.slurmft_cmd = list(slurmft_cmd)
+        self.start_wait = start_wait
+
+    # ------------------------------------------------------------------ checks
+    def check_permission(self, job: JobInfo) -> None:
+        """Root may act on any job; anyone else only on their own."""
+        if self.uid == 0:
+            return
+        if job.user_id is not None and job.user_id == self.uid:
+            return
+        if job.user_id is None and job.user:
+            import pwd
+
+            try:
+                if pwd.getpwnam(job.user).pw_uid == self.uid:
+                    return
+            except KeyError:
+                pass
+        raise PermissionDeniedError(
+            f"job {job.job_id} belongs to {job.user or job.user_id}; uid {self.uid} may only "
+            "reschedule its own jobs (run as root or as the job's owner)")
+
+    def _health(self, names: Sequence[str]) -> dict[str, ProbeResult]:
+        """Probe ``names``; nodes Slurm already calls DOWN/NOT_RESPONDING count as failed."""
+        if not names:
+            return {}
+        health = dict(self.prober.probe(list(names)))
+        for name, res in slurm_health(self.client, names).items():
+            if name not in health or not health[name].health.is_failed:
+                health[name] = res
+        return health
+
+    def _settle(self, job: JobInfo, names: Sequence[str], settle: float) -> JobInfo:
+        """A job COMPLETING on an unreachable node stays so until Slurm declares the node
+        down (SlurmdTimeout): set failed nodes DOWN now, then wait for the job to settle."""
+        failed = [n for n, r in self._health(names).items() if r.health.is_failed]
+        if failed:
+            action = Action("down", nodes=tuple(failed),
+                            params={"reason": drain_reason(job.job_id)})
+            argv = argv_of(self.client, action)
+            self._call(action)
+            self._audit(job, action, argv, "ok (settle)")
+            log.info("job %s is %s: set %s DOWN to let it finish", job.job_id, job.state,
+                     ",".join(failed), extra={"job": str(job.job_id)})
+        return self.wait_settled(job, settle)
+
+    def wait_settled(self, job: JobInfo, settle: float) -> JobInfo:
+        """Poll while the job is in a transient state (COMPLETING ...), at most ``settle`` s."""
+        deadline = self.clock() + settle
+        while job.state in TRANSIENT_STATES and self.clock() < deadline:
+            self.sleep(min(0.5, max(0.0, deadline - self.clock())))
+            job = self.client.job(job.job_id)
+        return job
+
+    # ------------------------------------------------------------------ main entry
+    def reschedule(self, job_id: int, *, settle: float = 0.0, train_cmd: str | None = None,
+                   checkpoint_dir: str | None = None, min_nodes: int | None = None,
+                   max_retry: int | None = None, drain: bool | None = None,
+                   nodes_hint: Sequence[str] = (),
+                   health: Mapping[str, ProbeResult] | None = None) -> Report:
+        """Reschedule ``job_id`` if any of its nodes failed. Raises PolicyError (exit 3) when
+        the budget is spent or too few nodes remain, after holding the job.
+
+        ``nodes_hint``: the nodes the job ran on, for a job Slurm already requeued (a pending
+        job lists none); the epilog passes SLURM_JOB_NODELIST. ``health``: fresh probe results
+        (the watcher's), used instead of probing again."""
+        start = self.clock()
+        job_id = scli.check_job_id(job_id)
+        job = self.client.job(job_id)
+        self.check_permission(job)
+        pcfg = PolicyConfig(
+            max_retry=self.config.max_retry if max_retry is None else max_retry,
+            min_nodes=self.config.min_nodes if min_nodes is None else min_nodes,
+            drain=self.config.drain if drain is None else drain,
+        )
+        if self.dry_run:
+            report = self._run_locked(job, pcfg, train_cmd, checkpoint_dir, nodes_hint,
+                                      settle, health, reread=False)
+        else:
+            with self.store.lock(job_id):
+                report = self._run_locked(job, pcfg, train_cmd, checkpoint_dir, nodes_hint,
+                                          settle, health, reread=True)
+        report.elapsed_s = self.clock() - start
+        if report.decision.outcome.is_error:
+            raise PolicyError(report.decision.message)
+        return report
+
+    def _run_locked(self, job: JobInfo, pcfg: PolicyConfig, train_cmd: str | None,
+                    checkpoint_dir: str | None, nodes_hint: Sequence[str], settle: float,
+                    known: Mapping[str, ProbeResult] | None, reread: bool) -> Report:
+        if reread:  # another caller may have acted while we waited for the lock
+            job = self.client.job(job.job_id)
+        record = self.store.load(job.job_id)
+        if nodes_hint and not record.last_nodes:
+            record.last_nodes = [hosts.validate_hostname(n) for n in nodes_hint]
+        history = record.history(job.job_id)
+        if settle > 0 and job.state in TRANSIENT_STATES:
+            job = self._settle(job, candidate_nodes(job, history), settle)
+        health: dict[str, ProbeResult] = {}
+        if needs_probe(job):
+            names = candidate_nodes(job, history)
+            if known is not None and names and all(n in known for n in names):
+                health = {n: known[n] for n in names}
+            else:
+                health = self._health(names)
+        decision = decide(job, health, history, pcfg)
+        for name in decision.failed:
+            res = health.get(name)
+            log.warning("job %s: node %s failed: %s", job.job_id, name,
+                        res.reason if res else "?", extra={"job": str(job.job_id)})
+        log.info("job %s: %s", job.job_id, decision.message, extra={"job": str(job.job_id)})
+        report = Report(decision=decision, dry_run=self.dry_run)
+        if not self.dry_run:
+            self.store.audit({"event": "decision", "job_id": job.job_id,
+                              "original_job_id": record.original_job_id,
+                              "outcome": decision.outcome.value, "failed": list(decision.failed),
+                              "message": decision.message,
+                              "health": {n: r.health.value for n, r in health.items()}})
+        self._execute(job, decision, record, report, train_cmd, checkpoint_dir)
+        if (not self.dry_run and self.start_wait > 0
+                and decision.outcome in (Outcome.REQUEUE, Outcome.UPDATE_PENDING)):
+            report.state_after, report.running_after_s = self._kick(job.job_id)
+        if self.dry_run:
+            report.commands = list(self.client.commands)
+        else:
+            self._update_record(job, decision, record, report, train_cmd, checkpoint_dir)
+        return report
+
+    # ------------------------------------------------------------------ acting
+    def _execute(self, job: JobInfo, decision: Decision, record: RetryRecord, report: Report,
+                 train_cmd: str | None, checkpoint_dir: str | None) -> None:
+        held = False
+        for action in decision.actions:
+            if action.op == "submit_restart":
+                self._submit_restart(job, action, record, report, train_cmd, checkpoint_dir)
+                continue
+            argv = argv_of(self.client, action)
+            try:
+                self._call(action)
+            except SlurmCommandError as exc:
+                self._audit(job, action, argv, f"error: {exc.slurm_message or exc}")
+                if action.op in ("down", "drain") and self.uid != 0:
+                    # Only root (or a Slurm operator) may change node states; a user can still
+                    # move their own job away from the node.
+                    log.warning("job %s: cannot %s %s as uid %s (%s); going on without it",
+                                job.job_id, action.op, ",".join(action.nodes), self.uid,
+                                exc.slurm_message or exc, extra={"job": str(job.job_id)})
+                    continue
+                if held and decision.outcome is not Outcome.EXHAUSTED:
+                    self._unhold(job.job_id)
+                raise
+            held = held or action.op in ("requeue_hold", "hold")
+            if not self.dry_run:
+                report.commands.append(argv)
+                self._audit(job, action, argv, "ok")
+                log.info("job %s: ran %s", job.job_id, shlex.join(argv),
+                         extra={"job": str(job.job_id)})
+
+    def _call(self, action: Action) -> None:
+        c, p = self.client, action.params
+        if action.op in ("drain", "down"):
+            getattr(c, action.op)(list(action.nodes), p["reason"])
+        elif action.op == "update_job":
+            c.update_job(action.job_id, **p)
+        elif action.op in ("hold", "release", "requeue", "requeue_hold"):
+            getattr(c, action.op)(action.job_id)
+        else:
+            raise ValueError(f"unknown action {action.op!r}")
+
+    def _kick(self, job_id: int) -> tuple[str, float | None]:
+        """Wait up to ``start_wait`` s for the job to run. Slurm may apply the requeue delay
+        (BeginTime, cred_expire + 1 s) after our ``StartTime=now`` when the job was still
+        completing: say ``StartTime=now`` again whenever it is pending for BeginTime."""
+        t0 = self.clock()
+        state = ""
+        while True:
+            try:
+                job = self.client.job(job_id)
+            except SlurmFTError as exc:
+                log.warning("job %s: cannot read state after reschedule: %s", job_id, exc)
+                return state, None
+            state = job.state
+            if state == "RUNNING":
+                return state, self.clock() - t0
+            if job.has_ended or self.clock() - t0 >= self.start_wait:
+                return state, None
+            if job.is_pending and job.reason == "BeginTime":
+                try:
+                    self.client.update_job(job_id, start_now=True)
+                    log.info("job %s: pending for BeginTime: StartTime=now again", job_id)
+                except SlurmFTError as exc:
+                    log.debug("job %s: StartTime=now refused: %s", job_id, exc)
+            self.sleep(0.2)
+
+    def _unhold(self, job_id: int) -> None:
+        """After a failed step, do not leave the job held by us."""
+        try:
+            self.client.release(job_id)
+            self.client.update_job(job_id, start_now=True)
+            log.warning("job %s: released again after a failed step", job_id)
+        except SlurmFTError as exc:
+            log.error("job %s: could not release after a failed step: %s", job_id, exc)
+
+    def _audit(self, job: JobInfo, action: Action, argv: list[str], result: str) -> None:
+        if self.dry_run:
+            return
+        self.store.audit({"event": "action", "job_id": job.job_id, "op": action.op,
+                          "argv": argv, "result": result})
+
+    def restart_context(self, job: JobInfo, healthy: Sequence[str], exclude: Sequence[str],
+                        train_cmd: str, checkpoint_dir: str) -> dict[str, Any]:
+        """Variables for templates/restart.sh.j2."""
+        return restart_context(job, healthy, exclude, train_cmd, checkpoint_dir, self.config,
+                               slurmft_cmd=self.slurmft_cmd,
+                               reschedule_log=str(Path(self.store.root) / "reschedule.log"))
+
+    def _submit_restart(self, job: JobInfo, action: Action, record: RetryRecord, report: Report,
+                        train_cmd: str | None, checkpoint_dir: str | None) -> None:
+        cmd = train_cmd or record.train_cmd or self.config.train_cmd
+        ckpt = checkpoint_dir or record.checkpoint_dir or self.config.checkpoint_dir
+        if not cmd or not ckpt:
+            raise PolicyError(
+                f"job {job.job_id} cannot be requeued and no "
+                f"{'training command' if not cmd else 'checkpoint directory'} is known for a "
+                "restart job: pass --train-cmd/--checkpoint-dir or set reschedule.train_cmd/"
+                "reschedule.checkpoint_dir")
+        ctx = self.restart_context(job, action.nodes, action.params["exclude"], cmd, ckpt)
+        script = self.render("restart.sh.j2", ctx)
+        attempt = len(record.attempts) + 1
+        path = Path(self.store.root) / "scripts" / f"restart-{record.original_job_id}-{attempt}.sh"
+        args = [f"--nodes={action.params['num_nodes']}",
+                f"--exclude={hosts.fold(action.params['exclude'])}"]
+        report.restart_script = str(path)
+        if not self.dry_run:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(script)
+            path.chmod(0o755)
+        argv = scli.build_sbatch_argv(str(path), args, getattr(self.client, "bin_dir", ""))
+        try:
+            new_id = self.client.submit(str(path), args)
+        except SlurmCommandError as exc:
+            self._audit(job, action, argv, f"error: {exc.slurm_message or exc}")
+            raise
+        if not self.dry_run:
+            report.commands.append(argv)
+            report.new_job_id = new_id
+            self._audit(job, action, argv, f"ok: job {new_id}")
+            log.info("job %s: restart job %s submitted (%s)", job.job_id, new_id, path,
+                     extra={"job": str(job.job_id)})
+
+    def _update_record(self, job: JobInfo, decision: Decision, record: RetryRecord,
+                       report: Report, train_cmd: str | None, checkpoint_dir: str | None) -> None:
+        if train_cmd:
+            record.train_cmd = train_cmd
+        if checkpoint_dir:
+            record.checkpoint_dir = checkpoint_dir
+        if job.nodes:
+            record.last_nodes = list(job.nodes)
+        counted = decision.outcome in (Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.RESUBMIT)
+        if counted:
+            record.attempts.append(Attempt(time=round(time.time(), 3), job_id=job.job_id,
+                                           outcome=decision.outcome.value,
+                                           failed=list(decision.failed),
+                                           new_job_id=report.new_job_id))
+            record.excluded = list(decision.exclude)
+            if decision.outcome is Outcome.UPDATE_PENDING or decision.outcome is Outcome.REQUEUE:
+                record.last_nodes = list(decision.healthy)
+        if decision.outcome is Outcome.EXHAUSTED:
+            record.exhausted = True
+        if report.new_job_id:
+            record.job_ids.append(report.new_job_id)
+            record.last_nodes = list(decision.healthy)
+            self.store.add_alias(report.new_job_id, record.original_job_id)
+        if counted or decision.outcome is Outcome.EXHAUSTED or train_cmd or checkpoint_dir:
+            self.store.save(record)

@@ -1,0 +1,123 @@
+"""``CommandSlurmClient``: the SlurmClient protocol over squeue/sinfo/scontrol/sbatch.
+
+The runner comes in through the constructor: the real ``SubprocessRunner`` by default, a
+``FakeSlurm`` in tests. Every call has a timeout; failures become typed errors carrying
+Slurm's own message (see ``slurmft.slurm.cli.error_for``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from slurmft.errors import InvalidJobError, InvalidNodeError
+from slurmft.log import get_logger
+from slurmft.slurm import cli as scli
+from slurmft.slurm.api import JobInfo, NodeInfo
+from slurmft.slurm.runner import CommandResult, Runner, SubprocessRunner
+
+log = get_logger(__name__)
+
+
+class CommandSlurmClient:
+    """Talks to Slurm by running its commands.
+
+    ``runner``: object with ``run(argv, timeout)``; default ``SubprocessRunner(prefix)``.
+    ``timeout``: seconds per command. ``prefix``: argv prepended to every command (e.g.
+    ``nsenter --net=...`` to reach a cluster in a namespace); used only by the default runner.
+    ``bin_dir``: directory of the Slurm binaries (empty: PATH).
+    """
+
+    def __init__(self, runner: Runner | None = None, timeout: float = 30.0,
+                 prefix: Sequence[str] = (), bin_dir: str = "") -> None:
+        if not timeout > 0:
+            raise ValueError("timeout must be > 0")
+        self.runner: Runner = runner if runner is not None else SubprocessRunner(prefix)
+        self.timeout = float(timeout)
+        self.bin_dir = bin_dir
+
+    # ------------------------------------------------------------------ plumbing
+    def _run(self, argv: list[str], check: bool = True) -> CommandResult:
+        res = self.runner.run(argv, self.timeout)
+        if check and res.returncode != 0:
+            raise scli.error_for(argv, res.returncode, res.stderr, res.stdout)
+        return res
+
+    # ------------------------------------------------------------------ reads
+    def jobs(self) -> list[JobInfo]:
+        """All jobs squeue lists (pending, running, recently finished)."""
+        return scli.parse_squeue_json(self._run(scli.build_squeue_argv(self.bin_dir)).stdout)
+
+    def job(self, job_id: int) -> JobInfo:
+        """One job: from ``squeue --json`` (filtered here), else ``scontrol show job -o``."""
+        job_id = scli.check_job_id(job_id)
+        for j in self.jobs():
+            if j.job_id == job_id:
+                return j
+        log.debug("job %s not in squeue; asking scontrol show job", job_id)
+        found = scli.parse_show_job(self._run(scli.build_show_job_argv(job_id, self.bin_dir)).stdout)
+        for j in found:
+            if j.job_id == job_id:
+                return j
+        raise InvalidJobError(f"no such job: {job_id}", slurm_message="Invalid job id specified")
+
+    def node_names(self, job: int | JobInfo) -> list[str]:
+        """The nodes a job holds (or held), as a list of host names."""
+        info = job if isinstance(job, JobInfo) else self.job(job)
+        return list(info.nodes)
+
+    def nodes(self, names: Sequence[str] | None = None) -> list[NodeInfo]:
+        """All nodes (``sinfo --json``), or only ``names`` in that order (unknown ones skipped)."""
+        out = scli.parse_sinfo_json(self._run(scli.build_sinfo_argv(self.bin_dir)).stdout)
+        if names is None:
+            return out
+        by_name = {n.name: n for n in out}
+        return [by_name[n] for n in names if n in by_name]
+
+    def node(self, name: str) -> NodeInfo:
+        found = self.nodes([name])
+        if not found:
+            raise InvalidNodeError(f"no such node: {name}",
+                                   slurm_message="Invalid node name specified")
+        return found[0]
+
+    # ------------------------------------------------------------------ nodes
+    def drain(self, nodes: Sequence[str], reason: str) -> None:
+        self._run(scli.build_node_update_argv(nodes, "DRAIN", scli.check_reason(reason),
+                                              self.bin_dir))
+
+    def down(self, nodes: Sequence[str], reason: str) -> None:
+        self._run(scli.build_node_update_argv(nodes, "DOWN", scli.check_reason(reason),
+                                              self.bin_dir))
+
+    def resume(self, nodes: Sequence[str]) -> None:
+        self._run(scli.build_node_update_argv(nodes, "RESUME", None, self.bin_dir))
+
+    # ------------------------------------------------------------------ jobs
+    def hold(self, job_id: int) -> None:
+        self._run(scli.build_job_action_argv("hold", job_id, self.bin_dir))
+
+    def release(self, job_id: int) -> None:
+        self._run(scli.build_job_action_argv("release", job_id, self.bin_dir))
+
+    def requeue(self, job_id: int) -> None:
+        self._run(scli.build_job_action_argv("requeue", job_id, self.bin_dir))
+
+    def requeue_hold(self, job_id: int) -> None:
+        self._run(scli.build_job_action_argv("requeuehold", job_id, self.bin_dir))
+
+    def cancel(self, job_id: int) -> None:
+        """``scancel <id>`` (not part of the SlurmClient protocol; tests and the demo use it)."""
+        self._run(scli.build_cancel_argv(job_id, self.bin_dir))
+
+    def update_job(self, job_id: int, *, exclude: Sequence[str] | None = None,
+                   num_nodes: tuple[int, int] | None = None, start_now: bool = False,
+                   comment: str | None = None) -> None:
+        """One ``scontrol update JobId=..`` request (most fields need a PENDING job)."""
+        self._run(scli.build_update_job_argv(job_id, exclude=exclude, num_nodes=num_nodes,
+                                             start_now=start_now, comment=comment,
+                                             bin_dir=self.bin_dir))
+
+    def submit(self, script: str, args: Sequence[str] = ()) -> int:
+        """``sbatch --parsable``; returns the new job id."""
+        res = self._run(scli.build_sbatch_argv(script, args, self.bin_dir))
+        return scli.parse_sbatch_parsable(res.stdout)

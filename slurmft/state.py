@@ -1,0 +1,180 @@
+"""Shared state of the rescheduler: retry records, per-job locks, the audit log.
+
+Layout under ``reschedule.state_dir`` (shared storage, so every node and the controller see
+the same records)::
+
+    jobs/<original>.json     the retry record of a job and all its resubmissions
+    jobs/<original>.lock     filelock: one reschedule per job at a time
+    alias/<job id>           the original job id a resubmitted job belongs to
+    audit.jsonl              one JSON line per action (and per dry-run plan)
+
+Records are written to a temporary name and renamed, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from slurmft.errors import SlurmFTError
+from slurmft.log import get_logger
+from slurmft.policy import History
+
+log = get_logger(__name__)
+
+
+class LockBusyError(SlurmFTError):
+    """Another reschedule of the same job holds the lock for longer than lock_timeout."""
+
+
+class StateError(SlurmFTError):
+    """The state directory cannot be used."""
+
+
+@dataclass
+class Attempt:
+    time: float
+    job_id: int
+    outcome: str
+    failed: list[str] = field(default_factory=list)
+    new_job_id: int | None = None
+
+
+@dataclass
+class RetryRecord:
+    original_job_id: int
+    job_ids: list[int] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    last_nodes: list[str] = field(default_factory=list)
+    exhausted: bool = False
+    train_cmd: str = ""
+    checkpoint_dir: str = ""
+
+    @property
+    def current_job_id(self) -> int:
+        return self.job_ids[-1] if self.job_ids else self.original_job_id
+
+    def history(self, job_id: int) -> History:
+        """The policy's view of this record, asked about ``job_id``."""
+        return History(
+            attempts=len(self.attempts),
+            attempts_on_job=sum(1 for a in self.attempts if a.job_id == job_id),
+            excluded=tuple(self.excluded),
+            last_nodes=tuple(self.last_nodes),
+            exhausted=self.exhausted,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> RetryRecord:
+        attempts = [Attempt(**a) for a in doc.get("attempts", [])]
+        rest = {k: v for k, v in doc.items() if k != "attempts" and k in cls.__dataclass_fields__}
+        return cls(attempts=attempts, **rest)
+
+
+class StateStore:
+    """Retry records, locks and the audit log in one directory."""
+
+    def __init__(self, state_dir: str | os.PathLike, lock_timeout: float = 30.0) -> None:
+        self.root = Path(state_dir)
+        self.lock_timeout = lock_timeout
+
+    def _ensure(self) -> None:
+        try:
+            (self.root / "jobs").mkdir(parents=True, exist_ok=True)
+            (self.root / "alias").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot use state directory {self.root}: {exc.strerror}; "
+                             "set reschedule.state_dir (SLURMFT_RESCHEDULE_STATE_DIR)") from None
+
+    def original_id(self, job_id: int) -> int:
+        """The first job id of the chain ``job_id`` belongs to (itself if never resubmitted)."""
+        path = self.root / "alias" / str(int(job_id))
+        try:
+            return int(path.read_text().strip())
+        except FileNotFoundError:
+            return int(job_id)
+        except (OSError, ValueError):
+            log.warning("unreadable alias %s; treating job %s as original", path, job_id)
+            return int(job_id)
+
+    @contextlib.contextmanager
+    def lock(self, job_id: int, timeout: float | None = None) -> Iterator[int]:
+        """Hold the per-job lock (keyed by the original id, which is yielded)."""
+        self._ensure()
+        original = self.original_id(job_id)
+        wait = self.lock_timeout if timeout is None else timeout
+        lock = filelock.FileLock(str(self.root / "jobs" / f"{original}.lock"))
+        try:
+            lock.acquire(timeout=wait)
+        except filelock.Timeout:
+            raise LockBusyError(f"another reschedule of job {job_id} is still running after "
+                                f"{wait:g} s; nothing done") from None
+        try:
+            yield original
+        finally:
+            lock.release()
+
+    def load(self, job_id: int) -> RetryRecord:
+        original = self.original_id(job_id)
+        path = self.root / "jobs" / f"{original}.json"
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            return RetryRecord(original_job_id=original, job_ids=[original])
+        except (OSError, ValueError) as exc:
+            raise StateError(f"retry record {path} is unreadable: {exc}") from None
+        return RetryRecord.from_dict(doc)
+
+    def save(self, record: RetryRecord) -> None:
+        self._ensure()
+        path = self.root / "jobs" / f"{record.original_job_id}.json"
+        _atomic_write(path, json.dumps(record.to_dict(), indent=1))
+
+    def add_alias(self, new_job_id: int, original: int) -> None:
+        self._ensure()
+        _atomic_write(self.root / "alias" / str(int(new_job_id)), f"{int(original)}\n")
+
+    def audit(self, event: dict[str, Any]) -> None:
+        """Append one JSON line to audit.jsonl (one write, O_APPEND: lines never interleave)."""
+        self._ensure()
+        doc = {"time": round(time.time(), 3), "uid": os.getuid(), **event}
+        line = (json.dumps(doc, default=str) + "\n").encode()
+        fd = os.open(self.root / "audit.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    def audit_lines(self) -> list[dict]:
+        try:
+            text = (self.root / "audit.jsonl").read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

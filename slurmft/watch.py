@@ -1,0 +1,118 @@
+"""``slurmft watch``: probe the nodes of running jobs every interval; reschedule on failure.
+
+This is the fast path: active probing notices a dead node in about one probe timeout, long
+before Slurm's SlurmdTimeout. The loop is bounded (``max_cycles``, a cool-down per job after a
+refusal or an error, one probe fan-out per cycle for all jobs) and stops when ``stop`` is set
+(the CLI sets it on SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from slurmft.errors import SlurmFTError
+from slurmft.log import get_logger
+from slurmft.probe.api import ProbeResult, Prober
+from slurmft.rescheduler import Report, Rescheduler
+from slurmft.slurm.api import JobInfo, SlurmClient
+
+log = get_logger(__name__)
+
+
+@dataclass
+class CycleResult:
+    """What one watch cycle saw and did."""
+
+    started: float
+    jobs: list[int] = field(default_factory=list)
+    failed: dict[int, list[str]] = field(default_factory=dict)
+    reports: list[Report] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+    probe_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"started": round(self.started, 3), "jobs": self.jobs,
+                "failed": self.failed, "probe_s": round(self.probe_s, 3),
+                "reports": [r.to_dict() for r in self.reports], "errors": self.errors}
+
+
+class Watcher:
+    """Watches running jobs (``job_ids``, or all running jobs when empty)."""
+
+    def __init__(self, client: SlurmClient, prober: Prober, rescheduler: Rescheduler, *,
+                 job_ids: Sequence[int] = (), interval: float = 2.0, cooldown: float = 30.0,
+                 stop: threading.Event | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_cycle: Callable[[CycleResult], None] | None = None) -> None:
+        if not interval > 0:
+            raise SlurmFTError(f"watch interval must be > 0, not {interval}")
+        self.client = client
+        self.prober = prober
+        self.rescheduler = rescheduler
+        self.job_ids = set(job_ids)
+        self.interval = interval
+        self.cooldown = cooldown
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.on_cycle = on_cycle
+        self._quiet_until: dict[int, float] = {}
+
+    def running_jobs(self) -> list[JobInfo]:
+        jobs = [j for j in self.client.jobs() if j.state == "RUNNING" and j.nodes]
+        if self.job_ids:
+            jobs = [j for j in jobs if j.job_id in self.job_ids]
+        now = self.clock()
+        return [j for j in jobs if self._quiet_until.get(j.job_id, 0.0) <= now]
+
+    def cycle(self) -> CycleResult:
+        """One pass: list running jobs, probe all their nodes at once, reschedule failures."""
+        res = CycleResult(started=time.time())
+        try:
+            jobs = self.running_jobs()
+        except SlurmFTError as exc:
+            log.error("watch: cannot list jobs: %s", exc)
+            res.errors[0] = str(exc)
+            return res
+        res.jobs = [j.job_id for j in jobs]
+        names = list(dict.fromkeys(n for j in jobs for n in j.nodes))
+        health: dict[str, ProbeResult] = {}
+        if names:
+            t0 = self.clock()
+            health = dict(self.prober.probe(names))
+            res.probe_s = self.clock() - t0
+        for job in jobs:
+            failed = [n for n in job.nodes if n in health and health[n].health.is_failed]
+            if not failed:
+                continue
+            res.failed[job.job_id] = failed
+            log.warning("watch: job %s: failed node(s) %s: %s", job.job_id, ",".join(failed),
+                        "; ".join(health[n].reason for n in failed),
+                        extra={"job": str(job.job_id)})
+            try:
+                res.reports.append(self.rescheduler.reschedule(job.job_id, health=health))
+            except SlurmFTError as exc:
+                res.errors[job.job_id] = str(exc)
+                self._quiet_until[job.job_id] = self.clock() + self.cooldown
+                log.error("watch: job %s not rescheduled: %s (next try in %gs)", job.job_id,
+                          exc, self.cooldown, extra={"job": str(job.job_id)})
+        return res
+
+    def run(self, *, once: bool = False, max_cycles: int | None = None) -> int:
+        """Loop until stopped; returns the number of cycles run."""
+        n = 0
+        log.info("watch: %s every %gs", f"jobs {sorted(self.job_ids)}" if self.job_ids
+                 else "all running jobs", self.interval)
+        while not self.stop.is_set():
+            t0 = self.clock()
+            res = self.cycle()
+            n += 1
+            if self.on_cycle:
+                self.on_cycle(res)
+            if once or (max_cycles is not None and n >= max_cycles):
+                break
+            self.stop.wait(max(0.0, self.interval - (self.clock() - t0)))
+        log.info("watch: stopped after %d cycle(s)", n)
+        return n

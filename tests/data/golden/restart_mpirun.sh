@@ -1,0 +1,43 @@
+#!/bin/bash
+# Rendered by slurmft (restart of job 42): requeueable, resumes from
+# CHECKPOINT_PATH, and hands a node failure to `slurmft reschedule`.
+#SBATCH --job-name=train-gpt
+#SBATCH --nodes=3
+#SBATCH --nodelist=node1,node2,node4
+#SBATCH --exclude=node3
+#SBATCH --ntasks-per-node=2
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --partition=main
+#SBATCH --chdir=/shared/run1
+#SBATCH --output=/shared/run1/slurm-%j.out
+set -u
+
+export CHECKPOINT_PATH='/shared/ckpt run1'
+mkdir -p "$CHECKPOINT_PATH"
+export SLURMFT_ORIGINAL_JOB_ID=42
+resume=(--resume "$CHECKPOINT_PATH")
+
+hostfile="$(mktemp "${TMPDIR:-/tmp}/slurmft-hosts.XXXXXX")"
+trap 'rm -f "$hostfile"' EXIT
+cat > "$hostfile" <<'HOSTS'
+node1 slots=2
+node2 slots=2
+node4 slots=2
+HOSTS
+# Inside sbatch, force the hostfile: plain mpirun would take the allocation from Slurm.
+mpirun -np 6 --hostfile "$hostfile" \
+    --mca plm rsh --mca ras '^slurm' --allow-run-as-root --mca btl self,tcp \
+    python train.py --epochs 10 --name 'run one' "${resume[@]}"
+rc=$?
+
+if [ "$rc" -ne 0 ]; then
+    # A rank or node failed: let slurmft check the nodes and reschedule. It runs detached
+    # (setsid -f) because it requeues this very job, which ends this script.
+    echo "slurmft: launcher exited with $rc in job $SLURM_JOB_ID; asking slurmft to reschedule" >&2
+    setsid -f /opt/slurmft/bin/slurmft reschedule "$SLURM_JOB_ID" --settle 30 \
+        --nodes "$SLURM_JOB_NODELIST" --checkpoint-dir "$CHECKPOINT_PATH" \
+        --train-cmd 'python train.py --epochs 10 --name '"'"'run one'"'"'' \
+        </dev/null >>/shared/slurmft/reschedule.log 2>&1
+fi
+exit "$rc"

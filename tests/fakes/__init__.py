@@ -1,0 +1,1 @@
+"""Test doubles passed in through constructors (no global patching)."""

@@ -1,0 +1,294 @@
+"""``slurmft reschedule`` / ``watch`` / ``epilog`` against the real local Slurm 22.05 cluster.
+
+Every test runs the real CLI inside the controller namespace (``cluster_run``), breaks a
+node's link with ``cluster.fault``, and restores the cluster afterwards (link up, node resumed,
+jobs cancelled) so other tests can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+PY = sys.executable
+TEST_USER = "slurmft-test"
+
+
+# The machine is shared and small: give SSH probes room so a loaded host is not "failed".
+PROBE_ENV = {"SLURMFT_PROBE_TIMEOUT": "5"}
+
+
+def slurmft(*args: str) -> list[str]:
+    return [PY, "-m", "slurmft", *args]
+
+
+def run_slurmft(cluster_run, *args: str, env: dict | None = None, timeout: float = 90):
+    return cluster_run(slurmft(*args), env={**PROBE_ENV, **(env or {})}, timeout=timeout)
+
+
+def squeue_job(cluster_run, job_id: int) -> dict:
+    out = cluster_run(["squeue", "--json"], check=True).stdout
+    for j in json.loads(out)["jobs"]:
+        if j["job_id"] == job_id:
+            return j
+    return {}
+
+
+def show_job(cluster_run, job_id: int) -> dict[str, str]:
+    out = cluster_run(["scontrol", "show", "job", "-o", str(job_id)], check=True).stdout
+    return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
+
+
+def node_line(cluster_run, node: str) -> str:
+    return cluster_run(["sinfo", "-h", "-N", "-n", node, "-o", "%T|%E"], check=True).stdout.strip()
+
+
+def wait_for(pred, limit: float, what: str, step: float = 0.2):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    pytest.fail(f"timed out after {limit}s waiting for {what}")
+
+
+def running_on(cluster_run, job_id: int, count: int) -> list[str] | None:
+    j = show_job(cluster_run, job_id)
+    if j.get("JobState") != "RUNNING":
+        return None
+    nodes = cluster_run(["scontrol", "show", "hostnames", j["NodeList"]],
+                        check=True).stdout.split()
+    return nodes if len(nodes) == count else None
+
+
+@pytest.fixture
+def loop_job(cluster, cluster_run):
+    """Submit a requeueable 4-node job running a training stand-in; clean everything up."""
+    shared = Path(cluster.shared_dir)
+    script = shared / "resched-loop.sh"
+    script.write_text("#!/bin/bash\n"
+                      'echo "start job=$SLURM_JOB_ID restarts=${SLURM_RESTART_COUNT:-0} '
+                      'nodes=$SLURM_JOB_NODELIST"\n'
+                      "srun bash -c 'while true; do sleep 1; done'\n")
+    script.chmod(0o755)
+    jobs: list[int] = []
+    broken: list[str] = []
+
+    def submit(n: int = 4, *extra: str, user: str | None = None) -> int:
+        argv = ["sbatch", "--parsable", f"-N{n}", "-J", "resched-test",
+                "--output=/dev/null", *extra]
+        argv += ["--chdir=/tmp", str(script)] if user else [f"--chdir={shared}", str(script)]
+        if user:
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
+        jid = int(cluster_run(argv, check=True).stdout.strip().split(";")[0])
+        jobs.append(jid)
+        wait_for(lambda: running_on(cluster_run, jid, n), 30, f"job {jid} RUNNING")
+        return jid
+
+    def fault(node: str) -> None:
+        broken.append(node)
+        cluster.fault(node, "link-down")
+
+    submit.fault = fault  # type: ignore[attr-defined]
+    yield submit
+    for jid in jobs:
+        cluster_run(["scancel", str(jid)])
+    for node in broken:
+        cluster.fault(node, "link-up")
+    for node in cluster.nodes:
+        cluster_run(["scontrol", "update", f"nodename={node}", "state=resume"])
+    wait_for(lambda: all(not squeue_job(cluster_run, j) or
+                         squeue_job(cluster_run, j)["job_state"] in ("CANCELLED", "COMPLETED")
+                         for j in jobs), 30, "test jobs to end")
+    wait_for(lambda: all(node_line(cluster_run, n).startswith("idle") for n in cluster.nodes),
+             40, "nodes idle again")
+
+
+def test_reschedule_running_job_after_link_down(cluster, cluster_run, loop_job):
+    jid = loop_job(4)
+    loop_job.fault("node3")
+    t0 = time.monotonic()
+    res = run_slurmft(cluster_run, "reschedule", str(jid), "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["outcome"] == "requeue" and report["failed"] == ["node3"]
+    assert report["commands"][0] == ["scontrol", "requeuehold", str(jid)]
+    nodes = wait_for(lambda: running_on(cluster_run, jid, 3), 15, "RUNNING on 3 nodes")
+    took = time.monotonic() - t0
+    assert "node3" not in nodes
+    j = show_job(cluster_run, jid)
+    assert j["Restarts"] == "1" and j["ExcNodeList"] == "node3"
+    state, reason = node_line(cluster_run, "node3").split("|", 1)
+    assert state.startswith("drain") and f"slurmft" in reason and str(jid) in reason
+    audit = Path(cluster.shared_dir, "slurmft", "audit.jsonl").read_text().splitlines()
+    ops = [json.loads(a).get("op") for a in audit if json.loads(a).get("job_id") == jid]
+    assert ops[-6:] == ["requeue_hold", "down", "drain", "update_job", "release", "update_job"]
+    print(f"reschedule -> RUNNING on 3 nodes in {took:.2f}s")
+
+
+def test_dry_run_changes_nothing(cluster, cluster_run, loop_job):
+    jid = loop_job(4)
+    loop_job.fault("node2")
+    res = run_slurmft(cluster_run, "reschedule", str(jid), "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert f"scontrol requeuehold {jid}" in res.stdout
+    assert f"scontrol update JobId={jid} ExcNodeList=node2 NumNodes=3-3" in res.stdout
+    j = show_job(cluster_run, jid)
+    assert j["JobState"] == "RUNNING" and j["Restarts"] == "0"
+    assert not node_line(cluster_run, "node2").startswith("drain")
+
+
+def test_nothing_failed_is_a_no_op(cluster, cluster_run, loop_job):
+    jid = loop_job(4)
+    res = run_slurmft(cluster_run, "reschedule", str(jid))
+    assert res.returncode == 0 and "nothing changed" in res.stdout
+    assert show_job(cluster_run, jid)["Restarts"] == "0"
+
+
+def test_watch_recovers_the_job(cluster, cluster_run, loop_job):
+    jid = loop_job(4)
+    proc = subprocess.Popen(
+        cluster.exec_argv(slurmft("watch", "--job", str(jid), "--interval", "0.5", "--json")),
+        env={**cluster.env(), "SLURMFT_PROBE_TIMEOUT": "3"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        loop_job.fault("node4")
+        nodes = wait_for(lambda: running_on(cluster_run, jid, 3), 20, "watch to recover the job")
+        took = time.monotonic() - t0
+        assert "node4" not in nodes
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    cycles = [json.loads(line) for line in out.splitlines() if line.strip()]
+    acted = [c for c in cycles if c["reports"]]
+    assert len(acted) == 1 and acted[0]["failed"] == {str(jid): ["node4"]}
+    assert show_job(cluster_run, jid)["Restarts"] == "1"
+    print(f"watch: fault -> RUNNING on 3 nodes in {took:.2f}s")
+
+
+def test_epilog_after_slurm_requeued_the_job(cluster, cluster_run, loop_job):
+    """What EpilogSlurmctld sees after Slurm requeued a job off a dead node."""
+    jid = loop_job(4)
+    loop_job.fault("node1")
+    # Slurm's own handling, without waiting SlurmdTimeout: the node is declared DOWN.
+    cluster_run(["scontrol", "update", "nodename=node1", "state=down", "reason=test-dead"],
+                check=True)
+    wait_for(lambda: show_job(cluster_run, jid)["JobState"] == "PENDING", 20, "Slurm requeue")
+    env = {"SLURM_JOB_ID": str(jid), "SLURM_JOB_NODELIST": "node[1-4]",
+           "SLURM_JOB_EXIT_CODE": "0", "SLURM_SCRIPT_CONTEXT": "epilog_slurmctld"}
+    t0 = time.monotonic()
+    res = run_slurmft(cluster_run, "epilog", env=env, timeout=30)
+    assert time.monotonic() - t0 < 2.0 + 1.5     # the hook itself, plus nsenter/python start
+    assert res.returncode == 0 and "Traceback" not in res.stderr
+    assert "reschedule started" in res.stderr
+    nodes = wait_for(lambda: running_on(cluster_run, jid, 3), 25, "RUNNING on 3 nodes")
+    assert "node1" not in nodes
+    assert show_job(cluster_run, jid)["ExcNodeList"] == "node1"
+
+
+def test_retry_budget_exhausted_holds_the_job(cluster, cluster_run, loop_job):
+    jid = loop_job(4)
+    loop_job.fault("node2")
+    res = run_slurmft(cluster_run, "reschedule", str(jid), "--max-retry", "0")
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert res.stderr.strip().startswith("slurmft:") and "retry budget spent" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    j = show_job(cluster_run, jid)
+    assert j["JobState"] == "PENDING" and j["Reason"].startswith("JobHeld")
+    comment = squeue_job(cluster_run, jid).get("comment", "")
+    assert "retry budget spent" in comment
+
+
+def test_unknown_job_id(cluster_run):
+    res = run_slurmft(cluster_run, "reschedule", "999999")
+    assert res.returncode == 1
+    assert res.stderr.strip().startswith("slurmft: no such job")
+    assert "Traceback" not in res.stderr
+
+
+@pytest.fixture(scope="module")
+def test_user() -> str:
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                        "/usr/sbin/nologin", TEST_USER], check=True)
+    return TEST_USER
+
+
+def test_other_users_job_is_refused(cluster, cluster_run, loop_job, test_user):
+    jid = loop_job(4)        # a root job
+    res = cluster_run(["setpriv", f"--reuid={test_user}", f"--regid={test_user}",
+                       "--clear-groups", *slurmft("reschedule", str(jid))],
+                      timeout=60, env=PROBE_ENV)
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert "may only reschedule its own jobs" in res.stderr
+    assert show_job(cluster_run, jid)["Restarts"] == "0"
+
+
+def test_owner_may_reschedule_own_job(cluster, cluster_run, loop_job, test_user):
+    jid = loop_job(4, user=test_user)
+    loop_job.fault("node3")
+    res = cluster_run(["setpriv", f"--reuid={test_user}", f"--regid={test_user}",
+                       "--clear-groups", *slurmft("reschedule", str(jid), "--wait", "0")],
+                      timeout=90, env={**PROBE_ENV,
+                                       "SLURMFT_RESCHEDULE_STATE_DIR": "/tmp/slurmft-user",
+                                       # the cluster's SSH key is root's: probe by ping only
+                                       "SLURMFT_PROBE_SSH": "false"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "cannot down node3" in res.stderr        # node states need root: the job waits
+    # for Slurm to declare node3 down, then runs on the other 3
+    j = show_job(cluster_run, jid)
+    assert j["Restarts"] == "1" and j["ExcNodeList"] == "node3"
+
+
+def test_two_concurrent_calls_requeue_once(cluster, cluster_run, loop_job):
+    jid = loop_job(4)
+    loop_job.fault("node2")
+    procs = [subprocess.Popen(cluster.exec_argv(slurmft("reschedule", str(jid), "--json")),
+                              env={**cluster.env(), **PROBE_ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [(p.wait(timeout=90), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [r[0] for r in results] == [0, 0], results
+    outcomes = sorted(json.loads(r[1])["outcome"] for r in results)
+    assert outcomes[1] == "requeue" and outcomes[0] in ("nothing", "already_done"), outcomes
+    wait_for(lambda: running_on(cluster_run, jid, 3), 15, "RUNNING on 3 nodes")
+    assert show_job(cluster_run, jid)["Restarts"] == "1"
+
+
+def test_no_requeue_job_gets_a_restart_job(cluster, cluster_run, loop_job):
+    jid = loop_job(4, "--no-requeue")
+    loop_job.fault("node4")
+    cluster_run(["scontrol", "update", "nodename=node4", "state=down", "reason=test-dead"],
+                check=True)
+    wait_for(lambda: show_job(cluster_run, jid)["JobState"] == "NODE_FAIL", 20, "NODE_FAIL")
+    ckpt = Path(cluster.shared_dir) / "ckpt-restart"
+    res = run_slurmft(cluster_run, "reschedule", str(jid), "--json", "--train-cmd",
+                      "bash -c 'sleep 300' train", "--checkpoint-dir", str(ckpt),
+                      env={"SLURMFT_RESCHEDULE_LAUNCHER": "srun"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads(res.stdout)
+    assert report["outcome"] == "resubmit"
+    new = report["new_job_id"]
+    try:
+        nodes = wait_for(lambda: running_on(cluster_run, new, 3), 30, "restart job RUNNING")
+        assert "node4" not in nodes
+        script = Path(report["restart_script"]).read_text()
+        assert "#SBATCH --exclude=node4" in script and str(ckpt) in script
+    finally:
+        cluster_run(["scancel", str(new)])

@@ -1,0 +1,175 @@
+"""The pure restart policy, driven by scripted health sequences."""
+
+from __future__ import annotations
+
+import pytest
+
+from slurmft.policy import History, Outcome, PolicyConfig, decide, drain_reason, retries_used
+from slurmft.probe.api import Health, ProbeResult
+from slurmft.slurm.api import JobInfo
+
+NODES = ("node1", "node2", "node3", "node4")
+H, U, R = Health.HEALTHY, Health.UNREACHABLE, Health.UNRESPONSIVE
+CFG = PolicyConfig(max_retry=3, min_nodes=1, drain=True)
+
+
+def job(state="RUNNING", nodes=NODES, **kw):
+    return JobInfo(job_id=42, name="train", state=state, nodes=tuple(nodes),
+                   node_count=len(nodes) or 4, requeue=kw.pop("requeue", True), **kw)
+
+
+def health(**states):
+    out = {n: H for n in NODES}
+    out.update(states)
+    return out
+
+
+def ops(decision):
+    return [a.op for a in decision.actions]
+
+
+def test_nothing_failed_changes_nothing():
+    d = decide(job(), health(), History(), CFG)
+    assert d.outcome is Outcome.NOTHING
+    assert d.actions == ()
+    assert "no failed node" in d.message
+
+
+def test_running_with_failed_node_takes_the_measured_fast_path():
+    d = decide(job(), health(node3=U), History(), CFG)
+    assert d.outcome is Outcome.REQUEUE
+    assert ops(d) == ["requeue_hold", "down", "drain", "update_job", "release", "update_job"]
+    assert d.failed == ("node3",)
+    assert d.healthy == ("node1", "node2", "node4")
+    update = d.actions[3]
+    assert update.params == {"exclude": ("node3",), "num_nodes": (3, 3)}
+    assert d.actions[5].params == {"start_now": True}
+    assert d.actions[1].nodes == ("node3",)
+    assert "slurmft" in d.actions[2].params["reason"] and "42" in d.actions[2].params["reason"]
+
+
+def test_probe_results_are_accepted_as_well_as_health_values():
+    res = {n: ProbeResult(n, H) for n in NODES}
+    res["node2"] = ProbeResult("node2", R, reason="ssh timeout")
+    d = decide(job(), res, History(), CFG)
+    assert d.failed == ("node2",)
+
+
+def test_exclusions_merge_with_earlier_ones_from_slurm_and_history():
+    d = decide(job(nodes=("node1", "node2", "node4"), excluded_nodes=("node5",)),
+               {"node1": H, "node2": U, "node4": H}, History(excluded=("node3",)), CFG)
+    assert d.exclude == ("node5", "node3", "node2")
+    assert d.num_nodes == 2
+
+
+def test_no_drain_keeps_down_for_a_running_job():
+    d = decide(job(), health(node3=U), History(), PolicyConfig(drain=False))
+    assert ops(d) == ["requeue_hold", "down", "update_job", "release", "update_job"]
+
+
+def test_below_minimum_is_refused_without_actions():
+    d = decide(job(), health(node1=U, node2=U), History(), PolicyConfig(min_nodes=3))
+    assert d.outcome is Outcome.REFUSED and d.outcome.is_error
+    assert d.actions == ()
+    assert "minimum of 3" in d.message
+
+
+def test_pending_job_is_updated_and_started():
+    d = decide(job("PENDING", nodes=(), restart_count=1, reason="BeginTime"), health(node3=U),
+               History(last_nodes=NODES), CFG)
+    assert d.outcome is Outcome.UPDATE_PENDING
+    assert ops(d) == ["drain", "update_job", "update_job"]
+    assert d.actions[1].params["num_nodes"] == (3, 3)
+
+
+def test_held_pending_job_is_released():
+    d = decide(job("PENDING", nodes=(), reason="JobHeldUser"), health(node3=U),
+               History(last_nodes=NODES), CFG)
+    assert ops(d)[-2:] == ["release", "update_job"]
+
+
+def test_pending_job_that_already_excludes_the_node_is_not_requeued_again():
+    d = decide(job("PENDING", nodes=NODES, excluded_nodes=("node3",), reason="Resources"),
+               health(node3=U), History(), CFG)
+    assert d.outcome is Outcome.ALREADY_DONE
+    assert d.actions == ()
+
+
+def test_ended_not_requeueable_gets_a_restart_job():
+    d = decide(job("NODE_FAIL", requeue=False), health(node4=U), History(), CFG)
+    assert d.outcome is Outcome.RESUBMIT
+    assert ops(d) == ["drain", "submit_restart"]
+    sub = d.actions[-1]
+    assert sub.nodes == ("node1", "node2", "node3")
+    assert sub.params == {"exclude": ("node4",), "num_nodes": 3}
+
+
+def test_ended_requeueable_is_requeued():
+    d = decide(job("FAILED", requeue=True), health(node4=U), History(), CFG)
+    assert d.outcome is Outcome.REQUEUE
+    assert ops(d)[0] == "requeue_hold"
+
+
+@pytest.mark.parametrize("state", ["COMPLETED", "CANCELLED", "TIMEOUT"])
+def test_states_we_must_not_touch(state):
+    d = decide(job(state), health(node1=U), History(), CFG)
+    assert d.outcome is Outcome.NOTHING and d.actions == ()
+
+
+def test_budget_counts_history_and_slurm_restarts_without_double_counting():
+    assert retries_used(job(restart_count=2), History()) == 2
+    assert retries_used(job(restart_count=1), History(attempts=1, attempts_on_job=1)) == 1
+    # two attempts on an earlier job id, then a resubmission restarted once by Slurm
+    assert retries_used(job(restart_count=1), History(attempts=2, attempts_on_job=0)) == 3
+
+
+def test_spent_budget_holds_the_running_job_with_a_reason():
+    d = decide(job(restart_count=3), health(node2=U), History(), CFG)
+    assert d.outcome is Outcome.EXHAUSTED and d.outcome.is_error
+    assert ops(d) == ["requeue_hold", "down", "drain", "update_job"]
+    assert "retry budget spent (3/3)" in d.actions[-1].params["comment"]
+
+
+def test_spent_budget_holds_a_pending_job():
+    d = decide(job("PENDING", nodes=(), restart_count=3), health(node2=U),
+               History(last_nodes=NODES), CFG)
+    assert ops(d) == ["hold", "drain", "update_job"]
+
+
+def test_zero_budget_never_reschedules():
+    d = decide(job(), health(node2=U), History(), PolicyConfig(max_retry=0))
+    assert d.outcome is Outcome.EXHAUSTED
+
+
+def test_a_node_that_keeps_failing_does_not_drive_a_loop():
+    """Scripted sequence: the same node fails after every restart; the budget ends it."""
+    hist = History()
+    outcomes = []
+    nodes = list(NODES)
+    for restart in range(6):
+        d = decide(job(nodes=nodes, restart_count=restart), {n: U if n == nodes[-1] else H
+                                                             for n in nodes}, hist, CFG)
+        outcomes.append(d.outcome)
+        if d.outcome.is_error:
+            break
+        hist = History(attempts=hist.attempts + 1, attempts_on_job=hist.attempts_on_job + 1,
+                       excluded=d.exclude)
+        nodes = list(d.healthy) + [f"spare{restart}"]
+    assert outcomes == [Outcome.REQUEUE] * 3 + [Outcome.EXHAUSTED]
+
+
+def test_held_after_exhaustion_reports_it():
+    d = decide(job("PENDING", nodes=(), reason="JobHeldUser"), health(),
+               History(last_nodes=NODES, exhausted=True), CFG)
+    assert d.outcome is Outcome.NOTHING and "budget" in d.message
+
+
+def test_decision_serialises():
+    d = decide(job(), health(node3=U), History(), CFG).to_dict()
+    assert d["outcome"] == "requeue"
+    assert d["actions"][3] == {"op": "update_job", "job_id": 42, "exclude": ["node3"],
+                               "num_nodes": [3, 3]}
+
+
+def test_drain_reason_names_slurmft_and_the_job():
+    assert drain_reason(7) == "slurmft: node, excluded from job 7"

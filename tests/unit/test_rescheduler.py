@@ -1,0 +1,286 @@
+"""The rescheduler against the stateful fake Slurm and a scripted prober."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from slurmft.config import RescheduleConfig
+from slurmft.hosts import expand
+from slurmft.errors import InvalidJobError, PermissionDeniedError, PolicyError
+from slurmft.policy import Outcome
+from slurmft.probe.api import Health, ProbeResult
+from slurmft.rescheduler import Rescheduler
+from slurmft.slurm.client import CommandSlurmClient
+from slurmft.state import LockBusyError, StateStore
+from tests.fakes.fake_slurm import FakeSlurm
+
+NODES = ["node1", "node2", "node3", "node4"]
+
+
+class ScriptedProber:
+    """Health per host from a dict; every call is recorded."""
+
+    def __init__(self, failed=None):
+        self.failed = dict(failed or {})
+        self.calls = []
+
+    def probe(self, hosts):
+        self.calls.append(list(hosts))
+        return {h: ProbeResult(h, self.failed.get(h, Health.HEALTHY), reason="scripted")
+                for h in hosts}
+
+
+@pytest.fixture
+def fake():
+    f = FakeSlurm()
+    f.jobs.clear()
+    return f
+
+
+def make(fake, tmp_path, failed=None, dry_run=False, uid=0, **cfg):
+    cfg.setdefault("state_dir", str(tmp_path / "state"))
+    cfg.setdefault("lock_timeout", 1.0)
+    config = RescheduleConfig(**cfg)
+    prober = ScriptedProber(failed)
+    store = StateStore(config.state_dir, config.lock_timeout)
+    r = Rescheduler(CommandSlurmClient(runner=fake), prober, store, config, uid=uid,
+                    dry_run=dry_run, sleep=lambda s: None)
+    return r, prober, store
+
+
+def scontrol_writes(fake):
+    return [c for c in fake.calls if c[0] == "scontrol" and c[1] != "show"]
+
+
+def test_running_job_with_a_dead_node_is_requeued_on_the_healthy_nodes(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    r, prober, store = make(fake, tmp_path, {"node3": Health.UNREACHABLE})
+    report = r.reschedule(jid)
+    assert report.decision.outcome is Outcome.REQUEUE
+    assert prober.calls == [NODES]
+    assert [c[1:] for c in scontrol_writes(fake)] == [
+        ("requeuehold", str(jid)),
+        ("update", "NodeName=node3", "State=DOWN", f"Reason=slurmft: node, excluded from job {jid}"),
+        ("update", "NodeName=node3", "State=DRAIN", f"Reason=slurmft: node, excluded from job {jid}"),
+        ("update", f"JobId={jid}", "ExcNodeList=node3", "NumNodes=3-3"),
+        ("release", str(jid)),
+        ("update", f"JobId={jid}", "StartTime=now"),
+    ]
+    j = fake.job(jid)
+    assert j["job_state"] == "PENDING" and j["excluded_nodes"] == "node3"
+    assert j["node_count"] == 3 and j["restart_cnt"] == 1 and j["priority"] > 0
+    assert fake.node("node3")["state"] == "down" and "DRAIN" in fake.node("node3")["state_flags"]
+    fake.start_pending(jid)
+    assert fake.job(jid)["nodes"] == "node[1-2,4]"
+    # audit: a decision line and one line per action
+    audit = store.audit_lines()
+    assert audit[0]["event"] == "decision" and audit[0]["failed"] == ["node3"]
+    assert [a["op"] for a in audit[1:]] == ["requeue_hold", "down", "drain", "update_job",
+                                            "release", "update_job"]
+    assert all(a["result"] == "ok" for a in audit[1:])
+    rec = json.loads((tmp_path / "state" / "jobs" / f"{jid}.json").read_text())
+    assert rec["excluded"] == ["node3"] and len(rec["attempts"]) == 1
+
+
+def test_nothing_failed_changes_nothing(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    r, _, store = make(fake, tmp_path)
+    report = r.reschedule(jid)
+    assert report.decision.outcome is Outcome.NOTHING
+    assert scontrol_writes(fake) == []
+    assert report.commands == []
+    assert not (tmp_path / "state" / "jobs" / f"{jid}.json").exists()
+
+
+def test_dry_run_prints_exact_argv_and_changes_nothing(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    r, _, _ = make(fake, tmp_path, {"node2": Health.UNRESPONSIVE}, dry_run=True)
+    report = r.reschedule(jid)
+    assert scontrol_writes(fake) == []
+    assert fake.job(jid)["job_state"] == "RUNNING"
+    assert not (tmp_path / "state").exists()
+    assert report.commands[0] == ["scontrol", "requeuehold", str(jid)]
+    assert report.commands[3] == ["scontrol", "update", f"JobId={jid}", "ExcNodeList=node2",
+                                  "NumNodes=3-3"]
+    assert "would run:" in report.text()
+
+
+def test_second_call_does_not_requeue_twice(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    r, _, _ = make(fake, tmp_path, {"node3": Health.UNREACHABLE})
+    r.reschedule(jid)
+    before = len(scontrol_writes(fake))
+    second = r.reschedule(jid)          # job now pending, excluded node3
+    assert second.decision.outcome in (Outcome.NOTHING, Outcome.ALREADY_DONE)
+    assert len(scontrol_writes(fake)) == before
+    assert fake.job(jid)["restart_cnt"] == 1
+
+
+def test_concurrent_calls_make_one_requeue(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    lock = threading.Lock()
+
+    class Serial:  # the fake is not thread-safe; Slurm serialises requests too
+        def run(self, argv, timeout):
+            with lock:
+                return fake.run(argv, timeout)
+
+    config = RescheduleConfig(state_dir=str(tmp_path / "s"), lock_timeout=10)
+    reports, errors = [], []
+
+    def go():
+        r = Rescheduler(CommandSlurmClient(runner=Serial()),
+                        ScriptedProber({"node3": Health.UNREACHABLE}),
+                        StateStore(config.state_dir, config.lock_timeout), config, uid=0)
+        try:
+            reports.append(r.reschedule(jid).decision.outcome)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(o.value for o in reports) == sorted([Outcome.REQUEUE.value,
+                                                       Outcome.NOTHING.value])
+    assert sum(1 for c in fake.calls if c[1:2] == ("requeuehold",)) == 1
+
+
+def test_lock_held_elsewhere_times_out_cleanly(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    r, _, store = make(fake, tmp_path, {"node3": Health.UNREACHABLE}, lock_timeout=0.1)
+    with store.lock(jid):
+        with pytest.raises(LockBusyError, match="still running"):
+            r.reschedule(jid)
+    assert scontrol_writes(fake) == []
+
+
+def test_budget_spent_holds_job_and_raises_policy_error(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    fake.job(jid)["restart_cnt"] = 2
+    r, _, store = make(fake, tmp_path, {"node1": Health.UNREACHABLE}, max_retry=2)
+    with pytest.raises(PolicyError, match=r"retry budget spent \(2/2\)") as exc:
+        r.reschedule(jid)
+    assert exc.value.exit_code == 3
+    j = fake.job(jid)
+    assert j["job_state"] == "PENDING" and j["priority"] == 0
+    assert "retry budget spent" in j["comment"]
+    rec = store.load(jid)
+    assert rec.exhausted and rec.attempts == []
+
+
+def test_retry_budget_across_requeues(fake, tmp_path):
+    """The same kind of failure after every restart: 3 reschedules, then held."""
+    jid = fake.add_job("RUNNING", NODES)
+    outcomes = []
+    for _ in range(4):
+        bad = expand(fake.job(jid)["nodes"])[0]   # the first node of the current allocation
+        r, _, _ = make(fake, tmp_path, {bad: Health.UNREACHABLE}, max_retry=3)
+        try:
+            outcomes.append(r.reschedule(jid).decision.outcome.value)
+        except PolicyError:
+            outcomes.append("held")
+            break
+        for n in fake.nodes.values():   # give the fake enough free nodes again
+            n.update(state="idle", state_flags=[])
+        fake.job(jid).update(excluded_nodes="", node_count=4)
+        fake.start_pending(jid)
+    assert outcomes == ["requeue", "requeue", "requeue", "held"]
+
+
+def test_below_minimum_refuses(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    r, _, _ = make(fake, tmp_path, {"node1": Health.UNREACHABLE, "node2": Health.UNREACHABLE})
+    with pytest.raises(PolicyError, match="below the minimum of 3"):
+        r.reschedule(jid, min_nodes=3)
+    assert scontrol_writes(fake) == []
+
+
+def test_pending_job_requeued_by_slurm_uses_node_hint(fake, tmp_path):
+    jid = fake.add_job("PENDING", NODES, reason="BeginTime")
+    fake.job(jid)["restart_cnt"] = 1
+    r, _, store = make(fake, tmp_path, {"node4": Health.UNREACHABLE})
+    report = r.reschedule(jid, nodes_hint=NODES)
+    assert report.decision.outcome is Outcome.UPDATE_PENDING
+    j = fake.job(jid)
+    assert j["excluded_nodes"] == "node4" and j["node_count"] == 3
+    assert j["state_reason"] == "None"
+    # Slurm's restart and our update are one retry, not two
+    assert report.decision.retries_used == 1
+    assert len(store.load(jid).attempts) == 1
+
+
+def test_ended_no_requeue_job_gets_a_restart_job(fake, tmp_path):
+    jid = fake.add_job("NODE_FAIL", NODES, requeue=False)
+    r, _, store = make(fake, tmp_path, {"node2": Health.UNREACHABLE},
+                       train_cmd="python train.py --epochs 3",
+                       checkpoint_dir="/shared/ckpt")
+    report = r.reschedule(jid)
+    assert report.decision.outcome is Outcome.RESUBMIT
+    new = report.new_job_id
+    assert new and fake.job(new)["excluded_nodes"] == "node2"
+    assert fake.job(new)["node_count"] == 3
+    script = (tmp_path / "state" / "scripts" / f"restart-{jid}-1.sh").read_text()
+    assert "CHECKPOINT_PATH=/shared/ckpt" in script and "--resume \"$CHECKPOINT_PATH\"" in script and "#SBATCH --exclude=node2" in script
+    # the resubmitted job shares the original's record and budget
+    assert store.original_id(new) == jid
+    assert store.load(new).job_ids == [jid, new]
+
+
+def test_restart_without_train_command_is_refused(fake, tmp_path):
+    jid = fake.add_job("FAILED", NODES, requeue=False)
+    r, _, _ = make(fake, tmp_path, {"node2": Health.UNREACHABLE})
+    with pytest.raises(PolicyError, match="no training command"):
+        r.reschedule(jid)
+
+
+def test_non_root_may_not_touch_others_jobs(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    fake.job(jid).update(user_id=0, user_name="root")
+    r, prober, _ = make(fake, tmp_path, {"node3": Health.UNREACHABLE}, uid=1234)
+    with pytest.raises(PermissionDeniedError, match="belongs to root") as exc:
+        r.reschedule(jid)
+    assert exc.value.exit_code == 4
+    assert prober.calls == [] and scontrol_writes(fake) == []
+
+
+def test_owner_may_act_on_own_job(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    fake.job(jid).update(user_id=1234, user_name="alice")
+    r, _, _ = make(fake, tmp_path, {"node3": Health.UNREACHABLE}, uid=1234)
+    assert r.reschedule(jid).decision.outcome is Outcome.REQUEUE
+
+
+def test_unknown_job(fake, tmp_path):
+    r, _, _ = make(fake, tmp_path)
+    with pytest.raises(InvalidJobError):
+        r.reschedule(999)
+
+
+def test_slurm_down_node_counts_as_failed(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    fake.node("node2").update(state="down")
+    r, _, _ = make(fake, tmp_path)          # the prober says all healthy
+    assert r.reschedule(jid).decision.failed == ("node2",)
+
+
+def test_failed_step_releases_the_job_again(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    r, _, store = make(fake, tmp_path, {"node3": Health.UNREACHABLE})
+    real_run = fake.run
+
+    def run(argv, timeout):   # fail the ExcNodeList update once
+        if any(a.startswith("ExcNodeList") for a in argv):
+            return real_run(["scontrol", "update", "JobId=999999", "ExcNodeList=node3"], timeout)
+        return real_run(argv, timeout)
+
+    r.client.runner.run = run
+    with pytest.raises(InvalidJobError):
+        r.reschedule(jid)
+    assert fake.job(jid)["priority"] > 0         # not left held
+    assert any(a.get("result", "").startswith("error") for a in store.audit_lines())

@@ -1,0 +1,114 @@
+"""Triggers: the epilog hook, the watcher, and the CLI's error mapping for reschedule."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+from click.testing import CliRunner
+
+from slurmft.cli import cli
+from slurmft.config import RescheduleConfig
+from slurmft.epilog import reschedule_argv, run_epilog
+from slurmft.policy import Outcome
+from slurmft.probe.api import Health
+from slurmft.rescheduler import Rescheduler
+from slurmft.slurm.client import CommandSlurmClient
+from slurmft.state import StateStore
+from slurmft.watch import Watcher
+from tests.fakes.fake_slurm import FakeSlurm
+from tests.unit.test_rescheduler import NODES, ScriptedProber
+
+
+class FakePopen:
+    calls: list = []
+
+    def __init__(self, argv, **kw):
+        FakePopen.calls.append((argv, kw))
+        self.pid = 4242
+
+
+def test_epilog_spawns_a_detached_reschedule():
+    FakePopen.calls = []
+    env = {"SLURM_JOB_ID": "17", "SLURM_JOB_NODELIST": "node[1-4]", "SLURM_JOB_EXIT_CODE": "0"}
+    res = run_epilog(env, slurmft_cmd=["slurmft"], spawn=FakePopen, settle=20)
+    assert res.spawned and res.job_id == 17 and res.pid == 4242
+    argv, kw = FakePopen.calls[0]
+    assert argv == ["slurmft", "reschedule", "17", "--settle", "20", "--nodes", "node[1-4]"]
+    assert kw["start_new_session"] is True
+    assert kw["stdin"] == subprocess.DEVNULL
+
+
+def test_epilog_ignores_bad_input_and_never_raises():
+    assert reschedule_argv({"SLURM_JOB_ID": "17; reboot"}, ["x"]) is None
+    assert not run_epilog({}, spawn=FakePopen).spawned
+    # a bad nodelist is left out, not passed on
+    _, argv = reschedule_argv({"SLURM_JOB_ID": "5", "SLURM_NODELIST": "a;b"}, ["x"])
+    assert "--nodes" not in argv
+
+    def boom(*a, **k):
+        raise OSError("no such file")
+
+    res = run_epilog({"SLURM_JOB_ID": "5"}, spawn=boom)
+    assert not res.spawned and "no such file" in res.message
+
+
+def test_epilog_cli_always_exits_zero(tmp_path):
+    """The real command, with a job id but no Slurm: it returns 0 at once, no traceback."""
+    env = {"SLURM_JOB_ID": "notanumber", "SLURMFT_RESCHEDULE_STATE_DIR": str(tmp_path)}
+    res = CliRunner().invoke(cli, ["epilog"], env=env)
+    assert res.exit_code == 0
+    assert "Traceback" not in res.output
+
+
+def test_watch_reschedules_only_failed_jobs(tmp_path):
+    fake = FakeSlurm()
+    fake.jobs.clear()
+    a = fake.add_job("RUNNING", ["node1", "node2"])
+    b = fake.add_job("RUNNING", ["node3", "node4"])
+    fake.add_job("PENDING", ["node1"])
+    prober = ScriptedProber({"node4": Health.UNREACHABLE})
+    client = CommandSlurmClient(runner=fake)
+    config = RescheduleConfig(state_dir=str(tmp_path))
+    r = Rescheduler(client, prober, StateStore(tmp_path), config, uid=0)
+    w = Watcher(client, prober, r, interval=0.01)
+    res = w.cycle()
+    assert sorted(res.jobs) == [a, b]
+    assert res.failed == {b: ["node4"]}
+    assert [rep.decision.outcome for rep in res.reports] == [Outcome.REQUEUE]
+    assert prober.calls == [["node1", "node2", "node3", "node4"]]   # one fan-out, no re-probe
+    assert fake.job(b)["excluded_nodes"] == "node4"
+    assert fake.job(a)["job_state"] == "RUNNING"
+
+
+def test_watch_cools_down_after_refusal_and_stops(tmp_path):
+    fake = FakeSlurm()
+    fake.jobs.clear()
+    jid = fake.add_job("RUNNING", ["node1"])
+    prober = ScriptedProber({"node1": Health.UNREACHABLE})
+    client = CommandSlurmClient(runner=fake)
+    r = Rescheduler(client, prober, StateStore(tmp_path),
+                    RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    cycles = []
+    stop = threading.Event()
+    w = Watcher(client, prober, r, job_ids=[jid], interval=0.01, cooldown=3600, stop=stop,
+                on_cycle=cycles.append)
+    assert w.run(max_cycles=3) == 3
+    assert "below the minimum" in cycles[0].errors[jid]
+    assert cycles[1].jobs == [] and cycles[2].jobs == []       # left alone while cooling down
+    stop.set()
+    assert w.run() == 0
+
+
+def test_reschedule_cli_bad_job_id_is_one_line():
+    res = CliRunner().invoke(cli, ["reschedule", "12x"])
+    assert res.exit_code == 2
+    assert res.output.strip().startswith("slurmft: invalid job id")
+    assert "Traceback" not in res.output
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "slurmft", "reschedule", "--help"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "--dry-run" in out and "--no-drain" in out
