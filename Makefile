@@ -62,3 +62,33 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# === docker backend (issue 8) ===
+# The same test cluster in containers (docker/). Needs Docker with compose; as root on Debian,
+# the targets install docker.io, docker-compose and debootstrap, and `up` starts a private
+# dockerd (own socket, no bridge, no iptables) when no daemon answers; `down` stops it again.
+DOCKER_APT := docker.io docker-compose debootstrap
+DOCKER_NODES ?= 4
+DOCKER_CLUSTER ?= sft
+
+.PHONY: docker-apt docker-cluster docker-cluster-down docker-test
+
+docker-apt:
+	@if ! command -v docker >/dev/null || \
+	   { ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; } || \
+	   { ! command -v dockerd >/dev/null && [ -z "$$DOCKER_HOST" ]; }; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make $@: install Docker and docker-compose (root: apt-get install $(DOCKER_APT))"; exit 1; fi; \
+	  echo "installing Debian packages: $(DOCKER_APT)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DOCKER_APT) >/dev/null; \
+	fi
+
+docker-cluster: venv docker-apt
+	$(VENV)/bin/slurmft cluster up --backend docker --name $(DOCKER_CLUSTER) --nodes $(DOCKER_NODES)
+	@echo "use: $(VENV)/bin/slurmft cluster exec --backend docker --name $(DOCKER_CLUSTER) -- sinfo"
+	@echo "stop: make docker-cluster-down"
+
+docker-cluster-down: venv
+	$(VENV)/bin/slurmft cluster down --backend docker --name $(DOCKER_CLUSTER)
+
+docker-test: venv docker-apt
+	$(PY) -m pytest tests/integration/test_docker_cluster.py -m docker -q $(PYTEST_ARGS)

@@ -49,10 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-interval", type=int, default=20, help="save every N steps")
     p.add_argument("--interval", type=float, default=30.0, help="save every N minutes")
     p.add_argument("--keep-last", type=int, default=3)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest verified checkpoint, if there is one")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR",
+                   help="continue from the newest verified checkpoint, if there is one "
+                        "(in DIR if given, else in --checkpoint-dir)")
     p.add_argument("--log-jsonl", default="", help="append progress records here (rank 0)")
     args = p.parse_args(argv)
+    if args.resume:
+        args.checkpoint_dir = args.resume
     if not args.checkpoint_dir:
         p.error("--checkpoint-dir or CHECKPOINT_PATH is required")
     return args
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     start_step = 0
     log.write("start", world_size=world, host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID", ""),
               restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0))
-    if args.resume:
+    if args.resume is not None:
         info, raw = ckpt.load()
         if info is not None:
             point = torch_ckpt.apply(raw, info.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import Any
 
 import click
@@ -87,8 +88,27 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------
 
 # === cluster (issue 2) ===
-_CLUSTER_NAME = click.option("--name", default="sft", envvar="SLURMFT_CLUSTER_NAME",
-                             show_default=True, help="Cluster name (env SLURMFT_CLUSTER_NAME).")
+_CLUSTER_NAME_OPT = click.option("--name", default="sft", envvar="SLURMFT_CLUSTER_NAME",
+                                 show_default=True, help="Cluster name (env SLURMFT_CLUSTER_NAME).")
+# --backend (issue 8): netns (default) or docker; stored in ctx.meta, read by _cluster().
+_CLUSTER_BACKEND = click.option(
+    "--backend", type=click.Choice(["netns", "docker"]), default="netns", show_default=True,
+    envvar="SLURMFT_CLUSTER_BACKEND", expose_value=False, is_eager=True,
+    callback=lambda ctx, _p, v: ctx.meta.__setitem__("slurmft.cluster.backend", v),
+    help="netns: network namespaces; docker: containers (docker/; env SLURMFT_CLUSTER_BACKEND).")
+
+
+def _CLUSTER_NAME(f: Any) -> Any:  # noqa: N802 - used as a decorator like the options
+    return _CLUSTER_BACKEND(_CLUSTER_NAME_OPT(f))
+
+
+def _cluster(name: str) -> Any:
+    """The cluster object of the chosen --backend."""
+    if click.get_current_context().meta.get("slurmft.cluster.backend") == "docker":
+        from slurmft.cluster.docker_backend import DockerCluster
+        return DockerCluster(name)
+    from slurmft.cluster import Cluster
+    return Cluster(name)
 
 
 @cli.group("cluster")
@@ -106,8 +126,7 @@ def cluster_group() -> None:
 def cluster_up(nodes: int, name: str, no_slurm: bool, epilog: str, subnet: str | None,
                as_json: bool) -> None:
     """Build the cluster (idempotent: says so if it is already up)."""
-    from slurmft.cluster import Cluster
-    c = Cluster(name)
+    c = _cluster(name)
     res = c.up(nodes, slurm=not no_slurm, epilog=epilog, subnet=subnet)
     if as_json:
         echo_json(res.to_dict())
@@ -130,8 +149,7 @@ def cluster_up(nodes: int, name: str, no_slurm: bool, epilog: str, subnet: str |
 @_CLUSTER_NAME
 def cluster_down(name: str) -> None:
     """Stop what the cluster started; remove its namespaces, route and state."""
-    from slurmft.cluster import Cluster
-    done = Cluster(name).down()
+    done = _cluster(name).down()
     click.echo(f"cluster {name} down: removed {', '.join(done)}" if done
                else f"cluster {name} is not up: nothing to do")
 
@@ -141,8 +159,7 @@ def cluster_down(name: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def cluster_status(name: str, as_json: bool) -> None:
     """Nodes, addresses, daemon pids (alive or not) and Slurm's view of each node."""
-    from slurmft.cluster import Cluster
-    st = Cluster(name).status()
+    st = _cluster(name).status()
     if as_json:
         echo_json(st)
         return
@@ -165,8 +182,7 @@ def cluster_status(name: str, as_json: bool) -> None:
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def cluster_exec(name: str, command: tuple[str, ...]) -> None:
     """Run COMMAND in the controller namespace (node names resolve; SLURM_CONF set)."""
-    from slurmft.cluster import Cluster
-    Cluster(name).execvpe(list(command))
+    _cluster(name).execvpe(list(command))
 
 
 @cluster_group.command("fault")
@@ -176,8 +192,7 @@ def cluster_exec(name: str, command: tuple[str, ...]) -> None:
 def cluster_fault(node: str, action: str, name: str) -> None:
     """Break NODE: kill-slurmd restart-slurmd link-down link-up stop-sshd start-sshd
     freeze-sshd thaw-sshd kill-job-procs."""
-    from slurmft.cluster import Cluster
-    click.echo(Cluster(name).fault(node, action))
+    click.echo(_cluster(name).fault(node, action))
 
 
 # === slurm + probe (issue 3) ===
@@ -529,10 +544,12 @@ def _ckpt_table(rows: list[dict], columns: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(*columns, box=None, header_style="bold")
+    table = Table(box=None, header_style="bold")
+    for c in columns:
+        table.add_column(c, no_wrap=c != "status")
     for r in rows:
         table.add_row(*[str(r.get(c, "")) for c in columns])
-    Console(highlight=False).print(table)
+    Console(highlight=False, width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _ckpt_row(info: Any, latest: str | None, status: str) -> dict:
@@ -541,7 +558,7 @@ def _ckpt_row(info: Any, latest: str | None, status: str) -> dict:
     when = (_dt.datetime.fromtimestamp(info.time, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
             if info.time else "-")
     return {"name": info.name + (" *" if info.name == latest else ""), "step": info.step,
-            "kind": info.kind if not info.error else "?", "base": info.base or "-",
+            "kind": info.kind if info.time else "?", "base": info.base or "-",
             "MB": f"{info.bytes_written / 1e6:.1f}", "time (UTC)": when,
             "world": info.world_size, "status": status}
 
@@ -632,6 +649,75 @@ def checkpoint_prune(path: str, keep_last: int, as_json: bool) -> None:
 
 
 # === demo / inject (issue 6) ===
+
+
+@cli.command("demo")
+@click.option("--nodes", default=4, show_default=True, type=click.IntRange(2, 16),
+              help="Nodes in the local cluster and the training job.")
+@click.option("--steps", default=300, show_default=True, type=click.IntRange(20),
+              help="Training steps.")
+@click.option("--step-time", default=0.1, show_default=True, type=float,
+              help="Simulated compute per step, seconds.")
+@click.option("--step-interval", default=20, show_default=True, type=click.IntRange(1),
+              help="Checkpoint every N steps.")
+@click.option("--fault-after-step", default=100, show_default=True, type=click.IntRange(0),
+              help="Inject the fault once a verified checkpoint at or after this step exists.")
+@click.option("--fault", default="link-down", show_default=True,
+              type=click.Choice(["link-down", "kill-slurmd", "kill-job-procs"]),
+              help="What happens to the node.")
+@click.option("--fault-node", default="", help="Node to break (default: the job's last node).")
+@click.option("--name", default="sft-demo", show_default=True, help="Name of the demo cluster.")
+@click.option("--out", "out_dir", default="slurmft-demo", show_default=True,
+              type=click.Path(file_okay=False), help="Where the report, plot and logs go.")
+@click.option("--timeout", default=600.0, show_default=True, type=float,
+              help="Give up after this many seconds.")
+@click.option("--keep-cluster", is_flag=True, help="Leave the cluster up afterwards.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def demo_cmd(nodes, steps, step_time, step_interval, fault_after_step, fault, fault_node, name,
+             out_dir, timeout, keep_cluster, as_json):
+    """End-to-end recovery demo on a local cluster (root).
+
+    \b
+    Builds a real Slurm cluster in network namespaces, trains examples/train.py on
+    all nodes with checkpoints, breaks one node, and shows slurmft detect it,
+    exclude and drain it, and the job resume on the healthy nodes from the latest
+    verified checkpoint and finish. Writes a timeline, summary, loss table and
+    loss plot (PNG) to --out. Cleans up after itself, also on Ctrl-C.
+    """
+    from slurmft.demo import Demo, DemoOptions, format_timeline, loss_table
+    from slurmft.recovery_report import read_progress
+
+    if fault_after_step >= steps - step_interval:
+        raise click.BadParameter("must leave room for a checkpoint and a resume before --steps",
+                                 param_hint="--fault-after-step")
+    opts = DemoOptions(name=name, nodes=nodes, steps=steps, step_time=step_time,
+                       step_interval=step_interval, fault_after_step=fault_after_step,
+                       fault=fault, fault_node=fault_node, out_dir=out_dir, timeout=timeout,
+                       keep_cluster=keep_cluster)
+    t0 = time.monotonic()
+    say = (lambda m: click.echo(f"[{time.monotonic() - t0:6.1f}s] {m}", err=True))
+    result = Demo(opts, progress=say).run()
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    s = result.summary
+    records = read_progress(result.files["progress.jsonl"])
+    click.echo("\nTimeline (seconds from the fault):")
+    click.echo(format_timeline(records, result.events))
+    click.echo(f"Failed node:        {result.fault_node} -> {result.fault_node_state} "
+               f"({result.fault_node_reason})")
+    click.echo(f"Nodes:              {','.join(result.initial_nodes)} -> {','.join(result.final_nodes)}")
+    click.echo(f"Detection time:     {s.detection_s} s")
+    click.echo(f"Running again:      {s.running_again_s} s after the fault")
+    click.echo(f"First step resumed: {s.first_step_after_resume_s} s after the fault")
+    click.echo(f"Steps lost:         {s.steps_lost} (resumed from step {s.resumed_from})")
+    click.echo(f"Final step:         {s.final_step} of {s.planned_steps - 1}, job {result.final_state}")
+    click.echo(f"Goodput:            {s.goodput:.1%} ({s.useful_s:.1f} s useful of {s.wall_s:.1f} s)")
+    click.echo("\nLoss (every 10th step; full table in loss.txt):")
+    click.echo(loss_table(records, every=max(10, s.planned_steps // 20)))
+    click.echo(f"Plot: {result.files['loss.png']}   All outputs: {result.out_dir}/")
+    if not s.completed:
+        raise SlurmFTError(f"the training did not complete (final step {s.final_step})")
 
 # === observability (issue 7) ===
 

@@ -52,10 +52,15 @@ class ProbeConfig:
     checkpoint_path: str = ""      # check free space here
     min_free_gb: float = 1.0
     max_parallel: int = 256
+    ping_timeout: float = 0.0      # wait for the echo reply; 0: half of timeout, at most 1 s
 
     def __post_init__(self) -> None:
         _positive("probe.timeout", self.timeout)
         _positive("probe.max_parallel", self.max_parallel)
+        if self.ping_timeout < 0 or self.ping_timeout > self.timeout:
+            raise ConfigError(
+                f"probe.ping_timeout must be 0 (auto) or in (0, probe.timeout], "
+                f"not {self.ping_timeout}")
         if not 0 < self.ssh_port < 65536:
             raise ConfigError(f"probe.ssh_port must be 1-65535, not {self.ssh_port}")
 

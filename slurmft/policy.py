@@ -25,7 +25,7 @@ from slurmft.slurm.api import JobInfo
 #: Ended states in which a node failure is the likely cause and a restart makes sense.
 RESTARTABLE_ENDED = frozenset({"NODE_FAIL", "FAILED", "BOOT_FAIL"})
 #: Pending reasons that mean the job is on hold.
-HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "held"})
+HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "job_requeued_in_held_state", "held"})
 
 
 class Outcome(str, enum.Enum):

@@ -337,6 +337,10 @@ class Rescheduler:
             with self.store.lock(job_id):
                 report = self._run_locked(job, pcfg, train_cmd, checkpoint_dir, nodes_hint,
                                           settle, health, reread=True)
+        # Outside the lock: a second caller need not wait for this job to start.
+        if (not self.dry_run and self.start_wait > 0 and report.decision.outcome in
+                (Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.ALREADY_DONE)):
+            report.state_after, report.running_after_s = self._kick(job_id)
         report.elapsed_s = self.clock() - start
         if report.decision.outcome.is_error:
             raise PolicyError(report.decision.message)
@@ -374,9 +378,6 @@ class Rescheduler:
                               "message": decision.message,
                               "health": {n: r.health.value for n, r in health.items()}})
         self._execute(job, decision, record, report, train_cmd, checkpoint_dir)
-        if (not self.dry_run and self.start_wait > 0
-                and decision.outcome in (Outcome.REQUEUE, Outcome.UPDATE_PENDING)):
-            report.state_after, report.running_after_s = self._kick(job.job_id)
         if self.dry_run:
             report.commands = list(self.client.commands)
         else:

@@ -29,7 +29,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,7 +41,7 @@ from slurmft.checkpoint.store import (
     ALGORITHMS, CheckpointInfo, FaultHook, Snapshot, Store, split_state,
 )
 from slurmft.checkpoint.upload import (
-    DEFAULT_RSH, MountedDestination, RsyncDestination, Uploader, parse_remote,
+    DEFAULT_RSH, MountedDestination, RsyncDestination, SerialWorker, Uploader, parse_remote,
 )
 from slurmft.config import coerce, read_yaml
 from slurmft.errors import CheckpointError, ConfigError, CorruptCheckpointError
@@ -176,6 +176,9 @@ class CheckpointManager:
     needs ``local_cache``). ``clock`` is injectable so tests drive the time trigger.
     ``on_event(name, fields)`` receives "save", "verify_failed", "upload", "upload_failed",
     "load", "fallback", "backlog" (for metrics; never raises into training).
+    ``pipeline=True`` starts writing each array while later ones are still being copied:
+    shorter time to durable, but on a busy machine a longer stall (measured in bench/).
+    ``writer=False`` (MPI ranks other than 0): never touches the directory.
     """
 
     def __init__(self, path: str | os.PathLike, policy: CheckpointPolicy | None = None,
@@ -183,12 +186,13 @@ class CheckpointManager:
                  clock: Callable[[], float] = time.monotonic, *,
                  world_size: int = 1, on_event: EventHook | None = None,
                  rsh: tuple[str, ...] = DEFAULT_RSH, fault_hook: FaultHook | None = None,
-                 writer: bool = True) -> None:
+                 writer: bool = True, pipeline: bool = False) -> None:
         self.policy = policy or CheckpointPolicy()
         self.clock = clock
         self.world_size = world_size
         self._on_event = on_event
         self._writer = writer
+        self.pipeline = pipeline
         local_cache = local_cache or self.policy.local_cache or None
         spec = str(path)
         remote = parse_remote(spec)
@@ -203,7 +207,7 @@ class CheckpointManager:
             self._store = Store(local_cache, algo, fault_hook)
             self._dest = (RsyncDestination(remote, rsh=rsh) if remote
                           else MountedDestination(spec, algo))
-        self._write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slurmft-ckpt")
+        self._write_pool = SerialWorker("slurmft-ckpt-write")
         self._uploader = (Uploader(self._dest, self._store, self._backlog_changed, self._upload_done)
                           if self._dest is not None else None)
         self._buffers: dict[str, np.ndarray] = {}
@@ -273,6 +277,8 @@ class CheckpointManager:
         uploading run in the background. ``wait=True`` returns once durable."""
         if self._closed:
             raise CheckpointError("checkpoint manager is closed")
+        if not self._writer:
+            raise CheckpointError("this manager does not write (writer=False, e.g. MPI rank != 0)")
         t0 = time.perf_counter()
         if self._inflight is not None:
             # The previous write still reads the buffers: back-pressure, counted as stall.
@@ -282,9 +288,15 @@ class CheckpointManager:
                 pass
         now = self.clock()
         is_full = full if full is not None else self._want_full(now)
-        snap = self._snapshot(state, step, meta)
+        snap, sources = self._snapshot(state, step, meta)
         done: Future = Future()
-        self._inflight = self._write_pool.submit(self._persist, snap, is_full, done)
+        if self.pipeline:
+            # The writer streams each array out as soon as it is copied.
+            self._inflight = self._write_pool.submit(self._persist, snap, is_full, done)
+            self._copy_into(snap, sources)
+        else:
+            self._copy_into(snap, sources)
+            self._inflight = self._write_pool.submit(self._persist, snap, is_full, done)
         with self._lock:
             self._pending.append(done)
         self._last_step = step
@@ -317,25 +329,41 @@ class CheckpointManager:
                 buf.reshape(-1).view(np.uint8)[:] = 0
                 self._buffers[key] = buf
 
-    def _snapshot(self, state: Any, step: int, meta: Mapping[str, Any] | None) -> Snapshot:
-        """Training-thread part: copy arrays into buffers reused across saves."""
+    def _snapshot(self, state: Any, step: int, meta: Mapping[str, Any] | None,
+                  ) -> tuple[Snapshot, dict[str, np.ndarray]]:
+        """Training thread: pickle the small part, pick a reused buffer for each array."""
         skeleton, arrays = split_state(state)
-        copies: dict[str, np.ndarray] = {}
+        try:
+            blob = pickle.dumps(skeleton, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"state of step {step} cannot be pickled: {exc}") from None
+        bufs: dict[str, np.ndarray] = {}
         for key, arr in arrays.items():
             buf = self._buffers.get(key)
             if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype:
                 buf = np.empty(arr.shape, arr.dtype)
                 self._buffers[key] = buf
-            np.copyto(buf, arr)
-            copies[key] = buf
+            bufs[key] = buf
         for key in set(self._buffers) - set(arrays):
             del self._buffers[key]
+        snap = Snapshot(step=step, skeleton=blob, arrays=bufs, world_size=self.world_size,
+                        meta=dict(meta or {}), ready={k: threading.Event() for k in bufs})
+        return snap, arrays
+
+    @staticmethod
+    def _copy_into(snap: Snapshot, sources: Mapping[str, np.ndarray]) -> None:
+        """Training thread: copy every array into its buffer, releasing each to the writer."""
+        assert snap.ready is not None
         try:
-            blob = pickle.dumps(skeleton, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"state of step {step} cannot be pickled: {exc}") from None
-        return Snapshot(step=step, skeleton=blob, arrays=copies, world_size=self.world_size,
-                        meta=dict(meta or {}))
+            for key, src in sources.items():
+                np.copyto(snap.arrays[key], src)
+                snap.ready[key].set()
+        except BaseException:
+            snap.aborted = True
+            raise
+        finally:
+            for ev in snap.ready.values():
+                ev.set()
 
     def _persist(self, snap: Snapshot, full: bool, done: Future) -> None:
         """Background: write, read back + verify, publish as latest, rotate, upload."""
@@ -567,7 +595,7 @@ class CheckpointManager:
         try:
             self.wait(self.policy.close_timeout if timeout is None else timeout)
         finally:
-            self._write_pool.shutdown(wait=False)
+            self._write_pool.shutdown()
             if self._uploader:
                 self._uploader.shutdown()
 

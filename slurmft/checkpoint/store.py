@@ -8,11 +8,11 @@ One checkpoint is one directory ``step_<012d step>/`` under the checkpoint root:
                    (dtype, shape, offset, digest, which checkpoint holds the bytes); it
                    carries its own checksum, so a broken manifest is detected too
 
-A save writes into ``.tmp-<name>-<pid>-<rand>/``, fsyncs every file, fsyncs that directory,
-renames it to its final name and fsyncs the root. ``latest`` is a one-line file naming a
-checkpoint that was read back and verified; it is replaced the same atomic way. Anything
-starting with ``.tmp-`` is a save cut short by a crash: it is never read and ``cleanup``
-removes it.
+A save writes into ``.tmp-<name>-<pid>-<rand>/``, fsyncs every file, fsyncs that directory
+and renames it to its final name. ``latest`` is a one-line file naming a checkpoint that was
+read back and verified; it is replaced the same atomic way (temporary file, fsync, rename),
+and the fsync of the root after that rename makes both renames durable. Anything starting
+with ``.tmp-`` is a save cut short by a crash: it is never read and ``cleanup`` removes it.
 
 A differential checkpoint (``kind: diff``) writes only the arrays whose digest differs from
 its full ``base``; the manifest still lists every array, with ``source`` naming the
@@ -31,9 +31,10 @@ import os
 import pickle
 import re
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,16 @@ class Snapshot:
     world_size: int = 1
     meta: dict = field(default_factory=dict)
     time: float = field(default_factory=time.time)
+    # Pipelining: the writer may start while the training thread still copies. ``ready``
+    # holds one event per array key, set once that array's copy is complete.
+    ready: dict[str, threading.Event] | None = None
+    aborted: bool = False
+
+    def wait_ready(self, key: str) -> None:
+        if self.ready is not None:
+            self.ready[key].wait()
+        if self.aborted:
+            raise CheckpointError(f"snapshot of step {self.step} was aborted")
 
 
 # --- state <-> skeleton + arrays ------------------------------------------------------------
@@ -269,34 +280,31 @@ class Store:
         tmp = self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         try:
-            digests = (self.array_digests(snap.arrays) if array_digests or base
-                       else dict.fromkeys(snap.arrays, ""))
+            need_digest = array_digests or base is not None
             entries: dict[str, ArrayEntry] = {}
-            to_write: list[str] = []
-            for key, arr in snap.arrays.items():
-                prev = base.arrays.get(key) if base else None
-                if (prev is not None and prev.digest and prev.digest == digests[key]
-                        and prev.dtype == arr.dtype.str and prev.shape == list(arr.shape)):
-                    entries[key] = ArrayEntry(arr.dtype.str, list(arr.shape), arr.nbytes,
-                                              digests[key], prev.source, prev.offset)
-                else:
-                    to_write.append(key)
             h = new_hasher(self.algorithm)
             offset = 0
             self._fault("data")
             with open(tmp / DATA, "wb", buffering=0) as f:
-                for key in to_write:
-                    arr = snap.arrays[key]
+                for key, arr in snap.arrays.items():
+                    snap.wait_ready(key)
+                    view = _bytes_view(arr)
+                    digest = digest_bytes(self.algorithm, view) if need_digest else ""
+                    prev = base.arrays.get(key) if base else None
+                    if (prev is not None and prev.digest and prev.digest == digest
+                            and prev.dtype == arr.dtype.str and prev.shape == list(arr.shape)):
+                        entries[key] = ArrayEntry(arr.dtype.str, list(arr.shape), arr.nbytes,
+                                                  digest, prev.source, prev.offset)
+                        continue
                     pad = (-offset) % ALIGN
                     if pad:
                         f.write(b"\0" * pad)
                         h.update(b"\0" * pad)
                         offset += pad
-                    view = _bytes_view(arr)
                     h.update(view)
                     _write_all(f, view)
                     entries[key] = ArrayEntry(arr.dtype.str, list(arr.shape), arr.nbytes,
-                                              digests[key], name, offset)
+                                              digest, name, offset)
                     offset += arr.nbytes
                 self._fault("data-written")
                 os.fsync(f.fileno())
@@ -323,7 +331,8 @@ class Store:
                 shutil.rmtree(trash, ignore_errors=True)
             else:
                 os.rename(tmp, final)
-            fsync_dir(self.root)
+            # No fsync of the root here: set_latest() fsyncs it after its own rename, which
+            # makes both renames durable; until then ``latest`` names the previous one.
             self._fault("renamed")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -472,7 +481,7 @@ class Store:
                 removed.append(n)
         return removed
 
-    def prune(self, keep_last: int, protect: Iterator[str] | None = None) -> list[str]:
+    def prune(self, keep_last: int, protect: Iterable[str] | None = None) -> list[str]:
         """Keep the newest ``keep_last`` checkpoints, the one ``latest`` names, and every
         full base a kept diff needs; delete the rest. Returns the names deleted."""
         if keep_last < 1:

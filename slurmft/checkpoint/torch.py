@@ -28,12 +28,25 @@ _MARK = "__torch_tensor__"
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def to_numpy_tree(obj: Any) -> Any:
-    """Replace every tensor by ``{__torch_tensor__: ndarray, dtype: str}`` (CPU view)."""
+def to_numpy_tree(obj: Any, staging: dict[str, torch.Tensor] | None = None,
+                  _path: str = "") -> Any:
+    """Replace every tensor by ``{__torch_tensor__: ndarray, dtype: str}`` (CPU view).
+
+    Device tensors are copied (non-blocking) into ``staging``: pinned host buffers reused
+    across saves, keyed by position; call ``torch.cuda.synchronize()`` before reading them.
+    """
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
         if t.device.type != "cpu":
-            t = t.cpu()
+            if staging is None:
+                t = t.cpu()
+            else:
+                buf = staging.get(_path)
+                if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                    buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=torch.cuda.is_available())
+                    staging[_path] = buf
+                buf.copy_(t, non_blocking=True)
+                t = buf
         if not t.is_contiguous():
             t = t.contiguous()
         dtype = str(t.dtype)
@@ -43,11 +56,11 @@ def to_numpy_tree(obj: Any) -> Any:
             arr = t.view(_INT_VIEW[t.element_size()]).numpy()
         return {_MARK: arr, "dtype": dtype}
     if isinstance(obj, Mapping):
-        return {k: to_numpy_tree(v) for k, v in obj.items()}
+        return {k: to_numpy_tree(v, staging, f"{_path}/{k}") for k, v in obj.items()}
     if isinstance(obj, list):
-        return [to_numpy_tree(v) for v in obj]
+        return [to_numpy_tree(v, staging, f"{_path}/{i}") for i, v in enumerate(obj)]
     if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(to_numpy_tree(v) for v in obj)
+        return tuple(to_numpy_tree(v, staging, f"{_path}/{i}") for i, v in enumerate(obj))
     return obj
 
 
@@ -135,6 +148,7 @@ class TorchCheckpointer:
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
+        self._staging: dict[str, torch.Tensor] = {}   # pinned host copies of GPU tensors
 
     def state(self, step: int, epoch: int = 0, samples_seen: int = 0,
               extra: Mapping[str, Any] | None = None) -> dict:
@@ -150,7 +164,10 @@ class TorchCheckpointer:
             state["optimizer"] = self.optimizer.state_dict()
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
-        return to_numpy_tree(state)
+        tree = to_numpy_tree(state, self._staging)
+        if self._staging and torch.cuda.is_available():
+            torch.cuda.synchronize()        # the non-blocking device-to-host copies are done
+        return tree
 
     def save(self, step: int, epoch: int = 0, samples_seen: int = 0,
              extra: Mapping[str, Any] | None = None, **kwargs: Any) -> SaveHandle:

@@ -15,6 +15,7 @@ Two destinations:
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -22,7 +23,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -208,6 +209,43 @@ def make_destination(spec: str, algorithm: str = "xxh3",
     return RsyncDestination(remote, rsh=rsh)
 
 
+class SerialWorker:
+    """One daemon thread running submitted calls in order, each with a Future.
+
+    Not a ThreadPoolExecutor on purpose: the executor refuses new work once the interpreter
+    starts to exit, before atexit handlers run, so a write that hands over to the uploader
+    at exit would fail. A daemon thread keeps working while the manager's atexit handler
+    waits for it (bounded by close_timeout), and never keeps a dead job alive beyond that.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable, *args: object) -> Future:
+        fut: Future = Future()
+        self._queue.put((fut, fn, args))
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the Future
+                fut.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Stop after the queued calls (does not wait)."""
+        self._queue.put(None)
+
+
 class Uploader:
     """Runs uploads in order on one background thread; the backlog is observable."""
 
@@ -217,7 +255,7 @@ class Uploader:
                  ) -> None:
         self.destination = destination
         self.src = src
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slurmft-upload")
+        self._pool = SerialWorker("slurmft-upload")
         self._lock = threading.Lock()
         self._pending: dict[str, int] = {}
         self._on_backlog = on_backlog
@@ -264,4 +302,4 @@ class Uploader:
                 self._on_done(info, error)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=False)
+        self._pool.shutdown()

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -82,9 +83,14 @@ class Cluster:
     def _state_file(self) -> Path:
         return self.state_dir / "state.json"
 
+    def lock_path(self, what: str = "") -> Path:
+        """A lock file under ``<root>/.locks`` (kept: removing a lock file races its users)."""
+        d = self.root / ".locks"
+        d.mkdir(parents=True, exist_ok=True)
+        return d / f"{what or self.name}.lock"
+
     def _lock(self) -> filelock.FileLock:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return filelock.FileLock(str(self.root / f".{self.name}.lock"), timeout=120)
+        return filelock.FileLock(str(self.lock_path()), timeout=120)
 
     def _load(self) -> dict | None:
         try:
@@ -108,14 +114,15 @@ class Cluster:
 
     @property
     def layout(self) -> Layout:
-        st = self._state or self._load()
+        # Always from disk: another process (CLI fault, down, up) may have changed it.
+        st = self._load()
         if not st:
             raise ClusterError(f"cluster {self.name} is not up: run `slurmft cluster up "
                                f"--name {self.name}`")
         return self._layout_from(st)
 
     def _proc(self, key: str) -> Proc | None:
-        st = self._state or self._load() or {}
+        st = self._load() or {}
         d = st.get("procs", {}).get(key)
         return Proc.from_dict(d) if d else None
 
@@ -223,7 +230,6 @@ class Cluster:
     def run(self, argv: Sequence[str], *, check: bool = False, timeout: float = 60.0,
             input: str | None = None, cwd: str | os.PathLike | None = None):
         """Run ``argv`` in the cluster (as ``exec``); return the CompletedProcess (text)."""
-        import subprocess
         return subprocess.run(self.exec_argv(argv), env=self.env(), capture_output=True,
                               text=True, timeout=timeout, check=check, input=input, cwd=cwd)
 
@@ -275,22 +281,29 @@ class Cluster:
         t0 = time.monotonic()
         with self._lock():
             if self.is_up():
-                lay = self.layout
-                return UpResult(self.name, list(lay.node_names), str(lay.subnet), 0.0,
+                cur = self.layout
+                return UpResult(self.name, list(cur.node_names), str(cur.subnet), 0.0,
                                 {}, already_up=True)
             if self._state is not None or self.state_dir.exists():
                 log.info("cluster %s: removing leftovers of an earlier run", self.name)
                 self._down_locked()
-            used = self._used_networks()
-            if subnet:
-                net = parse_subnet(subnet)
-                check_subnet(net, nodes, used)
-            else:
-                net = pick_subnet(self.name, nodes, used)
-            lay = Layout(self.name, nodes, net, self.root, slurm=slurm, epilog=epilog)
+            lay: Layout | None = None
             try:
+                # One machine-wide lock while a subnet is chosen and its route added, so two
+                # clusters coming up at once never pick the same one.
+                with filelock.FileLock(str(self.lock_path(".subnets")), timeout=120):
+                    used = self._used_networks()
+                    if subnet:
+                        net = parse_subnet(subnet)
+                        check_subnet(net, nodes, used)
+                    else:
+                        net = pick_subnet(self.name, nodes, used)
+                    lay = Layout(self.name, nodes, net, self.root, slurm=slurm, epilog=epilog)
+                    self._claim(lay)
                 self._build(lay, timeout)
             except BaseException as exc:
+                if lay is None:
+                    raise
                 saved = self._save_logs(lay)
                 try:
                     self._down_locked()
@@ -316,7 +329,8 @@ class Cluster:
             return None
         return dest
 
-    def _build(self, lay: Layout, timeout: float) -> None:
+    def _claim(self, lay: Layout) -> None:
+        """Record the cluster, then route its subnet to nowhere in the root namespace."""
         for d in (lay.state_dir, lay.etc_dir, lay.ssh_dir, lay.log_dir, lay.run_dir,
                   lay.shared_dir, lay.slurmft_state_dir, lay.spool_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -324,9 +338,12 @@ class Cluster:
                        "slurm": lay.slurm, "epilog": lay.epilog, "complete": False,
                        "route": False, "netns": [], "procs": {}, "created": time.time()}
         self._save()
-        # Network: root gets only an unreachable route; bridge and veths live in namespaces.
         procs.run(["ip", "route", "add", "unreachable", str(lay.subnet)], what="ip route add")
         self._state["route"] = True
+        self._save()
+
+    def _build(self, lay: Layout, timeout: float) -> None:
+        # Network: root has only the unreachable route; bridge and veths live in namespaces.
         self._state["netns"] = lay.all_netns()
         self._save()
         batch = [f"netns add {ns}" for ns in lay.all_netns()]
@@ -476,7 +493,6 @@ class Cluster:
     @staticmethod
     def _run_parallel(cmds: Sequence, what: str) -> None:
         """Run argv lists (or (argv, stdin) pairs) at once; ClusterError if any fails."""
-        import subprocess
         running = []
         for cmd in cmds:
             argv, text = cmd if isinstance(cmd, tuple) else (cmd, None)
@@ -621,6 +637,7 @@ class Cluster:
 
     def _fault_freeze_sshd(self, lay: Layout, node: str) -> str:
         p = self._signal(f"{node}:sshd", signal.SIGSTOP)
+        procs.wait_for_state(p, "stopped", 5)
         return f"froze sshd on {node} (pid {p.pid}, SIGSTOP)"
 
     def _fault_thaw_sshd(self, lay: Layout, node: str) -> str:

@@ -1,12 +1,18 @@
 """The local test cluster in containers: a second backend beside the network namespaces.
 
 One image (docker/Dockerfile) runs as the controller ``ctl`` and as ``node1..nodeN`` on an
-internal compose network (docker/compose.yml: no route out). slurm.conf comes from the same
-template and the same ``Layout`` as the namespace cluster, so addresses (ctl = .1, nodeN = .N+1),
-ports and paths match; the network's gateway sits on the subnet's last address.
+internal compose network (docker/compose.yml). slurm.conf comes from the same template and the
+same ``Layout`` as the namespace cluster, so addresses (ctl = .1, nodeN = .N+1), ports and
+paths match. No way out: the network is internal, its bridge holds no IPv4 address (the
+gateway, the subnet's last address, is reserved, never assigned) and the containers drop the
+default route Docker gives them.
 
-Faults map to Docker: link-down/up = ``docker network disconnect/connect``; node-down/up =
-``docker stop/start``; kill/stop/cont of sshd or slurmd = ``docker exec CTR pkill -SIG -x NAME``.
+``DockerCluster`` mirrors ``slurmft.cluster.Cluster`` (up/down/status/fault/run/exec_argv/
+node_exec_argv/execvpe/env, the same fault names plus node-down/node-up). Faults map to
+Docker: link-down/up = ``docker network disconnect/connect``; node-down/up = ``docker
+stop/start``; kill/restart-slurmd, stop/start/freeze/thaw-sshd = ``docker exec CTR pkill -SIG
+-F PIDFILE`` (or starting the daemon again); kill-job-procs = SIGKILL to the container's job
+processes, found from this machine's process table.
 
 Everything runs through the docker CLI with argv lists (no SDK, no shell). Every object the
 backend creates carries the label ``slurmft.cluster=NAME`` (images: ``slurmft.image``) and
@@ -52,9 +58,10 @@ log = get_logger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DOCKER_DIR = REPO_ROOT / "docker"
 DOCKER_ROOT = Path("/var/lib/slurmft/docker-clusters")
-CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache"))) / "slurmft" / "docker"
 SUBNET_POOL = ipaddress.IPv4Network("10.98.0.0/16")   # apart from the namespace clusters' pool
-BASE_IMAGE = "slurmft-base:bookworm"
+BASE_IMAGE = "slurmft-base:bookworm"       # debootstrap'd + imported when no registry is used
+REGISTRY_BASE = "debian:bookworm"           # without debootstrap: pulled by the build
+IMAGE_PYTHON = (3, 11)                      # bookworm's python3: host wheels must match it
 NODE_IMAGE_REPO = "slurmft-node"
 LABEL = "slurmft.cluster"
 IMAGE_LABEL = "slurmft.image"
@@ -114,7 +121,7 @@ class Docker:
         return self.ok("version", "--format", "{{.Server.Version}}", timeout=15)
 
     def compose_argv(self, project: str, file: Path, *args: str) -> list[str]:
-        """``docker compose`` (v2 plugin) if present, else ``docker-compose`` (v1)."""
+        """``docker-compose`` (v1) if installed, else the ``docker compose`` plugin (v2)."""
         if shutil.which("docker-compose"):
             return ["docker-compose", *(["-H", self.host] if self.host else []),
                     "-p", project, "-f", str(file), *args]
@@ -173,8 +180,11 @@ class PrivateDockerd:
             raise DockerUnavailableError("dockerd not found: apt-get install docker.io docker-compose")
         if os.geteuid() != 0:
             raise DockerUnavailableError("starting a private dockerd needs root")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.data_root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.data_root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DockerUnavailableError(f"cannot prepare dockerd's folders: {exc}") from None
         self.ip_forward_before = _read_ip_forward()
         self.had_docker0 = Path("/sys/class/net/docker0").exists()
         argv = [dockerd, "-H", self.host, "--data-root", str(self.data_root),
@@ -182,6 +192,7 @@ class PrivateDockerd:
                 "--pidfile", str(self.run_dir / "dockerd.pid"),
                 "--bridge=none", "--iptables=false", "--ip-forward=false", "--ip-masq=false",
                 "--userland-proxy=false"]
+        self.log_file.write_bytes(b"")            # this start's output only
         self.proc = procs.spawn(argv, self.log_file)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -194,7 +205,8 @@ class PrivateDockerd:
             time.sleep(0.3)
         self.stop()
         raise DockerUnavailableError(f"dockerd did not answer within {self.start_timeout:g}s: "
-                                     f"{procs.tail(self.log_file)}")
+                                     f"{procs.tail(self.log_file) or 'no output'} "
+                                     f"(log: {self.log_file})")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -257,11 +269,20 @@ def content_hash(context: Path, base_id: str) -> str:
     return h.hexdigest()
 
 
-def build_wheels(cache: Path = CACHE_DIR, repo: Path = REPO_ROOT) -> Path | None:
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "slurmft" / "docker"
+
+
+def build_wheels(cache: Path | None = None, repo: Path = REPO_ROOT) -> Path | None:
     """slurmft's dependencies as wheels (so the build needs no index), cached per setup.cfg.
 
-    None when pip cannot fetch them here; the image build then installs from its own index.
+    None when this Python is not the image's (wheels would not fit) or pip cannot fetch them
+    here; the image build then installs from its own index.
     """
+    if sys.version_info[:2] != IMAGE_PYTHON:
+        return None
+    cache = cache or cache_dir()
     key = hashlib.sha256((repo / "setup.cfg").read_bytes()).hexdigest()[:16]
     wdir = cache / f"wheels-{key}"
     if (wdir / ".complete").exists():
@@ -306,8 +327,8 @@ def mirror_from_sources(texts: Sequence[str]) -> str:
         for uri in uri_re.findall(text):
             if uri.rstrip("/").endswith("/debian"):
                 return uri.rstrip("/")
-    raise ClusterError("no Debian mirror found in /etc/apt/sources.list(.d): "
-                       "pass --base-image debian:bookworm if a registry is reachable")
+    raise ClusterError("no Debian mirror found in /etc/apt/sources.list(.d): set "
+                       "SLURMFT_DOCKER_BASE_IMAGE=debian:bookworm if a registry is reachable")
 
 
 @dataclass(frozen=True)
@@ -326,8 +347,8 @@ def ensure_base_image(docker: Docker, base: str = "") -> tuple[str, bool]:
     if docker.ok("image", "inspect", BASE_IMAGE):
         return BASE_IMAGE, False
     if not shutil.which("debootstrap"):
-        raise ClusterError("debootstrap not found (apt-get install debootstrap), or pass "
-                           "--base-image debian:bookworm where a registry is reachable")
+        log.info("no debootstrap: building FROM %s (needs a registry)", REGISTRY_BASE)
+        return REGISTRY_BASE, False
     mirror = debian_mirror()
     root = Path(tempfile.mkdtemp(prefix="slurmft-rootfs-"))
     try:
@@ -347,6 +368,8 @@ def ensure_base_image(docker: Docker, base: str = "") -> tuple[str, bool]:
         if imp.returncode != 0 or tar.returncode != 0:
             raise ClusterError(f"docker import failed: {imp.stderr.strip()[-300:]}")
     finally:
+        for mnt in _mounts_under(root):      # debootstrap's /proc, /sys if it failed midway
+            procs.run(["umount", "-l", mnt], check=False)
         shutil.rmtree(root, ignore_errors=True)
     return BASE_IMAGE, True
 
@@ -367,12 +390,27 @@ def ensure_image(docker: Docker, base: str = "", repo: Path = REPO_ROOT) -> Imag
         if have.returncode == 0 and have.stdout.strip() == digest:
             return ImageResult(tag, digest, False, base_built, time.monotonic() - t0)
         log.info("building %s", tag)
-        docker.run("build", "-q", "--network", "host", "-f", "docker/Dockerfile",
-                   "--build-arg", f"BASE_IMAGE={base_ref}",
-                   "--build-arg", f"PIP_NO_INDEX={1 if wheels else 0}",
-                   "--label", f"{HASH_LABEL}={digest}", "--label", f"{IMAGE_LABEL}=node",
-                   "-t", tag, str(ctx), timeout=1200, what="docker build")
+        cp = docker.run("build", "--network", "host", "-f", "docker/Dockerfile",
+                        "--build-arg", f"BASE_IMAGE={base_ref}",
+                        "--build-arg", f"PIP_NO_INDEX={1 if wheels else 0}",
+                        "--label", f"{HASH_LABEL}={digest}", "--label", f"{IMAGE_LABEL}=node",
+                        "-t", tag, str(ctx), check=False, timeout=1200, what="docker build")
+        build_log = _mkdir(cache_dir()) / "build.log"
+        build_log.write_text(cp.stdout + cp.stderr)
+        if cp.returncode != 0:
+            last = " | ".join((cp.stderr or cp.stdout).strip().splitlines()[-3:])
+            raise ClusterError(f"docker build failed (rc={cp.returncode}): {last}; "
+                               f"full output in {build_log}")
+    _prune_node_images(docker, keep=tag)
     return ImageResult(tag, digest, True, base_built, time.monotonic() - t0)
+
+
+def _prune_node_images(docker: Docker, keep: str) -> None:
+    """Remove older node images (one per source hash) that no container uses; keep ``keep``."""
+    keep_id = docker.run("image", "inspect", "--format", "{{.Id}}", keep, check=False).stdout.strip()
+    for ref in docker.ids("image", f"{IMAGE_LABEL}=node"):
+        if not keep_id.startswith(f"sha256:{ref}") and ref not in keep_id:
+            docker.ok("image", "rm", ref)          # no -f: an image in use stays
 
 
 def _remove_images(docker: Docker, keep_base: bool = True) -> list[str]:
@@ -499,7 +537,7 @@ class DockerCluster:
                  docker_host: str | None = None, base_image: str = "") -> None:
         self.name = validate_name(name)
         self.root = Path(root or os.environ.get("SLURMFT_DOCKER_CLUSTER_ROOT") or DOCKER_ROOT)
-        self.base_image = base_image
+        self.base_image = base_image or os.environ.get("SLURMFT_DOCKER_BASE_IMAGE", "")
         self._docker_host = docker_host
         self.state: DockerClusterState | None = self._load()
 
@@ -626,6 +664,9 @@ class DockerCluster:
             raise UsageError("the docker backend always runs Slurm (no --no-slurm)")
         if epilog and not Path(epilog).is_absolute():
             raise UsageError(f"--epilog must be an absolute path, not {epilog!r}")
+        if not (DOCKER_DIR / "Dockerfile").is_file():
+            raise ClusterError(f"{DOCKER_DIR}/Dockerfile not found: the docker backend builds "
+                               "its image from a source checkout of slurmft (pip install -e)")
         if self.is_up():
             return UpResult(self.name, self.nodes, self.subnet, 0.0, {}, already_up=True)
         if self.state is not None or self.state_dir.exists():

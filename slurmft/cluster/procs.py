@@ -7,7 +7,6 @@ still match, so a recycled pid never gets a signal meant for one of the cluster'
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -233,5 +232,12 @@ def tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
-SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "STOP": signal.SIGSTOP,
-           "CONT": signal.SIGCONT}
+
+def wait_for_state(proc: Proc, want: str, timeout: float) -> bool:
+    """Wait until ``state(proc) == want``; False after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while state(proc) != want:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

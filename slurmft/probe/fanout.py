@@ -35,16 +35,13 @@ class FanoutProber:
     """Probe many hosts at once. ``config`` is the ``probe`` config section."""
 
     def __init__(self, config: ProbeConfig | None = None, *, ping_fn: PingFn | None = None,
-                 ssh_fn: SshFn | None = None, ping_prefix: Sequence[str] = ()) -> None:
+                 ssh_fn: SshFn | None = None, icmp_socket: bool = True) -> None:
+        """``ping_fn``/``ssh_fn`` replace the real ping/SSH (tests). ``icmp_socket=False``
+        forces the ``ping`` subprocess even where one shared ICMP socket is allowed."""
         self.config = config or ProbeConfig()
-        if ping_fn is None and self.config.ping:
-            ping_bin = _ping.find_ping()
-            prefix = tuple(ping_prefix)
-
-            def ping_fn(host: str, timeout: float) -> _ping.PingOutcome:
-                return _ping.ping(host, timeout, ping_bin=ping_bin, prefix=prefix)
-
-        self._ping = ping_fn
+        self._ping_fn = ping_fn
+        self._ping_bin = ""
+        self.icmp_socket = icmp_socket
         self._ssh = ssh_fn or _ssh.run_commands
         c = self.config
         self.checks = _checks.build_checks(
@@ -52,18 +49,36 @@ class FanoutProber:
             checkpoint_path=c.checkpoint_path, min_free_gb=c.min_free_gb)
 
     @property
+    def ping_wait(self) -> float:
+        """How long to wait for an echo reply: a LAN answers in well under a millisecond, so
+        a silent host is declared after half the deadline (at most 1 s), leaving the rest to
+        SSH and keeping the verdict clear of the hard deadline."""
+        c = self.config
+        return c.ping_timeout or min(1.0, c.timeout / 2)
+
+    @property
     def grace(self) -> float:
         return max(0.2, 0.25 * self.config.timeout)
 
-    def target(self, host: str) -> _ssh.SshTarget:
+    def target(self, host: str, ssh_config=None) -> _ssh.SshTarget:
+        """Where to ping and SSH ``host`` (``ssh_config``: a pre-parsed config to reuse)."""
         c = self.config
         return _ssh.resolve_target(host, user=c.ssh_user, port=c.ssh_port, key=c.ssh_key,
-                                   ssh_config=c.ssh_config, known_hosts=c.known_hosts,
+                                   ssh_config=ssh_config or c.ssh_config,
+                                   known_hosts=c.known_hosts,
                                    accept_unknown=c.accept_unknown_hosts)
 
     # ------------------------------------------------------------------ one host
-    def probe_one(self, target: _ssh.SshTarget) -> ProbeResult:
+    def _subprocess_ping(self, host: str, timeout: float) -> _ping.PingOutcome:
+        if not self._ping_bin:
+            self._ping_bin = _ping.find_ping()
+        return _ping.ping(host, timeout, ping_bin=self._ping_bin)
+
+    def probe_one(self, target: _ssh.SshTarget,
+                  ping_fn: PingFn | None = None) -> ProbeResult:
+        """One host's verdict (``ping_fn`` defaults to the injected or subprocess ping)."""
         c = self.config
+        ping_fn = ping_fn or self._ping_fn or self._subprocess_ping
         start = time.monotonic()
         deadline = start + c.timeout
 
@@ -71,8 +86,8 @@ class FanoutProber:
             return ProbeResult(target.host, health, reason, time.monotonic() - start,
                                dict(checks or {}))
 
-        if c.ping and self._ping is not None:
-            p = self._ping(target.address, c.timeout)
+        if c.ping:
+            p = ping_fn(target.address, self.ping_wait)
             if not p.reachable:
                 return result(Health.UNREACHABLE, p.detail or "no ping reply")
         if not c.ssh:
@@ -113,7 +128,23 @@ class FanoutProber:
         names = list(dict.fromkeys(validate_hostname(h) for h in hosts))
         if not names:
             return {}
-        targets = {h: self.target(h) for h in names}
+        parsed = _ssh.load_ssh_config(self.config.ssh_config) if self.config.ssh_config else None
+        targets = {h: self.target(h, parsed) for h in names}
+        pinger = None
+        ping_fn = self._ping_fn
+        if self.config.ping and ping_fn is None:
+            pinger = _ping.IcmpPinger.open() if self.icmp_socket else None
+            ping_fn = pinger.ping if pinger is not None else self._subprocess_ping
+            if pinger is None:
+                self._ping_bin = self._ping_bin or _ping.find_ping()  # fail before threads
+        try:
+            return self._fan_out(names, targets, ping_fn)
+        finally:
+            if pinger is not None:
+                pinger.close()
+
+    def _fan_out(self, names: list[str], targets: dict[str, _ssh.SshTarget],
+                 ping_fn: PingFn | None) -> dict[str, ProbeResult]:
         workers = max(1, min(len(names), self.config.max_parallel))
         waves = math.ceil(len(names) / workers)
         queue = deque(names)
@@ -134,7 +165,7 @@ class FanoutProber:
                     host = queue.popleft()
                     started[host] = time.monotonic()
                 try:
-                    res = self.probe_one(targets[host])
+                    res = self.probe_one(targets[host], ping_fn)
                 except ProbeError as exc:
                     res = ProbeResult(host, Health.UNRESPONSIVE, f"probe setup failed: {exc}",
                                       time.monotonic() - started[host])

@@ -63,11 +63,23 @@ def _expand_path(path: str) -> str:
     return os.path.expanduser(os.path.expandvars(path))
 
 
+def load_ssh_config(path: str) -> paramiko.SSHConfig:
+    """Parse an OpenSSH client config once (ProbeError if unreadable)."""
+    path = _expand_path(path)
+    try:
+        return paramiko.SSHConfig.from_path(path)
+    except OSError as exc:
+        raise ProbeError(f"cannot read probe.ssh_config {path}: {exc.strerror}") from None
+    except Exception as exc:  # paramiko raises ConfigParseError and friends
+        raise ProbeError(f"cannot parse probe.ssh_config {path}: {exc}") from None
+
+
 def resolve_target(host: str, *, user: str = "root", port: int = 22, key: str = "",
-                   ssh_config: str = "", known_hosts: str = "",
+                   ssh_config: str | paramiko.SSHConfig = "", known_hosts: str = "",
                    accept_unknown: bool = False) -> SshTarget:
     """Apply an OpenSSH client config (HostName, Port, User, IdentityFile, UserKnownHostsFile,
-    StrictHostKeyChecking) on top of the slurmft settings.
+    StrictHostKeyChecking) on top of the slurmft settings. ``ssh_config`` is a path or a
+    config parsed by ``load_ssh_config``.
 
     The config's ``StrictHostKeyChecking no|accept-new`` counts as the same explicit opt-in as
     ``accept_unknown_hosts``.
@@ -76,13 +88,12 @@ def resolve_target(host: str, *, user: str = "root", port: int = 22, key: str = 
     address, keys = host, [key] if key else []
     kh = [known_hosts] if known_hosts else []
     if ssh_config:
-        path = _expand_path(ssh_config)
+        parsed = (ssh_config if isinstance(ssh_config, paramiko.SSHConfig)
+                  else load_ssh_config(ssh_config))
         try:
-            cfg = paramiko.SSHConfig.from_path(path).lookup(host)
-        except OSError as exc:
-            raise ProbeError(f"cannot read probe.ssh_config {path}: {exc.strerror}") from None
+            cfg = parsed.lookup(host)
         except Exception as exc:  # paramiko raises ConfigParseError and friends
-            raise ProbeError(f"cannot parse probe.ssh_config {path}: {exc}") from None
+            raise ProbeError(f"cannot apply probe.ssh_config to {host}: {exc}") from None
         address = cfg.get("hostname", host)
         port = int(cfg.get("port", port))
         user = cfg.get("user", user)

@@ -37,9 +37,7 @@ def cluster():
     if os.geteuid() != 0:
         pytest.skip("the local cluster needs root (network namespaces)")
     name = os.environ.get("SLURMFT_TEST_CLUSTER", "sft-test")
-    probe = Cluster(name)
-    probe.root.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(probe.root / f".{name}.session.lock"))
+    lock = filelock.FileLock(str(Cluster(name).lock_path(f"{name}.session")))
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:

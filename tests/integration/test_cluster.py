@@ -49,6 +49,31 @@ def test_four_nodes_idle(cluster, cluster_run):
     assert cp.stdout.split() == ["main*", "up"]
 
 
+def test_network_is_isolated(cluster, cluster_run):
+    """Nothing of the cluster in the root netns but an unreachable route; no default routes."""
+    root_routes = subprocess.run(["ip", "route", "show", cluster.subnet], capture_output=True,
+                                 text=True).stdout
+    assert root_routes.split()[:2] == ["unreachable", cluster.subnet]
+    root_links = json.loads(subprocess.run(["ip", "-j", "addr"], capture_output=True,
+                                           text=True).stdout)
+    ours = {"br0"} | {f"v{i}" for i in range(1, len(cluster.nodes) + 1)}
+    assert not ours & {link["ifname"] for link in root_links}
+    prefix = cluster.subnet.rsplit(".", 1)[0] + "."
+    assert not [a for link in root_links for a in link.get("addr_info", [])
+                if a.get("local", "").startswith(prefix)]
+    for node in ["ctl", *cluster.nodes]:
+        routes = subprocess.run(["ip", "-n", cluster.netns(node), "route", "show"],
+                                capture_output=True, text=True, check=True).stdout
+        assert "default" not in routes and cluster.subnet in routes
+    # From the root namespace a node address fails locally (no packet leaves the machine).
+    cp = subprocess.run(["ping", "-c1", "-W1", cluster.ip("node1")], capture_output=True,
+                        text=True)
+    assert cp.returncode != 0
+    # Inside, the bridge reaches every node.
+    for node in cluster.nodes:
+        assert cluster_run(["ping", "-c1", "-W1", node]).returncode == 0
+
+
 def test_up_again_says_already_up(cluster):
     res = cluster.up(nodes=4)
     assert res.already_up and res.subnet == cluster.subnet
@@ -153,12 +178,14 @@ def test_kill_job_procs_kills_only_that_nodes_tasks(cluster, cluster_run):
     assert cp.returncode == 0, cp.stderr
     job = cp.stdout.strip()
     try:
-        pids = wait_for(lambda: len(cluster.job_pids("node3")) and cluster.job_pids("node3"),
-                        30, "the step's task on node3")
-        others = cluster.job_pids("node2")
-        assert others and not set(others) & set(pids)
+        def sleeps(node):
+            return [p for p in cluster.job_pids(node) if _comm(p) == "sleep"]
+        wait_for(lambda: sleeps("node3") and sleeps("node2"), 30, "the step's tasks")
+        pids, others = sleeps("node3"), sleeps("node2")
+        assert len(pids) == 1 and not set(others) & set(pids)
         msg = cluster.fault("node3", "kill-job-procs")
-        assert msg.startswith("killed 1 job process")
+        assert msg.startswith("killed ") and str(pids[0]) in msg.split(":")[1].split()
+        assert all(Path(f"/proc/{p}").exists() for p in others)   # node2's task lives on
         wait_for(lambda: "node3: task 2: Killed" in out.read_text(), 30, "srun to see the kill")
         # The daemons of node3 are untouched.
         st = {n["name"]: n for n in cluster.status()["nodes"]}
@@ -187,6 +214,13 @@ def test_subnet_clash_is_rejected_and_leaves_nothing(cluster):
     with pytest.raises(UsageError, match="clashes"):
         other.up(nodes=2, subnet=cluster.subnet)
     assert not other.state_dir.exists()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _mountinfo(pid="self") -> str:
@@ -233,6 +267,7 @@ def test_second_cluster_coexists_and_down_leaves_nothing(cluster, cluster_run):
         if stat.exists():   # only a not-yet-reaped zombie may remain for a moment
             assert stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", pid
     assert state_dir not in _all_mountinfo()      # no process anywhere still has our mounts
+    assert not any(ns in _mountinfo("self") for ns in netns)
     assert not Path(state_dir).exists()
     assert second.down() == []          # safe to call twice
     # The first cluster is unaffected.

@@ -15,15 +15,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 
+import filelock
 import pytest
 
 from slurmft.cluster.docker_backend import (
     DockerCluster, DockerUnavailableError, PrivateDockerd,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker]
+# 900 s: the first test also pays for the session fixture (a cold image build is ~1-2 min).
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(900)]
 
 NAME = os.environ.get("SLURMFT_DOCKER_TEST_CLUSTER", "sft-dtest")
 ALL = ["node1", "node2", "node3", "node4"]
@@ -33,26 +36,40 @@ ALL = ["node1", "node2", "node3", "node4"]
 def dcluster():
     if os.geteuid() != 0:
         pytest.skip("the docker cluster tests start their own dockerd: run as root")
-    missing = [b for b in ("dockerd", "docker", "docker-compose") if not shutil.which(b)]
+    missing = [b for b in ("dockerd", "docker") if not shutil.which(b)]
+    if not shutil.which("docker-compose") and (
+            not shutil.which("docker") or subprocess.run(
+                ["docker", "compose", "version"], capture_output=True).returncode != 0):
+        missing.append("docker-compose")
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed: apt-get install docker.io "
                     "docker-compose debootstrap")
     daemon = PrivateDockerd()
+    # One session at a time on the private daemon: the owner stops it at the end.
+    daemon.data_root.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(daemon.data_root.parent / ".dockerd-session.lock"))
     try:
-        daemon.start()
-    except DockerUnavailableError as exc:
-        pytest.skip(f"cannot start dockerd here: {exc}")
-    c = DockerCluster(NAME, docker_host=daemon.host)
+        lock.acquire(timeout=600)
+    except filelock.Timeout:
+        pytest.skip("another docker test session held the private dockerd for 10 minutes")
     try:
-        c.down()                               # leftovers of a killed run
-        res = c.up(nodes=4)
-        print(f"\ndocker cluster up: {c.state.timings} total {res.seconds}s")
-        yield c
-    finally:
         try:
-            c.down()                           # images stay: they are the build cache
+            daemon.start()
+        except DockerUnavailableError as exc:
+            pytest.skip(f"cannot start dockerd here: {exc}")
+        c = DockerCluster(NAME, docker_host=daemon.host)
+        try:
+            c.down()                           # leftovers of a killed run
+            res = c.up(nodes=4)
+            print(f"\ndocker cluster up: {c.state.timings} total {res.seconds}s")
+            yield c
         finally:
-            daemon.stop()
+            try:
+                c.down()                       # images stay: they are the build cache
+            finally:
+                daemon.stop()
+    finally:
+        lock.release()
 
 
 def run(c: DockerCluster, *argv: str, timeout: float = 60.0, check: bool = True):
@@ -148,6 +165,21 @@ def test_frozen_sshd_is_unresponsive(dcluster):
     finally:
         dcluster.fault("node2", "thaw-sshd")
     assert probe(dcluster, "node2") == {"node2": "HEALTHY"}
+
+
+def test_stopped_sshd_and_restarted_slurmd(dcluster):
+    try:
+        assert dcluster.fault("node2", "stop-sshd") == "stopped sshd on node2"
+        assert "sshd" not in dcluster.status()["nodes"][1]["daemons"]
+        assert probe(dcluster, "node2") == {"node2": "UNRESPONSIVE"}
+    finally:
+        dcluster.fault("node2", "start-sshd")
+    assert probe(dcluster, "node2") == {"node2": "HEALTHY"}
+    before = dcluster.status()["nodes"][1]["daemons"]["slurmd"]["pid"]
+    dcluster.fault("node2", "restart-slurmd")
+    after = dcluster.status()["nodes"][1]["daemons"]["slurmd"]["pid"]
+    assert after != before
+    assert run(dcluster, "srun", "-N1", "-w", "node2", "hostname").stdout.strip() == "node2"
 
 
 def test_reschedule_brings_job_back_on_healthy_nodes(dcluster):

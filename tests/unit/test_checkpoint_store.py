@@ -247,6 +247,8 @@ def _check_consistent(root: Path) -> int:
         assert info.name == latest
     with manager(root) as mgr:
         assert not [n for n in os.listdir(root) if n.startswith(".tmp-")]
+        for name in store.names():            # nothing half-written under a final name
+            store.verify(name)
         state = mgr.load()
     if state is None:
         assert latest is None

@@ -128,3 +128,21 @@ def test_sampler_rederived_for_new_world_size(old, new):
     assert max(len(p) for p in rest) - min(len(p) for p in rest) <= 1
     with pytest.raises(CheckpointError):
         shard_remaining(n, seen, new, new)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_state_staged_through_pinned_buffers(tmp_path):
+    model = torch.nn.Linear(64, 64).cuda()
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 64, device="cuda")).sum().backward()
+    opt.step()
+    with CheckpointManager(tmp_path, policy()) as mgr:
+        ck = TorchCheckpointer(mgr, model, opt)
+        ck.save(1).result()
+        first = dict(ck._staging)
+        ck.save(2).result()
+        assert first and all(ck._staging[k] is v and v.is_pinned() for k, v in first.items())
+    m2 = torch.nn.Linear(64, 64).cuda()
+    with CheckpointManager(tmp_path, policy()) as mgr:
+        assert TorchCheckpointer(mgr, m2, torch.optim.Adam(m2.parameters())).resume().step == 3
+    assert torch.equal(m2.weight, model.weight)

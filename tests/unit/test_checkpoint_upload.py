@@ -150,3 +150,61 @@ def test_rsync_destination_round_trip(tmp_path, fake_ssh):
     with CheckpointManager(spec, policy(), local_cache=tmp_path / "cache2", rsh=(fake_ssh,)) as mgr:
         loaded = mgr.load()
     assert loaded["step"] == 2 and np.array_equal(loaded["w"], np.full(1000, 2, np.float32))
+
+
+def test_atexit_awaits_pending_upload(tmp_path):
+    """A script that never calls close(): the interpreter's exit still waits for the upload."""
+    import subprocess
+    import sys
+    script = tmp_path / "s.py"
+    script.write_text(
+        "import sys, time, numpy as np\n"
+        "from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy\n"
+        "from slurmft.checkpoint.upload import MountedDestination\n"
+        "class Slow(MountedDestination):\n"
+        "    def upload(self, src, info):\n"
+        "        time.sleep(0.5)\n"
+        "        super().upload(src, info)\n"
+        "m = CheckpointManager(sys.argv[1], CheckpointPolicy(), local_cache=sys.argv[2])\n"
+        "m._dest = Slow(sys.argv[1]); m._uploader.destination = m._dest\n"
+        "m.save({'w': np.ones(10)}, 3)\n"
+        "print('backlog', m.backlog, flush=True)\n")
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "shared"), str(tmp_path / "cache")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "backlog 1" in out.stdout
+    assert Store(tmp_path / "shared").latest_name() == step_name(3)
+
+
+def test_pipelined_save_round_trip(tmp_path):
+    mgr = CheckpointManager(tmp_path, policy(full_interval=1000), pipeline=True)
+    big = {"a": np.arange(300_000, dtype=np.float64), "b": [np.ones((50, 50))], "n": 1}
+    mgr.reserve(big)
+    mgr.save(big, 1, wait=True)
+    big["a"][:10] = -1
+    info = mgr.save(big, 2, wait=True).result()
+    mgr.close()
+    assert info.kind == "diff" and info.bytes_written < 300_000 * 8 + 64
+    st = Store(tmp_path)
+    loaded = st.read_state(st.verify(step_name(2)))
+    assert np.array_equal(loaded["a"], big["a"]) and loaded["n"] == 1
+
+
+def test_interrupted_upload_ignored_and_cleaned(tmp_path):
+    cache, shared = tmp_path / "cache", tmp_path / "shared"
+    with CheckpointManager(shared, policy(), local_cache=cache) as mgr:
+        mgr.save(state(1), 1)
+    half = shared / ".tmp-up-step_000000000002-abcd1234"      # a crash during a copy
+    shutil.copytree(cache / step_name(1), half)
+    (half / DATA).write_bytes(b"partial")
+    assert [i.step for i in Store(shared).list()] == [1]
+    with CheckpointManager(shared, policy(), local_cache=tmp_path / "other") as mgr:
+        assert not half.exists()
+        assert mgr.load()["step"] == 1
+
+
+def test_non_writer_cannot_save(tmp_path):
+    mgr = CheckpointManager(tmp_path, policy(), writer=False)
+    with pytest.raises(CheckpointError, match="does not write"):
+        mgr.save(state(1), 1)
+    mgr.close()

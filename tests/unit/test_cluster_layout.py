@@ -19,8 +19,9 @@ ROUTES = [  # `ip -j -4 route show table all` on this machine, plus another clus
     {"dst": "192.0.2.0/24", "dev": "eth0", "protocol": "kernel"},
     {"type": "local", "dst": "127.0.0.1", "dev": "lo", "table": "local"},
 ]
-ADDRS = [{"ifname": "eth0", "addr_info": [{"family": "inet", "local": "10.99.5.7", "prefixlen": 16},
-                                          {"family": "inet6", "local": "fd00::2", "prefixlen": 64}]}]
+ADDRS = [{"ifname": "eth0", "addr_info": [
+    {"family": "inet", "local": "10.99.5.7", "prefixlen": 16},
+    {"family": "inet6", "local": "fd00::2", "prefixlen": 64}]}]
 
 
 def net(s):
@@ -84,8 +85,10 @@ def test_subnet_clash_and_size_rejected():
 def test_layout_names_addresses_ports():
     lay = Layout("sft-test", 4, net("10.99.7.0/24"), root="/x")
     assert lay.node_names == ("node1", "node2", "node3", "node4")
-    assert lay.ctl_ip == "10.99.7.1" and lay.ip("node1") == "10.99.7.2" and lay.ip("node4") == "10.99.7.5"
-    assert lay.netns("node2") == "slurmft-sft-test-node2" and lay.netns("ctl") == "slurmft-sft-test-ctl"
+    assert lay.ctl_ip == "10.99.7.1"
+    assert lay.ip("node1") == "10.99.7.2" and lay.ip("node4") == "10.99.7.5"
+    assert lay.netns("node2") == "slurmft-sft-test-node2"
+    assert lay.netns("ctl") == "slurmft-sft-test-ctl"
     assert lay.veth("node3") == "v3"
     assert str(lay.shared_dir) == "/x/sft-test/shared"
     with pytest.raises(UsageError, match="unknown node 'node5'"):
@@ -104,7 +107,8 @@ def test_slurm_conf_render():
                  "ReturnToService=2", "JobRequeue=1", "SlurmUser=root",
                  "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
                  "AuthInfo=socket=/x/sft-test/munge/munge.socket,cred_expire=10",
-                 "SlurmdSpoolDir=/x/sft-test/spool/%n", "SlurmdPidFile=/x/sft-test/run/slurmd-%n.pid",
+                 "SlurmdSpoolDir=/x/sft-test/spool/%n",
+                 "SlurmdPidFile=/x/sft-test/run/slurmd-%n.pid",
                  "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP"]:
         assert want in lines, want
     nodes = [line for line in lines if line.startswith("NodeName=")]
@@ -123,7 +127,8 @@ def test_ssh_config_hosts_known_hosts_render():
     assert "UserKnownHostsFile /x/sft-test/ssh/known_hosts" in cfg and "BatchMode yes" in cfg
     hosts = lay.hosts_text()
     assert "10.99.7.1\tctl" in hosts and "10.99.7.3\tnode2" in hosts
-    kh = lay.known_hosts_text({"node1": "ssh-ed25519 AAAA1 node1\n", "node2": "ssh-ed25519 AAAA2 x"})
+    kh = lay.known_hosts_text({"node1": "ssh-ed25519 AAAA1 node1\n",
+                               "node2": "ssh-ed25519 AAAA2 x"})
     assert kh == "node1,10.99.7.2 ssh-ed25519 AAAA1\nnode2,10.99.7.3 ssh-ed25519 AAAA2\n"
     sshd = lay.sshd_config_text("node1")
     assert "StrictModes no" in sshd and "UsePAM no" in sshd
@@ -206,3 +211,34 @@ def test_cli_bad_input_one_line(args, msg):
     assert res.exit_code == 2
     assert res.output.strip().startswith("slurmft: ") and msg in res.output
     assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+
+
+def test_proc_records_guard_against_pid_reuse(tmp_path):
+    import signal
+
+    from slurmft.cluster import procs
+    p = procs.spawn(["sleep", "30"], tmp_path / "sleep.log")
+    try:
+        assert procs.alive(p) and procs.state(p) == "running"
+        stranger = procs.Proc(p.pid, p.start + 1)     # same pid, another start time
+        assert not procs.alive(stranger)
+        assert procs.signal_proc(stranger, signal.SIGKILL) is False
+        assert procs.alive(p)
+        assert procs.signal_proc(p, signal.SIGSTOP)
+        assert procs.wait_for_state(p, "stopped", 5)
+        procs.signal_proc(p, signal.SIGCONT)
+    finally:
+        procs.signal_proc(p, signal.SIGKILL)
+    assert procs.wait_gone([p], 5) == []
+    assert procs.state(p) == "dead" and procs.signal_proc(p, signal.SIGTERM) is False
+
+
+def test_status_of_recorded_but_dead_cluster(tmp_path):
+    c = fake_state(tmp_path)
+    st = json.loads((tmp_path / "sft-u" / "state.json").read_text())
+    st["procs"] = {"node1:sshd": {"pid": 999999999, "start": 1}}
+    (tmp_path / "sft-u" / "state.json").write_text(json.dumps(st))
+    out = c.status()
+    assert out["up"] is False      # its namespaces do not exist
+    assert out["nodes"][0]["daemons"]["sshd"] == {"pid": 999999999, "state": "dead"}
+    assert [n["address"] for n in out["nodes"]] == ["10.99.9.2", "10.99.9.3"]

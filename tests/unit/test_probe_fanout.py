@@ -145,3 +145,18 @@ def test_empty_command_means_ssh_connect_only():
     r = prober(s, command="").probe(["n1"])["n1"]
     assert r.health is Health.HEALTHY and r.reason == "ssh ok"
     assert [(h, cmds) for h, cmds, _ in s.sshed] == [("n1", ())]
+
+
+def test_ping_wait_is_part_of_the_deadline():
+    from slurmft.errors import ConfigError
+
+    s = Scripted(dead={"n2"})
+    prober(s, timeout=4.0).probe(["n2"])
+    p = prober(s, timeout=4.0)
+    assert p.ping_wait == 1.0
+    assert prober(s, timeout=1.0).ping_wait == 0.5
+    assert prober(s, timeout=1.0, ping_timeout=0.2).ping_wait == 0.2
+    res = prober(s, timeout=1.0).probe(["n2"])["n2"]
+    assert res.reason == "no ping reply within 0.5s"
+    with pytest.raises(ConfigError):
+        ProbeConfig(timeout=1.0, ping_timeout=2.0)

@@ -101,3 +101,29 @@ def test_unreadable_known_hosts_is_a_probe_error(tmp_path):
     t = pssh.SshTarget("localhost", "127.0.0.1", _free_port(), known_hosts=(str(kh),))
     with pytest.raises(ProbeError, match="cannot read known_hosts"):
         pssh.run_commands(t, [("command", "true")], 1.0)
+
+
+# ------------------------------------------------------------------ ICMP packets (pure)
+
+def test_icmp_checksum_and_round_trip():
+    # RFC 1071 example words 0001 f203 f4f5 f6f7 -> sum ddf2 -> checksum 220d
+    assert pping.icmp_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
+    pkt = pping.build_echo_request(0x1234, 7)
+    assert pping.icmp_checksum(pkt) == 0  # a valid packet sums to zero
+    reply = bytes([pping.ICMP_ECHO_REPLY]) + pkt[1:]
+    assert pping.parse_echo_reply(reply, raw=False) == (0x1234, 7)
+    ip_header = bytes([0x45]) + bytes(19)
+    assert pping.parse_echo_reply(ip_header + reply, raw=True) == (0x1234, 7)
+    assert pping.parse_echo_reply(pkt, raw=False) is None  # a request, not a reply
+    assert pping.parse_echo_reply(b"\0\0", raw=False) is None
+
+
+def test_icmp_pinger_loopback():
+    pinger = pping.IcmpPinger.open()
+    if pinger is None:
+        pytest.skip("no ICMP socket allowed here (needs root or ping_group_range)")
+    with pinger:
+        out = pinger.ping("127.0.0.1", 1.0)
+        assert out.reachable and out.detail == ""
+        with pytest.raises(HostNameError):
+            pinger.ping("127.0.0.1;x", 1.0)

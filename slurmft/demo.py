@@ -1,0 +1,334 @@
+"""``slurmft demo``: a real multi-node training run loses a node and finishes anyway.
+
+Composition only (like the CLI): it builds a local cluster (slurmft.cluster), submits
+``examples/train.py`` on N nodes through slurmft's job wrapper (templates/job.sh.j2), starts
+``slurmft watch`` as the fast path, waits for a verified checkpoint, takes one node off the
+network, and follows the job until it has been rescheduled onto the healthy nodes, resumed from
+the latest verified checkpoint and finished. Then it reports a timeline, a summary (detection
+time, time to recover, steps lost, goodput) and the loss curve as a PNG and a text table.
+Everything it started is stopped, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from slurmft.checkpoint.store import Store
+from slurmft.cluster import Cluster
+from slurmft.config import RescheduleConfig
+from slurmft.errors import ClusterError, SlurmFTError
+from slurmft.log import get_logger
+from slurmft.recovery_report import RecoverySummary, read_progress, summarize, timeline
+from slurmft.render import render
+from slurmft.rescheduler import job_context
+
+log = get_logger(__name__)
+
+EXAMPLE_TRAIN = Path(__file__).resolve().parent.parent / "examples" / "train.py"
+
+
+@dataclass
+class DemoOptions:
+    name: str = "sft-demo"
+    nodes: int = 4
+    steps: int = 300
+    step_time: float = 0.1          # simulated compute per step (s): makes the run watchable
+    step_interval: int = 20         # checkpoint every N steps
+    fault_after_step: int = 100     # inject once a verified checkpoint at/after this step exists
+    fault: str = "link-down"
+    fault_node: str = ""            # default: the job's last node (not the batch host)
+    watch_interval: float = 1.0
+    probe_timeout: float = 1.0
+    out_dir: str = "slurmft-demo"
+    timeout: float = 600.0          # for the whole run
+    keep_cluster: bool = False
+
+
+@dataclass
+class DemoResult:
+    job_id: int
+    fault_node: str
+    initial_nodes: list[str]
+    final_nodes: list[str]
+    excluded: list[str]
+    fault_node_state: str
+    fault_node_reason: str
+    restarts: int
+    final_state: str
+    events: dict[str, float]
+    summary: RecoverySummary
+    out_dir: str
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["summary"] = self.summary.to_dict()
+        return d
+
+
+Progress = Callable[[str], None]
+
+
+class Demo:
+    def __init__(self, options: DemoOptions, progress: Progress | None = None) -> None:
+        self.o = options
+        self.say = progress or (lambda msg: None)
+        self.cluster = Cluster(options.name)
+        self._watcher: subprocess.Popen | None = None
+        self._started_cluster = False
+
+    # ---- orchestration ---------------------------------------------------------------------
+
+    def run(self) -> DemoResult:
+        if not EXAMPLE_TRAIN.is_file():
+            raise SlurmFTError(f"{EXAMPLE_TRAIN} not found: run the demo from a slurmft checkout")
+        old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return self._run()
+        finally:
+            self._cleanup()
+            signal.signal(signal.SIGTERM, old_term)
+
+    def _run(self) -> DemoResult:
+        o = self.o
+        deadline = time.monotonic() + o.timeout
+        if self.cluster.is_up():
+            raise ClusterError(f"cluster {o.name} is already up (an earlier demo?): "
+                               f"slurmft cluster down --name {o.name}")
+        self.say(f"building a {o.nodes}-node Slurm cluster '{o.name}' (network namespaces)...")
+        up = self.cluster.up(nodes=o.nodes)
+        self._started_cluster = True
+        self.say(f"  up in {up.seconds:.1f} s: {', '.join(up.nodes)} on {up.subnet}")
+
+        work = self.cluster.shared_dir / "demo"
+        ckpt_dir = work / "checkpoints"
+        progress_path = work / "progress.jsonl"
+        work.mkdir(parents=True, exist_ok=True)
+        script = work / "job.sh"
+        script.write_text(self._job_script(work, ckpt_dir, progress_path))
+        client = self.cluster.slurm_client()
+
+        cp = self.cluster.run(["sbatch", "--parsable", str(script)], timeout=30)
+        if cp.returncode != 0:
+            raise SlurmFTError(f"sbatch failed: {cp.stderr.strip()}")
+        job_id = int(cp.stdout.strip().split(";")[0])
+        self.say(f"submitted training job {job_id} on {o.nodes} nodes ({o.steps} steps, "
+                 f"checkpoint every {o.step_interval})")
+        self._start_watcher(job_id, work / "watch.log")
+        self.say(f"slurmft watch is probing the job's nodes every {o.watch_interval:g} s")
+
+        job = self._wait(lambda: _running(client.job(job_id)), deadline, "the job to start")
+        initial_nodes = list(job.nodes)
+        fault_node = o.fault_node or next(n for n in reversed(initial_nodes) if n != job.batch_host)
+        store = Store(ckpt_dir)
+        self._wait(lambda: _verified_at_least(store, o.fault_after_step), deadline,
+                   f"a verified checkpoint at step >= {o.fault_after_step}",
+                   report=lambda: self._step_line(progress_path))
+        self.say(f"latest verified checkpoint: {store.latest_name()}")
+
+        events: dict[str, float] = {"fault": time.time()}
+        self.say(f"FAULT: {o.fault} on {fault_node}")
+        self.cluster.fault(fault_node, o.fault)
+
+        state_dir = self.cluster.shared_dir / "slurmft"
+        seen_requeue = False
+        while True:
+            if time.monotonic() > deadline:
+                raise SlurmFTError(f"the job did not recover within {o.timeout:g} s; see {work}")
+            now = time.time()
+            if "detected" not in events:
+                t = _first_decision_time(state_dir / "audit.jsonl", job_id, events["fault"])
+                if t is not None:
+                    events["detected"] = t
+                    self.say(f"  +{t - events['fault']:.2f} s  slurmft detected the failure")
+            job = client.job(job_id)
+            if not seen_requeue and (job.restart_count > 0 or job.state != "RUNNING"):
+                seen_requeue = True
+                events["requeued"] = now
+                self.say(f"  +{now - events['fault']:.2f} s  job {job_id} is {job.state} "
+                         f"(restarts {job.restart_count})")
+            if seen_requeue and job.state == "RUNNING" and fault_node not in job.nodes:
+                events["running_again"] = now
+                recovered_nodes = list(job.nodes)
+                self.say(f"  +{now - events['fault']:.2f} s  job RUNNING again on "
+                         f"{','.join(job.nodes)}")
+                break
+            if job.has_ended:
+                raise SlurmFTError(f"job {job_id} ended {job.state} instead of being rescheduled")
+            time.sleep(0.1)
+
+        job = self._wait(lambda: (j := client.job(job_id)).has_ended and j, deadline,
+                         "the training to finish", report=lambda: self._step_line(progress_path))
+        self.say(f"job {job_id} {job.state}")
+        nodes = {n.name: n for n in client.nodes()}
+        fn = nodes.get(fault_node)
+        records = read_progress(progress_path)
+        summary = summarize(records, o.steps, events)
+        result = DemoResult(
+            job_id=job_id, fault_node=fault_node, initial_nodes=initial_nodes,
+            final_nodes=recovered_nodes, excluded=list(job.excluded_nodes),
+            fault_node_state="+".join([fn.state, *fn.flags]) if fn else "",
+            fault_node_reason=fn.reason if fn else "", restarts=job.restart_count,
+            final_state=job.state, events=events, summary=summary, out_dir=o.out_dir)
+        self._write_outputs(result, records, work)
+        return result
+
+    # ---- pieces ----------------------------------------------------------------------------
+
+    def _job_script(self, work: Path, ckpt_dir: Path, progress_path: Path) -> str:
+        o = self.o
+        subnet = self.cluster.subnet
+        cfg = RescheduleConfig(
+            state_dir=str(self.cluster.shared_dir / "slurmft"), slots=1,
+            mpirun_args=(f"--allow-run-as-root --mca plm_rsh_args '-F {self.cluster.ssh_config_path}' "
+                         f"--mca btl self,tcp --mca btl_tcp_if_include {subnet} "
+                         f"--mca oob_tcp_if_include {subnet}"))
+        train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(o.steps),
+                 "--step-time", str(o.step_time), "--step-interval", str(o.step_interval),
+                 "--checkpoint-dir", str(ckpt_dir), "--log-jsonl", str(progress_path)]
+        ctx = job_context(cfg, train_cmd=train, checkpoint_dir=str(ckpt_dir),
+                          job_name="slurmft-demo", nodes=o.nodes, work_dir=str(work),
+                          output=str(work / "job.out"),
+                          slurmft_cmd=[sys.executable, "-m", "slurmft"],
+                          reschedule_log=str(work / "reschedule.log"))
+        return render("job.sh.j2", ctx)
+
+    def _start_watcher(self, job_id: int, log_path: Path) -> None:
+        env = self.cluster.env()
+        env["SLURMFT_PROBE_TIMEOUT"] = str(self.o.probe_timeout)
+        argv = self.cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch",
+                                       "--job", str(job_id), "--interval", str(self.o.watch_interval)])
+        with open(log_path, "ab") as fh:
+            self._watcher = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=fh,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _step_line(self, progress_path: Path) -> str:
+        try:
+            recs = [r for r in read_progress(progress_path) if r["event"] == "step"]
+        except FileNotFoundError:
+            return "waiting for the first step"
+        if not recs:
+            return "waiting for the first step"
+        r = recs[-1]
+        return f"step {r['step']}/{self.o.steps} loss {r['loss']:.4f} on {r['world_size']} ranks"
+
+    def _wait(self, cond, deadline: float, what: str, report=None, every: float = 5.0):
+        next_report = time.monotonic() + every
+        while True:
+            try:
+                value = cond()
+            except SlurmFTError as exc:     # a transient Slurm hiccup while it reconfigures
+                log.debug("while waiting for %s: %s", what, exc)
+                value = None
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise SlurmFTError(f"timed out waiting for {what} (demo timeout {self.o.timeout:g} s)")
+            if report and time.monotonic() >= next_report:
+                self.say(f"  ... {report()}")
+                next_report = time.monotonic() + every
+            time.sleep(0.2)
+
+    def _write_outputs(self, result: DemoResult, records: list[dict], work: Path) -> None:
+        from slurmft.plot import plot_recovery
+        out = Path(self.o.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for name in ("progress.jsonl", "job.out", "watch.log", "reschedule.log", "job.sh"):
+            if (work / name).exists():
+                shutil.copy(work / name, out / name)
+                files[name] = str(out / name)
+        audit = self.cluster.shared_dir / "slurmft" / "audit.jsonl"
+        if audit.exists():
+            shutil.copy(audit, out / "audit.jsonl")
+            files["audit.jsonl"] = str(out / "audit.jsonl")
+        files["loss.png"] = plot_recovery(records, out / "loss.png", result.events,
+                                          title=f"slurmft demo: {result.fault_node} lost, job "
+                                                f"{result.job_id} resumed")
+        (out / "loss.txt").write_text(loss_table(records))
+        files["loss.txt"] = str(out / "loss.txt")
+        (out / "timeline.txt").write_text(format_timeline(records, result.events))
+        files["timeline.txt"] = str(out / "timeline.txt")
+        result.files = files
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        files["result.json"] = str(out / "result.json")
+
+    def _cleanup(self) -> None:
+        if self._watcher is not None and self._watcher.poll() is None:
+            try:
+                os.killpg(self._watcher.pid, signal.SIGTERM)   # the group we started
+                self._watcher.wait(timeout=5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                try:
+                    os.killpg(self._watcher.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self._started_cluster and not self.o.keep_cluster:
+            self.say(f"tearing down cluster '{self.o.name}'")
+            self.cluster.down()
+
+
+# ---- helpers (pure or read-only) ---------------------------------------------------------------
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def _running(job):
+    return job if job.state == "RUNNING" and job.nodes else None
+
+
+def _verified_at_least(store: Store, step: int) -> bool:
+    name = store.latest_name()
+    if not name:
+        return False
+    info = store.read_manifest(name)
+    return info.step >= step
+
+
+def _first_decision_time(audit_path: Path, job_id: int, after: float) -> float | None:
+    try:
+        lines = audit_path.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if (rec.get("event") == "decision" and int(rec.get("job_id", -1)) == job_id
+                and rec.get("time", 0) >= after and rec.get("outcome") not in ("nothing_failed", "noop")):
+            return float(rec["time"])
+    return None
+
+
+def loss_table(records: list[dict], every: int = 10) -> str:
+    lines = [f"{'step':>6} {'loss':>10} {'ranks':>5}  run"]
+    run = 1
+    for rec in records:
+        if rec["event"] == "resume":
+            run += 1
+            lines.append(f"{'':>6} {'':>10} {'':>5}  -- resumed from step {rec['from_step']} "
+                         f"({rec['checkpoint']}) on {rec['world_size']} ranks --")
+        elif rec["event"] == "step" and (rec["step"] % every == 0):
+            lines.append(f"{rec['step']:>6} {rec['loss']:>10.5f} {rec['world_size']:>5}  {run}")
+    return "\n".join(lines) + "\n"
+
+
+def format_timeline(records: list[dict], events: dict[str, float]) -> str:
+    entries = timeline(records, events)
+    fault = events.get("fault")
+    base = fault if fault is not None else (entries[0].t if entries else 0.0)
+    lines = []
+    for e in entries:
+        lines.append(f"{e.t - base:+9.2f} s  {e.event}{('  ' + e.detail) if e.detail else ''}")
+    return "\n".join(lines) + "\n"
