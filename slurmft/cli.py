@@ -719,6 +719,117 @@ def demo_cmd(nodes, steps, step_time, step_interval, fault_after_step, fault, fa
     if not s.completed:
         raise SlurmFTError(f"the training did not complete (final step {s.final_step})")
 
+
+@cli.command("inject")
+@click.argument("action", type=click.Choice(
+    ["kill-rank", "kill-slurmd", "link-down", "link-up", "stop-sshd", "start-sshd",
+     "freeze-sshd", "thaw-sshd", "limit-memory", "mask-gpu"]))
+@click.option("--job", "job_id", type=click.IntRange(min=1), required=True, help="Slurm job id.")
+@click.option("--node", default="", help="Node to break (default: a random node of the job).")
+@click.option("--seed", type=int, default=None, help="Seed for the random choices.")
+@click.option("--dry-run", is_flag=True, help="Print what it would do (argv); do nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--cluster", "cluster_name", default="",
+              help="The local namespace cluster NAME (faults by Cluster.fault, commands by "
+                   "nsenter); without it: a real site, over SSH (probe.* settings).")
+@click.option("--match", default="train.py", show_default=True,
+              help="kill-rank/limit-memory: pgrep -f pattern of the training processes.")
+@click.option("--iface", default="", help="link-down over SSH: the node's interface.")
+@click.option("--duration", type=click.IntRange(min=1), default=60, show_default=True,
+              help="link-down over SSH: seconds until the link comes back up by itself.")
+@click.option("--gpu", type=click.IntRange(min=0), default=None, help="mask-gpu: GPU to hide.")
+@click.option("--gpus", type=click.IntRange(min=1), default=None,
+              help="mask-gpu: GPUs the job sees now (default: from the job's env file).")
+@click.option("--mb", type=click.IntRange(min=1), default=None,
+              help="limit-memory: memory.max in MiB.")
+@click.option("--undo", is_flag=True,
+              help="limit-memory: remove the job's slurmft-inject cgroups; mask-gpu: remove "
+                   "the env file.")
+@click.option("--checkpoint-dir", default=None,
+              help="mask-gpu: the job's CHECKPOINT_PATH (default: reschedule.checkpoint_dir "
+                   "or the job's retry record).")
+@click.option("--state-dir", default=None,
+              help="Where audit.jsonl goes (reschedule.state_dir; with --cluster: the "
+                   "cluster's).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds for each command on the node.")
+@click.pass_context
+def inject_cmd(ctx: click.Context, action: str, job_id: int, node: str, seed: int | None,
+               dry_run: bool, as_json: bool, cluster_name: str, match: str, iface: str,
+               duration: int, gpu: int | None, gpus: int | None, mb: int | None, undo: bool,
+               checkpoint_dir: str | None, state_dir: str | None, timeout: float) -> None:
+    """Inject a fault into a running job, for fault-tolerance campaigns.
+
+    \b
+    kill-rank     SIGKILL one random process matching --match on a node of
+                  the job (pgrep -f, only processes in the node's netns).
+    kill-slurmd   --cluster: Cluster.fault; else over SSH:
+                  pkill -KILL -x slurmd.
+    link-down     --cluster: the node's veth down (undo: link-up). Over SSH it
+                  needs --iface and undoes itself after --duration s:
+                  setsid -f sh -c 'ip link set dev IF down; sleep S; ...up'.
+    link-up, stop-sshd, start-sshd, freeze-sshd, thaw-sshd
+                  --cluster only: over SSH they could not be undone.
+    limit-memory  --mb M: move the node's matching processes into a new
+                  cgroup v2 slurmft-inject-JOB-N with memory.max=M MiB
+                  (--undo removes it). Fails, saying why, without a writable
+                  cgroup v2 with the memory controller enabled.
+    mask-gpu      --gpu I [--gpus N]: write CUDA_VISIBLE_DEVICES without I to
+                  $CHECKPOINT_PATH/.slurmft-restart.env, which job.sh sources
+                  at (re)start (takes effect on the job's next restart).
+
+    \b
+    Every injection is logged (logger slurmft.inject) and appended to
+    audit.jsonl in the state dir (event "inject").
+    """
+    import shlex as _shlex
+
+    from slurmft.inject import ExecNodeRunner, InjectRequest, Injector, SshNodeRunner
+    from slurmft.state import StateStore
+
+    cfg = get_config(ctx, reschedule={"state_dir": state_dir, "checkpoint_dir": checkpoint_dir})
+    fault = slurm = runner = None
+    store_dir = cfg.reschedule.state_dir
+    if cluster_name:
+        from slurmft.cluster import Cluster
+
+        c = Cluster(cluster_name)
+        if not dry_run and not c.is_up():
+            raise SlurmFTError(f"cluster {cluster_name} is not up")
+        store_dir = state_dir or str(c.layout.slurmft_state_dir)
+        fault, runner = c.fault, ExecNodeRunner(c.node_exec_argv)
+        if action != "mask-gpu":
+            slurm = c.slurm_client(timeout=cfg.slurm.timeout)
+    else:
+        from slurmft.probe import ssh as _ssh
+        from slurmft.slurm.client import CommandSlurmClient
+
+        p = cfg.probe
+        parsed = _ssh.load_ssh_config(p.ssh_config) if p.ssh_config else ""
+        runner = SshNodeRunner(lambda host: _ssh.resolve_target(
+            host, user=p.ssh_user, port=p.ssh_port, key=p.ssh_key, ssh_config=parsed,
+            known_hosts=p.known_hosts, accept_unknown=p.accept_unknown_hosts))
+        if action != "mask-gpu":
+            slurm = CommandSlurmClient(timeout=cfg.slurm.timeout, bin_dir=cfg.slurm.bin_dir)
+    store = StateStore(store_dir, cfg.reschedule.lock_timeout)
+    ckpt = cfg.reschedule.checkpoint_dir
+    if action == "mask-gpu" and not ckpt:
+        ckpt = store.load(job_id).checkpoint_dir
+    req = InjectRequest(action=action, job_id=job_id, node=node, seed=seed, dry_run=dry_run,
+                        match=match, iface=iface, duration=duration, gpu=gpu, gpus=gpus, mb=mb,
+                        undo=undo, checkpoint_dir=ckpt)
+    res = Injector(slurm=slurm, runner=runner, fault=fault, store=store, timeout=timeout,
+                   cluster_name=cluster_name).inject(req)
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    click.echo(f"{'dry run: ' if res.dry_run else ''}{res.detail}")
+    if res.dry_run:
+        for argv in res.commands:
+            click.echo(f"  {_shlex.join(argv)}")
+        if res.extra.get("content"):
+            click.echo(res.extra["content"], nl=False)
+
 # === observability (issue 7) ===
 
 def _check_bind(bind: str, option: str = "--bind") -> str:

@@ -47,7 +47,7 @@ class DemoOptions:
     fault: str = "link-down"
     fault_node: str = ""            # default: the job's last node (not the batch host)
     watch_interval: float = 1.0
-    probe_timeout: float = 1.0
+    probe_timeout: float = 2.0
     out_dir: str = "slurmft-demo"
     timeout: float = 600.0          # for the whole run
     keep_cluster: bool = False
@@ -184,21 +184,18 @@ class Demo:
 
     # ---- pieces ----------------------------------------------------------------------------
 
-    def _job_script(self, work: Path, ckpt_dir: Path, progress_path: Path) -> str:
+    def _job_script(self, work: Path, ckpt_dir: Path, progress_path: Path,
+                    slurmft_cmd: list[str] | None = None) -> str:
         o = self.o
-        subnet = self.cluster.subnet
-        cfg = RescheduleConfig(
-            state_dir=str(self.cluster.shared_dir / "slurmft"), slots=1,
-            mpirun_args=(f"--allow-run-as-root --mca plm_rsh_args '-F {self.cluster.ssh_config_path}' "
-                         f"--mca btl self,tcp --mca btl_tcp_if_include {subnet} "
-                         f"--mca oob_tcp_if_include {subnet}"))
+        cfg = RescheduleConfig(state_dir=str(self.cluster.shared_dir / "slurmft"), slots=1,
+                               mpirun_args=mpirun_args(self.cluster))
         train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(o.steps),
                  "--step-time", str(o.step_time), "--step-interval", str(o.step_interval),
                  "--checkpoint-dir", str(ckpt_dir), "--log-jsonl", str(progress_path)]
         ctx = job_context(cfg, train_cmd=train, checkpoint_dir=str(ckpt_dir),
                           job_name="slurmft-demo", nodes=o.nodes, work_dir=str(work),
                           output=str(work / "job.out"),
-                          slurmft_cmd=[sys.executable, "-m", "slurmft"],
+                          slurmft_cmd=slurmft_cmd or [sys.executable, "-m", "slurmft"],
                           reschedule_log=str(work / "reschedule.log"))
         return render("job.sh.j2", ctx)
 
@@ -278,6 +275,14 @@ class Demo:
 
 
 # ---- helpers (pure or read-only) ---------------------------------------------------------------
+
+def mpirun_args(cluster: Cluster) -> str:
+    """mpirun options for the namespace cluster: its SSH config, TCP on the cluster subnet only."""
+    subnet = cluster.subnet
+    return (f"--allow-run-as-root --mca plm_rsh_args '-F {cluster.ssh_config_path}' "
+            f"--mca btl self,tcp --mca btl_tcp_if_include {subnet} "
+            f"--mca oob_tcp_if_include {subnet}")
+
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt

@@ -295,10 +295,15 @@ class Rescheduler:
             action = Action("down", nodes=tuple(failed),
                             params={"reason": drain_reason(job.job_id)})
             argv = argv_of(self.client, action)
-            self._call(action)
-            self._audit(job, action, argv, "ok (settle)")
-            log.info("job %s is %s: set %s DOWN to let it finish", job.job_id, job.state,
-                     ",".join(failed), extra={"job": str(job.job_id)})
+            try:
+                self._call(action)
+                self._audit(job, action, argv, "ok (settle)")
+                log.info("job %s is %s: set %s DOWN to let it finish", job.job_id, job.state,
+                         ",".join(failed), extra={"job": str(job.job_id)})
+            except SlurmCommandError as exc:   # e.g. not root: wait for Slurm instead
+                self._audit(job, action, argv, f"error: {exc.slurm_message or exc}")
+                log.warning("job %s: cannot set %s DOWN: %s", job.job_id, ",".join(failed),
+                            exc.slurm_message or exc, extra={"job": str(job.job_id)})
         return self.wait_settled(job, settle)
 
     def wait_settled(self, job: JobInfo, settle: float) -> JobInfo:

@@ -73,6 +73,8 @@ class Watcher:
         try:
             jobs = self.running_jobs()
         except SlurmFTError as exc:
+            if self.stop.is_set():          # interrupted by SIGTERM/SIGINT (a child got it too)
+                return res
             log.error("watch: cannot list jobs: %s", exc)
             res.errors[0] = str(exc)
             return res

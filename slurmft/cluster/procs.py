@@ -21,11 +21,16 @@ log = get_logger(__name__)
 # Run in a fresh uts+mount namespace: set the host name, bind the cluster's hosts file over
 # /etc/hosts, optionally give the node a private /tmp and /run, then exec the command.
 # Constant text: every value arrives as a positional argument ($1 host, $2 hosts file, $3 mode).
+# On nodes, root's ~/.bashrc is hidden (bind-mounted /dev/null, in the node's private mount
+# namespace only): bash sources it for every non-interactive SSH command (mpirun's orted, the
+# prober), and a host's interactive setup there (pyenv's rehash lock) stalled SSH for 60 s.
 NS_SETUP_SH = (
     'set -e; hostname "$1"; mount --bind "$2" /etc/hosts; '
     'if [ "$3" = node ]; then '
     'mount -t tmpfs -o mode=1777 tmpfs /tmp; mount -t tmpfs -o mode=755 tmpfs /run; '
-    'mkdir -p /run/sshd; fi; shift 3; exec "$@"'
+    'mkdir -p /run/sshd; '
+    'if [ -f /root/.bashrc ]; then mount --bind /dev/null /root/.bashrc; fi; '
+    'fi; shift 3; exec "$@"'
 )
 
 

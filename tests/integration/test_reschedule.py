@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shlex
 import signal
 import subprocess
 import sys
@@ -90,8 +91,9 @@ def loop_job(cluster, cluster_run):
     broken: list[str] = []
 
     def submit(n: int = 4, *extra: str, user: str | None = None) -> int:
-        argv = ["sbatch", "--parsable", f"-N{n}", "-J", "resched-test",
-                "--output=/dev/null", *extra]
+        out = "/dev/null" if user else f"{shared}/resched-%j.out"
+        argv = ["sbatch", "--parsable", f"-N{n}", "-J", "resched-test", f"--output={out}",
+                "--open-mode=append", *extra]
         argv += ["--chdir=/tmp", str(script)] if user else [f"--chdir={shared}", str(script)]
         if user:
             argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
@@ -182,7 +184,10 @@ def test_watch_recovers_the_job(cluster, cluster_run, loop_job):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
-    assert nodes, f"watch did not recover job {jid}: {show_job(cluster_run, jid)}\n{err}"
+    if not nodes:
+        log = Path(cluster.shared_dir, f"resched-{jid}.out")
+        pytest.fail(f"watch did not recover job {jid}: {show_job(cluster_run, jid)}\n{err}\n"
+                    f"job output:\n{log.read_text() if log.exists() else '-'}")
     assert "node4" not in nodes
     assert proc.returncode == 0, err
     assert "Traceback" not in err
@@ -263,7 +268,10 @@ def test_owner_may_reschedule_own_job(cluster, cluster_run, loop_job, test_user)
     res = cluster_run(["setpriv", f"--reuid={test_user}", f"--regid={test_user}",
                        "--clear-groups", *slurmft("reschedule", str(jid), "--wait", "0")],
                       timeout=90, env={**PROBE_ENV,
-                                       "SLURMFT_RESCHEDULE_STATE_DIR": "/tmp/slurmft-user",
+                                       # job ids restart at 1 with every new cluster: a fresh
+                                       # state dir, so no old retry record applies
+                                       "SLURMFT_RESCHEDULE_STATE_DIR":
+                                           f"/tmp/slurmft-user-{os.getpid()}-{jid}",
                                        # the cluster's SSH key is root's: probe by ping only
                                        "SLURMFT_PROBE_SSH": "false"})
     assert res.returncode == 0, res.stdout + res.stderr
@@ -310,3 +318,72 @@ def test_no_requeue_job_gets_a_restart_job(cluster, cluster_run, loop_job):
         assert "#SBATCH --exclude=node4" in script and str(ckpt) in script
     finally:
         cluster_run(["scancel", str(new)])
+
+
+@pytest.fixture(scope="module")
+def epilog_cluster(tmp_path_factory):
+    """A second small cluster whose slurm.conf has EpilogSlurmctld = slurmft epilog."""
+    from slurmft.cluster import Cluster
+
+    if os.geteuid() != 0:
+        pytest.skip("the local cluster needs root")
+    hook_dir = Path("/var/lib/slurmft") / f"epilog-test-{os.getpid()}"
+    hook_dir.mkdir(parents=True, exist_ok=True)
+    hook = hook_dir / "epilog.sh"
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    hook.chmod(0o755)
+    c = Cluster(f"sft-ep{os.getpid() % 100000}")
+    c.down()
+    try:
+        c.up(nodes=4, epilog=str(hook))
+        env = c.env({})
+        lines = ["#!/bin/sh", "# EpilogSlurmctld: slurmctld's env is minimal; set slurmft's"]
+        for key in ("PATH", "SLURM_CONF", "SLURMFT_RESCHEDULE_STATE_DIR"):
+            lines.append(f"export {key}={shlex.quote(env[key])}")
+        lines.append("export SLURMFT_PROBE_SSH=false SLURMFT_PROBE_TIMEOUT=2")
+        lines.append(f"exec {shlex.quote(PY)} -m slurmft epilog")
+        hook.write_text("\n".join(lines) + "\n")
+        yield c
+    finally:
+        c.down()
+        for f in hook_dir.iterdir():
+            f.unlink()
+        hook_dir.rmdir()
+
+
+def test_epilog_slurmctld_end_to_end(epilog_cluster):
+    """No watcher: Slurm notices the dead node itself (SlurmdTimeout), requeues the job, and
+    its EpilogSlurmctld hands it to slurmft, which shrinks it onto the 3 healthy nodes (a
+    4-node job would otherwise wait for a 4th node forever)."""
+    c = epilog_cluster
+
+    def run(argv):
+        return subprocess.run(c.exec_argv(argv), env=c.env(), capture_output=True, text=True,
+                              timeout=60)
+
+    shared = Path(c.shared_dir)
+    script = shared / "ep-loop.sh"
+    script.write_text("#!/bin/bash\nsrun bash -c 'while true; do sleep 1; done'\n")
+    script.chmod(0o755)
+    jid = int(run(["sbatch", "--parsable", "--requeue", "-N4", f"--chdir={shared}",
+                   f"--output={shared}/ep-%j.out", str(script)]).stdout.strip())
+    try:
+        wait_for(lambda: run(["squeue", "-h", "-j", str(jid), "-o", "%T"]).stdout.strip()
+                 == "RUNNING", 30, "job RUNNING")
+        c.fault("node2", "link-down")
+        t0 = time.monotonic()
+
+        def recovered():
+            out = run(["squeue", "-h", "-j", str(jid), "-o", "%T|%N"]).stdout.strip()
+            return out if out == "RUNNING|node[1,3-4]" else None
+
+        wait_for(recovered, 90, "RUNNING on node[1,3-4] via EpilogSlurmctld",
+                 show=lambda: run(["squeue", "-h", "-j", str(jid), "-o", "%T|%N|%r"]).stdout)
+        print(f"epilog path: fault -> RUNNING on 3 nodes in {time.monotonic() - t0:.1f}s")
+        log = shared / "slurmft" / "epilog.log"       # the detached reschedule's output
+        text = wait_for(lambda: "pending job" in log.read_text() and log.read_text(), 15,
+                        "the reschedule report in epilog.log", show=log.read_text)
+        assert "excluding node2" in text
+    finally:
+        c.fault("node2", "link-up")
+        run(["scancel", str(jid)])

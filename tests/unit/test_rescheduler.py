@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from slurmft.config import RescheduleConfig
-from slurmft.hosts import expand
 from slurmft.errors import InvalidJobError, PermissionDeniedError, PolicyError
+from slurmft.hosts import expand
 from slurmft.policy import Outcome
 from slurmft.probe.api import Health, ProbeResult
 from slurmft.rescheduler import Rescheduler
@@ -284,3 +284,55 @@ def test_failed_step_releases_the_job_again(fake, tmp_path):
         r.reschedule(jid)
     assert fake.job(jid)["priority"] > 0         # not left held
     assert any(a.get("result", "").startswith("error") for a in store.audit_lines())
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_start_now_is_reissued_when_slurm_applies_the_requeue_delay(fake, tmp_path):
+    """Real 22.05: a StartTime=now sent while the job is still completing can be lost and the
+    job waits for BeginTime; the rescheduler says it again until the job runs."""
+    jid = fake.add_job("RUNNING", NODES)
+    clock, polls = Clock(), []
+
+    def sleep(s):
+        clock.now += s
+        polls.append(fake.job(jid)["state_reason"])
+        if len(polls) == 1:                    # Slurm applied the requeue delay after all
+            fake.job(jid)["state_reason"] = "BeginTime"
+        elif fake.job(jid)["state_reason"] != "BeginTime":
+            fake.start_pending(jid)
+
+    config = RescheduleConfig(state_dir=str(tmp_path / "s"))
+    r = Rescheduler(CommandSlurmClient(runner=fake), ScriptedProber({"node3": Health.UNREACHABLE}),
+                    StateStore(config.state_dir), config, uid=0, sleep=sleep, clock=clock,
+                    start_wait=10)
+    report = r.reschedule(jid)
+    assert report.state_after == "RUNNING" and report.running_after_s is not None
+    starts = [c for c in fake.calls if c[-1] == "StartTime=now"]
+    assert len(starts) == 2
+
+
+def test_settle_sets_failed_nodes_down_for_a_completing_job(fake, tmp_path):
+    jid = fake.add_job("COMPLETING", NODES)
+    clock = Clock()
+
+    def sleep(s):        # once node3 is DOWN, Slurm lets the job finish (FAILED, requeueable)
+        clock.now += s
+        if fake.node("node3")["state"] == "down":
+            fake.set_job_state(jid, "FAILED", "NonZeroExitCode")
+
+    config = RescheduleConfig(state_dir=str(tmp_path / "s"))
+    r = Rescheduler(CommandSlurmClient(runner=fake), ScriptedProber({"node3": Health.UNREACHABLE}),
+                    StateStore(config.state_dir), config, uid=0, sleep=sleep, clock=clock)
+    report = r.reschedule(jid, settle=30)
+    writes = [c[1:4] for c in scontrol_writes(fake)]
+    assert writes[0] == ("update", "NodeName=node3", "State=DOWN")      # the settle step
+    assert writes[1] == ("requeuehold", str(jid))
+    assert report.decision.outcome is Outcome.REQUEUE
+    assert fake.job(jid)["excluded_nodes"] == "node3"

@@ -18,7 +18,7 @@ from slurmft.slurm.client import CommandSlurmClient
 from slurmft.state import StateStore
 from slurmft.watch import Watcher
 from tests.fakes.fake_slurm import FakeSlurm
-from tests.unit.test_rescheduler import NODES, ScriptedProber
+from tests.unit.test_rescheduler import ScriptedProber
 
 
 class FakePopen:

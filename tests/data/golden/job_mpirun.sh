@@ -12,6 +12,13 @@ set -u
 
 export CHECKPOINT_PATH=/shared/ck
 mkdir -p "$CHECKPOINT_PATH"
+# Restart settings (e.g. CUDA_VISIBLE_DEVICES from `slurmft inject mask-gpu`).
+if [ -f "$CHECKPOINT_PATH/.slurmft-restart.env" ]; then
+    set -a
+    # shellcheck source=/dev/null
+    . "$CHECKPOINT_PATH/.slurmft-restart.env"
+    set +a
+fi
 # Resume when a checkpoint exists (a requeued or restarted run).
 resume=()
 if [ -n "$(ls -A "$CHECKPOINT_PATH" 2>/dev/null)" ]; then

@@ -1,0 +1,542 @@
+#!/usr/bin/env python3
+"""Goodput benchmark: fixed training work on a 4-node local cluster under repeated faults.
+
+A fault is injected every ``--fault-every`` seconds of the run (random kind among link-down,
+kill-slurmd and kill-job-procs, random node of the job, ``--seed``); a faulted node is repaired
+after ``--repair-after`` seconds (link-up / restart-slurmd, then ``scontrol update
+nodename=X state=resume`` if it is drained or down) so the cluster does not run out of nodes.
+Three variants, each on its own fresh cluster, measured in the same run:
+
+  slurmft   the job wrapper (templates/job.sh.j2) + ``slurmft watch --interval 1``
+  slurm     the same requeueable wrapper, no slurmft at all (its reschedule hand-off is a no-op):
+            Slurm notices failures itself (SlurmdTimeout=10 here) and requeues; the wrapper
+            resumes from the newest verified checkpoint
+  classic   the seed guide's recipe inside the job: on launcher failure ping each host,
+            ``scontrol update jobid=.. MinNodes=N-1 ExcNodeList=FAILED`` (rejected by Slurm 22.05:
+            recorded), ``mpirun -np N-1`` on a hostfile without the failed node, ``--resume``;
+            MAX_RETRY=3
+
+Reported per variant: wall time, goodput (useful step time / wall, as slurmft.recovery_report
+defines it), recoveries and their times (fault -> first step after the resume), steps lost,
+completed?, and resumes from a checkpoint older than the newest verified one at the fault.
+
+    .venv/bin/python bench/goodput.py --quick            # a few minutes
+    .venv/bin/python bench/goodput.py --out goodput.json  # default: 2400 steps, fault every 120 s
+
+Needs root. Clusters are named gp-slurmft, gp-slurm, gp-classic; a cluster of that name that is
+already up is refused (never touched), and every cluster this bench built is torn down, also on
+Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import signal
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from slurmft.checkpoint.store import Store  # noqa: E402
+from slurmft.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args  # noqa: E402
+from slurmft.errors import SlurmFTError  # noqa: E402
+from slurmft.hosts import validate_hostname  # noqa: E402
+from slurmft.recovery_report import read_progress, summarize  # noqa: E402
+
+VARIANTS = ("slurmft", "slurm", "classic")
+FAULT_KINDS = ("link-down", "kill-slurmd", "kill-job-procs")
+REPAIR = {"link-down": "link-up", "kill-slurmd": "restart-slurmd"}
+MAX_RETRY = 3
+
+
+@dataclass
+class Fault:
+    t: float
+    kind: str
+    node: str
+    latest: str | None            # newest verified checkpoint when the fault was injected
+    latest_step: int | None
+    what: str = ""
+    repaired_at: float | None = None
+    resumed_at: float | None = None
+    recovery_s: float | None = None      # fault -> first step after the resume that followed it
+    resumed_from: int | None = None
+    steps_lost: int | None = None
+    stale_resume: bool = False           # resumed from older than ``latest_step``
+
+
+@dataclass
+class VariantResult:
+    variant: str
+    cluster: str
+    job_id: int | None = None
+    final_state: str = ""
+    completed: bool = False
+    wall_s: float | None = None
+    useful_s: float | None = None
+    goodput: float | None = None
+    resumes: int = 0
+    steps_lost: int = 0
+    final_step: int | None = None
+    faults: list[Fault] = field(default_factory=list)
+    stale_resumes: int = 0
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def recoveries(self) -> list[float]:
+        return [f.recovery_s for f in self.faults if f.recovery_s is not None]
+
+
+# ---- the classic recipe, as a job script ----------------------------------------------------
+
+def classic_script(*, nodes: int, work: Path, ckpt_dir: Path, mpirun_opts: str,
+                   train: list[str]) -> str:
+    """The seed guide's mpi_restart.sh made runnable inside the job (bash, argv-safe).
+
+    Node names come from Slurm at run time and are used only as quoted words; every path and
+    argument written here is shell-quoted."""
+    q = shlex.quote
+    return f"""#!/bin/bash
+#SBATCH --job-name=gp-classic
+#SBATCH --nodes={int(nodes)}
+#SBATCH --ntasks-per-node=1
+#SBATCH --open-mode=append
+#SBATCH --chdir={work}
+#SBATCH --output={work / 'job.out'}
+# The seed guide's recovery recipe (mpi_restart.sh) run in the job, as users run it.
+set -u
+CKPT={q(str(ckpt_dir))}
+MAX_RETRY={MAX_RETRY}
+mapfile -t HOSTS < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+ORIGINAL_NODES=${{#HOSTS[@]}}
+HOSTFILE="$(mktemp "${{TMPDIR:-/tmp}}/classic-hosts.XXXXXX")"
+trap 'rm -f "$HOSTFILE"' EXIT
+launch() {{
+    printf '%s slots=1\\n' "${{HOSTS[@]}}" > "$HOSTFILE"
+    mpirun -np "${{#HOSTS[@]}}" --hostfile "$HOSTFILE" --mca plm rsh --mca ras '^slurm' \\
+        {mpirun_opts} {shlex.join(train)} "$@"
+}}
+resume=()
+if [ -n "$(ls -A "$CKPT" 2>/dev/null)" ]; then resume=(--resume "$CKPT"); fi
+launch "${{resume[@]}}"
+rc=$?
+retry=0
+while [ "$rc" -ne 0 ] && [ "$retry" -lt "$MAX_RETRY" ]; do
+    retry=$((retry + 1))
+    echo "classic: mpirun exited $rc (retry $retry/$MAX_RETRY)"
+    FAILED_NODE=""
+    for h in "${{HOSTS[@]}}"; do
+        if ping -c 1 -W 1 "$h" >/dev/null 2>&1; then
+            continue
+        fi
+        FAILED_NODE="$h"
+        break
+    done
+    if [ -n "$FAILED_NODE" ]; then
+        echo "classic: Node $FAILED_NODE is down"
+        out="$(scontrol update jobid="$SLURM_JOB_ID" MinNodes=$(( ${{#HOSTS[@]}} - 1 )) \\
+               ExcNodeList="$FAILED_NODE" 2>&1)"
+        echo "classic: scontrol update rc=$? ${{out//$'\\n'/ }}"
+        keep=()
+        for h in "${{HOSTS[@]}}"; do [ "$h" = "$FAILED_NODE" ] || keep+=("$h"); done
+        HOSTS=("${{keep[@]}}")
+    else
+        echo "classic: every node answers ping (alive but not responding?): retrying on all"
+    fi
+    launch --resume "$CKPT"
+    rc=$?
+done
+echo "classic: done rc=$rc after $retry retries (of $ORIGINAL_NODES nodes, $((${{#HOSTS[@]}})) left)"
+exit "$rc"
+"""
+
+
+# ---- analysis (pure) -------------------------------------------------------------------------
+
+def analyse(records: list[dict], faults: list[Fault], steps: int, end_t: float) -> dict:
+    """Attach recovery time, resume point and steps lost to each fault; summarize the run.
+
+    A fault is matched with the first resume record after it (and before the next fault); a
+    fault that no resume followed did not stop the training (or it was never recovered)."""
+    out: dict = {}
+    if not records:
+        return {"error": "no progress records"}
+    s = summarize(records, steps)
+    wall = s.wall_s if s.completed else max(end_t - records[0]["t"], 1e-9)
+    out.update(completed=s.completed, wall_s=round(wall, 1), useful_s=s.useful_s,
+               goodput=round(min(1.0, s.useful_s / wall), 4), resumes=s.resumes,
+               steps_lost=s.steps_lost, final_step=s.final_step)
+    resumes = [(i, r) for i, r in enumerate(records) if r["event"] == "resume"]
+    for k, f in enumerate(faults):
+        nxt = faults[k + 1].t if k + 1 < len(faults) else float("inf")
+        match = next(((i, r) for i, r in resumes if f.t < r["t"] < nxt), None)
+        if match is None:
+            continue
+        i, r = match
+        f.resumed_at = r["t"]
+        f.resumed_from = int(r["from_step"])
+        before = [int(x["step"]) for x in records[:i] if x["event"] == "step"]
+        f.steps_lost = max(0, before[-1] - f.resumed_from) if before else 0
+        first = next((x["t"] for x in records[i:] if x["event"] == "step"), None)
+        f.recovery_s = None if first is None else round(first - f.t, 2)
+        f.stale_resume = f.latest_step is not None and f.resumed_from < f.latest_step
+    out["stale_resumes"] = sum(f.stale_resume for f in faults)
+    return out
+
+
+# ---- one variant ----------------------------------------------------------------------------
+
+class Run:
+    """One variant on its own fresh cluster: submit, inject faults, repair, follow, tear down."""
+
+    def __init__(self, variant: str, a: argparse.Namespace, rng: random.Random) -> None:
+        self.v = variant
+        self.a = a
+        self.rng = rng
+        self.demo = Demo(DemoOptions(name=f"gp-{variant}", nodes=a.nodes, steps=a.steps,
+                                     step_time=a.step_time, step_interval=a.step_interval,
+                                     watch_interval=a.watch_interval,
+                                     probe_timeout=a.probe_timeout))
+        self.cluster = self.demo.cluster
+        self.result = VariantResult(variant, self.cluster.name)
+
+    def say(self, msg: str) -> None:
+        print(f"[{self.v} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def execute(self) -> VariantResult:
+        if self.cluster.is_up():
+            self.result.error = f"cluster {self.cluster.name} is already up: not mine, skipped"
+            self.say(self.result.error)
+            return self.result
+        try:
+            self._execute()
+        except SlurmFTError as exc:
+            self.result.error = str(exc)
+            self.say(f"ERROR: {exc}")
+        finally:
+            self.demo._started_cluster = True     # whatever up() got to, take it down
+            self.demo._cleanup()                   # stops the watcher (its process group) too
+        return self.result
+
+    def _script(self, work: Path, ckpt: Path, progress: Path) -> str:
+        if self.v == "slurmft":
+            return self.demo._job_script(work, ckpt, progress)
+        if self.v == "slurm":                       # the same wrapper; reschedule hand-off off
+            return self.demo._job_script(work, ckpt, progress, slurmft_cmd=["true"])
+        a = self.a
+        train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(a.steps),
+                 "--step-time", str(a.step_time), "--step-interval", str(a.step_interval),
+                 "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
+        return classic_script(nodes=a.nodes, work=work, ckpt_dir=ckpt,
+                              mpirun_opts=shlex.join(shlex.split(mpirun_args(self.cluster))),
+                              train=train)
+
+    def _execute(self) -> None:
+        a, c, res = self.a, self.cluster, self.result
+        up = c.up(nodes=a.nodes)
+        self.say(f"cluster up in {up.seconds:.1f} s: {', '.join(up.nodes)}")
+        work = c.shared_dir / "gp"
+        ckpt, progress = work / "checkpoints", work / "progress.jsonl"
+        work.mkdir(parents=True, exist_ok=True)
+        ckpt.mkdir(exist_ok=True)
+        script = work / "job.sh"
+        script.write_text(self._script(work, ckpt, progress))
+        cp = c.run(["sbatch", "--parsable", str(script)], timeout=30)
+        if cp.returncode != 0:
+            raise SlurmFTError(f"sbatch failed: {cp.stderr.strip()}")
+        job_id = res.job_id = int(cp.stdout.strip().split(";")[0])
+        if self.v == "slurmft":
+            self.demo._start_watcher(job_id, work / "watch.log")
+        self.say(f"job {job_id} submitted ({a.steps} steps, step time {a.step_time:g} s, "
+                 f"checkpoint every {a.step_interval} steps)")
+        try:
+            self._follow(job_id, ckpt, progress)
+        finally:
+            end_t = time.time()
+            self._collect(work, progress, end_t)
+
+    def _follow(self, job_id: int, ckpt: Path, progress: Path) -> None:
+        a, c, res = self.a, self.cluster, self.result
+        client = c.slurm_client()
+        store = Store(ckpt)
+        deadline = time.monotonic() + a.variant_timeout
+        next_fault: float | None = None
+        repairs: list[tuple[float, Fault]] = []
+        to_resume: dict[str, float] = {}          # node -> give up resuming it after this time
+        last_report = 0.0
+        state = ""
+        ended_since: float | None = None
+        while True:
+            now = time.time()
+            if time.monotonic() > deadline:
+                res.notes.append(f"hard timeout {a.variant_timeout:g} s (state {state})")
+                self.say(f"hard timeout: cancelling job {job_id}")
+                c.run(["scancel", str(job_id)], timeout=30)
+                return
+            try:
+                job = client.job(job_id)
+            except SlurmFTError as exc:             # a transient hiccup while Slurm reconfigures
+                self.say(f"  (squeue: {exc})")
+                time.sleep(1)
+                continue
+            state = job.state
+            if job.has_ended:
+                # A failed launcher hands over to `slurmft reschedule --settle 30`, which may
+                # requeue the ended job: it is final only when it stays ended for end_grace s.
+                if ended_since is None:
+                    ended_since = now
+                    self.say(f"job {job_id} ended {job.state}; waiting {a.end_grace:g} s for a requeue")
+                if now - ended_since >= a.end_grace or job.state == "COMPLETED":
+                    res.final_state = job.state
+                    self.say(f"job {job_id} ended {job.state}")
+                    return
+            elif ended_since is not None:
+                self.say(f"job {job_id} is {job.state} again (restarts {job.restart_count})")
+                ended_since = None
+            recs = _records(progress)
+            first = next((r["t"] for r in recs if r["event"] == "step"), None)
+            if next_fault is None and first is not None:
+                next_fault = first + a.fault_every
+            if (next_fault is not None and now >= next_fault and job.state == "RUNNING"
+                    and job.nodes and _running_since_last_start(recs)):
+                f = self._inject(job, store)
+                if f is not None:
+                    res.faults.append(f)
+                    if f.kind in REPAIR:
+                        repairs.append((f.t + a.repair_after, f))
+                    next_fault = now + a.fault_every
+            for due, f in list(repairs):
+                if now >= due:
+                    repairs.remove((due, f))
+                    self._repair(f)
+                    to_resume[f.node] = now + 90
+            if to_resume:
+                self._resume_drained(to_resume)
+            if now - last_report >= 15:
+                last_report = now
+                self.say(f"  job {job.state} on {','.join(job.nodes) or '-'}; "
+                         f"{_last_step_line(recs)}; latest ckpt {store.latest_name()}")
+            time.sleep(0.5)
+
+    def _inject(self, job, store: Store) -> Fault | None:
+        kind = self.rng.choice(self.a.faults)
+        # kill-job-procs on the batch host would kill the batch script itself, not a rank.
+        spare = kind == "kill-job-procs" or self.a.spare_batch_host
+        nodes = [n for n in job.nodes if not (spare and n == job.batch_host)]
+        if not nodes:
+            return None
+        node = validate_hostname(self.rng.choice(sorted(nodes)))
+        latest = store.latest_name()
+        latest_step = store.read_manifest(latest).step if latest else None
+        t = time.time()
+        try:
+            what = self.cluster.fault(node, kind)
+        except SlurmFTError as exc:
+            what = f"fault failed: {exc}"
+        self.say(f"FAULT {kind} on {node} ({what}); latest verified checkpoint {latest}")
+        return Fault(t, kind, node, latest, latest_step, what)
+
+    def _repair(self, f: Fault) -> None:
+        try:
+            what = self.cluster.fault(f.node, REPAIR[f.kind])
+        except SlurmFTError as exc:
+            what = f"repair failed: {exc}"
+        f.repaired_at = time.time()
+        self.say(f"repair {f.node}: {what}")
+
+    def _resume_drained(self, to_resume: dict[str, float]) -> None:
+        """``state=resume`` for repaired nodes Slurm or slurmft left drained/down."""
+        try:
+            nodes = {n.name: n for n in self.cluster.slurm_client().nodes()}
+        except SlurmFTError:
+            return
+        now = time.time()
+        for name, until in list(to_resume.items()):
+            n = nodes.get(name)
+            if n is None or now > until:
+                to_resume.pop(name)
+                continue
+            drained = "DRAIN" in n.flags or n.state.startswith(("drain", "down"))
+            if drained and "NOT_RESPONDING" not in n.flags:
+                cp = self.cluster.run(["scontrol", "update", f"nodename={name}", "state=resume"],
+                                      timeout=30)
+                self.say(f"resume {name} (was {n.state}{'+' + '+'.join(n.flags) if n.flags else ''})"
+                         f": rc {cp.returncode} {cp.stderr.strip()}")
+                if cp.returncode == 0:
+                    to_resume.pop(name)
+            elif n.state in ("idle", "allocated", "mixed") and not n.flags:
+                to_resume.pop(name)
+
+    def _collect(self, work: Path, progress: Path, end_t: float) -> None:
+        res = self.result
+        try:
+            records = read_progress(progress)
+        except FileNotFoundError:
+            records = []
+        info = analyse(records, res.faults, self.a.steps, end_t)
+        if "error" in info:
+            res.notes.append(info["error"])
+        else:
+            for k, v in info.items():
+                setattr(res, k, v)
+        job_out = work / "job.out"
+        if job_out.exists():
+            lines = job_out.read_text(errors="replace").splitlines()
+            res.notes += [ln[:200] for ln in lines if ln.startswith("classic:")][:12]
+        out = Path(self.a.out).with_suffix("") if self.a.out else None
+        if out is not None:
+            keep = Path(f"{out}-{self.v}")
+            keep.mkdir(parents=True, exist_ok=True)
+            for name in ("progress.jsonl", "job.out", "watch.log", "reschedule.log", "job.sh"):
+                if (work / name).exists():
+                    (keep / name).write_bytes((work / name).read_bytes())
+            audit = self.cluster.shared_dir / "slurmft" / "audit.jsonl"
+            if audit.exists():
+                (keep / "audit.jsonl").write_bytes(audit.read_bytes())
+
+
+def _records(progress: Path) -> list[dict]:
+    try:
+        return read_progress(progress)
+    except FileNotFoundError:
+        return []
+
+
+def _running_since_last_start(recs: list[dict]) -> bool:
+    """A step was recorded after the latest start (the training is actually running)."""
+    starts = [i for i, r in enumerate(recs) if r["event"] == "start"]
+    return bool(starts) and any(r["event"] == "step" for r in recs[starts[-1]:])
+
+
+def _last_step_line(recs: list[dict]) -> str:
+    steps = [r for r in recs if r["event"] == "step"]
+    return f"step {steps[-1]['step']} on {steps[-1]['world_size']} ranks" if steps else "no step yet"
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+def _f(x, fmt="{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def table(results: list[VariantResult]) -> str:
+    head = (f"{'variant':<8} {'wall s':>7} {'goodput':>8} {'faults':>6} {'recov':>5} "
+            f"{'med rec s':>9} {'max rec s':>9} {'lost':>5} {'done':>5} {'stale':>5}  final")
+    rows = [head, "-" * len(head)]
+    for r in results:
+        rec = r.recoveries
+        rows.append(
+            f"{r.variant:<8} {_f(r.wall_s):>7} {_f(r.goodput, '{:.1%}'):>8} {len(r.faults):>6} "
+            f"{len(rec):>5} {_f(statistics.median(rec) if rec else None):>9} "
+            f"{_f(max(rec) if rec else None):>9} {r.steps_lost:>5} "
+            f"{'yes' if r.completed else 'NO':>5} {r.stale_resumes:>5}  "
+            f"{r.final_state or '-'} step {r.final_step if r.final_step is not None else '-'}"
+            f"{' ERROR: ' + r.error if r.error else ''}")
+    return "\n".join(rows)
+
+
+def fault_lines(r: VariantResult) -> list[str]:
+    out = []
+    for f in r.faults:
+        out.append(f"  {r.variant:<8} {f.kind:<15} {f.node:<6} latest ckpt step "
+                   f"{_f(f.latest_step, '{}'):>5} -> resumed from {_f(f.resumed_from, '{}'):>5}, "
+                   f"recovery {_f(f.recovery_s, '{:.1f}'):>6} s, lost {_f(f.steps_lost, '{}'):>3}"
+                   f"{'  STALE' if f.stale_resume else ''}")
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated subset of {','.join(VARIANTS)}")
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=2400)
+    ap.add_argument("--step-time", type=float, default=0.1)
+    ap.add_argument("--step-interval", type=int, default=20, help="checkpoint every N steps")
+    ap.add_argument("--fault-every", type=float, default=120.0, help="seconds between faults")
+    ap.add_argument("--repair-after", type=float, default=60.0)
+    ap.add_argument("--faults", default=",".join(FAULT_KINDS), help="fault kinds to draw from")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--spare-batch-host", action="store_true",
+                    help="never fault the job's batch host (default: only kill-job-procs spares it)")
+    ap.add_argument("--watch-interval", type=float, default=1.0)
+    ap.add_argument("--probe-timeout", type=float, default=2.0,
+                    help="SLURMFT_PROBE_TIMEOUT for the watcher")
+    ap.add_argument("--variant-timeout", type=float, default=0.0,
+                    help="hard limit per variant in s (default: 4x the fault-free time + 180)")
+    ap.add_argument("--end-grace", type=float, default=45.0,
+                    help="a job that ended is final only if not requeued within this many s")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 300 steps, a fault every 25 s, repair after 20 s")
+    ap.add_argument("--out", default="goodput.json", help="JSON result file ('' for none)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.steps, a.fault_every, a.repair_after = 300, 25.0, 20.0
+    a.variants = [v for v in a.variants.split(",") if v]
+    a.faults = [k for k in a.faults.split(",") if k]
+    bad = [v for v in a.variants if v not in VARIANTS] + [k for k in a.faults if k not in FAULT_KINDS]
+    if bad or not a.variants or not a.faults:
+        ap.error(f"unknown or missing variant/fault: {', '.join(bad) or '(none given)'}")
+    if not a.variant_timeout:
+        a.variant_timeout = 4 * a.steps * (a.step_time + 0.05) + 180
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/goodput.py needs root (it builds clusters in network namespaces)",
+              file=sys.stderr)
+        return 2
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    old_term = signal.signal(signal.SIGTERM, _interrupt)
+    print(f"goodput bench: {a.steps} steps x {a.step_time:g} s on {a.nodes} nodes, a fault every "
+          f"{a.fault_every:g} s ({', '.join(a.faults)}), repair after {a.repair_after:g} s, "
+          f"seed {a.seed}, hard limit {a.variant_timeout:.0f} s per variant", flush=True)
+    results: list[VariantResult] = []
+    t0 = time.time()
+    try:
+        for v in a.variants:
+            run = Run(v, a, random.Random(a.seed))   # the same fault sequence for each
+            results.append(run.result)
+            run.execute()
+    except KeyboardInterrupt:
+        print("interrupted: clusters torn down", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    print()
+    print(table(results))
+    print()
+    for r in results:
+        for line in fault_lines(r):
+            print(line)
+        for n in r.notes:
+            print(f"  {r.variant:<8} note: {n}")
+    s = next((r for r in results if r.variant == "slurmft"), None)
+    if s is not None and s.goodput is not None:
+        ok = s.completed and s.goodput >= 0.9 and s.stale_resumes == 0
+        print(f"\ntarget for slurmft (goodput >= 90 %, completed, no stale resume): "
+              f"{'met' if ok else 'MISSED'} ({s.goodput:.1%}, a fault every {a.fault_every:g} s)")
+    if a.out:
+        doc = {"args": {k: v for k, v in vars(a).items()}, "total_s": round(time.time() - t0, 1),
+               "results": [{**asdict(r), "recoveries": r.recoveries} for r in results]}
+        Path(a.out).write_text(json.dumps(doc, indent=1))
+        print(f"results: {a.out}")
+    return 0
+
+
+def _interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())
