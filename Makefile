@@ -46,8 +46,9 @@ venv: $(VENV)/.stamp-installed
 unit: venv
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
-# All tests; integration tests need root (they build real clusters in network namespaces).
-test: install
+# All tests; integration tests need root (they build real clusters in network namespaces, and
+# the docker backend's suite starts a private dockerd).
+test: install docker-apt
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 lint: venv

@@ -213,7 +213,8 @@ class Run:
 
     def execute(self) -> VariantResult:
         if self.cluster.is_up():
-            self.result.error = f"cluster {self.cluster.name} is already up: not mine, skipped"
+            self.result.error = (f"cluster {self.cluster.name} is already up (not built by this run): "
+                                 f"skipped; if it is a leftover: slurmft cluster down --name {self.cluster.name}")
             self.say(self.result.error)
             return self.result
         try:
@@ -274,6 +275,7 @@ class Run:
         last_report = 0.0
         state = ""
         ended_since: float | None = None
+        last_fault_t = 0.0
         while True:
             now = time.time()
             if time.monotonic() > deadline:
@@ -302,11 +304,19 @@ class Run:
                 self.say(f"job {job_id} is {job.state} again (restarts {job.restart_count})")
                 ended_since = None
             recs = _records(progress)
+            if recs and now - max(recs[-1]["t"], last_fault_t) > a.stall and ended_since is None:
+                res.notes.append(f"stalled: no progress for {a.stall:g} s, job {job.state} "
+                                 f"({job.reason or '-'}), restarts {job.restart_count}")
+                self.say(f"stalled ({job.state}, {job.reason}): cancelling job {job_id}")
+                c.run(["scancel", str(job_id)], timeout=30)
+                res.final_state = f"stalled {job.state}"
+                return
             first = next((r["t"] for r in recs if r["event"] == "step"), None)
             if next_fault is None and first is not None:
                 next_fault = first + a.fault_every
+            last_fault = last_fault_t = res.faults[-1].t if res.faults else 0.0
             if (next_fault is not None and now >= next_fault and job.state == "RUNNING"
-                    and job.nodes and _running_since_last_start(recs)):
+                    and job.nodes and _training_live(recs, job.restart_count, last_fault, now)):
                 f = self._inject(job, store)
                 if f is not None:
                     res.faults.append(f)
@@ -410,10 +420,15 @@ def _records(progress: Path) -> list[dict]:
         return []
 
 
-def _running_since_last_start(recs: list[dict]) -> bool:
-    """A step was recorded after the latest start (the training is actually running)."""
+def _training_live(recs: list[dict], restarts: int, since: float, now: float) -> bool:
+    """The current incarnation of the job is training: its start record is there (same Slurm
+    restart count), and it recorded a step in the last 3 s, after ``since`` (the last fault).
+    Faults are injected only then, so each recovery is measured from one fault."""
     starts = [i for i, r in enumerate(recs) if r["event"] == "start"]
-    return bool(starts) and any(r["event"] == "step" for r in recs[starts[-1]:])
+    if not starts or int(recs[starts[-1]].get("restarts", 0)) != restarts:
+        return False
+    steps = [r["t"] for r in recs[starts[-1]:] if r["event"] == "step"]
+    return bool(steps) and steps[-1] > since and now - steps[-1] < 3.0
 
 
 def _last_step_line(recs: list[dict]) -> str:
@@ -472,6 +487,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="SLURMFT_PROBE_TIMEOUT for the watcher")
     ap.add_argument("--variant-timeout", type=float, default=0.0,
                     help="hard limit per variant in s (default: 4x the fault-free time + 180)")
+    ap.add_argument("--stall", type=float, default=240.0,
+                    help="give a variant up when its training makes no progress for this long")
     ap.add_argument("--end-grace", type=float, default=45.0,
                     help="a job that ended is final only if not requeued within this many s")
     ap.add_argument("--quick", action="store_true",

@@ -147,6 +147,11 @@ class Bench:
         state, nodes = self.job_state(jid)
         trial.notes.append(f"not RUNNING within {self.limit:g}s (state {state or 'gone'})")
 
+    def note_batch_host(self, jid: int, node: str, trial: Trial) -> None:
+        host = self.run(["squeue", "-h", "-j", str(jid), "-o", "%B"]).stdout.strip()
+        if host == node:
+            trial.notes.append("failed node is the batch host")
+
     def slurm_detect(self, node: str, t0: float):
         def check() -> float | None:
             st = self.node_state(node)
@@ -157,10 +162,11 @@ class Bench:
     def watch(self, node: str) -> Trial:
         trial = Trial("slurmft watch", node)
         jid, _ = self.submit()
+        self.note_batch_host(jid, node, trial)
         lines: list[tuple[float, str]] = []
         proc = subprocess.Popen(
             self.cluster.exec_argv([sys.executable, "-m", "slurmft", "watch", "--job", str(jid),
-                                    "--interval", str(self.interval), "--wait", "10"]),
+                                    "--interval", str(self.interval)]),
             env={**self.cluster.env(), **{k: v for k, v in self.env.items()
                                           if k.startswith("SLURMFT_P")}},
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -199,6 +205,7 @@ class Bench:
     def slurm_alone(self, node: str) -> Trial:
         trial = Trial("slurm alone", node)
         jid, _ = self.submit()
+        self.note_batch_host(jid, node, trial)
         t0 = time.time()
         self.cluster.fault(node, "link-down")
         self.wait_running(jid, node, t0, trial, self.slurm_detect(node, t0))
@@ -209,6 +216,7 @@ class Bench:
     def classic(self, node: str) -> Trial:
         trial = Trial("classic recipe", node)
         jid, nodes = self.submit()
+        self.note_batch_host(jid, node, trial)
         script = Path(self.cluster.shared_dir) / "bench-classic.sh"
         script.write_text(CLASSIC)
         t0 = time.time()
@@ -242,7 +250,11 @@ def table(trials: list[Trial]) -> str:
         rcol = f"{fmt(statistics.median(r)) if r else '-'}/{fmt(max(r)) if r else '-'}"
         if len(r) < len(ts):
             rcol += f" ({len(ts) - len(r)} never)"
-        rows.append(f"{name:<16} {len(ts):>2} {dcol:>20} {rcol:>21}  {ts[-1].notes[-1] if ts[-1].notes else ''}")
+        bh = [t for t in ts if "failed node is the batch host" in t.notes]
+        note = ts[-1].notes[-1] if ts[-1].notes else ""
+        if bh:
+            note += f"; batch host failed in {len(bh)}: RUNNING {', '.join(fmt(t.running_s) for t in bh)}s"
+        rows.append(f"{name:<16} {len(ts):>2} {dcol:>20} {rcol:>21}  {note}")
     return "\n".join(rows)
 
 
@@ -288,10 +300,10 @@ def main() -> int:
     print()
     print(table(trials))
     w = [t for t in trials if t.scenario == "slurmft watch"]
-    ok = all(t.detect_s is not None and t.detect_s <= 2.0 and t.running_s is not None
-             and t.running_s <= 5.0 for t in w)
-    print(f"\ntarget (detect <= 2 s, RUNNING <= 5 s) for slurmft watch: {'met' if ok else 'MISSED'}"
-          f" in {sum(1 for t in w if t.running_s is not None)}/{len(w)} trials")
+    met = [t for t in w if t.detect_s is not None and t.detect_s <= 2.0
+           and t.running_s is not None and t.running_s <= 5.0]
+    print(f"\ntarget (detect <= 2 s and RUNNING <= 5 s) for slurmft watch: met in "
+          f"{len(met)}/{len(w)} trials")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps([t.__dict__ for t in trials], indent=1))
     return 0

@@ -309,7 +309,7 @@ def _reschedule_parts(cfg: Config, *, dry_run: bool = False,
 @click.option("--checkpoint-dir", default=None,
               help="Checkpoint directory a restart job resumes from (reschedule.checkpoint_dir).")
 @click.option("--state-dir", default=None, help="Shared state directory (reschedule.state_dir).")
-@click.option("--wait", type=click.FloatRange(min=0), default=15.0, show_default=True,
+@click.option("--wait", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="After a requeue, wait up to this many seconds for the job to run again "
                    "(re-issuing StartTime=now if Slurm applied the requeue delay); 0: return "
                    "at once.")
@@ -345,8 +345,11 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
         report = resched.reschedule(jid, settle=settle, train_cmd=train_cmd,
                                     checkpoint_dir=checkpoint_dir, nodes_hint=hint)
     except PolicyError as exc:
+        report = getattr(exc, "report", None)
         if as_json:
-            echo_json({"job_id": jid, "outcome": "refused", "error": str(exc)})
+            echo_json(report.to_dict() if report else {"job_id": jid, "error": str(exc)})
+        elif report and report.commands:
+            click.echo(report.text())
         raise
     if as_json:
         echo_json(report.to_dict())
@@ -489,8 +492,9 @@ def epilog_cmd(ctx: click.Context, settle: float) -> None:
 @click.option("--cooldown", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds to leave a job alone after a refused or failed reschedule.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per cycle on stdout.")
-@click.option("--wait", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="After a requeue, wait up to this many seconds for the job to run again.")
+@click.option("--wait", type=click.FloatRange(min=0), default=3.0, show_default=True,
+              help="After a requeue, wait up to this many seconds for the job to run again "
+                   "(later cycles keep nudging it with StartTime=now if Slurm delays it).")
 @click.pass_context
 def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, once: bool,
               max_cycles: int | None, cooldown: float, as_json: bool, wait: float) -> None:

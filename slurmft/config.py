@@ -114,6 +114,10 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be > 0, not {value}")
 
 
+# Sections of the same YAML file that other parts read and validate themselves:
+# ``checkpoint`` is CheckpointPolicy.from_yaml's (the training side).
+FOREIGN_SECTIONS = frozenset({"checkpoint"})
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -182,6 +186,8 @@ def load_config(
     if path:
         data = read_yaml(path)
         for section, values in data.items():
+            if section in FOREIGN_SECTIONS:
+                continue
             if section not in layers:
                 raise ConfigError(
                     f"unknown config section {section!r}; known: {', '.join(layers)}"

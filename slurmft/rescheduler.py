@@ -348,7 +348,9 @@ class Rescheduler:
             report.state_after, report.running_after_s = self._kick(job_id)
         report.elapsed_s = self.clock() - start
         if report.decision.outcome.is_error:
-            raise PolicyError(report.decision.message)
+            err = PolicyError(report.decision.message)
+            err.report = report  # type: ignore[attr-defined]
+            raise err
         return report
 
     def _run_locked(self, job: JobInfo, pcfg: PolicyConfig, train_cmd: str | None,
@@ -454,6 +456,20 @@ class Rescheduler:
                 except SlurmFTError as exc:
                     log.debug("job %s: StartTime=now refused: %s", job_id, exc)
             self.sleep(0.2)
+
+    def nudge(self, job: JobInfo) -> bool:
+        """``StartTime=now`` for a job we requeued that Slurm holds back for BeginTime (the
+        requeue delay it applies once the job has finished COMPLETING). True if sent."""
+        if self.dry_run or not (job.is_pending and job.reason == "BeginTime"):
+            return False
+        try:
+            self.client.update_job(job.job_id, start_now=True)
+        except SlurmFTError as exc:
+            log.debug("job %s: StartTime=now refused: %s", job.job_id, exc)
+            return False
+        log.info("job %s: pending for BeginTime: StartTime=now again", job.job_id,
+                 extra={"job": str(job.job_id)})
+        return True
 
     def _unhold(self, job_id: int) -> None:
         """After a failed step, do not leave the job held by us."""

@@ -59,13 +59,30 @@ class Watcher:
         self.clock = clock
         self.on_cycle = on_cycle
         self._quiet_until: dict[int, float] = {}
+        self._requeued: dict[int, float] = {}   # job -> until when to keep it moving
+        self.nudge_for = 120.0
 
     def running_jobs(self) -> list[JobInfo]:
-        jobs = [j for j in self.client.jobs() if j.state == "RUNNING" and j.nodes]
+        all_jobs = self.client.jobs()
+        self._nudge(all_jobs)
+        jobs = [j for j in all_jobs if j.state == "RUNNING" and j.nodes]
         if self.job_ids:
             jobs = [j for j in jobs if j.job_id in self.job_ids]
         now = self.clock()
         return [j for j in jobs if self._quiet_until.get(j.job_id, 0.0) <= now]
+
+    def _nudge(self, jobs: Sequence[JobInfo]) -> None:
+        """Jobs we requeued: if Slurm applies its requeue delay once they finish COMPLETING
+        (a dead batch host can keep them COMPLETING for seconds), say StartTime=now again.
+        Done here, once per cycle, so the loop never blocks on one job."""
+        now = self.clock()
+        by_id = {j.job_id: j for j in jobs}
+        for jid, until in list(self._requeued.items()):
+            job = by_id.get(jid)
+            if job is None or job.state == "RUNNING" or job.has_ended or now > until:
+                del self._requeued[jid]
+            else:
+                self.rescheduler.nudge(job)
 
     def cycle(self) -> CycleResult:
         """One pass: list running jobs, probe all their nodes at once, reschedule failures."""
@@ -94,7 +111,10 @@ class Watcher:
                         "; ".join(health[n].reason for n in failed),
                         extra={"job": str(job.job_id)})
             try:
-                res.reports.append(self.rescheduler.reschedule(job.job_id, health=health))
+                report = self.rescheduler.reschedule(job.job_id, health=health)
+                res.reports.append(report)
+                if report.decision.changes_anything and report.state_after != "RUNNING":
+                    self._requeued[job.job_id] = self.clock() + self.nudge_for
             except SlurmFTError as exc:
                 res.errors[job.job_id] = str(exc)
                 self._quiet_until[job.job_id] = self.clock() + self.cooldown

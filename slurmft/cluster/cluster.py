@@ -350,7 +350,7 @@ class Cluster:
         batch += [f"link add {lay.veth(n)} netns {lay.netns_ctl} type veth peer name eth0 "
                   f"netns {lay.netns(n)}" for n in lay.node_names]
         procs.run(["ip", "-batch", "-"], input="\n".join(batch) + "\n", what="ip netns/veth")
-        ctl = [f"link set lo up", "link add br0 type bridge",
+        ctl = ["link set lo up", "link add br0 type bridge",
                f"addr add {lay.ctl_ip}/{lay.prefixlen} dev br0", "link set br0 up"]
         for n in lay.node_names:
             ctl += [f"link set {lay.veth(n)} master br0", f"link set {lay.veth(n)} up"]

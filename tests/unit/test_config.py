@@ -53,3 +53,9 @@ def test_missing_file():
 def test_bad_bool_env():
     with pytest.raises(ConfigError, match="probe.ping must be bool"):
         load_config(env={"SLURMFT_PROBE_PING": "maybe"})
+
+
+def test_checkpoint_section_is_left_to_the_checkpoint_policy(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("checkpoint:\n  interval: 15\nprobe:\n  timeout: 3\n")
+    assert load_config(f, env={}).probe.timeout == 3.0

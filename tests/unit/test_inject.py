@@ -5,9 +5,7 @@ and mask-gpu's env file sourced by a rendered job wrapper."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -27,8 +25,7 @@ from slurmft.rescheduler import job_context
 from slurmft.slurm.client import CommandSlurmClient
 from slurmft.state import StateStore
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fakes.fake_slurm import FakeSlurm  # noqa: E402
+from tests.fakes.fake_slurm import FakeSlurm
 
 NODES = ("node1", "node2", "node3", "node4")
 

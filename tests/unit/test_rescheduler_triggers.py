@@ -112,3 +112,24 @@ def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "slurmft", "reschedule", "--help"],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert "--dry-run" in out and "--no-drain" in out
+
+
+def test_watch_keeps_nudging_a_requeued_job_held_back_for_begin_time(tmp_path):
+    fake = FakeSlurm()
+    fake.jobs.clear()
+    jid = fake.add_job("RUNNING", ["node1", "node2", "node3"])
+    prober = ScriptedProber({"node3": Health.UNREACHABLE})
+    client = CommandSlurmClient(runner=fake)
+    r = Rescheduler(client, prober, StateStore(tmp_path),
+                    RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    w = Watcher(client, prober, r, interval=0.01)
+    w.cycle()                                       # requeue; the job is pending now
+    fake.job(jid)["state_reason"] = "BeginTime"     # Slurm applied its requeue delay
+    before = sum(1 for c in fake.calls if c[-1] == "StartTime=now")
+    w.cycle()
+    assert sum(1 for c in fake.calls if c[-1] == "StartTime=now") == before + 1
+    fake.start_pending(jid)
+    w.cycle()                                       # RUNNING: no more nudges
+    fake.job(jid).update(job_state="PENDING", state_reason="BeginTime")
+    w.cycle()
+    assert sum(1 for c in fake.calls if c[-1] == "StartTime=now") == before + 1
