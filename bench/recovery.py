@@ -145,7 +145,11 @@ class Bench:
                 return
             time.sleep(0.1)
         state, nodes = self.job_state(jid)
-        trial.notes.append(f"not RUNNING within {self.limit:g}s (state {state or 'gone'})")
+        if not state:      # squeue no longer lists it: ask scontrol how it ended
+            out = self.run(["scontrol", "show", "job", "-o", str(jid)]).stdout
+            kv = dict(x.split("=", 1) for x in out.split() if "=" in x)
+            state = f"{kv.get('JobState', 'gone')} {kv.get('Reason', '')}".strip()
+        trial.notes.append(f"not RUNNING within {self.limit:g}s (state {state})")
 
     def note_batch_host(self, jid: int, node: str, trial: Trial) -> None:
         host = self.run(["squeue", "-h", "-j", str(jid), "-o", "%B"]).stdout.strip()

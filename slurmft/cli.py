@@ -495,12 +495,25 @@ def epilog_cmd(ctx: click.Context, settle: float) -> None:
 @click.option("--wait", type=click.FloatRange(min=0), default=3.0, show_default=True,
               help="After a requeue, wait up to this many seconds for the job to run again "
                    "(later cycles keep nudging it with StartTime=now if Slurm delays it).")
+@click.option("--confirm", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Consecutive failed probes before a node counts as failed; suspects are "
+                   "re-probed at once, so this costs probe timeouts, not intervals.")
+@click.option("--max-failed-fraction", type=click.FloatRange(min=0, min_open=True, max=1),
+              default=0.5, show_default=True,
+              help="Do nothing when more than this fraction of a job's nodes fail at once "
+                   "(more likely the prober's network or load than the nodes).")
 @click.pass_context
 def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, once: bool,
-              max_cycles: int | None, cooldown: float, as_json: bool, wait: float) -> None:
+              max_cycles: int | None, cooldown: float, as_json: bool, wait: float,
+              confirm: int, max_failed_fraction: float) -> None:
     """Probe running jobs' nodes every interval and reschedule a job when one fails.
 
+    A node must fail --confirm probes in a row before anything happens, and a cycle
+    that sees most of a job's nodes fail at once does nothing (see
+    --max-failed-fraction): a loaded prober must not drain healthy nodes.
+
     Stops on SIGINT/SIGTERM (exit 0)."""
+    from slurmft.suspicion import ConfirmPolicy
     import signal
     import threading
 
@@ -527,7 +540,9 @@ def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, onc
         sys.stdout.flush()
 
     Watcher(client, prober, resched, job_ids=job_ids, interval=interval, cooldown=cooldown,
-            stop=stop, on_cycle=report).run(once=once, max_cycles=max_cycles)
+            stop=stop, on_cycle=report,
+            confirm=ConfirmPolicy(confirm=confirm, max_failed_fraction=max_failed_fraction),
+            ).run(once=once, max_cycles=max_cycles)
 
 
 # === checkpoint (issue 5) ===

@@ -117,6 +117,20 @@ def drain_reason(job_id: int, health: Health | None = None) -> str:
     return f"slurmft: node{what}, excluded from job {job_id}"
 
 
+def shrink_params(job: JobInfo, k: int) -> dict:
+    """The size fields of the update that moves ``job`` onto ``k`` nodes.
+
+    ``NumNodes=k-k`` pins the count (``NumNodes=k`` only sets the minimum). A job submitted
+    with ``--ntasks-per-node`` also keeps its task and CPU counts, which no longer fit k nodes
+    (Slurm leaves it PENDING with reason BadConstraints): shrink them in the same request.
+    """
+    params: dict = {"num_nodes": (k, k)}
+    if job.tasks_per_node > 0:
+        params["num_tasks"] = k * job.tasks_per_node
+        params["num_cpus"] = k * job.tasks_per_node * max(1, job.cpus_per_task)
+    return params
+
+
 def retries_used(job: JobInfo, history: History) -> int:
     """Reschedules spent: our record, or Slurm's restart count if it saw more (Slurm requeues
     on its own after a node failure; a resubmitted job starts again at 0)."""
@@ -202,7 +216,7 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                         message=f"job {jid}: only {k} healthy node(s) left, below the minimum "
                         f"of {config.min_nodes}; not rescheduled", **base)
 
-    update = Action("update_job", jid, params={"exclude": exclude, "num_nodes": (k, k)})
+    update = Action("update_job", jid, params={"exclude": exclude, **shrink_params(job, k)})
     start = Action("update_job", jid, params={"start_now": True})
     if job.is_running or (job.has_ended and job.requeue):
         actions = [Action("requeue_hold", jid)]

@@ -15,6 +15,7 @@ Safety:
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -245,7 +246,8 @@ class Rescheduler:
                  render: Callable[[str, Mapping[str, Any]], str] = default_render,
                  sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic,
-                 slurmft_cmd: Sequence[str] = (), start_wait: float = 0.0) -> None:
+                 slurmft_cmd: Sequence[str] = (), start_wait: float = 0.0,
+                 wall: Callable[[], float] = time.time) -> None:
         self.client: Any = DryRunClient(client) if dry_run else client
         self.prober = prober
         self.store = store
@@ -257,6 +259,7 @@ class Rescheduler:
         self.clock = clock
         self.slurmft_cmd = list(slurmft_cmd)
         self.start_wait = start_wait
+        self.wall = wall
 
     # ------------------------------------------------------------------ checks
     def check_permission(self, job: JobInfo) -> None:
@@ -395,7 +398,15 @@ class Rescheduler:
     def _execute(self, job: JobInfo, decision: Decision, record: RetryRecord, report: Report,
                  train_cmd: str | None, checkpoint_dir: str | None) -> None:
         held = False
+        # A pending job Slurm itself just requeued carries the requeue time as submit time.
+        requeued_at: float | None = (float(job.submit_time) if job.is_pending
+                                     and job.submit_time else None)
         for action in decision.actions:
+            starts = action.op == "release" or (action.op == "update_job"
+                                                and action.params.get("start_now"))
+            if starts and requeued_at is not None:
+                self._credential_gap(requeued_at)
+                requeued_at = None
             if action.op == "submit_restart":
                 self._submit_restart(job, action, record, report, train_cmd, checkpoint_dir)
                 continue
@@ -415,11 +426,24 @@ class Rescheduler:
                     self._unhold(job.job_id)
                 raise
             held = held or action.op in ("requeue_hold", "hold")
+            if action.op == "requeue_hold":
+                requeued_at = self.wall()
             if not self.dry_run:
                 report.commands.append(argv)
                 self._audit(job, action, argv, "ok")
                 log.info("job %s: ran %s", job.job_id, shlex.join(argv),
                          extra={"job": str(job.job_id)})
+
+    def _credential_gap(self, requeued_at: float) -> None:
+        """Requeue revokes the job's credential on its nodes; slurmd refuses a credential
+        created in the same second as the revocation (Slurm compares whole seconds), so a
+        job restarted within that second fails to launch (FAILED, exit 1, run time 0 -- seen
+        on the real cluster). Slurm's own guard is the requeue delay (cred_expire + 1 s);
+        ours is to release only once the requeue's second is over."""
+        gap = math.floor(requeued_at) + 1.05 - self.wall()
+        if gap > 0 and not self.dry_run:
+            log.debug("waiting %.2fs so the restart gets a fresh credential", gap)
+            self.sleep(gap)
 
     def _call(self, action: Action) -> None:
         c, p = self.client, action.params

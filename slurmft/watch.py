@@ -18,6 +18,7 @@ from slurmft.log import get_logger
 from slurmft.probe.api import ProbeResult, Prober
 from slurmft.rescheduler import Report, Rescheduler
 from slurmft.slurm.api import JobInfo, SlurmClient
+from slurmft.suspicion import ConfirmPolicy, FailureTracker, too_many_failed
 
 log = get_logger(__name__)
 
@@ -46,7 +47,8 @@ class Watcher:
                  job_ids: Sequence[int] = (), interval: float = 2.0, cooldown: float = 30.0,
                  stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_cycle: Callable[[CycleResult], None] | None = None) -> None:
+                 on_cycle: Callable[[CycleResult], None] | None = None,
+                 confirm: ConfirmPolicy | None = None) -> None:
         if not interval > 0:
             raise SlurmFTError(f"watch interval must be > 0, not {interval}")
         self.client = client
@@ -59,6 +61,7 @@ class Watcher:
         self.clock = clock
         self.on_cycle = on_cycle
         self._quiet_until: dict[int, float] = {}
+        self.tracker = FailureTracker(confirm)
         self._requeued: dict[int, float] = {}   # job -> until when to keep it moving
         self.nudge_for = 120.0
 
@@ -100,19 +103,30 @@ class Watcher:
         health: dict[str, ProbeResult] = {}
         if names:
             t0 = self.clock()
-            health = dict(self.prober.probe(names))
+            health = self._probe_confirmed(names)
             res.probe_s = self.clock() - t0
+        policy = self.tracker.policy
         for job in jobs:
-            failed = [n for n in job.nodes if n in health and health[n].health.is_failed]
+            failed = self.tracker.confirmed(job.nodes)
             if not failed:
                 continue
             res.failed[job.job_id] = failed
+            if too_many_failed(job.nodes, failed, policy.max_failed_fraction):
+                msg = (f"{len(failed)} of {len(job.nodes)} nodes look failed at once "
+                       f"({', '.join(f'{n}: {health[n].reason}' for n in failed)}); more likely "
+                       "the prober's side (network, load) than the nodes: not rescheduling. "
+                       "Check with `slurmft probe`; raise --max-failed-fraction to override")
+                res.errors[job.job_id] = msg
+                self._quiet_until[job.job_id] = self.clock() + self.cooldown
+                log.error("watch: job %s: %s", job.job_id, msg, extra={"job": str(job.job_id)})
+                continue
             log.warning("watch: job %s: failed node(s) %s: %s", job.job_id, ",".join(failed),
                         "; ".join(health[n].reason for n in failed),
                         extra={"job": str(job.job_id)})
             try:
                 report = self.rescheduler.reschedule(job.job_id, health=health)
                 res.reports.append(report)
+                self.tracker.forget(failed)
                 if report.decision.changes_anything and report.state_after != "RUNNING":
                     self._requeued[job.job_id] = self.clock() + self.nudge_for
             except SlurmFTError as exc:
@@ -121,6 +135,22 @@ class Watcher:
                 log.error("watch: job %s not rescheduled: %s (next try in %gs)", job.job_id,
                           exc, self.cooldown, extra={"job": str(job.job_id)})
         return res
+
+    def _probe_confirmed(self, names: Sequence[str]) -> dict[str, ProbeResult]:
+        """Probe ``names``; re-probe suspects at once until each is confirmed or cleared
+        (a dead host costs ``confirm`` probe timeouts, not ``confirm`` intervals)."""
+        health = dict(self.prober.probe(names))
+        self.tracker.observe(health)
+        for _ in range(self.tracker.policy.confirm - 1):
+            suspects = [n for n in self.tracker.suspects() if n in health]
+            if not suspects or self.stop.is_set():
+                break
+            log.info("watch: re-probing suspect(s) %s: %s", ",".join(suspects),
+                     "; ".join(health[n].reason for n in suspects))
+            again = dict(self.prober.probe(suspects))
+            self.tracker.observe(again)
+            health.update(again)
+        return health
 
     def run(self, *, once: bool = False, max_cycles: int | None = None) -> int:
         """Loop until stopped; returns the number of cycles run."""

@@ -37,6 +37,9 @@ class JobInfo:
     submit_time: int | None = None
     start_time: int | None = None
     batch_host: str = ""
+    tasks: int = 0                 # NumTasks
+    tasks_per_node: int = 0        # --ntasks-per-node; 0: not set
+    cpus_per_task: int = 1
 
     @property
     def is_running(self) -> bool:
@@ -83,5 +86,6 @@ class SlurmClient(Protocol):
     def requeue_hold(self, job_id: int) -> None: ...
     def update_job(self, job_id: int, *, exclude: Sequence[str] | None = None,
                    num_nodes: tuple[int, int] | None = None,
+                   num_tasks: int | None = None, num_cpus: int | None = None,
                    start_now: bool = False, comment: str | None = None) -> None: ...
     def submit(self, script: str, args: Sequence[str] = ()) -> int: ...

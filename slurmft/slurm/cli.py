@@ -110,12 +110,18 @@ def build_node_update_argv(nodes: Sequence[str] | str, state: str, reason: str |
 
 
 def build_update_job_argv(job_id: int, *, exclude: Sequence[str] | None = None,
-                          num_nodes: tuple[int, int] | None = None, start_now: bool = False,
+                          num_nodes: tuple[int, int] | None = None,
+                          num_tasks: int | None = None, num_cpus: int | None = None,
+                          start_now: bool = False,
                           comment: str | None = None, bin_dir: str = "") -> list[str]:
-    """``scontrol update JobId=J [ExcNodeList=..] [NumNodes=min-max] [StartTime=now]``.
+    """``scontrol update JobId=J [ExcNodeList=..] [NumNodes=min-max] [NumTasks=n] [NumCPUs=c]
+    [StartTime=now]``.
 
     Never ``MinNodes=``: Slurm 22.05 rejects it for jobs and drops the whole request.
-    ``exclude=[]`` clears the exclusion list; ``None`` leaves it alone.
+    ``exclude=[]`` clears the exclusion list; ``None`` leaves it alone. A job submitted with
+    ``--ntasks-per-node`` keeps its task and CPU counts when only NumNodes shrinks, and stays
+    PENDING (BadConstraints): shrink NumTasks and NumCPUs in the same request (checked on
+    22.05: NumNodes+NumTasks alone is not enough).
     """
     argv = [_bin("scontrol", bin_dir), "update", f"JobId={check_job_id(job_id)}"]
     if exclude is not None:
@@ -126,6 +132,11 @@ def build_update_job_argv(job_id: int, *, exclude: Sequence[str] | None = None,
         if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 1 or hi < lo:
             raise UsageError(f"invalid node count {num_nodes!r}: need 1 <= min <= max")
         argv.append(f"NumNodes={lo}-{hi}")
+    for field, value in (("NumTasks", num_tasks), ("NumCPUs", num_cpus)):
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"invalid {field} {value!r}: need a whole number >= 1")
+            argv.append(f"{field}={value}")
     if start_now:
         argv.append("StartTime=now")
     if comment is not None:
@@ -306,6 +317,9 @@ def job_from_json(doc: Mapping[str, Any]) -> JobInfo:
             submit_time=num(doc.get("submit_time")),
             start_time=num(doc.get("start_time")),
             batch_host=str(_first(doc, "batch_host", default="")),
+            tasks=num(_first(doc, "tasks", "num_tasks")) or 0,
+            tasks_per_node=num(doc.get("tasks_per_node")) or 0,
+            cpus_per_task=num(doc.get("cpus_per_task")) or 1,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise SlurmParseError(f"cannot read a job record from squeue --json: {exc!r}") from None
@@ -430,6 +444,10 @@ def job_from_key_values(kv: Mapping[str, str]) -> JobInfo:
         submit_time=_time(kv.get("SubmitTime")),
         start_time=_time(kv.get("StartTime")),
         batch_host=kv.get("BatchHost", "") if kv.get("BatchHost") != "(null)" else "",
+        tasks=num(kv.get("NumTasks")) or 0,
+        # NtasksPerN:B:S:C=1:0:*:* -> 1 (0 when --ntasks-per-node was not given)
+        tasks_per_node=num(kv.get("NtasksPerN:B:S:C", "0").split(":", 1)[0]) or 0,
+        cpus_per_task=num(kv.get("CPUs/Task")) or 1,
     )
 
 

@@ -110,10 +110,12 @@ class CommandSlurmClient:
         self._run(scli.build_cancel_argv(job_id, self.bin_dir))
 
     def update_job(self, job_id: int, *, exclude: Sequence[str] | None = None,
-                   num_nodes: tuple[int, int] | None = None, start_now: bool = False,
+                   num_nodes: tuple[int, int] | None = None, num_tasks: int | None = None,
+                   num_cpus: int | None = None, start_now: bool = False,
                    comment: str | None = None) -> None:
         """One ``scontrol update JobId=..`` request (most fields need a PENDING job)."""
         self._run(scli.build_update_job_argv(job_id, exclude=exclude, num_nodes=num_nodes,
+                                             num_tasks=num_tasks, num_cpus=num_cpus,
                                              start_now=start_now, comment=comment,
                                              bin_dir=self.bin_dir))
 

@@ -275,6 +275,10 @@ class FakeSlurm:
                 else:
                     changes["node_count"] = int(lo)
                     changes["max_nodes"] = int(hi or 0)
+            elif k in ("numtasks", "numcpus"):
+                if state != "PENDING":
+                    return 1, "", "slurm_update error: Job is no longer pending execution\n"
+                changes["tasks" if k == "numtasks" else "cpus"] = int(val)
             elif k == "excnodelist":
                 if state != "PENDING":
                     return 1, "", "slurm_update error: Job is no longer pending execution\n"

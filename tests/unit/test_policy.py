@@ -173,3 +173,16 @@ def test_decision_serialises():
 
 def test_drain_reason_names_slurmft_and_the_job():
     assert drain_reason(7) == "slurmft: node, excluded from job 7"
+
+
+def test_shrink_keeps_tasks_per_node_jobs_schedulable():
+    """Seen on Slurm 22.05: a --ntasks-per-node job requeued with only NumNodes=3-3 stays
+    PENDING (BadConstraints) until NumTasks and NumCPUs shrink too."""
+    from slurmft.policy import shrink_params
+    from slurmft.slurm.api import JobInfo
+
+    plain = JobInfo(job_id=1, name="j", state="RUNNING", node_count=4)
+    assert shrink_params(plain, 3) == {"num_nodes": (3, 3)}
+    per_node = JobInfo(job_id=1, name="j", state="RUNNING", node_count=4, tasks=8,
+                       tasks_per_node=2, cpus_per_task=3)
+    assert shrink_params(per_node, 3) == {"num_nodes": (3, 3), "num_tasks": 6, "num_cpus": 18}

@@ -302,6 +302,8 @@ def test_start_now_is_reissued_when_slurm_applies_the_requeue_delay(fake, tmp_pa
 
     def sleep(s):
         clock.now += s
+        if fake.job(jid)["state_reason"] in ("JobHeldUser",):
+            return                             # the credential gap before release
         polls.append(fake.job(jid)["state_reason"])
         if len(polls) == 1:                    # Slurm applied the requeue delay after all
             fake.job(jid)["state_reason"] = "BeginTime"
@@ -324,7 +326,7 @@ def test_settle_sets_failed_nodes_down_for_a_completing_job(fake, tmp_path):
 
     def sleep(s):        # once node3 is DOWN, Slurm lets the job finish (FAILED, requeueable)
         clock.now += s
-        if fake.node("node3")["state"] == "down":
+        if fake.node("node3")["state"] == "down" and fake.job(jid)["job_state"] == "COMPLETING":
             fake.set_job_state(jid, "FAILED", "NonZeroExitCode")
 
     config = RescheduleConfig(state_dir=str(tmp_path / "s"))
@@ -336,3 +338,20 @@ def test_settle_sets_failed_nodes_down_for_a_completing_job(fake, tmp_path):
     assert writes[1] == ("requeuehold", str(jid))
     assert report.decision.outcome is Outcome.REQUEUE
     assert fake.job(jid)["excluded_nodes"] == "node3"
+
+
+def test_release_waits_until_the_requeue_second_is_over(fake, tmp_path):
+    """slurmd rejects a credential from the same second as the revocation: release later."""
+    jid = fake.add_job("RUNNING", NODES)
+    wall, slept = [1000.7], []
+
+    def sleep(s):
+        slept.append(s)
+        wall[0] += s
+
+    config = RescheduleConfig(state_dir=str(tmp_path / "s"))
+    r = Rescheduler(CommandSlurmClient(runner=fake), ScriptedProber({"node3": Health.UNREACHABLE}),
+                    StateStore(config.state_dir), config, uid=0, sleep=sleep,
+                    wall=lambda: wall[0])
+    r.reschedule(jid)
+    assert slept == [pytest.approx(0.35)]       # 1000.7 -> 1001.05

@@ -77,9 +77,46 @@ def test_watch_reschedules_only_failed_jobs(tmp_path):
     assert sorted(res.jobs) == [a, b]
     assert res.failed == {b: ["node4"]}
     assert [rep.decision.outcome for rep in res.reports] == [Outcome.REQUEUE]
-    assert prober.calls == [["node1", "node2", "node3", "node4"]]   # one fan-out, no re-probe
+    # One fan-out, then an immediate re-probe of the suspect alone confirms it.
+    assert prober.calls == [["node1", "node2", "node3", "node4"], ["node4"]]
     assert fake.job(b)["excluded_nodes"] == "node4"
     assert fake.job(a)["job_state"] == "RUNNING"
+
+
+class FlakyProber(ScriptedProber):
+    """Fails the scripted hosts only on the first call (a probe that timed out under load)."""
+
+    def probe(self, hosts):
+        res = super().probe(hosts)
+        self.failed = {}
+        return res
+
+
+def test_watch_ignores_a_failure_that_clears_on_the_re_probe(tmp_path):
+    fake = FakeSlurm()
+    fake.jobs.clear()
+    job = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"])
+    prober = FlakyProber({"node4": Health.UNRESPONSIVE})
+    client = CommandSlurmClient(runner=fake)
+    r = Rescheduler(client, prober, StateStore(tmp_path), RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    res = Watcher(client, prober, r, interval=0.01).cycle()
+    assert res.jobs == [job] and res.failed == {} and res.reports == []
+    assert prober.calls[-1] == ["node4"]
+    assert not any(c[1:2] == ["requeuehold"] for c in fake.calls)
+
+
+def test_watch_refuses_when_most_of_a_job_fails_at_once(tmp_path):
+    """3 of 4 nodes 'failed' together: the prober's side is the likelier culprit."""
+    fake = FakeSlurm()
+    fake.jobs.clear()
+    job = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"])
+    prober = ScriptedProber({n: Health.UNRESPONSIVE for n in ("node2", "node3", "node4")})
+    client = CommandSlurmClient(runner=fake)
+    r = Rescheduler(client, prober, StateStore(tmp_path), RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    res = Watcher(client, prober, r, interval=0.01).cycle()
+    assert res.failed == {job: ["node2", "node3", "node4"]} and res.reports == []
+    assert "not rescheduling" in res.errors[job]
+    assert fake.job(job)["job_state"] == "RUNNING"
 
 
 def test_watch_cools_down_after_refusal_and_stops(tmp_path):

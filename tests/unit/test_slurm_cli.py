@@ -249,3 +249,28 @@ def test_parse_sbatch():
     assert scli.parse_sbatch_parsable("42;cluster\n") == 42
     with pytest.raises(SlurmParseError):
         scli.parse_sbatch_parsable("Submitted batch job 42")
+
+
+def test_update_job_argv_with_task_and_cpu_counts():
+    from slurmft.slurm.cli import build_update_job_argv
+    argv = build_update_job_argv(7, exclude=["node4"], num_nodes=(3, 3), num_tasks=3, num_cpus=3)
+    assert argv[1:] == ["update", "JobId=7", "ExcNodeList=node4", "NumNodes=3-3",
+                        "NumTasks=3", "NumCPUs=3"]
+    assert not any(a.startswith("MinNodes") for a in argv)
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5])
+def test_update_job_rejects_bad_task_counts(bad):
+    from slurmft.errors import UsageError
+    from slurmft.slurm.cli import build_update_job_argv
+    with pytest.raises(UsageError):
+        build_update_job_argv(7, num_tasks=bad)
+
+
+def test_show_job_line_gives_tasks_per_node():
+    from slurmft.slurm.cli import parse_show_job
+    line = ("JobId=5 JobName=t UserId=root(0) JobState=RUNNING Reason=None Requeue=1 Restarts=0 "
+            "NodeList=node[1-4] NumNodes=4 NumCPUs=4 NumTasks=4 CPUs/Task=1 "
+            "NtasksPerN:B:S:C=1:0:*:* ExcNodeList=(null)")
+    job = parse_show_job(line)[0]
+    assert (job.tasks, job.tasks_per_node, job.cpus_per_task) == (4, 1, 1)
