@@ -146,7 +146,7 @@ class Demo:
                 raise SlurmFTError(f"the job did not recover within {o.timeout:g} s; see {work}")
             now = time.time()
             if "detected" not in events:
-                t = _first_decision_time(state_dir / "audit.jsonl", job_id, events["fault"])
+                t = _detection_time(state_dir / "audit.jsonl", job_id, events["fault"])
                 if t is not None:
                     events["detected"] = t
                     self.say(f"  +{t - events['fault']:.2f} s  slurmft detected the failure")
@@ -300,7 +300,7 @@ def _verified_at_least(store: Store, step: int) -> bool:
     return info.step >= step
 
 
-def _first_decision_time(audit_path: Path, job_id: int, after: float) -> float | None:
+def _detection_time(audit_path: Path, job_id: int, after: float) -> float | None:
     try:
         lines = audit_path.read_text().splitlines()
     except FileNotFoundError:
@@ -310,8 +310,8 @@ def _first_decision_time(audit_path: Path, job_id: int, after: float) -> float |
             rec = json.loads(line)
         except ValueError:
             continue
-        if (rec.get("event") == "decision" and int(rec.get("job_id", -1)) == job_id
-                and rec.get("time", 0) >= after and rec.get("outcome") not in ("nothing_failed", "noop")):
+        if (rec.get("event") == "detected" and int(rec.get("job_id", -1)) == job_id
+                and rec.get("time", 0) >= after):
             return float(rec["time"])
     return None
 

@@ -113,8 +113,8 @@ class Decision:
 
 def drain_reason(job_id: int, health: Health | None = None) -> str:
     """The node reason slurmft writes: names slurmft and the job."""
-    what = f" {health.value.lower()}" if health is not None else ""
-    return f"slurmft: node{what}, excluded from job {job_id}"
+    what = health.value.lower() if health is not None else "failed health probe"
+    return f"slurmft: {what}, excluded from job {job_id}"
 
 
 def shrink_params(job: JobInfo, k: int) -> dict:
@@ -246,7 +246,8 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
 def _node_actions(jid: int, failed: tuple[str, ...], status: Mapping[str, Health],
                   config: PolicyConfig, *, down: bool) -> list[Action]:
     """DOWN (releases a running job at once) then DRAIN (keeps the node out afterwards)."""
-    reason = drain_reason(jid)
+    states = {status[n] for n in failed if n in status}
+    reason = drain_reason(jid, states.pop() if len(states) == 1 else None)
     actions = []
     if down:
         actions.append(Action("down", nodes=failed, params={"reason": reason}))

@@ -123,6 +123,7 @@ class Watcher:
             log.warning("watch: job %s: failed node(s) %s: %s", job.job_id, ",".join(failed),
                         "; ".join(health[n].reason for n in failed),
                         extra={"job": str(job.job_id)})
+            self._audit_detection(job, failed, health)
             try:
                 report = self.rescheduler.reschedule(job.job_id, health=health)
                 res.reports.append(report)
@@ -135,6 +136,16 @@ class Watcher:
                 log.error("watch: job %s not rescheduled: %s (next try in %gs)", job.job_id,
                           exc, self.cooldown, extra={"job": str(job.job_id)})
         return res
+
+    def _audit_detection(self, job: JobInfo, failed: Sequence[str],
+                         health: dict[str, ProbeResult]) -> None:
+        """The moment a failure is confirmed, before any action (timelines start here)."""
+        try:
+            self.rescheduler.store.audit({
+                "event": "detected", "job_id": job.job_id, "nodes": list(failed),
+                "health": {n: health[n].to_dict() for n in failed}})
+        except SlurmFTError as exc:   # the audit must never stop the recovery
+            log.warning("watch: cannot write the audit record: %s", exc)
 
     def _probe_confirmed(self, names: Sequence[str]) -> dict[str, ProbeResult]:
         """Probe ``names``; re-probe suspects at once until each is confirmed or cleared

@@ -11,6 +11,7 @@ import json
 import os
 import pwd
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,18 +266,18 @@ def test_other_users_job_is_refused(cluster, cluster_run, loop_job, test_user):
 def test_owner_may_reschedule_own_job(cluster, cluster_run, loop_job, test_user):
     jid = loop_job(4, user=test_user)
     loop_job.fault("node3")
+    # job ids restart at 1 with every new cluster: a fresh state dir, so no old record applies
+    state_dir = f"/tmp/slurmft-user-{os.getpid()}-{jid}"
     res = cluster_run(["setpriv", f"--reuid={test_user}", f"--regid={test_user}",
                        "--clear-groups", *slurmft("reschedule", str(jid), "--wait", "0")],
                       timeout=90, env={**PROBE_ENV,
-                                       # job ids restart at 1 with every new cluster: a fresh
-                                       # state dir, so no old retry record applies
-                                       "SLURMFT_RESCHEDULE_STATE_DIR":
-                                           f"/tmp/slurmft-user-{os.getpid()}-{jid}",
+                                       "SLURMFT_RESCHEDULE_STATE_DIR": state_dir,
                                        # the cluster's SSH key is root's: probe by ping only
                                        "SLURMFT_PROBE_SSH": "false"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert "cannot down node3" in res.stderr        # node states need root: the job waits
     # for Slurm to declare node3 down, then runs on the other 3
+    shutil.rmtree(state_dir, ignore_errors=True)
     j = show_job(cluster_run, jid)
     assert j["Restarts"] == "1" and j["ExcNodeList"] == "node3"
 

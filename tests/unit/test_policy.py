@@ -172,7 +172,8 @@ def test_decision_serialises():
 
 
 def test_drain_reason_names_slurmft_and_the_job():
-    assert drain_reason(7) == "slurmft: node, excluded from job 7"
+    assert drain_reason(7) == "slurmft: failed health probe, excluded from job 7"
+    assert drain_reason(7, Health.UNREACHABLE) == "slurmft: unreachable, excluded from job 7"
 
 
 def test_shrink_keeps_tasks_per_node_jobs_schedulable():

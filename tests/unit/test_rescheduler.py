@@ -63,8 +63,8 @@ def test_running_job_with_a_dead_node_is_requeued_on_the_healthy_nodes(fake, tmp
     assert prober.calls == [NODES]
     assert [c[1:] for c in scontrol_writes(fake)] == [
         ("requeuehold", str(jid)),
-        ("update", "NodeName=node3", "State=DOWN", f"Reason=slurmft: node, excluded from job {jid}"),
-        ("update", "NodeName=node3", "State=DRAIN", f"Reason=slurmft: node, excluded from job {jid}"),
+        ("update", "NodeName=node3", "State=DOWN", f"Reason=slurmft: unreachable, excluded from job {jid}"),
+        ("update", "NodeName=node3", "State=DRAIN", f"Reason=slurmft: unreachable, excluded from job {jid}"),
         ("update", f"JobId={jid}", "ExcNodeList=node3", "NumNodes=3-3"),
         ("release", str(jid)),
         ("update", f"JobId={jid}", "StartTime=now"),

@@ -170,3 +170,19 @@ def test_watch_keeps_nudging_a_requeued_job_held_back_for_begin_time(tmp_path):
     fake.job(jid).update(job_state="PENDING", state_reason="BeginTime")
     w.cycle()
     assert sum(1 for c in fake.calls if c[-1] == "StartTime=now") == before + 1
+
+
+def test_watch_audits_the_confirmed_detection_before_acting(tmp_path):
+    fake = FakeSlurm()
+    fake.jobs.clear()
+    job = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"])
+    prober = ScriptedProber({"node3": Health.UNREACHABLE})
+    client = CommandSlurmClient(runner=fake)
+    store = StateStore(tmp_path)
+    r = Rescheduler(client, prober, store, RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    Watcher(client, prober, r, interval=0.01).cycle()
+    events = [rec["event"] for rec in store.audit_lines() if rec.get("job_id") == job]
+    assert events.index("detected") < events.index("decision")
+    detected = next(rec for rec in store.audit_lines() if rec["event"] == "detected")
+    assert detected["nodes"] == ["node3"]
+    assert detected["health"]["node3"]["state"] == "UNREACHABLE"
