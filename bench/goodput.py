@@ -15,6 +15,8 @@ Three variants, each on its own fresh cluster, measured in the same run:
             ``scontrol update jobid=.. MinNodes=N-1 ExcNodeList=FAILED`` (rejected by Slurm 22.05:
             recorded), ``mpirun -np N-1`` on a hostfile without the failed node, ``--resume``;
             MAX_RETRY=3
+  nofault   (optional, ``--variants ...,nofault``) the wrapper with no fault: the ceiling (the
+            checkpoint saves and the per-step logging are not useful time)
 
 Reported per variant: wall time, goodput (useful step time / wall, as slurmft.recovery_report
 defines it), recoveries and their times (fault -> first step after the resume), steps lost,
@@ -44,13 +46,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slurmft.checkpoint.store import Store  # noqa: E402
-from slurmft.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args  # noqa: E402
-from slurmft.errors import SlurmFTError  # noqa: E402
-from slurmft.hosts import validate_hostname  # noqa: E402
-from slurmft.recovery_report import read_progress, summarize  # noqa: E402
+from slurmft.checkpoint.store import Store
+from slurmft.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args
+from slurmft.errors import SlurmFTError
+from slurmft.hosts import validate_hostname
+from slurmft.recovery_report import read_progress, summarize
 
 VARIANTS = ("slurmft", "slurm", "classic")
+OPTIONAL = ("nofault",)      # the same wrapper, no fault: the goodput ceiling of this machine
 FAULT_KINDS = ("link-down", "kill-slurmd", "kill-job-procs")
 REPAIR = {"link-down": "link-up", "kill-slurmd": "restart-slurmd"}
 MAX_RETRY = 3
@@ -67,6 +70,7 @@ class Fault:
     repaired_at: float | None = None
     resumed_at: float | None = None
     recovery_s: float | None = None      # fault -> first step after the resume that followed it
+    downtime_s: float | None = None      # last step before that resume -> first step after it
     resumed_from: int | None = None
     steps_lost: int | None = None
     stale_resume: bool = False           # resumed from older than ``latest_step``
@@ -183,10 +187,12 @@ def analyse(records: list[dict], faults: list[Fault], steps: int, end_t: float) 
         i, r = match
         f.resumed_at = r["t"]
         f.resumed_from = int(r["from_step"])
-        before = [int(x["step"]) for x in records[:i] if x["event"] == "step"]
-        f.steps_lost = max(0, before[-1] - f.resumed_from) if before else 0
+        before = [x for x in records[:i] if x["event"] == "step"]
+        f.steps_lost = max(0, int(before[-1]["step"]) - f.resumed_from) if before else 0
         first = next((x["t"] for x in records[i:] if x["event"] == "step"), None)
         f.recovery_s = None if first is None else round(first - f.t, 2)
+        if first is not None and before:
+            f.downtime_s = round(first - before[-1]["t"], 2)
         f.stale_resume = f.latest_step is not None and f.resumed_from < f.latest_step
     out["stale_resumes"] = sum(f.stale_resume for f in faults)
     return out
@@ -230,7 +236,7 @@ class Run:
     def _script(self, work: Path, ckpt: Path, progress: Path) -> str:
         if self.v == "slurmft":
             return self.demo._job_script(work, ckpt, progress)
-        if self.v == "slurm":                       # the same wrapper; reschedule hand-off off
+        if self.v in ("slurm", "nofault"):          # the same wrapper; reschedule hand-off off
             return self.demo._job_script(work, ckpt, progress, slurmft_cmd=["true"])
         a = self.a
         train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(a.steps),
@@ -315,7 +321,8 @@ class Run:
             if next_fault is None and first is not None:
                 next_fault = first + a.fault_every
             last_fault = last_fault_t = res.faults[-1].t if res.faults else 0.0
-            if (next_fault is not None and now >= next_fault and job.state == "RUNNING"
+            if (next_fault is not None and now >= next_fault and self.v != "nofault"
+                    and job.state == "RUNNING"
                     and job.nodes and _training_live(recs, job.restart_count, last_fault, now)):
                 f = self._inject(job, store)
                 if f is not None:
@@ -463,7 +470,8 @@ def fault_lines(r: VariantResult) -> list[str]:
     for f in r.faults:
         out.append(f"  {r.variant:<8} {f.kind:<15} {f.node:<6} latest ckpt step "
                    f"{_f(f.latest_step, '{}'):>5} -> resumed from {_f(f.resumed_from, '{}'):>5}, "
-                   f"recovery {_f(f.recovery_s, '{:.1f}'):>6} s, lost {_f(f.steps_lost, '{}'):>3}"
+                   f"recovery {_f(f.recovery_s, '{:.1f}'):>6} s (no step for "
+                   f"{_f(f.downtime_s, '{:.1f}'):>5} s), lost {_f(f.steps_lost, '{}'):>3}"
                    f"{'  STALE' if f.stale_resume else ''}")
     return out
 
@@ -471,7 +479,7 @@ def fault_lines(r: VariantResult) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help=f"comma-separated subset of {','.join(VARIANTS)}")
+                    help=f"comma-separated subset of {','.join(VARIANTS + OPTIONAL)}")
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--step-time", type=float, default=0.1)
@@ -494,12 +502,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 300 steps, a fault every 25 s, repair after 20 s")
     ap.add_argument("--out", default="goodput.json", help="JSON result file ('' for none)")
+    ap.add_argument("--report", metavar="JSON", default="",
+                    help="no run: re-analyse an earlier --out file (and the per-variant progress "
+                         "files saved next to it) and print its table")
     a = ap.parse_args(argv)
     if a.quick:
         a.steps, a.fault_every, a.repair_after = 300, 25.0, 20.0
     a.variants = [v for v in a.variants.split(",") if v]
     a.faults = [k for k in a.faults.split(",") if k]
-    bad = [v for v in a.variants if v not in VARIANTS] + [k for k in a.faults if k not in FAULT_KINDS]
+    bad = [v for v in a.variants if v not in VARIANTS + OPTIONAL] + [k for k in a.faults if k not in FAULT_KINDS]
     if bad or not a.variants or not a.faults:
         ap.error(f"unknown or missing variant/fault: {', '.join(bad) or '(none given)'}")
     if not a.variant_timeout:
@@ -507,8 +518,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def print_report(results: list[VariantResult], fault_every: float) -> None:
+    print(table(results))
+    print()
+    for r in results:
+        for line in fault_lines(r):
+            print(line)
+        for n in r.notes:
+            print(f"  {r.variant:<8} note: {n}")
+    s = next((r for r in results if r.variant == "slurmft"), None)
+    if s is not None and s.goodput is not None:
+        ok = s.completed and s.goodput >= 0.9 and s.stale_resumes == 0
+        print(f"\ntarget for slurmft (goodput >= 90 %, completed, no stale resume): "
+              f"{'met' if ok else 'MISSED'} ({s.goodput:.1%}, a fault every {fault_every:g} s)")
+
+
+def reanalyse(path: str) -> int:
+    """Rebuild the results of an earlier run from its JSON and saved progress files."""
+    doc = json.loads(Path(path).read_text())
+    results = []
+    for d in doc["results"]:
+        d.pop("recoveries", None)
+        faults = [Fault(**{k: v for k, v in f.items() if k in Fault.__dataclass_fields__})
+                  for f in d.pop("faults")]
+        r = VariantResult(**{k: v for k, v in d.items() if k in VariantResult.__dataclass_fields__},
+                          faults=faults)
+        prog = Path(f"{Path(path).with_suffix('')}-{r.variant}") / "progress.jsonl"
+        recs = _records(prog)
+        if recs:
+            end_t = recs[0]["t"] + (r.wall_s or 0)
+            info = analyse(recs, r.faults, doc["args"]["steps"], end_t)
+            for k, v in info.items():
+                if k != "error":
+                    setattr(r, k, v)
+        results.append(r)
+    print_report(results, doc["args"]["fault_every"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.report:
+        return reanalyse(a.report)
     if os.geteuid() != 0:
         print("bench/goodput.py needs root (it builds clusters in network namespaces)",
               file=sys.stderr)
@@ -531,18 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, old_term)
     print()
-    print(table(results))
-    print()
-    for r in results:
-        for line in fault_lines(r):
-            print(line)
-        for n in r.notes:
-            print(f"  {r.variant:<8} note: {n}")
-    s = next((r for r in results if r.variant == "slurmft"), None)
-    if s is not None and s.goodput is not None:
-        ok = s.completed and s.goodput >= 0.9 and s.stale_resumes == 0
-        print(f"\ntarget for slurmft (goodput >= 90 %, completed, no stale resume): "
-              f"{'met' if ok else 'MISSED'} ({s.goodput:.1%}, a fault every {a.fault_every:g} s)")
+    print_report(results, a.fault_every)
     if a.out:
         doc = {"args": {k: v for k, v in vars(a).items()}, "total_s": round(time.time() - t0, 1),
                "results": [{**asdict(r), "recoveries": r.recoveries} for r in results]}
@@ -551,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _interrupt(signum, frame):  # noqa: ARG001
+def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 

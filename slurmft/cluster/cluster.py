@@ -665,15 +665,7 @@ class Cluster:
         return sorted(p for p in out if procs.comm(p) != "slurmstepd")
 
     def _fault_kill_job_procs(self, lay: Layout, node: str) -> str:
-        pids = self.job_pids(node)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not pids:
-            return f"no job processes on {node}"
-        return f"killed {len(pids)} job process(es) on {node}: {' '.join(map(str, pids))}"
+        return procs.kill_job_procs(node, self.job_pids(node))
 
     # --- down ----------------------------------------------------------------------------------
     def down(self) -> list[str]:

@@ -990,15 +990,7 @@ class DockerCluster:
             in_node("pkill", "-CONT", "-F", sshd_pid)
             return f"thawed sshd on {node} (SIGCONT)"
         # kill-job-procs
-        pids = self.job_pids(node)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if not pids:
-            return f"no job processes on {node}"
-        return f"killed {len(pids)} job process(es) on {node}: {' '.join(map(str, pids))}"
+        return procs.kill_job_procs(node, self.job_pids(node))
 
     def job_pids(self, node: str) -> list[int]:
         """Host pids of job processes in ``node``'s container: what runs under its slurmstepd

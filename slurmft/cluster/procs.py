@@ -7,6 +7,7 @@ still match, so a recycled pid never gets a signal meant for one of the cluster'
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -246,3 +247,15 @@ def wait_for_state(proc: Proc, want: str, timeout: float) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def kill_job_procs(node: str, pids: list[int]) -> str:
+    """SIGKILL ``pids`` (a node's job processes, found by the backend); say what was done."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if not pids:
+        return f"no job processes on {node}"
+    return f"killed {len(pids)} job process(es) on {node}: {' '.join(map(str, pids))}"

@@ -140,7 +140,7 @@ def test_reschedule_running_job_after_link_down(cluster, cluster_run, loop_job):
     j = show_job(cluster_run, jid)
     assert j["Restarts"] == "1" and j["ExcNodeList"] == "node3"
     state, reason = node_line(cluster_run, "node3").split("|", 1)
-    assert state.startswith("drain") and f"slurmft" in reason and str(jid) in reason
+    assert state.startswith("drain") and "slurmft" in reason and str(jid) in reason
     audit = Path(cluster.shared_dir, "slurmft", "audit.jsonl").read_text().splitlines()
     ops = [json.loads(a).get("op") for a in audit if json.loads(a).get("job_id") == jid]
     assert ops[-6:] == ["requeue_hold", "down", "drain", "update_job", "release", "update_job"]
