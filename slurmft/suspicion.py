@@ -41,13 +41,25 @@ class FailureTracker:
     def __init__(self, policy: ConfirmPolicy | None = None) -> None:
         self.policy = policy or ConfirmPolicy()
         self._streak: dict[str, int] = {}
+        self._last_healthy: dict[str, float] = {}
 
-    def observe(self, results: Mapping[str, ProbeResult]) -> None:
+    def observe(self, results: Mapping[str, ProbeResult], now: float | None = None) -> None:
+        """Count failures; ``now`` (wall clock) stamps hosts seen healthy."""
         for host, res in results.items():
             if res.health.is_failed:
                 self._streak[host] = self._streak.get(host, 0) + 1
             else:
                 self._streak.pop(host, None)
+                if now is not None:
+                    self._last_healthy[host] = now
+
+    def detection_bound(self, hosts: Iterable[str], now: float) -> float | None:
+        """Upper bound of failure -> detection: time since the hosts were last seen healthy
+        (None if one never was)."""
+        seen = [self._last_healthy.get(h) for h in hosts]
+        if not seen or any(t is None for t in seen):
+            return None
+        return round(now - min(seen), 3)
 
     def streak(self, host: str) -> int:
         return self._streak.get(host, 0)

@@ -63,11 +63,14 @@ class Watcher:
         self._quiet_until: dict[int, float] = {}
         self.tracker = FailureTracker(confirm)
         self._requeued: dict[int, float] = {}   # job -> until when to keep it moving
+        # job -> (wall time of detection, failed nodes): to record recovery_seconds
+        self._recovering: dict[int, tuple[float, frozenset[str]]] = {}
         self.nudge_for = 120.0
 
     def running_jobs(self) -> list[JobInfo]:
         all_jobs = self.client.jobs()
         self._nudge(all_jobs)
+        self._note_recoveries(all_jobs)
         jobs = [j for j in all_jobs if j.state == "RUNNING" and j.nodes]
         if self.job_ids:
             jobs = [j for j in jobs if j.job_id in self.job_ids]
@@ -86,6 +89,20 @@ class Watcher:
                 del self._requeued[jid]
             else:
                 self.rescheduler.nudge(job)
+
+    def _note_recoveries(self, jobs: Sequence[JobInfo]) -> None:
+        """Audit ``recovered`` (with recovery_seconds, detection -> running again without the
+        failed nodes) for jobs this watcher rescheduled."""
+        by_id = {j.job_id: j for j in jobs}
+        now = time.time()
+        for jid, (detected, failed) in list(self._recovering.items()):
+            job = by_id.get(jid)
+            if job is None or job.has_ended:
+                del self._recovering[jid]
+            elif job.state == "RUNNING" and not failed & set(job.nodes):
+                del self._recovering[jid]
+                self._audit({"event": "recovered", "job_id": jid, "nodes": list(job.nodes),
+                             "recovery_seconds": round(now - detected, 3)})
 
     def cycle(self) -> CycleResult:
         """One pass: list running jobs, probe all their nodes at once, reschedule failures."""
@@ -123,11 +140,13 @@ class Watcher:
             log.warning("watch: job %s: failed node(s) %s: %s", job.job_id, ",".join(failed),
                         "; ".join(health[n].reason for n in failed),
                         extra={"job": str(job.job_id)})
-            self._audit_detection(job, failed, health)
+            detected = self._audit_detection(job, failed, health)
             try:
                 report = self.rescheduler.reschedule(job.job_id, health=health)
                 res.reports.append(report)
                 self.tracker.forget(failed)
+                if report.decision.changes_anything:
+                    self._recovering[job.job_id] = (detected, frozenset(failed))
                 if report.decision.changes_anything and report.state_after != "RUNNING":
                     self._requeued[job.job_id] = self.clock() + self.nudge_for
             except SlurmFTError as exc:
@@ -138,12 +157,21 @@ class Watcher:
         return res
 
     def _audit_detection(self, job: JobInfo, failed: Sequence[str],
-                         health: dict[str, ProbeResult]) -> None:
-        """The moment a failure is confirmed, before any action (timelines start here)."""
+                         health: dict[str, ProbeResult]) -> float:
+        """The moment a failure is confirmed, before any action (timelines start here).
+        ``detection_seconds`` is an upper bound: time since the nodes last probed healthy."""
+        now = time.time()
+        record = {"event": "detected", "job_id": job.job_id, "nodes": list(failed),
+                  "health": {n: health[n].to_dict() for n in failed}}
+        bound = self.tracker.detection_bound(failed, now)
+        if bound is not None:
+            record["detection_seconds"] = bound
+        self._audit(record)
+        return now
+
+    def _audit(self, record: dict) -> None:
         try:
-            self.rescheduler.store.audit({
-                "event": "detected", "job_id": job.job_id, "nodes": list(failed),
-                "health": {n: health[n].to_dict() for n in failed}})
+            self.rescheduler.store.audit(record)
         except SlurmFTError as exc:   # the audit must never stop the recovery
             log.warning("watch: cannot write the audit record: %s", exc)
 
@@ -151,7 +179,7 @@ class Watcher:
         """Probe ``names``; re-probe suspects at once until each is confirmed or cleared
         (a dead host costs ``confirm`` probe timeouts, not ``confirm`` intervals)."""
         health = dict(self.prober.probe(names))
-        self.tracker.observe(health)
+        self.tracker.observe(health, now=time.time())
         for _ in range(self.tracker.policy.confirm - 1):
             suspects = [n for n in self.tracker.suspects() if n in health]
             if not suspects or self.stop.is_set():

@@ -186,3 +186,25 @@ def test_watch_audits_the_confirmed_detection_before_acting(tmp_path):
     detected = next(rec for rec in store.audit_lines() if rec["event"] == "detected")
     assert detected["nodes"] == ["node3"]
     assert detected["health"]["node3"]["state"] == "UNREACHABLE"
+
+
+def test_watch_records_detection_and_recovery_times_for_metrics(tmp_path):
+    """The exporter's detection/recovery histograms read these audit fields."""
+    fake = FakeSlurm()
+    fake.jobs.clear()
+    job = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"])
+    prober = ScriptedProber()
+    client = CommandSlurmClient(runner=fake)
+    store = StateStore(tmp_path)
+    r = Rescheduler(client, prober, store, RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    w = Watcher(client, prober, r, interval=0.01)
+    w.cycle()                                   # all healthy: stamps last-healthy times
+    prober.failed = {"node3": Health.UNREACHABLE}
+    w.cycle()                                   # detect, confirm, requeue
+    fake.start_pending(job)                     # Slurm starts it again on node[1,2,4]
+    prober.failed = {}
+    w.cycle()
+    recs = {rec["event"]: rec for rec in store.audit_lines() if rec.get("job_id") == job}
+    assert 0 <= recs["detected"]["detection_seconds"] < 60
+    assert "node3" not in recs["recovered"]["nodes"]
+    assert recs["recovered"]["recovery_seconds"] >= 0
