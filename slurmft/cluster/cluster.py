@@ -20,7 +20,7 @@ from slurmft.cluster.layout import (
     CTL_HOST, DEFAULT_NAME, DEFAULT_ROOT, Layout, check_subnet, parse_networks, parse_subnet,
     pick_subnet, validate_name, validate_nodes,
 )
-from slurmft.cluster.procs import NS_SETUP_SH, Proc
+from slurmft.cluster.procs import Proc
 from slurmft.errors import ClusterError, SlurmFTError, UsageError
 from slurmft.log import get_logger
 
@@ -31,6 +31,13 @@ FAULT_ACTIONS = ("kill-slurmd", "restart-slurmd", "link-down", "link-up", "stop-
 NEEDED = ("ip", "nsenter", "unshare", "mount", "hostname", "sleep", "ssh-keygen", "/usr/sbin/sshd")
 NEEDED_SLURM = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "sinfo")
 NETNS_DIR = Path("/run/netns")
+
+
+def _paths_jobs_need() -> list[str]:
+    """This checkout (examples/, templates/) and this Python's prefix (the venv): nodes must
+    see them at the same path even when they live under /tmp, which nodes privatise."""
+    import slurmft
+    return [str(Path(slurmft.__file__).resolve().parent.parent), sys.prefix]
 
 
 @dataclass
@@ -216,8 +223,8 @@ class Cluster:
             raise UsageError("no command given: slurmft cluster exec -- CMD ...")
         lay = self.layout
         return ["nsenter", f"--net={NETNS_DIR / lay.netns_ctl}", "unshare", "--uts", "--mount",
-                "--propagation", "private", "sh", "-c", NS_SETUP_SH, "sh", CTL_HOST,
-                str(lay.hosts_file), "ctl", *argv]
+                "--propagation", "private",
+                *procs.ns_setup_argv(CTL_HOST, str(lay.hosts_file), "ctl", argv)]
 
     def node_exec_argv(self, node: str, argv: Sequence[str]) -> list[str]:
         """argv that runs ``argv`` ON ``node`` (its netns, host name, /tmp), without SSH."""
@@ -367,8 +374,11 @@ class Cluster:
         for n in lay.node_names:
             self._set_proc(f"{n}:holder", procs.spawn(
                 ["nsenter", f"--net={NETNS_DIR / lay.netns(n)}", "unshare", "--uts", "--mount",
-                 "--propagation", "private", "sh", "-c", NS_SETUP_SH, "sh", n,
-                 str(lay.hosts_file), "node", "sleep", "infinity"], lay.log(f"holder-{n}")))
+                 "--propagation", "private",
+                 *procs.ns_setup_argv(n, str(lay.hosts_file), "node", ["sleep", "infinity"],
+                                      hosttmp=str(lay.state_dir / "hosttmp" / n),
+                                      keep=procs.paths_under_tmp(_paths_jobs_need()))],
+                lay.log(f"holder-{n}")))
         self._wait(lambda: all(procs.comm(self._proc(f"{n}:holder").pid) == "sleep"
                                or not procs.alive(self._proc(f"{n}:holder"))
                                for n in lay.node_names), 10, "node namespaces")
@@ -447,8 +457,9 @@ class Cluster:
     def _start_slurmctld(self, lay: Layout) -> None:
         self._set_proc("ctl:slurmctld", procs.spawn(
             ["nsenter", f"--net={NETNS_DIR / lay.netns_ctl}", "unshare", "--uts", "--mount",
-             "--propagation", "private", "sh", "-c", NS_SETUP_SH, "sh", CTL_HOST,
-             str(lay.hosts_file), "ctl", "/usr/sbin/slurmctld", "-D", "-f", str(lay.slurm_conf)],
+             "--propagation", "private",
+             *procs.ns_setup_argv(CTL_HOST, str(lay.hosts_file), "ctl",
+                                  ["/usr/sbin/slurmctld", "-D", "-f", str(lay.slurm_conf)])],
             lay.log("slurmctld-out"), env=self.env()))
 
     def _start_slurmd(self, lay: Layout, node: str) -> None:

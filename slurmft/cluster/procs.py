@@ -25,14 +25,41 @@ log = get_logger(__name__)
 # On nodes, root's ~/.bashrc is hidden (bind-mounted /dev/null, in the node's private mount
 # namespace only): bash sources it for every non-interactive SSH command (mpirun's orted, the
 # prober), and a host's interactive setup there (pyenv's rehash lock) stalled SSH for 60 s.
+#
+# A node's /tmp is private, but paths under the host's /tmp that jobs need (a checkout or venv
+# that lives there, e.g. a CI clone) are bound back: the host /tmp is first bound to a
+# directory outside /tmp ("hosttmp"), then each kept path from it onto the new /tmp.
+# Arguments: HOSTNAME HOSTS_FILE ROLE HOSTTMP N KEEP_1..KEEP_N CMD...
 NS_SETUP_SH = (
-    'set -e; hostname "$1"; mount --bind "$2" /etc/hosts; '
-    'if [ "$3" = node ]; then '
-    'mount -t tmpfs -o mode=1777 tmpfs /tmp; mount -t tmpfs -o mode=755 tmpfs /run; '
-    'mkdir -p /run/sshd; '
+    'set -e; hostname "$1"; mount --bind "$2" /etc/hosts; role=$3; hosttmp=$4; n=$5; shift 5; '
+    'if [ "$role" = node ]; then '
+    'if [ "$n" -gt 0 ]; then mkdir -p "$hosttmp"; mount --bind /tmp "$hosttmp"; fi; '
+    'mount -t tmpfs -o mode=1777 tmpfs /tmp; '
+    'i=0; while [ "$i" -lt "$n" ]; do p=$1; shift; i=$((i + 1)); '
+    'mkdir -p "$p"; mount --bind "$hosttmp${p#/tmp}" "$p"; done; '
+    'mount -t tmpfs -o mode=755 tmpfs /run; mkdir -p /run/sshd; '
     'if [ -f /root/.bashrc ]; then mount --bind /dev/null /root/.bashrc; fi; '
-    'fi; shift 3; exec "$@"'
+    'else shift "$n"; fi; '
+    'exec "$@"'
 )
+
+
+def ns_setup_argv(hostname: str, hosts_file: str, role: str, argv: Sequence[str],
+                  hosttmp: str = "", keep: Sequence[str] = ()) -> list[str]:
+    """``sh -c NS_SETUP_SH ...`` that prepares a namespace and then runs ``argv``."""
+    keep = [str(p) for p in keep]
+    for p in keep:
+        if not p.startswith("/tmp/"):
+            raise ValueError(f"only paths under /tmp can be kept visible, not {p!r}")
+    return ["sh", "-c", NS_SETUP_SH, "sh", hostname, str(hosts_file), role, str(hosttmp),
+            str(len(keep)), *keep, *argv]
+
+
+def paths_under_tmp(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """The outermost of ``paths`` that lie under /tmp (resolved), for ``ns_setup_argv``."""
+    found = sorted({os.path.realpath(p) for p in paths
+                    if os.path.realpath(p).startswith("/tmp/")})
+    return [p for p in found if not any(p != q and p.startswith(q + "/") for q in found)]
 
 
 @dataclass(frozen=True)

@@ -242,3 +242,23 @@ def test_status_of_recorded_but_dead_cluster(tmp_path):
     assert out["up"] is False      # its namespaces do not exist
     assert out["nodes"][0]["daemons"]["sshd"] == {"pid": 999999999, "state": "dead"}
     assert [n["address"] for n in out["nodes"]] == ["10.99.9.2", "10.99.9.3"]
+
+
+def test_paths_under_tmp_keeps_only_outermost_tmp_paths():
+    from slurmft.cluster.procs import paths_under_tmp
+    assert paths_under_tmp(["/tmp/ci/repo", "/tmp/ci/repo/.venv", "/usr", "/var/lib/x"]) == ["/tmp/ci/repo"]
+    assert paths_under_tmp(["/tmp/a", "/tmp/ab"]) == ["/tmp/a", "/tmp/ab"]
+    assert paths_under_tmp(["/opt/venv"]) == []
+
+
+def test_ns_setup_argv_passes_kept_paths_positionally():
+    import pytest
+
+    from slurmft.cluster.procs import NS_SETUP_SH, ns_setup_argv
+    argv = ns_setup_argv("node1", "/s/hosts", "node", ["sleep", "infinity"],
+                         hosttmp="/s/hosttmp/node1", keep=["/tmp/ci repo"])
+    assert argv[:3] == ["sh", "-c", NS_SETUP_SH]
+    assert argv[3:] == ["sh", "node1", "/s/hosts", "node", "/s/hosttmp/node1", "1",
+                        "/tmp/ci repo", "sleep", "infinity"]
+    with pytest.raises(ValueError):
+        ns_setup_argv("node1", "/s/hosts", "node", ["true"], keep=["/etc"])
