@@ -25,7 +25,7 @@ from pathlib import Path
 from slurmft.checkpoint.store import Store
 from slurmft.cluster import Cluster
 from slurmft.config import RescheduleConfig
-from slurmft.errors import ClusterError, SlurmFTError
+from slurmft.errors import ClusterError, SlurmCommandError, SlurmFTError, SlurmParseError
 from slurmft.log import get_logger
 from slurmft.recovery_report import RecoverySummary, read_progress, summarize, timeline
 from slurmft.render import render
@@ -130,7 +130,15 @@ class Demo:
         initial_nodes = list(job.nodes)
         fault_node = o.fault_node or next(n for n in reversed(initial_nodes) if n != job.batch_host)
         store = Store(ckpt_dir)
-        self._wait(lambda: _verified_at_least(store, o.fault_after_step), deadline,
+
+        def checkpointed() -> bool:
+            job = client.job(job_id)
+            if job.has_ended:
+                raise SlurmFTError(f"job {job_id} ended {job.state} before the fault: "
+                                   f"{_last_line(work / 'job.out')} (see {work}/job.out)")
+            return _verified_at_least(store, o.fault_after_step)
+
+        self._wait(checkpointed, deadline,
                    f"a verified checkpoint at step >= {o.fault_after_step}",
                    report=lambda: self._step_line(progress_path))
         self.say(f"latest verified checkpoint: {store.latest_name()}")
@@ -223,7 +231,7 @@ class Demo:
         while True:
             try:
                 value = cond()
-            except SlurmFTError as exc:     # a transient Slurm hiccup while it reconfigures
+            except (SlurmCommandError, SlurmParseError) as exc:  # a transient Slurm hiccup
                 log.debug("while waiting for %s: %s", what, exc)
                 value = None
             if value:
@@ -290,6 +298,14 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001
 
 def _running(job):
     return job if job.state == "RUNNING" and job.nodes else None
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except FileNotFoundError:
+        return "no output"
+    return lines[-1].strip() if lines else "no output"
 
 
 def _verified_at_least(store: Store, step: int) -> bool:

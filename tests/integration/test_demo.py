@@ -13,7 +13,7 @@ import pytest
 from slurmft.demo import Demo, DemoOptions
 from slurmft.recovery_report import read_progress
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 STEPS = 120
 
