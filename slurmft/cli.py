@@ -313,11 +313,14 @@ def _reschedule_parts(cfg: Config, *, dry_run: bool = False,
               help="After a requeue, wait up to this many seconds for the job to run again "
                    "(re-issuing StartTime=now if Slurm applied the requeue delay); 0: return "
                    "at once.")
+@click.option("--restart-failed", is_flag=True,
+              help="A requeueable job that ended FAILED on healthy nodes (a rank crashed) is "
+                   "requeued in place, within the retry budget. The job wrapper passes it.")
 @click.pass_context
 def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool,
                    max_retry: int | None, min_nodes: int | None, no_drain: bool, settle: float,
                    nodes_hint: str | None, train_cmd: str | None, checkpoint_dir: str | None,
-                   state_dir: str | None, wait: float) -> None:
+                   state_dir: str | None, wait: float, restart_failed: bool) -> None:
     """Recover JOB_ID from failed nodes: probe, decide, act, report.
 
     \b
@@ -325,6 +328,7 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
       ExcNodeList (merged) + NumNodes=k-k, release, StartTime=now.
     PENDING: update ExcNodeList/NumNodes, release, StartTime=now.
     Ended and not requeueable: submit a restart job that resumes from the checkpoint.
+    FAILED on healthy nodes, with --restart-failed: requeue in place.
     Nothing failed: change nothing (exit 0).
 
     \b
@@ -343,7 +347,8 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     _, _, resched = _reschedule_parts(cfg, dry_run=dry_run, start_wait=wait)
     try:
         report = resched.reschedule(jid, settle=settle, train_cmd=train_cmd,
-                                    checkpoint_dir=checkpoint_dir, nodes_hint=hint)
+                                    checkpoint_dir=checkpoint_dir, nodes_hint=hint,
+                                    restart_failed=restart_failed)
     except PolicyError as exc:
         report = getattr(exc, "report", None)
         if as_json:

@@ -77,6 +77,10 @@ class PolicyConfig:
     max_retry: int = 3
     min_nodes: int = 1
     drain: bool = True
+    # Restart a job that ended FAILED on healthy nodes (a rank crashed, no node to blame),
+    # in place and within the retry budget. The job wrapper asks for it; a plain
+    # `slurmft reschedule` does not, since a job can fail for reasons a restart won't fix.
+    restart_failed: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,17 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     if not needs_probe(job):
         return Decision(Outcome.NOTHING, message=f"job {jid} is {job.state}: nothing to do",
                         **base)
+    if not failed and config.restart_failed and job.state == "FAILED" and job.requeue:
+        base.update(exclude=_merge(job.excluded_nodes, history.excluded), num_nodes=len(healthy))
+        if used >= config.max_retry:
+            return Decision(Outcome.EXHAUSTED, message=f"job {jid} FAILED on healthy nodes; "
+                            f"retry budget spent ({used}/{config.max_retry}): not restarted",
+                            **base)
+        return Decision(Outcome.REQUEUE, actions=(Action("requeue", jid),
+                                                  Action("update_job", jid,
+                                                         params={"start_now": True})),
+                        message=f"job {jid} FAILED on healthy nodes: requeued in place to "
+                        "resume from its checkpoint", **base)
     if not failed:
         if job.is_pending and job.reason in HELD_REASONS and history.exhausted:
             return Decision(Outcome.NOTHING, message=f"job {jid} is held: retry budget "

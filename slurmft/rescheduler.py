@@ -45,6 +45,7 @@ from slurmft.policy import (
     decide,
     drain_reason,
     needs_probe,
+    shrink_params,
 )
 from slurmft.probe.api import Health, ProbeResult, Prober
 from slurmft.render import render as default_render
@@ -309,10 +310,12 @@ class Rescheduler:
                             exc.slurm_message or exc, extra={"job": str(job.job_id)})
         return self.wait_settled(job, settle)
 
-    def wait_settled(self, job: JobInfo, settle: float) -> JobInfo:
-        """Poll while the job is in a transient state (COMPLETING ...), at most ``settle`` s."""
+    def wait_settled(self, job: JobInfo, settle: float,
+                     states: frozenset[str] = TRANSIENT_STATES) -> JobInfo:
+        """Poll while the job is in one of ``states`` (default: transient ones such as
+        COMPLETING), at most ``settle`` s."""
         deadline = self.clock() + settle
-        while job.state in TRANSIENT_STATES and self.clock() < deadline:
+        while job.state in states and self.clock() < deadline:
             self.sleep(min(0.5, max(0.0, deadline - self.clock())))
             job = self.client.job(job.job_id)
         return job
@@ -322,7 +325,8 @@ class Rescheduler:
                    checkpoint_dir: str | None = None, min_nodes: int | None = None,
                    max_retry: int | None = None, drain: bool | None = None,
                    nodes_hint: Sequence[str] = (),
-                   health: Mapping[str, ProbeResult] | None = None) -> Report:
+                   health: Mapping[str, ProbeResult] | None = None,
+                   restart_failed: bool = False) -> Report:
         """Reschedule ``job_id`` if any of its nodes failed. Raises PolicyError (exit 3) when
         the budget is spent or too few nodes remain, after holding the job.
 
@@ -337,6 +341,7 @@ class Rescheduler:
             max_retry=self.config.max_retry if max_retry is None else max_retry,
             min_nodes=self.config.min_nodes if min_nodes is None else min_nodes,
             drain=self.config.drain if drain is None else drain,
+            restart_failed=restart_failed,
         )
         if self.dry_run:
             report = self._run_locked(job, pcfg, train_cmd, checkpoint_dir, nodes_hint,
@@ -348,7 +353,8 @@ class Rescheduler:
         # Outside the lock: a second caller need not wait for this job to start.
         if (not self.dry_run and self.start_wait > 0 and report.decision.outcome in
                 (Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.ALREADY_DONE)):
-            report.state_after, report.running_after_s = self._kick(job_id)
+            report.state_after, report.running_after_s = self._kick(
+                job_id, report.decision.num_nodes)
         report.elapsed_s = self.clock() - start
         if report.decision.outcome.is_error:
             err = PolicyError(report.decision.message)
@@ -375,6 +381,12 @@ class Rescheduler:
             else:
                 health = self._health(names)
         decision = decide(job, health, history, pcfg)
+        if (pcfg.restart_failed and not decision.failed and settle > 0
+                and job.state in TRANSIENT_STATES | {"RUNNING"}):
+            # Called by the job wrapper whose launcher just failed on healthy nodes: the
+            # wrapper exits right after, so wait for the job to end, then decide again.
+            job = self.wait_settled(job, settle, TRANSIENT_STATES | {"RUNNING"})
+            decision = decide(job, health, history, pcfg)
         for name in decision.failed:
             res = health.get(name)
             log.warning("job %s: node %s failed: %s", job.job_id, name,
@@ -456,10 +468,10 @@ class Rescheduler:
         else:
             raise ValueError(f"unknown action {action.op!r}")
 
-    def _kick(self, job_id: int) -> tuple[str, float | None]:
+    def _kick(self, job_id: int, target_nodes: int | None = None) -> tuple[str, float | None]:
         """Wait up to ``start_wait`` s for the job to run. Slurm may apply the requeue delay
         (BeginTime, cred_expire + 1 s) after our ``StartTime=now`` when the job was still
-        completing: say ``StartTime=now`` again whenever it is pending for BeginTime."""
+        completing, or undo the shrink (BadConstraints): ``nudge`` it whenever it is."""
         t0 = self.clock()
         state = ""
         while True:
@@ -473,25 +485,31 @@ class Rescheduler:
                 return state, self.clock() - t0
             if job.has_ended or self.clock() - t0 >= self.start_wait:
                 return state, None
-            if job.is_pending and job.reason == "BeginTime":
-                try:
-                    self.client.update_job(job_id, start_now=True)
-                    log.info("job %s: pending for BeginTime: StartTime=now again", job_id)
-                except SlurmFTError as exc:
-                    log.debug("job %s: StartTime=now refused: %s", job_id, exc)
+            self.nudge(job, target_nodes)
             self.sleep(0.2)
 
-    def nudge(self, job: JobInfo) -> bool:
-        """``StartTime=now`` for a job we requeued that Slurm holds back for BeginTime (the
-        requeue delay it applies once the job has finished COMPLETING). True if sent."""
-        if self.dry_run or not (job.is_pending and job.reason == "BeginTime"):
+    def nudge(self, job: JobInfo, target_nodes: int | None = None) -> bool:
+        """Keep a job we requeued moving. Pending for BeginTime (the requeue delay Slurm
+        applies once the job has finished COMPLETING): ``StartTime=now`` again. Pending for
+        BadConstraints with more nodes than ``target_nodes`` (a shrink sent while the job was
+        still COMPLETING can be undone by the requeue, seen on 22.05 when the batch host
+        died): send the shrink again, then ``StartTime=now``. True if anything was sent."""
+        if self.dry_run or not job.is_pending:
+            return False
+        reshrink = (job.reason == "BadConstraints" and target_nodes is not None
+                    and 0 < target_nodes < job.node_count)
+        if job.reason != "BeginTime" and not reshrink:
             return False
         try:
+            if reshrink:
+                self.client.update_job(job.job_id, exclude=list(job.excluded_nodes),
+                                       **shrink_params(job, target_nodes))
             self.client.update_job(job.job_id, start_now=True)
         except SlurmFTError as exc:
-            log.debug("job %s: StartTime=now refused: %s", job.job_id, exc)
+            log.debug("job %s: nudge refused: %s", job.job_id, exc)
             return False
-        log.info("job %s: pending for BeginTime: StartTime=now again", job.job_id,
+        log.info("job %s: pending for %s: %sStartTime=now again", job.job_id, job.reason,
+                 f"NumNodes={target_nodes} again, " if reshrink else "",
                  extra={"job": str(job.job_id)})
         return True
 

@@ -62,7 +62,7 @@ class Watcher:
         self.on_cycle = on_cycle
         self._quiet_until: dict[int, float] = {}
         self.tracker = FailureTracker(confirm)
-        self._requeued: dict[int, float] = {}   # job -> until when to keep it moving
+        self._requeued: dict[int, tuple[float, int | None]] = {}  # job -> (until, node count)
         # job -> (wall time of detection, failed nodes): to record recovery_seconds
         self._recovering: dict[int, tuple[float, frozenset[str]]] = {}
         self.nudge_for = 120.0
@@ -79,16 +79,16 @@ class Watcher:
 
     def _nudge(self, jobs: Sequence[JobInfo]) -> None:
         """Jobs we requeued: if Slurm applies its requeue delay once they finish COMPLETING
-        (a dead batch host can keep them COMPLETING for seconds), say StartTime=now again.
-        Done here, once per cycle, so the loop never blocks on one job."""
+        (a dead batch host can keep them COMPLETING for seconds) or undoes the shrink, nudge
+        them (Rescheduler.nudge). Done here, once per cycle, so the loop never blocks."""
         now = self.clock()
         by_id = {j.job_id: j for j in jobs}
-        for jid, until in list(self._requeued.items()):
+        for jid, (until, target) in list(self._requeued.items()):
             job = by_id.get(jid)
             if job is None or job.state == "RUNNING" or job.has_ended or now > until:
                 del self._requeued[jid]
             else:
-                self.rescheduler.nudge(job)
+                self.rescheduler.nudge(job, target)
 
     def _note_recoveries(self, jobs: Sequence[JobInfo]) -> None:
         """Audit ``recovered`` (with recovery_seconds, detection -> running again without the
@@ -148,7 +148,8 @@ class Watcher:
                 if report.decision.changes_anything:
                     self._recovering[job.job_id] = (detected, frozenset(failed))
                 if report.decision.changes_anything and report.state_after != "RUNNING":
-                    self._requeued[job.job_id] = self.clock() + self.nudge_for
+                    self._requeued[job.job_id] = (self.clock() + self.nudge_for,
+                                                  report.decision.num_nodes)
             except SlurmFTError as exc:
                 res.errors[job.job_id] = str(exc)
                 self._quiet_until[job.job_id] = self.clock() + self.cooldown

@@ -187,3 +187,28 @@ def test_shrink_keeps_tasks_per_node_jobs_schedulable():
     per_node = JobInfo(job_id=1, name="j", state="RUNNING", node_count=4, tasks=8,
                        tasks_per_node=2, cpus_per_task=3)
     assert shrink_params(per_node, 3) == {"num_nodes": (3, 3), "num_tasks": 6, "num_cpus": 18}
+
+
+def _failed_job(requeue=True):
+    return JobInfo(job_id=9, name="j", state="FAILED", nodes=("n1", "n2"), node_count=2,
+                   requeue=requeue)
+
+
+def test_failed_on_healthy_nodes_is_requeued_in_place_only_when_asked():
+    healthy = {"n1": Health.HEALTHY, "n2": Health.HEALTHY}
+    plain = decide(_failed_job(), healthy, History(), PolicyConfig())
+    assert plain.outcome is Outcome.NOTHING and not plain.actions
+    asked = decide(_failed_job(), healthy, History(), PolicyConfig(restart_failed=True))
+    assert asked.outcome is Outcome.REQUEUE
+    assert [a.op for a in asked.actions] == ["requeue", "update_job"]
+    assert not asked.failed
+    no_requeue = decide(_failed_job(requeue=False), healthy, History(), PolicyConfig(restart_failed=True))
+    assert no_requeue.outcome is Outcome.NOTHING
+
+
+def test_restart_in_place_respects_the_retry_budget():
+    healthy = {"n1": Health.HEALTHY, "n2": Health.HEALTHY}
+    job = JobInfo(job_id=9, name="j", state="FAILED", nodes=("n1", "n2"), node_count=2,
+                  requeue=True, restart_count=3)
+    d = decide(job, healthy, History(), PolicyConfig(restart_failed=True, max_retry=3))
+    assert d.outcome is Outcome.EXHAUSTED and not d.actions

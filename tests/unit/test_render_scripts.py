@@ -132,7 +132,7 @@ def test_job_wrapper_calls_reschedule_only_on_failure(tmp_path):
         subprocess.run(["sleep", "0.1"], check=False)
     lines = calls.read_text().splitlines()
     assert lines[0].endswith(f"train --x 1 --resume {ckpt}")
-    assert lines[1] == (f"slurmft reschedule 7 --settle 30 --nodes node[1-2] --checkpoint-dir "
+    assert lines[1] == (f"slurmft reschedule 7 --settle 30 --restart-failed --nodes node[1-2] --checkpoint-dir "
                         f"{ckpt} --train-cmd train --x 1")
 
 

@@ -208,3 +208,24 @@ def test_watch_records_detection_and_recovery_times_for_metrics(tmp_path):
     assert 0 <= recs["detected"]["detection_seconds"] < 60
     assert "node3" not in recs["recovered"]["nodes"]
     assert recs["recovered"]["recovery_seconds"] >= 0
+
+
+def test_watch_sends_the_shrink_again_when_slurm_undid_it(tmp_path):
+    """Seen on 22.05 when the batch host died: the requeue restored NumNodes=4 and the job sat
+    PENDING (BadConstraints) with the dead node excluded. The watcher shrinks it again."""
+    fake = FakeSlurm()
+    fake.jobs.clear()
+    jid = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"])
+    prober = ScriptedProber({"node1": Health.UNREACHABLE})
+    client = CommandSlurmClient(runner=fake)
+    r = Rescheduler(client, prober, StateStore(tmp_path),
+                    RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    w = Watcher(client, prober, r, interval=0.01)
+    w.cycle()                                               # requeue on node[2-4]
+    fake.job(jid).update(node_count=4, state_reason="BadConstraints")  # Slurm undid NumNodes
+    n_calls = len(fake.calls)
+    w.cycle()
+    sent = [c[2:] for c in fake.calls[n_calls:] if c[:2] == ("scontrol", "update")]
+    assert sent == [(f"JobId={jid}", "ExcNodeList=node1", "NumNodes=3-3"),
+                    (f"JobId={jid}", "StartTime=now")]
+    assert fake.job(jid)["node_count"] == 3
