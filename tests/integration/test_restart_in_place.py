@@ -1,0 +1,65 @@
+"""A rank crashes on a healthy node: the job wrapper restarts the job in place from its
+checkpoint (no node to exclude), within the retry budget. Real cluster, real mpirun + train.py."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slurmft.config import RescheduleConfig
+from slurmft.demo import EXAMPLE_TRAIN, mpirun_args
+from slurmft.recovery_report import read_progress
+from slurmft.render import render
+from slurmft.rescheduler import job_context
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def _wait(pred, limit, what):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.3)
+    pytest.fail(f"timed out after {limit}s waiting for {what}")
+
+
+def test_rank_crash_on_a_healthy_node_restarts_in_place(cluster, cluster_run):
+    work = Path(cluster.shared_dir) / "restart-in-place"
+    ckpt, progress = work / "ckpt", work / "progress.jsonl"
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = RescheduleConfig(state_dir=str(work / "state"), slots=1, mpirun_args=mpirun_args(cluster))
+    train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", "120", "--step-time", "0.05",
+             "--step-interval", "10", "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
+    script = work / "job.sh"
+    script.write_text(render("job.sh.j2", job_context(
+        cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name="rip", nodes=2,
+        work_dir=str(work), output=str(work / "job.out"),
+        slurmft_cmd=[sys.executable, "-m", "slurmft"], reschedule_log=str(work / "resched.log"))))
+    cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2", script],
+                     env={"SLURMFT_RESCHEDULE_STATE_DIR": str(work / "state")})
+    assert cp.returncode == 0, cp.stderr
+    jid = int(cp.stdout.strip())
+    client = cluster.slurm_client()
+    try:
+        _wait(lambda: any(r["event"] == "save" and r["step"] >= 30 for r in read_progress(progress))
+              if progress.exists() else False, 120, "a checkpoint at step 30")
+        out = cluster.fault("node2", "kill-job-procs")       # the rank on node2 dies
+        assert "killed" in out
+        job = _wait(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
+                    "the job to complete after its restart")
+        assert job.restart_count == 1
+        assert sorted(job.nodes) == ["node1", "node2"]        # in place: nothing excluded
+        assert not job.excluded_nodes
+        recs = read_progress(progress)
+        resumes = [r for r in recs if r["event"] == "resume"]
+        assert len(resumes) == 1 and resumes[0]["from_step"] >= 30
+        assert recs[-1]["event"] == "done" and recs[-1]["step"] == 119
+        nodes = {n.name: n for n in client.nodes()}
+        assert "DRAIN" not in nodes["node2"].flags             # a healthy node is not drained
+    finally:
+        cluster_run(["scancel", str(jid)])
