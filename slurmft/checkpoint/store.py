@@ -237,6 +237,18 @@ def replace_file_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Rename the finished directory ``tmp`` to ``final``. The same step saved again moves
+    the old one aside first, so ``final`` is never visible half-done."""
+    if final.exists():
+        trash = final.parent / f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(final, trash)
+        os.rename(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+
+
 def _manifest_checksum(doc: dict) -> str:
     body = {k: v for k, v in doc.items() if k != "manifest_checksum"}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -323,14 +335,7 @@ class Store:
             write_file_durable(tmp / MANIFEST, _manifest_bytes(info))
             fsync_dir(tmp)
             self._fault("rename")
-            if final.exists():
-                # Same step saved again: move the old one aside first (never visible half-done).
-                trash = self.root / f"{TMP_PREFIX}old-{name}-{uuid.uuid4().hex[:8]}"
-                os.rename(final, trash)
-                os.rename(tmp, final)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
+            publish_dir(tmp, final)
             # No fsync of the root here: set_latest() fsyncs it after its own rename, which
             # makes both renames durable; until then ``latest`` names the previous one.
             self._fault("renamed")

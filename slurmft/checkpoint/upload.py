@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from slurmft.checkpoint.store import (
-    LATEST, TMP_PREFIX, CheckpointInfo, Store, fsync_dir, parse_name,
+    LATEST, TMP_PREFIX, CheckpointInfo, Store, fsync_dir, parse_name, publish_dir,
 )
 from slurmft.errors import CheckpointError, ConfigError, CorruptCheckpointError
 from slurmft.hosts import validate_hostname
@@ -73,13 +73,7 @@ class MountedDestination:
                 with open(target, "rb+") as f:
                     os.fsync(f.fileno())
             fsync_dir(tmp)
-            if final.exists():
-                old = dst.root / f"{TMP_PREFIX}old-{info.name}-{uuid.uuid4().hex[:8]}"
-                os.rename(final, old)
-                os.rename(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, final)
+            publish_dir(tmp, final)
             fsync_dir(dst.root)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

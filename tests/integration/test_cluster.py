@@ -14,22 +14,11 @@ import pytest
 
 from slurmft.cluster import Cluster
 from slurmft.errors import UsageError
+from tests.integration.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = str(Path(sys.executable).absolute())     # the venv's python, by absolute path
-
-
-def wait_for(cond, timeout: float, what: str, show=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}"
-                                 f"{': ' + show() if show else ''}")
-        time.sleep(0.2)
 
 
 def sinfo_states(cluster_run) -> dict[str, str]:

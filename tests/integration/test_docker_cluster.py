@@ -16,14 +16,16 @@ import json
 import os
 import shutil
 import subprocess
-import time
 
 import filelock
 import pytest
 
 from slurmft.cluster.docker_backend import (
-    DockerCluster, DockerUnavailableError, PrivateDockerd,
+    DockerCluster,
+    DockerUnavailableError,
+    PrivateDockerd,
 )
+from tests.integration.waiting import wait_for
 
 # 900 s: the first test also pays for the session fixture (a cold image build is ~1-2 min).
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(900)]
@@ -77,17 +79,6 @@ def run(c: DockerCluster, *argv: str, timeout: float = 60.0, check: bool = True)
     if check and cp.returncode != 0:
         pytest.fail(f"{' '.join(argv)} failed rc={cp.returncode}: {cp.stderr.strip()[-500:]}")
     return cp
-
-
-def wait_for(pred, limit: float, what: str, step: float = 0.3):
-    deadline = time.monotonic() + limit
-    value = None
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    pytest.fail(f"timed out after {limit}s waiting for {what} (last: {value!r})")
 
 
 def job_fields(c: DockerCluster, job_id: str) -> dict[str, str]:

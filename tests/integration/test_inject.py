@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,9 @@ from slurmft.inject import list_procs_argv, parse_procs
 from slurmft.render import render
 from slurmft.rescheduler import job_context
 from slurmft.state import StateStore
+from tests.integration.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(pred, limit: float, what: str, step: float = 0.2):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    pytest.fail(f"timed out after {limit}s waiting for {what}")
 
 
 def node_procs(cluster, node: str, pattern: str) -> list[int]:

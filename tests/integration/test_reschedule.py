@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.waiting import wait_for
+
 pytestmark = pytest.mark.integration
 
 PY = sys.executable
@@ -57,16 +59,6 @@ def show_job(cluster_run, job_id: int) -> dict[str, str]:
 
 def node_line(cluster_run, node: str) -> str:
     return cluster_run(["sinfo", "-h", "-N", "-n", node, "-o", "%T|%E"], check=True).stdout.strip()
-
-
-def wait_for(pred, limit: float, what: str, step: float = 0.2, show=None):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    pytest.fail(f"timed out after {limit}s waiting for {what}" + (f": {show()}" if show else ""))
 
 
 def running_on(cluster_run, job_id: int, count: int) -> list[str] | None:

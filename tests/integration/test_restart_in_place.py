@@ -4,7 +4,6 @@ checkpoint (no node to exclude), within the retry budget. Real cluster, real mpi
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,9 @@ from slurmft.demo import EXAMPLE_TRAIN, mpirun_args
 from slurmft.recovery_report import read_progress
 from slurmft.render import render
 from slurmft.rescheduler import job_context
+from tests.integration.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-def _wait(pred, limit, what):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.3)
-    pytest.fail(f"timed out after {limit}s waiting for {what}")
 
 
 def test_rank_crash_on_a_healthy_node_restarts_in_place(cluster, cluster_run):
@@ -46,11 +36,11 @@ def test_rank_crash_on_a_healthy_node_restarts_in_place(cluster, cluster_run):
     jid = int(cp.stdout.strip())
     client = cluster.slurm_client()
     try:
-        _wait(lambda: any(r["event"] == "save" and r["step"] >= 30 for r in read_progress(progress))
+        wait_for(lambda: any(r["event"] == "save" and r["step"] >= 30 for r in read_progress(progress))
               if progress.exists() else False, 120, "a checkpoint at step 30")
         out = cluster.fault("node2", "kill-job-procs")       # the rank on node2 dies
         assert "killed" in out
-        job = _wait(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
+        job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
                     "the job to complete after its restart")
         assert job.restart_count == 1
         assert sorted(job.nodes) == ["node1", "node2"]        # in place: nothing excluded
