@@ -438,7 +438,7 @@ class Rescheduler:
                     self._unhold(job.job_id)
                 raise
             held = held or action.op in ("requeue_hold", "hold")
-            if action.op == "requeue_hold":
+            if action.op in ("requeue_hold", "requeue"):
                 requeued_at = self.wall()
             if not self.dry_run:
                 report.commands.append(argv)

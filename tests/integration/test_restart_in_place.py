@@ -40,8 +40,14 @@ def test_rank_crash_on_a_healthy_node_restarts_in_place(cluster, cluster_run):
               if progress.exists() else False, 120, "a checkpoint at step 30")
         out = cluster.fault("node2", "kill-job-procs")       # the rank on node2 dies
         assert "killed" in out
+        def diagnose() -> str:
+            j = client.job(jid)
+            tail = lambda p: p.read_text()[-1500:] if p.exists() else "(none)"  # noqa: E731
+            return (f"state {j.state} reason {j.reason} restarts {j.restart_count}\n"
+                    f"reschedule log:\n{tail(work / 'resched.log')}\njob.out:\n{tail(work / 'job.out')}")
+
         job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
-                    "the job to complete after its restart")
+                       "the job to complete after its restart", show=diagnose)
         assert job.restart_count == 1
         assert sorted(job.nodes) == ["node1", "node2"]        # in place: nothing excluded
         assert not job.excluded_nodes

@@ -355,3 +355,23 @@ def test_release_waits_until_the_requeue_second_is_over(fake, tmp_path):
                     wall=lambda: wall[0])
     r.reschedule(jid)
     assert slept == [pytest.approx(0.35)]       # 1000.7 -> 1001.05
+
+
+def test_restart_in_place_also_waits_out_the_requeue_second(fake, tmp_path):
+    """Seen on the real cluster: a FAILED job requeued and started within one second failed
+    again at once (NonZeroExitCode). The plain requeue gets the same credential gap."""
+    jid = fake.add_job("FAILED", NODES)
+    wall, slept = [2000.2], []
+
+    def sleep(s):
+        slept.append(s)
+        wall[0] += s
+
+    config = RescheduleConfig(state_dir=str(tmp_path / "s"))
+    r = Rescheduler(CommandSlurmClient(runner=fake), ScriptedProber(),
+                    StateStore(config.state_dir), config, uid=0, sleep=sleep,
+                    wall=lambda: wall[0])
+    report = r.reschedule(jid, restart_failed=True)
+    assert report.decision.outcome is Outcome.REQUEUE
+    assert [c[1] for c in scontrol_writes(fake)] == ["requeue", "update"]
+    assert slept == [pytest.approx(0.85)]       # 2000.2 -> 2001.05
