@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{point.world_size} ranks) on {world} ranks", flush=True)
 
     params = [p for p in model.parameters()]
+    n_grad = sum(p.numel() for p in params)
     step = start_step
     for step in range(start_step, args.steps):
         t0 = time.perf_counter()
@@ -139,17 +140,21 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad(set_to_none=False)
         loss_sum = torch.nn.functional.mse_loss(model(x[idx]), y[idx], reduction="sum")
         loss_sum.backward()
-        flat = torch.cat([p.grad.reshape(-1) for p in params]).numpy()
+        # One allreduce per step: the gradients, the loss and the checkpoint votes together.
+        due, signalled = ckpt.vote(step)
+        extra = torch.tensor([float(loss_sum.detach()), due, signalled], dtype=torch.float64)
+        flat = torch.cat([p.grad.reshape(-1).double() for p in params] + [extra]).numpy()
         comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-        flat /= args.global_batch
+        loss = float(flat[n_grad]) / args.global_batch
+        save_now = ckpt.agree(flat[n_grad + 1:])
+        grads = flat[:n_grad] / args.global_batch
         offset = 0
         for p in params:
             n = p.numel()
-            p.grad.copy_(torch.from_numpy(flat[offset:offset + n]).view_as(p))
+            p.grad.copy_(torch.from_numpy(grads[offset:offset + n]).view_as(p))
             offset += n
         optimizer.step()
         scheduler.step()
-        loss = comm.allreduce(float(loss_sum.detach()), op=MPI.SUM) / args.global_batch
         if args.step_time:
             time.sleep(args.step_time)
         step_s = time.perf_counter() - t0
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0 and (step % 20 == 0 or step == args.steps - 1):
             print(f"step {step} loss {loss:.5f} world {world} "
                   f"{args.global_batch / step_s:.0f} samples/s", flush=True)
-        if ckpt.should_save(step) or step == args.steps - 1:
+        if save_now or step == args.steps - 1:
             ckpt.save(torch_ckpt.state(step), step, durable=step == args.steps - 1)
             log.write("save", step=step)
             if ckpt.should_stop:

@@ -211,11 +211,17 @@ def cluster_fault(node: str, action: str, name: str) -> None:
                    "UserKnownHostsFile (probe.ssh_config).")
 @click.option("--accept-unknown-hosts", is_flag=True, default=None,
               help="Trust host keys missing from known_hosts (default: reject them).")
+@click.option("--check-slurmd/--no-check-slurmd", default=None,
+              help="Also connect to each node's slurmd port; DEGRADED if it does not answer "
+                   "(probe.check_slurmd).")
+@click.option("--slurmd-port", type=int, default=None,
+              help="slurmd's port, SlurmdPort in slurm.conf (probe.slurmd_port, default 6818).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 def probe_cmd(ctx: click.Context, hostlist: str | None, job_id: int | None,
               timeout: float | None, command: str | None, ssh_config: str | None,
-              accept_unknown_hosts: bool | None, as_json: bool) -> None:
+              accept_unknown_hosts: bool | None, check_slurmd: bool | None,
+              slurmd_port: int | None, as_json: bool) -> None:
     """Check node health: ping, then SSH and a health command, all hosts in parallel.
 
     \b
@@ -235,7 +241,8 @@ def probe_cmd(ctx: click.Context, hostlist: str | None, job_id: int | None,
         raise click.UsageError("give a HOSTLIST or --job JOBID")
     cfg = get_config(ctx, probe={"timeout": timeout, "command": command,
                                  "ssh_config": ssh_config,
-                                 "accept_unknown_hosts": accept_unknown_hosts})
+                                 "accept_unknown_hosts": accept_unknown_hosts,
+                                 "check_slurmd": check_slurmd, "slurmd_port": slurmd_port})
     names = _hosts.expand(hostlist) if hostlist else []
     if job_id is not None:
         from slurmft.slurm.client import CommandSlurmClient

@@ -47,7 +47,8 @@ class ProbeConfig:
     known_hosts: str = ""          # empty: ~/.ssh/known_hosts
     accept_unknown_hosts: bool = False
     command: str = "true"          # health command run over SSH
-    check_slurmd: bool = False
+    check_slurmd: bool = False     # connect to slurmd's port (DEGRADED when it does not answer)
+    slurmd_port: int = 6818        # slurm.conf SlurmdPort
     gpu_count: int = -1            # expected GPUs (nvidia-smi -L); -1: do not check
     checkpoint_path: str = ""      # check free space here
     min_free_gb: float = 1.0
@@ -61,8 +62,9 @@ class ProbeConfig:
             raise ConfigError(
                 f"probe.ping_timeout must be 0 (auto) or in (0, probe.timeout], "
                 f"not {self.ping_timeout}")
-        if not 0 < self.ssh_port < 65536:
-            raise ConfigError(f"probe.ssh_port must be 1-65535, not {self.ssh_port}")
+        for key in ("ssh_port", "slurmd_port"):
+            if not 0 < getattr(self, key) < 65536:
+                raise ConfigError(f"probe.{key} must be 1-65535, not {getattr(self, key)}")
 
 
 @dataclass

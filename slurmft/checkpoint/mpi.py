@@ -15,6 +15,7 @@ branch at the same step:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from mpi4py import MPI
@@ -46,16 +47,30 @@ class MPICheckpointManager:
         self.manager.install_signal_handlers()
 
     def should_save(self, step: int) -> bool:
-        """Collective: the same answer on every rank."""
-        mine = self.manager.should_save(step) if self.rank == 0 else False
-        signalled = self.manager.should_stop
-        flags = self.comm.allreduce(int(mine) | (int(signalled) << 1), op=MPI.BOR)
-        if flags & 2:
+        """Collective: the same answer on every rank (one small allreduce).
+
+        A training loop that already allreduces every step can skip this collective: add
+        ``vote(step)`` to its buffer (SUM) and pass the reduced pair to ``agree``."""
+        due, signalled = self.vote(step)
+        flags = self.comm.allreduce(int(due) | (int(signalled) << 1), op=MPI.BOR)
+        return self.agree((flags & 1, (flags >> 1) & 1))
+
+    def vote(self, step: int) -> tuple[float, float]:
+        """This rank's (save due, stop signalled) as 0/1 floats, to be SUM-reduced over ranks.
+        Only rank 0 judges the save policy (one clock for ``interval``)."""
+        due = self.manager.should_save(step) if self.rank == 0 else False
+        return float(due), float(self.manager.should_stop)
+
+    def agree(self, votes: Sequence[float]) -> bool:
+        """The decision from the SUM over all ranks of ``vote``: save if any rank was
+        signalled (then ``should_stop`` turns true everywhere) or rank 0 found a save due."""
+        due, signalled = float(votes[0]), float(votes[1])
+        if signalled > 0:
             self._stop = True
             if self.rank == 0 and not self.manager.should_stop:
                 self.manager.request_stop()
             return True
-        return bool(flags & 1)
+        return due > 0
 
     @property
     def should_stop(self) -> bool:

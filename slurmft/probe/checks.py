@@ -34,12 +34,6 @@ def health_command(command: str) -> Check:
     return Check("command", command, judge)
 
 
-def slurmd_check() -> Check:
-    def judge(status: int, out: str, err: str) -> str | None:
-        return None if status == 0 else "slurmd is not running"
-    return Check("slurmd", "pgrep -x slurmd", judge)
-
-
 def gpu_check(expected: int) -> Check:
     def judge(status: int, out: str, err: str) -> str | None:
         if status != 0:
@@ -64,12 +58,11 @@ def disk_check(path: str, min_free_gb: float) -> Check:
     return Check("disk", f"df -Pk -- {shlex.quote(path)}", judge)
 
 
-def build_checks(command: str = "true", *, check_slurmd: bool = False, gpu_count: int = -1,
+def build_checks(command: str = "true", *, gpu_count: int = -1,
                  checkpoint_path: str = "", min_free_gb: float = 1.0) -> list[Check]:
-    """The health command first, then the enabled built-in checks."""
+    """The health command first, then the enabled built-in checks. (slurmd is checked from
+    the prober's side, by connecting to its port: see ``FanoutProber``.)"""
     checks = [health_command(command)] if command else []
-    if check_slurmd:
-        checks.append(slurmd_check())
     if gpu_count >= 0:
         checks.append(gpu_check(gpu_count))
     if checkpoint_path:

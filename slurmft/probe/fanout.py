@@ -2,15 +2,18 @@
 
 Per host: ping (UNREACHABLE if no reply) -> SSH connect + health command + built-in checks
 (UNRESPONSIVE if SSH fails or a command hangs, DEGRADED if a command reports a problem) ->
+with ``check_slurmd``, a TCP connect to the node's slurmd port, as slurmctld reaches it
+(DEGRADED if refused or silent: slurmd is dead or hung while the node itself is fine) ->
 HEALTHY. Each host gets ``timeout`` seconds from the moment a worker picks it up; the caller
 waits at most ``timeout * waves + grace`` (waves = ceil(hosts / workers)) and reports any host
 still in flight as UNRESPONSIVE "timed out". Workers are daemon threads, so a stuck one can
-never keep the process alive. ``ping_fn``/``ssh_fn`` are injectable for tests.
+never keep the process alive. ``ping_fn``/``ssh_fn``/``connect_fn`` are injectable for tests.
 """
 
 from __future__ import annotations
 
 import math
+import socket
 import threading
 import time
 from collections import deque
@@ -29,23 +32,40 @@ log = get_logger(__name__)
 
 PingFn = Callable[[str, float], _ping.PingOutcome]
 SshFn = Callable[[_ssh.SshTarget, Sequence[tuple[str, str]], float], _ssh.SshOutcome]
+ConnectFn = Callable[[str, int, float], "str | None"]
+
+
+def tcp_connect(address: str, port: int, timeout: float) -> str | None:
+    """None if something accepts a TCP connection on ``address:port`` in time, else why not."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return "connection refused"
+    except (TimeoutError, socket.timeout):
+        return f"no answer within {timeout:g}s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
 
 
 class FanoutProber:
     """Probe many hosts at once. ``config`` is the ``probe`` config section."""
 
     def __init__(self, config: ProbeConfig | None = None, *, ping_fn: PingFn | None = None,
-                 ssh_fn: SshFn | None = None, icmp_socket: bool = True) -> None:
-        """``ping_fn``/``ssh_fn`` replace the real ping/SSH (tests). ``icmp_socket=False``
-        forces the ``ping`` subprocess even where one shared ICMP socket is allowed."""
+                 ssh_fn: SshFn | None = None, connect_fn: ConnectFn | None = None,
+                 icmp_socket: bool = True) -> None:
+        """``ping_fn``/``ssh_fn``/``connect_fn`` replace the real ping/SSH/TCP connect (tests).
+        ``icmp_socket=False`` forces the ``ping`` subprocess even where one shared ICMP socket
+        is allowed."""
         self.config = config or ProbeConfig()
         self._ping_fn = ping_fn
         self._ping_bin = ""
         self.icmp_socket = icmp_socket
         self._ssh = ssh_fn or _ssh.run_commands
+        self._connect = connect_fn or tcp_connect
         c = self.config
         self.checks = _checks.build_checks(
-            c.command, check_slurmd=c.check_slurmd, gpu_count=c.gpu_count,
+            c.command, gpu_count=c.gpu_count,
             checkpoint_path=c.checkpoint_path, min_free_gb=c.min_free_gb)
 
     @property
@@ -116,6 +136,12 @@ class FanoutProber:
         missing = [ch.name for ch in self.checks if ch.name not in states]
         if missing:
             return result(Health.UNRESPONSIVE, f"{missing[0]} did not run", states)
+        if c.check_slurmd:
+            wait = min(1.0, max(0.05, deadline - time.monotonic()))
+            why = self._connect(target.address, c.slurmd_port, wait)
+            states["slurmd"] = "ok" if why is None else f"slurmd port {c.slurmd_port}: {why}"
+            if why is not None:
+                problems.append(f"slurmd not answering on port {c.slurmd_port} ({why})")
         if problems:
             return result(Health.DEGRADED, "; ".join(problems), states)
         return result(Health.HEALTHY, "ok" if self.checks else "ssh ok", states)

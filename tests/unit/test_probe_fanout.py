@@ -70,16 +70,54 @@ def test_states():
 
 def test_custom_command_and_builtin_checks():
     df = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/x 100 90 512 90% /ckpt"
-    s = Scripted(exits={"n1": {"slurmd": (1, "", ""), "disk": (0, df, "")}})
-    p = prober(s, command="test -d /ckpt", check_slurmd=True, checkpoint_path="/ckpt dir",
-               min_free_gb=1.0)
+    s = Scripted(exits={"n1": {"disk": (0, df, "")}})
+    p = prober(s, command="test -d /ckpt", checkpoint_path="/ckpt dir", min_free_gb=1.0)
     r = p.probe(["n1"])["n1"]
     [(_, commands, _)] = s.sshed
-    assert commands == (("command", "test -d /ckpt"), ("slurmd", "pgrep -x slurmd"),
-                        ("disk", "df -Pk -- '/ckpt dir'"))
+    assert commands == (("command", "test -d /ckpt"), ("disk", "df -Pk -- '/ckpt dir'"))
     assert r.health is Health.DEGRADED
-    assert r.checks["command"] == "ok" and r.checks["slurmd"] == "slurmd is not running"
+    assert r.checks["command"] == "ok" and "slurmd" not in r.checks
     assert "GB free on /ckpt dir" in r.checks["disk"]
+
+
+def test_slurmd_port_check_tells_a_dead_slurmd_from_a_dead_node():
+    s = Scripted(dead={"n3"})
+    asked = []
+
+    def connect(address, port, timeout):
+        asked.append((address, port))
+        return "connection refused" if address == "n2" else None
+
+    p = FanoutProber(ProbeConfig(timeout=1.0, check_slurmd=True, slurmd_port=6900),
+                     ping_fn=s.ping, ssh_fn=s.ssh, connect_fn=connect)
+    res = p.probe(["n1", "n2", "n3"])
+    assert res["n1"].health is Health.HEALTHY and res["n1"].checks["slurmd"] == "ok"
+    assert res["n2"].health is Health.DEGRADED
+    assert res["n2"].reason == "slurmd not answering on port 6900 (connection refused)"
+    assert res["n3"].health is Health.UNREACHABLE      # no ping: not a slurmd problem
+    assert sorted(asked) == [("n1", 6900), ("n2", 6900)]
+
+
+def test_slurmd_port_check_is_off_by_default():
+    asked = []
+    p = FanoutProber(ProbeConfig(timeout=1.0), ping_fn=Scripted().ping, ssh_fn=Scripted().ssh,
+                     connect_fn=lambda *a: asked.append(a) or "refused")
+    assert p.probe(["n1"])["n1"].health is Health.HEALTHY and asked == []
+
+
+def test_tcp_connect_reports_refused_on_a_closed_local_port():
+    import socket
+
+    from slurmft.probe.fanout import tcp_connect
+
+    with socket.socket() as srv:            # bind, then close: the port is free and closed
+        srv.bind(("127.0.0.1", 0))
+        port = srv.getsockname()[1]
+    assert tcp_connect("127.0.0.1", port, 0.5) == "connection refused"
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        assert tcp_connect("127.0.0.1", srv.getsockname()[1], 0.5) is None
 
 
 def test_gpu_check():
