@@ -323,11 +323,17 @@ def _reschedule_parts(cfg: Config, *, dry_run: bool = False,
 @click.option("--restart-failed", is_flag=True,
               help="A requeueable job that ended FAILED on healthy nodes (a rank crashed) is "
                    "requeued in place, within the retry budget. The job wrapper passes it.")
+@click.option("--in-place", is_flag=True,
+              help="Called by the job's own wrapper (inside the running job) after its "
+                   "launcher failed: take the failed nodes out of the allocation (DOWN, "
+                   "DRAIN) and exit 0 so the wrapper relaunches on the nodes left, in the same "
+                   "job; exit 5 if it needs a requeue instead (its batch host failed).")
 @click.pass_context
 def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool,
                    max_retry: int | None, min_nodes: int | None, no_drain: bool, settle: float,
                    nodes_hint: str | None, train_cmd: str | None, checkpoint_dir: str | None,
-                   state_dir: str | None, wait: float, restart_failed: bool) -> None:
+                   state_dir: str | None, wait: float, restart_failed: bool,
+                   in_place: bool) -> None:
     """Recover JOB_ID from failed nodes: probe, decide, act, report.
 
     \b
@@ -336,11 +342,17 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     PENDING: update ExcNodeList/NumNodes, release, StartTime=now.
     Ended and not requeueable: submit a restart job that resumes from the checkpoint.
     FAILED on healthy nodes, with --restart-failed: requeue in place.
+    RUNNING job of slurmft's wrapper (--comment slurmft:relaunch, --no-kill):
+      unreachable nodes DOWN (Slurm drops them from the job) then DRAIN, and
+      the batch script gets SIGUSR2: it relaunches the training on the nodes
+      left, in the same allocation. Nodes only DEGRADED (slurmd dead, a check
+      failing) still run their ranks: drained, the job left running.
     Nothing failed: change nothing (exit 0).
 
     \b
     Exit codes: 0 done or nothing to do; 1 Slurm failed; 2 usage; 3 policy refused
-    (retry budget spent: job held; or too few nodes); 4 not your job.
+    (retry budget spent: job held; or too few nodes); 4 not your job; 5 (--in-place)
+    not relaunched in place: the job needs a requeue.
     """
     from slurmft import hosts as _hosts
     from slurmft.errors import PolicyError
@@ -355,7 +367,7 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     try:
         report = resched.reschedule(jid, settle=settle, train_cmd=train_cmd,
                                     checkpoint_dir=checkpoint_dir, nodes_hint=hint,
-                                    restart_failed=restart_failed)
+                                    restart_failed=restart_failed, in_place=in_place)
     except PolicyError as exc:
         report = getattr(exc, "report", None)
         if as_json:
@@ -367,6 +379,10 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
         echo_json(report.to_dict())
     else:
         click.echo(report.text())
+    from slurmft.policy import Outcome
+
+    if report.decision.outcome is Outcome.HAND_OFF:
+        ctx.exit(5)
 
 
 def _render_options(f: Any) -> Any:

@@ -22,6 +22,13 @@ from typing import Any
 from slurmft.probe.api import Health, ProbeResult
 from slurmft.slurm.api import JobInfo
 
+#: The job wrapper's mark in ``--comment``: the job runs with ``--no-kill`` (Slurm removes a
+#: downed node from it instead of killing it) and relaunches its training on the nodes it has
+#: left when slurmft sends its batch script ``RELAUNCH_SIGNAL``. squeue does not show
+#: ``--no-kill`` itself, hence the mark.
+RELAUNCH_MARK = "slurmft:relaunch"
+RELAUNCH_SIGNAL = "USR2"
+
 #: Ended states in which a node failure is the likely cause and a restart makes sense.
 RESTARTABLE_ENDED = frozenset({"NODE_FAIL", "FAILED", "BOOT_FAIL"})
 #: Pending reasons that mean the job is on hold.
@@ -31,6 +38,10 @@ HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "job_requeued_in_held_s
 class Outcome(str, enum.Enum):
     NOTHING = "nothing"            # no failed node, or a state we must not touch
     ALREADY_DONE = "already_done"  # an earlier call already excluded the failed nodes
+    RELAUNCH = "relaunch"          # running, relaunchable: drop the failed nodes from the
+                                   # allocation, the wrapper restarts the training in the job
+    DRAIN = "drain"                # relaunchable job, only degraded nodes: drained, job untouched
+    HAND_OFF = "hand_off"          # asked in place, but the job must be requeued (exit 4)
     REQUEUE = "requeue"            # running (or ended, requeueable) -> requeuehold fast path
     UPDATE_PENDING = "update_pending"
     RESUBMIT = "resubmit"          # ended and not requeueable -> rendered restart job
@@ -81,6 +92,9 @@ class PolicyConfig:
     # in place and within the retry budget. The job wrapper asks for it; a plain
     # `slurmft reschedule` does not, since a job can fail for reasons a restart won't fix.
     restart_failed: bool = False
+    # The caller is the job's own wrapper, inside the allocation, whose launcher just failed:
+    # plan only what keeps the job running (RELAUNCH), else HAND_OFF to a requeue.
+    in_place: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,11 @@ def candidate_nodes(job: JobInfo, history: History) -> tuple[str, ...]:
     return tuple(job.nodes) or tuple(history.last_nodes)
 
 
+def is_relaunchable(job: JobInfo) -> bool:
+    """The job's wrapper relaunches its training itself (see ``RELAUNCH_MARK``)."""
+    return RELAUNCH_MARK in job.comment
+
+
 def needs_probe(job: JobInfo) -> bool:
     """Whether the job's state can lead to any action (skip probing otherwise)."""
     return job.is_running or job.is_pending or job.state in RESTARTABLE_ENDED
@@ -174,6 +193,10 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     if not needs_probe(job):
         return Decision(Outcome.NOTHING, message=f"job {jid} is {job.state}: nothing to do",
                         **base)
+    if config.in_place or (job.state == "RUNNING" and failed and is_relaunchable(job)):
+        relaunch = _relaunch(job, failed, status, history, config, base)
+        if relaunch is not None:
+            return relaunch
     if not failed and config.restart_failed and job.state == "FAILED" and job.requeue:
         base.update(exclude=_merge(job.excluded_nodes, history.excluded), num_nodes=len(healthy))
         if used >= config.max_retry:
@@ -256,6 +279,61 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     return Decision(Outcome.RESUBMIT, actions=tuple(actions),
                     message=f"job {jid} ended {job.state} and cannot be requeued: restart job "
                     f"submitted on {k} node(s) without {', '.join(failed)}", **base)
+
+
+def _relaunch(job: JobInfo, failed: tuple[str, ...], status: Mapping[str, Health],
+              history: History, config: PolicyConfig, base: dict) -> Decision | None:
+    """A running job that survives node loss (``--no-kill``) and relaunches its training in
+    its own allocation: no requeue, no scheduling, no new job start.
+
+    From the watcher: unreachable/unresponsive nodes are set DOWN (Slurm takes them out of the
+    job) and drained, then the batch script gets ``RELAUNCH_SIGNAL``. Nodes that are only
+    DEGRADED (slurmd dead, a health check failing) still run their ranks: they are drained,
+    as a node health checker does, and the training is left alone. From the wrapper
+    (``in_place``): its launcher already failed, so every failed node goes, or, with none
+    failed (a rank crashed), the training restarts on the same nodes. Each relaunch counts
+    against the retry budget. ``None``: not a relaunch; decide as for any job."""
+    jid = job.job_id
+    hand_off = None
+    if not (job.state == "RUNNING" and is_relaunchable(job)):
+        hand_off = f"job {jid} is {job.state}" + ("" if is_relaunchable(job) else
+                                                  " and its wrapper does not relaunch")
+    elif job.batch_host and job.batch_host in failed:
+        hand_off = f"job {jid}'s batch host {job.batch_host} failed"
+    if hand_off is not None:
+        if config.in_place:
+            return Decision(Outcome.HAND_OFF, message=f"{hand_off}: it needs a requeue", **base)
+        return None
+    hard = tuple(n for n in failed if config.in_place or status.get(n) is not Health.DEGRADED)
+    if not hard and not config.in_place:
+        new = tuple(n for n in failed if n not in history.excluded)
+        if not new:
+            return Decision(Outcome.ALREADY_DONE, message=f"job {jid}: degraded node(s) "
+                            f"{', '.join(failed)} already drained; the job keeps running", **base)
+        reason = (f"slurmft: degraded, drained; job {jid} keeps running on it "
+                  "(it survives node loss)")
+        return Decision(Outcome.DRAIN, actions=(Action("drain", nodes=new,
+                                                       params={"reason": reason}),),
+                        message=f"job {jid}: {', '.join(new)} degraded but still running its "
+                        "ranks: drained, the job left running", **{**base, "exclude": new})
+    used, nodes = base["retries_used"], candidate_nodes(job, history)
+    k = len([n for n in nodes if n not in hard])
+    base = {**base, "exclude": _merge(history.excluded, hard), "num_nodes": k}
+    if used >= config.max_retry:
+        if config.in_place:
+            return Decision(Outcome.EXHAUSTED, message=f"job {jid}: retry budget spent "
+                            f"({used}/{config.max_retry}); not relaunched", **base)
+        return None          # hold it, as for any job
+    if k < config.min_nodes:
+        return Decision(Outcome.REFUSED, message=f"job {jid}: only {k} healthy node(s) left, "
+                        f"below the minimum of {config.min_nodes}; not relaunched", **base)
+    actions = _node_actions(jid, hard, status, config, down=True) if hard else []
+    if not config.in_place:
+        actions.append(Action("signal_batch", jid, params={"signal": RELAUNCH_SIGNAL}))
+    where = f"without {', '.join(hard)}" if hard else "(every node healthy: a rank failed)"
+    return Decision(Outcome.RELAUNCH, actions=tuple(actions),
+                    message=f"job {jid} relaunches its training on {k} node(s) {where}, "
+                    "in the same allocation", **base)
 
 
 def _node_actions(jid: int, failed: tuple[str, ...], status: Mapping[str, Health],

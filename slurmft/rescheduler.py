@@ -201,9 +201,16 @@ class DryRunClient:
     def update_job(self, job_id: int, **kwargs: Any) -> None:
         self.commands.append(scli.build_update_job_argv(job_id, bin_dir=self.bin_dir, **kwargs))
 
+    def signal_batch(self, job_id: int, signal: str) -> None:
+        self.commands.append(scli.build_signal_batch_argv(job_id, signal, self.bin_dir))
+
     def submit(self, script: str, args: Sequence[str] = ()) -> int:
         self.commands.append(scli.build_sbatch_argv(script, args, self.bin_dir))
         return 0
+
+
+def _merge_names(*groups: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(n for g in groups for n in g))
 
 
 def argv_of(client: Any, action: Action) -> list[str]:
@@ -218,6 +225,8 @@ def argv_of(client: Any, action: Action) -> list[str]:
         return scli.build_job_action_argv(action.op, action.job_id, bin_dir)
     if action.op == "requeue_hold":
         return scli.build_job_action_argv("requeuehold", action.job_id, bin_dir)
+    if action.op == "signal_batch":
+        return scli.build_signal_batch_argv(action.job_id, p["signal"], bin_dir)
     return [action.op, str(action.job_id)]
 
 
@@ -326,7 +335,7 @@ class Rescheduler:
                    max_retry: int | None = None, drain: bool | None = None,
                    nodes_hint: Sequence[str] = (),
                    health: Mapping[str, ProbeResult] | None = None,
-                   restart_failed: bool = False) -> Report:
+                   restart_failed: bool = False, in_place: bool = False) -> Report:
         """Reschedule ``job_id`` if any of its nodes failed. Raises PolicyError (exit 3) when
         the budget is spent or too few nodes remain, after holding the job.
 
@@ -342,6 +351,7 @@ class Rescheduler:
             min_nodes=self.config.min_nodes if min_nodes is None else min_nodes,
             drain=self.config.drain if drain is None else drain,
             restart_failed=restart_failed,
+            in_place=in_place,
         )
         if self.dry_run:
             report = self._run_locked(job, pcfg, train_cmd, checkpoint_dir, nodes_hint,
@@ -465,6 +475,8 @@ class Rescheduler:
             c.update_job(action.job_id, **p)
         elif action.op in ("hold", "release", "requeue", "requeue_hold"):
             getattr(c, action.op)(action.job_id)
+        elif action.op == "signal_batch":
+            c.signal_batch(action.job_id, p["signal"])
         else:
             raise ValueError(f"unknown action {action.op!r}")
 
@@ -577,20 +589,24 @@ class Rescheduler:
             record.checkpoint_dir = checkpoint_dir
         if job.nodes:
             record.last_nodes = list(job.nodes)
-        counted = decision.outcome in (Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.RESUBMIT)
+        counted = decision.outcome in (Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.RESUBMIT,
+                                       Outcome.RELAUNCH)
+        if decision.outcome is Outcome.DRAIN:         # no retry spent; stays out of restarts
+            record.excluded = list(_merge_names(record.excluded, decision.exclude))
         if counted:
             record.attempts.append(Attempt(time=round(time.time(), 3), job_id=job.job_id,
                                            outcome=decision.outcome.value,
                                            failed=list(decision.failed),
                                            new_job_id=report.new_job_id))
             record.excluded = list(decision.exclude)
-            if decision.outcome is Outcome.UPDATE_PENDING or decision.outcome is Outcome.REQUEUE:
-                record.last_nodes = list(decision.healthy)
+            if decision.outcome in (Outcome.UPDATE_PENDING, Outcome.REQUEUE, Outcome.RELAUNCH):
+                record.last_nodes = [n for n in decision.healthy if n not in decision.exclude]
         if decision.outcome is Outcome.EXHAUSTED:
             record.exhausted = True
         if report.new_job_id:
             record.job_ids.append(report.new_job_id)
             record.last_nodes = list(decision.healthy)
             self.store.add_alias(report.new_job_id, record.original_job_id)
-        if counted or decision.outcome is Outcome.EXHAUSTED or train_cmd or checkpoint_dir:
+        if (counted or decision.outcome in (Outcome.EXHAUSTED, Outcome.DRAIN) or train_cmd
+                or checkpoint_dir):
             self.store.save(record)

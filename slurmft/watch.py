@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from slurmft.errors import SlurmFTError
 from slurmft.log import get_logger
+from slurmft.policy import Outcome
 from slurmft.probe.api import ProbeResult, Prober
 from slurmft.rescheduler import Report, Rescheduler
 from slurmft.slurm.api import JobInfo, SlurmClient
@@ -66,6 +67,9 @@ class Watcher:
         # job -> (wall time of detection, failed nodes): to record recovery_seconds
         self._recovering: dict[int, tuple[float, frozenset[str]]] = {}
         self.nudge_for = 120.0
+        # job -> {node: health} of failed nodes the policy drained but left running (DRAIN):
+        # not acted on again while their health stays the same
+        self._left_running: dict[int, dict[str, str]] = {}
 
     def running_jobs(self) -> list[JobInfo]:
         all_jobs = self.client.jobs()
@@ -124,7 +128,7 @@ class Watcher:
             res.probe_s = self.clock() - t0
         policy = self.tracker.policy
         for job in jobs:
-            failed = self.tracker.confirmed(job.nodes)
+            failed = self._not_left_running(job.job_id, self.tracker.confirmed(job.nodes), health)
             if not failed:
                 continue
             res.failed[job.job_id] = failed
@@ -145,6 +149,9 @@ class Watcher:
                 report = self.rescheduler.reschedule(job.job_id, health=health)
                 res.reports.append(report)
                 self.tracker.forget(failed)
+                if report.decision.outcome in (Outcome.DRAIN, Outcome.ALREADY_DONE):
+                    self._left_running.setdefault(job.job_id, {}).update(
+                        {n: health[n].health.value for n in failed})
                 if report.decision.changes_anything:
                     self._recovering[job.job_id] = (detected, frozenset(failed))
                 if report.decision.changes_anything and report.state_after != "RUNNING":
@@ -156,6 +163,16 @@ class Watcher:
                 log.error("watch: job %s not rescheduled: %s (next try in %gs)", job.job_id,
                           exc, self.cooldown, extra={"job": str(job.job_id)})
         return res
+
+    def _not_left_running(self, job_id: int, failed: Sequence[str],
+                          health: dict[str, ProbeResult]) -> list[str]:
+        """``failed`` without the nodes already drained and left running for this job whose
+        health has not changed since (a node that gets worse is acted on again)."""
+        left = self._left_running.get(job_id, {})
+        for node in list(left):
+            if node not in health or left[node] != health[node].health.value:
+                del left[node]
+        return [n for n in failed if n not in left]
 
     def _audit_detection(self, job: JobInfo, failed: Sequence[str],
                          health: dict[str, ProbeResult]) -> float:

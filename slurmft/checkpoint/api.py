@@ -430,6 +430,12 @@ class CheckpointManager:
                     self._dest.prune(self.policy.keep_last)
                 except Exception as exc:  # noqa: BLE001
                     log.warning("rotation at %s failed: %s", self._dest.describe(), exc)
+            # The local cache kept what was still uploading when it last rotated: rotate it
+            # again now that this one is safe (else a slow destination grows the cache).
+            try:
+                self._rotate(info)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("rotation of the local cache failed: %s", exc)
         else:
             msg = f"upload of {info.name} failed: {error}"
             log.error(msg)

@@ -37,6 +37,7 @@ class JobInfo:
     submit_time: int | None = None
     start_time: int | None = None
     batch_host: str = ""
+    comment: str = ""              # --comment (slurmft's wrapper marks itself here)
     tasks: int = 0                 # NumTasks
     tasks_per_node: int = 0        # --ntasks-per-node; 0: not set
     cpus_per_task: int = 1
@@ -84,6 +85,7 @@ class SlurmClient(Protocol):
     def release(self, job_id: int) -> None: ...
     def requeue(self, job_id: int) -> None: ...
     def requeue_hold(self, job_id: int) -> None: ...
+    def signal_batch(self, job_id: int, signal: str) -> None: ...
     def update_job(self, job_id: int, *, exclude: Sequence[str] | None = None,
                    num_nodes: tuple[int, int] | None = None,
                    num_tasks: int | None = None, num_cpus: int | None = None,

@@ -93,6 +93,19 @@ def build_cancel_argv(job_id: int, bin_dir: str = "") -> list[str]:
     return [_bin("scancel", bin_dir), str(check_job_id(job_id))]
 
 
+#: Signals slurmft may send to a job's batch script (never one that kills it outright).
+BATCH_SIGNALS = frozenset({"USR1", "USR2", "HUP", "CONT", "INT", "TERM"})
+
+
+def build_signal_batch_argv(job_id: int, signal: str, bin_dir: str = "") -> list[str]:
+    """``scancel --batch --signal=SIG <id>``: signal the batch script only, not its steps."""
+    sig = signal.upper().removeprefix("SIG")
+    if sig not in BATCH_SIGNALS:
+        raise UsageError(f"signal {signal!r} is not one slurmft sends to a batch script "
+                         f"(one of {', '.join(sorted(BATCH_SIGNALS))})")
+    return [_bin("scancel", bin_dir), "--batch", f"--signal={sig}", str(check_job_id(job_id))]
+
+
 def build_node_update_argv(nodes: Sequence[str] | str, state: str, reason: str | None = None,
                            bin_dir: str = "") -> list[str]:
     """``scontrol update NodeName=<hostlist> State=<state> [Reason=<reason>]``.
@@ -317,6 +330,7 @@ def job_from_json(doc: Mapping[str, Any]) -> JobInfo:
             submit_time=num(doc.get("submit_time")),
             start_time=num(doc.get("start_time")),
             batch_host=str(_first(doc, "batch_host", default="")),
+            comment=str(_first(doc, "comment", default="") or ""),
             tasks=num(_first(doc, "tasks", "num_tasks")) or 0,
             tasks_per_node=num(doc.get("tasks_per_node")) or 0,
             cpus_per_task=num(doc.get("cpus_per_task")) or 1,
@@ -444,6 +458,7 @@ def job_from_key_values(kv: Mapping[str, str]) -> JobInfo:
         submit_time=_time(kv.get("SubmitTime")),
         start_time=_time(kv.get("StartTime")),
         batch_host=kv.get("BatchHost", "") if kv.get("BatchHost") != "(null)" else "",
+        comment=kv.get("Comment", "") if kv.get("Comment") != "(null)" else "",
         tasks=num(kv.get("NumTasks")) or 0,
         # NtasksPerN:B:S:C=1:0:*:* -> 1 (0 when --ntasks-per-node was not given)
         tasks_per_node=num(kv.get("NtasksPerN:B:S:C", "0").split(":", 1)[0]) or 0,

@@ -105,6 +105,10 @@ class CommandSlurmClient:
     def requeue_hold(self, job_id: int) -> None:
         self._run(scli.build_job_action_argv("requeuehold", job_id, self.bin_dir))
 
+    def signal_batch(self, job_id: int, signal: str) -> None:
+        """Send ``signal`` to the job's batch script (``scancel --batch --signal``)."""
+        self._run(scli.build_signal_batch_argv(job_id, signal, self.bin_dir))
+
     def cancel(self, job_id: int) -> None:
         """``scancel <id>`` (not part of the SlurmClient protocol; tests and the demo use it)."""
         self._run(scli.build_cancel_argv(job_id, self.bin_dir))

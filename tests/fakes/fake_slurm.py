@@ -57,6 +57,8 @@ class FakeSlurm:
         self.calls: list[tuple[str, ...]] = []
         self.timeouts: list[float] = []
         self.controller_up = True
+        self.no_kill: set[int] = set()              # jobs submitted with --no-kill
+        self.signals: list[tuple[int, str, bool]] = []  # (job, signal, --batch) sent by scancel
         self._scripted: list[tuple[int, str, str]] = []
         self.next_job_id = max(self.jobs, default=0) + 1
 
@@ -69,12 +71,17 @@ class FakeSlurm:
 
     def add_job(self, state: str = "RUNNING", nodes: Sequence[str] = ("node1",), *,
                 job_id: int | None = None, requeue: bool = True, name: str = "job",
-                reason: str = "None") -> int:
+                reason: str = "None", comment: str = "", no_kill: bool = False) -> int:
+        """``no_kill``: sbatch --no-kill (squeue --json does not show it; the fake keeps it
+        aside): a downed node is removed from the running job instead of failing it."""
         job_id = job_id or self.next_job_id
         self.next_job_id = max(self.next_job_id, job_id + 1)
         doc = copy.deepcopy(self._job_template)
         doc.update(job_id=job_id, name=name, job_state=state, requeue=requeue,
-                   state_reason=reason, restart_cnt=0, excluded_nodes="", priority=1000)
+                   state_reason=reason, restart_cnt=0, excluded_nodes="", priority=1000,
+                   comment=comment)
+        if no_kill:
+            self.no_kill.add(job_id)
         self._place(doc, list(nodes) if state in ("RUNNING", "COMPLETING") or state in ENDED
                     else [], node_count=len(nodes))
         self.jobs[job_id] = doc
@@ -195,6 +202,13 @@ class FakeSlurm:
         if not ids or not ids[0].isdigit():
             return 1, "", f"scancel: error: Invalid job id {ids[0] if ids else ''}\n"
         j = self.jobs.get(int(ids[0]))
+        signal = next((a.split("=", 1)[1] for a in args if a.startswith("--signal=")), "")
+        if signal:
+            if j is None or j["job_state"] in ENDED:
+                return 1, "", f"scancel: error: Kill job error on job id {ids[0]}: " \
+                              "Job/step already completing or completed\n"
+            self.signals.append((int(ids[0]), signal, "--batch" in args))
+            return 0, "", ""
         if j is not None and j["job_state"] not in ENDED:
             j.update(job_state="CANCELLED", state_reason="None")
         return 0, "", ""
@@ -321,7 +335,12 @@ class FakeSlurm:
                 node.update(state="down", state_flags=flags, reason=reason)
                 for j in self.jobs.values():  # the job on a downed node is killed + requeued
                     if j["job_state"] == "RUNNING" and n in _expand(j.get("nodes", "")):
-                        self._node_fail(j)
+                        if j["job_id"] in self.no_kill and n != j.get("batch_host"):
+                            # --no-kill: the node leaves the job, which keeps running
+                            keep = [x for x in _expand(j["nodes"]) if x != n]
+                            self._place(j, keep, node_count=len(keep))
+                        else:
+                            self._node_fail(j)
             elif state in ("RESUME", "UNDRAIN"):
                 drained = "DRAIN" in node.get("state_flags", [])
                 if not drained and node["state"] != "down":

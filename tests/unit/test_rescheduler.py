@@ -375,3 +375,56 @@ def test_restart_in_place_also_waits_out_the_requeue_second(fake, tmp_path):
     assert report.decision.outcome is Outcome.REQUEUE
     assert [c[1] for c in scontrol_writes(fake)] == ["requeue", "update"]
     assert slept == [pytest.approx(0.85)]       # 2000.2 -> 2001.05
+
+
+# ---- relaunch in the allocation (--no-kill jobs of slurmft's wrapper) -------------------------
+
+def test_relaunchable_job_loses_the_node_and_keeps_running(fake, tmp_path):
+    from slurmft.policy import RELAUNCH_MARK
+
+    jid = fake.add_job("RUNNING", NODES, comment=RELAUNCH_MARK, no_kill=True)
+    r, _, store = make(fake, tmp_path, {"node3": Health.UNREACHABLE})
+    report = r.reschedule(jid)
+    assert report.decision.outcome is Outcome.RELAUNCH
+    j = fake.job(jid)
+    assert j["job_state"] == "RUNNING" and expand(j["nodes"]) == ["node1", "node2", "node4"]
+    assert fake.signals == [(jid, "USR2", True)]
+    assert "DRAIN" in fake.nodes["node3"]["state_flags"]
+    assert not [c for c in fake.calls if c[:2] in (("scontrol", "requeuehold"),
+                                                   ("scontrol", "requeue"))]
+    record = store.load(jid)
+    assert len(record.attempts) == 1 and record.excluded == ["node3"]
+    assert record.last_nodes == ["node1", "node2", "node4"]
+
+
+def test_in_place_call_from_the_wrapper_sends_no_signal(fake, tmp_path):
+    from slurmft.policy import RELAUNCH_MARK
+
+    jid = fake.add_job("RUNNING", NODES, comment=RELAUNCH_MARK, no_kill=True)
+    r, _, _ = make(fake, tmp_path, {"node2": Health.UNRESPONSIVE})
+    report = r.reschedule(jid, in_place=True)
+    assert report.decision.outcome is Outcome.RELAUNCH
+    assert expand(fake.job(jid)["nodes"]) == ["node1", "node3", "node4"]
+    assert fake.signals == []
+
+
+def test_degraded_node_of_a_relaunchable_job_is_only_drained(fake, tmp_path):
+    from slurmft.policy import RELAUNCH_MARK
+
+    jid = fake.add_job("RUNNING", NODES, comment=RELAUNCH_MARK, no_kill=True)
+    r, _, store = make(fake, tmp_path, {"node4": Health.DEGRADED})
+    assert r.reschedule(jid).decision.outcome is Outcome.DRAIN
+    assert expand(fake.job(jid)["nodes"]) == NODES and fake.signals == []
+    assert "DRAIN" in fake.nodes["node4"]["state_flags"]
+    assert store.load(jid).attempts == [] and store.load(jid).excluded == ["node4"]
+    assert r.reschedule(jid).decision.outcome is Outcome.ALREADY_DONE
+
+
+def test_relaunch_dry_run_lists_the_signal(fake, tmp_path):
+    from slurmft.policy import RELAUNCH_MARK
+
+    jid = fake.add_job("RUNNING", NODES, comment=RELAUNCH_MARK, no_kill=True)
+    r, _, _ = make(fake, tmp_path, {"node3": Health.UNREACHABLE}, dry_run=True)
+    report = r.reschedule(jid)
+    assert report.commands[-1] == ["scancel", "--batch", "--signal=USR2", str(jid)]
+    assert fake.signals == [] and expand(fake.job(jid)["nodes"]) == NODES
