@@ -164,11 +164,17 @@ class Demo:
                 events["requeued"] = now
                 self.say(f"  +{now - events['fault']:.2f} s  job {job_id} is {job.state} "
                          f"(restarts {job.restart_count})")
-            if seen_requeue and job.state == "RUNNING" and fault_node not in job.nodes:
-                events["running_again"] = now
+            if job.state == "RUNNING" and fault_node not in job.nodes:
                 recovered_nodes = list(job.nodes)
-                self.say(f"  +{now - events['fault']:.2f} s  job RUNNING again on "
-                         f"{','.join(job.nodes)}")
+                events["running_again"] = now
+                if seen_requeue:
+                    self.say(f"  +{now - events['fault']:.2f} s  job RUNNING again on "
+                             f"{','.join(job.nodes)}")
+                else:     # relaunched in its own allocation (--no-kill): it never stopped
+                    events["excluded"] = now
+                    self.say(f"  +{now - events['fault']:.2f} s  {fault_node} taken out of job "
+                             f"{job_id}, which keeps running on {','.join(job.nodes)}: the "
+                             "training relaunches there")
                 break
             if job.has_ended:
                 raise SlurmFTError(f"job {job_id} ended {job.state} instead of being rescheduled")
@@ -183,7 +189,8 @@ class Demo:
         summary = summarize(records, o.steps, events)
         result = DemoResult(
             job_id=job_id, fault_node=fault_node, initial_nodes=initial_nodes,
-            final_nodes=recovered_nodes, excluded=list(job.excluded_nodes),
+            final_nodes=recovered_nodes,
+            excluded=sorted(set(job.excluded_nodes) | (set(initial_nodes) - set(recovered_nodes))),
             fault_node_state="+".join([fn.state, *fn.flags]) if fn else "",
             fault_node_reason=fn.reason if fn else "", restarts=job.restart_count,
             final_state=job.state, events=events, summary=summary, out_dir=o.out_dir)
@@ -210,6 +217,10 @@ class Demo:
     def _start_watcher(self, job_id: int, log_path: Path) -> None:
         env = self.cluster.env()
         env["SLURMFT_PROBE_TIMEOUT"] = str(self.o.probe_timeout)
+        env["SLURMFT_PROBE_CHECK_SLURMD"] = "1"     # a dead slurmd: drain, keep training
+        # A bridge answers ping in well under a millisecond: 0.5 s of silence is a dead link
+        # (the watcher re-probes a suspect once before acting, so load spikes do not count).
+        env["SLURMFT_PROBE_PING_TIMEOUT"] = str(min(0.5, self.o.probe_timeout))
         argv = self.cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch",
                                        "--job", str(job_id), "--interval", str(self.o.watch_interval)])
         with open(log_path, "ab") as fh:
@@ -289,7 +300,9 @@ def mpirun_args(cluster: Cluster) -> str:
     subnet = cluster.subnet
     return (f"--allow-run-as-root --mca plm_rsh_args '-F {cluster.ssh_config_path}' "
             f"--mca btl self,tcp --mca btl_tcp_if_include {subnet} "
-            f"--mca oob_tcp_if_include {subnet}")
+            f"--mca oob_tcp_if_include {subnet} "
+            # The nodes share this machine's cores: ranks waiting in MPI must yield them.
+            f"--mca mpi_yield_when_idle 1")
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001

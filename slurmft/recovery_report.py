@@ -2,7 +2,8 @@
 
 Input is what the run left behind: the progress records ``examples/train.py`` (or any script
 using the same record shape) appends as JSON lines, plus the wall-clock times of outside events
-(fault injected, failure detected, job requeued, job running again). Nothing here touches a
+(fault injected, failure detected, job requeued or failed node taken out of the running job,
+job running again). Nothing here touches a
 process or a file except ``read_progress``.
 
 Definitions (stated once, used everywhere):
@@ -158,7 +159,9 @@ def timeline(records: Sequence[Mapping], events: Mapping[str, float] | None = No
             out.append(TimelineEntry(after[0]["t"], "first step after resume",
                                      f"step {after[0]['step']}"))
     labels = {"fault": "fault injected", "detected": "failure detected by slurmft",
-              "requeued": "job requeued (failed node excluded)", "running_again": "job running again"}
+              "requeued": "job requeued (failed node excluded)",
+              "excluded": "failed node taken out of the running job (relaunch in place)",
+              "running_again": "job running again without the failed node"}
     for key, label in labels.items():
         if events and events.get(key) is not None:
             out.append(TimelineEntry(events[key], label, ""))

@@ -37,6 +37,7 @@ from slurmft.errors import (
 )
 from slurmft.log import get_logger
 from slurmft.policy import (
+    RELAUNCH_MARK,
     Action,
     Decision,
     Outcome,
@@ -142,6 +143,7 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "checkpoint_dir": checkpoint_dir,
         "slurmft_cmd": list(slurmft_cmd) or [sys.executable, "-m", "slurmft"],
         "reschedule_log": reschedule_log or str(Path(config.state_dir) / "reschedule.log"),
+        "relaunch_mark": RELAUNCH_MARK,
     }
 
 

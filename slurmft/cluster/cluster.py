@@ -206,6 +206,7 @@ class Cluster:
             "SLURMFT_PROBE_SSH_CONFIG": str(lay.ssh_config),
             "SLURMFT_PROBE_SSH_KEY": str(lay.ssh_key),
             "SLURMFT_PROBE_KNOWN_HOSTS": str(lay.known_hosts),
+            "SLURMFT_PROBE_SLURMD_PORT": str(lay.ports[1]),
             "SLURMFT_RESCHEDULE_STATE_DIR": str(lay.slurmft_state_dir),
             "SLURMFT_CLUSTER_NAME": self.name,
             "SLURMFT_CLUSTER_SHARED": str(lay.shared_dir),

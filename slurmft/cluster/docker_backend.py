@@ -818,6 +818,7 @@ class DockerCluster:
             "SLURMFT_PROBE_SSH_CONFIG": SSH_CONFIG,
             "SLURMFT_PROBE_SSH_KEY": SSH_KEY,
             "SLURMFT_PROBE_KNOWN_HOSTS": KNOWN_HOSTS,
+            "SLURMFT_PROBE_SLURMD_PORT": str(lay.ports[1]),
             "SLURMFT_RESCHEDULE_STATE_DIR": str(lay.slurmft_state_dir),
             "SLURMFT_CLUSTER_NAME": self.name,
             "SLURMFT_CLUSTER_SHARED": str(lay.shared_dir),

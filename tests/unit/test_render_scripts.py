@@ -66,7 +66,8 @@ def test_restart_mpirun_golden(tmp_path):
     shellcheck(tmp_path, text)
     assert "#SBATCH --exclude=node3" in text
     assert "#SBATCH --nodelist=node1,node2,node4" in text
-    assert "mpirun -np 6 --hostfile" in text
+    assert 'mpirun -np "$(( $(wc -l < "$hostfile") * 2 ))" --hostfile' in text
+    assert "#SBATCH --no-kill" in text and "#SBATCH --comment=slurmft:relaunch" in text
     assert "--mca plm rsh --mca ras '^slurm'" in text
     assert "export CHECKPOINT_PATH='/shared/ckpt run1'" in text
     assert "'run one'" in text
@@ -96,44 +97,104 @@ def test_job_wrapper_golden(tmp_path):
     assert 'reschedule "$SLURM_JOB_ID"' in text
 
 
-def test_job_wrapper_calls_reschedule_only_on_failure(tmp_path):
-    """Run the rendered wrapper with stand-ins for mpirun, scontrol and slurmft."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    calls = tmp_path / "calls"
-    for name, body in {"mpirun": 'echo "mpirun $*" >>"$CALLS"; exit "${MPI_RC:-0}"',
-                       "scontrol": 'printf "node1\\nnode2\\n"',
-                       "slurmft": 'echo "slurmft $*" >>"$CALLS"'}.items():
-        (bindir / name).write_text(f"#!/bin/bash\n{body}\n")
-        (bindir / name).chmod(0o755)
-    ckpt = tmp_path / "ck"
-    ctx = job_context(RescheduleConfig(), train_cmd="train --x 1", checkpoint_dir=str(ckpt),
-                      nodes=2, slurmft_cmd=[str(bindir / "slurmft")],
-                      reschedule_log=str(tmp_path / "r.log"))
-    script = tmp_path / "job.sh"
-    script.write_text(render("job.sh.j2", ctx))
-    env = {"PATH": f"{bindir}:/usr/bin:/bin", "CALLS": str(calls), "SLURM_JOB_ID": "7",
-           "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_NUM_NODES": "2", "TMPDIR": str(tmp_path)}
+class Wrapper:
+    """The rendered wrapper, run with stand-ins for mpirun, scontrol, squeue and slurmft.
 
-    ok = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True,
-                        timeout=30, check=False)
-    assert ok.returncode == 0
-    assert calls.read_text().splitlines() == ["mpirun -np 2 --hostfile " +
-                                              calls.read_text().split("--hostfile ")[1].split()[0]
-                                              + " --mca plm rsh --mca ras ^slurm train --x 1"]
-    calls.unlink()
-    (ckpt / "step-1").mkdir()                   # a checkpoint exists now: the run resumes
-    failed = subprocess.run(["bash", str(script)], env={**env, "MPI_RC": "255"},
-                            capture_output=True, text=True, timeout=30, check=False)
-    assert failed.returncode == 255
-    for _ in range(50):                         # setsid -f returns before the child writes
-        if calls.exists() and len(calls.read_text().splitlines()) == 2:
-            break
-        subprocess.run(["sleep", "0.1"], check=False)
-    lines = calls.read_text().splitlines()
-    assert lines[0].endswith(f"train --x 1 --resume {ckpt}")
-    assert lines[1] == (f"slurmft reschedule 7 --settle 30 --restart-failed --nodes node[1-2] --checkpoint-dir "
-                        f"{ckpt} --train-cmd train --x 1")
+    mpirun's exit codes come from MPI_RCS (one per call; 'hang' sleeps until killed);
+    slurmft exits IN_PLACE_RC for --in-place; squeue prints SQUEUE_NODES."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.bindir = tmp_path / "bin"
+        self.bindir.mkdir()
+        self.calls = tmp_path / "calls"
+        stubs = {
+            "mpirun": ('echo "mpirun $*" >>"$CALLS"; n=$(grep -c "^mpirun" "$CALLS"); '
+                       'rc=$(echo "$MPI_RCS" | cut -d, -f"$n"); '
+                       'if [ "$rc" = hang ]; then exec sleep 60; fi; exit "${rc:-0}"'),
+            "scontrol": ('case "$3" in "node[1-2]") printf "node1\\nnode2\\n";; '
+                         '*) echo "$3";; esac'),
+            "squeue": 'echo "$SQUEUE_NODES"',
+            "slurmft": ('echo "slurmft $*" >>"$CALLS"; '
+                        'case "$*" in *--in-place*) exit "${IN_PLACE_RC:-0}";; esac'),
+        }
+        for name, body in stubs.items():
+            (self.bindir / name).write_text(f"#!/bin/bash\n{body}\n")
+            (self.bindir / name).chmod(0o755)
+        self.ckpt = tmp_path / "ck"
+        ctx = job_context(RescheduleConfig(), train_cmd="train --x 1",
+                          checkpoint_dir=str(self.ckpt), nodes=2,
+                          slurmft_cmd=[str(self.bindir / "slurmft")],
+                          reschedule_log=str(tmp_path / "r.log"))
+        self.script = tmp_path / "job.sh"
+        self.script.write_text(render("job.sh.j2", ctx))
+        self.env = {"PATH": f"{self.bindir}:/usr/bin:/bin", "CALLS": str(self.calls),
+                    "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node[1-2]",
+                    "SLURM_JOB_NUM_NODES": "2", "TMPDIR": str(tmp_path), "SQUEUE_NODES": "node2"}
+
+    def start(self, **env: str) -> subprocess.Popen:
+        if self.calls.exists():
+            self.calls.unlink()
+        return subprocess.Popen(["bash", str(self.script)], env={**self.env, **env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def lines(self, want: int = 0) -> list[str]:
+        for _ in range(50):                     # setsid -f returns before the child writes
+            if self.calls.exists() and len(self.calls.read_text().splitlines()) >= want:
+                break
+            subprocess.run(["sleep", "0.1"], check=False)
+        return self.calls.read_text().splitlines() if self.calls.exists() else []
+
+
+def test_job_wrapper_runs_the_training_once_when_it_succeeds(tmp_path):
+    w = Wrapper(tmp_path)
+    p = w.start(MPI_RCS="0")
+    assert p.wait(30) == 0
+    [line] = w.lines()
+    assert line.startswith("mpirun -np 2 --hostfile ")
+    assert line.endswith(" --mca plm rsh --mca ras ^slurm train --x 1")
+
+
+def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
+    w = Wrapper(tmp_path)
+    p = w.start(MPI_RCS="255,0")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    lines = w.lines()
+    assert len(lines) == 3
+    assert lines[1] == f"slurmft reschedule 7 --in-place --checkpoint-dir {w.ckpt}"
+    # the second launch: one node (squeue's allocation now), resuming from the checkpoint
+    assert lines[2].startswith("mpirun -np 1 --hostfile ")
+    assert lines[2].endswith(f"train --x 1 --resume {w.ckpt}")
+    assert "relaunching the training on node2 in job 7" in err
+
+
+def test_what_cannot_be_relaunched_in_place_is_handed_to_a_requeue(tmp_path):
+    w = Wrapper(tmp_path)
+    p = w.start(MPI_RCS="255", IN_PLACE_RC="5")
+    p.communicate(timeout=30)
+    assert p.returncode == 255
+    lines = w.lines(want=3)
+    assert lines[1] == f"slurmft reschedule 7 --in-place --checkpoint-dir {w.ckpt}"
+    assert lines[2] == (f"slurmft reschedule 7 --settle 30 --restart-failed --nodes node[1-2] "
+                        f"--checkpoint-dir {w.ckpt} --train-cmd train --x 1")
+
+
+def test_usr2_stops_the_launcher_and_relaunches_without_asking_again(tmp_path):
+    import signal
+    import time
+
+    w = Wrapper(tmp_path)
+    p = w.start(MPI_RCS="hang,0")
+    deadline = time.monotonic() + 20
+    while not w.lines() and time.monotonic() < deadline:   # the first launch is running
+        time.sleep(0.05)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGUSR2)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    lines = w.lines()
+    assert [ln.split()[0] for ln in lines] == ["mpirun", "mpirun"]   # no reschedule call
+    assert lines[1].startswith("mpirun -np 1 ") and lines[1].endswith(f"--resume {w.ckpt}")
 
 
 def test_unsafe_sbatch_values_are_refused():

@@ -8,6 +8,10 @@
 #SBATCH --ntasks-per-node=2
 #SBATCH --requeue
 #SBATCH --open-mode=append
+# --no-kill: a failed node leaves the job instead of ending it; slurmft then relaunches the
+# training in this same allocation (the comment tells slurmft this wrapper does that).
+#SBATCH --no-kill
+#SBATCH --comment=slurmft:relaunch
 #SBATCH --partition=main
 #SBATCH --chdir=/shared/run1
 #SBATCH --output=/shared/run1/slurm-%j.out
@@ -27,20 +31,67 @@ resume=(--resume "$CHECKPOINT_PATH")
 
 hostfile="$(mktemp "${TMPDIR:-/tmp}/slurmft-hosts.XXXXXX")"
 trap 'rm -f "$hostfile"' EXIT
-cat > "$hostfile" <<'HOSTS'
-node1 slots=2
-node2 slots=2
-node4 slots=2
-HOSTS
-# Inside sbatch, force the hostfile: plain mpirun would take the allocation from Slurm.
-mpirun -np 6 --hostfile "$hostfile" \
-    --mca plm rsh --mca ras '^slurm' --allow-run-as-root --mca btl self,tcp \
-    python train.py --epochs 10 --name 'run one' "${resume[@]}"
-rc=$?
+launcher_pid=""
+relaunch_asked=0
+# slurmft sends SIGUSR2 once it has taken a failed node out of this job: stop the launcher,
+# the loop below relaunches the training on the nodes left, from the latest checkpoint.
+# shellcheck disable=SC2317  # called by the trap
+on_relaunch() {
+    relaunch_asked=1
+    if [ -n "$launcher_pid" ]; then
+        kill -TERM "$launcher_pid" 2>/dev/null
+    fi
+}
+trap on_relaunch USR2
+nodelist="$SLURM_JOB_NODELIST"
+while :; do
+    scontrol show hostnames "$nodelist" | while read -r host; do
+        printf '%s slots=%d\n' "$host" 2
+    done > "$hostfile"
+    relaunch_asked=0
+    # Inside sbatch, force the hostfile: plain mpirun would take the allocation from Slurm.
+    mpirun -np "$(( $(wc -l < "$hostfile") * 2 ))" --hostfile "$hostfile" \
+        --mca plm rsh --mca ras '^slurm' --allow-run-as-root --mca btl self,tcp \
+        python train.py --epochs 10 --name 'run one' "${resume[@]}" &
+    launcher_pid=$!
+    wait "$launcher_pid"
+    rc=$?
+    if [ "$relaunch_asked" -eq 1 ]; then
+        # mpirun stops the ranks on the nodes it reaches at once, then waits for the daemon
+        # of an unreachable node: give it 1 s, then kill it.
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            kill -0 "$launcher_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$launcher_pid" 2>/dev/null
+        wait "$launcher_pid" 2>/dev/null
+    fi
+    launcher_pid=""
+    if [ "$rc" -eq 0 ]; then
+        break
+    fi
+    resume=(--resume "$CHECKPOINT_PATH")
+    if [ "$relaunch_asked" -eq 0 ]; then
+        # The launcher failed by itself (a rank died, a node vanished): slurmft probes the
+        # nodes and takes the failed ones out of the job (exit 0), or says it needs a requeue.
+        echo "slurmft: launcher exited with $rc in job $SLURM_JOB_ID; asking slurmft" >&2
+        if ! /opt/slurmft/bin/slurmft reschedule "$SLURM_JOB_ID" --in-place \
+                --checkpoint-dir "$CHECKPOINT_PATH" </dev/null >>/shared/slurmft/reschedule.log 2>&1; then
+            break
+        fi
+    fi
+    nodelist="$(squeue --noheader --jobs "$SLURM_JOB_ID" --format %N)"
+    if [ -z "$nodelist" ]; then
+        echo "slurmft: cannot read the allocation of job $SLURM_JOB_ID" >&2
+        break
+    fi
+    echo "slurmft: relaunching the training on $nodelist in job $SLURM_JOB_ID" >&2
+done
 
 if [ "$rc" -ne 0 ]; then
-    # A rank or node failed: let slurmft check the nodes and reschedule. It runs detached
-    # (setsid -f) because it requeues this very job, which ends this script.
+    # Not recoverable inside this allocation: let slurmft check the nodes and requeue or
+    # resubmit. It runs detached (setsid -f) because it requeues this very job, which ends
+    # this script.
     echo "slurmft: launcher exited with $rc in job $SLURM_JOB_ID; asking slurmft to reschedule" >&2
     setsid -f /opt/slurmft/bin/slurmft reschedule "$SLURM_JOB_ID" --settle 30 --restart-failed \
         --nodes "$SLURM_JOB_NODELIST" --checkpoint-dir "$CHECKPOINT_PATH" \

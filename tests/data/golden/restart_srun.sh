@@ -29,8 +29,9 @@ srun --mpi=pmix --ntasks-per-node=1 python train.py "${resume[@]}"
 rc=$?
 
 if [ "$rc" -ne 0 ]; then
-    # A rank or node failed: let slurmft check the nodes and reschedule. It runs detached
-    # (setsid -f) because it requeues this very job, which ends this script.
+    # Not recoverable inside this allocation: let slurmft check the nodes and requeue or
+    # resubmit. It runs detached (setsid -f) because it requeues this very job, which ends
+    # this script.
     echo "slurmft: launcher exited with $rc in job $SLURM_JOB_ID; asking slurmft to reschedule" >&2
     setsid -f /opt/slurmft/bin/slurmft reschedule "$SLURM_JOB_ID" --settle 30 --restart-failed \
         --nodes "$SLURM_JOB_NODELIST" --checkpoint-dir "$CHECKPOINT_PATH" \
