@@ -8,9 +8,9 @@ nodename=X state=resume`` if it is drained or down) so the cluster does not run 
 Three variants, each on its own fresh cluster, measured in the same run:
 
   slurmft   the job wrapper (templates/job.sh.j2) + ``slurmft watch --interval 1``
-  slurm     the same requeueable wrapper, no slurmft at all (its reschedule hand-off is a no-op):
-            Slurm notices failures itself (SlurmdTimeout=10 here) and requeues; the wrapper
-            resumes from the newest verified checkpoint
+  slurm     a plain requeueable job script, no slurmft at all: Slurm notices failures itself
+            (SlurmdTimeout=10 here) and requeues; the script resumes from the newest verified
+            checkpoint
   classic   the seed guide's recipe inside the job: on launcher failure ping each host,
             ``scontrol update jobid=.. MinNodes=N-1 ExcNodeList=FAILED`` (rejected by Slurm 22.05:
             recorded), ``mpirun -np N-1`` on a hostfile without the failed node, ``--resume``;
@@ -163,6 +163,29 @@ exit "$rc"
 """
 
 
+def slurm_script(*, nodes: int, work: Path, ckpt_dir: Path, mpirun_opts: str,
+                 train: list[str]) -> str:
+    """Slurm's own recovery alone: a requeueable job that resumes from the newest verified
+    checkpoint when it runs again. Slurm notices a failed node itself (SlurmdTimeout) and
+    requeues the job; nothing else helps."""
+    q = shlex.quote
+    return f"""#!/bin/bash
+#SBATCH --job-name=gp-slurm
+#SBATCH --nodes={int(nodes)}
+#SBATCH --ntasks-per-node=1
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --chdir={work}
+#SBATCH --output={work / 'job.out'}
+set -u
+CKPT={q(str(ckpt_dir))}
+resume=()
+if [ -n "$(ls -A "$CKPT" 2>/dev/null)" ]; then resume=(--resume "$CKPT"); fi
+# Plain mpirun in sbatch: its daemons start through Slurm on the job's nodes.
+mpirun -np "$SLURM_JOB_NUM_NODES" {mpirun_opts} {shlex.join(train)} "${{resume[@]}}"
+"""
+
+
 # ---- analysis (pure) -------------------------------------------------------------------------
 
 def analyse(records: list[dict], faults: list[Fault], steps: int, end_t: float) -> dict:
@@ -234,17 +257,15 @@ class Run:
         return self.result
 
     def _script(self, work: Path, ckpt: Path, progress: Path) -> str:
-        if self.v == "slurmft":
+        if self.v in ("slurmft", "nofault"):        # nofault: the same wrapper, no fault
             return self.demo._job_script(work, ckpt, progress)
-        if self.v in ("slurm", "nofault"):          # the same wrapper; reschedule hand-off off
-            return self.demo._job_script(work, ckpt, progress, slurmft_cmd=["true"])
         a = self.a
         train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(a.steps),
                  "--step-time", str(a.step_time), "--step-interval", str(a.step_interval),
                  "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
-        return classic_script(nodes=a.nodes, work=work, ckpt_dir=ckpt,
-                              mpirun_opts=shlex.join(shlex.split(mpirun_args(self.cluster))),
-                              train=train)
+        make = slurm_script if self.v == "slurm" else classic_script
+        return make(nodes=a.nodes, work=work, ckpt_dir=ckpt,
+                    mpirun_opts=shlex.join(shlex.split(mpirun_args(self.cluster))), train=train)
 
     def _execute(self) -> None:
         a, c, res = self.a, self.cluster, self.result

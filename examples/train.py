@@ -30,6 +30,7 @@ from mpi4py import MPI
 from slurmft.checkpoint import CheckpointPolicy
 from slurmft.checkpoint.mpi import MPICheckpointManager
 from slurmft.checkpoint.torch import TorchCheckpointer
+from slurmft.errors import FencedError
 
 FEATURES = 16
 
@@ -131,6 +132,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"resumed from {info.name} (step {point.step - 1}, saved by "
                       f"{point.world_size} ranks) on {world} ranks", flush=True)
 
+    try:
+        return train_loop(args, comm, log, ckpt, torch_ckpt, model, optimizer, scheduler, x, y,
+                          start_step)
+    except FencedError as exc:
+        # A newer run of this job (requeued elsewhere) owns the checkpoint directory now.
+        log.write("fenced", reason=str(exc))
+        if rank == 0:
+            print(f"train.py: stopping: {exc}", file=sys.stderr, flush=True)
+        return 3
+    finally:
+        log.close()
+
+
+def train_loop(args, comm, log, ckpt, torch_ckpt, model, optimizer, scheduler, x, y,
+               start_step: int) -> int:
+    rank, world = comm.Get_rank(), comm.Get_size()
     params = [p for p in model.parameters()]
     n_grad = sum(p.numel() for p in params)
     step = start_step
@@ -168,11 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             if ckpt.should_stop:
                 log.write("stopped", step=step, reason="signal")
                 ckpt.close()
-                log.close()
                 return 0
     ckpt.close()
     log.write("done", step=step, world_size=world)
-    log.close()
     return 0
 
 

@@ -328,12 +328,15 @@ def _reschedule_parts(cfg: Config, *, dry_run: bool = False,
                    "launcher failed: take the failed nodes out of the allocation (DOWN, "
                    "DRAIN) and exit 0 so the wrapper relaunches on the nodes left, in the same "
                    "job; exit 5 if it needs a requeue instead (its batch host failed).")
+@click.option("--restart-count", type=click.IntRange(min=0), default=None,
+              help="With --in-place: the caller's SLURM_RESTART_COUNT. If Slurm requeued the "
+                   "job since, the caller is a copy left behind: exit 6, change nothing.")
 @click.pass_context
 def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool,
                    max_retry: int | None, min_nodes: int | None, no_drain: bool, settle: float,
                    nodes_hint: str | None, train_cmd: str | None, checkpoint_dir: str | None,
                    state_dir: str | None, wait: float, restart_failed: bool,
-                   in_place: bool) -> None:
+                   in_place: bool, restart_count: int | None) -> None:
     """Recover JOB_ID from failed nodes: probe, decide, act, report.
 
     \b
@@ -352,7 +355,8 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     \b
     Exit codes: 0 done or nothing to do; 1 Slurm failed; 2 usage; 3 policy refused
     (retry budget spent: job held; or too few nodes); 4 not your job; 5 (--in-place)
-    not relaunched in place: the job needs a requeue.
+    not relaunched in place: the job needs a requeue; 6 (--in-place) the caller
+    is a copy of the job Slurm has requeued since: it must stop.
     """
     from slurmft import hosts as _hosts
     from slurmft.errors import PolicyError
@@ -367,7 +371,8 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     try:
         report = resched.reschedule(jid, settle=settle, train_cmd=train_cmd,
                                     checkpoint_dir=checkpoint_dir, nodes_hint=hint,
-                                    restart_failed=restart_failed, in_place=in_place)
+                                    restart_failed=restart_failed, in_place=in_place,
+                                    caller_restarts=restart_count)
     except PolicyError as exc:
         report = getattr(exc, "report", None)
         if as_json:
@@ -383,6 +388,8 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
 
     if report.decision.outcome is Outcome.HAND_OFF:
         ctx.exit(5)
+    if report.decision.outcome is Outcome.STALE:
+        ctx.exit(6)
 
 
 def _render_options(f: Any) -> Any:
@@ -755,7 +762,11 @@ def demo_cmd(nodes, steps, step_time, step_interval, fault_after_step, fault, fa
                f"({result.fault_node_reason})")
     click.echo(f"Nodes:              {','.join(result.initial_nodes)} -> {','.join(result.final_nodes)}")
     click.echo(f"Detection time:     {s.detection_s} s")
-    click.echo(f"Running again:      {s.running_again_s} s after the fault")
+    if "excluded" in result.events:     # relaunched in its own allocation: never stopped
+        click.echo(f"Node taken out:     {s.running_again_s} s after the fault (the job kept "
+                   "running; the training relaunched on the nodes left)")
+    else:
+        click.echo(f"Running again:      {s.running_again_s} s after the fault")
     click.echo(f"First step resumed: {s.first_step_after_resume_s} s after the fault")
     click.echo(f"Steps lost:         {s.steps_lost} (resumed from step {s.resumed_from})")
     click.echo(f"Final step:         {s.final_step} of {s.planned_steps - 1}, job {result.final_state}")

@@ -102,6 +102,10 @@ class CorruptCheckpointError(CheckpointError):
     """A checkpoint failed verification."""
 
 
+class FencedError(CheckpointError):
+    """A newer run claimed the checkpoint directory: this one must stop writing (and exit)."""
+
+
 class ClusterError(SlurmFTError):
     """The local test cluster could not be built, used or torn down."""
 

@@ -41,7 +41,8 @@ class Outcome(str, enum.Enum):
     RELAUNCH = "relaunch"          # running, relaunchable: drop the failed nodes from the
                                    # allocation, the wrapper restarts the training in the job
     DRAIN = "drain"                # relaunchable job, only degraded nodes: drained, job untouched
-    HAND_OFF = "hand_off"          # asked in place, but the job must be requeued (exit 4)
+    HAND_OFF = "hand_off"          # asked in place, but the job must be requeued (exit 5)
+    STALE = "stale"                # asked in place by a wrapper the job left behind (exit 6)
     REQUEUE = "requeue"            # running (or ended, requeueable) -> requeuehold fast path
     UPDATE_PENDING = "update_pending"
     RESUBMIT = "resubmit"          # ended and not requeueable -> rendered restart job
@@ -95,6 +96,9 @@ class PolicyConfig:
     # The caller is the job's own wrapper, inside the allocation, whose launcher just failed:
     # plan only what keeps the job running (RELAUNCH), else HAND_OFF to a requeue.
     in_place: bool = False
+    # SLURM_RESTART_COUNT of the wrapper asking in place: when Slurm has requeued the job since,
+    # the caller is a copy left behind (its node was cut off) and must stop, not relaunch.
+    caller_restarts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -294,6 +298,11 @@ def _relaunch(job: JobInfo, failed: tuple[str, ...], status: Mapping[str, Health
     failed (a rank crashed), the training restarts on the same nodes. Each relaunch counts
     against the retry budget. ``None``: not a relaunch; decide as for any job."""
     jid = job.job_id
+    if (config.in_place and config.caller_restarts is not None
+            and config.caller_restarts != job.restart_count):
+        return Decision(Outcome.STALE, message=f"job {jid} was requeued since this wrapper "
+                        f"started (restart {config.caller_restarts}, now {job.restart_count}): "
+                        "this copy must stop", **base)
     hand_off = None
     if not (job.state == "RUNNING" and is_relaunchable(job)):
         hand_off = f"job {jid} is {job.state}" + ("" if is_relaunchable(job) else

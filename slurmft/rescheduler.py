@@ -337,7 +337,8 @@ class Rescheduler:
                    max_retry: int | None = None, drain: bool | None = None,
                    nodes_hint: Sequence[str] = (),
                    health: Mapping[str, ProbeResult] | None = None,
-                   restart_failed: bool = False, in_place: bool = False) -> Report:
+                   restart_failed: bool = False, in_place: bool = False,
+                   caller_restarts: int | None = None) -> Report:
         """Reschedule ``job_id`` if any of its nodes failed. Raises PolicyError (exit 3) when
         the budget is spent or too few nodes remain, after holding the job.
 
@@ -354,6 +355,7 @@ class Rescheduler:
             drain=self.config.drain if drain is None else drain,
             restart_failed=restart_failed,
             in_place=in_place,
+            caller_restarts=caller_restarts,
         )
         if self.dry_run:
             report = self._run_locked(job, pcfg, train_cmd, checkpoint_dir, nodes_hint,

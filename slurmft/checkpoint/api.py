@@ -44,7 +44,7 @@ from slurmft.checkpoint.upload import (
     DEFAULT_RSH, MountedDestination, RsyncDestination, SerialWorker, Uploader, parse_remote,
 )
 from slurmft.config import coerce, read_yaml
-from slurmft.errors import CheckpointError, ConfigError, CorruptCheckpointError
+from slurmft.errors import CheckpointError, ConfigError, CorruptCheckpointError, FencedError
 from slurmft.log import get_logger
 
 log = get_logger(__name__)
@@ -179,6 +179,10 @@ class CheckpointManager:
     ``pipeline=True`` starts writing each array while later ones are still being copied:
     shorter time to durable, but on a busy machine a longer stall (measured in bench/).
     ``writer=False`` (MPI ranks other than 0): never touches the directory.
+    ``owner``: fencing. A token unique to this run, claimed in the directory when the manager
+    starts; a checkpoint is published only while the directory still names this token, so an
+    old run left behind after a requeue (its node cut off, or its slurmd dead) cannot move
+    ``latest`` under the new run: it gets FencedError at its next save instead.
     """
 
     def __init__(self, path: str | os.PathLike, policy: CheckpointPolicy | None = None,
@@ -186,7 +190,7 @@ class CheckpointManager:
                  clock: Callable[[], float] = time.monotonic, *,
                  world_size: int = 1, on_event: EventHook | None = None,
                  rsh: tuple[str, ...] = DEFAULT_RSH, fault_hook: FaultHook | None = None,
-                 writer: bool = True, pipeline: bool = False) -> None:
+                 writer: bool = True, pipeline: bool = False, owner: str = "") -> None:
         self.policy = policy or CheckpointPolicy()
         self.clock = clock
         self.world_size = world_size
@@ -224,7 +228,16 @@ class CheckpointManager:
         self._old_handlers: dict[int, Any] = {}
         self._closed = False
         self.latest_loaded: CheckpointInfo | None = None
+        self.owner = owner.strip() if writer else ""
+        self._fenced = ""
+        # The directory two runs could both write: the destination when it is mounted.
+        self._fence_store = (self._dest.store if isinstance(self._dest, MountedDestination)
+                             else self._store)
         if writer:
+            if self.owner:
+                if isinstance(self._dest, RsyncDestination):
+                    log.warning("fencing covers the local cache only with a remote destination")
+                self._fence_store.claim(self.owner)
             removed = self._store.cleanup()
             if isinstance(self._dest, MountedDestination):
                 removed += self._dest.store.cleanup()
@@ -279,6 +292,8 @@ class CheckpointManager:
             raise CheckpointError("checkpoint manager is closed")
         if not self._writer:
             raise CheckpointError("this manager does not write (writer=False, e.g. MPI rank != 0)")
+        if self._fenced:
+            raise FencedError(self._fenced)
         t0 = time.perf_counter()
         if self._inflight is not None:
             # The previous write still reads the buffers: back-pressure, counted as stall.
@@ -374,6 +389,7 @@ class CheckpointManager:
             t_write = time.perf_counter()
             info = self._verify(info.name)
             t_verify = time.perf_counter()
+            self._check_fence(snap.step)
             self._store.set_latest_if_newer(info.name)
             self._emit("save", step=info.step, kind=info.kind, bytes_written=info.bytes_written,
                        bytes_total=info.bytes_total, write_s=t_write - t0,
@@ -386,6 +402,8 @@ class CheckpointManager:
                 fut = self._uploader.submit(info)
                 fut.add_done_callback(lambda f: _chain(f, done))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's future
+            if isinstance(exc, FencedError):
+                self._fenced = str(exc)
             msg = f"checkpoint of step {snap.step} failed: {exc}"
             log.error(msg)
             self._failures.append(msg)
@@ -396,6 +414,21 @@ class CheckpointManager:
             self._rotate(info)
         except Exception as exc:  # noqa: BLE001 - the checkpoint itself is durable
             log.warning("rotation in %s failed: %s", self._store.root, exc)
+
+    def _check_fence(self, step: int) -> None:
+        """Publish only while this run still owns the directory (see ``owner``)."""
+        if not self.owner:
+            return
+        current = self._fence_store.owner()
+        if current != self.owner:
+            raise FencedError(
+                f"a newer run ({current or 'unknown'}) took over {self._fence_store.root}: this "
+                f"run ({self.owner}) stops without publishing step {step}")
+
+    @property
+    def fenced(self) -> str:
+        """Why this run lost the directory to a newer one ('' while it owns it)."""
+        return self._fenced
 
     def _diff_base(self) -> CheckpointInfo | None:
         base = self._last_full

@@ -15,6 +15,9 @@ branch at the same step:
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,17 +25,27 @@ from mpi4py import MPI
 
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy, SaveHandle
 from slurmft.checkpoint.store import CheckpointInfo
-from slurmft.errors import CheckpointError
+from slurmft.errors import CheckpointError, FencedError
+
+
+def run_token() -> str:
+    """A token naming this run: Slurm job, restart count, host, pid and a random part."""
+    return (f"job {os.environ.get('SLURM_JOB_ID', '-')}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+            f" {socket.gethostname()}:{os.getpid()} {uuid.uuid4().hex[:8]}")
 
 
 class MPICheckpointManager:
     """A CheckpointManager shared by the ranks of ``comm`` (default COMM_WORLD)."""
 
     def __init__(self, path: str, policy: CheckpointPolicy | None = None, comm: Any = None,
-                 **kwargs: Any) -> None:
+                 *, fence: bool = True, **kwargs: Any) -> None:
+        """``fence``: claim the directory for this run (``CheckpointManager(owner=...)``)
+        before anything is loaded, so a run left behind by a requeue stops at its next save."""
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        if fence and self.rank == 0 and "owner" not in kwargs:
+            kwargs["owner"] = run_token()
         # Only rank 0 cleans up leftovers; the others must not touch the directory.
         self.manager = CheckpointManager(path, policy, world_size=self.size,
                                          writer=self.rank == 0, **kwargs)
@@ -79,17 +92,17 @@ class MPICheckpointManager:
     def save(self, state: Any, step: int, durable: bool = False, **kwargs: Any) -> SaveHandle | None:
         """Rank 0 saves ``state``; the others wait at a barrier. Collective."""
         handle = None
-        error = ""
+        error, fenced = "", False
         if self.rank == 0:
             try:
                 handle = self.manager.save(state, step, **kwargs)
                 if durable:
                     handle.result()
             except CheckpointError as exc:
-                error = str(exc)
-        error = self.comm.bcast(error, root=0)
+                error, fenced = str(exc), isinstance(exc, FencedError)
+        error, fenced = self.comm.bcast((error, fenced), root=0)
         if error:
-            raise CheckpointError(f"rank 0: {error}")
+            raise (FencedError if fenced else CheckpointError)(f"rank 0: {error}")
         return handle
 
     def choose(self) -> str | None:

@@ -49,6 +49,7 @@ MANIFEST = "manifest.json"
 DATA = "data.bin"
 META = "meta.pkl"
 LATEST = "latest"
+OWNER = ".owner"          # token of the run that may publish here (fencing)
 TMP_PREFIX = ".tmp-"
 ALIGN = 64
 CHUNK = 64 << 20
@@ -343,6 +344,18 @@ class Store:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return info
+
+    def claim(self, token: str) -> None:
+        """Make ``token`` the owner of this directory (a newer run fences off older ones)."""
+        self.ensure_root()
+        replace_file_atomic(self.root / OWNER, (token.strip() + "\n").encode())
+
+    def owner(self) -> str | None:
+        """The token of the run that claimed this directory last, or None."""
+        try:
+            return (self.root / OWNER).read_text().strip() or None
+        except (OSError, UnicodeDecodeError):
+            return None
 
     def set_latest(self, name: str) -> None:
         self._fault("latest")

@@ -1,5 +1,6 @@
-"""A rank crashes on a healthy node: the job wrapper restarts the job in place from its
-checkpoint (no node to exclude), within the retry budget. Real cluster, real mpirun + train.py."""
+"""A rank crashes on a healthy node: the job wrapper relaunches the training in its own
+allocation from its checkpoint (no node to exclude, no requeue), within the retry budget. Real
+cluster, real mpirun + train.py."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from slurmft.demo import EXAMPLE_TRAIN, mpirun_args
 from slurmft.recovery_report import read_progress
 from slurmft.render import render
 from slurmft.rescheduler import job_context
+from slurmft.state import StateStore
 from tests.integration.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-def test_rank_crash_on_a_healthy_node_restarts_in_place(cluster, cluster_run):
+def test_rank_crash_on_a_healthy_node_relaunches_in_place(cluster, cluster_run):
     work = Path(cluster.shared_dir) / "restart-in-place"
     ckpt, progress = work / "ckpt", work / "progress.jsonl"
     work.mkdir(parents=True, exist_ok=True)
@@ -48,9 +50,12 @@ def test_rank_crash_on_a_healthy_node_restarts_in_place(cluster, cluster_run):
 
         job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
                        "the job to complete after its restart", show=diagnose)
-        assert job.restart_count == 1
+        assert job.restart_count == 0                          # relaunched, not requeued
         assert sorted(job.nodes) == ["node1", "node2"]        # in place: nothing excluded
         assert not job.excluded_nodes
+        assert "relaunching the training on node[1-2]" in (work / "job.out").read_text()
+        [attempt] = StateStore(str(work / "state")).load(jid).attempts   # one retry spent
+        assert attempt.outcome == "relaunch" and attempt.failed == []
         recs = read_progress(progress)
         resumes = [r for r in recs if r["event"] == "resume"]
         assert len(resumes) == 1 and resumes[0]["from_step"] >= 30

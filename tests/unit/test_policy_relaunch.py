@@ -97,3 +97,11 @@ def test_too_few_nodes_left_is_refused():
     cfg = PolicyConfig(max_retry=3, min_nodes=4)
     d = decide(job(), health(node3=U), History(), cfg)
     assert d.outcome is Outcome.REFUSED and not d.actions
+
+
+def test_a_wrapper_copy_from_before_a_requeue_is_told_to_stop():
+    stale = PolicyConfig(max_retry=3, in_place=True, caller_restarts=0)
+    d = decide(job(restart_count=1), health(), History(), stale)
+    assert d.outcome is Outcome.STALE and not d.actions
+    current = PolicyConfig(max_retry=3, in_place=True, caller_restarts=1)
+    assert decide(job(restart_count=1), health(), History(), current).outcome is Outcome.RELAUNCH

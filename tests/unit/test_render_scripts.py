@@ -66,9 +66,9 @@ def test_restart_mpirun_golden(tmp_path):
     shellcheck(tmp_path, text)
     assert "#SBATCH --exclude=node3" in text
     assert "#SBATCH --nodelist=node1,node2,node4" in text
-    assert 'mpirun -np "$(( $(wc -l < "$hostfile") * 2 ))" --hostfile' in text
+    assert 'mpirun -np "$(( nodes * 2 ))" --allow-run-as-root' in text
     assert "#SBATCH --no-kill" in text and "#SBATCH --comment=slurmft:relaunch" in text
-    assert "--mca plm rsh --mca ras '^slurm'" in text
+    assert 'SLURM_TASKS_PER_NODE="2(x$nodes)"' in text     # mpirun launches through Slurm
     assert "export CHECKPOINT_PATH='/shared/ckpt run1'" in text
     assert "'run one'" in text
 
@@ -108,7 +108,8 @@ class Wrapper:
         self.bindir.mkdir()
         self.calls = tmp_path / "calls"
         stubs = {
-            "mpirun": ('echo "mpirun $*" >>"$CALLS"; n=$(grep -c "^mpirun" "$CALLS"); '
+            "mpirun": ('echo "mpirun@$SLURM_JOB_NODELIST/$SLURM_TASKS_PER_NODE $*" >>"$CALLS"; '
+                       'n=$(grep -c "^mpirun" "$CALLS"); '
                        'rc=$(echo "$MPI_RCS" | cut -d, -f"$n"); '
                        'if [ "$rc" = hang ]; then exec sleep 60; fi; exit "${rc:-0}"'),
             "scontrol": ('case "$3" in "node[1-2]") printf "node1\\nnode2\\n";; '
@@ -150,8 +151,7 @@ def test_job_wrapper_runs_the_training_once_when_it_succeeds(tmp_path):
     p = w.start(MPI_RCS="0")
     assert p.wait(30) == 0
     [line] = w.lines()
-    assert line.startswith("mpirun -np 2 --hostfile ")
-    assert line.endswith(" --mca plm rsh --mca ras ^slurm train --x 1")
+    assert line == "mpirun@node[1-2]/1(x2) -np 2 train --x 1"
 
 
 def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
@@ -161,10 +161,9 @@ def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
     assert p.returncode == 0, err
     lines = w.lines()
     assert len(lines) == 3
-    assert lines[1] == f"slurmft reschedule 7 --in-place --checkpoint-dir {w.ckpt}"
+    assert lines[1] == f"slurmft reschedule 7 --in-place --restart-count 0 --checkpoint-dir {w.ckpt}"
     # the second launch: one node (squeue's allocation now), resuming from the checkpoint
-    assert lines[2].startswith("mpirun -np 1 --hostfile ")
-    assert lines[2].endswith(f"train --x 1 --resume {w.ckpt}")
+    assert lines[2] == f"mpirun@node2/1(x1) -np 1 train --x 1 --resume {w.ckpt}"
     assert "relaunching the training on node2 in job 7" in err
 
 
@@ -174,9 +173,20 @@ def test_what_cannot_be_relaunched_in_place_is_handed_to_a_requeue(tmp_path):
     p.communicate(timeout=30)
     assert p.returncode == 255
     lines = w.lines(want=3)
-    assert lines[1] == f"slurmft reschedule 7 --in-place --checkpoint-dir {w.ckpt}"
+    assert lines[1] == f"slurmft reschedule 7 --in-place --restart-count 0 --checkpoint-dir {w.ckpt}"
     assert lines[2] == (f"slurmft reschedule 7 --settle 30 --restart-failed --nodes node[1-2] "
                         f"--checkpoint-dir {w.ckpt} --train-cmd train --x 1")
+
+
+def test_a_copy_left_behind_by_a_requeue_stops_without_handing_off(tmp_path):
+    w = Wrapper(tmp_path)
+    p = w.start(MPI_RCS="3", IN_PLACE_RC="6", SLURM_RESTART_COUNT="2")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 3
+    lines = w.lines()
+    assert lines[1] == f"slurmft reschedule 7 --in-place --restart-count 2 --checkpoint-dir {w.ckpt}"
+    subprocess.run(["sleep", "0.5"], check=False)     # a detached hand-off would show up here
+    assert len(w.lines()) == 2 and "runs elsewhere since its requeue" in err
 
 
 def test_usr2_stops_the_launcher_and_relaunches_without_asking_again(tmp_path):
@@ -193,8 +203,8 @@ def test_usr2_stops_the_launcher_and_relaunches_without_asking_again(tmp_path):
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     lines = w.lines()
-    assert [ln.split()[0] for ln in lines] == ["mpirun", "mpirun"]   # no reschedule call
-    assert lines[1].startswith("mpirun -np 1 ") and lines[1].endswith(f"--resume {w.ckpt}")
+    assert [ln.split("@")[0] for ln in lines] == ["mpirun", "mpirun"]   # no reschedule call
+    assert lines[1] == f"mpirun@node2/1(x1) -np 1 train --x 1 --resume {w.ckpt}"
 
 
 def test_unsafe_sbatch_values_are_refused():

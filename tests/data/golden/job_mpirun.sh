@@ -16,21 +16,23 @@ set -u
 
 export CHECKPOINT_PATH=/shared/ck
 mkdir -p "$CHECKPOINT_PATH"
-# Restart settings (e.g. CUDA_VISIBLE_DEVICES from `slurmft inject mask-gpu`).
-if [ -f "$CHECKPOINT_PATH/.slurmft-restart.env" ]; then
-    set -a
-    # shellcheck source=/dev/null
-    . "$CHECKPOINT_PATH/.slurmft-restart.env"
-    set +a
-fi
+# Restart settings (e.g. CUDA_VISIBLE_DEVICES from `slurmft inject mask-gpu`), read before
+# every start and relaunch of the training.
+load_restart_env() {
+    if [ -f "$CHECKPOINT_PATH/.slurmft-restart.env" ]; then
+        set -a
+        # shellcheck source=/dev/null
+        . "$CHECKPOINT_PATH/.slurmft-restart.env"
+        set +a
+    fi
+}
+load_restart_env
 # Resume when a checkpoint exists (a requeued or restarted run).
 resume=()
 if [ -n "$(ls -A "$CHECKPOINT_PATH" 2>/dev/null)" ]; then
     resume=(--resume "$CHECKPOINT_PATH")
 fi
 
-hostfile="$(mktemp "${TMPDIR:-/tmp}/slurmft-hosts.XXXXXX")"
-trap 'rm -f "$hostfile"' EXIT
 launcher_pid=""
 relaunch_asked=0
 # slurmft sends SIGUSR2 once it has taken a failed node out of this job: stop the launcher,
@@ -45,20 +47,22 @@ on_relaunch() {
 trap on_relaunch USR2
 nodelist="$SLURM_JOB_NODELIST"
 while :; do
-    scontrol show hostnames "$nodelist" | while read -r host; do
-        printf '%s slots=%d\n' "$host" 1
-    done > "$hostfile"
+    nodes="$(scontrol show hostnames "$nodelist" | wc -l)"
+    # mpirun starts its daemons with srun on the nodes Slurm's environment names (so Slurm
+    # tracks and cleans up every rank): after a relaunch, the nodes the job has left.
+    export SLURM_JOB_NODELIST="$nodelist" SLURM_NODELIST="$nodelist" \
+        SLURM_JOB_NUM_NODES="$nodes" SLURM_NNODES="$nodes" \
+        SLURM_TASKS_PER_NODE="1(x$nodes)" SLURM_NTASKS="$(( nodes * 1 ))" \
+        SLURM_NPROCS="$(( nodes * 1 ))"
     relaunch_asked=0
-    # Inside sbatch, force the hostfile: plain mpirun would take the allocation from Slurm.
-    mpirun -np "$(( $(wc -l < "$hostfile") * 1 ))" --hostfile "$hostfile" \
-        --mca plm rsh --mca ras '^slurm' --allow-run-as-root \
+    mpirun -np "$(( nodes * 1 ))" --allow-run-as-root \
         python train.py --steps 1000 "${resume[@]}" &
     launcher_pid=$!
     wait "$launcher_pid"
     rc=$?
     if [ "$relaunch_asked" -eq 1 ]; then
         # mpirun stops the ranks on the nodes it reaches at once, then waits for the daemon
-        # of an unreachable node: give it 1 s, then kill it.
+        # of an unreachable node: give it 1 s, then kill it (Slurm ends its srun step).
         for _ in 1 2 3 4 5 6 7 8 9 10; do
             kill -0 "$launcher_pid" 2>/dev/null || break
             sleep 0.1
@@ -75,8 +79,15 @@ while :; do
         # The launcher failed by itself (a rank died, a node vanished): slurmft probes the
         # nodes and takes the failed ones out of the job (exit 0), or says it needs a requeue.
         echo "slurmft: launcher exited with $rc in job $SLURM_JOB_ID; asking slurmft" >&2
-        if ! /opt/slurmft/bin/slurmft reschedule "$SLURM_JOB_ID" --in-place \
-                --checkpoint-dir "$CHECKPOINT_PATH" </dev/null >>/shared/slurmft/reschedule.log 2>&1; then
+        /opt/slurmft/bin/slurmft reschedule "$SLURM_JOB_ID" --in-place \
+            --restart-count "${SLURM_RESTART_COUNT:-0}" --checkpoint-dir "$CHECKPOINT_PATH" \
+            </dev/null >>/shared/slurmft/reschedule.log 2>&1
+        in_place=$?
+        if [ "$in_place" -eq 6 ]; then
+            # Slurm requeued the job while this node was cut off: it runs elsewhere now.
+            echo "slurmft: job $SLURM_JOB_ID runs elsewhere since its requeue; this copy stops" >&2
+            exit "$rc"
+        elif [ "$in_place" -ne 0 ]; then
             break
         fi
     fi
@@ -86,6 +97,7 @@ while :; do
         break
     fi
     echo "slurmft: relaunching the training on $nodelist in job $SLURM_JOB_ID" >&2
+    load_restart_env
 done
 
 if [ "$rc" -ne 0 ]; then

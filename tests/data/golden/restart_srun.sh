@@ -15,13 +15,17 @@ set -u
 
 export CHECKPOINT_PATH=/shared/ckpt
 mkdir -p "$CHECKPOINT_PATH"
-# Restart settings (e.g. CUDA_VISIBLE_DEVICES from `slurmft inject mask-gpu`).
-if [ -f "$CHECKPOINT_PATH/.slurmft-restart.env" ]; then
-    set -a
-    # shellcheck source=/dev/null
-    . "$CHECKPOINT_PATH/.slurmft-restart.env"
-    set +a
-fi
+# Restart settings (e.g. CUDA_VISIBLE_DEVICES from `slurmft inject mask-gpu`), read before
+# every start and relaunch of the training.
+load_restart_env() {
+    if [ -f "$CHECKPOINT_PATH/.slurmft-restart.env" ]; then
+        set -a
+        # shellcheck source=/dev/null
+        . "$CHECKPOINT_PATH/.slurmft-restart.env"
+        set +a
+    fi
+}
+load_restart_env
 export SLURMFT_ORIGINAL_JOB_ID=42
 resume=(--resume "$CHECKPOINT_PATH")
 
