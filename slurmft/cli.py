@@ -340,8 +340,9 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     """Recover JOB_ID from failed nodes: probe, decide, act, report.
 
     \b
-    RUNNING with failed nodes: requeuehold, set the nodes DOWN then DRAIN,
-      ExcNodeList (merged) + NumNodes=k-k, release, StartTime=now.
+    RUNNING with failed nodes: (SIGKILL to the job's processes when a node is
+      cut off: no save-on-signal can finish), requeuehold, set the nodes DOWN
+      then DRAIN, ExcNodeList (merged) + NumNodes=k-k, release, StartTime=now.
     PENDING: update ExcNodeList/NumNodes, release, StartTime=now.
     Ended and not requeueable: submit a restart job that resumes from the checkpoint.
     FAILED on healthy nodes, with --restart-failed: requeue in place.

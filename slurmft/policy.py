@@ -2,8 +2,9 @@
 
 Nothing here talks to Slurm or the network; the rescheduler carries out ``Decision.actions``
 in order. The order of the fast path is the one measured on Slurm 22.05 (CLUSTER_NOTES.md):
-``requeuehold`` -> node ``down`` -> node ``drain`` -> ``update ExcNodeList NumNodes=k-k`` ->
-``release`` -> ``update StartTime=now``.
+(``scancel --signal=KILL --full`` when a node is cut off) -> ``requeuehold`` -> node ``down``
+-> node ``drain`` -> ``update ExcNodeList NumNodes=k-k`` -> ``release`` ->
+``update StartTime=now``.
 
 ``--no-drain`` still sets the failed nodes DOWN: without it a running job stays COMPLETING on
 an unreachable node until Slurm itself declares the node down (SlurmdTimeout, 300 s by
@@ -28,6 +29,9 @@ from slurmft.slurm.api import JobInfo
 #: ``--no-kill`` itself, hence the mark.
 RELAUNCH_MARK = "slurmft:relaunch"
 RELAUNCH_SIGNAL = "USR2"
+
+#: Failures that cut a node off from the job's collectives (a DEGRADED node still runs them).
+CUT_OFF = frozenset({Health.UNREACHABLE, Health.UNRESPONSIVE})
 
 #: Ended states in which a node failure is the likely cause and a restart makes sense.
 RESTARTABLE_ENDED = frozenset({"NODE_FAIL", "FAILED", "BOOT_FAIL"})
@@ -261,7 +265,12 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     update = Action("update_job", jid, params={"exclude": exclude, **shrink_params(job, k)})
     start = Action("update_job", jid, params={"start_now": True})
     if job.is_running or (job.has_ended and job.requeue):
-        actions = [Action("requeue_hold", jid)]
+        actions = []
+        if job.is_running and any(status.get(n) in CUT_OFF for n in failed):
+            # A rank on a cut-off node never reaches the collective save a SIGTERM asks for:
+            # the others would sit out KillWait (30 s by default) before Slurm kills them.
+            actions.append(Action("kill_job", jid))
+        actions.append(Action("requeue_hold", jid))
         actions += _node_actions(jid, failed, status, config, down=job.is_running)
         actions += [update, Action("release", jid), start]
         verb = "requeued" if job.is_running else "requeued (ended, requeueable)"

@@ -206,6 +206,9 @@ class DryRunClient:
     def signal_batch(self, job_id: int, signal: str) -> None:
         self.commands.append(scli.build_signal_batch_argv(job_id, signal, self.bin_dir))
 
+    def kill_job(self, job_id: int) -> None:
+        self.commands.append(scli.build_kill_job_argv(job_id, self.bin_dir))
+
     def submit(self, script: str, args: Sequence[str] = ()) -> int:
         self.commands.append(scli.build_sbatch_argv(script, args, self.bin_dir))
         return 0
@@ -229,6 +232,8 @@ def argv_of(client: Any, action: Action) -> list[str]:
         return scli.build_job_action_argv("requeuehold", action.job_id, bin_dir)
     if action.op == "signal_batch":
         return scli.build_signal_batch_argv(action.job_id, p["signal"], bin_dir)
+    if action.op == "kill_job":
+        return scli.build_kill_job_argv(action.job_id, bin_dir)
     return [action.op, str(action.job_id)]
 
 
@@ -481,6 +486,8 @@ class Rescheduler:
             getattr(c, action.op)(action.job_id)
         elif action.op == "signal_batch":
             c.signal_batch(action.job_id, p["signal"])
+        elif action.op == "kill_job":
+            c.kill_job(action.job_id)
         else:
             raise ValueError(f"unknown action {action.op!r}")
 

@@ -97,6 +97,12 @@ def build_cancel_argv(job_id: int, bin_dir: str = "") -> list[str]:
 BATCH_SIGNALS = frozenset({"USR1", "USR2", "HUP", "CONT", "INT", "TERM"})
 
 
+def build_kill_job_argv(job_id: int, bin_dir: str = "") -> list[str]:
+    """``scancel --signal=KILL --full <id>``: SIGKILL to every step and the batch script, at
+    once (no SIGTERM, no KillWait), leaving the job to be requeued."""
+    return [_bin("scancel", bin_dir), "--signal=KILL", "--full", str(check_job_id(job_id))]
+
+
 def build_signal_batch_argv(job_id: int, signal: str, bin_dir: str = "") -> list[str]:
     """``scancel --batch --signal=SIG <id>``: signal the batch script only, not its steps."""
     sig = signal.upper().removeprefix("SIG")

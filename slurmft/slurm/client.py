@@ -109,6 +109,10 @@ class CommandSlurmClient:
         """Send ``signal`` to the job's batch script (``scancel --batch --signal``)."""
         self._run(scli.build_signal_batch_argv(job_id, signal, self.bin_dir))
 
+    def kill_job(self, job_id: int) -> None:
+        """SIGKILL to all of the job's processes, without ending it (``scancel --full``)."""
+        self._run(scli.build_kill_job_argv(job_id, self.bin_dir))
+
     def cancel(self, job_id: int) -> None:
         """``scancel <id>`` (not part of the SlurmClient protocol; tests and the demo use it)."""
         self._run(scli.build_cancel_argv(job_id, self.bin_dir))

@@ -207,7 +207,7 @@ class FakeSlurm:
             if j is None or j["job_state"] in ENDED:
                 return 1, "", f"scancel: error: Kill job error on job id {ids[0]}: " \
                               "Job/step already completing or completed\n"
-            self.signals.append((int(ids[0]), signal, "--batch" in args))
+            self.signals.append((int(ids[0]), signal, "--batch" in args or "--full" in args))
             return 0, "", ""
         if j is not None and j["job_state"] not in ENDED:
             j.update(job_state="CANCELLED", state_reason="None")

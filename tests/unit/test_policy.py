@@ -38,14 +38,21 @@ def test_nothing_failed_changes_nothing():
 def test_running_with_failed_node_takes_the_measured_fast_path():
     d = decide(job(), health(node3=U), History(), CFG)
     assert d.outcome is Outcome.REQUEUE
-    assert ops(d) == ["requeue_hold", "down", "drain", "update_job", "release", "update_job"]
+    # an unreachable node cannot join a save-on-signal: kill at once, do not sit out KillWait
+    assert ops(d) == ["kill_job", "requeue_hold", "down", "drain", "update_job", "release",
+                      "update_job"]
     assert d.failed == ("node3",)
     assert d.healthy == ("node1", "node2", "node4")
-    update = d.actions[3]
+    update = d.actions[4]
     assert update.params == {"exclude": ("node3",), "num_nodes": (3, 3)}
-    assert d.actions[5].params == {"start_now": True}
-    assert d.actions[1].nodes == ("node3",)
-    assert "slurmft" in d.actions[2].params["reason"] and "42" in d.actions[2].params["reason"]
+    assert d.actions[6].params == {"start_now": True}
+    assert d.actions[2].nodes == ("node3",)
+    assert "slurmft" in d.actions[3].params["reason"] and "42" in d.actions[3].params["reason"]
+
+
+def test_a_degraded_node_lets_the_job_save_on_sigterm_before_the_requeue():
+    d = decide(job(), health(node3=Health.DEGRADED), History(), CFG)
+    assert d.outcome is Outcome.REQUEUE and ops(d)[0] == "requeue_hold"
 
 
 def test_probe_results_are_accepted_as_well_as_health_values():
@@ -64,7 +71,7 @@ def test_exclusions_merge_with_earlier_ones_from_slurm_and_history():
 
 def test_no_drain_keeps_down_for_a_running_job():
     d = decide(job(), health(node3=U), History(), PolicyConfig(drain=False))
-    assert ops(d) == ["requeue_hold", "down", "update_job", "release", "update_job"]
+    assert ops(d) == ["kill_job", "requeue_hold", "down", "update_job", "release", "update_job"]
 
 
 def test_below_minimum_is_refused_without_actions():
@@ -167,7 +174,7 @@ def test_held_after_exhaustion_reports_it():
 def test_decision_serialises():
     d = decide(job(), health(node3=U), History(), CFG).to_dict()
     assert d["outcome"] == "requeue"
-    assert d["actions"][3] == {"op": "update_job", "job_id": 42, "exclude": ["node3"],
+    assert d["actions"][4] == {"op": "update_job", "job_id": 42, "exclude": ["node3"],
                                "num_nodes": [3, 3]}
 
 

@@ -78,8 +78,9 @@ def test_running_job_with_a_dead_node_is_requeued_on_the_healthy_nodes(fake, tmp
     # audit: a decision line and one line per action
     audit = store.audit_lines()
     assert audit[0]["event"] == "decision" and audit[0]["failed"] == ["node3"]
-    assert [a["op"] for a in audit[1:]] == ["requeue_hold", "down", "drain", "update_job",
-                                            "release", "update_job"]
+    assert [a["op"] for a in audit[1:]] == ["kill_job", "requeue_hold", "down", "drain",
+                                            "update_job", "release", "update_job"]
+    assert fake.signals == [(jid, "KILL", True)]      # scancel --signal=KILL --full
     assert all(a["result"] == "ok" for a in audit[1:])
     rec = json.loads((tmp_path / "state" / "jobs" / f"{jid}.json").read_text())
     assert rec["excluded"] == ["node3"] and len(rec["attempts"]) == 1
@@ -102,9 +103,11 @@ def test_dry_run_prints_exact_argv_and_changes_nothing(fake, tmp_path):
     assert scontrol_writes(fake) == []
     assert fake.job(jid)["job_state"] == "RUNNING"
     assert not (tmp_path / "state").exists()
-    assert report.commands[0] == ["scontrol", "requeuehold", str(jid)]
-    assert report.commands[3] == ["scontrol", "update", f"JobId={jid}", "ExcNodeList=node2",
+    assert report.commands[0] == ["scancel", "--signal=KILL", "--full", str(jid)]
+    assert report.commands[1] == ["scontrol", "requeuehold", str(jid)]
+    assert report.commands[4] == ["scontrol", "update", f"JobId={jid}", "ExcNodeList=node2",
                                   "NumNodes=3-3"]
+    assert fake.signals == []
     assert "would run:" in report.text()
 
 
