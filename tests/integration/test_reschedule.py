@@ -125,7 +125,8 @@ def test_reschedule_running_job_after_link_down(cluster, cluster_run, loop_job):
     report = json.loads(res.stdout)
     print(f"report: elapsed {report['elapsed_s']}s, running_after {report['running_after_s']}s")
     assert report["outcome"] == "requeue" and report["failed"] == ["node3"]
-    assert report["commands"][0] == ["scontrol", "requeuehold", str(jid)]
+    assert report["commands"][0] == ["scancel", "--signal=KILL", "--full", str(jid)]
+    assert report["commands"][1] == ["scontrol", "requeuehold", str(jid)]
     nodes = wait_for(lambda: running_on(cluster_run, jid, 3), 15, "RUNNING on 3 nodes")
     took = time.monotonic() - t0
     assert "node3" not in nodes
@@ -135,7 +136,8 @@ def test_reschedule_running_job_after_link_down(cluster, cluster_run, loop_job):
     assert state.startswith("drain") and "slurmft" in reason and str(jid) in reason
     audit = Path(cluster.shared_dir, "slurmft", "audit.jsonl").read_text().splitlines()
     ops = [json.loads(a).get("op") for a in audit if json.loads(a).get("job_id") == jid]
-    assert ops[-6:] == ["requeue_hold", "down", "drain", "update_job", "release", "update_job"]
+    assert ops[-7:] == ["kill_job", "requeue_hold", "down", "drain", "update_job", "release",
+                        "update_job"]
     print(f"reschedule -> RUNNING on 3 nodes in {took:.2f}s")
 
 
