@@ -66,7 +66,7 @@ def test_restart_mpirun_golden(tmp_path):
     shellcheck(tmp_path, text)
     assert "#SBATCH --exclude=node3" in text
     assert "#SBATCH --nodelist=node1,node2,node4" in text
-    assert 'mpirun -np "$(( nodes * 2 ))" --allow-run-as-root' in text
+    assert 'mpirun -np "$(( nodes * 2 ))" --mca plm_slurm_args --no-kill --allow-run-as-root' in text
     assert "#SBATCH --no-kill" in text and "#SBATCH --comment=slurmft:relaunch" in text
     assert 'SLURM_TASKS_PER_NODE="2(x$nodes)"' in text     # mpirun launches through Slurm
     assert "export CHECKPOINT_PATH='/shared/ckpt run1'" in text
@@ -151,7 +151,7 @@ def test_job_wrapper_runs_the_training_once_when_it_succeeds(tmp_path):
     p = w.start(MPI_RCS="0")
     assert p.wait(30) == 0
     [line] = w.lines()
-    assert line == "mpirun@node[1-2]/1(x2) -np 2 train --x 1"
+    assert line == "mpirun@node[1-2]/1(x2) -np 2 --mca plm_slurm_args --no-kill train --x 1"
 
 
 def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
@@ -163,7 +163,7 @@ def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
     assert len(lines) == 3
     assert lines[1] == f"slurmft reschedule 7 --in-place --restart-count 0 --checkpoint-dir {w.ckpt}"
     # the second launch: one node (squeue's allocation now), resuming from the checkpoint
-    assert lines[2] == f"mpirun@node2/1(x1) -np 1 train --x 1 --resume {w.ckpt}"
+    assert lines[2] == f"mpirun@node2/1(x1) -np 1 --mca plm_slurm_args --no-kill train --x 1 --resume {w.ckpt}"
     assert "relaunching the training on node2 in job 7" in err
 
 
@@ -204,7 +204,7 @@ def test_usr2_stops_the_launcher_and_relaunches_without_asking_again(tmp_path):
     assert p.returncode == 0, err
     lines = w.lines()
     assert [ln.split("@")[0] for ln in lines] == ["mpirun", "mpirun"]   # no reschedule call
-    assert lines[1] == f"mpirun@node2/1(x1) -np 1 train --x 1 --resume {w.ckpt}"
+    assert lines[1] == f"mpirun@node2/1(x1) -np 1 --mca plm_slurm_args --no-kill train --x 1 --resume {w.ckpt}"
 
 
 def test_unsafe_sbatch_values_are_refused():

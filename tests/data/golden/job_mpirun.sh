@@ -55,7 +55,9 @@ while :; do
         SLURM_TASKS_PER_NODE="1(x$nodes)" SLURM_NTASKS="$(( nodes * 1 ))" \
         SLURM_NPROCS="$(( nodes * 1 ))"
     relaunch_asked=0
-    mpirun -np "$(( nodes * 1 ))" --allow-run-as-root \
+    # --no-kill for its srun too: a node whose slurmd dies keeps running its ranks (slurmft
+    # drains it); a node that is cut off is taken out by slurmft, which then signals USR2.
+    mpirun -np "$(( nodes * 1 ))" --mca plm_slurm_args --no-kill --allow-run-as-root \
         python train.py --steps 1000 "${resume[@]}" &
     launcher_pid=$!
     wait "$launcher_pid"

@@ -55,7 +55,9 @@ while :; do
         SLURM_TASKS_PER_NODE="2(x$nodes)" SLURM_NTASKS="$(( nodes * 2 ))" \
         SLURM_NPROCS="$(( nodes * 2 ))"
     relaunch_asked=0
-    mpirun -np "$(( nodes * 2 ))" --allow-run-as-root --mca btl self,tcp \
+    # --no-kill for its srun too: a node whose slurmd dies keeps running its ranks (slurmft
+    # drains it); a node that is cut off is taken out by slurmft, which then signals USR2.
+    mpirun -np "$(( nodes * 2 ))" --mca plm_slurm_args --no-kill --allow-run-as-root --mca btl self,tcp \
         python train.py --epochs 10 --name 'run one' "${resume[@]}" &
     launcher_pid=$!
     wait "$launcher_pid"

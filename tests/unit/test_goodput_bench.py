@@ -1,0 +1,78 @@
+"""bench/goodput.py's pure parts: fault/resume matching, the report, the baseline scripts."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def gp():
+    spec = importlib.util.spec_from_file_location("goodput_bench", ROOT / "bench" / "goodput.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["goodput_bench"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def records():
+    """4 steps of 1 s, a fault at t=4.5, a resume from step 1 at t=10, steps 2-5 again."""
+    recs = [{"t": 0.0, "event": "start", "world_size": 4}]
+    recs += [{"t": 1.0 + i, "event": "step", "step": i, "step_s": 1.0, "world_size": 4}
+             for i in range(4)]
+    recs += [{"t": 10.0, "event": "start", "world_size": 3},
+             {"t": 10.1, "event": "resume", "from_step": 1, "world_size": 3}]
+    recs += [{"t": 11.0 + i, "event": "step", "step": 2 + i, "step_s": 1.0, "world_size": 3}
+             for i in range(4)]
+    recs.append({"t": 15.0, "event": "done", "step": 5})
+    return recs
+
+
+def test_a_fault_is_matched_with_the_resume_after_it(gp):
+    fault = gp.Fault(t=4.5, kind="link-down", node="node4", latest="step_1", latest_step=1)
+    out = gp.analyse(records(), [fault], steps=6, end_t=15.0)
+    assert out["completed"] and out["resumes"] == 1
+    assert fault.resumed_from == 1 and fault.steps_lost == 2       # steps 2 and 3 redone
+    assert fault.recovery_s == pytest.approx(6.5)                   # fault -> first step after
+    assert fault.downtime_s == pytest.approx(7.0)                   # last step -> first after
+    assert not fault.stale_resume and out["stale_resumes"] == 0
+    assert out["goodput"] == pytest.approx(6 / 15, abs=1e-3)       # 6 useful steps in 15 s
+
+
+def test_a_resume_older_than_the_newest_checkpoint_is_flagged(gp):
+    fault = gp.Fault(t=4.5, kind="link-down", node="node4", latest="step_3", latest_step=3)
+    out = gp.analyse(records(), [fault], steps=6, end_t=15.0)
+    assert fault.stale_resume and out["stale_resumes"] == 1
+
+
+def test_seeds_are_parsed_and_the_report_has_a_mean(gp, capsys):
+    a = gp.parse_args(["--seeds", "1,2", "--variants", "slurmft"])
+    assert a.seeds == [1, 2]
+    runs = [gp.VariantResult("slurmft", "c", seed=s, goodput=g, completed=True)
+            for s, g in ((1, 0.88), (2, 0.94))]
+    gp.print_report(runs, 120)
+    out = capsys.readouterr().out
+    assert "mean goodput 91.0% over 2 run(s)" in out and "met (91.0%" in out
+    with pytest.raises(SystemExit):
+        gp.parse_args(["--seeds", "1,x"])
+
+
+@pytest.mark.parametrize("which", ["slurm_script", "classic_script"])
+def test_baseline_scripts_pass_shellcheck(gp, which, tmp_path):
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck not installed")
+    text = getattr(gp, which)(nodes=4, work=Path("/w"), ckpt_dir=Path("/c k"),
+                              mpirun_opts="--mca btl self,tcp", train=["python", "t.py"])
+    script = tmp_path / "s.sh"
+    script.write_text(text)
+    proc = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stdout
+    assert "CKPT='/c k'" in text
