@@ -397,7 +397,8 @@ def _render_options(f: Any) -> Any:
     opts = [
         click.option("--job", "job_id", default=None, help="Take nodes, name, partition and "
                      "work dir from this Slurm job."),
-        click.option("--nodes", "nodelist", default=None, help="Hostlist, e.g. 'node[1-3]'."),
+        click.option("--nodes", "nodelist", default=None,
+                     help="Hostlist, e.g. 'node[1-3]' (render job: a node count works too)."),
         click.option("--exclude", default=None, help="Hostlist to exclude (restart)."),
         click.option("--slots", type=click.IntRange(min=1), default=None,
                      help="MPI ranks per node (reschedule.slots)."),
@@ -433,6 +434,11 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
 
         job = CommandSlurmClient(timeout=cfg.slurm.timeout,
                                  bin_dir=cfg.slurm.bin_dir).job(check_job_id(job_id))
+    node_count = None
+    if which == "job" and nodelist and nodelist.isdigit():   # the wrapper needs a count only
+        node_count, nodelist = int(nodelist), None
+        if node_count < 1:
+            raise UsageError("render job: --nodes must be at least 1")
     names = _hosts.expand(nodelist) if nodelist else list(job.nodes if job else [])
     excluded = _hosts.expand(exclude) if exclude else list(job.excluded_nodes if job else [])
     names = [n for n in names if n not in excluded]
@@ -452,7 +458,7 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
             base, names, excluded, train, ckpt, rcfg,
             reschedule_log=f"{rcfg.state_dir}/reschedule.log"))
     else:
-        count = len(names) or (job.node_count if job else 1)
+        count = node_count or len(names) or (job.node_count if job else 1)
         text = render("job.sh.j2", job_context(
             rcfg, train_cmd=train, checkpoint_dir=ckpt,
             job_name=job_name or (job.name if job else "train"), nodes=count,
@@ -547,6 +553,14 @@ def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, onc
     A node must fail --confirm probes in a row before anything happens, and a cycle
     that sees most of a job's nodes fail at once does nothing (see
     --max-failed-fraction): a loaded prober must not drain healthy nodes.
+
+    \b
+    Jobs of slurmft's wrapper (--no-kill, --comment slurmft:relaunch) keep running:
+    the failed node is set DOWN and drained and the batch script gets SIGUSR2 to
+    relaunch the training on the nodes left. Other jobs, or a lost batch host:
+    requeued without the node. Set SLURMFT_PROBE_CHECK_SLURMD=1 (probe.check_slurmd)
+    to also catch a dead slurmd: its node is drained and, in a relaunchable job,
+    left running its ranks.
 
     Stops on SIGINT/SIGTERM (exit 0)."""
     from slurmft.suspicion import ConfirmPolicy

@@ -96,7 +96,9 @@ class Watcher:
 
     def _note_recoveries(self, jobs: Sequence[JobInfo]) -> None:
         """Audit ``recovered`` (with recovery_seconds, detection -> running again without the
-        failed nodes) for jobs this watcher rescheduled."""
+        failed nodes) for jobs this watcher rescheduled. A relaunched job never stops
+        running: for it this is the moment Slurm dropped the node from the allocation (the
+        training's own restart follows in the wrapper, a few seconds later)."""
         by_id = {j.job_id: j for j in jobs}
         now = time.time()
         for jid, (detected, failed) in list(self._recovering.items()):

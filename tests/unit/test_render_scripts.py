@@ -216,3 +216,18 @@ def test_unsafe_sbatch_values_are_refused():
 def test_missing_train_command_is_a_clear_error():
     with pytest.raises(RenderError, match="training command"):
         job_context(RescheduleConfig(), train_cmd="", checkpoint_dir="/c")
+
+
+def test_render_job_takes_a_node_count_or_a_hostlist():
+    from click.testing import CliRunner
+
+    from slurmft.cli import cli
+
+    base = ["render", "job", "--train-cmd", "python t.py", "--checkpoint-dir", "/c"]
+    by_count = CliRunner().invoke(cli, [*base, "--nodes", "3"])
+    assert by_count.exit_code == 0, by_count.output
+    assert "#SBATCH --nodes=3\n" in by_count.output
+    by_list = CliRunner().invoke(cli, [*base, "--nodes", "node[1-2]"])
+    assert by_list.exit_code == 0 and "#SBATCH --nodes=2\n" in by_list.output
+    zero = CliRunner().invoke(cli, [*base, "--nodes", "0"])
+    assert zero.exit_code == 2 and "at least 1" in zero.output
