@@ -229,3 +229,28 @@ def test_watch_sends_the_shrink_again_when_slurm_undid_it(tmp_path):
     assert sent == [(f"JobId={jid}", "ExcNodeList=node1", "NumNodes=3-3"),
                     (f"JobId={jid}", "StartTime=now")]
     assert fake.job(jid)["node_count"] == 3
+
+
+def test_watch_relaunches_in_place_and_leaves_a_degraded_node_alone_after_draining(tmp_path):
+    from slurmft.policy import RELAUNCH_MARK
+
+    fake = FakeSlurm()
+    fake.jobs.clear()
+    jid = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"], comment=RELAUNCH_MARK,
+                       no_kill=True)
+    prober = ScriptedProber({"node2": Health.DEGRADED})
+    client = CommandSlurmClient(runner=fake)
+    r = Rescheduler(client, prober, StateStore(tmp_path), RescheduleConfig(state_dir=str(tmp_path)),
+                    uid=0)
+    w = Watcher(client, prober, r, interval=0.01)
+    first = w.cycle()
+    assert [rep.decision.outcome for rep in first.reports] == [Outcome.DRAIN]
+    assert "DRAIN" in fake.nodes["node2"]["state_flags"] and fake.signals == []
+    again = w.cycle()                               # still degraded: nothing more to do
+    assert again.reports == [] and again.failed == {}
+    prober.failed["node2"] = Health.UNREACHABLE     # worse now: cut off -> relaunch without it
+    third = w.cycle()
+    assert [rep.decision.outcome for rep in third.reports] == [Outcome.RELAUNCH]
+    assert fake.signals == [(jid, "USR2", True)]
+    assert fake.job(jid)["job_state"] == "RUNNING"
+    assert fake.job(jid)["nodes"] == "node[1,3-4]"
