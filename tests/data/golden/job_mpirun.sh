@@ -1,6 +1,7 @@
 #!/bin/bash
 # Rendered by slurmft (job wrapper): requeueable, resumes from
-# CHECKPOINT_PATH, and hands a node failure to `slurmft reschedule`.
+# CHECKPOINT_PATH; with mpirun it survives a lost node by relaunching the training on the nodes
+# left, and hands what it cannot fix in place to `slurmft reschedule`.
 #SBATCH --job-name=train_gpt
 #SBATCH --nodes=4
 #SBATCH --ntasks-per-node=1

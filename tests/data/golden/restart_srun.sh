@@ -1,6 +1,7 @@
 #!/bin/bash
 # Rendered by slurmft (restart of job 42): requeueable, resumes from
-# CHECKPOINT_PATH, and hands a node failure to `slurmft reschedule`.
+# CHECKPOINT_PATH; with mpirun it survives a lost node by relaunching the training on the nodes
+# left, and hands what it cannot fix in place to `slurmft reschedule`.
 #SBATCH --job-name=train-gpt
 #SBATCH --nodes=3
 #SBATCH --nodelist=node1,node2,node4
