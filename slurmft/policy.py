@@ -333,7 +333,8 @@ def _relaunch(job: JobInfo, failed: tuple[str, ...], status: Mapping[str, Health
         return Decision(Outcome.DRAIN, actions=(Action("drain", nodes=new,
                                                        params={"reason": reason}),),
                         message=f"job {jid}: {', '.join(new)} degraded but still running its "
-                        "ranks: drained, the job left running", **{**base, "exclude": new})
+                        "ranks: drained, the job left running",
+                        **{**base, "exclude": _merge(history.excluded, new)})
     used, nodes = base["retries_used"], candidate_nodes(job, history)
     k = len([n for n in nodes if n not in hard])
     base = {**base, "exclude": _merge(history.excluded, hard), "num_nodes": k}

@@ -214,10 +214,6 @@ class DryRunClient:
         return 0
 
 
-def _merge_names(*groups: Sequence[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(n for g in groups for n in g))
-
-
 def argv_of(client: Any, action: Action) -> list[str]:
     """The scontrol argv a real client runs for ``action`` (for the audit log and reports)."""
     bin_dir = getattr(client, "bin_dir", "")
@@ -603,7 +599,7 @@ class Rescheduler:
         counted = decision.outcome in (Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.RESUBMIT,
                                        Outcome.RELAUNCH)
         if decision.outcome is Outcome.DRAIN:         # no retry spent; stays out of restarts
-            record.excluded = list(_merge_names(record.excluded, decision.exclude))
+            record.excluded = list(decision.exclude)
         if counted:
             record.attempts.append(Attempt(time=round(time.time(), 3), job_id=job.job_id,
                                            outcome=decision.outcome.value,
@@ -611,7 +607,7 @@ class Rescheduler:
                                            new_job_id=report.new_job_id))
             record.excluded = list(decision.exclude)
             if decision.outcome in (Outcome.UPDATE_PENDING, Outcome.REQUEUE, Outcome.RELAUNCH):
-                record.last_nodes = [n for n in decision.healthy if n not in decision.exclude]
+                record.last_nodes = list(decision.healthy)
         if decision.outcome is Outcome.EXHAUSTED:
             record.exhausted = True
         if report.new_job_id:

@@ -110,7 +110,8 @@ class CommandSlurmClient:
         self._run(scli.build_signal_batch_argv(job_id, signal, self.bin_dir))
 
     def kill_job(self, job_id: int) -> None:
-        """SIGKILL to all of the job's processes, without ending it (``scancel --full``)."""
+        """SIGKILL to every step and the batch script (``scancel --signal=KILL --full``); the
+        rescheduler requeues the job right after, so it ends in the queue, not FAILED."""
         self._run(scli.build_kill_job_argv(job_id, self.bin_dir))
 
     def cancel(self, job_id: int) -> None:
