@@ -133,8 +133,47 @@ def main(argv: list[str] | None = None) -> int:
                       f"{point.world_size} ranks) on {world} ranks", flush=True)
 
     try:
-        return train_loop(args, comm, log, ckpt, torch_ckpt, model, optimizer, scheduler, x, y,
-                          start_step)
+        params = [p for p in model.parameters()]
+        n_grad = sum(p.numel() for p in params)
+        step = start_step
+        for step in range(start_step, args.steps):
+            t0 = time.perf_counter()
+            idx = batch_indices(step, args.global_batch, args.dataset_size, args.seed)[rank::world]
+            optimizer.zero_grad(set_to_none=False)
+            loss_sum = torch.nn.functional.mse_loss(model(x[idx]), y[idx], reduction="sum")
+            loss_sum.backward()
+            # One allreduce per step: the gradients, the loss and the checkpoint votes together.
+            due, signalled = ckpt.vote(step)
+            extra = torch.tensor([float(loss_sum.detach()), due, signalled], dtype=torch.float64)
+            flat = torch.cat([p.grad.reshape(-1).double() for p in params] + [extra]).numpy()
+            comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+            loss = float(flat[n_grad]) / args.global_batch
+            save_now = ckpt.agree(flat[n_grad + 1:])
+            grads = flat[:n_grad] / args.global_batch
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad.copy_(torch.from_numpy(grads[offset:offset + n]).view_as(p))
+                offset += n
+            optimizer.step()
+            scheduler.step()
+            if args.step_time:
+                time.sleep(args.step_time)
+            step_s = time.perf_counter() - t0
+            log.write("step", step=step, loss=loss, world_size=world, step_s=step_s)
+            if rank == 0 and (step % 20 == 0 or step == args.steps - 1):
+                print(f"step {step} loss {loss:.5f} world {world} "
+                      f"{args.global_batch / step_s:.0f} samples/s", flush=True)
+            if save_now or step == args.steps - 1:
+                ckpt.save(torch_ckpt.state(step), step, durable=step == args.steps - 1)
+                log.write("save", step=step)
+                if ckpt.should_stop:
+                    log.write("stopped", step=step, reason="signal")
+                    ckpt.close()
+                    return 0
+        ckpt.close()
+        log.write("done", step=step, world_size=world)
+        return 0
     except FencedError as exc:
         # A newer run of this job (requeued elsewhere) owns the checkpoint directory now.
         log.write("fenced", reason=str(exc))
@@ -143,52 +182,6 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         log.close()
-
-
-def train_loop(args, comm, log, ckpt, torch_ckpt, model, optimizer, scheduler, x, y,
-               start_step: int) -> int:
-    rank, world = comm.Get_rank(), comm.Get_size()
-    params = [p for p in model.parameters()]
-    n_grad = sum(p.numel() for p in params)
-    step = start_step
-    for step in range(start_step, args.steps):
-        t0 = time.perf_counter()
-        idx = batch_indices(step, args.global_batch, args.dataset_size, args.seed)[rank::world]
-        optimizer.zero_grad(set_to_none=False)
-        loss_sum = torch.nn.functional.mse_loss(model(x[idx]), y[idx], reduction="sum")
-        loss_sum.backward()
-        # One allreduce per step: the gradients, the loss and the checkpoint votes together.
-        due, signalled = ckpt.vote(step)
-        extra = torch.tensor([float(loss_sum.detach()), due, signalled], dtype=torch.float64)
-        flat = torch.cat([p.grad.reshape(-1).double() for p in params] + [extra]).numpy()
-        comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-        loss = float(flat[n_grad]) / args.global_batch
-        save_now = ckpt.agree(flat[n_grad + 1:])
-        grads = flat[:n_grad] / args.global_batch
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.grad.copy_(torch.from_numpy(grads[offset:offset + n]).view_as(p))
-            offset += n
-        optimizer.step()
-        scheduler.step()
-        if args.step_time:
-            time.sleep(args.step_time)
-        step_s = time.perf_counter() - t0
-        log.write("step", step=step, loss=loss, world_size=world, step_s=step_s)
-        if rank == 0 and (step % 20 == 0 or step == args.steps - 1):
-            print(f"step {step} loss {loss:.5f} world {world} "
-                  f"{args.global_batch / step_s:.0f} samples/s", flush=True)
-        if save_now or step == args.steps - 1:
-            ckpt.save(torch_ckpt.state(step), step, durable=step == args.steps - 1)
-            log.write("save", step=step)
-            if ckpt.should_stop:
-                log.write("stopped", step=step, reason="signal")
-                ckpt.close()
-                return 0
-    ckpt.close()
-    log.write("done", step=step, world_size=world)
-    return 0
 
 
 if __name__ == "__main__":

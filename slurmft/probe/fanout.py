@@ -42,7 +42,7 @@ def tcp_connect(address: str, port: int, timeout: float) -> str | None:
             return None
     except ConnectionRefusedError:
         return "connection refused"
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return f"no answer within {timeout:g}s"
     except OSError as exc:
         return exc.strerror or str(exc)

@@ -205,8 +205,8 @@ class FakeSlurm:
         signal = next((a.split("=", 1)[1] for a in args if a.startswith("--signal=")), "")
         if signal:
             if j is None or j["job_state"] in ENDED:
-                return 1, "", f"scancel: error: Kill job error on job id {ids[0]}: " \
-                              "Job/step already completing or completed\n"
+                return 1, "", (f"scancel: error: Kill job error on job id {ids[0]}: "
+                               "Job/step already completing or completed\n")
             self.signals.append((int(ids[0]), signal, "--batch" in args or "--full" in args))
             return 0, "", ""
         if j is not None and j["job_state"] not in ENDED:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from slurmft.policy import (RELAUNCH_MARK, RELAUNCH_SIGNAL, History, Outcome, PolicyConfig,
-                            decide, is_relaunchable)
+from slurmft.policy import (
+    RELAUNCH_MARK,
+    RELAUNCH_SIGNAL,
+    History,
+    Outcome,
+    PolicyConfig,
+    decide,
+    is_relaunchable,
+)
 from slurmft.probe.api import Health
 from slurmft.slurm.api import JobInfo
 

@@ -157,7 +157,7 @@ def test_job_wrapper_runs_the_training_once_when_it_succeeds(tmp_path):
 def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
     w = Wrapper(tmp_path)
     p = w.start(MPI_RCS="255,0")
-    out, err = p.communicate(timeout=30)
+    _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     lines = w.lines()
     assert len(lines) == 3
@@ -181,7 +181,7 @@ def test_what_cannot_be_relaunched_in_place_is_handed_to_a_requeue(tmp_path):
 def test_a_copy_left_behind_by_a_requeue_stops_without_handing_off(tmp_path):
     w = Wrapper(tmp_path)
     p = w.start(MPI_RCS="3", IN_PLACE_RC="6", SLURM_RESTART_COUNT="2")
-    out, err = p.communicate(timeout=30)
+    _, err = p.communicate(timeout=30)
     assert p.returncode == 3
     lines = w.lines()
     assert lines[1] == f"slurmft reschedule 7 --in-place --restart-count 2 --checkpoint-dir {w.ckpt}"
@@ -200,7 +200,7 @@ def test_usr2_stops_the_launcher_and_relaunches_without_asking_again(tmp_path):
         time.sleep(0.05)
     time.sleep(0.2)
     p.send_signal(signal.SIGUSR2)
-    out, err = p.communicate(timeout=30)
+    _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     lines = w.lines()
     assert [ln.split("@")[0] for ln in lines] == ["mpirun", "mpirun"]   # no reschedule call
