@@ -40,14 +40,30 @@ def fake():
     return f
 
 
-def make(fake, tmp_path, failed=None, dry_run=False, uid=0, **cfg):
+class StoppedClock:
+    """A wall clock that moves only when the code under test sleeps."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    def wall(self) -> float:
+        return self.now
+
+
+def make(fake, tmp_path, failed=None, dry_run=False, uid=0, clock=None, **cfg):
     cfg.setdefault("state_dir", str(tmp_path / "state"))
     cfg.setdefault("lock_timeout", 1.0)
     config = RescheduleConfig(**cfg)
     prober = ScriptedProber(failed)
     store = StateStore(config.state_dir, config.lock_timeout)
+    timing = {"sleep": clock.sleep, "wall": clock.wall} if clock else {"sleep": lambda s: None}
     r = Rescheduler(CommandSlurmClient(runner=fake), prober, store, config, uid=uid,
-                    dry_run=dry_run, sleep=lambda s: None)
+                    dry_run=dry_run, **timing)
     return r, prober, store
 
 
@@ -346,38 +362,22 @@ def test_settle_sets_failed_nodes_down_for_a_completing_job(fake, tmp_path):
 def test_release_waits_until_the_requeue_second_is_over(fake, tmp_path):
     """slurmd rejects a credential from the same second as the revocation: release later."""
     jid = fake.add_job("RUNNING", NODES)
-    wall, slept = [1000.7], []
-
-    def sleep(s):
-        slept.append(s)
-        wall[0] += s
-
-    config = RescheduleConfig(state_dir=str(tmp_path / "s"))
-    r = Rescheduler(CommandSlurmClient(runner=fake), ScriptedProber({"node3": Health.UNREACHABLE}),
-                    StateStore(config.state_dir), config, uid=0, sleep=sleep,
-                    wall=lambda: wall[0])
+    clock = StoppedClock(1000.7)
+    r, _, _ = make(fake, tmp_path, {"node3": Health.UNREACHABLE}, clock=clock)
     r.reschedule(jid)
-    assert slept == [pytest.approx(0.35)]       # 1000.7 -> 1001.05
+    assert clock.slept == [pytest.approx(0.35)]       # 1000.7 -> 1001.05
 
 
 def test_restart_in_place_also_waits_out_the_requeue_second(fake, tmp_path):
     """Seen on the real cluster: a FAILED job requeued and started within one second failed
     again at once (NonZeroExitCode). The plain requeue gets the same credential gap."""
     jid = fake.add_job("FAILED", NODES)
-    wall, slept = [2000.2], []
-
-    def sleep(s):
-        slept.append(s)
-        wall[0] += s
-
-    config = RescheduleConfig(state_dir=str(tmp_path / "s"))
-    r = Rescheduler(CommandSlurmClient(runner=fake), ScriptedProber(),
-                    StateStore(config.state_dir), config, uid=0, sleep=sleep,
-                    wall=lambda: wall[0])
+    clock = StoppedClock(2000.2)
+    r, _, _ = make(fake, tmp_path, clock=clock)
     report = r.reschedule(jid, restart_failed=True)
     assert report.decision.outcome is Outcome.REQUEUE
     assert [c[1] for c in scontrol_writes(fake)] == ["requeue", "update"]
-    assert slept == [pytest.approx(0.85)]       # 2000.2 -> 2001.05
+    assert clock.slept == [pytest.approx(0.85)]       # 2000.2 -> 2001.05
 
 
 # ---- relaunch in the allocation (--no-kill jobs of slurmft's wrapper) -------------------------

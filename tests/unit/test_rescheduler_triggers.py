@@ -21,6 +21,18 @@ from tests.fakes.fake_slurm import FakeSlurm
 from tests.unit.test_rescheduler import ScriptedProber
 
 
+def one_job(tmp_path, prober, nodes=("node1", "node2", "node3", "node4"), **job):
+    """A fake Slurm with one running job, plus the client, store and rescheduler a Watcher
+    needs; ``job`` goes to ``FakeSlurm.add_job``."""
+    fake = FakeSlurm()
+    fake.jobs.clear()
+    jid = fake.add_job("RUNNING", list(nodes), **job)
+    client = CommandSlurmClient(runner=fake)
+    store = StateStore(tmp_path)
+    r = Rescheduler(client, prober, store, RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    return fake, jid, client, store, r
+
+
 class FakePopen:
     calls: list = []
 
@@ -93,12 +105,8 @@ class FlakyProber(ScriptedProber):
 
 
 def test_watch_ignores_a_failure_that_clears_on_the_re_probe(tmp_path):
-    fake = FakeSlurm()
-    fake.jobs.clear()
-    job = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"])
     prober = FlakyProber({"node4": Health.UNRESPONSIVE})
-    client = CommandSlurmClient(runner=fake)
-    r = Rescheduler(client, prober, StateStore(tmp_path), RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    fake, job, client, _store, r = one_job(tmp_path, prober)
     res = Watcher(client, prober, r, interval=0.01).cycle()
     assert res.jobs == [job] and res.failed == {} and res.reports == []
     assert prober.calls[-1] == ["node4"]
@@ -107,12 +115,8 @@ def test_watch_ignores_a_failure_that_clears_on_the_re_probe(tmp_path):
 
 def test_watch_refuses_when_most_of_a_job_fails_at_once(tmp_path):
     """3 of 4 nodes 'failed' together: the prober's side is the likelier culprit."""
-    fake = FakeSlurm()
-    fake.jobs.clear()
-    job = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"])
     prober = ScriptedProber({n: Health.UNRESPONSIVE for n in ("node2", "node3", "node4")})
-    client = CommandSlurmClient(runner=fake)
-    r = Rescheduler(client, prober, StateStore(tmp_path), RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    fake, job, client, _store, r = one_job(tmp_path, prober)
     res = Watcher(client, prober, r, interval=0.01).cycle()
     assert res.failed == {job: ["node2", "node3", "node4"]} and res.reports == []
     assert "not rescheduling" in res.errors[job]
@@ -120,13 +124,8 @@ def test_watch_refuses_when_most_of_a_job_fails_at_once(tmp_path):
 
 
 def test_watch_cools_down_after_refusal_and_stops(tmp_path):
-    fake = FakeSlurm()
-    fake.jobs.clear()
-    jid = fake.add_job("RUNNING", ["node1"])
     prober = ScriptedProber({"node1": Health.UNREACHABLE})
-    client = CommandSlurmClient(runner=fake)
-    r = Rescheduler(client, prober, StateStore(tmp_path),
-                    RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    _fake, jid, client, _store, r = one_job(tmp_path, prober, ["node1"])
     cycles = []
     stop = threading.Event()
     w = Watcher(client, prober, r, job_ids=[jid], interval=0.01, cooldown=3600, stop=stop,
@@ -152,13 +151,8 @@ def test_module_entry_point_help():
 
 
 def test_watch_keeps_nudging_a_requeued_job_held_back_for_begin_time(tmp_path):
-    fake = FakeSlurm()
-    fake.jobs.clear()
-    jid = fake.add_job("RUNNING", ["node1", "node2", "node3"])
     prober = ScriptedProber({"node3": Health.UNREACHABLE})
-    client = CommandSlurmClient(runner=fake)
-    r = Rescheduler(client, prober, StateStore(tmp_path),
-                    RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    fake, jid, client, _store, r = one_job(tmp_path, prober, ["node1", "node2", "node3"])
     w = Watcher(client, prober, r, interval=0.01)
     w.cycle()                                       # requeue; the job is pending now
     fake.job(jid)["state_reason"] = "BeginTime"     # Slurm applied its requeue delay
@@ -173,13 +167,8 @@ def test_watch_keeps_nudging_a_requeued_job_held_back_for_begin_time(tmp_path):
 
 
 def test_watch_audits_the_confirmed_detection_before_acting(tmp_path):
-    fake = FakeSlurm()
-    fake.jobs.clear()
-    job = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"])
     prober = ScriptedProber({"node3": Health.UNREACHABLE})
-    client = CommandSlurmClient(runner=fake)
-    store = StateStore(tmp_path)
-    r = Rescheduler(client, prober, store, RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    _fake, job, client, store, r = one_job(tmp_path, prober)
     Watcher(client, prober, r, interval=0.01).cycle()
     events = [rec["event"] for rec in store.audit_lines() if rec.get("job_id") == job]
     assert events.index("detected") < events.index("decision")
@@ -190,13 +179,8 @@ def test_watch_audits_the_confirmed_detection_before_acting(tmp_path):
 
 def test_watch_records_detection_and_recovery_times_for_metrics(tmp_path):
     """The exporter's detection/recovery histograms read these audit fields."""
-    fake = FakeSlurm()
-    fake.jobs.clear()
-    job = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"])
     prober = ScriptedProber()
-    client = CommandSlurmClient(runner=fake)
-    store = StateStore(tmp_path)
-    r = Rescheduler(client, prober, store, RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    fake, job, client, store, r = one_job(tmp_path, prober)
     w = Watcher(client, prober, r, interval=0.01)
     w.cycle()                                   # all healthy: stamps last-healthy times
     prober.failed = {"node3": Health.UNREACHABLE}
@@ -213,13 +197,8 @@ def test_watch_records_detection_and_recovery_times_for_metrics(tmp_path):
 def test_watch_sends_the_shrink_again_when_slurm_undid_it(tmp_path):
     """Seen on 22.05 when the batch host died: the requeue restored NumNodes=4 and the job sat
     PENDING (BadConstraints) with the dead node excluded. The watcher shrinks it again."""
-    fake = FakeSlurm()
-    fake.jobs.clear()
-    jid = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"])
     prober = ScriptedProber({"node1": Health.UNREACHABLE})
-    client = CommandSlurmClient(runner=fake)
-    r = Rescheduler(client, prober, StateStore(tmp_path),
-                    RescheduleConfig(state_dir=str(tmp_path)), uid=0)
+    fake, jid, client, _store, r = one_job(tmp_path, prober)
     w = Watcher(client, prober, r, interval=0.01)
     w.cycle()                                               # requeue on node[2-4]
     fake.job(jid).update(node_count=4, state_reason="BadConstraints")  # Slurm undid NumNodes
@@ -234,14 +213,8 @@ def test_watch_sends_the_shrink_again_when_slurm_undid_it(tmp_path):
 def test_watch_relaunches_in_place_and_leaves_a_degraded_node_alone_after_draining(tmp_path):
     from slurmft.policy import RELAUNCH_MARK
 
-    fake = FakeSlurm()
-    fake.jobs.clear()
-    jid = fake.add_job("RUNNING", ["node1", "node2", "node3", "node4"], comment=RELAUNCH_MARK,
-                       no_kill=True)
     prober = ScriptedProber({"node2": Health.DEGRADED})
-    client = CommandSlurmClient(runner=fake)
-    r = Rescheduler(client, prober, StateStore(tmp_path), RescheduleConfig(state_dir=str(tmp_path)),
-                    uid=0)
+    fake, jid, client, _store, r = one_job(tmp_path, prober, comment=RELAUNCH_MARK, no_kill=True)
     w = Watcher(client, prober, r, interval=0.01)
     first = w.cycle()
     assert [rep.decision.outcome for rep in first.reports] == [Outcome.DRAIN]
