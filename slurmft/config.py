@@ -77,6 +77,8 @@ class RescheduleConfig:
     launcher: str = "mpirun"               # mpirun or srun, for rendered restart scripts
     slots: int = 1                         # MPI ranks per node in rendered scripts
     mpirun_args: str = ""                  # extra mpirun options (shell words), e.g. --mca ...
+    launch_from: str = "peer"              # where the job wrapper runs mpirun: peer or batch
+    ssh_args: str = ""                     # extra ssh options for the wrapper (shell words)
     train_cmd: str = ""                    # training command for restart jobs (shell words)
     checkpoint_dir: str = ""               # where restart jobs resume from
 
@@ -88,6 +90,9 @@ class RescheduleConfig:
         _positive("reschedule.lock_timeout", self.lock_timeout)
         if self.launcher not in ("mpirun", "srun"):
             raise ConfigError(f"reschedule.launcher must be mpirun or srun, not {self.launcher!r}")
+        if self.launch_from not in ("peer", "batch"):
+            raise ConfigError(f"reschedule.launch_from must be peer (mpirun on another node of the "
+                              f"job, over ssh) or batch (on the batch host), not {self.launch_from!r}")
 
 
 @dataclass

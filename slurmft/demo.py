@@ -203,7 +203,8 @@ class Demo:
                     slurmft_cmd: list[str] | None = None) -> str:
         o = self.o
         cfg = RescheduleConfig(state_dir=str(self.cluster.shared_dir / "slurmft"), slots=1,
-                               mpirun_args=mpirun_args(self.cluster))
+                               mpirun_args=mpirun_args(self.cluster),
+                               ssh_args=f"-F {self.cluster.ssh_config_path}")
         train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(o.steps),
                  "--step-time", str(o.step_time), "--step-interval", str(o.step_interval),
                  "--checkpoint-dir", str(ckpt_dir), "--log-jsonl", str(progress_path)]

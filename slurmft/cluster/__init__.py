@@ -38,7 +38,8 @@ Layout of a cluster NAME (``Cluster(name, root=...)``; root defaults to
 Running commands in the cluster: ``c.exec_argv(argv)`` wraps argv so it runs in the controller
 netns, in its own private mount namespace with the hosts file over /etc/hosts (the real one is
 never touched); run it with ``env=c.env()`` which sets SLURM_CONF, SLURMFT_PROBE_SSH_CONFIG,
-SLURMFT_PROBE_SSH_KEY, SLURMFT_PROBE_KNOWN_HOSTS, SLURMFT_RESCHEDULE_STATE_DIR, SLURMFT_CLUSTER_*
+SLURMFT_PROBE_SSH_KEY, SLURMFT_PROBE_KNOWN_HOSTS, SLURMFT_RESCHEDULE_STATE_DIR,
+SLURMFT_RESCHEDULE_SSH_ARGS (the wrapper's ssh to a peer node), SLURMFT_CLUSTER_*
 and puts this Python's bin dir first on PATH. ``c.node_exec_argv(node, argv)`` runs argv on a
 node itself (no SSH). Ports: each cluster's daemons live in their own namespaces; Slurm ports
 are derived from the name anyway (``Layout.ports``).

@@ -208,6 +208,7 @@ class Cluster:
             "SLURMFT_PROBE_KNOWN_HOSTS": str(lay.known_hosts),
             "SLURMFT_PROBE_SLURMD_PORT": str(lay.ports[1]),
             "SLURMFT_RESCHEDULE_STATE_DIR": str(lay.slurmft_state_dir),
+            "SLURMFT_RESCHEDULE_SSH_ARGS": f"-F {lay.ssh_config}",
             "SLURMFT_CLUSTER_NAME": self.name,
             "SLURMFT_CLUSTER_SHARED": str(lay.shared_dir),
             "SLURMFT_CLUSTER_SUBNET": str(lay.subnet),

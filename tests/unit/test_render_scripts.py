@@ -66,7 +66,8 @@ def test_restart_mpirun_golden(tmp_path):
     shellcheck(tmp_path, text)
     assert "#SBATCH --exclude=node3" in text
     assert "#SBATCH --nodelist=node1,node2,node4" in text
-    assert 'mpirun -np "$(( nodes * 2 ))" --mca plm_slurm_args --no-kill --allow-run-as-root' in text
+    assert ('mpirun -np "$(( nodes * 2 ))" --mca plm_slurm_args "--no-kill --overlap"\n'
+            '        --allow-run-as-root --mca btl self,tcp python train.py') in text
     assert "#SBATCH --no-kill" in text and "#SBATCH --comment=slurmft:relaunch" in text
     assert 'SLURM_TASKS_PER_NODE="2(x$nodes)"' in text     # mpirun launches through Slurm
     assert "export CHECKPOINT_PATH='/shared/ckpt run1'" in text
@@ -98,23 +99,34 @@ def test_job_wrapper_golden(tmp_path):
 
 
 class Wrapper:
-    """The rendered wrapper, run with stand-ins for mpirun, scontrol, squeue and slurmft.
+    """The rendered wrapper, run with stand-ins for mpirun, ssh, srun, scontrol, squeue, scancel
+    and slurmft.
 
-    mpirun's exit codes come from MPI_RCS (one per call; 'hang' sleeps until killed);
-    slurmft exits IN_PLACE_RC for --in-place; squeue prints SQUEUE_NODES."""
+    mpirun's exit codes come from MPI_RCS (one per call; 'hang' sleeps until killed); it logs the
+    node list it sees and FOO (an exported variable the ranks need). ssh runs its command here
+    (exit 255 for the hosts in SSH_DOWN); srun runs the command after its options. slurmft exits
+    IN_PLACE_RC for --in-place; squeue prints SQUEUE_NODES (allocation) or SQUEUE_STEPS (steps)."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **config) -> None:
         self.bindir = tmp_path / "bin"
         self.bindir.mkdir()
         self.calls = tmp_path / "calls"
         stubs = {
             "mpirun": ('echo "mpirun@$SLURM_JOB_NODELIST/$SLURM_TASKS_PER_NODE $*" >>"$CALLS"; '
+                       'echo "FOO=$FOO" >>"$CALLS.env"; '
                        'n=$(grep -c "^mpirun" "$CALLS"); '
                        'rc=$(echo "$MPI_RCS" | cut -d, -f"$n"); '
                        'if [ "$rc" = hang ]; then exec sleep 60; fi; exit "${rc:-0}"'),
+            "ssh": ('while :; do case "$1" in -o|-F) shift 2;; -*) shift;; *) break;; esac; done; '
+                    'host=$1; shift; echo "ssh@$host $*" >>"$CALLS"; '
+                    'case ",$SSH_DOWN," in *",$host,"*) exit 255;; esac; exec "$@"'),
+            "srun": ('echo "srun $*" >>"$CALLS"; '
+                     'while [ "${1#--}" != "$1" ]; do shift; done; exec "$@"'),
             "scontrol": ('case "$3" in "node[1-2]") printf "node1\\nnode2\\n";; '
                          '*) echo "$3";; esac'),
-            "squeue": 'echo "$SQUEUE_NODES"',
+            "squeue": ('case "$*" in *--steps*) echo "$SQUEUE_STEPS";; *) echo "$SQUEUE_NODES";; '
+                       'esac'),
+            "scancel": 'echo "scancel $*" >>"$CALLS"',
             "slurmft": ('echo "slurmft $*" >>"$CALLS"; '
                         'case "$*" in *--in-place*) exit "${IN_PLACE_RC:-0}";; esac'),
         }
@@ -122,7 +134,7 @@ class Wrapper:
             (self.bindir / name).write_text(f"#!/bin/bash\n{body}\n")
             (self.bindir / name).chmod(0o755)
         self.ckpt = tmp_path / "ck"
-        ctx = job_context(RescheduleConfig(), train_cmd="train --x 1",
+        ctx = job_context(RescheduleConfig(**config), train_cmd="train --x 1",
                           checkpoint_dir=str(self.ckpt), nodes=2,
                           slurmft_cmd=[str(self.bindir / "slurmft")],
                           reschedule_log=str(tmp_path / "r.log"))
@@ -130,7 +142,9 @@ class Wrapper:
         self.script.write_text(render("job.sh.j2", ctx))
         self.env = {"PATH": f"{self.bindir}:/usr/bin:/bin", "CALLS": str(self.calls),
                     "SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "node[1-2]",
-                    "SLURM_JOB_NUM_NODES": "2", "TMPDIR": str(tmp_path), "SQUEUE_NODES": "node2"}
+                    "SLURM_JOB_NUM_NODES": "2", "SLURMD_NODENAME": "node1",
+                    "TMPDIR": str(tmp_path), "SQUEUE_NODES": "node2",
+                    "FOO": "a 'quoted' $value; with spaces"}
 
     def start(self, **env: str) -> subprocess.Popen:
         if self.calls.exists():
@@ -138,12 +152,22 @@ class Wrapper:
         return subprocess.Popen(["bash", str(self.script)], env={**self.env, **env},
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def lines(self, want: int = 0) -> list[str]:
+    def lines(self, want: int = 0, hops: bool = False) -> list[str]:
+        """The calls logged so far; with ``hops``, the ssh and srun calls on the way too."""
+        def calls() -> list[str]:
+            text = self.calls.read_text() if self.calls.exists() else ""
+            return [ln for ln in text.splitlines()
+                    if hops or not ln.startswith(("ssh@", "srun "))]
         for _ in range(50):                     # setsid -f returns before the child writes
-            if self.calls.exists() and len(self.calls.read_text().splitlines()) >= want:
+            if len(calls()) >= want:
                 break
             subprocess.run(["sleep", "0.1"], check=False)
-        return self.calls.read_text().splitlines() if self.calls.exists() else []
+        return calls()
+
+    def env_seen(self) -> list[str]:
+        """FOO as each mpirun saw it."""
+        path = Path(f"{self.calls}.env")
+        return path.read_text().splitlines() if path.exists() else []
 
 
 def test_job_wrapper_runs_the_training_once_when_it_succeeds(tmp_path):
@@ -151,7 +175,7 @@ def test_job_wrapper_runs_the_training_once_when_it_succeeds(tmp_path):
     p = w.start(MPI_RCS="0")
     assert p.wait(30) == 0
     [line] = w.lines()
-    assert line == "mpirun@node[1-2]/1(x2) -np 2 --mca plm_slurm_args --no-kill train --x 1"
+    assert line == "mpirun@node[1-2]/1(x2) -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1"
 
 
 def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
@@ -163,7 +187,7 @@ def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
     assert len(lines) == 3
     assert lines[1] == f"slurmft reschedule 7 --in-place --restart-count 0 --checkpoint-dir {w.ckpt}"
     # the second launch: one node (squeue's allocation now), resuming from the checkpoint
-    assert lines[2] == f"mpirun@node2/1(x1) -np 1 --mca plm_slurm_args --no-kill train --x 1 --resume {w.ckpt}"
+    assert lines[2] == f"mpirun@node2/1(x1) -np 1 --mca plm_slurm_args --no-kill --overlap train --x 1 --resume {w.ckpt}"
     assert "relaunching the training on node2 in job 7" in err
 
 
@@ -204,7 +228,61 @@ def test_usr2_stops_the_launcher_and_relaunches_without_asking_again(tmp_path):
     assert p.returncode == 0, err
     lines = w.lines()
     assert [ln.split("@")[0] for ln in lines] == ["mpirun", "mpirun"]   # no reschedule call
-    assert lines[1] == f"mpirun@node2/1(x1) -np 1 --mca plm_slurm_args --no-kill train --x 1 --resume {w.ckpt}"
+    assert lines[1] == f"mpirun@node2/1(x1) -np 1 --mca plm_slurm_args --no-kill --overlap train --x 1 --resume {w.ckpt}"
+
+
+def test_mpirun_runs_on_a_peer_node_in_a_job_step_with_this_environment(tmp_path):
+    w = Wrapper(tmp_path)
+    p = w.start(MPI_RCS="0")
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert w.lines(hops=True) == [
+        "ssh@node2 true",                      # ssh is checked once per peer
+        "ssh@node2 bash -s",
+        "srun --jobid=7 --overlap --nodes=1 --ntasks=1 --nodelist=node2 env "
+        "SLURM_JOB_NODELIST=node[1-2] SLURM_NODELIST=node[1-2] SLURM_NNODES=2 "
+        "SLURM_JOB_NUM_NODES=2 SLURM_TASKS_PER_NODE=1(x2) SLURM_NTASKS=2 SLURM_NPROCS=2 "
+        "mpirun -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1",
+        "mpirun@node[1-2]/1(x2) -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1",
+    ]
+    # the job's environment reaches the ranks intact, quotes and all
+    assert w.env_seen() == ["FOO=a 'quoted' $value; with spaces"]
+
+
+def test_without_ssh_to_the_peer_mpirun_runs_on_the_batch_host(tmp_path):
+    w = Wrapper(tmp_path)
+    p = w.start(MPI_RCS="0", SSH_DOWN="node2")
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "cannot ssh to node2: mpirun runs on the batch host node1" in err
+    assert w.lines(hops=True) == [
+        "ssh@node2 true",
+        "mpirun@node[1-2]/1(x2) -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1"]
+
+
+def test_launch_from_batch_runs_mpirun_here_without_ssh(tmp_path):
+    w = Wrapper(tmp_path, launch_from="batch")
+    p = w.start(MPI_RCS="0")
+    assert p.wait(30) == 0
+    assert w.lines(hops=True) == [
+        "mpirun@node[1-2]/1(x2) -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1"]
+    assert "ssh" not in w.script.read_text().split("{% if")[0]
+
+
+def test_usr2_kills_the_training_steps_but_not_the_batch_step(tmp_path):
+    import signal
+    import time
+
+    w = Wrapper(tmp_path)
+    p = w.start(MPI_RCS="hang,0", SQUEUE_STEPS="7.batch\n7.0\n7.1\n7.extern")
+    deadline = time.monotonic() + 20
+    while not w.lines() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    p.send_signal(signal.SIGUSR2)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert "scancel --signal=KILL 7.0 7.1" in w.lines()
 
 
 def test_unsafe_sbatch_values_are_refused():

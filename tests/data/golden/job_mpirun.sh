@@ -36,6 +36,50 @@ fi
 
 launcher_pid=""
 relaunch_asked=0
+# mpirun runs on a peer node (the first node of the job that is not this batch host), in a job
+# step started there over ssh, so every step of the training reports to the peer. Were this
+# host lost, the surviving nodes would otherwise wait on messages to it (Slurm's MessageTimeout,
+# several times over) before the job can be requeued. Without working ssh: mpirun runs here.
+ssh_cmd=(ssh -o BatchMode=yes -o ConnectTimeout=5)
+here="${SLURMD_NODENAME:-$(hostname -s)}"
+peer_ssh=1          # 0 once ssh to a peer failed: from then on mpirun runs here
+checked_peer=""
+# shellcheck disable=SC2317  # called below
+pick_peer() {  # the first node in $nodelist other than this one, or nothing
+    local n
+    for n in $(scontrol show hostnames "$nodelist"); do
+        if [ "$n" != "$here" ] && [[ "$n" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
+            echo "$n"
+            return
+        fi
+    done
+}
+# shellcheck disable=SC2317  # called below
+peer_script() {  # this environment, then `srun ... mpirun ...` on the peer ($1), as bash input
+    local v
+    for v in $(compgen -e); do
+        case "$v" in
+            SSH_*|SLURMD_NODENAME|HOSTNAME|HOME|USER|LOGNAME|SHELL|SHLVL|PWD|OLDPWD|_|BASH*|TERM|DISPLAY|MAIL) continue ;;
+        esac
+        printf 'export %s=%q\n' "$v" "${!v}"
+    done
+    printf 'cd %q || exit 1\n' "$PWD"
+    printf 'exec'
+    printf ' %q' srun --jobid="$SLURM_JOB_ID" --overlap --nodes=1 --ntasks=1 --nodelist="$1" \
+        env SLURM_JOB_NODELIST="$nodelist" SLURM_NODELIST="$nodelist" \
+        SLURM_NNODES="$nodes" SLURM_JOB_NUM_NODES="$nodes" SLURM_TASKS_PER_NODE="$SLURM_TASKS_PER_NODE" \
+        SLURM_NTASKS="$SLURM_NTASKS" SLURM_NPROCS="$SLURM_NPROCS" "${@:2}"
+    printf '\n'
+}
+# shellcheck disable=SC2317  # called below
+stop_training() {  # kill the training's job steps (every step but this script's)
+    local steps
+    steps="$(squeue --noheader --steps --jobs "$SLURM_JOB_ID" --format %i 2>/dev/null | grep -E '^[0-9]+[.][0-9]+$')"
+    if [ -n "$steps" ]; then
+        # shellcheck disable=SC2086  # step ids, checked above: one word each
+        scancel --signal=KILL $steps 2>/dev/null
+    fi
+}
 # slurmft sends SIGUSR2 once it has taken a failed node out of this job: stop the launcher,
 # the loop below relaunches the training on the nodes left, from the latest checkpoint.
 # shellcheck disable=SC2317  # called by the trap
@@ -58,14 +102,31 @@ while :; do
     relaunch_asked=0
     # --no-kill for its srun too: a node whose slurmd dies keeps running its ranks (slurmft
     # drains it); a node that is cut off is taken out by slurmft, which then signals USR2.
-    mpirun -np "$(( nodes * 1 ))" --mca plm_slurm_args --no-kill --allow-run-as-root \
-        python train.py --steps 1000 "${resume[@]}" &
+    # --overlap: a new launch need not wait for the steps of a stopped one to finish.
+    # shellcheck disable=SC2054  # commas inside mpirun options (btl self,tcp) are not separators
+    mpirun_cmd=(mpirun -np "$(( nodes * 1 ))" --mca plm_slurm_args "--no-kill --overlap"
+        --allow-run-as-root python train.py --steps 1000 "${resume[@]}")
+    peer="$(pick_peer)"
+    if [ -n "$peer" ] && [ "$peer_ssh" -eq 1 ] && [ "$peer" != "$checked_peer" ]; then
+        if "${ssh_cmd[@]}" "$peer" true </dev/null; then
+            checked_peer="$peer"
+        else
+            echo "slurmft: cannot ssh to $peer: mpirun runs on the batch host $here" >&2
+            peer_ssh=0
+        fi
+    fi
+    if [ -n "$peer" ] && [ "$peer_ssh" -eq 1 ]; then
+        peer_script "$peer" "${mpirun_cmd[@]}" | "${ssh_cmd[@]}" "$peer" bash -s &
+    else
+        "${mpirun_cmd[@]}" &
+    fi
     launcher_pid=$!
     wait "$launcher_pid"
     rc=$?
     if [ "$relaunch_asked" -eq 1 ]; then
-        # mpirun stops the ranks on the nodes it reaches at once, then waits for the daemon
-        # of an unreachable node: give it 1 s, then kill it (Slurm ends its srun step).
+        # Stop what is left of this launch: the ranks (killed through Slurm, wherever mpirun
+        # runs), then the launcher; mpirun waits for the daemon of an unreachable node.
+        stop_training
         for _ in 1 2 3 4 5 6 7 8 9 10; do
             kill -0 "$launcher_pid" 2>/dev/null || break
             sleep 0.1
