@@ -407,6 +407,10 @@ def _render_options(f: Any) -> Any:
         click.option("--job-name", default=None, help="Job name (job/restart)."),
         click.option("--launcher", type=click.Choice(["mpirun", "srun"]), default=None,
                      help="Launcher (reschedule.launcher)."),
+        click.option("--launch-from", type=click.Choice(["peer", "batch"]), default=None,
+                     help="Where the wrapper runs mpirun (reschedule.launch_from; default peer): "
+                          "on another node of the job over ssh, so losing the batch host "
+                          "costs seconds less, or on the batch host itself."),
         click.option("--output", "-o", "out", type=click.Path(dir_okay=False), default=None,
                      help="Write to this file instead of stdout."),
     ]
@@ -418,14 +422,15 @@ def _render_options(f: Any) -> Any:
 def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: str | None,
                 exclude: str | None, slots: int | None, train_cmd: str | None,
                 checkpoint_dir: str | None, job_name: str | None, launcher: str | None,
-                out: str | None) -> None:
+                launch_from: str | None, out: str | None) -> None:
     from slurmft import hosts as _hosts
     from slurmft.errors import UsageError
     from slurmft.rescheduler import job_context, restart_context
     from slurmft.render import render
     from slurmft.slurm.api import JobInfo
 
-    cfg = get_config(ctx, reschedule={"slots": slots, "launcher": launcher})
+    cfg = get_config(ctx, reschedule={"slots": slots, "launcher": launcher,
+                                      "launch_from": launch_from})
     rcfg = cfg.reschedule
     job = None
     if job_id is not None:

@@ -35,6 +35,7 @@ def test_classic_max_retry_env():
         ("bogus: {}\n", "unknown config section"),
         ("probe:\n  timeout: abc\n", "probe.timeout must be float"),
         ("reschedule:\n  launcher: ssh\n", "launcher must be mpirun or srun"),
+        ("reschedule:\n  launch_from: head\n", "launch_from must be peer .* or batch"),
         ("[unclosed\n", "not valid YAML"),
     ],
 )

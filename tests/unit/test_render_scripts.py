@@ -309,3 +309,17 @@ def test_render_job_takes_a_node_count_or_a_hostlist():
     assert by_list.exit_code == 0 and "#SBATCH --nodes=2\n" in by_list.output
     zero = CliRunner().invoke(cli, [*base, "--nodes", "0"])
     assert zero.exit_code == 2 and "at least 1" in zero.output
+
+
+def test_render_job_launches_from_a_peer_unless_told_batch():
+    from click.testing import CliRunner
+
+    from slurmft.cli import cli
+
+    base = ["render", "job", "--train-cmd", "python t.py", "--checkpoint-dir", "/c"]
+    peer = CliRunner().invoke(cli, base)
+    assert peer.exit_code == 0, peer.output
+    assert "ssh_cmd=(ssh -o BatchMode=yes -o ConnectTimeout=5)" in peer.output
+    batch = CliRunner().invoke(cli, [*base, "--launch-from", "batch"])
+    assert batch.exit_code == 0, batch.output
+    assert "ssh" not in batch.output and '"${mpirun_cmd[@]}" &' in batch.output
