@@ -179,6 +179,9 @@ class DryRunClient:
     def jobs(self) -> list[JobInfo]:
         return self._client.jobs()
 
+    def steps(self, job_id: int) -> list[int]:
+        return self._client.steps(job_id)
+
     def nodes(self, names: Sequence[str] | None = None) -> list:
         return self._client.nodes(names) if names is not None else self._client.nodes()
 

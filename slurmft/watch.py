@@ -64,8 +64,9 @@ class Watcher:
         self._quiet_until: dict[int, float] = {}
         self.tracker = FailureTracker(confirm)
         self._requeued: dict[int, tuple[float, int | None]] = {}  # job -> (until, node count)
-        # job -> (wall time of detection, failed nodes): to record recovery_seconds
-        self._recovering: dict[int, tuple[float, frozenset[str]]] = {}
+        # job -> (wall time of detection, failed nodes, the training's step to wait for (see
+        # _step_to_wait_for)): to record recovery_seconds
+        self._recovering: dict[int, tuple[float, frozenset[str], int | None]] = {}
         self.nudge_for = 120.0
         # job -> {node: health} of failed nodes the policy drained but left running (DRAIN):
         # not acted on again while their health stays the same
@@ -95,20 +96,50 @@ class Watcher:
                 self.rescheduler.nudge(job, target)
 
     def _note_recoveries(self, jobs: Sequence[JobInfo]) -> None:
-        """Audit ``recovered`` (with recovery_seconds, detection -> running again without the
-        failed nodes) for jobs this watcher rescheduled. A relaunched job never stops
-        running: for it this is the moment Slurm dropped the node from the allocation (the
-        training's own restart follows in the wrapper, a few seconds later)."""
+        """Audit ``recovered`` (with recovery_seconds, detection -> the training running
+        again without the failed nodes) for jobs this watcher rescheduled: the job is RUNNING
+        without them and, for a job whose training runs in job steps, a step of the restarted
+        training has started (a relaunched job never stops running; its new mpirun or srun
+        starts a step)."""
         by_id = {j.job_id: j for j in jobs}
-        now = time.time()
-        for jid, (detected, failed) in list(self._recovering.items()):
+        for jid, (detected, failed, wait_step) in list(self._recovering.items()):
             job = by_id.get(jid)
             if job is None or job.has_ended:
                 del self._recovering[jid]
-            elif job.state == "RUNNING" and not failed & set(job.nodes):
-                del self._recovering[jid]
-                self._audit({"event": "recovered", "job_id": jid, "nodes": list(job.nodes),
-                             "recovery_seconds": round(now - detected, 3)})
+                continue
+            if job.state != "RUNNING" or failed & set(job.nodes):
+                continue
+            record = {"event": "recovered", "job_id": jid, "nodes": list(job.nodes)}
+            if wait_step is not None:
+                try:
+                    started = [s for s in self.client.steps(jid) if s > wait_step]
+                except SlurmFTError as exc:
+                    log.debug("watch: steps of job %s: %s", jid, exc)
+                    continue
+                if not started:
+                    continue
+                record["step"] = f"{jid}.{started[0]}"
+            del self._recovering[jid]
+            record["recovery_seconds"] = round(time.time() - detected, 3)
+            self._audit(record)
+
+    def _steps_now(self, job_id: int) -> list[int] | None:
+        """The job's numbered steps (None when Slurm cannot say)."""
+        try:
+            return self.client.steps(job_id)
+        except SlurmFTError as exc:
+            log.debug("watch: steps of job %s: %s", job_id, exc)
+            return None
+
+    @staticmethod
+    def _step_to_wait_for(outcome: Outcome, steps_before: list[int] | None) -> int | None:
+        """What marks the training running again, as a step id to exceed: a relaunch starts a
+        step after those it had (the newest before), a requeued job's new run numbers its
+        steps from 0 (-1: any step). None: look at the job alone (DRAIN leaves the training
+        running; a job whose training runs in no step never shows one)."""
+        if not steps_before or outcome is Outcome.DRAIN:
+            return None
+        return max(steps_before) if outcome is Outcome.RELAUNCH else -1
 
     def cycle(self) -> CycleResult:
         """One pass: list running jobs, probe all their nodes at once, reschedule failures."""
@@ -147,6 +178,7 @@ class Watcher:
                         "; ".join(health[n].reason for n in failed),
                         extra={"job": str(job.job_id)})
             detected = self._audit_detection(job, failed, health)
+            steps_before = self._steps_now(job.job_id)   # before a relaunch can add one
             try:
                 report = self.rescheduler.reschedule(job.job_id, health=health)
                 res.reports.append(report)
@@ -155,7 +187,9 @@ class Watcher:
                     self._left_running.setdefault(job.job_id, {}).update(
                         {n: health[n].health.value for n in failed})
                 if report.decision.changes_anything:
-                    self._recovering[job.job_id] = (detected, frozenset(failed))
+                    self._recovering[job.job_id] = (
+                        detected, frozenset(failed),
+                        self._step_to_wait_for(report.decision.outcome, steps_before))
                 if report.decision.changes_anything and report.state_after != "RUNNING":
                     self._requeued[job.job_id] = (self.clock() + self.nudge_for,
                                                   report.decision.num_nodes)

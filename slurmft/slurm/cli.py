@@ -74,6 +74,21 @@ def build_squeue_argv(bin_dir: str = "") -> list[str]:
     return [_bin("squeue", bin_dir), "--all", "--json"]
 
 
+def build_steps_argv(job_id: int, bin_dir: str = "") -> list[str]:
+    """The job's steps, one id per line (22.05's ``squeue --steps --json`` lists jobs instead)."""
+    return [_bin("squeue", bin_dir), "--steps", "--noheader", "--jobs", str(check_job_id(job_id)),
+            "--format", "%i"]
+
+
+def parse_step_ids(text: str, job_id: int) -> list[int]:
+    """The numbered steps of ``job_id`` in ``build_steps_argv``'s output, ascending (the batch,
+    extern and interactive steps are not the job's work and are left out)."""
+    prefix = f"{check_job_id(job_id)}."
+    ids = {int(word[len(prefix):]) for word in text.split()
+           if word.startswith(prefix) and word[len(prefix):].isdigit()}
+    return sorted(ids)
+
+
 def build_sinfo_argv(bin_dir: str = "") -> list[str]:
     return [_bin("sinfo", bin_dir), "--json"]
 

@@ -60,6 +60,11 @@ class CommandSlurmClient:
                 return j
         raise InvalidJobError(f"no such job: {job_id}", slurm_message="Invalid job id specified")
 
+    def steps(self, job_id: int) -> list[int]:
+        """The job's numbered steps now (e.g. [0, 1] for 42.0 and 42.1), ascending."""
+        out = self._run(scli.build_steps_argv(job_id, self.bin_dir)).stdout
+        return scli.parse_step_ids(out, job_id)
+
     def node_names(self, job: int | JobInfo) -> list[str]:
         """The nodes a job holds (or held), as a list of host names."""
         info = job if isinstance(job, JobInfo) else self.job(job)

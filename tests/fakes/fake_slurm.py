@@ -59,8 +59,10 @@ class FakeSlurm:
         self.controller_up = True
         self.no_kill: set[int] = set()              # jobs submitted with --no-kill
         self.signals: list[tuple[int, str, bool]] = []  # (job, signal, --batch) sent by scancel
+        self.steps: dict[int, list[int]] = {}       # job -> its numbered steps (start_step)
         self._scripted: list[tuple[int, str, str]] = []
         self.next_job_id = max(self.jobs, default=0) + 1
+        self._next_step: dict[int, int] = {}
 
     # ------------------------------------------------------------------ test helpers
     def job(self, job_id: int) -> dict[str, Any]:
@@ -86,6 +88,17 @@ class FakeSlurm:
                     else [], node_count=len(nodes))
         self.jobs[job_id] = doc
         return job_id
+
+    def start_step(self, job_id: int) -> int:
+        """A new step (srun, mpirun's daemons) in a running job: its id, as Slurm numbers them."""
+        ids = self.steps.setdefault(job_id, [])
+        ids.append(self._next_step.get(job_id, 0))
+        self._next_step[job_id] = ids[-1] + 1
+        return ids[-1]
+
+    def end_steps(self, job_id: int) -> None:
+        """The job's steps are over (killed, or the job left the nodes)."""
+        self.steps.pop(job_id, None)
 
     def set_job_state(self, job_id: int, state: str, reason: str = "None") -> None:
         self.jobs[job_id].update(job_state=state, state_reason=reason)
@@ -151,6 +164,15 @@ class FakeSlurm:
 
     # ------------------------------------------------------------------ squeue / sinfo
     def _cmd_squeue(self, args: list[str]) -> tuple[int, str, str]:
+        if "--steps" in args:
+            job_id = int(args[args.index("--jobs") + 1])
+            j = self.jobs.get(job_id)
+            if j is None or job_id in self.forgotten:
+                return 1, "", "slurm_load_jobs error: Invalid job id specified\n"
+            lines = [f"{job_id}.{s}" for s in self.steps.get(job_id, [])]
+            if j["job_state"] == "RUNNING":
+                lines.append(f"{job_id}.batch")
+            return 0, "".join(f"{ln}\n" for ln in lines), ""
         if "--json" not in args:
             return 1, "", "squeue: fake supports --json only\n"
         jobs = [j for i, j in sorted(self.jobs.items()) if i not in self.forgotten]
@@ -352,6 +374,7 @@ class FakeSlurm:
         return 0, "", ""
 
     def _node_fail(self, j: dict[str, Any]) -> None:
+        self._restart_steps(j["job_id"])
         if j.get("requeue"):
             j.update(job_state="PENDING", state_reason="BeginTime",
                      restart_cnt=j.get("restart_cnt", 0) + 1)
@@ -379,8 +402,13 @@ class FakeSlurm:
                 return 1, "", f"Job is pending execution for job {job_id}\n"
             if not j.get("requeue") and state == "NODE_FAIL":
                 return 1, "", f"Requested operation is presently disabled for job {job_id}\n"
+            self._restart_steps(job_id)
             j.update(job_state="PENDING", restart_cnt=j.get("restart_cnt", 0) + 1,
                      state_reason="JobHeldUser" if verb == "requeuehold" else "BeginTime",
                      priority=0 if verb == "requeuehold" else j.get("priority", 1000))
             self._place(j, [], node_count=j["node_count"])
         return 0, "", ""
+
+    def _restart_steps(self, job_id: int) -> None:
+        self.end_steps(job_id)
+        self._next_step.pop(job_id, None)

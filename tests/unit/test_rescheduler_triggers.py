@@ -194,6 +194,54 @@ def test_watch_records_detection_and_recovery_times_for_metrics(tmp_path):
     assert recs["recovered"]["recovery_seconds"] >= 0
 
 
+def recovered(store, job):
+    return [rec for rec in store.audit_lines()
+            if rec.get("job_id") == job and rec["event"] == "recovered"]
+
+
+def test_a_relaunch_is_recovered_when_the_new_training_step_starts_not_when_the_node_leaves(
+        tmp_path):
+    from slurmft.policy import RELAUNCH_MARK
+
+    prober = ScriptedProber()
+    fake, jid, client, store, r = one_job(tmp_path, prober, comment=RELAUNCH_MARK, no_kill=True)
+    fake.start_step(jid)                            # mpirun on the peer, its daemons
+    fake.start_step(jid)
+    w = Watcher(client, prober, r, interval=0.01)
+    prober.failed = {"node3": Health.UNREACHABLE}
+    w.cycle()                                       # RELAUNCH: node3 leaves the running job
+    assert fake.job(jid)["job_state"] == "RUNNING" and fake.job(jid)["nodes"] == "node[1-2,4]"
+    prober.failed = {}
+    w.cycle()
+    assert recovered(store, jid) == []              # the old steps are no sign of training
+    fake.end_steps(jid)
+    fake.start_step(jid)                            # the wrapper relaunched mpirun: step 2
+    w.cycle()
+    [rec] = recovered(store, jid)
+    assert rec["step"] == f"{jid}.2" and rec["recovery_seconds"] >= 0
+    assert "node3" not in rec["nodes"]
+
+
+def test_a_requeued_job_is_recovered_at_its_first_step_and_one_without_steps_at_running(
+        tmp_path):
+    prober = ScriptedProber()
+    fake, jid, client, store, r = one_job(tmp_path, prober, ["node1", "node2"])
+    stepless = fake.add_job("RUNNING", ["node3", "node4"])   # a batch script that runs no step
+    fake.start_step(jid)
+    w = Watcher(client, prober, r, interval=0.01)
+    prober.failed = {"node2": Health.UNREACHABLE, "node4": Health.UNREACHABLE}
+    w.cycle()                                       # both requeued
+    fake.start_pending(jid)
+    fake.start_pending(stepless)
+    prober.failed = {}
+    w.cycle()
+    assert recovered(store, jid) == [] and len(recovered(store, stepless)) == 1
+    fake.start_step(jid)                            # the requeued run's step 0
+    w.cycle()
+    [rec] = recovered(store, jid)
+    assert rec["step"] == f"{jid}.0"
+
+
 def test_watch_sends_the_shrink_again_when_slurm_undid_it(tmp_path):
     """Seen on 22.05 when the batch host died: the requeue restored NumNodes=4 and the job sat
     PENDING (BadConstraints) with the dead node excluded. The watcher shrinks it again."""

@@ -274,3 +274,14 @@ def test_show_job_line_gives_tasks_per_node():
             "NtasksPerN:B:S:C=1:0:*:* ExcNodeList=(null)")
     job = parse_show_job(line)[0]
     assert (job.tasks, job.tasks_per_node, job.cpus_per_task) == (4, 1, 1)
+
+
+def test_steps_argv_and_parse_keep_only_the_jobs_numbered_steps():
+    assert scli.build_steps_argv(7, "/opt/slurm/bin") == [
+        "/opt/slurm/bin/squeue", "--steps", "--noheader", "--jobs", "7", "--format", "%i"]
+    # what 22.05 printed for a wrapper job with mpirun on a peer (step 0) and its daemons (1)
+    out = "7.0\n7.1\n7.batch\n7.extern\n17.3\n7.x\n"
+    assert scli.parse_step_ids(out, 7) == [0, 1]
+    assert scli.parse_step_ids("", 7) == []
+    with pytest.raises(UsageError):
+        scli.build_steps_argv(-1)
