@@ -14,7 +14,7 @@ Audit record fields read here (others are ignored)::
      "outcome": "requeue",            # -> slurmft_reschedules_total{outcome}
      "health": {"node1": "HEALTHY", "node3": "UNREACHABLE"},   # -> slurmft_node_health{state}
      "detection_seconds": 3.2,        # any event: failure -> detected   (histogram)
-     "recovery_seconds": 41.0}        # any event: detected -> job back  (histogram)
+     "recovery_seconds": 41.0}        # any event: detected -> training back (histogram)
 
 A record without ``event`` counts as a decision when it has an ``outcome``.
 """

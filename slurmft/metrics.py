@@ -21,7 +21,9 @@ Metrics (label ``dir``: the checkpoint directory)::
     slurmft_reschedules_total{outcome}               rescheduler runs by outcome
     slurmft_node_health{state}                       nodes per health state (latest probe)
     slurmft_detection_seconds                        failure -> detected (histogram)
-    slurmft_recovery_seconds                         detected -> job running again (histogram)
+    slurmft_recovery_seconds                         detected -> training running again: a new job
+                                                     step of the relaunched or requeued run
+                                                     (histogram)
     slurmft_exporter_errors_total{source}            unreadable manifests / audit lines
 """
 
@@ -110,7 +112,7 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
             buckets=DETECTION_BUCKETS, registry=reg),
         recovery_seconds=Histogram(
             f"{PREFIX}_recovery_seconds",
-            "Seconds from detection until the job was requeued or resubmitted.",
+            "Seconds from detection until the training runs again (relaunched or requeued).",
             buckets=RECOVERY_BUCKETS, registry=reg),
         exporter_errors=Counter(
             f"{PREFIX}_exporter_errors", "Unreadable sources seen by the exporter.",
