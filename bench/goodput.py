@@ -253,13 +253,12 @@ class Run:
             self.result.error = str(exc)
             self.say(f"ERROR: {exc}")
         finally:
-            self.demo._started_cluster = True     # whatever up() got to, take it down
-            self.demo._cleanup()                   # stops the watcher (its process group) too
+            self.demo.teardown()                   # the watcher (its process group), the cluster
         return self.result
 
     def _script(self, work: Path, ckpt: Path, progress: Path) -> str:
         if self.v in ("slurmft", "nofault"):        # nofault: the same wrapper, no fault
-            return self.demo._job_script(work, ckpt, progress)
+            return self.demo.job_script(work, ckpt, progress)
         a = self.a
         train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(a.steps),
                  "--step-time", str(a.step_time), "--step-interval", str(a.step_interval),
@@ -270,7 +269,7 @@ class Run:
 
     def _execute(self) -> None:
         a, c, res = self.a, self.cluster, self.result
-        up = c.up(nodes=a.nodes)
+        up = self.demo.bring_up()
         self.say(f"cluster up in {up.seconds:.1f} s: {', '.join(up.nodes)}")
         work = c.shared_dir / "gp"
         ckpt, progress = work / "checkpoints", work / "progress.jsonl"
@@ -283,7 +282,7 @@ class Run:
             raise SlurmFTError(f"sbatch failed: {cp.stderr.strip()}")
         job_id = res.job_id = int(cp.stdout.strip().split(";")[0])
         if self.v == "slurmft":
-            self.demo._start_watcher(job_id, work / "watch.log")
+            self.demo.start_watcher(job_id, work / "watch.log")
         self.say(f"job {job_id} submitted ({a.steps} steps, step time {a.step_time:g} s, "
                  f"checkpoint every {a.step_interval} steps)")
         try:

@@ -95,7 +95,7 @@ class Demo:
         try:
             return self._run()
         finally:
-            self._cleanup()
+            self.teardown()
             signal.signal(signal.SIGTERM, old_term)
 
     def _run(self) -> DemoResult:
@@ -105,8 +105,7 @@ class Demo:
             raise ClusterError(f"cluster {o.name} is already up (an earlier demo?): "
                                f"slurmft cluster down --name {o.name}")
         self.say(f"building a {o.nodes}-node Slurm cluster '{o.name}' (network namespaces)...")
-        up = self.cluster.up(nodes=o.nodes)
-        self._started_cluster = True
+        up = self.bring_up()
         self.say(f"  up in {up.seconds:.1f} s: {', '.join(up.nodes)} on {up.subnet}")
 
         work = self.cluster.shared_dir / "demo"
@@ -114,7 +113,7 @@ class Demo:
         progress_path = work / "progress.jsonl"
         work.mkdir(parents=True, exist_ok=True)
         script = work / "job.sh"
-        script.write_text(self._job_script(work, ckpt_dir, progress_path))
+        script.write_text(self.job_script(work, ckpt_dir, progress_path))
         client = self.cluster.slurm_client()
 
         cp = self.cluster.run(["sbatch", "--parsable", str(script)], timeout=30)
@@ -123,7 +122,7 @@ class Demo:
         job_id = int(cp.stdout.strip().split(";")[0])
         self.say(f"submitted training job {job_id} on {o.nodes} nodes ({o.steps} steps, "
                  f"checkpoint every {o.step_interval})")
-        self._start_watcher(job_id, work / "watch.log")
+        self.start_watcher(job_id, work / "watch.log")
         self.say(f"slurmft watch is probing the job's nodes every {o.watch_interval:g} s")
 
         job = self._wait(lambda: _running(client.job(job_id)), deadline, "the job to start")
@@ -197,9 +196,15 @@ class Demo:
         self._write_outputs(result, records, work)
         return result
 
-    # ---- pieces ----------------------------------------------------------------------------
+    # ---- pieces (bench/goodput.py runs its own scenario with them) --------------------------
 
-    def _job_script(self, work: Path, ckpt_dir: Path, progress_path: Path,
+    def bring_up(self):
+        """Build the demo's cluster; ``teardown`` takes it down again, even if this fails
+        half-way (unless ``keep_cluster``)."""
+        self._started_cluster = True
+        return self.cluster.up(nodes=self.o.nodes)
+
+    def job_script(self, work: Path, ckpt_dir: Path, progress_path: Path,
                     slurmft_cmd: list[str] | None = None) -> str:
         o = self.o
         cfg = RescheduleConfig(state_dir=str(self.cluster.shared_dir / "slurmft"), slots=1,
@@ -215,7 +220,7 @@ class Demo:
                           reschedule_log=str(work / "reschedule.log"))
         return render("job.sh.j2", ctx)
 
-    def _start_watcher(self, job_id: int, log_path: Path) -> None:
+    def start_watcher(self, job_id: int, log_path: Path) -> None:
         env = self.cluster.env()
         env["SLURMFT_PROBE_TIMEOUT"] = str(self.o.probe_timeout)
         env["SLURMFT_PROBE_CHECK_SLURMD"] = "1"     # a dead slurmd: drain, keep training
@@ -279,7 +284,9 @@ class Demo:
         (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
         files["result.json"] = str(out / "result.json")
 
-    def _cleanup(self) -> None:
+    def teardown(self) -> None:
+        """Stop the watcher this demo started (its process group) and take down the cluster
+        it built, unless ``keep_cluster``. Safe to call twice."""
         if self._watcher is not None and self._watcher.poll() is None:
             try:
                 os.killpg(self._watcher.pid, signal.SIGTERM)   # the group we started
