@@ -239,10 +239,10 @@ def test_mpirun_runs_on_a_peer_node_in_a_job_step_with_this_environment(tmp_path
     assert w.lines(hops=True) == [
         "ssh@node2 true",                      # ssh is checked once per peer
         "ssh@node2 bash -s",
-        "srun --jobid=7 --overlap --nodes=1 --ntasks=1 --nodelist=node2 env "
-        "SLURM_JOB_NODELIST=node[1-2] SLURM_NODELIST=node[1-2] SLURM_NNODES=2 "
-        "SLURM_JOB_NUM_NODES=2 SLURM_TASKS_PER_NODE=1(x2) SLURM_NTASKS=2 SLURM_NPROCS=2 "
-        "mpirun -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1",
+        ("srun --jobid=7 --overlap --nodes=1 --ntasks=1 --nodelist=node2 env "
+         "SLURM_JOB_NODELIST=node[1-2] SLURM_NODELIST=node[1-2] SLURM_NNODES=2 "
+         "SLURM_JOB_NUM_NODES=2 SLURM_TASKS_PER_NODE=1(x2) SLURM_NTASKS=2 SLURM_NPROCS=2 "
+         "mpirun -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1"),
         "mpirun@node[1-2]/1(x2) -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1",
     ]
     # the job's environment reaches the ranks intact, quotes and all
