@@ -24,7 +24,8 @@ def test_rank_crash_on_a_healthy_node_relaunches_in_place(cluster, cluster_run):
     work = Path(cluster.shared_dir) / "restart-in-place"
     ckpt, progress = work / "ckpt", work / "progress.jsonl"
     work.mkdir(parents=True, exist_ok=True)
-    cfg = RescheduleConfig(state_dir=str(work / "state"), slots=1, mpirun_args=mpirun_args(cluster))
+    cfg = RescheduleConfig(state_dir=str(work / "state"), slots=1, mpirun_args=mpirun_args(cluster),
+                           ssh_args=f"-F {cluster.ssh_config_path}")
     train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", "120", "--step-time", "0.05",
              "--step-interval", "10", "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
     script = work / "job.sh"
@@ -53,7 +54,9 @@ def test_rank_crash_on_a_healthy_node_relaunches_in_place(cluster, cluster_run):
         assert job.restart_count == 0                          # relaunched, not requeued
         assert sorted(job.nodes) == ["node1", "node2"]        # in place: nothing excluded
         assert not job.excluded_nodes
-        assert "relaunching the training on node[1-2]" in (work / "job.out").read_text()
+        out = (work / "job.out").read_text()
+        assert "relaunching the training on node[1-2]" in out
+        assert "cannot ssh" not in out                         # mpirun ran on the peer, node2
         [attempt] = StateStore(str(work / "state")).load(jid).attempts   # one retry spent
         assert attempt.outcome == "relaunch" and attempt.failed == []
         recs = read_progress(progress)

@@ -1,0 +1,101 @@
+"""The batch host of a wrapper job is cut off. `slurmft watch` requeues the job without it and
+the training resumes on the nodes left, from its newest verified checkpoint. mpirun ran on a
+peer node (reschedule.launch_from=peer), so no step of the job reported to the lost host.
+Real cluster, real mpirun + train.py, the real watcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slurmft.config import RescheduleConfig
+from slurmft.demo import EXAMPLE_TRAIN, mpirun_args
+from slurmft.recovery_report import read_progress
+from slurmft.render import render
+from slurmft.rescheduler import job_context
+from slurmft.state import StateStore
+from tests.integration.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+STEPS = 400
+
+
+def test_lost_batch_host_requeues_and_resumes_on_the_nodes_left(cluster, cluster_run):
+    work = Path(cluster.shared_dir) / "batch-host-loss"
+    ckpt, progress, state = work / "ckpt", work / "progress.jsonl", work / "state"
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = RescheduleConfig(state_dir=str(state), slots=1, mpirun_args=mpirun_args(cluster),
+                           ssh_args=f"-F {cluster.ssh_config_path}")
+    train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(STEPS), "--step-time", "0.05",
+             "--step-interval", "10", "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
+    script = work / "job.sh"
+    script.write_text(render("job.sh.j2", job_context(
+        cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name="bhl", nodes=3,
+        work_dir=str(work), output=str(work / "job.out"),
+        slurmft_cmd=[sys.executable, "-m", "slurmft"], reschedule_log=str(work / "resched.log"))))
+    env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
+           # a link-down is what ping sees; SSH probing has its own tests (see test_reschedule)
+           "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
+           "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+    cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2,node3", script], env=env)
+    assert cp.returncode == 0, cp.stderr
+    jid = int(cp.stdout.strip())
+    client = cluster.slurm_client()
+    with open(work / "watch.log", "ab") as log:
+        watcher = subprocess.Popen(
+            cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch", "--job", str(jid),
+                               "--interval", "1"]),
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    lost = ""
+    try:
+        wait_for(lambda: progress.exists() and any(
+            r["event"] == "save" and r["step"] >= 30 for r in read_progress(progress)),
+            120, "a checkpoint at step 30")
+        first = client.job(jid)
+        lost = first.batch_host
+        assert lost in first.nodes
+        cluster.fault(lost, "link-down")
+
+        def diagnose() -> str:
+            j = client.job(jid)
+            tail = lambda p: p.read_text()[-1500:] if p.exists() else "(none)"  # noqa: E731
+            return (f"state {j.state} on {j.nodes} restarts {j.restart_count}\nwatch.log:\n"
+                    f"{tail(work / 'watch.log')}\njob.out:\n{tail(work / 'job.out')}")
+
+        job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
+                       "the job to complete after the requeue", show=diagnose)
+        assert job.restart_count == 1                          # requeued once
+        assert lost not in job.nodes and len(job.nodes) == 2
+        node = next(n for n in client.nodes() if n.name == lost)
+        assert node.is_drained and "slurmft" in node.reason
+        out = (work / "job.out").read_text()
+        assert "cannot ssh" not in out                         # mpirun did run on a peer
+        recs = read_progress(progress)
+        [resume] = [r for r in recs if r["event"] == "resume"]
+        assert resume["from_step"] >= 30 and resume["world_size"] == 2
+        assert recs[-1]["event"] == "done" and recs[-1]["step"] == STEPS - 1
+        # the watcher saw the requeued run's first job step (squeue --steps on 22.05)
+        audit = StateStore(str(state)).audit_lines()
+        [recovered] = [r for r in audit if r["event"] == "recovered" and r["job_id"] == jid]
+        assert recovered["step"].startswith(f"{jid}.") and recovered["recovery_seconds"] > 0
+    finally:
+        try:
+            os.killpg(watcher.pid, signal.SIGTERM)             # the group started above
+            watcher.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(watcher.pid, signal.SIGKILL)
+        if lost:
+            cluster.fault(lost, "link-up")
+        cluster_run(["scancel", str(jid)])
+        if lost:
+            def back() -> bool:
+                cluster_run(["scontrol", "update", f"nodename={lost}", "state=resume"])
+                return cluster_run(["sinfo", "-h", "-n", lost, "-o", "%T"]).stdout.strip() == "idle"
+            wait_for(back, 90, f"{lost} idle again")
