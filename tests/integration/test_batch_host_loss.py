@@ -63,9 +63,11 @@ def test_lost_batch_host_requeues_and_resumes_on_the_nodes_left(cluster, cluster
         assert lost in first.nodes
         cluster.fault(lost, "link-down")
 
+        def tail(path: Path) -> str:
+            return path.read_text()[-1500:] if path.exists() else "(none)"
+
         def diagnose() -> str:
             j = client.job(jid)
-            tail = lambda p: p.read_text()[-1500:] if p.exists() else "(none)"  # noqa: E731
             return (f"state {j.state} on {j.nodes} restarts {j.restart_count}\nwatch.log:\n"
                     f"{tail(work / 'watch.log')}\njob.out:\n{tail(work / 'job.out')}")
 
