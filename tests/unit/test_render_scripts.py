@@ -180,14 +180,15 @@ def test_job_wrapper_runs_the_training_once_when_it_succeeds(tmp_path):
 
 def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
     w = Wrapper(tmp_path)
-    p = w.start(MPI_RCS="255,0")
+    p = w.start(MPI_RCS="255,0", SQUEUE_STEPS="7.batch\n7.0")
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     lines = w.lines()
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert lines[1] == f"slurmft reschedule 7 --in-place --restart-count 0 --checkpoint-dir {w.ckpt}"
+    assert lines[2] == "scancel --signal=KILL 7.0"          # what the last launch left behind
     # the second launch: one node (squeue's allocation now), resuming from the checkpoint
-    assert lines[2] == f"mpirun@node2/1(x1) -np 1 --mca plm_slurm_args --no-kill --overlap train --x 1 --resume {w.ckpt}"
+    assert lines[3] == f"mpirun@node2/1(x1) -np 1 --mca plm_slurm_args --no-kill --overlap train --x 1 --resume {w.ckpt}"
     assert "relaunching the training on node2 in job 7" in err
 
 
@@ -239,7 +240,7 @@ def test_mpirun_runs_on_a_peer_node_in_a_job_step_with_this_environment(tmp_path
     assert w.lines(hops=True) == [
         "ssh@node2 true",                      # ssh is checked once per peer
         "ssh@node2 bash -s",
-        ("srun --jobid=7 --overlap --nodes=1 --ntasks=1 --nodelist=node2 env "
+        ("srun --jobid=7 --overlap --no-kill --nodes=1 --ntasks=1 --nodelist=node2 env "
          "SLURM_JOB_NODELIST=node[1-2] SLURM_NODELIST=node[1-2] SLURM_NNODES=2 "
          "SLURM_JOB_NUM_NODES=2 SLURM_TASKS_PER_NODE=1(x2) SLURM_NTASKS=2 SLURM_NPROCS=2 "
          "mpirun -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1"),

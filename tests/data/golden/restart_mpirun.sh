@@ -65,7 +65,7 @@ peer_script() {  # this environment, then `srun ... mpirun ...` on the peer ($1)
     done
     printf 'cd %q || exit 1\n' "$PWD"
     printf 'exec'
-    printf ' %q' srun --jobid="$SLURM_JOB_ID" --overlap --nodes=1 --ntasks=1 --nodelist="$1" \
+    printf ' %q' srun --jobid="$SLURM_JOB_ID" --overlap --no-kill --nodes=1 --ntasks=1 --nodelist="$1" \
         env SLURM_JOB_NODELIST="$nodelist" SLURM_NODELIST="$nodelist" \
         SLURM_NNODES="$nodes" SLURM_JOB_NUM_NODES="$nodes" SLURM_TASKS_PER_NODE="$SLURM_TASKS_PER_NODE" \
         SLURM_NTASKS="$SLURM_NTASKS" SLURM_NPROCS="$SLURM_NPROCS" "${@:2}"
@@ -155,6 +155,9 @@ while :; do
             break
         fi
     fi
+    # Nothing of the last launch may train on: a launcher that exited by itself can leave
+    # steps behind (mpirun on a peer whose node failed goes on driving its daemons).
+    stop_training
     nodelist="$(squeue --noheader --jobs "$SLURM_JOB_ID" --format %N)"
     if [ -z "$nodelist" ]; then
         echo "slurmft: cannot read the allocation of job $SLURM_JOB_ID" >&2
