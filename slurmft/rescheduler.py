@@ -139,7 +139,9 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "launcher": config.launcher,
         "mpirun_args": shlex.split(config.mpirun_args),
         "launch_from": config.launch_from,
+        # ServerAlive: a peer that dies ends the launch within 15 s, watcher or not
         "ssh_cmd": ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                    "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
                     *shlex.split(config.ssh_args)],
         "train_cmd": words,
         "train_cmd_line": shlex.join(words),

@@ -320,7 +320,8 @@ def test_render_job_launches_from_a_peer_unless_told_batch():
     base = ["render", "job", "--train-cmd", "python t.py", "--checkpoint-dir", "/c"]
     peer = CliRunner().invoke(cli, base)
     assert peer.exit_code == 0, peer.output
-    assert "ssh_cmd=(ssh -o BatchMode=yes -o ConnectTimeout=5)" in peer.output
+    assert ("ssh_cmd=(ssh -o BatchMode=yes -o ConnectTimeout=5 -o ServerAliveInterval=5 "
+            "-o ServerAliveCountMax=3)") in peer.output
     batch = CliRunner().invoke(cli, [*base, "--launch-from", "batch"])
     assert batch.exit_code == 0, batch.output
     assert "ssh" not in batch.output and '"${mpirun_cmd[@]}" &' in batch.output

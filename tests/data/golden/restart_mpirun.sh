@@ -40,7 +40,7 @@ relaunch_asked=0
 # step started there over ssh, so every step of the training reports to the peer. Were this
 # host lost, the surviving nodes would otherwise wait on messages to it (Slurm's MessageTimeout,
 # several times over) before the job can be requeued. Without working ssh: mpirun runs here.
-ssh_cmd=(ssh -o BatchMode=yes -o ConnectTimeout=5)
+ssh_cmd=(ssh -o BatchMode=yes -o ConnectTimeout=5 -o ServerAliveInterval=5 -o ServerAliveCountMax=3)
 here="${SLURMD_NODENAME:-$(hostname -s)}"
 peer_ssh=1          # 0 once ssh to a peer failed: from then on mpirun runs here
 checked_peer=""
