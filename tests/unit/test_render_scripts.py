@@ -103,7 +103,8 @@ class Wrapper:
     and slurmft.
 
     mpirun's exit codes come from MPI_RCS (one per call; 'hang' sleeps until killed); it logs the
-    node list it sees and FOO (an exported variable the ranks need). ssh runs its command here
+    node list it sees and FOO (an exported variable the ranks need). With the srun launcher,
+    srun starts ``train``, which does the same. ssh runs its command here
     (exit 255 for the hosts in SSH_DOWN); srun runs the command after its options. slurmft exits
     IN_PLACE_RC for --in-place; squeue prints SQUEUE_NODES (allocation) or SQUEUE_STEPS (steps)."""
 
@@ -111,12 +112,15 @@ class Wrapper:
         self.bindir = tmp_path / "bin"
         self.bindir.mkdir()
         self.calls = tmp_path / "calls"
+        launched = ('echo "FOO=$FOO" >>"$CALLS.env"; '
+                    'n=$(grep -c "^mpirun\\|^train" "$CALLS"); '
+                    'rc=$(echo "$MPI_RCS" | cut -d, -f"$n"); '
+                    'if [ "$rc" = hang ]; then exec sleep 60; fi; exit "${rc:-0}"')
         stubs = {
             "mpirun": ('echo "mpirun@$SLURM_JOB_NODELIST/$SLURM_TASKS_PER_NODE $*" >>"$CALLS"; '
-                       'echo "FOO=$FOO" >>"$CALLS.env"; '
-                       'n=$(grep -c "^mpirun" "$CALLS"); '
-                       'rc=$(echo "$MPI_RCS" | cut -d, -f"$n"); '
-                       'if [ "$rc" = hang ]; then exec sleep 60; fi; exit "${rc:-0}"'),
+                       f'{launched}'),
+            # what srun (the srun launcher) starts: the training itself
+            "train": f'echo "train $*" >>"$CALLS"; {launched}',
             "ssh": ('while :; do case "$1" in -o|-F) shift 2;; -*) shift;; *) break;; esac; done; '
                     'host=$1; shift; echo "ssh@$host $*" >>"$CALLS"; '
                     'case ",$SSH_DOWN," in *",$host,"*) exit 255;; esac; exec "$@"'),
@@ -157,7 +161,8 @@ class Wrapper:
         def calls() -> list[str]:
             text = self.calls.read_text() if self.calls.exists() else ""
             return [ln for ln in text.splitlines()
-                    if hops or not ln.startswith(("ssh@", "srun "))]
+                    if hops or not ln.startswith(("ssh@", "srun "))
+                    or (ln.startswith("srun ") and "--mpi=pmix" in ln)]
         for _ in range(50):                     # setsid -f returns before the child writes
             if len(calls()) >= want:
                 break
@@ -267,7 +272,7 @@ def test_launch_from_batch_runs_mpirun_here_without_ssh(tmp_path):
     assert p.wait(30) == 0
     assert w.lines(hops=True) == [
         "mpirun@node[1-2]/1(x2) -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1"]
-    assert "ssh" not in w.script.read_text().split("{% if")[0]
+    assert "ssh" not in w.script.read_text()
 
 
 def test_usr2_kills_the_training_steps_but_not_the_batch_step(tmp_path):
@@ -324,4 +329,38 @@ def test_render_job_launches_from_a_peer_unless_told_batch():
             "-o ServerAliveCountMax=3)") in peer.output
     batch = CliRunner().invoke(cli, [*base, "--launch-from", "batch"])
     assert batch.exit_code == 0, batch.output
-    assert "ssh" not in batch.output and '"${mpirun_cmd[@]}" &' in batch.output
+    assert "ssh" not in batch.output and '"${launch_cmd[@]}" &' in batch.output
+
+
+def test_srun_launcher_relaunches_in_place_on_the_nodes_left(tmp_path):
+    w = Wrapper(tmp_path, launcher="srun", launch_from="batch")
+    p = w.start(MPI_RCS="137,0", SQUEUE_STEPS="7.0")
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert w.lines() == [
+        "srun --mpi=pmix --no-kill --overlap --kill-on-bad-exit=1 --nodes=2 --nodelist=node[1-2] "
+        "--ntasks-per-node=1 train --x 1",
+        "train --x 1",
+        f"slurmft reschedule 7 --in-place --restart-count 0 --checkpoint-dir {w.ckpt}",
+        "scancel --signal=KILL 7.0",
+        "srun --mpi=pmix --no-kill --overlap --kill-on-bad-exit=1 --nodes=1 --nodelist=node2 "
+        f"--ntasks-per-node=1 train --x 1 --resume {w.ckpt}",
+        f"train --x 1 --resume {w.ckpt}",
+    ]
+
+
+def test_srun_launcher_runs_srun_itself_on_the_peer(tmp_path):
+    w = Wrapper(tmp_path, launcher="srun")
+    p = w.start(MPI_RCS="0")
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert w.lines(hops=True) == [
+        "ssh@node2 true",
+        "ssh@node2 bash -s",                   # no job step around srun: it is only a client
+        "srun --mpi=pmix --no-kill --overlap --kill-on-bad-exit=1 --nodes=2 --nodelist=node[1-2] "
+        "--ntasks-per-node=1 train --x 1",
+        "train --x 1",
+    ]
+    assert w.env_seen() == ["FOO=a 'quoted' $value; with spaces"]
+    text = w.script.read_text()
+    assert "#SBATCH --no-kill" in text and "#SBATCH --comment=slurmft:relaunch" in text

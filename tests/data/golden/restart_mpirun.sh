@@ -1,7 +1,7 @@
 #!/bin/bash
 # Rendered by slurmft (restart of job 42): requeueable, resumes from
-# CHECKPOINT_PATH; with mpirun it survives a lost node by relaunching the training on the nodes
-# left, and hands what it cannot fix in place to `slurmft reschedule`.
+# CHECKPOINT_PATH; it survives a lost node by relaunching the training (mpirun) on the
+# nodes left, and hands what it cannot fix in place to `slurmft reschedule`.
 #SBATCH --job-name=train-gpt
 #SBATCH --nodes=3
 #SBATCH --nodelist=node1,node2,node4
@@ -36,13 +36,13 @@ resume=(--resume "$CHECKPOINT_PATH")
 
 launcher_pid=""
 relaunch_asked=0
-# mpirun runs on a peer node (the first node of the job that is not this batch host), in a job
-# step started there over ssh, so every step of the training reports to the peer. Were this
-# host lost, the surviving nodes would otherwise wait on messages to it (Slurm's MessageTimeout,
-# several times over) before the job can be requeued. Without working ssh: mpirun runs here.
+# mpirun runs on a peer node (the first node of the job that is not this batch host),
+# started there over ssh, so every step of the training reports to the peer. Were this host
+# lost, the surviving nodes would otherwise wait on messages to it (Slurm's MessageTimeout,
+# several times over) before the job can be requeued. Without working ssh: it runs here.
 ssh_cmd=(ssh -o BatchMode=yes -o ConnectTimeout=5 -o ServerAliveInterval=5 -o ServerAliveCountMax=3)
 here="${SLURMD_NODENAME:-$(hostname -s)}"
-peer_ssh=1          # 0 once ssh to a peer failed: from then on mpirun runs here
+peer_ssh=1          # 0 once ssh to a peer failed: from then on the launcher runs here
 checked_peer=""
 # shellcheck disable=SC2317  # called below
 pick_peer() {  # the first node in $nodelist other than this one, or nothing
@@ -55,7 +55,7 @@ pick_peer() {  # the first node in $nodelist other than this one, or nothing
     done
 }
 # shellcheck disable=SC2317  # called below
-peer_script() {  # this environment, then `srun ... mpirun ...` on the peer ($1), as bash input
+peer_script() {  # this environment, then the launch command on the peer ($1), as bash input
     local v
     for v in $(compgen -e); do
         case "$v" in
@@ -65,10 +65,12 @@ peer_script() {  # this environment, then `srun ... mpirun ...` on the peer ($1)
     done
     printf 'cd %q || exit 1\n' "$PWD"
     printf 'exec'
+    # mpirun in a job step of its own, so that Slurm stops it with the job
     printf ' %q' srun --jobid="$SLURM_JOB_ID" --overlap --no-kill --nodes=1 --ntasks=1 --nodelist="$1" \
         env SLURM_JOB_NODELIST="$nodelist" SLURM_NODELIST="$nodelist" \
         SLURM_NNODES="$nodes" SLURM_JOB_NUM_NODES="$nodes" SLURM_TASKS_PER_NODE="$SLURM_TASKS_PER_NODE" \
-        SLURM_NTASKS="$SLURM_NTASKS" SLURM_NPROCS="$SLURM_NPROCS" "${@:2}"
+        SLURM_NTASKS="$SLURM_NTASKS" SLURM_NPROCS="$SLURM_NPROCS"
+    printf ' %q' "${@:2}"
     printf '\n'
 }
 # shellcheck disable=SC2317  # called below
@@ -93,8 +95,9 @@ trap on_relaunch USR2
 nodelist="$SLURM_JOB_NODELIST"
 while :; do
     nodes="$(scontrol show hostnames "$nodelist" | wc -l)"
-    # mpirun starts its daemons with srun on the nodes Slurm's environment names (so Slurm
-    # tracks and cleans up every rank): after a relaunch, the nodes the job has left.
+    # Slurm's view of the allocation for the launcher (mpirun starts its daemons with srun on
+    # the nodes it names, so Slurm tracks and cleans up every rank): after a relaunch, the
+    # nodes the job has left.
     export SLURM_JOB_NODELIST="$nodelist" SLURM_NODELIST="$nodelist" \
         SLURM_JOB_NUM_NODES="$nodes" SLURM_NNODES="$nodes" \
         SLURM_TASKS_PER_NODE="2(x$nodes)" SLURM_NTASKS="$(( nodes * 2 ))" \
@@ -104,7 +107,7 @@ while :; do
     # drains it); a node that is cut off is taken out by slurmft, which then signals USR2.
     # --overlap: a new launch need not wait for the steps of a stopped one to finish.
     # shellcheck disable=SC2054  # commas inside mpirun options (btl self,tcp) are not separators
-    mpirun_cmd=(mpirun -np "$(( nodes * 2 ))" --mca plm_slurm_args "--no-kill --overlap"
+    launch_cmd=(mpirun -np "$(( nodes * 2 ))" --mca plm_slurm_args "--no-kill --overlap"
         --allow-run-as-root --mca btl self,tcp python train.py --epochs 10 --name 'run one' "${resume[@]}")
     peer="$(pick_peer)"
     if [ -n "$peer" ] && [ "$peer_ssh" -eq 1 ] && [ "$peer" != "$checked_peer" ]; then
@@ -116,16 +119,16 @@ while :; do
         fi
     fi
     if [ -n "$peer" ] && [ "$peer_ssh" -eq 1 ]; then
-        peer_script "$peer" "${mpirun_cmd[@]}" | "${ssh_cmd[@]}" "$peer" bash -s &
+        peer_script "$peer" "${launch_cmd[@]}" | "${ssh_cmd[@]}" "$peer" bash -s &
     else
-        "${mpirun_cmd[@]}" &
+        "${launch_cmd[@]}" &
     fi
     launcher_pid=$!
     wait "$launcher_pid"
     rc=$?
     if [ "$relaunch_asked" -eq 1 ]; then
-        # Stop what is left of this launch: the ranks (killed through Slurm, wherever mpirun
-        # runs), then the launcher; mpirun waits for the daemon of an unreachable node.
+        # Stop what is left of this launch: the ranks (killed through Slurm, wherever the
+        # launcher runs), then the launcher, which may wait for an unreachable node.
         stop_training
         for _ in 1 2 3 4 5 6 7 8 9 10; do
             kill -0 "$launcher_pid" 2>/dev/null || break
@@ -156,7 +159,7 @@ while :; do
         fi
     fi
     # Nothing of the last launch may train on: a launcher that exited by itself can leave
-    # steps behind (mpirun on a peer whose node failed goes on driving its daemons).
+    # steps behind (e.g. mpirun on a peer whose node failed goes on driving its daemons).
     stop_training
     nodelist="$(squeue --noheader --jobs "$SLURM_JOB_ID" --format %N)"
     if [ -z "$nodelist" ]; then
