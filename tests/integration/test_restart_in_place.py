@@ -1,6 +1,6 @@
 """A rank crashes on a healthy node: the job wrapper relaunches the training in its own
 allocation from its checkpoint (no node to exclude, no requeue), within the retry budget. Real
-cluster, real mpirun + train.py."""
+cluster, real mpirun or srun --mpi=pmix + train.py."""
 
 from __future__ import annotations
 
@@ -20,12 +20,13 @@ from tests.integration.waiting import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 
-def test_rank_crash_on_a_healthy_node_relaunches_in_place(cluster, cluster_run):
-    work = Path(cluster.shared_dir) / "restart-in-place"
+@pytest.mark.parametrize("launcher", ["mpirun", "srun"])
+def test_rank_crash_on_a_healthy_node_relaunches_in_place(cluster, cluster_run, launcher):
+    work = Path(cluster.shared_dir) / f"restart-in-place-{launcher}"
     ckpt, progress = work / "ckpt", work / "progress.jsonl"
     work.mkdir(parents=True, exist_ok=True)
     cfg = RescheduleConfig(state_dir=str(work / "state"), slots=1, mpirun_args=mpirun_args(cluster),
-                           ssh_args=f"-F {cluster.ssh_config_path}")
+                           ssh_args=f"-F {cluster.ssh_config_path}", launcher=launcher)
     train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", "120", "--step-time", "0.05",
              "--step-interval", "10", "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
     script = work / "job.sh"
@@ -33,8 +34,11 @@ def test_rank_crash_on_a_healthy_node_relaunches_in_place(cluster, cluster_run):
         cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name="rip", nodes=2,
         work_dir=str(work), output=str(work / "job.out"),
         slurmft_cmd=[sys.executable, "-m", "slurmft"], reschedule_log=str(work / "resched.log"))))
+    # srun's ranks read Open MPI's settings from the environment (mpirun gets mpirun_args)
+    mca = {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_btl_tcp_if_include": str(cluster.subnet),
+           "OMPI_MCA_oob_tcp_if_include": str(cluster.subnet), "OMPI_MCA_mpi_yield_when_idle": "1"}
     cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2", script],
-                     env={"SLURMFT_RESCHEDULE_STATE_DIR": str(work / "state")})
+                     env={"SLURMFT_RESCHEDULE_STATE_DIR": str(work / "state"), **mca})
     assert cp.returncode == 0, cp.stderr
     jid = int(cp.stdout.strip())
     client = cluster.slurm_client()
@@ -56,7 +60,7 @@ def test_rank_crash_on_a_healthy_node_relaunches_in_place(cluster, cluster_run):
         assert not job.excluded_nodes
         out = (work / "job.out").read_text()
         assert "relaunching the training on node[1-2]" in out
-        assert "cannot ssh" not in out                         # mpirun ran on the peer, node2
+        assert "cannot ssh" not in out                         # launched from the peer, node2
         [attempt] = StateStore(str(work / "state")).load(jid).attempts   # one retry spent
         assert attempt.outcome == "relaunch" and attempt.failed == []
         recs = read_progress(progress)
