@@ -104,7 +104,7 @@ class Wrapper:
 
     mpirun's exit codes come from MPI_RCS (one per call; 'hang' sleeps until killed); it logs the
     node list it sees and FOO (an exported variable the ranks need). With the srun launcher,
-    srun starts ``train``, which does the same. ssh runs its command here
+    srun starts ``train``, which does the same. The script runs in ``tmp_path``. ssh runs its command here
     (exit 255 for the hosts in SSH_DOWN); srun runs the command after its options. slurmft exits
     IN_PLACE_RC for --in-place; squeue prints SQUEUE_NODES (allocation) or SQUEUE_STEPS (steps)."""
 
@@ -123,7 +123,7 @@ class Wrapper:
             "train": f'echo "train $*" >>"$CALLS"; {launched}',
             "ssh": ('while :; do case "$1" in -o|-F) shift 2;; -*) shift;; *) break;; esac; done; '
                     'host=$1; shift; echo "ssh@$host $*" >>"$CALLS"; '
-                    'case ",$SSH_DOWN," in *",$host,"*) exit 255;; esac; exec "$@"'),
+                    'case ",$SSH_DOWN," in *",$host,"*) exit 255;; esac; exec bash -c "$*"'),
             "srun": ('echo "srun $*" >>"$CALLS"; '
                      'while [ "${1#--}" != "$1" ]; do shift; done; exec "$@"'),
             "scontrol": ('case "$3" in "node[1-2]") printf "node1\\nnode2\\n";; '
@@ -154,7 +154,8 @@ class Wrapper:
         if self.calls.exists():
             self.calls.unlink()
         return subprocess.Popen(["bash", str(self.script)], env={**self.env, **env},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=self.script.parent, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
     def lines(self, want: int = 0, hops: bool = False) -> list[str]:
         """The calls logged so far; with ``hops``, the ssh and srun calls on the way too."""
@@ -243,7 +244,7 @@ def test_mpirun_runs_on_a_peer_node_in_a_job_step_with_this_environment(tmp_path
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert w.lines(hops=True) == [
-        "ssh@node2 true",                      # ssh is checked once per peer
+        f"ssh@node2 cd {tmp_path}",             # checked once per peer
         "ssh@node2 bash -s",
         ("srun --jobid=7 --overlap --no-kill --nodes=1 --ntasks=1 --nodelist=node2 env "
          "SLURM_JOB_NODELIST=node[1-2] SLURM_NODELIST=node[1-2] SLURM_NNODES=2 "
@@ -260,9 +261,9 @@ def test_without_ssh_to_the_peer_mpirun_runs_on_the_batch_host(tmp_path):
     p = w.start(MPI_RCS="0", SSH_DOWN="node2")
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
-    assert "cannot ssh to node2: mpirun runs on the batch host node1" in err
+    assert f"cannot ssh to node2 or no {tmp_path} there: mpirun runs on the batch host node1" in err
     assert w.lines(hops=True) == [
-        "ssh@node2 true",
+        f"ssh@node2 cd {tmp_path}",
         "mpirun@node[1-2]/1(x2) -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1"]
 
 
@@ -355,7 +356,7 @@ def test_srun_launcher_runs_srun_itself_on_the_peer(tmp_path):
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert w.lines(hops=True) == [
-        "ssh@node2 true",
+        f"ssh@node2 cd {tmp_path}",
         "ssh@node2 bash -s",                   # no job step around srun: it is only a client
         "srun --mpi=pmix --no-kill --overlap --kill-on-bad-exit=1 --nodes=2 --nodelist=node[1-2] "
         "--ntasks-per-node=1 train --x 1",

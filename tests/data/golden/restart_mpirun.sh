@@ -60,6 +60,7 @@ peer_script() {  # this environment, then the launch command on the peer ($1), a
     for v in $(compgen -e); do
         case "$v" in
             SSH_*|SLURMD_NODENAME|HOSTNAME|HOME|USER|LOGNAME|SHELL|SHLVL|PWD|OLDPWD|_|BASH*|TERM|DISPLAY|MAIL) continue ;;
+            SHELLOPTS|UID|EUID|PPID) continue ;;   # read-only in bash
         esac
         printf 'export %s=%q\n' "$v" "${!v}"
     done
@@ -111,10 +112,11 @@ while :; do
         --allow-run-as-root --mca btl self,tcp python train.py --epochs 10 --name 'run one' "${resume[@]}")
     peer="$(pick_peer)"
     if [ -n "$peer" ] && [ "$peer_ssh" -eq 1 ] && [ "$peer" != "$checked_peer" ]; then
-        if "${ssh_cmd[@]}" "$peer" true </dev/null; then
+        # ssh works, and this directory is there too (shared storage), once per peer
+        if "${ssh_cmd[@]}" "$peer" "cd $(printf %q "$PWD")" </dev/null; then
             checked_peer="$peer"
         else
-            echo "slurmft: cannot ssh to $peer: mpirun runs on the batch host $here" >&2
+            echo "slurmft: cannot ssh to $peer or no $PWD there: mpirun runs on the batch host $here" >&2
             peer_ssh=0
         fi
     fi
