@@ -408,9 +408,9 @@ def _render_options(f: Any) -> Any:
         click.option("--launcher", type=click.Choice(["mpirun", "srun"]), default=None,
                      help="Launcher (reschedule.launcher)."),
         click.option("--launch-from", type=click.Choice(["peer", "batch"]), default=None,
-                     help="Where the wrapper runs mpirun (reschedule.launch_from; default peer): "
-                          "on another node of the job over ssh, so losing the batch host "
-                          "costs seconds less, or on the batch host itself."),
+                     help="Where the job wrapper runs its launcher (reschedule.launch_from; "
+                          "default peer): on another node of the job over ssh, so losing the "
+                          "batch host costs seconds less, or on the batch host itself."),
         click.option("--output", "-o", "out", type=click.Path(dir_okay=False), default=None,
                      help="Write to this file instead of stdout."),
     ]

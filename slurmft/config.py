@@ -77,7 +77,7 @@ class RescheduleConfig:
     launcher: str = "mpirun"               # mpirun or srun, for rendered restart scripts
     slots: int = 1                         # MPI ranks per node in rendered scripts
     mpirun_args: str = ""                  # extra mpirun options (shell words), e.g. --mca ...
-    launch_from: str = "peer"              # where the job wrapper runs mpirun: peer or batch
+    launch_from: str = "peer"              # where the job wrapper runs its launcher: peer or batch
     ssh_args: str = ""                     # extra ssh options for the wrapper (shell words)
     train_cmd: str = ""                    # training command for restart jobs (shell words)
     checkpoint_dir: str = ""               # where restart jobs resume from
@@ -91,8 +91,9 @@ class RescheduleConfig:
         if self.launcher not in ("mpirun", "srun"):
             raise ConfigError(f"reschedule.launcher must be mpirun or srun, not {self.launcher!r}")
         if self.launch_from not in ("peer", "batch"):
-            raise ConfigError(f"reschedule.launch_from must be peer (mpirun on another node of the "
-                              f"job, over ssh) or batch (on the batch host), not {self.launch_from!r}")
+            raise ConfigError(f"reschedule.launch_from must be peer (the launcher on another node "
+                              f"of the job, over ssh) or batch (on the batch host), "
+                              f"not {self.launch_from!r}")
 
 
 @dataclass
