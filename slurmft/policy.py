@@ -16,7 +16,7 @@ ExcNodeList keeps the node out of *this* job either way.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,6 +157,14 @@ def shrink_params(job: JobInfo, k: int) -> dict:
     return params
 
 
+def pinned_params(job: JobInfo, exclude: Sequence[str]) -> dict:
+    """A job pinned to its nodes (``sbatch -w``) that now excludes one of them would stay
+    PENDING for good (BadConstraints): keep only the required nodes still allowed."""
+    if not set(job.required_nodes) & set(exclude):
+        return {}
+    return {"required": tuple(n for n in job.required_nodes if n not in set(exclude))}
+
+
 def retries_used(job: JobInfo, history: History) -> int:
     """Reschedules spent: our record, or Slurm's restart count if it saw more (Slurm requeues
     on its own after a node failure; a resubmitted job starts again at 0)."""
@@ -262,7 +270,8 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                         message=f"job {jid}: only {k} healthy node(s) left, below the minimum "
                         f"of {config.min_nodes}; not rescheduled", **base)
 
-    update = Action("update_job", jid, params={"exclude": exclude, **shrink_params(job, k)})
+    update = Action("update_job", jid, params={"exclude": exclude, **shrink_params(job, k),
+                                                **pinned_params(job, exclude)})
     start = Action("update_job", jid, params={"start_now": True})
     if job.is_running or (job.has_ended and job.requeue):
         actions = []

@@ -46,6 +46,7 @@ from slurmft.policy import (
     decide,
     drain_reason,
     needs_probe,
+    pinned_params,
     shrink_params,
 )
 from slurmft.probe.api import Health, ProbeResult, Prober
@@ -530,7 +531,8 @@ class Rescheduler:
         try:
             if reshrink:
                 self.client.update_job(job.job_id, exclude=list(job.excluded_nodes),
-                                       **shrink_params(job, target_nodes))
+                                       **shrink_params(job, target_nodes),
+                                       **pinned_params(job, job.excluded_nodes))
             self.client.update_job(job.job_id, start_now=True)
         except SlurmFTError as exc:
             log.debug("job %s: nudge refused: %s", job.job_id, exc)

@@ -27,6 +27,7 @@ class JobInfo:
     nodes: tuple[str, ...] = ()
     node_count: int = 0
     excluded_nodes: tuple[str, ...] = ()
+    required_nodes: tuple[str, ...] = ()   # sbatch -w/--nodelist: the job runs only with these
     requeue: bool = False
     restart_count: int = 0
     exit_code: int | None = None
@@ -91,5 +92,6 @@ class SlurmClient(Protocol):
     def update_job(self, job_id: int, *, exclude: Sequence[str] | None = None,
                    num_nodes: tuple[int, int] | None = None,
                    num_tasks: int | None = None, num_cpus: int | None = None,
-                   start_now: bool = False, comment: str | None = None) -> None: ...
+                   start_now: bool = False, required: Sequence[str] | None = None,
+                   comment: str | None = None) -> None: ...
     def submit(self, script: str, args: Sequence[str] = ()) -> int: ...

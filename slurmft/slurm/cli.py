@@ -146,21 +146,26 @@ def build_node_update_argv(nodes: Sequence[str] | str, state: str, reason: str |
 def build_update_job_argv(job_id: int, *, exclude: Sequence[str] | None = None,
                           num_nodes: tuple[int, int] | None = None,
                           num_tasks: int | None = None, num_cpus: int | None = None,
-                          start_now: bool = False,
+                          start_now: bool = False, required: Sequence[str] | None = None,
                           comment: str | None = None, bin_dir: str = "") -> list[str]:
-    """``scontrol update JobId=J [ExcNodeList=..] [NumNodes=min-max] [NumTasks=n] [NumCPUs=c]
-    [StartTime=now]``.
+    """``scontrol update JobId=J [ExcNodeList=..] [ReqNodeList=..] [NumNodes=min-max]
+    [NumTasks=n] [NumCPUs=c] [StartTime=now]``.
 
     Never ``MinNodes=``: Slurm 22.05 rejects it for jobs and drops the whole request.
     ``exclude=[]`` clears the exclusion list; ``None`` leaves it alone. A job submitted with
     ``--ntasks-per-node`` keeps its task and CPU counts when only NumNodes shrinks, and stays
     PENDING (BadConstraints): shrink NumTasks and NumCPUs in the same request (checked on
-    22.05: NumNodes+NumTasks alone is not enough).
+    22.05: NumNodes+NumTasks alone is not enough). ``required`` replaces the nodes the job
+    must run on (``[]`` clears them): a job pinned with ``sbatch -w`` to a node now excluded
+    could never start again.
     """
     argv = [_bin("scontrol", bin_dir), "update", f"JobId={check_job_id(job_id)}"]
     if exclude is not None:
         names = hosts.expand(list(exclude)) if not isinstance(exclude, str) else hosts.expand(exclude)
         argv.append(f"ExcNodeList={hosts.fold(names)}")
+    if required is not None:
+        names = hosts.expand(list(required)) if not isinstance(required, str) else hosts.expand(required)
+        argv.append(f"ReqNodeList={hosts.fold(names)}")
     if num_nodes is not None:
         lo, hi = num_nodes
         if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 1 or hi < lo:
@@ -341,6 +346,7 @@ def job_from_json(doc: Mapping[str, Any]) -> JobInfo:
             nodes=_allocated_nodes(doc),
             node_count=num(_first(doc, "node_count", "nodes_count")) or 0,
             excluded_nodes=_names(_first(doc, "excluded_nodes", "exc_nodes")),
+            required_nodes=_names(_first(doc, "required_nodes", "req_nodes")),
             requeue=bool(doc.get("requeue", False)),
             restart_count=num(_first(doc, "restart_cnt", "restart_count")) or 0,
             exit_code=_exit_code(doc.get("exit_code")),
@@ -469,6 +475,7 @@ def job_from_key_values(kv: Mapping[str, str]) -> JobInfo:
         nodes=nodes,
         node_count=num(kv.get("NumNodes", "").split("-", 1)[0]) or len(nodes),
         excluded_nodes=_names(kv.get("ExcNodeList")),
+        required_nodes=_names(kv.get("ReqNodeList")),
         requeue=kv.get("Requeue", "0") == "1",
         restart_count=num(kv.get("Restarts")) or 0,
         exit_code=_exit_code(kv.get("ExitCode")),

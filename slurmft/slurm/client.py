@@ -126,12 +126,12 @@ class CommandSlurmClient:
     def update_job(self, job_id: int, *, exclude: Sequence[str] | None = None,
                    num_nodes: tuple[int, int] | None = None, num_tasks: int | None = None,
                    num_cpus: int | None = None, start_now: bool = False,
-                   comment: str | None = None) -> None:
+                   required: Sequence[str] | None = None, comment: str | None = None) -> None:
         """One ``scontrol update JobId=..`` request (most fields need a PENDING job)."""
         self._run(scli.build_update_job_argv(job_id, exclude=exclude, num_nodes=num_nodes,
                                              num_tasks=num_tasks, num_cpus=num_cpus,
-                                             start_now=start_now, comment=comment,
-                                             bin_dir=self.bin_dir))
+                                             start_now=start_now, required=required,
+                                             comment=comment, bin_dir=self.bin_dir))
 
     def submit(self, script: str, args: Sequence[str] = ()) -> int:
         """``sbatch --parsable``; returns the new job id."""

@@ -73,7 +73,8 @@ class FakeSlurm:
 
     def add_job(self, state: str = "RUNNING", nodes: Sequence[str] = ("node1",), *,
                 job_id: int | None = None, requeue: bool = True, name: str = "job",
-                reason: str = "None", comment: str = "", no_kill: bool = False) -> int:
+                reason: str = "None", comment: str = "", no_kill: bool = False,
+                required: Sequence[str] = ()) -> int:
         """``no_kill``: sbatch --no-kill (squeue --json does not show it; the fake keeps it
         aside): a downed node is removed from the running job instead of failing it."""
         job_id = job_id or self.next_job_id
@@ -81,7 +82,7 @@ class FakeSlurm:
         doc = copy.deepcopy(self._job_template)
         doc.update(job_id=job_id, name=name, job_state=state, requeue=requeue,
                    state_reason=reason, restart_cnt=0, excluded_nodes="", priority=1000,
-                   comment=comment)
+                   comment=comment, required_nodes=_fold(list(required)))
         if no_kill:
             self.no_kill.add(job_id)
         self._place(doc, list(nodes) if state in ("RUNNING", "COMPLETING") or state in ENDED
@@ -116,6 +117,11 @@ class FakeSlurm:
         excluded = set(_expand(j.get("excluded_nodes", "")))
         usable = [n for n, d in self.nodes.items() if n not in excluded
                   and d["state"] not in ("down", "drained") and "DRAIN" not in d["state_flags"]]
+        required = _expand(j.get("required_nodes", ""))
+        if any(n not in usable for n in required):     # pinned to a node it may not use
+            j.update(state_reason="BadConstraints")
+            return
+        usable = required + [n for n in usable if n not in required]
         count = j["node_count"]
         self._place(j, usable[:count], node_count=count)
         j.update(job_state="RUNNING", state_reason="None", start_time=NOW)
@@ -193,6 +199,7 @@ class FakeSlurm:
         if not script:
             return 1, "", "sbatch: error: Batch job submission failed: script missing\n"
         n, exclude, requeue, name = 1, [], True, os.path.basename(script)
+        required: list[str] = []
         it = iter(opts)
         for opt in it:
             key, _, val = opt.partition("=")
@@ -208,11 +215,14 @@ class FakeSlurm:
                 requeue = False
             elif key in ("-J", "--job-name"):
                 name = val or next(it, "")
+            elif key in ("-w", "--nodelist"):
+                required = _expand(val or next(it, ""))
         usable = [x for x in self.nodes if x not in exclude]
         if n > len(usable):
             return 1, "", ("sbatch: error: Batch job submission failed: Requested node "
                            "configuration is not available\n")
-        job_id = self.add_job("PENDING", usable[:n], requeue=requeue, name=name)
+        job_id = self.add_job("PENDING", usable[:n], requeue=requeue, name=name,
+                              required=required)
         self.jobs[job_id].update(excluded_nodes=_fold(exclude), node_count=n,
                                  command=script, state_reason="None")
         return 0, f"{job_id}\n", ""
@@ -274,6 +284,7 @@ class FakeSlurm:
             ("NumNodes", j.get("node_count", 0)), ("NumCPUs", j.get("cpus", 1)),
             ("TRES", "cpu=4,mem=4000M,node=4,billing=4"),
             ("ExcNodeList", j.get("excluded_nodes") or "(null)"),
+            ("ReqNodeList", j.get("required_nodes") or "(null)"),
             ("Command", j.get("command", "")), ("WorkDir", j.get("current_working_directory", "")),
             ("StdOut", j.get("standard_output", "")),
         ]
@@ -322,6 +333,12 @@ class FakeSlurm:
                 if unknown:
                     return 1, "", "slurm_update error: Invalid node name specified\n"
                 changes["excluded_nodes"] = val
+            elif k == "reqnodelist":
+                if state != "PENDING":
+                    return 1, "", "slurm_update error: Job is no longer pending execution\n"
+                if any(n not in self.nodes for n in _expand(val)):
+                    return 1, "", "slurm_update error: Invalid node name specified\n"
+                changes["required_nodes"] = val
             elif k == "starttime":
                 if state != "PENDING":
                     return 1, "", "slurm_update error: Job is no longer pending execution\n"

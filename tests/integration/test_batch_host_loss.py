@@ -1,5 +1,6 @@
-"""The batch host of a wrapper job is cut off. `slurmft watch` requeues the job without it and
-the training resumes on the nodes left, from its newest verified checkpoint. mpirun ran on a
+"""The batch host of a wrapper job (pinned to its nodes with -w) is cut off. `slurmft watch`
+requeues the job without it and the training resumes on the nodes left, from its newest
+verified checkpoint. mpirun ran on a
 peer node (reschedule.launch_from=peer), so no step of the job reported to the lost host.
 Real cluster, real mpirun + train.py, the real watcher."""
 
@@ -43,8 +44,8 @@ def test_lost_batch_host_requeues_and_resumes_on_the_nodes_left(cluster, cluster
            # a link-down is what ping sees; SSH probing has its own tests (see test_reschedule)
            "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
            "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
-    # no -w: a job pinned to its nodes could not run again without one of them
-    cp = cluster_run(["sbatch", "--parsable", script], env=env)
+    # pinned with -w: the requeue must also drop the lost node from the required nodes
+    cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2,node3", script], env=env)
     assert cp.returncode == 0, cp.stderr
     jid = int(cp.stdout.strip())
     client = cluster.slurm_client()

@@ -102,6 +102,27 @@ def test_running_job_with_a_dead_node_is_requeued_on_the_healthy_nodes(fake, tmp
     assert rec["excluded"] == ["node3"] and len(rec["attempts"]) == 1
 
 
+def test_a_job_pinned_with_w_is_requeued_on_its_pinned_nodes_left(fake, tmp_path):
+    """sbatch -w node[1-3]: with node1 excluded but still required the job would pend for
+    good (BadConstraints); the update drops it from the required nodes too."""
+    jid = fake.add_job("RUNNING", NODES[:3], required=NODES[:3])
+    r, _prober, _store = make(fake, tmp_path, {"node1": Health.UNREACHABLE})
+    assert r.reschedule(jid).decision.outcome is Outcome.REQUEUE
+    assert ("update", f"JobId={jid}", "ExcNodeList=node1", "ReqNodeList=node[2-3]",
+            "NumNodes=2-2") in [c[1:] for c in scontrol_writes(fake)]
+    fake.start_pending(jid)
+    assert fake.job(jid)["job_state"] == "RUNNING" and fake.job(jid)["nodes"] == "node[2-3]"
+
+
+def test_the_fake_keeps_a_pinned_job_pending_while_a_required_node_is_excluded(fake):
+    """The behaviour the test above guards against (the integration test saw it on 22.05)."""
+    jid = fake.add_job("PENDING", NODES[:2], required=NODES[:2])
+    fake.job(jid)["excluded_nodes"] = "node1"
+    fake.start_pending(jid)
+    assert fake.job(jid)["job_state"] == "PENDING"
+    assert fake.job(jid)["state_reason"] == "BadConstraints"
+
+
 def test_nothing_failed_changes_nothing(fake, tmp_path):
     jid = fake.add_job("RUNNING", NODES)
     r, _, store = make(fake, tmp_path)

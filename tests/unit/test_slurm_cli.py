@@ -285,3 +285,17 @@ def test_steps_argv_and_parse_keep_only_the_jobs_numbered_steps():
     assert scli.parse_step_ids("", 7) == []
     with pytest.raises(UsageError):
         scli.build_steps_argv(-1)
+
+
+def test_update_job_argv_replaces_or_clears_the_required_nodes():
+    argv = scli.build_update_job_argv(7, exclude=["node1"], required=["node2", "node3"])
+    assert argv[3:] == ["ExcNodeList=node1", "ReqNodeList=node[2-3]"]
+    assert scli.build_update_job_argv(7, required=[])[3:] == ["ReqNodeList="]
+
+
+def test_required_nodes_are_parsed_from_squeue_and_scontrol():
+    doc = {"job_id": 7, "name": "t", "job_state": "PENDING", "required_nodes": "node[1-3]"}
+    assert scli.job_from_json(doc).required_nodes == ("node1", "node2", "node3")
+    [job] = scli.parse_show_job("JobId=7 JobName=t JobState=PENDING ReqNodeList=node[2-3] "
+                                "ExcNodeList=(null)\n")
+    assert job.required_nodes == ("node2", "node3") and job.excluded_nodes == ()
