@@ -1,8 +1,7 @@
 """The batch host of a wrapper job (pinned to its nodes with -w) is cut off. `slurmft watch`
 requeues the job without it and the training resumes on the nodes left, from its newest
-verified checkpoint. mpirun ran on a
-peer node (reschedule.launch_from=peer), so no step of the job reported to the lost host.
-Real cluster, real mpirun + train.py, the real watcher."""
+verified checkpoint. mpirun ran on a peer node (reschedule.launch_from=peer), so no step of the
+job reported to the lost host. Real cluster, real mpirun + train.py, the real watcher."""
 
 from __future__ import annotations
 
