@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from slurmft.config import RescheduleConfig
-from slurmft.demo import EXAMPLE_TRAIN, mpirun_args
 from slurmft.recovery_report import read_progress
-from slurmft.render import render
-from slurmft.rescheduler import job_context
 from slurmft.state import StateStore
 from tests.integration.waiting import wait_for
+from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -28,17 +25,9 @@ STEPS = 400
 
 def test_lost_batch_host_requeues_and_resumes_on_the_nodes_left(cluster, cluster_run):
     work = Path(cluster.shared_dir) / "batch-host-loss"
-    ckpt, progress, state = work / "ckpt", work / "progress.jsonl", work / "state"
+    progress, state = work / "progress.jsonl", work / "state"
     work.mkdir(parents=True, exist_ok=True)
-    cfg = RescheduleConfig(state_dir=str(state), slots=1, mpirun_args=mpirun_args(cluster),
-                           ssh_args=f"-F {cluster.ssh_config_path}")
-    train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(STEPS), "--step-time", "0.05",
-             "--step-interval", "10", "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
-    script = work / "job.sh"
-    script.write_text(render("job.sh.j2", job_context(
-        cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name="bhl", nodes=3,
-        work_dir=str(work), output=str(work / "job.out"),
-        slurmft_cmd=[sys.executable, "-m", "slurmft"], reschedule_log=str(work / "resched.log"))))
+    script = write_wrapper(cluster, work, steps=STEPS, nodes=3, name="bhl")
     env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
            # a link-down is what ping sees; SSH probing has its own tests (see test_reschedule)
            "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",

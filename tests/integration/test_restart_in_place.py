@@ -4,18 +4,14 @@ cluster, real mpirun or srun --mpi=pmix + train.py."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from slurmft.config import RescheduleConfig
-from slurmft.demo import EXAMPLE_TRAIN, mpirun_args
 from slurmft.recovery_report import read_progress
-from slurmft.render import render
-from slurmft.rescheduler import job_context
 from slurmft.state import StateStore
 from tests.integration.waiting import wait_for
+from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -23,17 +19,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 @pytest.mark.parametrize("launcher", ["mpirun", "srun"])
 def test_rank_crash_on_a_healthy_node_relaunches_in_place(cluster, cluster_run, launcher):
     work = Path(cluster.shared_dir) / f"restart-in-place-{launcher}"
-    ckpt, progress = work / "ckpt", work / "progress.jsonl"
+    progress = work / "progress.jsonl"
     work.mkdir(parents=True, exist_ok=True)
-    cfg = RescheduleConfig(state_dir=str(work / "state"), slots=1, mpirun_args=mpirun_args(cluster),
-                           ssh_args=f"-F {cluster.ssh_config_path}", launcher=launcher)
-    train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", "120", "--step-time", "0.05",
-             "--step-interval", "10", "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
-    script = work / "job.sh"
-    script.write_text(render("job.sh.j2", job_context(
-        cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name="rip", nodes=2,
-        work_dir=str(work), output=str(work / "job.out"),
-        slurmft_cmd=[sys.executable, "-m", "slurmft"], reschedule_log=str(work / "resched.log"))))
+    script = write_wrapper(cluster, work, steps=120, nodes=2, name="rip", launcher=launcher)
     # srun's ranks read Open MPI's settings from the environment (mpirun gets mpirun_args)
     mca = {"OMPI_MCA_btl": "self,tcp", "OMPI_MCA_btl_tcp_if_include": str(cluster.subnet),
            "OMPI_MCA_oob_tcp_if_include": str(cluster.subnet), "OMPI_MCA_mpi_yield_when_idle": "1"}

@@ -1,0 +1,32 @@
+"""The job wrapper around examples/train.py, rendered for the test cluster (the integration
+tests of the wrapper's recovery submit it)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from slurmft.config import RescheduleConfig
+from slurmft.demo import EXAMPLE_TRAIN, mpirun_args
+from slurmft.render import render
+from slurmft.rescheduler import job_context
+
+
+def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
+                  **config) -> Path:
+    """``work/job.sh``: ``steps`` training steps of 0.05 s on ``nodes`` nodes, a checkpoint
+    every 10 steps into ``work/ckpt``, progress in ``work/progress.jsonl``, output in
+    ``work/job.out``; slurmft's state in ``work/state``. ``config``: RescheduleConfig fields."""
+    ckpt = work / "ckpt"
+    cfg = RescheduleConfig(state_dir=str(work / "state"), slots=1,
+                           mpirun_args=mpirun_args(cluster),
+                           ssh_args=f"-F {cluster.ssh_config_path}", **config)
+    train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(steps), "--step-time", "0.05",
+             "--step-interval", "10", "--checkpoint-dir", str(ckpt),
+             "--log-jsonl", str(work / "progress.jsonl")]
+    script = work / "job.sh"
+    script.write_text(render("job.sh.j2", job_context(
+        cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name=name, nodes=nodes,
+        work_dir=str(work), output=str(work / "job.out"),
+        slurmft_cmd=[sys.executable, "-m", "slurmft"], reschedule_log=str(work / "resched.log"))))
+    return script
