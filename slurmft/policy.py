@@ -160,9 +160,10 @@ def shrink_params(job: JobInfo, k: int) -> dict:
 def pinned_params(job: JobInfo, exclude: Sequence[str]) -> dict:
     """A job pinned to its nodes (``sbatch -w``) that now excludes one of them would stay
     PENDING for good (BadConstraints): keep only the required nodes still allowed."""
-    if not set(job.required_nodes) & set(exclude):
+    out = set(exclude)
+    if not out & set(job.required_nodes):
         return {}
-    return {"required": tuple(n for n in job.required_nodes if n not in set(exclude))}
+    return {"required": tuple(n for n in job.required_nodes if n not in out)}
 
 
 def retries_used(job: JobInfo, history: History) -> int:

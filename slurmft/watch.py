@@ -111,12 +111,8 @@ class Watcher:
                 continue
             record = {"event": "recovered", "job_id": jid, "nodes": list(job.nodes)}
             if wait_step is not None:
-                try:
-                    started = [s for s in self.client.steps(jid) if s > wait_step]
-                except SlurmFTError as exc:
-                    log.debug("watch: steps of job %s: %s", jid, exc)
-                    continue
-                if not started:
+                started = [s for s in self._steps_now(jid) or () if s > wait_step]
+                if not started:                 # not yet, or Slurm cannot say this cycle
                     continue
                 record["step"] = f"{jid}.{started[0]}"
             del self._recovering[jid]

@@ -56,11 +56,16 @@ def check_reason(reason: str) -> str:
     return reason.strip()
 
 
+def _fold(nodes: Sequence[str] | str) -> str:
+    """Host names (a list, or a hostlist expression), validated and folded; "" for none."""
+    return hosts.fold(hosts.expand(nodes) if isinstance(nodes, str) else hosts.expand(list(nodes)))
+
+
 def _hostlist(nodes: Sequence[str] | str) -> str:
-    names = hosts.expand(nodes) if isinstance(nodes, str) else hosts.expand(list(nodes))
-    if not names:
+    folded = _fold(nodes)
+    if not folded:
         raise UsageError("no node names given")
-    return hosts.fold(names)
+    return folded
 
 
 # ----------------------------------------------------------------------------- argv builders
@@ -161,11 +166,9 @@ def build_update_job_argv(job_id: int, *, exclude: Sequence[str] | None = None,
     """
     argv = [_bin("scontrol", bin_dir), "update", f"JobId={check_job_id(job_id)}"]
     if exclude is not None:
-        names = hosts.expand(list(exclude)) if not isinstance(exclude, str) else hosts.expand(exclude)
-        argv.append(f"ExcNodeList={hosts.fold(names)}")
+        argv.append(f"ExcNodeList={_fold(exclude)}")
     if required is not None:
-        names = hosts.expand(list(required)) if not isinstance(required, str) else hosts.expand(required)
-        argv.append(f"ReqNodeList={hosts.fold(names)}")
+        argv.append(f"ReqNodeList={_fold(required)}")
     if num_nodes is not None:
         lo, hi = num_nodes
         if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 1 or hi < lo:
