@@ -129,9 +129,8 @@ while :; do
     wait "$launcher_pid"
     rc=$?
     if [ "$relaunch_asked" -eq 1 ]; then
-        # Stop what is left of this launch: the ranks (killed through Slurm, wherever the
-        # launcher runs), then the launcher, which may wait for an unreachable node.
-        stop_training
+        # A launcher may wait for an unreachable node: give it 1 s, then kill it (its ranks
+        # are stopped through Slurm below, wherever it runs).
         for _ in 1 2 3 4 5 6 7 8 9 10; do
             kill -0 "$launcher_pid" 2>/dev/null || break
             sleep 0.1
@@ -160,8 +159,8 @@ while :; do
             break
         fi
     fi
-    # Nothing of the last launch may train on: a launcher that exited by itself can leave
-    # steps behind (e.g. mpirun on a peer whose node failed goes on driving its daemons).
+    # Nothing of the last launch may train on: kill its steps (a launcher that exited by
+    # itself can leave some, e.g. mpirun on a peer whose node failed drives its daemons on).
     stop_training
     nodelist="$(squeue --noheader --jobs "$SLURM_JOB_ID" --format %N)"
     if [ -z "$nodelist" ]; then
