@@ -5,7 +5,7 @@ A fault is injected every ``--fault-every`` seconds of the run (random kind amon
 kill-slurmd and kill-job-procs, random node of the job, ``--seed``); a faulted node is repaired
 after ``--repair-after`` seconds (link-up / restart-slurmd, then ``scontrol update
 nodename=X state=resume`` if it is drained or down) so the cluster does not run out of nodes.
-Three variants, each on its own fresh cluster, measured in the same run:
+Variants, each on its own fresh cluster, measured in the same run:
 
   slurmft   the job wrapper (templates/job.sh.j2) + ``slurmft watch --interval 1``
   slurm     a plain requeueable job script, no slurmft at all: Slurm notices failures itself
@@ -15,15 +15,20 @@ Three variants, each on its own fresh cluster, measured in the same run:
             ``scontrol update jobid=.. MinNodes=N-1 ExcNodeList=FAILED`` (rejected by Slurm 22.05:
             recorded), ``mpirun -np N-1`` on a hostfile without the failed node, ``--resume``;
             MAX_RETRY=3
-  nofault   (optional, ``--variants ...,nofault``) the wrapper with no fault: the ceiling (the
-            checkpoint saves and the per-step logging are not useful time)
+  nofault   (always run, first) the wrapper with no fault: it measures the fault-free step
+            time at full size that every variant of the same seed is scored with
 
-Reported per variant: wall time, goodput (useful step time / wall, as slurmft.recovery_report
-defines it), recoveries and their times (fault -> first step after the resume), steps lost,
-completed?, and resumes from a checkpoint older than the newest verified one at the fault.
+Compute is modelled per sample (``examples/train.py --sample-time``): ``--step-time`` is the
+simulated compute of a step on all ``--nodes`` ranks, and a step on k ranks takes nodes/k as
+long at the same global batch, as on real hardware.
 
-    .venv/bin/python bench/goodput.py --quick            # a few minutes
-    .venv/bin/python bench/goodput.py --out goodput.json  # default: 2400 steps, fault every 120 s
+Reported per variant: wall time, goodput as ``slurmft.goodput`` defines it (steps of the final
+lineage x the nofault run's step time / wall), seconds at each world size, recoveries and their
+times (fault -> first step after the resume), steps lost, completed?, and resumes from a
+checkpoint older than the newest verified one at the fault.
+
+    .venv/bin/python bench/goodput.py --quick                 # one seed, a few minutes
+    .venv/bin/python bench/goodput.py --json goodput.json     # 2400 steps, a fault every 120 s
 
 Needs root. Clusters are named gp-slurmft, gp-slurm, gp-classic; a cluster of that name that is
 already up is refused (never touched), and every cluster this bench built is torn down, also on
@@ -47,13 +52,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slurmft.checkpoint.store import Store
-from slurmft.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args
+from slurmft.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, sample_time
 from slurmft.errors import SlurmFTError
+from slurmft.goodput import describe_world_sizes, step_time
 from slurmft.hosts import validate_hostname
 from slurmft.recovery_report import read_progress, summarize
 
 VARIANTS = ("slurmft", "slurm", "classic")
-OPTIONAL = ("nofault",)      # the same wrapper, no fault: the goodput ceiling of this machine
+BASELINE = "nofault"         # the same wrapper, no fault: always run; its step time scores all
 FAULT_KINDS = ("link-down", "kill-slurmd", "kill-job-procs")
 REPAIR = {"link-down": "link-up", "kill-slurmd": "restart-slurmd"}
 MAX_RETRY = 3
@@ -85,8 +91,12 @@ class VariantResult:
     final_state: str = ""
     completed: bool = False
     wall_s: float | None = None
-    useful_s: float | None = None
+    useful_steps: int = 0
+    fault_free_step_s: float | None = None   # the step time every goodput of this seed uses
+    fault_free_from: str = ""                # "nofault" (that run's steps) or "own" (fallback)
+    useful_s: float | None = None            # useful_steps x fault_free_step_s
     goodput: float | None = None
+    world_size_seconds: dict[int, float] = field(default_factory=dict)
     resumes: int = 0
     steps_lost: int = 0
     final_step: int | None = None
@@ -189,18 +199,22 @@ mpirun -np "$SLURM_JOB_NUM_NODES" {mpirun_opts} {shlex.join(train)} "${{resume[@
 
 # ---- analysis (pure) -------------------------------------------------------------------------
 
-def analyse(records: list[dict], faults: list[Fault], steps: int, end_t: float) -> dict:
+def analyse(records: list[dict], faults: list[Fault], steps: int, end_t: float,
+            fault_free_step_s: float | None = None) -> dict:
     """Attach recovery time, resume point and steps lost to each fault; summarize the run.
 
-    A fault is matched with the first resume record after it (and before the next fault); a
-    fault that no resume followed did not stop the training (or it was never recovered)."""
+    Goodput uses ``fault_free_step_s`` (the nofault run's step time); without it, the run's
+    own steps at full size before the first fault. A fault is matched with the first resume
+    record after it (and before the next fault); a fault that no resume followed did not stop
+    the training (or it was never recovered)."""
     out: dict = {}
     if not records:
         return {"error": "no progress records"}
-    s = summarize(records, steps)
-    wall = s.wall_s if s.completed else max(end_t - records[0]["t"], 1e-9)
-    out.update(completed=s.completed, wall_s=round(wall, 1), useful_s=s.useful_s,
-               goodput=round(min(1.0, s.useful_s / wall), 4), resumes=s.resumes,
+    s = summarize(records, steps, {"fault": faults[0].t} if faults else None,
+                  fault_free_step_s=fault_free_step_s, end_t=end_t)
+    out.update(completed=s.completed, wall_s=round(s.wall_s, 1), useful_steps=s.useful_steps,
+               fault_free_step_s=s.fault_free_step_s, useful_s=s.useful_s, goodput=s.goodput,
+               world_size_seconds=s.world_size_seconds, resumes=s.resumes,
                steps_lost=s.steps_lost, final_step=s.final_step)
     resumes = [(i, r) for i, r in enumerate(records) if r["event"] == "resume"]
     for k, f in enumerate(faults):
@@ -222,6 +236,32 @@ def analyse(records: list[dict], faults: list[Fault], steps: int, end_t: float) 
     return out
 
 
+@dataclass
+class Measured:
+    """What a variant left behind, kept for scoring once the seed's nofault run is in."""
+    result: VariantResult
+    records: list[dict]
+    end_t: float
+
+
+def score(runs: list[Measured], steps: int) -> None:
+    """Goodput of every run at the fault-free step time of the nofault run of its seed (the
+    run's own full-size steps before its first fault where there is none)."""
+    ceiling = {m.result.seed: step_time(m.records) for m in runs
+               if m.result.variant == BASELINE and m.records}
+    for m in runs:
+        r = m.result
+        ff = ceiling.get(r.seed)
+        info = analyse(m.records, r.faults, steps, m.end_t, fault_free_step_s=ff)
+        if "error" in info:
+            if info["error"] not in r.notes:
+                r.notes.append(info["error"])
+            continue
+        for k, v in info.items():
+            setattr(r, k, v)
+        r.fault_free_from = BASELINE if ff is not None else "own"
+
+
 # ---- one variant ----------------------------------------------------------------------------
 
 class Run:
@@ -237,6 +277,7 @@ class Run:
                                      probe_timeout=a.probe_timeout))
         self.cluster = self.demo.cluster
         self.result = VariantResult(variant, self.cluster.name, seed=a.seed)
+        self.measured = Measured(self.result, [], time.time())
 
     def say(self, msg: str) -> None:
         print(f"[{self.v} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -257,11 +298,13 @@ class Run:
         return self.result
 
     def _script(self, work: Path, ckpt: Path, progress: Path) -> str:
-        if self.v in ("slurmft", "nofault"):        # nofault: the same wrapper, no fault
+        if self.v in ("slurmft", BASELINE):         # nofault: the same wrapper, no fault
             return self.demo.job_script(work, ckpt, progress)
-        a = self.a
+        a, o = self.a, self.demo.o
         train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(a.steps),
-                 "--step-time", str(a.step_time), "--step-interval", str(a.step_interval),
+                 "--global-batch", str(o.global_batch),
+                 "--sample-time", f"{sample_time(a.step_time, a.nodes, o.global_batch):.9g}",
+                 "--step-interval", str(a.step_interval),
                  "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
         make = slurm_script if self.v == "slurm" else classic_script
         return make(nodes=a.nodes, work=work, ckpt_dir=ckpt,
@@ -342,7 +385,7 @@ class Run:
             if next_fault is None and first is not None:
                 next_fault = first + a.fault_every
             last_fault = last_fault_t = res.faults[-1].t if res.faults else 0.0
-            if (next_fault is not None and now >= next_fault and self.v != "nofault"
+            if (next_fault is not None and now >= next_fault and self.v != BASELINE
                     and job.state == "RUNNING"
                     and job.nodes and _training_live(recs, job.restart_count, last_fault, now)):
                 f = self._inject(job, store)
@@ -419,12 +462,8 @@ class Run:
             records = read_progress(progress)
         except FileNotFoundError:
             records = []
-        info = analyse(records, res.faults, self.a.steps, end_t)
-        if "error" in info:
-            res.notes.append(info["error"])
-        else:
-            for k, v in info.items():
-                setattr(res, k, v)
+        self.measured = Measured(res, records, end_t)
+        score([self.measured], self.a.steps)     # provisional: main() rescores with nofault
         job_out = work / "job.out"
         if job_out.exists():
             lines = job_out.read_text(errors="replace").splitlines()
@@ -477,7 +516,8 @@ def _f(x, fmt="{:.1f}") -> str:
 
 def table(results: list[VariantResult]) -> str:
     head = (f"{'variant':<8} {'seed':>4} {'wall s':>7} {'goodput':>8} {'faults':>6} {'recov':>5} "
-            f"{'med rec s':>9} {'max rec s':>9} {'lost':>5} {'done':>5} {'stale':>5}  final")
+            f"{'med rec s':>9} {'max rec s':>9} {'lost':>5} {'done':>5} {'stale':>5}  final; "
+            f"seconds at each world size")
     rows = [head, "-" * len(head)]
     for r in results:
         rec = r.recoveries
@@ -486,8 +526,14 @@ def table(results: list[VariantResult]) -> str:
             f"{len(rec):>5} {_f(statistics.median(rec) if rec else None):>9} "
             f"{_f(max(rec) if rec else None):>9} {r.steps_lost:>5} "
             f"{'yes' if r.completed else 'NO':>5} {r.stale_resumes:>5}  "
-            f"{r.final_state or '-'} step {r.final_step if r.final_step is not None else '-'}"
+            f"{r.final_state or '-'} step {r.final_step if r.final_step is not None else '-'}; "
+            f"{describe_world_sizes(r.world_size_seconds)}"
             f"{' ERROR: ' + r.error if r.error else ''}")
+    steps = {(r.seed, r.fault_free_step_s, r.fault_free_from) for r in results
+             if r.fault_free_step_s is not None}
+    for seed, ff, source in sorted(steps, key=lambda x: (x[0], x[2])):
+        rows.append(f"seed {seed}: fault-free step {ff:.4f} s at full size "
+                    f"({'measured by the nofault run' if source == BASELINE else 'own steps before the first fault: no nofault run'})")
     return "\n".join(rows)
 
 
@@ -505,10 +551,13 @@ def fault_lines(r: VariantResult) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help=f"comma-separated subset of {','.join(VARIANTS + OPTIONAL)}")
+                    help=f"comma-separated subset of {','.join(VARIANTS)} ({BASELINE} always "
+                         "runs first: it measures the fault-free step time)")
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2400)
-    ap.add_argument("--step-time", type=float, default=0.1)
+    ap.add_argument("--step-time", type=float, default=0.1,
+                    help="simulated compute of a step on all --nodes ranks, seconds; on k ranks "
+                         "a step takes nodes/k as long (same global batch)")
     ap.add_argument("--step-interval", type=int, default=20, help="checkpoint every N steps")
     ap.add_argument("--fault-every", type=float, default=120.0, help="seconds between faults")
     ap.add_argument("--repair-after", type=float, default=60.0)
@@ -529,23 +578,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--end-grace", type=float, default=45.0,
                     help="a job that ended is final only if not requeued within this many s")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 300 steps, a fault every 25 s, repair after 20 s")
-    ap.add_argument("--out", default="goodput.json", help="JSON result file ('' for none)")
+                    help="smoke run: one seed, 300 steps, a fault every 25 s, repair after 20 s")
+    ap.add_argument("--json", "--out", dest="out", metavar="FILE", default="goodput.json",
+                    help="JSON result file ('' for none); per run: variant, seed, goodput, "
+                         "completed, faults, world_size_seconds, fault_free_step_s, ...; the "
+                         "logs of each run are kept next to it")
     ap.add_argument("--report", metavar="JSON", default="",
                     help="no run: re-analyse an earlier --out file (and the per-variant progress "
                          "files saved next to it) and print its table")
     a = ap.parse_args(argv)
     if a.quick:
         a.steps, a.fault_every, a.repair_after = 300, 25.0, 20.0
-    a.variants = [v for v in a.variants.split(",") if v]
+    variants = [v for v in a.variants.split(",") if v]
     try:
         a.seeds = [int(x) for x in a.seeds.split(",") if x.strip()] or [a.seed]
     except ValueError:
         ap.error(f"--seeds takes integers, not {a.seeds!r}")
+    if a.quick:
+        a.seeds = a.seeds[:1]
     a.faults = [k for k in a.faults.split(",") if k]
-    bad = [v for v in a.variants if v not in VARIANTS + OPTIONAL] + [k for k in a.faults if k not in FAULT_KINDS]
-    if bad or not a.variants or not a.faults:
+    bad = ([v for v in variants if v not in VARIANTS + (BASELINE,)]
+           + [k for k in a.faults if k not in FAULT_KINDS])
+    if bad or not variants or not a.faults:
         ap.error(f"unknown or missing variant/fault: {', '.join(bad) or '(none given)'}")
+    if a.step_time <= 0:
+        ap.error("--step-time must be > 0 (goodput is measured against it)")
+    a.variants = [BASELINE] + [v for v in dict.fromkeys(variants) if v != BASELINE]
     if not a.variant_timeout:
         a.variant_timeout = 4 * a.steps * (a.step_time + 0.05) + 180
     return a
@@ -579,7 +637,7 @@ def print_report(results: list[VariantResult], fault_every: float) -> None:
 def reanalyse(path: str) -> int:
     """Rebuild the results of an earlier run from its JSON and saved progress files."""
     doc = json.loads(Path(path).read_text())
-    results = []
+    results, runs = [], []
     for d in doc["results"]:
         d.pop("recoveries", None)
         faults = [Fault(**{k: v for k, v in f.items() if k in Fault.__dataclass_fields__})
@@ -590,12 +648,9 @@ def reanalyse(path: str) -> int:
         prog = Path(keep_dir(Path(path).with_suffix(""), r.variant, r.seed, len(seeds))) / "progress.jsonl"
         recs = _records(prog)
         if recs:
-            end_t = recs[0]["t"] + (r.wall_s or 0)
-            info = analyse(recs, r.faults, doc["args"]["steps"], end_t)
-            for k, v in info.items():
-                if k != "error":
-                    setattr(r, k, v)
+            runs.append(Measured(r, recs, recs[0]["t"] + (r.wall_s or 0)))
         results.append(r)
+    score(runs, doc["args"]["steps"])
     print_report(results, doc["args"]["fault_every"])
     return 0
 
@@ -611,11 +666,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     old_term = signal.signal(signal.SIGTERM, _interrupt)
-    print(f"goodput bench: {a.steps} steps x {a.step_time:g} s on {a.nodes} nodes, a fault every "
+    print(f"goodput bench: {a.steps} steps x {a.step_time:g} s on {a.nodes} nodes ({a.nodes}/k x "
+          f"as long on k), a fault every "
           f"{a.fault_every:g} s ({', '.join(a.faults)}), repair after {a.repair_after:g} s, "
           f"seeds {','.join(map(str, a.seeds))}, hard limit {a.variant_timeout:.0f} s per variant",
           flush=True)
     results: list[VariantResult] = []
+    runs: list[Run] = []
     t0 = time.time()
     try:
         for seed in a.seeds:
@@ -623,11 +680,13 @@ def main(argv: list[str] | None = None) -> int:
             for v in a.variants:
                 run = Run(v, a, random.Random(seed))   # the same fault sequence for each
                 results.append(run.result)
+                runs.append(run)
                 run.execute()
     except KeyboardInterrupt:
         print("interrupted: clusters torn down", file=sys.stderr)
     finally:
         signal.signal(signal.SIGTERM, old_term)
+    score([r.measured for r in runs], a.steps)   # every seed at its nofault run's step time
     print()
     print_report(results, a.fault_every)
     if a.out:

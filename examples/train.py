@@ -10,8 +10,12 @@ Run under mpirun (or srun --mpi=pmix)::
 
     mpirun -np 4 python examples/train.py --steps 300 --checkpoint-dir $CHECKPOINT_PATH --resume
 
-Rank 0 appends one JSON object per line to ``--log-jsonl`` (start, resume, step, save, done), which
-``slurmft demo`` reads to build its timeline and loss plot. SIGUSR1 (``#SBATCH
+Compute is modelled per sample (``--sample-time``): each rank sleeps for its share of the global
+batch, so after losing ranks every step takes longer, as it would on real hardware.
+
+Rank 0 appends one JSON object per line to ``--log-jsonl`` (start, resume, step, save, done), each
+with the time ``t`` and the ``attempt`` id of this launch, which ``slurmft demo`` and
+``bench/goodput.py`` read to build the timeline, the loss plot and goodput. SIGUSR1 (``#SBATCH
 --signal=B:USR1@60``) makes the next step boundary save and exit cleanly.
 """
 
@@ -23,6 +27,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 
 import torch
 from mpi4py import MPI
@@ -43,8 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset-size", type=int, default=4800)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--step-time", type=float, default=0.0,
-                   help="extra seconds of simulated compute per step (makes the demo watchable)")
+    p.add_argument("--sample-time", type=float, default=0.0,
+                   help="simulated compute per sample per rank, seconds: each rank sleeps its "
+                        "share of the global batch times this every step, so a step on k of N "
+                        "ranks takes N/k as long as on N, as a real data-parallel job does")
+    p.add_argument("--step-time", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--checkpoint-dir", default=os.environ.get("CHECKPOINT_PATH", ""),
                    help="checkpoint directory (default: $CHECKPOINT_PATH)")
     p.add_argument("--step-interval", type=int, default=20, help="save every N steps")
@@ -55,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(in DIR if given, else in --checkpoint-dir)")
     p.add_argument("--log-jsonl", default="", help="append progress records here (rank 0)")
     args = p.parse_args(argv)
+    if args.step_time is not None:
+        p.error("--step-time is gone (it cost the same whatever the world size): use "
+                "--sample-time SECONDS, e.g. step time at full size x ranks / --global-batch")
+    if args.sample_time < 0:
+        p.error("--sample-time must be >= 0")
     if args.resume:
         args.checkpoint_dir = args.resume
     if not args.checkpoint_dir:
@@ -63,17 +76,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class ProgressLog:
-    """JSON lines for the demo's timeline (rank 0 only), flushed per record."""
+    """JSON lines for the demo's timeline (rank 0 only), flushed per record; every record
+    carries the id of this launch (``attempt``)."""
 
     def __init__(self, path: str, rank: int) -> None:
         self._fh = None
+        self.attempt = uuid.uuid4().hex[:12]
         if path and rank == 0:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self._fh = open(path, "a", buffering=1)
 
     def write(self, event: str, **fields) -> None:
         if self._fh is not None:
-            self._fh.write(json.dumps({"t": time.time(), "event": event, **fields}) + "\n")
+            self._fh.write(json.dumps({"t": time.time(), "event": event,
+                                      "attempt": self.attempt, **fields}) + "\n")
 
     def close(self) -> None:
         if self._fh is not None:
@@ -120,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
 
     start_step = 0
     log.write("start", world_size=world, host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID", ""),
-              restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0))
+              restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0), steps=args.steps,
+              global_batch=args.global_batch, sample_time=args.sample_time)
+    compute_s = args.sample_time * (args.global_batch // world)   # this rank's share
     if args.resume is not None:
         info, raw = ckpt.load()
         if info is not None:
@@ -142,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             optimizer.zero_grad(set_to_none=False)
             loss_sum = torch.nn.functional.mse_loss(model(x[idx]), y[idx], reduction="sum")
             loss_sum.backward()
+            if compute_s:
+                time.sleep(compute_s)
             # One allreduce per step: the gradients, the loss and the checkpoint votes together.
             due, signalled = ckpt.vote(step)
             extra = torch.tensor([float(loss_sum.detach()), due, signalled], dtype=torch.float64)
@@ -157,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
                 offset += n
             optimizer.step()
             scheduler.step()
-            if args.step_time:
-                time.sleep(args.step_time)
             step_s = time.perf_counter() - t0
             log.write("step", step=step, loss=loss, world_size=world, step_s=step_s)
             if rank == 0 and (step % 20 == 0 or step == args.steps - 1):

@@ -5,7 +5,9 @@ Composition only (like the CLI): it builds a local cluster (slurmft.cluster), su
 ``slurmft watch`` as the fast path, waits for a verified checkpoint, takes one node off the
 network, and follows the job until it has been rescheduled onto the healthy nodes, resumed from
 the latest verified checkpoint and finished. Then it reports a timeline, a summary (detection
-time, time to recover, steps lost, goodput) and the loss curve as a PNG and a text table.
+time, time to recover, steps lost, seconds at each world size, goodput as ``slurmft.goodput`` defines
+it, with the fault-free step time measured on the run's own steps before the fault) and the loss
+curve and world size as a PNG and a text table.
 Everything it started is stopped, also on Ctrl-C or SIGTERM.
 """
 
@@ -26,6 +28,7 @@ from slurmft.checkpoint.store import Store
 from slurmft.cluster import Cluster
 from slurmft.config import RescheduleConfig
 from slurmft.errors import ClusterError, SlurmCommandError, SlurmFTError, SlurmParseError
+from slurmft.goodput import describe_world_sizes, world_size_seconds
 from slurmft.log import get_logger
 from slurmft.recovery_report import RecoverySummary, read_progress, summarize, timeline
 from slurmft.render import render
@@ -41,7 +44,9 @@ class DemoOptions:
     name: str = "sft-demo"
     nodes: int = 4
     steps: int = 300
-    step_time: float = 0.1          # simulated compute per step (s): makes the run watchable
+    step_time: float = 0.1          # simulated compute per step on all `nodes` ranks (s); on
+                                    # k ranks a step takes nodes/k as long (see sample_time)
+    global_batch: int = 48          # samples per step over all ranks (fixed across a resume)
     step_interval: int = 20         # checkpoint every N steps
     fault_after_step: int = 100     # inject once a verified checkpoint at/after this step exists
     fault: str = "link-down"
@@ -185,7 +190,7 @@ class Demo:
         nodes = {n.name: n for n in client.nodes()}
         fn = nodes.get(fault_node)
         records = read_progress(progress_path)
-        summary = summarize(records, o.steps, events)
+        summary = summarize(records, o.steps, events, end_t=time.time())
         result = DemoResult(
             job_id=job_id, fault_node=fault_node, initial_nodes=initial_nodes,
             final_nodes=recovered_nodes,
@@ -211,7 +216,9 @@ class Demo:
                                mpirun_args=mpirun_args(self.cluster),
                                ssh_args=f"-F {self.cluster.ssh_config_path}")
         train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(o.steps),
-                 "--step-time", str(o.step_time), "--step-interval", str(o.step_interval),
+                 "--global-batch", str(o.global_batch),
+                 "--sample-time", f"{sample_time(o.step_time, o.nodes, o.global_batch):.9g}",
+                 "--step-interval", str(o.step_interval),
                  "--checkpoint-dir", str(ckpt_dir), "--log-jsonl", str(progress_path)]
         ctx = job_context(cfg, train_cmd=train, checkpoint_dir=str(ckpt_dir),
                           job_name="slurmft-demo", nodes=o.nodes, work_dir=str(work),
@@ -303,6 +310,13 @@ class Demo:
 
 # ---- helpers (pure or read-only) ---------------------------------------------------------------
 
+def sample_time(step_time: float, nodes: int, global_batch: int) -> float:
+    """``examples/train.py --sample-time`` for a step of ``step_time`` s on ``nodes`` ranks:
+    each rank computes ``global_batch / nodes`` samples, so on k ranks a step takes nodes/k as
+    long."""
+    return step_time * nodes / global_batch
+
+
 def mpirun_args(cluster: Cluster) -> str:
     """mpirun options for the namespace cluster: its SSH config, TCP on the cluster subnet only."""
     subnet = cluster.subnet
@@ -367,10 +381,12 @@ def loss_table(records: list[dict], every: int = 10) -> str:
 
 
 def format_timeline(records: list[dict], events: dict[str, float]) -> str:
+    """The timeline (seconds from the fault), then the seconds spent at each world size."""
     entries = timeline(records, events)
     fault = events.get("fault")
     base = fault if fault is not None else (entries[0].t if entries else 0.0)
     lines = []
     for e in entries:
         lines.append(f"{e.t - base:+9.2f} s  {e.event}{('  ' + e.detail) if e.detail else ''}")
+    lines.append(f"World size over time: {describe_world_sizes(world_size_seconds(records))}")
     return "\n".join(lines) + "\n"

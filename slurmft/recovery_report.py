@@ -12,7 +12,10 @@ Definitions (stated once, used everywhere):
   redone after a resume).
 * **steps lost**: steps completed before a resume that were redone after it
   (``last step before the resume - checkpoint step``).
-* **goodput**: sum of the durations of useful steps / wall time from the first start to done.
+* **goodput**: useful steps x fault-free step time at full size / wall, defined once in
+  ``slurmft.goodput`` (the fault-free step time is measured on the run's own steps before the
+  fault unless the caller measured it elsewhere, e.g. in a fault-free run).
+* **world size seconds**: seconds spent at each world size (0: no training running).
 * **time to recover**: fault -> first step completed after the resume.
 """
 
@@ -24,6 +27,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from slurmft.errors import SlurmFTError
+from slurmft.goodput import final_lineage, measure, step_time, world_size_seconds
+
+__all__ = ["RecoverySummary", "TimelineEntry", "final_lineage", "loss_curve", "read_progress",
+           "summarize", "timeline"]
 
 
 @dataclass(frozen=True)
@@ -47,9 +54,12 @@ class RecoverySummary:
     running_again_s: float | None
     first_step_after_resume_s: float | None
     wall_s: float
-    useful_s: float
-    goodput: float
+    useful_steps: int
+    fault_free_step_s: float | None   # full size, no fault (see slurmft.goodput)
+    useful_s: float | None            # useful_steps x fault_free_step_s
+    goodput: float | None             # None only when no fault-free step could be measured
     world_sizes: list[int] = field(default_factory=list)
+    world_size_seconds: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,23 +82,15 @@ def read_progress(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def final_lineage(records: Sequence[Mapping]) -> dict[int, Mapping]:
-    """step -> the step record that survived (the last time each step was run)."""
-    steps: dict[int, Mapping] = {}
-    for rec in records:
-        if rec["event"] == "resume":
-            # Everything after the checkpoint step is redone: forget the earlier runs of it.
-            cut = int(rec["from_step"])
-            steps = {s: r for s, r in steps.items() if s <= cut}
-        elif rec["event"] == "step":
-            steps[int(rec["step"])] = rec
-    return steps
-
-
 def summarize(records: Sequence[Mapping], planned_steps: int,
-              events: Mapping[str, float] | None = None) -> RecoverySummary:
+              events: Mapping[str, float] | None = None, *,
+              fault_free_step_s: float | None = None,
+              end_t: float | None = None) -> RecoverySummary:
     """The numbers of a run. ``events`` may hold ``fault``, ``detected``, ``requeued``,
-    ``running_again`` wall-clock times (seconds since the epoch)."""
+    ``running_again`` wall-clock times (seconds since the epoch). ``fault_free_step_s``: the
+    full-size step time of a fault-free run, measured elsewhere in the same run; default: the
+    run's own steps on its first world size before the fault (or before its first resume).
+    ``end_t``: when a run that did not finish was given up (default: its last record)."""
     if not records:
         raise SlurmFTError("no progress records: the training never started")
     events = dict(events or {})
@@ -103,13 +105,12 @@ def summarize(records: Sequence[Mapping], planned_steps: int,
             if last_seen is not None:
                 steps_lost += max(0, last_seen - int(rec["from_step"]))
             last_seen = int(rec["from_step"])
-    t0 = records[0]["t"]
-    done = [r for r in records if r["event"] == "done"]
-    t_end = done[-1]["t"] if done else records[-1]["t"]
-    wall = max(t_end - t0, 1e-9)
-    useful = sum(float(r.get("step_s", 0.0)) for r in lineage.values())
-    final_step = max(lineage) if lineage else None
     fault = events.get("fault")
+    if fault_free_step_s is None:
+        before = fault if fault is not None else (resumes[0]["t"] if resumes else None)
+        fault_free_step_s = step_time(records, until=before)
+    gp = measure(records, planned_steps, fault_free_step_s, end_t)
+    final_step = max(lineage) if lineage else None
 
     def since_fault(t: float | None) -> float | None:
         return None if t is None or fault is None else round(t - fault, 3)
@@ -122,7 +123,7 @@ def summarize(records: Sequence[Mapping], planned_steps: int,
     return RecoverySummary(
         planned_steps=planned_steps,
         final_step=final_step,
-        completed=bool(done) and final_step == planned_steps - 1,
+        completed=gp.completed,
         resumes=len(resumes),
         resumed_from=[int(r["from_step"]) for r in resumes],
         steps_lost=steps_lost,
@@ -131,10 +132,13 @@ def summarize(records: Sequence[Mapping], planned_steps: int,
         requeued_s=since_fault(events.get("requeued")),
         running_again_s=since_fault(events.get("running_again")),
         first_step_after_resume_s=since_fault(first_after),
-        wall_s=round(wall, 3),
-        useful_s=round(useful, 3),
-        goodput=round(min(1.0, useful / wall), 4),
+        wall_s=round(gp.wall_s, 3),
+        useful_steps=gp.useful_steps,
+        fault_free_step_s=None if fault_free_step_s is None else round(fault_free_step_s, 5),
+        useful_s=None if gp.useful_s is None else round(gp.useful_s, 3),
+        goodput=None if gp.value is None else round(gp.value, 4),
         world_sizes=sorted({int(r["world_size"]) for r in records if "world_size" in r}),
+        world_size_seconds=world_size_seconds(records, end_t),
     )
 
 

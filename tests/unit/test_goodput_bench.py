@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,9 @@ def test_a_fault_is_matched_with_the_resume_after_it(gp):
     assert fault.recovery_s == pytest.approx(6.5)                   # fault -> first step after
     assert fault.downtime_s == pytest.approx(7.0)                   # last step -> first after
     assert not fault.stale_resume and out["stale_resumes"] == 0
+    assert out["fault_free_step_s"] == pytest.approx(1.0)           # its own steps before the fault
     assert out["goodput"] == pytest.approx(6 / 15, abs=1e-3)       # 6 useful steps in 15 s
+    assert out["world_size_seconds"] == {4: 4.0, 0: 6.0, 3: 5.0}
 
 
 def test_a_resume_older_than_the_newest_checkpoint_is_flagged(gp):
@@ -76,3 +79,48 @@ def test_baseline_scripts_pass_shellcheck(gp, which, tmp_path):
                           text=True, check=False)
     assert proc.returncode == 0, proc.stdout
     assert "CKPT='/c k'" in text
+
+
+def test_every_variant_is_scored_at_the_step_time_of_its_seeds_nofault_run(gp):
+    nofault = [{"t": 0.0, "event": "start", "world_size": 4}]
+    nofault += [{"t": 0.5 + 0.5 * i, "event": "step", "step": i, "world_size": 4} for i in range(6)]
+    nofault.append({"t": 3.0, "event": "done", "step": 5, "world_size": 4})
+    base = gp.VariantResult("nofault", "c", seed=1)
+    mine = gp.VariantResult("slurmft", "c", seed=1,
+                            faults=[gp.Fault(t=4.5, kind="link-down", node="node4",
+                                             latest="step_1", latest_step=1)])
+    other_seed = gp.VariantResult("slurmft", "c", seed=2)
+    gp.score([gp.Measured(base, nofault, 3.0), gp.Measured(mine, records(), 15.0),
+              gp.Measured(other_seed, records(), 15.0)], steps=6)
+    assert base.fault_free_step_s == pytest.approx(0.5) and base.goodput == pytest.approx(1.0)
+    assert mine.fault_free_from == "nofault" and mine.fault_free_step_s == pytest.approx(0.5)
+    assert mine.goodput == pytest.approx(6 * 0.5 / 15, abs=1e-3)
+    assert mine.useful_steps == 6 and mine.completed
+    # No nofault run for seed 2: its own full-size steps before the first fault.
+    assert other_seed.fault_free_from == "own" and other_seed.fault_free_step_s == pytest.approx(1.0)
+
+
+def test_a_run_that_left_no_records_gets_no_goodput(gp):
+    r = gp.VariantResult("slurmft", "c", seed=1)
+    gp.score([gp.Measured(r, [], 0.0)], steps=6)
+    assert r.goodput is None and not r.completed and "no progress records" in r.notes
+
+
+def test_nofault_always_runs_first_and_quick_is_one_seed(gp):
+    a = gp.parse_args(["--variants", "slurmft,classic", "--json", "x.json"])
+    assert a.variants == ["nofault", "slurmft", "classic"] and a.out == "x.json"
+    a = gp.parse_args(["--variants", "slurmft,nofault", "--quick", "--seeds", "3,4"])
+    assert a.variants == ["nofault", "slurmft"] and a.seeds == [3] and a.steps == 300
+    with pytest.raises(SystemExit):
+        gp.parse_args(["--step-time", "0"])
+
+
+def test_the_json_carries_the_keys_of_the_report(gp):
+    r = gp.VariantResult("slurmft", "c", seed=2, goodput=0.8, completed=True,
+                         fault_free_step_s=0.1, world_size_seconds={4: 10.0, 3: 5.0})
+    d = json.loads(json.dumps(gp.asdict(r)))
+    for key in ("variant", "seed", "goodput", "completed", "faults", "world_size_seconds",
+                "fault_free_step_s"):
+        assert key in d
+    assert d["world_size_seconds"] == {"4": 10.0, "3": 5.0}
+    assert "4 ranks 10.0 s, 3 ranks 5.0 s" in gp.table([r])
