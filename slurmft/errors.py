@@ -6,23 +6,39 @@ The CLI maps any SlurmFTError to ``slurmft: <message>`` and ``exit_code``.
 
 from __future__ import annotations
 
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    """Every exit code of the ``slurmft`` command (README: "Exit codes")."""
+
+    OK = 0
+    FAILED = 1          # the operation failed (Slurm, a file, a corrupt checkpoint)
+    USAGE = 2           # bad input: options, arguments, configuration
+    POLICY = 3          # the restart policy refused (retry budget, too few nodes)
+    NOT_YOURS = 4       # the job belongs to someone else
+    NEEDS_REQUEUE = 5   # reschedule --in-place: not relaunched in place, the job needs a requeue
+    STALE_COPY = 6      # reschedule --in-place: the caller is a copy Slurm has requeued since
+    UNHEALTHY = 10      # probe: at least one host is not healthy
+    INTERRUPTED = 130   # SIGINT / Ctrl-C
+
 
 class SlurmFTError(Exception):
     """Root of all slurmft errors."""
 
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.FAILED
 
 
 class UsageError(SlurmFTError):
     """Bad input from the user (host names, job ids, options)."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ConfigError(SlurmFTError):
     """A configuration value is missing or invalid."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class HostNameError(UsageError):
@@ -87,7 +103,7 @@ class ProbeError(SlurmFTError):
 class PolicyError(SlurmFTError):
     """The restart policy refuses to act (e.g. retry budget spent)."""
 
-    exit_code = 3
+    exit_code = ExitCode.POLICY
 
 
 class RenderError(SlurmFTError):
@@ -113,4 +129,17 @@ class ClusterError(SlurmFTError):
 class PermissionDeniedError(SlurmFTError):
     """The caller may not act on this object."""
 
-    exit_code = 4
+    exit_code = ExitCode.NOT_YOURS
+
+
+class PruneError(CheckpointError):
+    """Prune deleted some checkpoints but could not delete others.
+
+    ``deleted``: names removed; ``failed``: name -> why it could not be removed (each
+    checkpoint is removed whole or not at all)."""
+
+    def __init__(self, message: str, *, deleted: list[str] | None = None,
+                 failed: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.deleted = list(deleted or [])
+        self.failed = dict(failed or {})
