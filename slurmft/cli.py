@@ -731,7 +731,8 @@ def checkpoint_prune(path: str, keep_last: int, as_json: bool) -> None:
 @click.option("--steps", default=300, show_default=True, type=click.IntRange(20),
               help="Training steps.")
 @click.option("--step-time", default=0.1, show_default=True, type=float,
-              help="Simulated compute per step, seconds.")
+              help="Simulated compute per step on all --nodes ranks, seconds; on k ranks a "
+                   "step takes nodes/k as long (same global batch).")
 @click.option("--step-interval", default=20, show_default=True, type=click.IntRange(1),
               help="Checkpoint every N steps.")
 @click.option("--fault-after-step", default=100, show_default=True, type=click.IntRange(0),
@@ -790,7 +791,10 @@ def demo_cmd(nodes, steps, step_time, step_interval, fault_after_step, fault, fa
     click.echo(f"First step resumed: {s.first_step_after_resume_s} s after the fault")
     click.echo(f"Steps lost:         {s.steps_lost} (resumed from step {s.resumed_from})")
     click.echo(f"Final step:         {s.final_step} of {s.planned_steps - 1}, job {result.final_state}")
-    click.echo(f"Goodput:            {s.goodput:.1%} ({s.useful_s:.1f} s useful of {s.wall_s:.1f} s)")
+    if s.goodput is not None:
+        click.echo(f"Goodput:            {s.goodput:.1%} ({s.useful_steps} steps x "
+                   f"{s.fault_free_step_s:.3f} s fault-free on {s.world_sizes[-1]} ranks = "
+                   f"{s.useful_s:.1f} s useful of {s.wall_s:.1f} s)")
     click.echo("\nLoss (every 10th step; full table in loss.txt):")
     click.echo(loss_table(records, every=max(10, s.planned_steps // 20)))
     click.echo(f"Plot: {result.files['loss.png']}   All outputs: {result.out_dir}/")

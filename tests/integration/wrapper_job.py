@@ -7,21 +7,23 @@ import sys
 from pathlib import Path
 
 from slurmft.config import RescheduleConfig
-from slurmft.demo import EXAMPLE_TRAIN, mpirun_args
+from slurmft.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
 from slurmft.render import render
 from slurmft.rescheduler import job_context
 
 
 def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
                   **config) -> Path:
-    """``work/job.sh``: ``steps`` training steps of 0.05 s on ``nodes`` nodes, a checkpoint
+    """``work/job.sh``: ``steps`` training steps of 0.05 s on ``nodes`` nodes (longer on
+    fewer: compute is per sample), a checkpoint
     every 10 steps into ``work/ckpt``, progress in ``work/progress.jsonl``, output in
     ``work/job.out``; slurmft's state in ``work/state``. ``config``: RescheduleConfig fields."""
     ckpt = work / "ckpt"
     cfg = RescheduleConfig(state_dir=str(work / "state"), slots=1,
                            mpirun_args=mpirun_args(cluster),
                            ssh_args=f"-F {cluster.ssh_config_path}", **config)
-    train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(steps), "--step-time", "0.05",
+    train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(steps),
+             "--sample-time", str(sample_time(0.05, nodes, 48)), "--global-batch", "48",
              "--step-interval", "10", "--checkpoint-dir", str(ckpt),
              "--log-jsonl", str(work / "progress.jsonl")]
     script = work / "job.sh"
