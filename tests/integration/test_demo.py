@@ -68,10 +68,26 @@ def test_loss_continues_across_the_restart(demo_result):
     assert after[first_after] < 0.5 * before[0]
 
 
+def test_goodput_counts_the_lost_rank(demo_result):
+    s = demo_result.summary
+    # Measured on its own 4-rank steps before the fault: 0.05 s of compute plus the real work.
+    assert s.fault_free_step_s is not None and s.fault_free_step_s >= 0.05
+    assert s.useful_steps == STEPS
+    assert s.goodput == pytest.approx(min(1.0, STEPS * s.fault_free_step_s / s.wall_s), abs=1e-3)
+    # Seconds at each world size: 4 ranks, then 3 (each step a third longer), the outage as 0.
+    assert {4, 3} <= set(s.world_size_seconds)
+    assert sum(s.world_size_seconds.values()) == pytest.approx(s.wall_s, abs=0.01)
+    records = read_progress(demo_result.files["progress.jsonl"])
+    after = [r["t"] for r in records if r["event"] == "step" and r["world_size"] == 3]
+    gaps = sorted(b - a for a, b in zip(after, after[1:]))
+    assert gaps[len(gaps) // 2] > s.fault_free_step_s
+
+
 def test_report_files_written(demo_result):
     files = demo_result.files
     with open(files["loss.png"], "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
     timeline = open(files["timeline.txt"]).read()
-    for label in ("fault injected", "failure detected", "resumed from checkpoint", "training done"):
+    for label in ("fault injected", "failure detected", "resumed from checkpoint", "training done",
+                  "World size over time: 4 ranks"):
         assert label in timeline
