@@ -1,15 +1,22 @@
 """The ``slurmft`` command: parse, build config, call the library, print. Nothing else.
 
-This is the ONLY module that imports click. Every SlurmFTError becomes one line
-``slurmft: <message>`` on stderr and the error's exit code; no tracebacks reach the user.
+This is the ONLY module that imports click. ``error_exit`` is the one place that maps an
+exception to ``slurmft: <message>`` (one line on stderr) and an exit code; no traceback
+reaches the user. With ``--json`` the JSON document (if any) goes to stdout and errors stay
+on stderr, for every command.
 
-Exit codes: 0 ok; 1 operation failed; 2 usage or config error; 3 policy refused (retry budget);
-4 permission denied; 10 probe found unhealthy hosts; 130 interrupted.
+Exit codes (slurmft.errors.ExitCode): 0 ok; 1 operation failed (Slurm, a file that cannot be
+read or written, a corrupt checkpoint); 2 usage or config error; 3 policy refused (retry
+budget); 4 not your job; 5/6 reschedule --in-place: needs a requeue / stale copy; 10 probe
+found unhealthy hosts; 130 interrupted.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
+import os
 import sys
 import time
 from typing import Any
@@ -18,10 +25,13 @@ import click
 
 from slurmft import __version__
 from slurmft.config import Config, load_config
-from slurmft.errors import SlurmFTError
-from slurmft.log import setup_logging
+from slurmft.errors import ExitCode, SlurmFTError
+from slurmft.log import get_logger, setup_logging
 
-EXIT_UNHEALTHY = 10
+EXIT_UNHEALTHY = ExitCode.UNHEALTHY
+JSON_ERRORS_NOTE = "Errors stay on stderr as one 'slurmft:' line."
+
+log = get_logger(__name__)
 
 
 def echo_json(doc: Any) -> None:
@@ -34,18 +44,127 @@ def get_config(ctx: click.Context, **overrides: dict) -> Config:
     return load_config(obj.get("config_path"), overrides=overrides or None)
 
 
-class SlurmFTGroup(click.Group):
-    """Maps SlurmFTError to one line and an exit code."""
+# --------------------------------------------------------------------------- errors -> exit
 
-    def invoke(self, ctx: click.Context) -> Any:
+
+def error_exit(exc: BaseException) -> tuple[str | None, ExitCode]:
+    """The one line to print (None: nothing) and the exit code for ``exc``."""
+    import yaml
+
+    if isinstance(exc, click.exceptions.Exit):
+        return None, ExitCode(exc.exit_code) if exc.exit_code in ExitCode._value2member_map_ \
+            else ExitCode.FAILED
+    if isinstance(exc, SlurmFTError):
+        return str(exc), ExitCode(exc.exit_code)
+    if isinstance(exc, click.UsageError):
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        return exc.format_message() + hint, ExitCode.USAGE
+    if isinstance(exc, click.ClickException):
+        return exc.format_message(), ExitCode.FAILED
+    if isinstance(exc, (KeyboardInterrupt, click.Abort)):
+        return "interrupted", ExitCode.INTERRUPTED
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"cannot read input as UTF-8 text (byte {exc.start}): {exc.reason}",
+                ExitCode.USAGE)
+    if isinstance(exc, yaml.YAMLError):
+        return f"invalid YAML: {str(exc).splitlines()[0]}", ExitCode.USAGE
+    if isinstance(exc, OSError):
+        if exc.errno == errno.EPIPE:
+            return "output closed early (broken pipe)", ExitCode.FAILED
+        where = exc.filename if exc.filename is not None else "output"
+        what = exc.strerror or str(exc)
+        return f"cannot use {where}: {what}", ExitCode.FAILED
+    if isinstance(exc, (OverflowError, ValueError)):
+        return f"invalid value: {exc}", ExitCode.USAGE
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply", ExitCode.USAGE
+    return (f"internal error ({type(exc).__name__}: {exc}); please report it with the output "
+            "of the same command run with -vv", ExitCode.FAILED)
+
+
+def _finish(code: int) -> None:
+    """Flush stdout (a full disk or closed pipe shows here) and exit with ``code``."""
+    try:
+        sys.stdout.flush()
+    except OSError as exc:
+        message, code = error_exit(exc)
+        _say(message)
+        _silence_stdout()
+    sys.exit(int(code))
+
+
+def _say(message: str | None) -> None:
+    if message:
+        line = " ".join(str(message).split("\n")).strip()
         try:
-            return super().invoke(ctx)
-        except SlurmFTError as exc:
-            click.echo(f"slurmft: {exc}", err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("slurmft: interrupted", err=True)
-            ctx.exit(130)
+            click.echo(f"slurmft: {line}", err=True)
+        except OSError:
+            pass
+
+
+def _silence_stdout() -> None:
+    """After EPIPE/ENOSPC on stdout, let the interpreter's final flush find nothing to write."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class SlurmFTGroup(click.Group):
+    """Runs the command with click's own error printing off and maps every exception
+    through ``error_exit``: one ``slurmft:`` line on stderr and the documented exit code."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the one place errors become exit codes
+            message, code = error_exit(exc)
+            if code is ExitCode.FAILED and message and message.startswith("internal error"):
+                log.debug("internal error", exc_info=exc)
+            if isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ENOSPC):
+                _silence_stdout()
+            _say(message)
+            _finish(code)
+        _finish(rv if isinstance(rv, int) and not isinstance(rv, bool) else ExitCode.OK)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite number within [min, max] (no inf, nan or 1e400), e.g. seconds."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None, max: float = 1e9,  # noqa: A002
+                 min_open: bool = False) -> None:
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float) and math.isfinite(value):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        low_ok = (self.min is None or (number > self.min if self.min_open
+                                       else number >= self.min))
+        if not low_ok or number > self.max:
+            low = "any" if self.min is None else f"{'>' if self.min_open else '>='} {self.min:g}"
+            self.fail(f"{value!r} is out of range ({low}, <= {self.max:g})", param, ctx)
+        return number
+
+
+def count(min: int = 0, max: int = 2**31 - 1) -> click.IntRange:  # noqa: A002
+    """An integer option with a lower bound and an upper one that fits every C int."""
+    return click.IntRange(min, max)
 
 
 @click.group(cls=SlurmFTGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -200,9 +319,9 @@ def cluster_fault(node: str, action: str, name: str) -> None:
 
 @cli.command("probe")
 @click.argument("hostlist", required=False)
-@click.option("--job", "job_id", type=int, default=None,
+@click.option("--job", "job_id", type=count(1, 2**32 - 2), default=None,
               help="Probe the nodes of this Slurm job (asks squeue/scontrol).")
-@click.option("--timeout", type=float, default=None,
+@click.option("--timeout", type=FiniteFloat(), default=None,
               help="Per-host deadline in seconds for ping + SSH + command (probe.timeout).")
 @click.option("--command", "command", default=None,
               help="Health command run over SSH (probe.command, default: true).")
@@ -214,7 +333,7 @@ def cluster_fault(node: str, action: str, name: str) -> None:
 @click.option("--check-slurmd/--no-check-slurmd", default=None,
               help="Also connect to each node's slurmd port; DEGRADED if it does not answer "
                    "(probe.check_slurmd).")
-@click.option("--slurmd-port", type=int, default=None,
+@click.option("--slurmd-port", type=count(1, 65535), default=None,
               help="slurmd's port, SlurmdPort in slurm.conf (probe.slurmd_port, default 6818).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
@@ -250,8 +369,9 @@ def probe_cmd(ctx: click.Context, hostlist: str | None, job_id: int | None,
         client = CommandSlurmClient(timeout=cfg.slurm.timeout, bin_dir=cfg.slurm.bin_dir)
         job = client.job(job_id)
         if not job.nodes:
-            raise click.ClickException(
-                f"job {job_id} holds no nodes (state {job.state}): nothing to probe")
+            raise SlurmFTError(
+                f"job {job_id} holds no nodes (state {job.state}): nothing to probe; "
+                "probe a pending job once it runs, or name the hosts")
         names = list(dict.fromkeys([*names, *job.nodes]))
     if not names:
         raise click.UsageError("the hostlist is empty")
@@ -296,16 +416,16 @@ def _reschedule_parts(cfg: Config, *, dry_run: bool = False,
 @click.argument("job_id")
 @click.option("--dry-run", is_flag=True, help="Print the exact commands it would run; change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--max-retry", type=click.IntRange(min=0), default=None,
+@click.option("--max-retry", type=count(0), default=None,
               help="Reschedules allowed per job, requeues and resubmissions together "
                    "(reschedule.max_retry, default 3; env MAX_RETRY too).")
-@click.option("--min-nodes", type=click.IntRange(min=1), default=None,
+@click.option("--min-nodes", type=count(1), default=None,
               help="Refuse to shrink the job below this many nodes (reschedule.min_nodes).")
 @click.option("--no-drain", is_flag=True, default=False,
               help="Do not drain failed nodes. A running job's failed nodes are still set "
                    "DOWN (without it the job waits for SlurmdTimeout); a DOWN node returns "
                    "to service by itself when its slurmd registers again.")
-@click.option("--settle", type=click.FloatRange(min=0), default=0.0, show_default=True,
+@click.option("--settle", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="Wait up to this many seconds for a COMPLETING job to settle (its failed "
                    "nodes are set DOWN first).")
 @click.option("--nodes", "nodes_hint", default=None,
@@ -316,7 +436,7 @@ def _reschedule_parts(cfg: Config, *, dry_run: bool = False,
 @click.option("--checkpoint-dir", default=None,
               help="Checkpoint directory a restart job resumes from (reschedule.checkpoint_dir).")
 @click.option("--state-dir", default=None, help="Shared state directory (reschedule.state_dir).")
-@click.option("--wait", type=click.FloatRange(min=0), default=60.0, show_default=True,
+@click.option("--wait", type=FiniteFloat(min=0), default=60.0, show_default=True,
               help="After a requeue, wait up to this many seconds for the job to run again "
                    "(re-issuing StartTime=now if Slurm applied the requeue delay); 0: return "
                    "at once.")
@@ -328,7 +448,7 @@ def _reschedule_parts(cfg: Config, *, dry_run: bool = False,
                    "launcher failed: take the failed nodes out of the allocation (DOWN, "
                    "DRAIN) and exit 0 so the wrapper relaunches on the nodes left, in the same "
                    "job; exit 5 if it needs a requeue instead (its batch host failed).")
-@click.option("--restart-count", type=click.IntRange(min=0), default=None,
+@click.option("--restart-count", type=count(0), default=None,
               help="With --in-place: the caller's SLURM_RESTART_COUNT. If Slurm requeued the "
                    "job since, the caller is a copy left behind: exit 6, change nothing.")
 @click.pass_context
@@ -375,10 +495,12 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
                                     restart_failed=restart_failed, in_place=in_place,
                                     caller_restarts=restart_count)
     except PolicyError as exc:
+        # What was done before the refusal (a hold, drained nodes) is part of the answer.
         report = getattr(exc, "report", None)
         if as_json:
-            echo_json(report.to_dict() if report else {"job_id": jid, "error": str(exc)})
-        elif report and report.commands:
+            doc = report.to_dict() if report else {"job_id": jid}
+            echo_json({**doc, "error": str(exc), "exit_code": int(exc.exit_code)})
+        elif report is not None:
             click.echo(report.text())
         raise
     if as_json:
@@ -388,9 +510,9 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     from slurmft.policy import Outcome
 
     if report.decision.outcome is Outcome.HAND_OFF:
-        ctx.exit(5)
+        ctx.exit(ExitCode.NEEDS_REQUEUE)
     if report.decision.outcome is Outcome.STALE:
-        ctx.exit(6)
+        ctx.exit(ExitCode.STALE_COPY)
 
 
 def _render_options(f: Any) -> Any:
@@ -400,7 +522,7 @@ def _render_options(f: Any) -> Any:
         click.option("--nodes", "nodelist", default=None,
                      help="Hostlist, e.g. 'node[1-3]' (render job: a node count works too)."),
         click.option("--exclude", default=None, help="Hostlist to exclude (restart)."),
-        click.option("--slots", type=click.IntRange(min=1), default=None,
+        click.option("--slots", type=count(1), default=None,
                      help="MPI ranks per node (reschedule.slots)."),
         click.option("--train-cmd", default=None, help="Training command (shell words)."),
         click.option("--checkpoint-dir", default=None, help="Checkpoint directory."),
@@ -419,6 +541,20 @@ def _render_options(f: Any) -> Any:
     return f
 
 
+def _check_train_cmd(which: str, train: str) -> None:
+    import shlex
+
+    from slurmft.errors import UsageError
+
+    try:
+        words = shlex.split(train)
+    except ValueError as exc:
+        raise UsageError(f"render {which}: --train-cmd is not valid shell words ({exc}): "
+                         f"{train!r}") from None
+    if not words:
+        raise UsageError(f"render {which}: give --train-cmd (or set reschedule.train_cmd)")
+
+
 def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: str | None,
                 exclude: str | None, slots: int | None, train_cmd: str | None,
                 checkpoint_dir: str | None, job_name: str | None, launcher: str | None,
@@ -432,6 +568,13 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
     cfg = get_config(ctx, reschedule={"slots": slots, "launcher": launcher,
                                       "launch_from": launch_from})
     rcfg = cfg.reschedule
+    train = train_cmd or rcfg.train_cmd
+    ckpt = checkpoint_dir or rcfg.checkpoint_dir
+    if which in ("job", "restart"):       # usage errors first, before Slurm is asked
+        _check_train_cmd(which, train)
+        if not ckpt:
+            raise UsageError(f"render {which}: give --checkpoint-dir "
+                             "(or set reschedule.checkpoint_dir)")
     job = None
     if job_id is not None:
         from slurmft.slurm.cli import check_job_id
@@ -447,8 +590,6 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
     names = _hosts.expand(nodelist) if nodelist else list(job.nodes if job else [])
     excluded = _hosts.expand(exclude) if exclude else list(job.excluded_nodes if job else [])
     names = [n for n in names if n not in excluded]
-    train = train_cmd or rcfg.train_cmd
-    ckpt = checkpoint_dir or rcfg.checkpoint_dir
     if which in ("hostfile", "restart") and not names:
         raise UsageError(f"render {which}: give --nodes HOSTLIST or --job JOBID with nodes")
     if which == "hostfile":
@@ -463,17 +604,15 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
             base, names, excluded, train, ckpt, rcfg,
             reschedule_log=f"{rcfg.state_dir}/reschedule.log"))
     else:
-        count = node_count or len(names) or (job.node_count if job else 1)
+        n_nodes = node_count or len(names) or (job.node_count if job else 1)
         text = render("job.sh.j2", job_context(
             rcfg, train_cmd=train, checkpoint_dir=ckpt,
-            job_name=job_name or (job.name if job else "train"), nodes=count,
+            job_name=job_name or (job.name if job else "train"), nodes=n_nodes,
             partition=job.partition if job else ""))
     if out:
-        from pathlib import Path
+        from slurmft.atomic import atomic_write
 
-        Path(out).write_text(text)
-        if which != "hostfile":
-            Path(out).chmod(0o755)
+        atomic_write(out, text, mode=None if which == "hostfile" else 0o755)
         click.echo(out)
     else:
         click.echo(text, nl=False)
@@ -509,7 +648,7 @@ def render_job(ctx: click.Context, **kw: Any) -> None:
 
 
 @cli.command("epilog")
-@click.option("--settle", type=float, default=30.0, show_default=True,
+@click.option("--settle", type=FiniteFloat(min=0), default=30.0, show_default=True,
               help="Passed to the detached reschedule.")
 @click.pass_context
 def epilog_cmd(ctx: click.Context, settle: float) -> None:
@@ -525,27 +664,27 @@ def epilog_cmd(ctx: click.Context, settle: float) -> None:
         pass
     res = run_epilog(log_file=log_file, settle=settle)
     click.echo(f"slurmft epilog: {res.message}", err=True)
-    ctx.exit(0)
+    ctx.exit(ExitCode.OK)
 
 
 @cli.command("watch")
-@click.option("--job", "job_ids", multiple=True, type=int,
+@click.option("--job", "job_ids", multiple=True, type=count(1, 2**32 - 2),
               help="Watch this job (repeatable); default: all running jobs.")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+@click.option("--interval", type=FiniteFloat(min=0.05), default=2.0, show_default=True,
               help="Seconds between probe cycles.")
 @click.option("--once", is_flag=True, help="Run one cycle and exit.")
-@click.option("--max-cycles", type=click.IntRange(min=1), default=None,
+@click.option("--max-cycles", type=count(1), default=None,
               help="Stop after this many cycles.")
-@click.option("--cooldown", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--cooldown", type=FiniteFloat(min=0), default=30.0, show_default=True,
               help="Seconds to leave a job alone after a refused or failed reschedule.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per cycle on stdout.")
-@click.option("--wait", type=click.FloatRange(min=0), default=3.0, show_default=True,
+@click.option("--wait", type=FiniteFloat(min=0), default=3.0, show_default=True,
               help="After a requeue, wait up to this many seconds for the job to run again "
                    "(later cycles keep nudging it with StartTime=now if Slurm delays it).")
-@click.option("--confirm", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--confirm", type=count(1, 1000), default=2, show_default=True,
               help="Consecutive failed probes before a node counts as failed; suspects are "
                    "re-probed at once, so this costs probe timeouts, not intervals.")
-@click.option("--max-failed-fraction", type=click.FloatRange(min=0, min_open=True, max=1),
+@click.option("--max-failed-fraction", type=FiniteFloat(min=0, min_open=True, max=1),
               default=0.5, show_default=True,
               help="Do nothing when more than this fraction of a job's nodes fail at once "
                    "(more likely the prober's network or load than the nodes).")
@@ -668,10 +807,19 @@ def checkpoint_verify(path: str, name: str | None, as_json: bool) -> None:
     from slurmft.checkpoint.store import CheckpointInfo, parse_name
     from slurmft.errors import CorruptCheckpointError, UsageError
 
+    from slurmft.errors import CheckpointError
+
     store = _ckpt_store(path)
-    names = [name] if name else store.names()
     if name and parse_name(name) is None:
         raise UsageError(f"{name!r} is not a checkpoint name (step_<12 digits>)")
+    known = store.names()
+    if name and name not in known:
+        raise CheckpointError(f"no such checkpoint {name} in {path}"
+                              + (f"; it has {', '.join(known[-3:])}" if known else ""))
+    names = [name] if name else known
+    if not names:
+        raise CheckpointError(f"no checkpoints in {path}: nothing verified (is it the "
+                              "job's checkpoint directory, not its parent?)")
     latest = store.latest_name()
     rows, docs, errors = [], [], []
     for n in names:
@@ -702,7 +850,7 @@ def checkpoint_verify(path: str, name: str | None, as_json: bool) -> None:
 
 @checkpoint_grp.command("prune")
 @click.argument("path", type=click.Path())
-@click.option("--keep-last", type=int, required=True,
+@click.option("--keep-last", type=count(1), required=True,
               help="Keep this many newest checkpoints (plus latest and any base a kept diff needs).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def checkpoint_prune(path: str, keep_last: int, as_json: bool) -> None:
@@ -711,15 +859,31 @@ def checkpoint_prune(path: str, keep_last: int, as_json: bool) -> None:
 
     if keep_last < 1:
         raise UsageError(f"--keep-last must be >= 1, not {keep_last}")
+    from slurmft.errors import CheckpointError, PruneError
+
     store = _ckpt_store(path)
+    if not store.names():
+        raise CheckpointError(f"no checkpoints in {path}: nothing pruned (is it the job's "
+                              "checkpoint directory, not its parent?)")
     leftovers = store.cleanup()
-    deleted = store.prune(keep_last)
+    failed: dict[str, str] = {}
+    try:
+        deleted = store.prune(keep_last)
+    except PruneError as exc:
+        deleted, failed = list(exc.deleted), dict(exc.failed)
+        error: PruneError | None = exc
+    else:
+        error = None
     if as_json:
-        echo_json({"deleted": deleted, "leftovers_removed": leftovers,
-                   "kept": [i.name for i in store.list()]})
+        echo_json({"deleted": deleted, "failed": failed, "leftovers_removed": leftovers,
+                   "kept": store.names()})
     else:
         click.echo(f"deleted {len(deleted)} checkpoint(s){': ' + ', '.join(deleted) if deleted else ''}; "
                    f"removed {len(leftovers)} leftover(s); kept {len(store.names())}")
+        for name, why in failed.items():
+            click.echo(f"not deleted: {name}: {why}")
+    if error is not None:
+        raise error
 
 
 # === demo / inject (issue 6) ===
@@ -728,14 +892,14 @@ def checkpoint_prune(path: str, keep_last: int, as_json: bool) -> None:
 @cli.command("demo")
 @click.option("--nodes", default=4, show_default=True, type=click.IntRange(2, 16),
               help="Nodes in the local cluster and the training job.")
-@click.option("--steps", default=300, show_default=True, type=click.IntRange(20),
+@click.option("--steps", default=300, show_default=True, type=count(20),
               help="Training steps.")
-@click.option("--step-time", default=0.1, show_default=True, type=float,
+@click.option("--step-time", default=0.1, show_default=True, type=FiniteFloat(min=0, max=60),
               help="Simulated compute per step on all --nodes ranks, seconds; on k ranks a "
                    "step takes nodes/k as long (same global batch).")
-@click.option("--step-interval", default=20, show_default=True, type=click.IntRange(1),
+@click.option("--step-interval", default=20, show_default=True, type=count(1),
               help="Checkpoint every N steps.")
-@click.option("--fault-after-step", default=100, show_default=True, type=click.IntRange(0),
+@click.option("--fault-after-step", default=100, show_default=True, type=count(0),
               help="Inject the fault once a verified checkpoint at or after this step exists.")
 @click.option("--fault", default="link-down", show_default=True,
               type=click.Choice(["link-down", "kill-slurmd", "kill-job-procs"]),
@@ -744,7 +908,7 @@ def checkpoint_prune(path: str, keep_last: int, as_json: bool) -> None:
 @click.option("--name", default="sft-demo", show_default=True, help="Name of the demo cluster.")
 @click.option("--out", "out_dir", default="slurmft-demo", show_default=True,
               type=click.Path(file_okay=False), help="Where the report, plot and logs go.")
-@click.option("--timeout", default=600.0, show_default=True, type=float,
+@click.option("--timeout", default=600.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
               help="Give up after this many seconds.")
 @click.option("--keep-cluster", is_flag=True, help="Leave the cluster up afterwards.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -806,9 +970,9 @@ def demo_cmd(nodes, steps, step_time, step_interval, fault_after_step, fault, fa
 @click.argument("action", type=click.Choice(
     ["kill-rank", "kill-slurmd", "link-down", "link-up", "stop-sshd", "start-sshd",
      "freeze-sshd", "thaw-sshd", "limit-memory", "mask-gpu"]))
-@click.option("--job", "job_id", type=click.IntRange(min=1), required=True, help="Slurm job id.")
+@click.option("--job", "job_id", type=count(1, 2**32 - 2), required=True, help="Slurm job id.")
 @click.option("--node", default="", help="Node to break (default: a random node of the job).")
-@click.option("--seed", type=int, default=None, help="Seed for the random choices.")
+@click.option("--seed", type=count(0), default=None, help="Seed for the random choices.")
 @click.option("--dry-run", is_flag=True, help="Print what it would do (argv); do nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--cluster", "cluster_name", default="",
@@ -817,12 +981,12 @@ def demo_cmd(nodes, steps, step_time, step_interval, fault_after_step, fault, fa
 @click.option("--match", default="train.py", show_default=True,
               help="kill-rank/limit-memory: pgrep -f pattern of the training processes.")
 @click.option("--iface", default="", help="link-down over SSH: the node's interface.")
-@click.option("--duration", type=click.IntRange(min=1), default=60, show_default=True,
+@click.option("--duration", type=count(1, 86400), default=60, show_default=True,
               help="link-down over SSH: seconds until the link comes back up by itself.")
-@click.option("--gpu", type=click.IntRange(min=0), default=None, help="mask-gpu: GPU to hide.")
-@click.option("--gpus", type=click.IntRange(min=1), default=None,
+@click.option("--gpu", type=count(0, 1023), default=None, help="mask-gpu: GPU to hide.")
+@click.option("--gpus", type=count(1, 1024), default=None,
               help="mask-gpu: GPUs the job sees now (default: from the job's env file).")
-@click.option("--mb", type=click.IntRange(min=1), default=None,
+@click.option("--mb", type=count(1), default=None,
               help="limit-memory: memory.max in MiB.")
 @click.option("--undo", is_flag=True,
               help="limit-memory: remove the job's slurmft-inject cgroups; mask-gpu: remove "
@@ -833,7 +997,7 @@ def demo_cmd(nodes, steps, step_time, step_interval, fault_after_step, fault, fa
 @click.option("--state-dir", default=None,
               help="Where audit.jsonl goes (reschedule.state_dir; with --cluster: the "
                    "cluster's).")
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+@click.option("--timeout", type=FiniteFloat(min=0.1), default=10.0, show_default=True,
               help="Seconds for each command on the node.")
 @click.pass_context
 def inject_cmd(ctx: click.Context, action: str, job_id: int, node: str, seed: int | None,
@@ -942,7 +1106,7 @@ def _check_bind(bind: str, option: str = "--bind") -> str:
 @click.option("--textfile", default=None, type=click.Path(dir_okay=False),
               help="Write node_exporter textfile-collector output to PATH (*.prom).")
 @click.option("--once", is_flag=True, help="With --textfile: write once and exit.")
-@click.option("--interval", type=click.FloatRange(min=0.1), default=15.0, show_default=True,
+@click.option("--interval", type=FiniteFloat(min=0.1), default=15.0, show_default=True,
               help="Seconds between textfile rewrites.")
 @click.pass_context
 def exporter(ctx: click.Context, port: int | None, bind: str, checkpoint_dirs: tuple[str, ...],
@@ -1018,12 +1182,13 @@ def render_logging(format_: str | None, log_paths: tuple[str, ...], logstash_hos
             click.echo(f"# ---- {name} ----")
             click.echo(text, nl=False)
         return
+    from slurmft.atomic import atomic_write_all
+
     target = Path(out)
     if not target.is_dir():
         raise UsageError(f"--out {target} is not a directory")
-    for name, text in files.items():
-        (target / name).write_text(text)
-        click.echo(str(target / name))
+    for path in atomic_write_all(target, files):
+        click.echo(str(path))
 
 
 _render_logging_cmd = click.Command(

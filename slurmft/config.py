@@ -3,18 +3,23 @@
 Each section is a dataclass. ``load_config`` builds a ``Config``; every value is validated at
 construction and a bad one raises ConfigError naming the field and what is allowed.
 
-File: ``--config PATH``, else SLURMFT_CONFIG, else none. Sections in YAML::
+File: ``--config PATH``, else SLURMFT_CONFIG, else none. Sections in YAML (slurm, probe,
+reschedule, log, checkpoint; the checkpoint section is the training side's CheckpointPolicy)::
 
     probe: {timeout: 2.0, ssh_user: root, command: "true"}
     reschedule: {max_retry: 3}
+    checkpoint: {keep_last: 5, checksum: xxh3}
 
 Environment: ``SLURMFT_<SECTION>_<FIELD>``, e.g. ``SLURMFT_PROBE_TIMEOUT=1.5``,
 ``SLURMFT_RESCHEDULE_MAX_RETRY=5`` (MAX_RETRY alone is honoured too, as in the classic script).
+An unknown key, in YAML or as SLURMFT_<SECTION>_<NAME>, is an error; so is a value of the wrong
+type (a mapping where a string belongs) or a number that is not finite (inf, nan, 1e400).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -32,6 +37,7 @@ class SlurmConfig:
     bin_dir: str = ""              # where sinfo/scontrol live; empty: PATH
 
     def __post_init__(self) -> None:
+        _finite("slurm.timeout", self.timeout)
         _positive("slurm.timeout", self.timeout)
 
 
@@ -56,6 +62,8 @@ class ProbeConfig:
     ping_timeout: float = 0.0      # wait for the echo reply; 0: half of timeout, at most 1 s
 
     def __post_init__(self) -> None:
+        for key in ("timeout", "min_free_gb", "ping_timeout"):
+            _finite(f"probe.{key}", getattr(self, key))
         _positive("probe.timeout", self.timeout)
         _positive("probe.max_parallel", self.max_parallel)
         if self.ping_timeout < 0 or self.ping_timeout > self.timeout:
@@ -87,6 +95,7 @@ class RescheduleConfig:
             raise ConfigError(f"reschedule.max_retry must be >= 0, not {self.max_retry}")
         _positive("reschedule.min_nodes", self.min_nodes)
         _positive("reschedule.slots", self.slots)
+        _finite("reschedule.lock_timeout", self.lock_timeout)
         _positive("reschedule.lock_timeout", self.lock_timeout)
         if self.launcher not in ("mpirun", "srun"):
             raise ConfigError(f"reschedule.launcher must be mpirun or srun, not {self.launcher!r}")
@@ -109,12 +118,87 @@ class LogConfig:
             raise ConfigError(f"log.level must be DEBUG, INFO, WARNING or ERROR, not {self.level!r}")
 
 
+#: Checksums the checkpoint store can write and verify (slurmft.checkpoint.store.ALGORITHMS;
+#: a unit test keeps the two equal: config may not import the checkpoint package).
+CHECKSUM_ALGORITHMS = ("xxh3", "sha256")
+
+
+@dataclass
+class CheckpointConfig:
+    """When and how to checkpoint (the ``checkpoint:`` section; the training side's
+    ``slurmft.checkpoint.CheckpointPolicy`` is this schema plus its helpers)."""
+
+    path: str = ""                 # empty: CHECKPOINT_PATH, else <root>/$USER/$SLURM_JOB_ID
+    interval: float = 30.0         # minutes between saves; 0 disables the time trigger
+    step_interval: int = 1000      # steps between saves; 0 disables the step trigger
+    keep_last: int = 5             # checkpoints kept (plus any full base a kept diff needs)
+    save_optimizer: bool = True
+    full_interval: float = 0.0     # minutes between full saves; between them saves are
+                                   # differential. 0: every save is full.
+    checksum: str = "xxh3"         # xxh3 | sha256
+    signals: tuple[str, ...] = ("SIGUSR1", "SIGTERM")  # save at the next step, then stop
+    local_cache: str = ""          # node-local directory; then ``path`` is the upload target
+    close_timeout: float = 600.0   # seconds close() waits for pending writes/uploads
+
+    def __post_init__(self) -> None:
+        self.signals = _signal_names(self.signals)
+        for key in ("interval", "full_interval", "close_timeout"):
+            _finite(f"checkpoint.{key}", getattr(self, key))
+        if self.interval < 0:
+            raise ConfigError(f"checkpoint.interval must be >= 0 minutes, not {self.interval}")
+        if self.step_interval < 0:
+            raise ConfigError(f"checkpoint.step_interval must be >= 0, not {self.step_interval}")
+        if self.keep_last < 1:
+            raise ConfigError(f"checkpoint.keep_last must be >= 1, not {self.keep_last}")
+        if self.full_interval < 0:
+            raise ConfigError(
+                f"checkpoint.full_interval must be >= 0 minutes (0: always full), not {self.full_interval}")
+        if self.checksum not in CHECKSUM_ALGORITHMS:
+            raise ConfigError(f"checkpoint.checksum must be one of "
+                              f"{', '.join(CHECKSUM_ALGORITHMS)}, not {self.checksum!r}")
+        if not self.close_timeout > 0:
+            raise ConfigError(f"checkpoint.close_timeout must be > 0, not {self.close_timeout}")
+
+
+def _signal_names(value: Any) -> tuple[str, ...]:
+    """``SIGUSR1,term`` or a list of names -> catchable signal names, ``SIG`` prefixed."""
+    import signal
+
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"checkpoint.signals must be signal names, not {item!r}")
+        item = item.strip().upper()
+        if not item:
+            continue
+        name = item if item.startswith("SIG") else "SIG" + item
+        if name in ("SIGKILL", "SIGSTOP") or not isinstance(getattr(signal, name, None),
+                                                            signal.Signals):
+            raise ConfigError(f"checkpoint.signals: {name!r} is not a catchable signal; "
+                              "use e.g. SIGUSR1, SIGUSR2, SIGTERM")
+        names.append(name)
+    return tuple(names)
+
+
 @dataclass
 class Config:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     reschedule: RescheduleConfig = field(default_factory=RescheduleConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+#: The largest number a setting may hold: larger ones overflow timers and C integers.
+MAX_INT = 2**31 - 1
+MAX_FLOAT = 1e9
+
+
+def _finite(name: str, value: float) -> None:
+    if not math.isfinite(value) or abs(value) > MAX_FLOAT:
+        raise ConfigError(f"{name} must be a finite number of at most {MAX_FLOAT:g}, "
+                          f"not {value!r}")
 
 
 def _positive(name: str, value: float) -> None:
@@ -122,48 +206,70 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be > 0, not {value}")
 
 
-# Sections of the same YAML file that other parts read and validate themselves:
-# ``checkpoint`` is CheckpointPolicy.from_yaml's (the training side).
-FOREIGN_SECTIONS = frozenset({"checkpoint"})
+#: SLURMFT_<SECTION>_<NAME> variables that are not settings but are read elsewhere
+#: (e.g. the default checkpoint root); every other one must name a setting.
+ENV_NOT_SETTINGS = frozenset({"SLURMFT_CHECKPOINT_ROOT", "SLURMFT_LOG_DIR"})
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_KIND = {bool: "bool (true/false)", int: "int", float: "float", str: "a string"}
 
 
 def coerce(name: str, typ: Any, value: Any) -> Any:
-    """Convert ``value`` (from YAML or the environment) to ``typ`` or raise ConfigError."""
+    """Convert ``value`` (from YAML, the environment or a flag) to ``typ`` or raise
+    ConfigError. Strings are taken only as strings (a YAML mapping or list is refused);
+    numbers must be finite and fit (no inf, nan, 1e400)."""
     try:
         if typ is bool:
             if isinstance(value, bool):
                 return value
-            text = str(value).strip().lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
+            if isinstance(value, str):
+                text = value.strip().lower()
+                if text in _TRUE:
+                    return True
+                if text in _FALSE:
+                    return False
             raise ValueError
         if typ is int:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return int(value)
+            number = int(value.strip()) if isinstance(value, str) else int(value)
+            if abs(number) > MAX_INT:
+                raise ConfigError(f"{name} must be at most {MAX_INT}, not {value!r}")
+            return number
         if typ is float:
-            return float(value)
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError
+            number = float(value)
+            _finite(name, number)
+            return number
         if typ is str:
-            return str(value)
-    except (TypeError, ValueError):
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+        if typ == tuple[str, ...]:
+            if isinstance(value, str) or (isinstance(value, (list, tuple))
+                                          and all(isinstance(v, str) for v in value)):
+                return value
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
         pass
     else:
         return value
-    raise ConfigError(f"{name} must be {getattr(typ, '__name__', typ)}, not {value!r}")
+    kind = _KIND.get(typ, "a list of names" if typ == tuple[str, ...] else str(typ))
+    hint = " (quote it in YAML)" if typ is str and not isinstance(value, (dict, list)) else ""
+    raise ConfigError(f"{name} must be {kind}{hint}, not {value!r}")
 
 
 def build_section(cls: type, name: str, values: Mapping[str, Any]) -> Any:
+    """The section dataclass ``cls`` from ``values``; unknown keys and bad types raise
+    ConfigError naming ``<name>.<key>``."""
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
-    unknown = set(values) - known
+    unknown = [k for k in values if k not in known]
     if unknown:
         raise ConfigError(
-            f"unknown setting {name}.{sorted(unknown)[0]}; known: {', '.join(sorted(known))}"
+            f"unknown setting {name}.{unknown[0]}; known: {', '.join(sorted(known))}"
         )
     kwargs = {k: coerce(f"{name}.{k}", hints[k], v) for k, v in values.items()}
     return cls(**kwargs)
@@ -172,14 +278,44 @@ def build_section(cls: type, name: str, values: Mapping[str, Any]) -> Any:
 def read_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file {p} not found")
+        raise ConfigError(f"config file {p} not found" if not p.exists()
+                          else f"config file {p} is not a regular file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        where = getattr(exc, "problem_mark", None)
+        at = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {p} is not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {p} is nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping of sections")
     return data
+
+
+def env_layer(section: str, cls: type, env: Mapping[str, str]) -> dict[str, str]:
+    """SLURMFT_<SECTION>_<FIELD> values of ``section``; an unknown SLURMFT_<SECTION>_* name
+    is an error, as an unknown YAML key is."""
+    prefix = f"SLURMFT_{section.upper()}_"
+    known = {f"{prefix}{f.name.upper()}": f.name for f in fields(cls)}
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if not key.startswith(prefix) or key in ENV_NOT_SETTINGS:
+            continue
+        if key not in known:
+            raise ConfigError(f"unknown environment variable {key}: no setting "
+                              f"{section}.{key[len(prefix):].lower()}; known: "
+                              f"{', '.join(sorted(known))}")
+        out[known[key]] = value
+    return out
 
 
 def load_config(
@@ -190,33 +326,28 @@ def load_config(
     """Defaults, then the YAML file, then SLURMFT_* environment, then ``overrides``."""
     env = os.environ if env is None else env
     path = path or env.get("SLURMFT_CONFIG") or None
-    layers: dict[str, dict[str, Any]] = {f.name: {} for f in fields(Config)}
+    sections = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
+    layers: dict[str, dict[str, Any]] = {name: {} for name in sections}
     if path:
         data = read_yaml(path)
         for section, values in data.items():
-            if section in FOREIGN_SECTIONS:
-                continue
             if section not in layers:
                 raise ConfigError(
                     f"unknown config section {section!r}; known: {', '.join(layers)}"
                 )
+            if values is None:
+                continue
             if not isinstance(values, dict):
                 raise ConfigError(f"config section {section!r} must be a mapping")
             layers[section].update(values)
-    for f in fields(Config):
-        cls = f.default_factory  # type: ignore[misc]
-        for sf in fields(cls):
-            key = f"SLURMFT_{f.name}_{sf.name}".upper()
-            if key in env:
-                layers[f.name][sf.name] = env[key]
+    for name, cls in sections.items():
+        layers[name].update(env_layer(name, cls, env))
     if "MAX_RETRY" in env and "SLURMFT_RESCHEDULE_MAX_RETRY" not in env:
         layers["reschedule"].setdefault("max_retry", env["MAX_RETRY"])
     for section, values in (overrides or {}).items():
         layers[section].update({k: v for k, v in values.items() if v is not None})
-    return Config(**{
-        f.name: build_section(f.default_factory, f.name, layers[f.name])  # type: ignore[misc]
-        for f in fields(Config)
-    })
+    return Config(**{name: build_section(cls, name, layers[name])
+                     for name, cls in sections.items()})
 
 
 def as_dict(config: Config) -> dict:

@@ -58,6 +58,11 @@ class Outcome(str, enum.Enum):
         return self in (Outcome.EXHAUSTED, Outcome.REFUSED)
 
 
+#: Outcomes that use one retry of the budget (the rescheduler records an attempt for each).
+RETRY_OUTCOMES = frozenset({Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.RESUBMIT,
+                            Outcome.RELAUNCH})
+
+
 @dataclass(frozen=True)
 class Action:
     """One planned side effect. ``op`` is a SlurmClient method name (or ``submit_restart``)."""
@@ -117,10 +122,21 @@ class Decision:
     retries_used: int = 0
     max_retry: int = 0
     actions: tuple[Action, ...] = ()
+    plan: str = ""                 # the message worded as what it would do (dry runs)
 
     @property
     def changes_anything(self) -> bool:
         return bool(self.actions)
+
+    @property
+    def spends_retry(self) -> bool:
+        """Carrying out this decision uses one retry of the budget."""
+        return self.outcome in RETRY_OUTCOMES
+
+    @property
+    def retries_after(self) -> int:
+        """Retries used once this decision is carried out."""
+        return self.retries_used + (1 if self.spends_retry else 0)
 
     def to_dict(self) -> dict:
         return {
@@ -132,6 +148,7 @@ class Decision:
             "exclude": list(self.exclude),
             "num_nodes": self.num_nodes,
             "retries_used": self.retries_used,
+            "retries_after": self.retries_after,
             "max_retry": self.max_retry,
             "actions": [a.to_dict() for a in self.actions],
         }
@@ -167,10 +184,10 @@ def pinned_params(job: JobInfo, exclude: Sequence[str]) -> dict:
 
 
 def retries_used(job: JobInfo, history: History) -> int:
-    """Reschedules spent: our record, or Slurm's restart count if it saw more (Slurm requeues
-    on its own after a node failure; a resubmitted job starts again at 0)."""
-    before_this_job = history.attempts - history.attempts_on_job
-    return max(history.attempts, before_this_job + job.restart_count)
+    """Reschedules slurmft spent on this job and its resubmissions, from its own record.
+    Slurm's restart count is not one of them: Slurm requeues on its own (a node failure, a
+    preemption, a user's scontrol requeue), and that must not use slurmft's budget."""
+    return history.attempts
 
 
 def candidate_nodes(job: JobInfo, history: History) -> tuple[str, ...]:
@@ -224,6 +241,8 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                                                   Action("update_job", jid,
                                                          params={"start_now": True})),
                         message=f"job {jid} FAILED on healthy nodes: requeued in place to "
+                        "resume from its checkpoint",
+                        plan=f"would requeue job {jid} in place (FAILED on healthy nodes) to "
                         "resume from its checkpoint", **base)
     if not failed:
         if job.is_pending and job.reason in HELD_REASONS and history.exhausted:
@@ -243,7 +262,9 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
         if job.reason in HELD_REASONS and not history.exhausted:
             return Decision(
                 Outcome.ALREADY_DONE,
-                message=f"job {jid} already excludes {', '.join(failed)} but is held: releasing",
+                message=f"job {jid} already excludes {', '.join(failed)} but is held: released",
+                plan=f"would release job {jid}: it already excludes {', '.join(failed)} but "
+                "is held",
                 actions=(Action("release", jid), Action("update_job", jid,
                                                           params={"start_now": True})),
                 **base)
@@ -264,7 +285,9 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
             actions.append(Action("update_job", jid, params={"comment": comment}))
         return Decision(Outcome.EXHAUSTED, actions=tuple(actions),
                         message=f"job {jid}: retry budget spent ({used}/{config.max_retry}); "
-                        "job held, not rescheduled", **base)
+                        "job held, not rescheduled",
+                        plan=f"would hold job {jid}: retry budget spent "
+                        f"({used}/{config.max_retry}); not rescheduled", **base)
 
     if k < config.min_nodes:
         return Decision(Outcome.REFUSED,
@@ -284,9 +307,11 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
         actions += _node_actions(jid, failed, status, config, down=job.is_running)
         actions += [update, Action("release", jid), start]
         verb = "requeued" if job.is_running else "requeued (ended, requeueable)"
+        what = "" if job.is_running else " (ended, requeueable)"
         return Decision(Outcome.REQUEUE, actions=tuple(actions),
                         message=f"job {jid} {verb} on {k} node(s) without {', '.join(failed)}",
-                        **base)
+                        plan=f"would requeue job {jid}{what} on {k} node(s) without "
+                        f"{', '.join(failed)}", **base)
     if job.is_pending:
         actions = _node_actions(jid, failed, status, config, down=False) + [update]
         if job.reason in HELD_REASONS:
@@ -294,6 +319,8 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
         actions.append(start)
         return Decision(Outcome.UPDATE_PENDING, actions=tuple(actions),
                         message=f"pending job {jid} updated: {k} node(s), excluding "
+                        f"{', '.join(exclude)}",
+                        plan=f"would update pending job {jid}: {k} node(s), excluding "
                         f"{', '.join(exclude)}", **base)
     # Ended and not requeueable: submit a restart job that resumes from the checkpoint.
     actions = _node_actions(jid, failed, status, config, down=False)
@@ -301,7 +328,9 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                           params={"exclude": exclude, "num_nodes": k}))
     return Decision(Outcome.RESUBMIT, actions=tuple(actions),
                     message=f"job {jid} ended {job.state} and cannot be requeued: restart job "
-                    f"submitted on {k} node(s) without {', '.join(failed)}", **base)
+                    f"submitted on {k} node(s) without {', '.join(failed)}",
+                    plan=f"would submit a restart job for job {jid} (ended {job.state}, cannot "
+                    f"be requeued) on {k} node(s) without {', '.join(failed)}", **base)
 
 
 def _relaunch(job: JobInfo, failed: tuple[str, ...], status: Mapping[str, Health],
@@ -344,6 +373,8 @@ def _relaunch(job: JobInfo, failed: tuple[str, ...], status: Mapping[str, Health
                                                        params={"reason": reason}),),
                         message=f"job {jid}: {', '.join(new)} degraded but still running its "
                         "ranks: drained, the job left running",
+                        plan=f"would drain {', '.join(new)} (degraded but still running the "
+                        f"ranks of job {jid}) and leave the job running",
                         **{**base, "exclude": _merge(history.excluded, new)})
     used, nodes = base["retries_used"], candidate_nodes(job, history)
     k = len([n for n in nodes if n not in hard])
@@ -362,6 +393,8 @@ def _relaunch(job: JobInfo, failed: tuple[str, ...], status: Mapping[str, Health
     where = f"without {', '.join(hard)}" if hard else "(every node healthy: a rank failed)"
     return Decision(Outcome.RELAUNCH, actions=tuple(actions),
                     message=f"job {jid} relaunches its training on {k} node(s) {where}, "
+                    "in the same allocation",
+                    plan=f"would relaunch the training of job {jid} on {k} node(s) {where}, "
                     "in the same allocation", **base)
 
 

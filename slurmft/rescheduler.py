@@ -77,6 +77,8 @@ class Report:
 
     def to_dict(self) -> dict:
         doc = self.decision.to_dict()
+        if self.dry_run and self.decision.plan:
+            doc["message"] = self.decision.plan
         doc.update(dry_run=self.dry_run, commands=self.commands, new_job_id=self.new_job_id,
                    elapsed_s=round(self.elapsed_s, 3), state_after=self.state_after,
                    running_after_s=(None if self.running_after_s is None
@@ -87,10 +89,14 @@ class Report:
 
     def text(self) -> str:
         d = self.decision
-        lines = [f"dry run: {d.message}" if self.dry_run and d.actions else d.message]
+        lines = [f"dry run: {d.plan or d.message}" if self.dry_run and d.actions else d.message]
         if d.failed:
             lines.append(f"failed nodes: {', '.join(d.failed)}; healthy: {', '.join(d.healthy) or '-'}")
-        lines.append(f"retries used: {d.retries_used}/{d.max_retry}")
+        if self.dry_run and d.spends_retry:
+            lines.append(f"retries used: {d.retries_used}/{d.max_retry} "
+                         f"({d.retries_after}/{d.max_retry} if carried out)")
+        else:                                    # the count after what was done
+            lines.append(f"retries used: {d.retries_after}/{d.max_retry}")
         if self.commands:
             lines.append("would run:" if self.dry_run else "ran:")
             lines += ["  " + shlex.join(argv) for argv in self.commands]
@@ -415,7 +421,9 @@ class Rescheduler:
             res = health.get(name)
             log.warning("job %s: node %s failed: %s", job.job_id, name,
                         res.reason if res else "?", extra={"job": str(job.job_id)})
-        log.info("job %s: %s", job.job_id, decision.message, extra={"job": str(job.job_id)})
+        log.info("job %s: %s", job.job_id,
+                 decision.plan if self.dry_run and decision.plan else decision.message,
+                 extra={"job": str(job.job_id)})
         report = Report(decision=decision, dry_run=self.dry_run)
         if not self.dry_run:
             self.store.audit({"event": "decision", "job_id": job.job_id,
@@ -606,8 +614,7 @@ class Rescheduler:
             record.checkpoint_dir = checkpoint_dir
         if job.nodes:
             record.last_nodes = list(job.nodes)
-        counted = decision.outcome in (Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.RESUBMIT,
-                                       Outcome.RELAUNCH)
+        counted = decision.spends_retry
         if decision.outcome is Outcome.DRAIN:         # no retry spent; stays out of restarts
             record.excluded = list(decision.exclude)
         if counted:

@@ -31,20 +31,23 @@ import weakref
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import numpy as np
 
 from slurmft.checkpoint.store import (
-    ALGORITHMS, CheckpointInfo, FaultHook, Snapshot, Store, split_state,
+    CheckpointInfo, FaultHook, Snapshot, Store, split_state,
 )
 from slurmft.checkpoint.upload import (
-    DEFAULT_RSH, MountedDestination, RsyncDestination, SerialWorker, Uploader, parse_remote,
+    DEFAULT_RSH, STATUS_FILE, MountedDestination, RetrySchedule, RsyncDestination, SerialWorker,
+    Uploader, parse_remote,
 )
-from slurmft.config import coerce, read_yaml
-from slurmft.errors import CheckpointError, ConfigError, CorruptCheckpointError, FencedError
+from slurmft.config import CheckpointConfig, build_section, env_layer, read_yaml
+from slurmft.errors import (
+    CheckpointError, ConfigError, CorruptCheckpointError, DestinationLostError, FencedError,
+)
 from slurmft.log import get_logger
 
 log = get_logger(__name__)
@@ -54,67 +57,18 @@ EventHook = Callable[[str, dict], None]
 
 
 @dataclass
-class CheckpointPolicy:
+class CheckpointPolicy(CheckpointConfig):
     """When and how to checkpoint. Every field is validated at construction.
 
+    The fields and their checks are the ``checkpoint:`` section of slurmft's one config schema
+    (slurmft.config.CheckpointConfig); this class adds where they come from and the path.
     YAML (``checkpoint:`` section or a bare mapping), a dict, or the environment
     (``SLURMFT_CHECKPOINT_<FIELD>``, plus ``CHECKPOINT_PATH`` for ``path``).
     """
 
-    path: str = ""                 # empty: CHECKPOINT_PATH, else <root>/$USER/$SLURM_JOB_ID
-    interval: float = 30.0         # minutes between saves; 0 disables the time trigger
-    step_interval: int = 1000      # steps between saves; 0 disables the step trigger
-    keep_last: int = 5             # checkpoints kept (plus any full base a kept diff needs)
-    save_optimizer: bool = True
-    full_interval: float = 0.0     # minutes between full saves; between them saves are
-                                   # differential. 0: every save is full.
-    checksum: str = "xxh3"         # xxh3 | sha256
-    signals: tuple[str, ...] = ("SIGUSR1", "SIGTERM")  # save at the next step, then stop
-    local_cache: str = ""          # node-local directory; then ``path`` is the upload target
-    close_timeout: float = 600.0   # seconds close() waits for pending writes/uploads
-
-    def __post_init__(self) -> None:
-        if isinstance(self.signals, str):
-            self.signals = tuple(s.strip() for s in self.signals.split(",") if s.strip())
-        self.signals = tuple(s.upper() if s.upper().startswith("SIG") else "SIG" + s.upper()
-                             for s in self.signals)
-        if self.interval < 0:
-            raise ConfigError(f"checkpoint.interval must be >= 0 minutes, not {self.interval}")
-        if self.step_interval < 0:
-            raise ConfigError(f"checkpoint.step_interval must be >= 0, not {self.step_interval}")
-        if self.keep_last < 1:
-            raise ConfigError(f"checkpoint.keep_last must be >= 1, not {self.keep_last}")
-        if self.full_interval < 0:
-            raise ConfigError(
-                f"checkpoint.full_interval must be >= 0 minutes (0: always full), not {self.full_interval}")
-        if self.checksum not in ALGORITHMS:
-            raise ConfigError(
-                f"checkpoint.checksum must be one of {', '.join(ALGORITHMS)}, not {self.checksum!r}")
-        if not self.close_timeout > 0:
-            raise ConfigError(f"checkpoint.close_timeout must be > 0, not {self.close_timeout}")
-        for name in self.signals:
-            if name in ("SIGKILL", "SIGSTOP") or not isinstance(getattr(signal, name, None), signal.Signals):
-                raise ConfigError(
-                    f"checkpoint.signals: {name!r} is not a catchable signal; "
-                    "use e.g. SIGUSR1, SIGUSR2, SIGTERM")
-
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "CheckpointPolicy":
-        hints = get_type_hints(cls)
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown setting checkpoint.{sorted(unknown)[0]}; "
-                              f"known: {', '.join(sorted(known))}")
-        kwargs: dict[str, Any] = {}
-        for k, v in values.items():
-            if hints[k] == tuple[str, ...]:
-                if isinstance(v, (list, tuple)):
-                    v = ",".join(str(x) for x in v)
-                kwargs[k] = str(v)
-            else:
-                kwargs[k] = coerce(f"checkpoint.{k}", hints[k], v)
-        return cls(**kwargs)
+        return build_section(cls, "checkpoint", values)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike, env: Mapping[str, str] | None = None,
@@ -130,11 +84,7 @@ class CheckpointPolicy:
                  base: Mapping[str, Any] | None = None) -> "CheckpointPolicy":
         """``base`` (e.g. from YAML), overridden by SLURMFT_CHECKPOINT_* and CHECKPOINT_PATH."""
         env = os.environ if env is None else env
-        values = dict(base or {})
-        for f in fields(cls):
-            key = f"SLURMFT_CHECKPOINT_{f.name.upper()}"
-            if key in env:
-                values[f.name] = env[key]
+        values = {**(base or {}), **env_layer("checkpoint", cls, env)}
         if env.get("CHECKPOINT_PATH"):
             values["path"] = env["CHECKPOINT_PATH"]
         return cls.from_dict(values)
@@ -179,6 +129,9 @@ class CheckpointManager:
     ``pipeline=True`` starts writing each array while later ones are still being copied:
     shorter time to durable, but on a busy machine a longer stall (measured in bench/).
     ``writer=False`` (MPI ranks other than 0): never touches the directory.
+    ``upload_retry``: how a failed upload is retried (upload.RetrySchedule); a checkpoint that
+    does not arrive stays in the backlog, and ``upload_status.json`` in the local cache says
+    how the uploads fare (for the exporter).
     ``owner``: fencing. A token unique to this run, claimed in the directory when the manager
     starts; a checkpoint is published only while the directory still names this token, so an
     old run left behind after a requeue (its node cut off, or its slurmd dead) cannot move
@@ -190,7 +143,8 @@ class CheckpointManager:
                  clock: Callable[[], float] = time.monotonic, *,
                  world_size: int = 1, on_event: EventHook | None = None,
                  rsh: tuple[str, ...] = DEFAULT_RSH, fault_hook: FaultHook | None = None,
-                 writer: bool = True, pipeline: bool = False, owner: str = "") -> None:
+                 writer: bool = True, pipeline: bool = False, owner: str = "",
+                 upload_retry: RetrySchedule | None = None) -> None:
         self.policy = policy or CheckpointPolicy()
         self.clock = clock
         self.world_size = world_size
@@ -212,7 +166,11 @@ class CheckpointManager:
             self._dest = (RsyncDestination(remote, rsh=rsh) if remote
                           else MountedDestination(spec, algo))
         self._write_pool = SerialWorker("slurmft-ckpt-write")
-        self._uploader = (Uploader(self._dest, self._store, self._backlog_changed, self._upload_done)
+        # A failed upload stays in the backlog and is retried (upload_retry); while the
+        # destination fails, keep_last bounds what waits. Only a writer reports its status.
+        self._uploader = (Uploader(self._dest, self._store, self._backlog_changed, self._upload_done,
+                                   retry=upload_retry, max_backlog=self.policy.keep_last,
+                                   status_path=self._store.root / STATUS_FILE if writer else None)
                           if self._dest is not None else None)
         self._buffers: dict[str, np.ndarray] = {}
         self._inflight: Future | None = None     # write that still reads the buffers
@@ -470,9 +428,7 @@ class CheckpointManager:
             except Exception as exc:  # noqa: BLE001
                 log.warning("rotation of the local cache failed: %s", exc)
         else:
-            msg = f"upload of {info.name} failed: {error}"
-            log.error(msg)
-            self._failures.append(msg)
+            # The uploader keeps it in the backlog and logs once per change of health.
             self._emit("upload_failed", name=info.name, error=str(error))
 
     def _backlog_changed(self, count: int, nbytes: int) -> None:
@@ -483,30 +439,62 @@ class CheckpointManager:
         """Checkpoints written locally but not yet durable at the destination."""
         with self._lock:
             self._pending = [f for f in self._pending if not f.done()]
-            return len(self._pending)
+            writing = len(self._pending)
+        if self._uploader is None:
+            return writing
+        # A save's future stays open through its first upload cycle: count it once.
+        return max(0, writing - self._uploader.unresolved()) + self._uploader.backlog[0]
 
     @property
     def failures(self) -> list[str]:
-        return list(self._failures)
+        """Saves that failed, and the uploads' error while they fail."""
+        out = list(self._failures)
+        if self._uploader is not None and self._uploader.failing:
+            out.append(self._uploader.status.last_error)
+        return out
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until every save is durable; raise CheckpointError on failure or timeout."""
+        """Block until every save is durable; a checkpoint still waiting for its upload gets
+        one more cycle of attempts. Raises CheckpointError if a save failed, if the newest
+        checkpoint has not reached the destination (older ones that did not arrive are only
+        logged: a restart resumes from the newest), or on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+        def too_slow() -> CheckpointError:
+            return _NotDurableInTime(
+                f"{self.backlog} checkpoint(s) still not durable after {timeout}s")
+
         with self._lock:
             pending = list(self._pending)
         if self._inflight is not None:
             pending.append(self._inflight)
         for fut in pending:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                fut.result(left)
+                fut.result(left())
             except FutureTimeout:
-                raise CheckpointError(
-                    f"{self.backlog} checkpoint(s) still not durable after {timeout}s") from None
+                raise too_slow() from None
             except CheckpointError:
                 pass
-        if self._failures:
-            raise CheckpointError("; ".join(self._failures))
+        problems = list(self._failures)
+        lost = False
+        if self._uploader is not None:
+            if self._uploader.backlog[0] and not self._uploader.flush(left()):
+                raise too_slow()
+            error = self._uploader.newest_error()
+            if error is not None:
+                lost = isinstance(error, DestinationLostError)
+                problems.append(
+                    f"newest checkpoint {self._uploader.status.newest} not uploaded: {error}")
+            elif self._uploader.backlog[0]:
+                log.warning("older checkpoints not uploaded to %s: %s", self.destination_spec,
+                            ", ".join(self._uploader.pending_names()))
+        if problems:
+            message = "; ".join(problems)
+            raise (DestinationLostError(message) if lost and len(problems) == 1
+                   else CheckpointError(message))
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -641,8 +629,10 @@ class CheckpointManager:
     def _close_at_exit(self) -> None:
         try:
             self.close()
-        except CheckpointError as exc:
+        except _NotDurableInTime as exc:
             log.error("at exit: %s", exc)
+        except CheckpointError:
+            pass        # every failed save or upload was logged once, when it happened
 
     def __enter__(self) -> "CheckpointManager":
         return self
@@ -657,6 +647,10 @@ class CheckpointManager:
             self._on_event(event, fields_)
         except Exception:  # noqa: BLE001 - metrics must never break training
             log.exception("on_event callback failed for %s", event)
+
+
+class _NotDurableInTime(CheckpointError):
+    """wait()/close() ran out of time (the one failure not logged when it happened)."""
 
 
 def _chain(src: Future, dst: Future) -> None:

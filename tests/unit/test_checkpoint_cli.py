@@ -66,6 +66,6 @@ def test_bad_input(tmp_path):
     r = run("list", str(tmp_path / "missing"))
     assert r.exit_code == 2 and "is not a checkpoint directory" in r.output
     r = run("prune", str(tmp_path), "--keep-last", "0")
-    assert r.exit_code == 2 and "--keep-last must be >= 1" in r.output
+    assert r.exit_code == 2 and "'--keep-last': 0 is not in the range 1<=x" in r.output
     r = run("verify", str(tmp_path), "nonsense")
     assert r.exit_code == 2 and "not a checkpoint name" in r.output

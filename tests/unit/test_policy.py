@@ -123,23 +123,33 @@ def test_states_we_must_not_touch(state):
     assert d.outcome is Outcome.NOTHING and d.actions == ()
 
 
-def test_budget_counts_history_and_slurm_restarts_without_double_counting():
-    assert retries_used(job(restart_count=2), History()) == 2
-    assert retries_used(job(restart_count=1), History(attempts=1, attempts_on_job=1)) == 1
+def test_slurms_own_requeues_do_not_use_the_retry_budget():
+    # Slurm requeued the job twice on its own (restart count 2): slurmft has spent nothing
+    assert retries_used(job(restart_count=2), History()) == 0
+    assert retries_used(job(restart_count=5), History(attempts=1, attempts_on_job=1)) == 1
     # two attempts on an earlier job id, then a resubmission restarted once by Slurm
-    assert retries_used(job(restart_count=1), History(attempts=2, attempts_on_job=0)) == 3
+    assert retries_used(job(restart_count=1), History(attempts=2, attempts_on_job=0)) == 2
+    d = decide(job(restart_count=3), health(node2=U), History(), CFG)
+    assert d.outcome is Outcome.REQUEUE and (d.retries_used, d.retries_after) == (0, 1)
 
 
 def test_spent_budget_holds_the_running_job_with_a_reason():
-    d = decide(job(restart_count=3), health(node2=U), History(), CFG)
+    d = decide(job(), health(node2=U), History(attempts=3, attempts_on_job=3), CFG)
     assert d.outcome is Outcome.EXHAUSTED and d.outcome.is_error
     assert ops(d) == ["requeue_hold", "down", "drain", "update_job"]
     assert "retry budget spent (3/3)" in d.actions[-1].params["comment"]
+    assert d.retries_after == 3          # holding spends no retry
+
+
+def test_every_acting_decision_has_a_would_do_wording_for_dry_runs():
+    d = decide(job(), health(node2=U), History(), CFG)
+    assert d.message.startswith("job 42 requeued on")
+    assert d.plan.startswith("would requeue job 42 on 3 node(s) without node2")
 
 
 def test_spent_budget_holds_a_pending_job():
-    d = decide(job("PENDING", nodes=(), restart_count=3), health(node2=U),
-               History(last_nodes=NODES), CFG)
+    d = decide(job("PENDING", nodes=()), health(node2=U),
+               History(attempts=3, last_nodes=NODES), CFG)
     assert ops(d) == ["hold", "drain", "update_job"]
 
 
@@ -216,6 +226,6 @@ def test_failed_on_healthy_nodes_is_requeued_in_place_only_when_asked():
 def test_restart_in_place_respects_the_retry_budget():
     healthy = {"n1": Health.HEALTHY, "n2": Health.HEALTHY}
     job = JobInfo(job_id=9, name="j", state="FAILED", nodes=("n1", "n2"), node_count=2,
-                  requeue=True, restart_count=3)
-    d = decide(job, healthy, History(), PolicyConfig(restart_failed=True, max_retry=3))
+                  requeue=True, restart_count=1)
+    d = decide(job, healthy, History(attempts=3), PolicyConfig(restart_failed=True, max_retry=3))
     assert d.outcome is Outcome.EXHAUSTED and not d.actions

@@ -14,7 +14,7 @@ from slurmft.policy import Outcome
 from slurmft.probe.api import Health, ProbeResult
 from slurmft.rescheduler import Rescheduler
 from slurmft.slurm.client import CommandSlurmClient
-from slurmft.state import LockBusyError, StateStore
+from slurmft.state import Attempt, LockBusyError, RetryRecord, StateStore
 from tests.fakes.fake_slurm import FakeSlurm
 
 NODES = ["node1", "node2", "node3", "node4"]
@@ -145,7 +145,12 @@ def test_dry_run_prints_exact_argv_and_changes_nothing(fake, tmp_path):
     assert report.commands[4] == ["scontrol", "update", f"JobId={jid}", "ExcNodeList=node2",
                                   "NumNodes=3-3"]
     assert fake.signals == []
-    assert "would run:" in report.text()
+    text = report.text()
+    assert "would run:" in text
+    assert text.startswith(f"dry run: would requeue job {jid} on 3 node(s) without node2")
+    assert "requeued" not in text.splitlines()[0]
+    assert "retries used: 0/3 (1/3 if carried out)" in text
+    assert report.to_dict()["message"].startswith("would requeue")
 
 
 def test_second_call_does_not_requeue_twice(fake, tmp_path):
@@ -204,6 +209,8 @@ def test_budget_spent_holds_job_and_raises_policy_error(fake, tmp_path):
     jid = fake.add_job("RUNNING", NODES)
     fake.job(jid)["restart_cnt"] = 2
     r, _, store = make(fake, tmp_path, {"node1": Health.UNREACHABLE}, max_retry=2)
+    store.save(RetryRecord(original_job_id=jid, job_ids=[jid], attempts=[
+        Attempt(time=1.0, job_id=jid, outcome="requeue") for _ in range(2)]))
     with pytest.raises(PolicyError, match=r"retry budget spent \(2/2\)") as exc:
         r.reschedule(jid)
     assert exc.value.exit_code == 3
@@ -211,7 +218,7 @@ def test_budget_spent_holds_job_and_raises_policy_error(fake, tmp_path):
     assert j["job_state"] == "PENDING" and j["priority"] == 0
     assert "retry budget spent" in j["comment"]
     rec = store.load(jid)
-    assert rec.exhausted and rec.attempts == []
+    assert rec.exhausted and len(rec.attempts) == 2
 
 
 def test_retry_budget_across_requeues(fake, tmp_path):
@@ -250,8 +257,9 @@ def test_pending_job_requeued_by_slurm_uses_node_hint(fake, tmp_path):
     j = fake.job(jid)
     assert j["excluded_nodes"] == "node4" and j["node_count"] == 3
     assert j["state_reason"] == "None"
-    # Slurm's restart and our update are one retry, not two
-    assert report.decision.retries_used == 1
+    # Slurm's own requeue uses no retry; our update uses one
+    assert (report.decision.retries_used, report.decision.retries_after) == (0, 1)
+    assert "retries used: 1/3" in report.text()
     assert len(store.load(jid).attempts) == 1
 
 
