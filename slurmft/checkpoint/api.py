@@ -456,8 +456,8 @@ class CheckpointManager:
     def wait(self, timeout: float | None = None) -> None:
         """Block until every save is durable; a checkpoint still waiting for its upload gets
         one more cycle of attempts. Raises CheckpointError if a save failed, if the newest
-        checkpoint has not reached the destination (older ones that did not arrive are only
-        logged: a restart resumes from the newest), or on timeout."""
+        checkpoint has not reached the destination (a restart resumes from the newest; older
+        ones the uploader gave up on were logged), or on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def left() -> float | None:
@@ -488,9 +488,6 @@ class CheckpointManager:
                 lost = isinstance(error, DestinationLostError)
                 problems.append(
                     f"newest checkpoint {self._uploader.status.newest} not uploaded: {error}")
-            elif self._uploader.backlog[0]:
-                log.warning("older checkpoints not uploaded to %s: %s", self.destination_spec,
-                            ", ".join(self._uploader.pending_names()))
         if problems:
             message = "; ".join(problems)
             raise (DestinationLostError(message) if lost and len(problems) == 1
