@@ -706,7 +706,8 @@ def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, onc
     to also catch a dead slurmd: its node is drained and, in a relaunchable job,
     left running its ranks.
 
-    Stops on SIGINT/SIGTERM (exit 0)."""
+    Stops on SIGINT/SIGTERM (exit 0). With --once: exit 1 when the jobs could not
+    be listed (squeue failed)."""
     from slurmft.suspicion import ConfirmPolicy
     import signal
     import threading
@@ -731,12 +732,17 @@ def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, onc
                 click.echo(r.decision.message)
             for jid, err in res.errors.items():
                 click.echo(f"job {jid}: {err}", err=True)
+            if res.list_error and not once:
+                click.echo(f"cannot list jobs: {res.list_error}", err=True)
         sys.stdout.flush()
 
-    Watcher(client, prober, resched, job_ids=job_ids, interval=interval, cooldown=cooldown,
-            stop=stop, on_cycle=report,
-            confirm=ConfirmPolicy(confirm=confirm, max_failed_fraction=max_failed_fraction),
-            ).run(once=once, max_cycles=max_cycles)
+    watcher = Watcher(client, prober, resched, job_ids=job_ids, interval=interval,
+                      cooldown=cooldown, stop=stop, on_cycle=report,
+                      confirm=ConfirmPolicy(confirm=confirm,
+                                            max_failed_fraction=max_failed_fraction))
+    watcher.run(once=once, max_cycles=max_cycles)
+    if once and watcher.last is not None and watcher.last.list_error:
+        raise SlurmFTError(f"cannot list jobs: {watcher.last.list_error}")
 
 
 # === checkpoint (issue 5) ===

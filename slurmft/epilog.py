@@ -4,7 +4,9 @@ Slurm's docs say epilog scripts should not call Slurm commands, and a failing no
 drains the node. So this hook only reads SLURM_* variables, starts
 ``slurmft reschedule <job> --settle S --nodes <nodelist>`` in its own session (it outlives the
 hook and asks Slurm for the job's real state: the epilog's exit code is 0 even on NODE_FAIL),
-and returns at once. It never raises, never prints a traceback, and always returns 0.
+and returns at once. It never raises, never prints a traceback, and always returns 0. A job
+that ended normally (COMPLETED) leaves no line in the audit log: the rescheduler writes none
+for it (rescheduler.ended_normally).
 
 Use it from slurm.conf through a small script, e.g.::
 

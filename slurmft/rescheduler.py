@@ -174,6 +174,13 @@ def restart_context(job: JobInfo, healthy: Sequence[str], exclude: Sequence[str]
     return ctx
 
 
+def ended_normally(job: JobInfo, decision: Decision) -> bool:
+    """The job completed (exit code 0) and nothing is to be done: the epilog hands every
+    ending job to ``reschedule``, and such a job leaves no line in the audit log."""
+    return (job.state == "COMPLETED" and decision.outcome is Outcome.NOTHING
+            and not decision.actions)
+
+
 class DryRunClient:
     """Reads through to ``client``; every change is only recorded as the argv it would run."""
 
@@ -397,7 +404,8 @@ class Rescheduler:
                     known: Mapping[str, ProbeResult] | None, reread: bool) -> Report:
         if reread:  # another caller may have acted while we waited for the lock
             job = self.client.job(job.job_id)
-        record = self.store.load(job.job_id)
+        record = self.store.load(job.job_id, job.submit_time, job.restart_count,
+                                 read_only=self.dry_run)
         if nodes_hint and not record.last_nodes:
             record.last_nodes = [hosts.validate_hostname(n) for n in nodes_hint]
         history = record.history(job.job_id)
@@ -425,7 +433,7 @@ class Rescheduler:
                  decision.plan if self.dry_run and decision.plan else decision.message,
                  extra={"job": str(job.job_id)})
         report = Report(decision=decision, dry_run=self.dry_run)
-        if not self.dry_run:
+        if not self.dry_run and not ended_normally(job, decision):
             self.store.audit({"event": "decision", "job_id": job.job_id,
                               "original_job_id": record.original_job_id,
                               "outcome": decision.outcome.value, "failed": list(decision.failed),

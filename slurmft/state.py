@@ -3,7 +3,10 @@
 Layout under ``reschedule.state_dir`` (shared storage, so every node and the controller see
 the same records)::
 
-    jobs/<original>.json     the retry record of a job and all its resubmissions
+    jobs/<original>.json     the retry record of a job and all its resubmissions; it names the
+                             job by id + submit time, so a rebuilt cluster that hands out the
+                             same job ids again starts fresh (the old record is kept as
+                             jobs/<original>@<submit time>.json)
     jobs/<original>.lock     filelock: one reschedule per job at a time
     alias/<job id>           the original job id a resubmitted job belongs to
     audit.jsonl              one JSON line per action (and per dry-run plan)
@@ -16,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,6 +27,7 @@ from typing import Any
 
 import filelock
 
+from slurmft.atomic import atomic_write
 from slurmft.errors import SlurmFTError
 from slurmft.log import get_logger
 from slurmft.policy import History
@@ -59,6 +62,18 @@ class RetryRecord:
     exhausted: bool = False
     train_cmd: str = ""
     checkpoint_dir: str = ""
+    # Submit times Slurm gave the original job: the first, then one per requeue (a requeue
+    # sets a new one). Empty in records written before slurmft keyed them by submit time.
+    submit_times: list[int] = field(default_factory=list)
+
+    def belongs_to(self, submit_time: int | None, restart_count: int = 0) -> bool:
+        """Whether a job with this id, ``submit_time`` and ``restart_count`` is the job this
+        record was written for: a submit time seen before, or a later one on a job Slurm has
+        requeued since (restart count > 0). A job that was never requeued with another
+        submit time is a new job that reuses the id (a rebuilt cluster)."""
+        if submit_time is None or not self.submit_times or submit_time in self.submit_times:
+            return True
+        return restart_count > 0 and submit_time > self.submit_times[-1]
 
     @property
     def current_job_id(self) -> int:
@@ -127,16 +142,41 @@ class StateStore:
         finally:
             lock.release()
 
-    def load(self, job_id: int) -> RetryRecord:
+    def load(self, job_id: int, submit_time: int | None = None,
+             restart_count: int = 0, *, read_only: bool = False) -> RetryRecord:
+        """The retry record of ``job_id`` (a fresh one if there is none). With the job's
+        ``submit_time`` (and restart count): a record written for an earlier job with the same
+        id (a rebuilt cluster) is set aside (not with ``read_only``) and a fresh one returned."""
         original = self.original_id(job_id)
         path = self.root / "jobs" / f"{original}.json"
+        fresh = RetryRecord(original_job_id=original, job_ids=[original],
+                            submit_times=[submit_time] if submit_time is not None else [])
         try:
             doc = json.loads(path.read_text())
         except FileNotFoundError:
-            return RetryRecord(original_job_id=original, job_ids=[original])
+            return fresh
         except (OSError, ValueError) as exc:
             raise StateError(f"retry record {path} is unreadable: {exc}") from None
-        return RetryRecord.from_dict(doc)
+        record = RetryRecord.from_dict(doc)
+        if original != int(job_id) or submit_time is None:   # a resubmission of ours
+            return record
+        if not record.belongs_to(submit_time, restart_count):
+            log.warning("retry record of job %s was written for an earlier job %s (submitted "
+                        "%s, now %s): starting a fresh one", job_id, original,
+                        record.submit_times[0], submit_time)
+            if not read_only:
+                self._set_aside(path, record.submit_times[0])
+            return fresh
+        if not record.submit_times or record.submit_times[-1] != submit_time:
+            if submit_time not in record.submit_times:
+                record.submit_times.append(submit_time)
+        return record
+
+    def _set_aside(self, path: Path, submit_time: int) -> None:
+        try:
+            os.replace(path, path.with_name(f"{path.stem}@{submit_time}.json"))
+        except OSError as exc:
+            log.warning("cannot set aside %s: %s", path, exc)
 
     def save(self, record: RetryRecord) -> None:
         self._ensure()
@@ -167,14 +207,4 @@ class StateStore:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text)

@@ -32,13 +32,15 @@ class CycleResult:
     jobs: list[int] = field(default_factory=list)
     failed: dict[int, list[str]] = field(default_factory=dict)
     reports: list[Report] = field(default_factory=list)
-    errors: dict[int, str] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)   # job id -> why not rescheduled
     probe_s: float = 0.0
+    list_error: str = ""          # the jobs could not be listed (squeue failed): nothing seen
 
     def to_dict(self) -> dict:
         return {"started": round(self.started, 3), "jobs": self.jobs,
                 "failed": self.failed, "probe_s": round(self.probe_s, 3),
-                "reports": [r.to_dict() for r in self.reports], "errors": self.errors}
+                "reports": [r.to_dict() for r in self.reports], "errors": self.errors,
+                "list_error": self.list_error}
 
 
 class Watcher:
@@ -146,7 +148,7 @@ class Watcher:
             if self.stop.is_set():          # interrupted by SIGTERM/SIGINT (a child got it too)
                 return res
             log.error("watch: cannot list jobs: %s", exc)
-            res.errors[0] = str(exc)
+            res.list_error = str(exc)
             return res
         res.jobs = [j.job_id for j in jobs]
         names = list(dict.fromkeys(n for j in jobs for n in j.nodes))
@@ -244,11 +246,13 @@ class Watcher:
     def run(self, *, once: bool = False, max_cycles: int | None = None) -> int:
         """Loop until stopped; returns the number of cycles run."""
         n = 0
+        self.last: CycleResult | None = None
         log.info("watch: %s every %gs", f"jobs {sorted(self.job_ids)}" if self.job_ids
                  else "all running jobs", self.interval)
         while not self.stop.is_set():
             t0 = self.clock()
             res = self.cycle()
+            self.last = res
             n += 1
             if self.on_cycle:
                 self.on_cycle(res)
