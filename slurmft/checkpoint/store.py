@@ -18,8 +18,8 @@ A differential checkpoint (``kind: diff``) writes only the arrays whose digest d
 its full ``base``; the manifest still lists every array, with ``source`` naming the
 checkpoint that holds its bytes. Rebuilding checks every array against its digest.
 
-Only numpy arrays are stored as raw bytes; torch.py turns tensors into numpy views first, so
-this module needs no torch.
+Numpy arrays and torch tensors are stored as raw bytes; tensors are recognised without
+importing torch, and converted (both ways) by torch.py, imported only when a state holds one.
 """
 
 from __future__ import annotations
@@ -179,14 +179,38 @@ class Snapshot:
 
 # --- state <-> skeleton + arrays ------------------------------------------------------------
 
+@dataclass(frozen=True)
+class TensorRef(ArrayRef):
+    """Placeholder for a torch tensor: its bytes are stored as an array (dtypes numpy lacks,
+    such as bfloat16, as same-width integers) and ``dtype`` ("torch.bfloat16") brings it back."""
+
+    dtype: str = ""
+
+
+def _is_torch_tensor(obj: Any) -> bool:
+    # Duck-typed, so this module never imports torch: torch.Tensor or a subclass of it.
+    return any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(obj).__mro__)
+
+
 def split_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray]]:
-    """Replace every numpy array in nested dicts/lists/tuples by an ArrayRef; return both."""
+    """Replace every numpy array and torch tensor in nested dicts/lists/tuples by an ArrayRef
+    (TensorRef); return the skeleton and the arrays (CPU tensors as views, no copy)."""
     arrays: dict[str, np.ndarray] = {}
 
     def walk(obj: Any, path: str) -> Any:
         if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
             arrays[path] = obj
             return ArrayRef(path)
+        if _is_torch_tensor(obj):
+            # torch is loaded already (this is a tensor): its adapter converts, as for
+            # TorchCheckpointer.
+            from slurmft.checkpoint.torch import tensor_to_numpy
+            try:
+                arr, dtype = tensor_to_numpy(obj)
+            except (TypeError, RuntimeError):
+                return obj             # sparse, quantized, meta...: pickled as they are
+            arrays[path] = arr
+            return TensorRef(path, dtype)
         if isinstance(obj, Mapping):
             return {k: walk(v, f"{path}/{k}") for k, v in obj.items()}
         if isinstance(obj, list):
@@ -199,7 +223,11 @@ def split_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray
 
 
 def join_state(skeleton: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """Put the arrays back into the skeleton; a TensorRef becomes a CPU torch tensor of its
+    dtype again (a process without torch gets the stored numpy array)."""
     def walk(obj: Any) -> Any:
+        if isinstance(obj, TensorRef):
+            return _tensor_from_numpy(arrays[obj.key], obj.dtype)
         if isinstance(obj, ArrayRef):
             return arrays[obj.key]
         if isinstance(obj, dict):
@@ -211,6 +239,14 @@ def join_state(skeleton: Any, arrays: Mapping[str, np.ndarray]) -> Any:
         return obj
 
     return walk(skeleton)
+
+
+def _tensor_from_numpy(arr: np.ndarray, dtype: str) -> Any:
+    try:
+        from slurmft.checkpoint.torch import tensor_from_numpy   # imports torch
+    except ImportError:
+        return arr
+    return tensor_from_numpy(arr, dtype)
 
 
 # --- durable file operations ---------------------------------------------------------------

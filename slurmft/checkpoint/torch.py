@@ -1,5 +1,8 @@
 """PyTorch adapter: the ONLY module of slurmft that imports torch.
 
+A plain ``CheckpointManager.save(model.state_dict(), step)`` works too: the store recognises
+tensors and converts them with ``tensor_to_numpy``/``tensor_from_numpy`` below.
+
 ``TorchCheckpointer`` captures model, optimizer, LR scheduler, RNG states (python, numpy,
 torch, CUDA when present), epoch, step and sampler position, and hands them to a
 CheckpointManager as numpy views (no copy here: the manager's snapshot is the one copy).
@@ -28,32 +31,49 @@ _MARK = "__torch_tensor__"
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def tensor_to_numpy(tensor: torch.Tensor, staging: dict[str, torch.Tensor] | None = None,
+                    path: str = "") -> tuple[np.ndarray, str]:
+    """A CPU numpy view of ``tensor`` (no copy for a contiguous CPU tensor) and its dtype name
+    ("torch.bfloat16"). Dtypes numpy lacks are viewed as same-width integers.
+
+    Device tensors are copied (non-blocking) into ``staging[path]`` when given: pinned host
+    buffers reused across saves; call ``torch.cuda.synchronize()`` before reading them.
+    """
+    t = tensor.detach()
+    if t.device.type != "cpu":
+        if staging is None:
+            t = t.cpu()
+        else:
+            buf = staging.get(path)
+            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=torch.cuda.is_available())
+                staging[path] = buf
+            buf.copy_(t, non_blocking=True)
+            t = buf
+    if not t.is_contiguous():
+        t = t.contiguous()
+    dtype = str(t.dtype)
+    try:
+        arr = t.numpy()
+    except TypeError:
+        arr = t.view(_INT_VIEW[t.element_size()]).numpy()
+    return arr, dtype
+
+
+def tensor_from_numpy(arr: np.ndarray, dtype: str) -> torch.Tensor:
+    """Inverse of ``tensor_to_numpy``: a CPU tensor of ``dtype`` sharing ``arr``'s memory."""
+    torch_dtype = getattr(torch, dtype.split(".", 1)[1])
+    # Not np.ascontiguousarray: it turns a 0-d array (e.g. Adam's step) into shape (1,).
+    t = torch.from_numpy(arr if arr.flags.c_contiguous else arr.copy(order="C"))
+    return t.view(torch_dtype) if t.dtype != torch_dtype else t
+
+
 def to_numpy_tree(obj: Any, staging: dict[str, torch.Tensor] | None = None,
                   _path: str = "") -> Any:
-    """Replace every tensor by ``{__torch_tensor__: ndarray, dtype: str}`` (CPU view).
-
-    Device tensors are copied (non-blocking) into ``staging``: pinned host buffers reused
-    across saves, keyed by position; call ``torch.cuda.synchronize()`` before reading them.
-    """
+    """Replace every tensor by ``{__torch_tensor__: ndarray, dtype: str}`` (CPU view; see
+    ``tensor_to_numpy`` for ``staging``)."""
     if isinstance(obj, torch.Tensor):
-        t = obj.detach()
-        if t.device.type != "cpu":
-            if staging is None:
-                t = t.cpu()
-            else:
-                buf = staging.get(_path)
-                if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                    buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=torch.cuda.is_available())
-                    staging[_path] = buf
-                buf.copy_(t, non_blocking=True)
-                t = buf
-        if not t.is_contiguous():
-            t = t.contiguous()
-        dtype = str(t.dtype)
-        try:
-            arr = t.numpy()
-        except TypeError:
-            arr = t.view(_INT_VIEW[t.element_size()]).numpy()
+        arr, dtype = tensor_to_numpy(obj, staging, _path)
         return {_MARK: arr, "dtype": dtype}
     if isinstance(obj, Mapping):
         return {k: to_numpy_tree(v, staging, f"{_path}/{k}") for k, v in obj.items()}
@@ -68,10 +88,7 @@ def from_numpy_tree(obj: Any) -> Any:
     """Inverse of ``to_numpy_tree``."""
     if isinstance(obj, dict):
         if _MARK in obj and len(obj) == 2:
-            arr = obj[_MARK]
-            dtype = getattr(torch, obj["dtype"].split(".", 1)[1])
-            t = torch.from_numpy(np.ascontiguousarray(arr))
-            return t.view(dtype) if t.dtype != dtype else t
+            return tensor_from_numpy(obj[_MARK], obj["dtype"])
         return {k: from_numpy_tree(v) for k, v in obj.items()}
     if isinstance(obj, list):
         return [from_numpy_tree(v) for v in obj]
