@@ -138,7 +138,7 @@ def summarize(records: Sequence[Mapping], planned_steps: int,
         useful_s=None if gp.useful_s is None else round(gp.useful_s, 3),
         goodput=None if gp.value is None else round(gp.value, 4),
         world_sizes=sorted({int(r["world_size"]) for r in records if "world_size" in r}),
-        world_size_seconds=world_size_seconds(records, end_t),
+        world_size_seconds=world_size_seconds(records, None if gp.completed else end_t),
     )
 
 

@@ -125,6 +125,9 @@ def test_no_fault_is_one_within_the_checkpoint_overhead():
     overhead = 10 * 0.02 / g.wall_s                # 10 saves
     assert g.value == pytest.approx(1.0 - overhead, abs=1e-6)
     assert 0.99 < g.value < 1.0
+    # Collected a while after it finished: the seconds end at `done`, as the wall does.
+    s = summarize(recs, 200, end_t=tr.t + 30.0)
+    assert s.world_size_seconds == {4: pytest.approx(s.wall_s)}
 
 
 def test_half_the_ranks_for_half_the_run_at_the_same_global_batch_is_three_quarters():
