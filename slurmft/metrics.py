@@ -18,6 +18,10 @@ Metrics (label ``dir``: the checkpoint directory)::
     slurmft_checkpoint_count{dir}                    checkpoints kept in the directory
     slurmft_checkpoint_verification_failures_total{dir}
     slurmft_checkpoint_upload_backlog{dir}           checkpoints saved locally, not yet uploaded
+    slurmft_checkpoint_upload_backlog_bytes{dir}     their bytes
+    slurmft_checkpoint_upload_failures_total{dir}    failed upload attempts (each is retried)
+    slurmft_checkpoint_upload_failing{dir}           1 while uploads fail (0 once they work again)
+    slurmft_checkpoint_last_upload_timestamp_seconds{dir}  unix time of the last upload that arrived
     slurmft_reschedules_total{outcome}               rescheduler runs by outcome
     slurmft_node_health{state}                       nodes per health state (latest probe)
     slurmft_detection_seconds                        failure -> detected (histogram)
@@ -65,6 +69,10 @@ class Metrics:
     checkpoint_count: Gauge
     verification_failures: Counter
     upload_backlog: Gauge
+    upload_backlog_bytes: Gauge
+    upload_failures: Counter
+    upload_failing: Gauge
+    upload_last_success: Gauge
     reschedules: Counter
     node_health: Gauge
     detection_seconds: Histogram
@@ -102,6 +110,19 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         upload_backlog=Gauge(
             f"{PREFIX}_checkpoint_upload_backlog",
             "Checkpoints saved locally and not yet uploaded to shared storage.", d, registry=reg),
+        upload_backlog_bytes=Gauge(
+            f"{PREFIX}_checkpoint_upload_backlog_bytes",
+            "Bytes of the checkpoints not yet uploaded to shared storage.", d, registry=reg),
+        upload_failures=Counter(
+            f"{PREFIX}_checkpoint_upload_failures",
+            "Failed checkpoint upload attempts (each is retried; see upload_failing).",
+            d, registry=reg),
+        upload_failing=Gauge(
+            f"{PREFIX}_checkpoint_upload_failing",
+            "1 while checkpoint uploads fail, 0 once they work again.", d, registry=reg),
+        upload_last_success=Gauge(
+            f"{PREFIX}_checkpoint_last_upload_timestamp_seconds",
+            "Unix time the last checkpoint upload arrived at shared storage.", d, registry=reg),
         reschedules=Counter(
             f"{PREFIX}_reschedules", "Rescheduler runs by outcome.", ("outcome",), registry=reg),
         node_health=Gauge(
@@ -187,7 +208,10 @@ class TrainingMetrics:
         save           {step, bytes_total, bytes_written, write_s, verify_s, time?}
         verify_failed  {name, error}
         backlog        {count, bytes}        checkpoints not yet durable at the destination
-        upload / upload_failed / load / fallback   (no metric of their own)
+        upload         {name, step, ...}     an upload arrived (its time)
+        upload_failed  {name, error, failures_total}   an upload cycle failed (it is retried);
+                                             failures_total: failed attempts so far
+        load / fallback                      (no metric of their own)
 
     With ``textfile`` set, the registry is written for node_exporter after each of these
     events (never per step), by a background thread so the caller never waits on the disk.
@@ -205,12 +229,14 @@ class TrainingMetrics:
         self.textfile = str(textfile) if textfile else None
         self._clock = clock
         self._last_ts: float | None = None
+        self._upload_failures = 0.0           # failed upload attempts counted so far
         self._lock = threading.Lock()
         m = self.metrics
         # Age is computed when the registry is read, so a scrape or a textfile write is current.
         m.checkpoint_age.labels(dir=self.dir).set_function(self._age)
         m.verification_failures.labels(dir=self.dir)
         m.upload_backlog.labels(dir=self.dir).set(0)
+        m.upload_failures.labels(dir=self.dir)
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
@@ -252,6 +278,21 @@ class TrainingMetrics:
                 count = _num(data, "count")
                 if count is not None:
                     m.upload_backlog.labels(dir=d).set(count)
+                nbytes = _num(data, "bytes")
+                if nbytes is not None:
+                    m.upload_backlog_bytes.labels(dir=d).set(nbytes)
+            elif name == "upload":
+                m.upload_last_success.labels(dir=d).set(self._clock())
+                m.upload_failing.labels(dir=d).set(0)
+            elif name == "upload_failed":
+                # failures_total counts attempts (each retried); count what is new
+                total = _num(data, "failures_total")
+                new = 1.0 if total is None else total - self._upload_failures
+                if total is not None:
+                    self._upload_failures = max(self._upload_failures, total)
+                if new > 0:
+                    m.upload_failures.labels(dir=d).inc(new)
+                m.upload_failing.labels(dir=d).set(1)
             elif name not in self.WRITE_EVENTS:
                 return
         self._dirty.set()

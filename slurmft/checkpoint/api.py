@@ -429,7 +429,8 @@ class CheckpointManager:
                 log.warning("rotation of the local cache failed: %s", exc)
         else:
             # The uploader keeps it in the backlog and logs once per change of health.
-            self._emit("upload_failed", name=info.name, error=str(error))
+            total = self._uploader.status.failures_total if self._uploader else 0
+            self._emit("upload_failed", name=info.name, error=str(error), failures_total=total)
 
     def _backlog_changed(self, count: int, nbytes: int) -> None:
         self._emit("backlog", count=count, bytes=nbytes)
