@@ -15,7 +15,8 @@
 
 The manager is a set of public template methods (``save``, ``load``, ``latest``, ``list``)
 over private hooks (``_snapshot``, ``_persist``, ``_verify``, ``_rotate``); on-disk format and
-atomicity live in store.py, shared-storage copies in upload.py. State is any nest of dicts,
+atomicity live in store.py, shared-storage copies in upload.py, which checkpoints belong to
+the history being continued in lineage.py. State is any nest of dicts,
 lists and tuples whose large leaves are numpy arrays (torch.py converts tensors).
 """
 
@@ -28,7 +29,7 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -37,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from slurmft.checkpoint.lineage import Lineage, trace
 from slurmft.checkpoint.store import (
-    CheckpointInfo, FaultHook, Snapshot, Store, split_state,
+    CheckpointInfo, FaultHook, Snapshot, Store, new_run_id, split_state,
 )
 from slurmft.checkpoint.upload import (
     DEFAULT_RSH, STATUS_FILE, MountedDestination, RetrySchedule, RsyncDestination, SerialWorker,
@@ -186,6 +188,11 @@ class CheckpointManager:
         self._old_handlers: dict[int, Any] = {}
         self._closed = False
         self.latest_loaded: CheckpointInfo | None = None
+        # Lineage: every checkpoint names the run that wrote it and what that run resumed
+        # from. A load after this manager saved starts a new run (another branch).
+        self.run_id = new_run_id()
+        self._parent: CheckpointInfo | None = None
+        self._saved_in_run = False
         self.owner = owner.strip() if writer else ""
         self._fenced = ""
         # The directory two runs could both write: the destination when it is mounted.
@@ -272,6 +279,7 @@ class CheckpointManager:
             self._inflight = self._write_pool.submit(self._persist, snap, is_full, done)
         with self._lock:
             self._pending.append(done)
+        self._saved_in_run = True
         self._last_step = step
         self._last_time = now
         if is_full:
@@ -320,7 +328,8 @@ class CheckpointManager:
         for key in set(self._buffers) - set(arrays):
             del self._buffers[key]
         snap = Snapshot(step=step, skeleton=blob, arrays=bufs, world_size=self.world_size,
-                        meta=dict(meta or {}), ready={k: threading.Event() for k in bufs})
+                        meta=dict(meta or {}), ready={k: threading.Event() for k in bufs},
+                        run=self.run_id, parent=self._parent)
         return snap, arrays
 
     @staticmethod
@@ -343,12 +352,15 @@ class CheckpointManager:
         try:
             t0 = time.perf_counter()
             base = None if full else self._diff_base()
-            info = self._store.write(snap, base, array_digests=bool(self.policy.full_interval))
+            info = self._store.write(snap, base, array_digests=bool(self.policy.full_interval),
+                                     taken=self._taken_at_destination)
             t_write = time.perf_counter()
             info = self._verify(info.name)
             t_verify = time.perf_counter()
             self._check_fence(snap.step)
-            self._store.set_latest_if_newer(info.name)
+            # This run's newest save is latest, also when it went back to an older
+            # checkpoint: the steps after that one belong to an abandoned branch.
+            self._store.advance_latest(info)
             self._emit("save", step=info.step, kind=info.kind, bytes_written=info.bytes_written,
                        bytes_total=info.bytes_total, write_s=t_write - t0,
                        verify_s=t_verify - t_write, path=info.path)
@@ -397,9 +409,14 @@ class CheckpointManager:
         except CorruptCheckpointError:
             return None
 
+    def _taken_at_destination(self, name: str) -> bool:
+        """A name the mounted destination already uses (another run's checkpoint there)."""
+        return isinstance(self._dest, MountedDestination) and os.path.lexists(self._dest.store.root / name)
+
     def _verify(self, name: str) -> CheckpointInfo:
         try:
-            return self._store.verify(name)
+            # A new directory is read back in full; its base only if it changed since.
+            return self._store.verify(name, cached=True)
         except CorruptCheckpointError as exc:
             self._emit("verify_failed", name=name, error=str(exc))
             raise
@@ -517,33 +534,69 @@ class CheckpointManager:
         except CorruptCheckpointError:
             return None
 
-    def find_valid(self) -> tuple[Store, CheckpointInfo] | None:
-        """The newest checkpoint that verifies, preferring ``latest``; logs what it skips."""
+    def lineage(self) -> tuple[Lineage, dict[str, list[Store]]]:
+        """The lineage over the destination and the local cache together, and which
+        stores hold each checkpoint (the destination first)."""
+        infos: dict[str, CheckpointInfo] = {}
+        where: dict[str, list[Store]] = {}
+        latest: list[str | None] = []
+        for store in reversed(self._stores()):
+            latest.append(store.latest_name())
+            for info in store.list():
+                where.setdefault(info.name, []).append(store)
+                known = infos.get(info.name)
+                if known is None or (known.error and not info.error):
+                    infos[info.name] = info
+        return trace(infos.values(), latest), where
+
+    def _verified_candidates(self, exclude: Collection[str] = ()
+                             ) -> Iterator[tuple[Store, CheckpointInfo]]:
+        """Checkpoints of the branch being continued that verify, newest first; logs (and
+        reports) every one it skips. Resume the iterator only if the one it gave failed
+        later (then the next is a fallback too). Raises CorruptCheckpointError when
+        checkpoints exist but none verifies."""
         if isinstance(self._dest, RsyncDestination):
             self._fetch_remote_latest()
-        candidates: list[tuple[int, int, Store, str]] = []
-        for store in reversed(self._stores()):
-            latest = store.latest_name()
-            for n in store.names():
-                step = int(n.split("_")[1])
-                candidates.append((step, 1 if n == latest else 0, store, n))
-        candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
-        first = True
-        for _, _, store, name in candidates:
-            try:
-                info = store.verify(name)
-            except CorruptCheckpointError as exc:
-                log.warning("skipping checkpoint %s: %s", name, exc)
-                self._emit("verify_failed", name=name, error=str(exc))
-                first = False
-                continue
-            if not first:
-                log.warning("falling back to checkpoint %s (step %d)", info.name, info.step)
-                self._emit("fallback", name=info.name, step=info.step)
-            return store, info
-        if candidates:
-            raise CorruptCheckpointError(
-                f"no valid checkpoint in {self.destination_spec}: all {len(candidates)} failed verification")
+        lin, where = self.lineage()
+        candidates = [i for i in lin.candidates() if i.name not in exclude]
+        failed = len(lin.candidates()) - len(candidates)
+        for info in candidates:
+            for store in where.get(info.name, []):
+                try:
+                    verified = store.verify(info.name)
+                except CorruptCheckpointError as exc:
+                    self._skip(info.name, exc)
+                    failed += 1
+                    continue
+                if failed:
+                    log.warning("falling back to checkpoint %s (step %d)", verified.name, verified.step)
+                    self._emit("fallback", name=verified.name, step=verified.step)
+                newer_abandoned = [a.name for a in lin.abandoned if a.step >= verified.step]
+                if newer_abandoned:
+                    log.info("not resuming %d checkpoint(s) of an abandoned branch: %s",
+                             len(newer_abandoned), ", ".join(newer_abandoned))
+                yield store, verified
+                failed += 1
+                break
+        if not lin.candidates() and not lin.abandoned:
+            return
+        extra = (f"; {len(lin.abandoned)} checkpoint(s) of abandoned branches are never "
+                 "resumed (load one by name if you mean it)" if lin.abandoned else "")
+        raise CorruptCheckpointError(
+            f"no valid checkpoint in {self.destination_spec}: all {len(lin.candidates())} on the "
+            f"current branch failed verification{extra}")
+
+    def _skip(self, name: str, exc: Exception) -> None:
+        log.warning("skipping checkpoint %s: %s", name, exc)
+        self._emit("verify_failed", name=name, error=str(exc))
+
+    def find_valid(self, exclude: Collection[str] = ()) -> tuple[Store, CheckpointInfo] | None:
+        """The checkpoint a load resumes from: the newest on the current branch (the one
+        ``latest`` is on) that verifies; ``exclude``: names that failed elsewhere (e.g. on
+        another rank). None when there are no checkpoints; CorruptCheckpointError when none
+        verifies."""
+        for found in self._verified_candidates(exclude):
+            return found
         return None
 
     def _fetch_remote_latest(self) -> None:
@@ -563,13 +616,15 @@ class CheckpointManager:
         """The state of the newest valid checkpoint (or ``name``); None if there is none."""
         if name is not None:
             return self.load_info(name)[1]
-        found = self.find_valid()
-        if found is None:
-            return None
-        store, info = found
-        state = store.read_state(info)
-        self._after_load(info)
-        return state
+        for store, info in self._verified_candidates():
+            try:
+                state = store.read_state(info)
+            except CorruptCheckpointError as exc:
+                self._skip(info.name, exc)      # any mismatch: fall back to the next one
+                continue
+            self._after_load(info)
+            return state
+        return None
 
     def load_info(self, name: str) -> tuple[CheckpointInfo, Any]:
         """Load exactly ``name`` (verified), e.g. the one rank 0 chose."""
@@ -589,6 +644,10 @@ class CheckpointManager:
             raise
 
     def _after_load(self, info: CheckpointInfo) -> None:
+        if self._saved_in_run:
+            self.run_id = new_run_id()          # going back after saving: a new branch
+            self._saved_in_run = False
+        self._parent = info
         self.latest_loaded = info
         log.info("loaded checkpoint %s (step %d, %s)", info.name, info.step, info.kind)
         self._emit("load", name=info.name, step=info.step, kind=info.kind)

@@ -1,12 +1,16 @@
 """On-disk checkpoint format: atomic write, manifest with checksums, verification, rotation.
 
-One checkpoint is one directory ``step_<012d step>/`` under the checkpoint root::
+One checkpoint is one directory ``step_<012d step>/`` under the checkpoint root; when that
+name is taken (a run that went back to an older checkpoint saves a step again), the new one
+gets ``step_<012d step>.<run id>`` instead, so a name never stands for two different data::
 
     data.bin       raw bytes of every array written by this save, 64-byte aligned
     meta.pkl       the state with arrays replaced by ``ArrayRef`` placeholders (pickled)
     manifest.json  step, time, world size, kind, files (size + checksum), per-array index
                    (dtype, shape, offset, digest, which checkpoint holds the bytes); it
-                   carries its own checksum, so a broken manifest is detected too
+                   carries its own checksum, so a broken manifest is detected too; and
+                   the lineage: the run that wrote it and the checkpoint that run resumed
+                   from (lineage.py)
 
 A save writes into ``.tmp-<name>-<pid>-<rand>/``, fsyncs every file, fsyncs that directory
 and renames it to its final name. ``latest`` is a one-line file naming a checkpoint that was
@@ -16,7 +20,13 @@ with ``.tmp-`` is a save cut short by a crash: it is never read and ``cleanup`` 
 
 A differential checkpoint (``kind: diff``) writes only the arrays whose digest differs from
 its full ``base``; the manifest still lists every array, with ``source`` naming the
-checkpoint that holds its bytes. Rebuilding checks every array against its digest.
+checkpoint that holds its bytes, and records the base's manifest checksum: verification
+refuses a diff whose base is not that exact checkpoint. Verification checks every array's
+digest (where recorded) as rebuilding does, so ``verify`` and ``load`` agree.
+
+Retention (``prune``) follows the lineage: abandoned checkpoints go first, ``keep_last``
+counts checkpoints that verify, and a checkpoint is deleted all or nothing (renamed to a
+hidden ``.tmp-del-`` name, then removed).
 
 Numpy arrays and torch tensors are stored as raw bytes; tensors are recognised without
 importing torch, and converted (both ways) by torch.py, imported only when a state holds one.
@@ -35,14 +45,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xxhash
 
-from slurmft.errors import CheckpointError, CorruptCheckpointError
+from slurmft.checkpoint.lineage import Lineage, newest_first, trace
+from slurmft.errors import CheckpointError, CorruptCheckpointError, PruneError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -54,7 +65,9 @@ TMP_PREFIX = ".tmp-"
 ALIGN = 64
 CHUNK = 64 << 20
 ALGORITHMS = ("xxh3", "sha256")
-_NAME_RE = re.compile(r"^step_(\d{12})$")
+# step_<12 digits>, optionally .<suffix> (lowercase letters, digits, '-') when the plain name
+# was taken by another checkpoint of the same step.
+_NAME_RE = re.compile(r"^step_(\d{12})(?:\.[0-9a-z][0-9a-z-]{0,39})?$")
 
 # A test hook: called with a label at each step of a save ("data", "manifest", "rename", ...).
 FaultHook = Callable[[str], None]
@@ -67,8 +80,14 @@ def step_name(step: int) -> str:
 
 
 def parse_name(name: str) -> int | None:
+    """The step of a checkpoint directory name (``step_<12 digits>[.<suffix>]``), else None."""
     m = _NAME_RE.match(name)
     return int(m.group(1)) if m else None
+
+
+def new_run_id() -> str:
+    """A short id naming one run of the training (lowercase hex: usable in a name suffix)."""
+    return uuid.uuid4().hex[:10]
 
 
 def new_hasher(algorithm: str) -> Any:
@@ -142,6 +161,12 @@ class CheckpointInfo:
     bytes_written: int = 0             # data bytes this save wrote
     bytes_total: int = 0               # data bytes of the full rebuilt state
     meta: dict = field(default_factory=dict)
+    run: str = ""                      # the run that wrote it ("" before lineage was recorded)
+    parent: str = ""                   # the checkpoint that run resumed from ("" fresh start)
+    parent_run: str = ""               # ... and the run that wrote that one
+    parent_step: int = -1
+    base_checksum: str = ""            # the base's manifest checksum (its identity)
+    checksum: str = ""                 # this manifest's checksum
     verified: bool = False
     error: str = ""                    # why it is not valid (list() only)
 
@@ -150,8 +175,8 @@ class CheckpointInfo:
             "name": self.name, "step": self.step, "kind": self.kind, "base": self.base,
             "time": self.time, "world_size": self.world_size, "algorithm": self.algorithm,
             "bytes_written": self.bytes_written, "bytes_total": self.bytes_total,
-            "files": [asdict(f) for f in self.files], "verified": self.verified,
-            "error": self.error, "path": self.path,
+            "files": [asdict(f) for f in self.files], "run": self.run, "parent": self.parent,
+            "verified": self.verified, "error": self.error, "path": self.path,
         }
 
 
@@ -169,6 +194,9 @@ class Snapshot:
     # holds one event per array key, set once that array's copy is complete.
     ready: dict[str, threading.Event] | None = None
     aborted: bool = False
+    # Lineage (see lineage.py): the run saving this, and the checkpoint it resumed from.
+    run: str = ""
+    parent: CheckpointInfo | None = None
 
     def wait_ready(self, key: str) -> None:
         if self.ready is not None:
@@ -305,6 +333,9 @@ class Store:
         self.root = Path(root)
         self.algorithm = algorithm
         self._fault = fault_hook or (lambda label: None)
+        # name -> (fingerprint of its files, the info it verified to): see verify(cached=True)
+        self._verified: dict[str, tuple[tuple, CheckpointInfo]] = {}
+        self._lock = threading.Lock()
 
     # -- writing --
     def ensure_root(self) -> None:
@@ -316,15 +347,31 @@ class Store:
     def array_digests(self, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
         return {k: digest_bytes(self.algorithm, _bytes_view(a)) for k, a in arrays.items()}
 
+    def free_name(self, step: int, run: str = "",
+                  taken: Callable[[str], bool] | None = None) -> str:
+        """A name for a new checkpoint of ``step`` that no directory here (nor, per
+        ``taken``, elsewhere, e.g. at the upload destination) uses: ``step_<step>``, else
+        ``step_<step>.<run>``, else ``step_<step>.<run>-<n>``."""
+        plain = step_name(step)
+        tag = run or new_run_id()
+        for n in range(1, 1000):
+            name = plain if n == 1 else f"{plain}.{tag}" if n == 2 else f"{plain}.{tag}-{n - 1}"
+            if not os.path.lexists(self.root / name) and not (taken and taken(name)):
+                return name
+        raise CheckpointError(f"no free name for step {step} in {self.root}: remove old checkpoints")
+
     def write(self, snap: Snapshot, base: CheckpointInfo | None = None,
-              array_digests: bool = True) -> CheckpointInfo:
+              array_digests: bool = True,
+              taken: Callable[[str], bool] | None = None) -> CheckpointInfo:
         """Write ``snap`` atomically (as a diff against ``base`` if given); not yet verified.
 
         ``array_digests=False`` skips the per-array digests (one hashing pass less) when no
         differential save will build on this one; the file checksum still covers every byte.
+        The name is new (``free_name``; ``taken`` says which names are used elsewhere): an
+        existing checkpoint is never replaced.
         """
         self.ensure_root()
-        name = step_name(snap.step)
+        name = self.free_name(snap.step, snap.run, taken)
         final = self.root / name
         tmp = self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -361,18 +408,29 @@ class Store:
             self._fault("meta")
             write_file_durable(tmp / META, snap.skeleton)
             files.append(FileEntry(META, len(snap.skeleton), digest_bytes(self.algorithm, snap.skeleton)))
+            parent = snap.parent
             info = CheckpointInfo(
                 name=name, path=str(final), step=snap.step,
                 kind="diff" if base else "full", base=base.name if base else "",
                 time=snap.time, world_size=snap.world_size, algorithm=self.algorithm,
                 files=files, arrays=entries, bytes_written=offset,
                 bytes_total=sum(e.nbytes for e in entries.values()), meta=dict(snap.meta),
+                run=snap.run, parent=parent.name if parent else "",
+                parent_run=parent.run if parent else "",
+                parent_step=parent.step if parent else -1,
+                base_checksum=base.checksum if base else "",
             )
             self._fault("manifest")
             write_file_durable(tmp / MANIFEST, _manifest_bytes(info))
             fsync_dir(tmp)
             self._fault("rename")
-            publish_dir(tmp, final)
+            try:
+                # Never onto an existing checkpoint: a name stands for one data only.
+                os.rename(tmp, final)
+            except OSError as exc:
+                raise CheckpointError(
+                    f"cannot publish {final}: {exc.strerror} (another run writes this directory?)"
+                ) from None
             # No fsync of the root here: set_latest() fsyncs it after its own rename, which
             # makes both renames durable; until then ``latest`` names the previous one.
             self._fault("renamed")
@@ -398,10 +456,20 @@ class Store:
         replace_file_atomic(self.root / LATEST, (name + "\n").encode())
         self._fault("latest-set")
 
-    def set_latest_if_newer(self, name: str) -> None:
+    def advance_latest(self, info: CheckpointInfo) -> None:
+        """Make ``info`` (verified) latest: the newest checkpoint of the run writing now, even
+        when an older run reached a higher step (that run's later steps are then an
+        abandoned branch). Only a newer checkpoint of the same run (an upload retried out
+        of order) keeps its place."""
         current = self.latest_name()
-        if current is None or (parse_name(current) or -1) <= (parse_name(name) or 0):
-            self.set_latest(name)
+        if current and current != info.name and info.run:
+            try:
+                now = self.read_manifest(current)
+            except CorruptCheckpointError:
+                now = None
+            if now is not None and now.run == info.run and (now.step, now.time) > (info.step, info.time):
+                return
+        self.set_latest(info.name)
 
     # -- reading --
     def latest_name(self) -> str | None:
@@ -420,7 +488,7 @@ class Store:
         except (FileNotFoundError, NotADirectoryError):
             return []
         names = [n for n in entries if parse_name(n) is not None and (self.root / n).is_dir()]
-        return sorted(names, key=lambda n: parse_name(n) or 0, reverse=True)
+        return sorted(names, key=lambda n: (parse_name(n) or 0, n), reverse=True)
 
     def read_manifest(self, name: str) -> CheckpointInfo:
         path = self.root / name / MANIFEST
@@ -448,6 +516,11 @@ class Store:
                 arrays={k: ArrayEntry(**v) for k, v in doc["arrays"].items()},
                 bytes_written=int(doc["bytes_written"]), bytes_total=int(doc["bytes_total"]),
                 meta=dict(doc.get("meta") or {}),
+                run=str(doc.get("run") or ""), parent=str(doc.get("parent") or ""),
+                parent_run=str(doc.get("parent_run") or ""),
+                parent_step=int(doc.get("parent_step", -1)),
+                base_checksum=str(doc.get("base_checksum") or ""),
+                checksum=str(doc["manifest_checksum"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptCheckpointError(f"{path}: manifest field missing or wrong ({exc})") from None
@@ -455,8 +528,20 @@ class Store:
             raise CorruptCheckpointError(f"{path}: manifest step {info.step} does not match {name}")
         return info
 
-    def verify(self, name: str, _depth: int = 0) -> CheckpointInfo:
-        """Read back every file and compare sizes and checksums; raise CorruptCheckpointError."""
+    def verify(self, name: str, cached: bool = False, _depth: int = 0) -> CheckpointInfo:
+        """Read back every file and compare sizes and checksums, check every array's place
+        and digest, and for a diff that its base is the exact checkpoint it was written
+        against; raise CorruptCheckpointError naming the first problem.
+
+        ``cached=True`` trusts an earlier successful verification of this checkpoint (and
+        of its base) in this Store if none of its files changed since (size, mtime, inode):
+        what rotation uses, so a save does not re-read every checkpoint it keeps."""
+        fingerprint = self._fingerprint(name)
+        if cached and fingerprint is not None:
+            with self._lock:
+                hit = self._verified.get(name)
+            if hit is not None and hit[0] == fingerprint:
+                return replace(hit[1])
         info = self.read_manifest(name)
         for entry in info.files:
             path = self.root / name / entry.name
@@ -464,24 +549,117 @@ class Store:
                 size = path.stat().st_size
             except FileNotFoundError:
                 raise CorruptCheckpointError(f"{path}: file missing") from None
+            except OSError as exc:
+                raise CorruptCheckpointError(f"{path}: cannot read: {exc.strerror}") from None
             if size != entry.size:
                 raise CorruptCheckpointError(
                     f"{path}: size {size} != {entry.size} in manifest (truncated or extended)")
             algo = entry.checksum.split(":", 1)[0]
             if algo not in ALGORITHMS:
                 raise CorruptCheckpointError(f"{path}: unknown checksum algorithm {algo!r}")
-            got = digest_file(path, algo)
+            try:
+                got = digest_file(path, algo)
+            except OSError as exc:
+                raise CorruptCheckpointError(f"{path}: cannot read: {exc.strerror}") from None
             if got != entry.checksum:
                 raise CorruptCheckpointError(f"{path}: checksum mismatch ({got} != {entry.checksum})")
+        base = None
         if info.kind == "diff":
             if _depth > 0 or not info.base:
                 raise CorruptCheckpointError(f"{info.path}: differential checkpoint without a full base")
             try:
-                self.verify(info.base, _depth + 1)
+                base = self.verify(info.base, cached, _depth + 1)
             except CorruptCheckpointError as exc:
                 raise CorruptCheckpointError(f"{info.path}: its base is invalid: {exc}") from None
+            if info.base_checksum and base.checksum != info.base_checksum:
+                raise CorruptCheckpointError(
+                    f"{info.path}: its base {info.base} is not the checkpoint it was written "
+                    f"against (manifest checksum {base.checksum} != {info.base_checksum})")
+        self._check_arrays(info, base)
         info.verified = True
+        if fingerprint is not None:
+            with self._lock:
+                self._verified[name] = (fingerprint, replace(info))
         return info
+
+    def is_valid(self, name: str) -> bool:
+        """Whether ``name`` verifies (cached as in ``verify(cached=True)``)."""
+        try:
+            self.verify(name, cached=True)
+            return True
+        except CorruptCheckpointError:
+            return False
+
+    def _fingerprint(self, name: str, _depth: int = 0) -> tuple | None:
+        """(name, size, mtime, inode) of every file of ``name`` (and of its base), or None."""
+        folder = self.root / name
+        try:
+            entries = sorted(os.listdir(folder))
+            own = tuple((e, st.st_size, st.st_mtime_ns, st.st_ino)
+                        for e in entries for st in [os.stat(folder / e)])
+        except OSError:
+            return None
+        base = None
+        if _depth == 0:
+            try:
+                doc = json.loads((folder / MANIFEST).read_bytes())
+                base_name = doc.get("base") if isinstance(doc, dict) else None
+            except (OSError, ValueError):
+                return None
+            if base_name:
+                base = self._fingerprint(str(base_name), 1)
+                if base is None:
+                    return None
+        return (own, base)
+
+    def _check_arrays(self, info: CheckpointInfo, base: CheckpointInfo | None) -> None:
+        """Every array lies inside the data of this checkpoint or its base, an array taken
+        from the base is the base's own entry, and each digest matches its bytes."""
+        sizes = {f.name: f.size for f in info.files}
+        data_size = {info.name: sizes.get(DATA, 0)}
+        if base is not None:
+            data_size[base.name] = next((f.size for f in base.files if f.name == DATA), 0)
+        own: list[tuple[str, ArrayEntry]] = []
+        for key, e in info.arrays.items():
+            if e.source not in data_size:
+                raise CorruptCheckpointError(
+                    f"{info.path}: array {key} points to {e.source}, which is neither this "
+                    f"checkpoint nor its base")
+            if e.source != info.name:
+                assert base is not None
+                b = base.arrays.get(key)
+                if b is None or asdict(b) != asdict(e):
+                    raise CorruptCheckpointError(
+                        f"{info.path}: array {key} does not match its entry in the base {base.name}")
+            if e.offset < 0 or e.nbytes < 0 or e.offset + e.nbytes > data_size[e.source]:
+                raise CorruptCheckpointError(
+                    f"{info.path}: array {key} lies outside the data of {e.source}")
+            if e.source == info.name and e.digest:
+                own.append((key, e))
+        if not own:
+            return
+        path = self.root / info.name / DATA
+
+        def check(view: memoryview) -> None:
+            for key, e in own:
+                algo = e.digest.split(":", 1)[0]
+                if algo not in ALGORITHMS:
+                    raise CorruptCheckpointError(f"{path}: array {key}: unknown digest algorithm {algo!r}")
+                if digest_bytes(algo, view[e.offset:e.offset + e.nbytes]) != e.digest:
+                    raise CorruptCheckpointError(f"{path}: array {key} does not match its digest")
+
+        if not data_size[info.name]:
+            check(memoryview(b""))          # only empty arrays (mmap refuses an empty file)
+            return
+        try:
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                view = memoryview(m)
+                try:
+                    check(view)
+                finally:
+                    view.release()
+        except (OSError, ValueError) as exc:
+            raise CorruptCheckpointError(f"{path}: cannot read arrays: {exc}") from None
 
     def read_state(self, info: CheckpointInfo) -> Any:
         """Rebuild the state (full + diff) and check every array against its digest."""
@@ -507,7 +685,8 @@ class Store:
         return join_state(skeleton, arrays)
 
     def list(self) -> list[CheckpointInfo]:
-        """Every complete checkpoint, newest first; broken manifests listed with ``error``."""
+        """Every complete checkpoint, newest first (step, then time written); broken
+        manifests listed with ``error``."""
         out = []
         for name in self.names():
             try:
@@ -515,7 +694,19 @@ class Store:
             except CorruptCheckpointError as exc:
                 out.append(CheckpointInfo(name=name, path=str(self.root / name),
                                           step=parse_name(name) or 0, error=str(exc)))
-        return out
+        return sorted(out, key=newest_first)
+
+    def lineage(self) -> Lineage:
+        """This directory's checkpoints split into the branch ``latest`` is on, abandoned
+        ones and unreadable ones (see lineage.py)."""
+        return trace(self.list(), [self.latest_name()])
+
+    def find_valid(self) -> CheckpointInfo | None:
+        """The checkpoint a load resumes from: the newest on the branch that verifies."""
+        for info in self.lineage().candidates():
+            if not info.error and self.is_valid(info.name):
+                return self.verify(info.name, cached=True)
+        return None
 
     # -- housekeeping --
     def cleanup(self) -> list[str]:
@@ -535,34 +726,91 @@ class Store:
                 removed.append(n)
         return removed
 
-    def prune(self, keep_last: int, protect: Iterable[str] | None = None) -> list[str]:
-        """Keep the newest ``keep_last`` checkpoints, the one ``latest`` names, and every
-        full base a kept diff needs; delete the rest. Returns the names deleted."""
+    def retention(self, keep_last: int, protect: Iterable[str] | None = None,
+                  ) -> tuple[list[CheckpointInfo], list[CheckpointInfo]]:
+        """(kept, to delete), newest first. The rules, in this order:
+
+        * on the branch (lineage.py), the ``keep_last`` newest checkpoints that VERIFY are
+          kept, and every checkpoint newer than the oldest of them (a corrupt or unreadable
+          one is never the reason a good one goes; it goes once it is old enough);
+        * older ones on the branch go; so do abandoned ones, but only once the branch has a
+          checkpoint that verifies (never delete the last good data of any kind);
+        * always kept: the one ``latest`` names, ``protect``, and the full base of every
+          checkpoint that stays.
+        """
         if keep_last < 1:
             raise CheckpointError(f"keep_last must be >= 1, not {keep_last}")
-        infos = self.list()
-        keep = {i.name for i in infos[:keep_last]}
+        lin = self.lineage()
+        live = lin.candidates()
+        good = 0
+        cut = len(live)
+        for i, info in enumerate(live):
+            if not info.error and self.is_valid(info.name):
+                good += 1
+                if good == keep_last:
+                    cut = i + 1
+                    break
+        doomed = live[cut:] + (lin.abandoned if good else [])
+        keep = {i.name for i in live[:cut]} | set(protect or ())
         latest = self.latest_name()
         if latest:
             keep.add(latest)
-        keep.update(protect or ())
-        by_name = {i.name: i for i in infos}
-        for n in list(keep):
-            base = by_name.get(n, CheckpointInfo(name=n, path="", step=0)).base
-            if base:
-                keep.add(base)
-        deleted = []
-        for info in infos:
-            if info.name not in keep:
-                # Rename first so a half-deleted directory never looks complete.
-                trash = self.root / f"{TMP_PREFIX}del-{info.name}-{uuid.uuid4().hex[:8]}"
-                try:
-                    os.rename(self.root / info.name, trash)
-                except FileNotFoundError:
-                    continue
-                shutil.rmtree(trash, ignore_errors=True)
+        everything = live + lin.abandoned
+        doomed_names = {i.name for i in doomed} - keep
+        for info in everything:
+            if info.name not in doomed_names and info.base:
+                keep.add(info.base)
+        doomed = sorted((i for i in doomed if i.name not in keep), key=newest_first)
+        kept = sorted((i for i in everything if i.name not in {d.name for d in doomed}),
+                      key=newest_first)
+        return kept, doomed
+
+    def prune(self, keep_last: int, protect: Iterable[str] | None = None) -> list[str]:
+        """Apply ``retention``: delete what it gives up, each checkpoint all or nothing.
+        Tries every one; returns the names deleted, or raises PruneError naming those that
+        could not be deleted (and those deleted)."""
+        _, doomed = self.retention(keep_last, protect)
+        deleted: list[str] = []
+        failed: dict[str, str] = {}
+        # Diffs first: a base goes only if every diff on it went.
+        for info in sorted(doomed, key=lambda i: i.kind != "diff"):
+            users = [d.name for d in doomed if d.base == info.name and d.name in failed]
+            if users:
+                failed[info.name] = f"kept because {users[0]}, a diff on it, could not be deleted"
+                continue
+            why = self._delete(info.name)
+            if why is None:
                 deleted.append(info.name)
+            elif why:
+                failed[info.name] = why
+        if failed:
+            raise PruneError(deleted, failed, str(self.root))
         return deleted
+
+    def _delete(self, name: str) -> str | None:
+        """Delete one checkpoint directory all or nothing: rename it to a hidden trash name
+        (then it is no checkpoint any more), then remove that. None when done, '' when it was
+        already gone, else why it failed (under its own name it is then still complete)."""
+        trash = self.root / f"{TMP_PREFIX}del-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.root / name, trash)
+        except FileNotFoundError:
+            return ""
+        except OSError as exc:
+            return f"cannot move it aside: {exc.strerror or exc}"
+        with self._lock:
+            self._verified.pop(name, None)
+        try:
+            remove_tree(trash)
+        except OSError as exc:
+            return (f"moved to {trash.name} but removing that failed: {exc.strerror or exc} "
+                    "(no longer a checkpoint; its space is not freed)")
+        return None
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a directory tree, raising on the first failure (one place, for tests too)."""
+    shutil.rmtree(path)
 
 
 def _manifest_bytes(info: CheckpointInfo) -> bytes:
@@ -572,8 +820,10 @@ def _manifest_bytes(info: CheckpointInfo) -> bytes:
         "files": [asdict(f) for f in info.files],
         "arrays": {k: asdict(v) for k, v in info.arrays.items()},
         "bytes_written": info.bytes_written, "bytes_total": info.bytes_total, "meta": info.meta,
+        "run": info.run, "parent": info.parent, "parent_run": info.parent_run,
+        "parent_step": info.parent_step, "base_checksum": info.base_checksum,
     }
-    doc["manifest_checksum"] = _manifest_checksum(doc)
+    doc["manifest_checksum"] = info.checksum = _manifest_checksum(doc)
     return json.dumps(doc, indent=1).encode()
 
 

@@ -160,9 +160,7 @@ class MountedDestination:
             os.rename(final, trash)
             shutil.rmtree(trash, ignore_errors=True)
             raise
-        current = dst.latest_name()
-        if current is None or (parse_name(current) or -1) <= info.step:
-            dst.set_latest(info.name)
+        dst.advance_latest(info)       # the uploading run's newest (lineage, store.py)
 
     def prune(self, keep_last: int) -> list[str]:
         return self.store.prune(keep_last)
