@@ -68,6 +68,8 @@ def error_exit(exc: BaseException) -> tuple[str | None, ExitCode]:
                 ExitCode.USAGE)
     if isinstance(exc, yaml.YAMLError):
         return f"invalid YAML: {str(exc).splitlines()[0]}", ExitCode.USAGE
+    if isinstance(exc, OutputClosedError):
+        return "output closed early (broken pipe)", ExitCode.FAILED
     if isinstance(exc, OSError):
         if exc.errno == errno.EPIPE:
             return "output closed early (broken pipe)", ExitCode.FAILED
@@ -111,9 +113,22 @@ def _silence_stdout() -> None:
         pass
 
 
+class OutputClosedError(Exception):
+    """stdout's reader went away (EPIPE); raised instead of the OSError so that click does
+    not end the process silently itself."""
+
+
 class SlurmFTGroup(click.Group):
     """Runs the command with click's own error printing off and maps every exception
     through ``error_exit``: one ``slurmft:`` line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise OutputClosedError() from exc
+            raise
 
     def main(self, args: Any = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
@@ -128,7 +143,8 @@ class SlurmFTGroup(click.Group):
             message, code = error_exit(exc)
             if code is ExitCode.FAILED and message and message.startswith("internal error"):
                 log.debug("internal error", exc_info=exc)
-            if isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ENOSPC):
+            if isinstance(exc, OutputClosedError) or (
+                    isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ENOSPC)):
                 _silence_stdout()
             _say(message)
             _finish(code)
@@ -192,7 +208,14 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, log_format: s
     """
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path
-    log_cfg = load_config(config_path).log
+    try:
+        log_cfg = load_config(config_path).log
+    except SlurmFTError:
+        if ctx.invoked_subcommand != "epilog":   # the epilog never fails: Slurm would drain
+            raise
+        from slurmft.config import LogConfig
+
+        log_cfg = LogConfig()
     # -v / -vv win over the configured level (log.level, default WARNING).
     level = {0: log_cfg.level, 1: "INFO"}.get(verbose, "DEBUG")
     setup_logging(level=level, fmt=log_format or log_cfg.format, logfile=log_cfg.file or None)
@@ -1223,3 +1246,17 @@ if isinstance(cli.commands.get("render"), click.Group):
     cli.commands["render"].add_command(_render_logging_cmd, "logging")
 else:
     cli.add_command(_render_logging_cmd, "render-logging")
+
+
+def _note_json_errors(group: click.Group) -> None:
+    """One rule for every --json: the document on stdout, errors on stderr (said in --help)."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _note_json_errors(command)
+        for param in command.params:
+            if (isinstance(param, click.Option) and "--json" in param.opts
+                    and JSON_ERRORS_NOTE not in (param.help or "")):
+                param.help = f"{(param.help or 'Print JSON.').rstrip()} {JSON_ERRORS_NOTE}"
+
+
+_note_json_errors(cli)

@@ -20,6 +20,10 @@ _HOSTNAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 _HOSTLIST_CHARS_RE = re.compile(r"^[A-Za-z0-9.\-\[\],]+$")
 
 MAX_HOSTNAME_LEN = 253
+#: The most hosts one expression may name (Slurm's largest clusters have some 10^4 nodes);
+#: more is a typo such as node[1-10000000], refused before anything is expanded.
+MAX_HOSTS = 65536
+_BRACKET_RE = re.compile(r"\[([^\[\]]*)\]")
 
 
 def is_valid_hostname(name: str) -> bool:
@@ -57,6 +61,8 @@ def expand(expression: str | Iterable[str]) -> list[str]:
         raise HostNameError(
             f"invalid hostlist {expression!r}: only names, brackets, ranges and commas are allowed"
         )
+    if _planned_size(text) > MAX_HOSTS:
+        raise HostNameError(f"hostlist {expression!r} names more than {MAX_HOSTS} hosts")
     try:
         names = _hostlist.expand_hostlist(text)
     except _hostlist.BadHostlist as exc:
@@ -64,6 +70,25 @@ def expand(expression: str | Iterable[str]) -> list[str]:
     for name in names:
         validate_hostname(name)
     return list(dict.fromkeys(names))
+
+
+def _planned_size(text: str) -> int:
+    """How many names ``text`` expands to, counted from its ranges without expanding them
+    (malformed ranges count 1: python-hostlist reports them)."""
+    total = 0
+    for piece in re.split(r",(?![^\[]*\])", text):
+        size = 1
+        for group in _BRACKET_RE.findall(piece):
+            count = 0
+            for item in group.split(","):
+                lo, sep, hi = item.partition("-")
+                if sep and lo.isdigit() and hi.isdigit():
+                    count += max(1, int(hi) - int(lo) + 1)
+                else:
+                    count += 1
+            size *= max(1, count)
+        total += size
+    return total
 
 
 def fold(names: Iterable[str]) -> str:

@@ -36,14 +36,19 @@ _CTRL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 # ----------------------------------------------------------------------------- validation
 
+#: Slurm job ids are 32-bit (0xfffffffe at most; array and het job ids are in the same range).
+MAX_JOB_ID = 0xFFFFFFFE
+
+
 def check_job_id(job_id: Any) -> int:
     """A positive integer job id, or UsageError."""
     if isinstance(job_id, bool):
         raise UsageError(f"invalid job id {job_id!r}: expected a positive integer")
-    if isinstance(job_id, str) and job_id.strip().isdigit():
+    if isinstance(job_id, str) and job_id.strip().isascii() and job_id.strip().isdigit():
         job_id = int(job_id.strip())
-    if not isinstance(job_id, int) or job_id <= 0:
-        raise UsageError(f"invalid job id {job_id!r}: expected a positive integer")
+    if not isinstance(job_id, int) or not 0 < job_id <= MAX_JOB_ID:
+        raise UsageError(f"invalid job id {job_id!r}: expected a positive integer up to "
+                         f"{MAX_JOB_ID}")
     return job_id
 
 
