@@ -118,25 +118,6 @@ class CorruptCheckpointError(CheckpointError):
     """A checkpoint failed verification."""
 
 
-class PruneError(CheckpointError):
-    """Some checkpoints could not be deleted; every other candidate was still tried.
-
-    ``deleted``: the names that are gone; ``failed``: name -> why it is still there (a
-    checkpoint is never left half-deleted under its own name).
-    """
-
-    def __init__(self, deleted: list[str], failed: dict[str, str], root: str = "") -> None:
-        self.deleted = list(deleted)
-        self.failed = dict(failed)
-        where = f" in {root}" if root else ""
-        first, why = next(iter(self.failed.items()))
-        more = f" (and {len(self.failed) - 1} more)" if len(self.failed) > 1 else ""
-        super().__init__(
-            f"could not delete {len(self.failed)} checkpoint(s){where}: {first}: {why}{more}; "
-            f"deleted {len(self.deleted)}. Check permissions and immutable flags "
-            f"(ls -ld, lsattr) of those directories, then run `slurmft checkpoint prune` again")
-
-
 class FencedError(CheckpointError):
     """A newer run claimed the checkpoint directory: this one must stop writing (and exit)."""
 
