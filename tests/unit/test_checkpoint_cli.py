@@ -69,3 +69,54 @@ def test_bad_input(tmp_path):
     assert r.exit_code == 2 and "'--keep-last': 0 is not in the range 1<=x" in r.output
     r = run("verify", str(tmp_path), "nonsense")
     assert r.exit_code == 2 and "not a checkpoint name" in r.output
+
+
+def test_verify_and_prune_of_a_parent_folder_say_there_are_no_checkpoints(tmp_path):
+    populate(tmp_path / "job42")                      # a folder of job folders
+    for args in (("verify", str(tmp_path)), ("prune", str(tmp_path), "--keep-last", "1")):
+        r = run(*args)
+        assert r.exit_code == 1, r.output
+        assert r.stderr.strip().startswith(f"slurmft: no checkpoints in {tmp_path}")
+    assert len(list((tmp_path / "job42").glob("step_*"))) == 3
+
+
+def test_verify_of_a_missing_checkpoint_says_no_such_checkpoint(tmp_path):
+    populate(tmp_path)
+    r = run("verify", str(tmp_path), "step_000000000099")
+    assert r.exit_code == 1
+    assert "no such checkpoint step_000000000099" in r.stderr and "CORRUPT" not in r.output
+
+
+def test_an_unreadable_checkpoint_file_is_one_line(tmp_path, monkeypatch):
+    from slurmft.checkpoint.store import Store
+
+    populate(tmp_path)
+
+    def unreadable(self, name, *a, **k):
+        raise PermissionError(13, "Permission denied", str(self.root / name / "data.bin"))
+
+    monkeypatch.setattr(Store, "verify", unreadable)
+    r = run("verify", str(tmp_path))
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.stderr.strip().splitlines()[-1].endswith("data.bin: Permission denied")
+
+
+def test_prune_that_cannot_delete_everything_reports_both_and_exits_1(tmp_path, monkeypatch):
+    from slurmft.checkpoint.store import Store
+    from slurmft.errors import PruneError
+
+    populate(tmp_path)
+
+    def partial(self, keep_last, *a, **k):
+        raise PruneError("1 checkpoint could not be deleted", deleted=["step_000000000001"],
+                         failed={"step_000000000002": "Operation not permitted"})
+
+    monkeypatch.setattr(Store, "prune", partial)
+    r = run("prune", str(tmp_path), "--keep-last", "1")
+    assert r.exit_code == 1
+    assert "deleted 1 checkpoint(s): step_000000000001" in r.stdout
+    assert "not deleted: step_000000000002: Operation not permitted" in r.stdout
+    assert r.stderr.strip() == "slurmft: 1 checkpoint could not be deleted"
+    r = run("prune", str(tmp_path), "--keep-last", "1", "--json")
+    doc = json.loads(r.stdout)
+    assert doc["deleted"] == ["step_000000000001"] and "step_000000000002" in doc["failed"]

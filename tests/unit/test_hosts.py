@@ -58,3 +58,16 @@ def test_validate_hostname():
     assert not is_valid_hostname("node1;rm")
     with pytest.raises(HostNameError, match="RFC 1123"):
         validate_hostname("bad name")
+
+
+def test_a_huge_range_is_refused_before_it_is_expanded():
+    import pytest
+
+    from slurmft.errors import HostNameError
+    from slurmft.hosts import MAX_HOSTS, expand
+
+    with pytest.raises(HostNameError, match=f"more than {MAX_HOSTS} hosts"):
+        expand("node[1-10000000]")
+    with pytest.raises(HostNameError, match="more than"):
+        expand("a[1-300]b[1-300]")
+    assert len(expand(f"n[1-{MAX_HOSTS}]")) == MAX_HOSTS
