@@ -3,8 +3,14 @@
 ``ExporterCollector`` re-reads its sources each time the registry is collected (a scrape, or a
 textfile write), so ``slurmft_checkpoint_age_seconds`` is current at every scrape:
 
-* each checkpoint directory, through the checkpoint store's manifest reader
-  (``slurmft.checkpoint.store.Store.list``/``latest_name``);
+* each checkpoint directory, through the checkpoint library: the checkpoint reported is the
+  newest on the directory's lineage that VERIFIES (``Store.lineage`` and ``Store.verify``).
+  Every scrape re-reads each manifest (its checksum) and the sizes of the files; the data
+  checksums are re-read only for files whose size, mtime or inode changed since the last
+  scrape (the Store's verification cache). Each checkpoint that fails counts once in
+  ``slurmft_checkpoint_verification_failures_total``;
+* the upload status a checkpoint manager writes into its local cache
+  (``upload_status.json``): backlog, failed attempts, health;
 * the rescheduler's audit log (``audit.jsonl`` in ``reschedule.state_dir``, written by
   ``slurmft.state.StateStore.audit``), read incrementally: each record counts once.
 
@@ -44,20 +50,18 @@ MAX_AUDIT_LINE = 1 << 20
 class CheckpointSummary:
     """What the exporter shows for one checkpoint directory."""
 
-    count: int                       # checkpoints whose manifest reads back
-    last_step: int | None
-    last_time: float | None          # unix seconds the latest checkpoint was written
-    last_size: int | None            # bytes of the full state
-    broken: tuple[str, ...] = ()     # checkpoints whose manifest is missing, altered or torn
+    count: int                       # checkpoints whose manifest reads back, less the corrupt
+    last_step: int | None            # of the newest checkpoint that verifies
+    last_time: float | None          # unix seconds it was written
+    last_size: int | None            # bytes of its full state
+    broken: tuple[str, ...] = ()     # checkpoints that failed verification (manifest or data)
+    upload: Any = None               # the manager's UploadStatus, where it writes one here
 
 
 def summarize_checkpoints(infos: Iterable[Any], latest_name: str | None = None
                           ) -> CheckpointSummary:
-    """Summarize the checkpoint store's ``CheckpointInfo`` list.
-
-    The latest is the one the store's ``latest`` pointer names (it is published only after
-    verification), else the valid one with the highest step.
-    """
+    """Summarize ``CheckpointInfo`` records as they are (no verification): the one
+    ``latest_name`` names, else the readable one with the highest step."""
     infos = list(infos)
     valid = [i for i in infos if not i.error]
     broken = tuple(sorted(i.name for i in infos if i.error))
@@ -65,23 +69,61 @@ def summarize_checkpoints(infos: Iterable[Any], latest_name: str | None = None
         return CheckpointSummary(0, None, None, None, broken)
     named = [i for i in valid if i.name == latest_name]
     latest = named[0] if named else max(valid, key=lambda i: (i.step, i.time))
+    return _summary(len(valid), latest, broken)
+
+
+def _summary(count: int, info: Any, broken: Iterable[str], upload: Any = None
+             ) -> CheckpointSummary:
     return CheckpointSummary(
-        count=len(valid),
-        last_step=latest.step,
-        last_time=latest.time or None,
-        last_size=latest.bytes_total or latest.bytes_written or None,
-        broken=broken,
-    )
+        count=count,
+        last_step=info.step if info else None,
+        last_time=(info.time or None) if info else None,
+        last_size=(info.bytes_total or info.bytes_written or None) if info else None,
+        broken=tuple(sorted(broken)), upload=upload)
+
+
+class CheckpointReader:
+    """Reads checkpoint directories for the exporter; keeps one Store per directory across
+    scrapes, so a checkpoint's data checksums are read again only when its files change."""
+
+    def __init__(self) -> None:
+        self._stores: dict[str, Any] = {}
+
+    def __call__(self, directory: str) -> CheckpointSummary:
+        # numpy + xxhash: only when asked
+        from slurmft.checkpoint.store import Store
+        from slurmft.checkpoint.upload import read_upload_status
+        from slurmft.errors import CheckpointError, CorruptCheckpointError
+
+        if not Path(directory).is_dir():
+            raise SlurmFTError(f"checkpoint directory {directory} does not exist")
+        store = self._stores.get(directory)
+        if store is None:
+            store = self._stores[directory] = Store(directory)
+        lineage = store.lineage()            # reads every manifest and checks its checksum
+        broken = {i.name for i in lineage.unreadable}
+        found = None
+        # What Store.find_valid does, keeping the names that fail (counted as failures).
+        for info in lineage.candidates():
+            if info.error:
+                continue
+            try:
+                found = store.verify(info.name, cached=True)
+                break
+            except CorruptCheckpointError:
+                broken.add(info.name)
+        readable = len(lineage.branch) + len(lineage.abandoned)
+        try:
+            upload = read_upload_status(directory)
+        except CheckpointError as exc:
+            raise SlurmFTError(str(exc)) from None
+        return _summary(readable - len(broken - {i.name for i in lineage.unreadable}),
+                        found, broken, upload)
 
 
 def read_checkpoints(directory: str) -> CheckpointSummary:
-    """Read a checkpoint directory through the checkpoint store's manifest reader."""
-    from slurmft.checkpoint.store import Store   # numpy + xxhash: only when asked
-
-    if not Path(directory).is_dir():
-        raise SlurmFTError(f"checkpoint directory {directory} does not exist")
-    store = Store(directory)
-    return summarize_checkpoints(store.list(), store.latest_name())
+    """Read one checkpoint directory once (see ``CheckpointReader``)."""
+    return CheckpointReader()(directory)
 
 
 class AuditTail:
@@ -130,14 +172,15 @@ class ExporterCollector:
     def __init__(self, checkpoint_dirs: Iterable[str | os.PathLike] = (),
                  state_dir: str | os.PathLike | None = None,
                  audit_file: str | os.PathLike | None = None,
-                 read_dir: Callable[[str], CheckpointSummary] = read_checkpoints,
+                 read_dir: Callable[[str], CheckpointSummary] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.checkpoint_dirs = [str(d) for d in checkpoint_dirs]
         if audit_file is None and state_dir is not None:
             audit_file = Path(state_dir) / AUDIT_FILE
         self.audit = AuditTail(audit_file) if audit_file is not None else None
-        self._read_dir = read_dir
+        self._read_dir = read_dir or CheckpointReader()
         self._broken_seen: set[tuple[str, str]] = set()
+        self._upload_failures_seen: dict[str, int] = {}
         self._warned: set[str] = set()
         self._clock = clock
         self._lock = threading.Lock()
@@ -175,6 +218,26 @@ class ExporterCollector:
             m.checkpoint_step.labels(dir=directory).set(summary.last_step)
         if summary.last_size is not None:
             m.checkpoint_size.labels(dir=directory).set(summary.last_size)
+        if summary.upload is not None:
+            self._refresh_upload(directory, summary.upload)
+
+    def _refresh_upload(self, directory: str, status: Any) -> None:
+        m = self.metrics
+        m.upload_backlog.labels(dir=directory).set(status.backlog)
+        m.upload_backlog_bytes.labels(dir=directory).set(status.backlog_bytes)
+        m.upload_failing.labels(dir=directory).set(1 if status.state == "failing" else 0)
+        if status.last_success_time is not None:
+            m.upload_last_success.labels(dir=directory).set(status.last_success_time)
+        # The file holds a running total per manager: count what is new (a smaller total
+        # is a new manager, whose failures are all new).
+        seen = self._upload_failures_seen.get(directory, 0)
+        total = int(status.failures_total)
+        new = total - seen if total >= seen else total
+        if new > 0:
+            m.upload_failures.labels(dir=directory).inc(new)
+        else:
+            m.upload_failures.labels(dir=directory)
+        self._upload_failures_seen[directory] = total
 
     def _refresh_audit(self) -> None:
         assert self.audit is not None
@@ -188,6 +251,7 @@ class ExporterCollector:
             # The audit log was replaced: start the counters over (Prometheus handles resets).
             self.metrics = _m.build_metrics()
             self._broken_seen.clear()
+            self._upload_failures_seen.clear()
             for directory in self.checkpoint_dirs:
                 self._refresh_checkpoints(directory)
         if bad:

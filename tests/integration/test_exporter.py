@@ -19,6 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
+from slurmft.checkpoint.upload import RetrySchedule
+from slurmft.errors import CheckpointError
 from slurmft.state import StateStore
 
 pytestmark = pytest.mark.integration
@@ -98,3 +100,33 @@ def test_scrape_sees_checkpoint_age_reset_and_reschedules_rise(exporter):
 
     store.audit({"event": "decision", "job_id": 42, "outcome": "requeue"})
     assert scrape(url)[key] == 2
+
+
+def test_scrape_skips_a_truncated_newest_checkpoint_and_shows_the_upload_backlog(exporter):
+    url, ckpt, _state = exporter
+    d = ("dir", str(ckpt))
+    for step in (1, 2, 3):
+        save(ckpt, step)
+    assert scrape(url)[("slurmft_checkpoint_last_step", d)] == 3
+    data = ckpt / "step_000000000003" / "data.bin"
+    os.truncate(data, 100)                                   # truncate -s 100 .../data.bin
+    got = scrape(url)
+    assert got[("slurmft_checkpoint_last_step", d)] == 2
+    assert got[("slurmft_checkpoint_verification_failures_total", d)] == 1
+    assert scrape(url)[("slurmft_checkpoint_verification_failures_total", d)] == 1
+
+    # a manager whose destination is a file (uploads fail) writes its status into this dir
+    shared = ckpt.parent / "shared-is-a-file"
+    shared.write_text("not a directory")
+    mgr = CheckpointManager(shared, CheckpointPolicy(path=str(shared)), local_cache=ckpt,
+                            upload_retry=RetrySchedule(attempts=1, backoff_initial=0,
+                                                       cycle_interval=3600))
+    handle = mgr.save({"w": np.ones(1 << 10, dtype=np.float32)}, 4)
+    with pytest.raises(CheckpointError, match="cannot create"):
+        handle.result(30)
+    got = scrape(url)
+    assert got[("slurmft_checkpoint_upload_backlog", d)] == 1
+    assert got[("slurmft_checkpoint_upload_failures_total", d)] >= 1
+    assert got[("slurmft_checkpoint_upload_failing", d)] == 1
+    with pytest.raises(CheckpointError, match="newest checkpoint step_000000000004"):
+        mgr.close(10)
