@@ -8,9 +8,10 @@ branch at the same step:
 * ``should_stop``: true on every rank once any rank got the signal and the save was taken;
 * ``save``: rank 0 snapshots; a barrier holds the others until the snapshot is taken
   (``durable=True``: until it is written and verified);
-* ``load``: rank 0 picks the newest checkpoint that verifies and broadcasts its name; every
-  rank then loads and verifies that same one (shared file system), whatever the world size
-  was when it was written.
+* ``load``: rank 0 picks the newest checkpoint of the current branch that verifies (see
+  lineage.py) and broadcasts its name; every rank then loads and verifies that same one
+  (shared file system), whatever the world size was when it was written. If any rank
+  cannot load it, all of them fall back together to the next one rank 0 picks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from mpi4py import MPI
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy, SaveHandle
 from slurmft.checkpoint.store import CheckpointInfo
 from slurmft.errors import CheckpointError, FencedError
+from slurmft.log import get_logger
+
+log = get_logger(__name__)
 
 
 def run_token() -> str:
@@ -105,12 +109,13 @@ class MPICheckpointManager:
             raise (FencedError if fenced else CheckpointError)(f"rank 0: {error}")
         return handle
 
-    def choose(self) -> str | None:
-        """Collective: rank 0 picks the newest valid checkpoint, every rank gets its name."""
+    def choose(self, exclude: Sequence[str] = ()) -> str | None:
+        """Collective: rank 0 picks the newest valid checkpoint (not in ``exclude``), every
+        rank gets its name."""
         name, error = None, ""
         if self.rank == 0:
             try:
-                found = self.manager.find_valid()
+                found = self.manager.find_valid(exclude)
                 name = found[1].name if found else None
             except CheckpointError as exc:
                 error = str(exc)
@@ -120,21 +125,31 @@ class MPICheckpointManager:
         return name
 
     def load(self) -> tuple[CheckpointInfo | None, Any]:
-        """Collective: every rank loads the checkpoint rank 0 chose; (None, None) if none."""
-        name = self.choose()
-        if name is None:
-            return None, None
-        error = ""
-        info = state = None
-        try:
-            info, state = self.manager.load_info(name)
-        except CheckpointError as exc:
-            error = str(exc)
-        errors = self.comm.allgather(error)
-        bad = [(r, e) for r, e in enumerate(errors) if e]
-        if bad:
-            raise CheckpointError(f"rank {bad[0][0]} cannot load {name}: {bad[0][1]}")
-        return info, state
+        """Collective: every rank loads the checkpoint rank 0 chose; (None, None) if none.
+        A checkpoint that fails on any rank is skipped by all (a fallback, logged on rank 0)."""
+        failed: list[str] = []
+        while True:
+            try:
+                name = self.choose(failed)
+            except CheckpointError as exc:
+                if not failed:
+                    raise
+                raise CheckpointError(f"{exc} (and {', '.join(failed)} failed on a rank)") from None
+            if name is None:
+                return None, None
+            error = ""
+            info = state = None
+            try:
+                info, state = self.manager.load_info(name)
+            except CheckpointError as exc:
+                error = str(exc)
+            errors = self.comm.allgather(error)
+            bad = [(r, e) for r, e in enumerate(errors) if e]
+            if not bad:
+                return info, state
+            if self.rank == 0:
+                log.warning("rank %d cannot load %s: %s; falling back", bad[0][0], name, bad[0][1])
+            failed.append(name)
 
     def close(self) -> None:
         error = ""

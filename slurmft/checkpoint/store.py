@@ -784,7 +784,13 @@ class Store:
             elif why:
                 failed[info.name] = why
         if failed:
-            raise PruneError(deleted, failed, str(self.root))
+            first, why = next(iter(failed.items()))
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise PruneError(
+                f"could not delete {len(failed)} checkpoint(s) in {self.root}: {first}: {why}{more}; "
+                f"deleted {len(deleted)}. Check permissions and immutable flags (ls -ld, lsattr) "
+                "of those directories, then run `slurmft checkpoint prune` again",
+                deleted=deleted, failed=failed)
         return deleted
 
     def _delete(self, name: str) -> str | None:

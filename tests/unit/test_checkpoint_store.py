@@ -302,3 +302,129 @@ def test_random_sigkill_never_leaves_torn_latest(tmp_path):
         assert step >= last
         last = step
     assert last > 0
+
+
+# ---- retention: never the last good checkpoint; all or nothing (issue 13) -----------------
+
+def _valid_names(root: Path) -> list[str]:
+    store = Store(root)
+    return [n for n in store.names() if store.is_valid(n)]
+
+
+def test_prune_keeps_the_only_valid_checkpoint(tmp_path):
+    """Issue 13 defect 1: newest truncated, middle manifest broken, prune --keep-last 1."""
+    with manager(tmp_path, keep_last=10) as mgr:
+        for step in (1, 2, 3):
+            mgr.save(make_state(step), step, wait=True)
+    with open(tmp_path / step_name(3) / DATA, "r+b") as f:
+        f.truncate(100)
+    _break_manifest(tmp_path / step_name(2) / MANIFEST)
+    store = Store(tmp_path)
+    assert store.latest_name() == step_name(3)          # latest names the corrupt one
+    assert store.prune(1) == []                          # corrupt ones do not count
+    assert _valid_names(tmp_path) == [step_name(1)]
+    with manager(tmp_path) as mgr:
+        check_state(mgr.load(), 1)
+
+
+def test_keep_last_counts_checkpoints_that_verify(tmp_path):
+    with manager(tmp_path, keep_last=10) as mgr:
+        for step in range(1, 6):
+            mgr.save(make_state(step), step, wait=True)
+    _flip_byte(tmp_path / step_name(5) / DATA)
+    _truncate(tmp_path / step_name(4) / DATA)
+    deleted = Store(tmp_path).prune(2)
+    # 3 and 2 are the two newest that verify; the corrupt 5 and 4 are newer, so they stay
+    # (a read error is never the reason to delete); 1 is older than both good ones: it goes.
+    assert deleted == [step_name(1)]
+    assert _valid_names(tmp_path) == [step_name(3), step_name(2)]
+
+
+def test_rotation_after_a_save_never_removes_the_last_good_one(tmp_path):
+    with manager(tmp_path, keep_last=1) as mgr:
+        mgr.save(make_state(1), 1, wait=True)
+    with manager(tmp_path, keep_last=10) as mgr:
+        mgr.load()
+        mgr.save(make_state(2), 2, wait=True)
+    _truncate(tmp_path / step_name(2) / DATA)         # the newest (latest) is corrupt now
+    Store(tmp_path).prune(1)
+    assert _valid_names(tmp_path) == [step_name(1)]
+    with manager(tmp_path, keep_last=1) as mgr:       # falls back to 1, saves a new 2
+        check_state(mgr.load(), 1)
+        info = mgr.save(make_state(2), 2, wait=True).result()
+    assert info.name != step_name(2)                   # the corrupt name is not reused
+    # the new 2 verifies: now the old 1 and the abandoned corrupt 2 may go
+    assert Store(tmp_path).names() == [info.name]
+
+
+def test_prune_is_all_or_nothing_and_reports_what_failed(tmp_path, monkeypatch):
+    """Issue 13 defect 2: one checkpoint cannot be removed. Prune still tries every other
+    one, leaves no half-deleted checkpoint under a real name, and raises PruneError."""
+    from slurmft.checkpoint import store as store_mod
+    from slurmft.errors import PruneError
+
+    with manager(tmp_path, keep_last=10) as mgr:
+        for step in range(1, 6):
+            mgr.save(make_state(step), step, wait=True)
+    real = store_mod.remove_tree
+
+    def stuck(path):
+        if f"del-{step_name(2)}-" in path.name:
+            (path / META).unlink()                       # half done, then it fails
+            raise PermissionError(1, "Operation not permitted")
+        real(path)
+
+    monkeypatch.setattr(store_mod, "remove_tree", stuck)
+    with pytest.raises(PruneError) as err:
+        Store(tmp_path).prune(2)
+    exc = err.value
+    assert sorted(exc.deleted) == [step_name(1), step_name(3)]
+    assert list(exc.failed) == [step_name(2)] and "Operation not permitted" in exc.failed[step_name(2)]
+    assert step_name(2) in str(exc) and "prune` again" in str(exc)
+    store = Store(tmp_path)
+    assert store.names() == [step_name(5), step_name(4)]
+    for name in store.names():                           # nothing partial under a real name
+        store.verify(name)
+    leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".tmp-del-")]
+    assert len(leftovers) == 1                           # hidden, never read
+    monkeypatch.undo()
+    assert store.cleanup() == leftovers
+
+
+def test_prune_keeps_a_base_whose_diff_could_not_be_deleted(tmp_path, monkeypatch):
+    from slurmft.errors import PruneError
+
+    with manager(tmp_path, keep_last=10, full_interval=1000) as mgr:
+        for step in range(1, 4):
+            mgr.save(make_state(step), step, wait=True)
+        mgr.save(make_state(4), 4, full=True, wait=True)
+        mgr.save(make_state(5), 5, wait=True)
+    real_rename = os.rename
+
+    def refuse(src, dst):
+        if Path(src).name == step_name(2):
+            raise PermissionError(1, "Operation not permitted")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", refuse)
+    with pytest.raises(PruneError) as err:
+        Store(tmp_path).prune(2)
+    monkeypatch.undo()
+    assert err.value.deleted == [step_name(3)]
+    assert set(err.value.failed) == {step_name(2), step_name(1)}
+    assert "could not be deleted" in err.value.failed[step_name(1)]
+    store = Store(tmp_path)
+    assert store.names() == [step_name(5), step_name(4), step_name(2), step_name(1)]
+    store.verify(step_name(2))                            # still complete, with its base
+
+
+def test_mounted_destination_prune_keeps_the_only_valid(tmp_path):
+    from slurmft.checkpoint.upload import MountedDestination
+
+    with manager(tmp_path, keep_last=10) as mgr:
+        for step in (1, 2, 3):
+            mgr.save(make_state(step), step, wait=True)
+    _truncate(tmp_path / step_name(3) / DATA)
+    _flip_byte(tmp_path / step_name(2) / DATA)
+    assert MountedDestination(tmp_path).prune(1) == []
+    assert _valid_names(tmp_path) == [step_name(1)]
