@@ -801,7 +801,7 @@ def _ckpt_row(info: Any, latest: str | None, status: str) -> dict:
             if info.time else "-")
     return {"name": info.name + (" *" if info.name == latest else ""), "step": info.step,
             "kind": info.kind if info.time else "?", "base": info.base or "-",
-            "MB": f"{info.bytes_written / 1e6:.1f}", "time (UTC)": when,
+            "MB": f"{sum(f.size for f in info.files) / 1e6:.1f}", "time (UTC)": when,
             "world": info.world_size, "status": status}
 
 

@@ -120,3 +120,15 @@ def test_prune_that_cannot_delete_everything_reports_both_and_exits_1(tmp_path, 
     r = run("prune", str(tmp_path), "--keep-last", "1", "--json")
     doc = json.loads(r.stdout)
     assert doc["deleted"] == ["step_000000000001"] and "step_000000000002" in doc["failed"]
+
+
+def test_list_counts_every_byte_on_disk(tmp_path):
+    """The MB column is what the checkpoint occupies, tensors included, not only data.bin's
+    share of the last save (issue 19: a torch state showed 0.0 MB)."""
+    with CheckpointManager(tmp_path, CheckpointPolicy(keep_last=10)) as mgr:
+        mgr.save({"w": np.ones(500_000, np.float32)}, 1, wait=True)
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "step_000000000001").iterdir()
+                  if f.name != "manifest.json")
+    r = run("list", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert f"{on_disk / 1e6:.1f}" in r.output and on_disk > 1_900_000
