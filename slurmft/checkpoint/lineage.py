@@ -7,7 +7,9 @@ from (``parent``, with ``parent_run``; empty for a fresh start). Runs write one 
 
 * the head is the checkpoint ``latest`` names (with several stores, e.g. a local cache and
   the shared destination, the one written last); without a readable ``latest``, the
-  checkpoint written last;
+  checkpoint written last. A run that resumed from the head (or from a newer checkpoint of
+  the head's run) but was killed before it published ``latest`` continues it: its newest
+  checkpoint becomes the head (repeatedly);
 * the branch holds every checkpoint of the head's run, then those of the run it resumed from
   up to the step it resumed at, and so on back to a fresh start;
 * everything else is **abandoned**: the steps a run wrote after the point a later run went
@@ -69,13 +71,25 @@ def trace(infos: Iterable[CheckpointInfo], latest: Iterable[str | None] = ()) ->
     pool = heads or readable
     if not pool:
         return Lineage(unreadable=unreadable)
-    head = max(pool, key=lambda i: (i.time, i.step))
+    head = _follow(max(pool, key=lambda i: (i.time, i.step)), readable)
     limits = _branch_runs(head, readable)
     branch, abandoned = [], []
     for info in sorted(readable, key=newest_first):
         on_branch = info.run in limits and info.step <= limits[info.run]
         (branch if on_branch else abandoned).append(info)
     return Lineage(head=head, branch=branch, abandoned=abandoned, unreadable=unreadable)
+
+
+def _follow(head: CheckpointInfo, readable: list[CheckpointInfo]) -> CheckpointInfo:
+    """The newest checkpoint of runs that went on from ``head`` without publishing latest."""
+    seen = {head.run}
+    while True:
+        children = [i for i in readable if i.run not in seen and i.parent_run == head.run
+                    and i.parent and i.parent_step >= head.step]
+        if not children:
+            return head
+        head = max(children, key=lambda i: (i.time, i.step))
+        seen.add(head.run)
 
 
 def _branch_runs(head: CheckpointInfo, readable: list[CheckpointInfo]) -> dict[str, float]:

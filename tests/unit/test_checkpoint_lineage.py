@@ -277,3 +277,18 @@ def test_abandoned_branch_is_rotated_out_first(tmp_path):
     names = set(Store(root).names())
     # abandoned 40/50/60 gone; kept: new 40, 30 and the base 10 that diff 30 needs
     assert names == {new40.name, step_name(30), step_name(10)}
+
+
+def test_a_run_killed_before_it_published_latest_still_continues_the_branch():
+    """Run b resumed from run a's latest and wrote 30 but died before moving latest: 30 is
+    the newest of the branch, not abandoned (else rotation would delete verified work)."""
+    def info(name, run, time, parent="", parent_run="", parent_step=-1):
+        return CheckpointInfo(name=name, path="", step=parse_name(name), time=time, run=run,
+                              parent=parent, parent_run=parent_run, parent_step=parent_step)
+    infos = [info(step_name(10), "a", 1), info(step_name(20), "a", 2),
+             info(step_name(30), "b", 3, step_name(20), "a", 20),
+             info(step_name(15) + ".c", "c", 4, step_name(10), "a", 10)]   # went back: no
+    lin = trace(infos, [step_name(20)])
+    assert lin.head.name == step_name(30)
+    assert [i.step for i in lin.branch] == [30, 20, 10]
+    assert [i.name for i in lin.abandoned] == [step_name(15) + ".c"]
