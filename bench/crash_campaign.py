@@ -619,7 +619,7 @@ def format_failures(results: Sequence[ModeResult], limit: int = 6) -> str:
     found = [f for r in results for f in r.failures]
     out = []
     for f in found[:limit]:
-        out.append(f"{f.mode} trial {f.trial}, kill landed in '{f.phase}': {f.what}")
+        out.append(f"{f.mode} trial {f.trial} (its kill landed in '{f.phase}'): {f.what}")
         for label, rows in f.on_disk.items():
             top = sorted({row.split("/", 1)[0].split(" ", 1)[0] for row in rows})
             out.append(f"    {label}/: {', '.join(top) or '(empty)'}")
