@@ -18,6 +18,9 @@ from (``parent``, with ``parent_run``; empty for a fresh start). Runs write one 
   first save completed). Load never resumes them; retention deletes them first.
 
 Checkpoints written before lineage was recorded carry ``run == ""`` and count as one run.
+Where the chain cannot be followed (a run on it has no checkpoint in these stores, e.g. not
+uploaded yet, or already rotated out), every checkpoint up to the step where it breaks counts
+as the branch: unknown ancestry is never a reason to skip or delete a checkpoint.
 A checkpoint whose manifest cannot be read has no known lineage: it is listed as
 ``unreadable`` (it cannot verify, so it is never loaded).
 
@@ -73,9 +76,11 @@ def trace(infos: Iterable[CheckpointInfo], latest: Iterable[str | None] = ()) ->
         return Lineage(unreadable=unreadable)
     head = _follow(max(pool, key=lambda i: (i.time, i.step)), readable)
     limits = _branch_runs(head, readable)
+    unknown_below = limits.pop(_UNKNOWN, -math.inf)
     branch, abandoned = [], []
     for info in sorted(readable, key=newest_first):
-        on_branch = info.run in limits and info.step <= limits[info.run]
+        on_branch = ((info.run in limits and info.step <= limits[info.run])
+                     or info.step <= unknown_below)
         (branch if on_branch else abandoned).append(info)
     return Lineage(head=head, branch=branch, abandoned=abandoned, unreadable=unreadable)
 
@@ -102,8 +107,14 @@ def _branch_runs(head: CheckpointInfo, readable: list[CheckpointInfo]) -> dict[s
     run, limit = head.run, math.inf
     while run not in limits:
         limits[run] = limit
-        parent, parent_run, parent_step = parents.get(run, ("", "", -1))
+        if run not in parents:             # none of its checkpoints here: the chain breaks
+            limits[_UNKNOWN] = limit
+            break
+        parent, parent_run, parent_step = parents[run]
         if not parent or parent_step < 0:
             break
         run, limit = parent_run, float(parent_step)
     return limits
+
+
+_UNKNOWN = "\0unknown"    # key in _branch_runs' result: steps up to here are kept, any run

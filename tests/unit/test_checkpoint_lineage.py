@@ -292,3 +292,15 @@ def test_a_run_killed_before_it_published_latest_still_continues_the_branch():
     assert lin.head.name == step_name(30)
     assert [i.step for i in lin.branch] == [30, 20, 10]
     assert [i.name for i in lin.abandoned] == [step_name(15) + ".c"]
+
+
+def test_a_broken_chain_keeps_everything_below_the_break():
+    """At a destination, run b's checkpoints were never uploaded: run c resumed from b's 25,
+    so a's 10 and 20 (older than 25) may be its ancestors and are not abandoned."""
+    def info(name, run, time, parent="", parent_run="", parent_step=-1):
+        return CheckpointInfo(name=name, path="", step=parse_name(name), time=time, run=run,
+                              parent=parent, parent_run=parent_run, parent_step=parent_step)
+    infos = [info(step_name(10), "a", 1), info(step_name(20), "a", 2),
+             info(step_name(30), "c", 5, step_name(25), "b", 25)]
+    lin = trace(infos, [step_name(30)])
+    assert [i.step for i in lin.branch] == [30, 20, 10] and not lin.abandoned
