@@ -146,3 +146,28 @@ def test_cuda_state_staged_through_pinned_buffers(tmp_path):
     with CheckpointManager(tmp_path, policy()) as mgr:
         assert TorchCheckpointer(mgr, m2, torch.optim.Adam(m2.parameters())).resume().step == 3
     assert torch.equal(m2.weight, model.weight)
+
+
+def test_resume_by_name_starts_a_branch_that_owns_latest(tmp_path):
+    """TorchCheckpointer.resume(name=...) goes back to an older checkpoint: the next save
+    records it as parent, becomes latest, and the next resume continues from it."""
+    model, opt, sched = make()
+    with CheckpointManager(tmp_path, policy()) as mgr:
+        ck = TorchCheckpointer(mgr, model, opt, sched)
+        for step in (1, 2, 3):
+            train_step(model, opt, sched)
+            ck.save(step).result()
+    model2, opt2, sched2 = make(seed=5)
+    with CheckpointManager(tmp_path, policy()) as mgr:
+        ck = TorchCheckpointer(mgr, model2, opt2, sched2)
+        point = ck.resume(name="step_000000000001")
+        assert point.step == 2
+        train_step(model2, opt2, sched2)
+        info = ck.save(2).result()
+    assert info.parent == "step_000000000001" and info.name != "step_000000000002"
+    model3, opt3, sched3 = make(seed=6)
+    with CheckpointManager(tmp_path, policy()) as mgr:
+        point = resume(mgr, model3, opt3, sched3)
+    assert point.checkpoint == info.name and point.step == 3
+    for a, b in zip(model2.parameters(), model3.parameters()):
+        assert torch.equal(a, b)
