@@ -46,6 +46,10 @@ class Lineage:
     branch: list[CheckpointInfo] = field(default_factory=list)      # newest first
     abandoned: list[CheckpointInfo] = field(default_factory=list)   # newest first
     unreadable: list[CheckpointInfo] = field(default_factory=list)  # by step, newest first
+    # The abandoned checkpoints of another history: no run on their chain is on the branch
+    # (a fresh start in a directory that already held checkpoints). Never resumed, and never
+    # deleted by retention either: they are somebody's work, not a branch this run left.
+    foreign: list[CheckpointInfo] = field(default_factory=list)     # newest first
 
     def candidates(self) -> list[CheckpointInfo]:
         """What a load tries, newest first: the branch, with the unreadable ones placed by
@@ -82,7 +86,26 @@ def trace(infos: Iterable[CheckpointInfo], latest: Iterable[str | None] = ()) ->
         on_branch = ((info.run in limits and info.step <= limits[info.run])
                      or info.step <= unknown_below)
         (branch if on_branch else abandoned).append(info)
-    return Lineage(head=head, branch=branch, abandoned=abandoned, unreadable=unreadable)
+    foreign = [i for i in abandoned if not _joins(i, readable, limits)]
+    return Lineage(head=head, branch=branch, abandoned=abandoned, unreadable=unreadable,
+                   foreign=foreign)
+
+
+def _joins(info: CheckpointInfo, readable: list[CheckpointInfo],
+           limits: dict[str, float]) -> bool:
+    """Whether ``info``'s history reaches a run of the branch (or a break in the chain,
+    where ancestry is unknown and so counts as joined)."""
+    parents = {i.run: i.parent_run for i in readable if i.parent}
+    known = {i.run for i in readable}
+    run, seen = info.run, set()
+    while run not in seen:
+        if run in limits or run not in known:
+            return True
+        seen.add(run)
+        if run not in parents:            # a fresh start: this history has its own root
+            return False
+        run = parents[run]
+    return False
 
 
 def _follow(head: CheckpointInfo, readable: list[CheckpointInfo]) -> CheckpointInfo:

@@ -735,6 +735,8 @@ class Store:
           one is never the reason a good one goes; it goes once it is old enough);
         * older ones on the branch go; so do abandoned ones, but only once the branch has a
           checkpoint that verifies (never delete the last good data of any kind);
+        * checkpoints of another history (``Lineage.foreign``: a fresh start in a directory
+          that already held checkpoints) are never deleted here: delete them by hand;
         * always kept: the one ``latest`` names, ``protect``, and the full base of every
           checkpoint that stays.
         """
@@ -750,7 +752,8 @@ class Store:
                 if good == keep_last:
                     cut = i + 1
                     break
-        doomed = live[cut:] + (lin.abandoned if good else [])
+        foreign = {i.name for i in lin.foreign}
+        doomed = live[cut:] + ([i for i in lin.abandoned if i.name not in foreign] if good else [])
         keep = {i.name for i in live[:cut]} | set(protect or ())
         latest = self.latest_name()
         if latest:

@@ -304,3 +304,24 @@ def test_a_broken_chain_keeps_everything_below_the_break():
              info(step_name(30), "c", 5, step_name(25), "b", 25)]
     lin = trace(infos, [step_name(30)])
     assert [i.step for i in lin.branch] == [30, 20, 10] and not lin.abandoned
+
+
+def test_a_fresh_start_in_a_used_directory_deletes_none_of_the_old_history(tmp_path):
+    """A run that resumes nothing, pointed at a directory that already holds another run's
+    checkpoints, leaves them alone: they are another history (Lineage.foreign), not a branch
+    this run abandoned. Its own rotation still keeps only its keep_last newest."""
+    root = tmp_path / "ckpt"
+    old = run1(root)
+    with manager(root, keep_last=2) as mgr:            # loads nothing: a fresh start
+        for step in (1, 2, 3, 4):
+            save(mgr, step, 2, full=True)
+    names = set(Store(root).names())
+    assert {i.name for i in old.values()} <= names
+    assert step_name(4) in names and step_name(3) in names
+    assert step_name(1) not in names and step_name(2) not in names
+    lin = trace(Store(root).list(), [Store(root).latest_name()])
+    assert lin.head.step == 4
+    assert {i.name for i in lin.foreign} == {i.name for i in old.values()}
+    with manager(root) as mgr:                          # a resume continues the new run
+        loaded = mgr.load()
+    assert loaded["step"] == 4 and loaded["run"] == 2
