@@ -390,6 +390,16 @@ class CheckpointManager:
         if not self.owner:
             return
         current = self._fence_store.owner()
+        if current is None and not self._fence_store.root.is_dir():
+            raise FencedError(
+                f"checkpoint directory {self._fence_store.root} is gone (a lost mount or a "
+                f"removed directory): this run ({self.owner}) stops without publishing step "
+                f"{step}; mount it again and resume")
+        if current is None:
+            raise FencedError(
+                f"the owner file of {self._fence_store.root} was removed, so this run "
+                f"({self.owner}) cannot tell it still owns the directory: it stops without "
+                f"publishing step {step}; resume to claim it again")
         if current != self.owner:
             raise FencedError(
                 f"a newer run ({current or 'unknown'}) took over {self._fence_store.root}: this "

@@ -56,3 +56,18 @@ def test_fencing_lives_at_the_mounted_destination_with_a_local_cache(tmp_path):
         old.save(state(5), 5).result()
     with pytest.raises(CheckpointError):
         old.close()
+
+
+def test_a_vanished_directory_is_named_as_such_not_as_a_newer_run(tmp_path):
+    """A removed checkpoint directory (what a lost mount looks like) is no 'newer run
+    (unknown) took over': the error says the directory is gone or lost its owner file."""
+    import shutil
+
+    root = tmp_path / "ckpt"
+    mgr = CheckpointManager(root, CheckpointPolicy(), owner="job 7.0 node1")
+    mgr.save(state(1), 1, wait=True)
+    shutil.rmtree(root)
+    with pytest.raises(CheckpointError) as err:
+        mgr.save(state(2), 2, wait=True).result()
+    assert "took over" not in str(err.value)
+    assert "gone" in str(err.value) or "owner file" in str(err.value)
