@@ -16,7 +16,8 @@ batch, so after losing ranks every step takes longer, as it would on real hardwa
 Rank 0 appends one JSON object per line to ``--log-jsonl`` (start, resume, step, save, done), each
 with the time ``t`` and the ``attempt`` id of this launch, which ``slurmft demo`` and
 ``bench/goodput.py`` read to build the timeline, the loss plot and goodput. SIGUSR1 (``#SBATCH
---signal=B:USR1@60``) makes the next step boundary save and exit cleanly.
+--signal=B:USR1@60``) makes the next step boundary save and exit with 143 (not 0: the run is
+not finished, so the job wrapper relaunches or requeues it instead of ending the job).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from slurmft.checkpoint.mpi import MPICheckpointManager
 from slurmft.checkpoint.torch import TorchCheckpointer
 from slurmft.errors import FencedError
 
+EXIT_STOPPED = 143   # 128 + SIGTERM: stopped on a signal before the last step (saved first)
 FEATURES = 16
 
 
@@ -185,10 +187,16 @@ def main(argv: list[str] | None = None) -> int:
             if save_now or step == args.steps - 1:
                 ckpt.save(torch_ckpt.state(step), step, durable=step == args.steps - 1)
                 log.write("save", step=step)
-                if ckpt.should_stop:
+                if ckpt.should_stop and step < args.steps - 1:
+                    # Stopped before the last step (Slurm killing the step, a preemption):
+                    # exit like a process ended by SIGTERM, never 0, so that neither the
+                    # launcher nor the job wrapper takes an unfinished run for a finished one.
                     log.write("stopped", step=step, reason="signal")
                     ckpt.close()
-                    return 0
+                    if rank == 0:
+                        print(f"train.py: stopped on a signal after saving step {step}",
+                              file=sys.stderr, flush=True)
+                    return EXIT_STOPPED
         ckpt.close()
         log.write("done", step=step, world_size=world)
         return 0
