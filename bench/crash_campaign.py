@@ -75,7 +75,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from slurmft.checkpoint import CheckpointManager, CheckpointPolicy  # noqa: E402
-from slurmft.errors import CheckpointError  # noqa: E402
+from slurmft.core.errors import CheckpointError  # noqa: E402
 
 MODES = ("shared", "upload", "diff")
 FULL_EVERY = 4                 # diff mode: a full save at every 4th step

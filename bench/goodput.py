@@ -22,7 +22,7 @@ Compute is modelled per sample (``examples/train.py --sample-time``): ``--step-t
 simulated compute of a step on all ``--nodes`` ranks, and a step on k ranks takes nodes/k as
 long at the same global batch, as on real hardware.
 
-Reported per variant: wall time, goodput as ``slurmft.goodput`` defines it (steps of the final
+Reported per variant: wall time, goodput as ``slurmft.observe.goodput`` defines it (steps of the final
 lineage x the nofault run's step time / wall), seconds at each world size, recoveries and their
 times (fault -> first step after the resume), steps lost, completed?, and resumes from a
 checkpoint older than the newest verified one at the fault.
@@ -53,10 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slurmft.checkpoint.store import Store
 from slurmft.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, sample_time
-from slurmft.errors import SlurmFTError
-from slurmft.goodput import describe_world_sizes, step_time
-from slurmft.hosts import validate_hostname
-from slurmft.recovery_report import read_progress, summarize
+from slurmft.core.errors import SlurmFTError
+from slurmft.observe.goodput import describe_world_sizes, step_time
+from slurmft.core.nodeset import validate_hostname
+from slurmft.observe.report import read_progress, summarize
 
 VARIANTS = ("slurmft", "slurm", "classic")
 BASELINE = "nofault"         # the same wrapper, no fault: always run; its step time scores all

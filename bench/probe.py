@@ -36,7 +36,7 @@ LOOP = 'for h in "$@"; do ping -c 1 -W "$SLURMFT_BENCH_W" "$h" >/dev/null 2>&1; 
 # ------------------------------------------------------------------ inner: runs in the netns
 def inner(args: argparse.Namespace) -> None:
     """Probe the hosts with FanoutProber; print one JSON line of measurements."""
-    from slurmft.config import load_config
+    from slurmft.core.config import load_config
     from slurmft.probe.fanout import FanoutProber
 
     hosts = args.hosts.split(",")
@@ -84,7 +84,7 @@ def run_in(cluster, argv: list[str], env_extra: dict | None = None, timeout: flo
 
 def ping_wait_for(timeout: float) -> float:
     """The echo wait FanoutProber uses for this deadline."""
-    from slurmft.config import ProbeConfig
+    from slurmft.core.config import ProbeConfig
     from slurmft.probe.fanout import FanoutProber
 
     return FanoutProber(ProbeConfig(timeout=timeout), ping_fn=lambda h, t: None).ping_wait
@@ -245,7 +245,7 @@ Projection to {hosts:,} hosts (paper estimate, not measured):
 
 
 if __name__ == "__main__":
-    from slurmft.errors import SlurmFTError
+    from slurmft.core.errors import SlurmFTError
 
     try:
         sys.exit(main())

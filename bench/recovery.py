@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slurmft.cluster import Cluster  # noqa: E402
-from slurmft.hosts import expand  # noqa: E402
+from slurmft.core.nodeset import expand  # noqa: E402
 
 JOB_NODES = 4
 CLUSTER_NODES = 5

@@ -36,7 +36,7 @@ from mpi4py import MPI
 from slurmft.checkpoint import CheckpointPolicy
 from slurmft.checkpoint.mpi import MPICheckpointManager
 from slurmft.checkpoint.torch import TorchCheckpointer
-from slurmft.errors import FencedError
+from slurmft.core.errors import FencedError
 
 EXIT_STOPPED = 143   # 128 + SIGTERM: stopped on a signal before the last step (saved first)
 FEATURES = 16

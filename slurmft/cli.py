@@ -5,7 +5,7 @@ exception to ``slurmft: <message>`` (one line on stderr) and an exit code; no tr
 reaches the user. With ``--json`` the JSON document (if any) goes to stdout and errors stay
 on stderr, for every command.
 
-Exit codes (slurmft.errors.ExitCode): 0 ok; 1 operation failed (Slurm, a file that cannot be
+Exit codes (slurmft.core.errors.ExitCode): 0 ok; 1 operation failed (Slurm, a file that cannot be
 read or written, a corrupt checkpoint); 2 usage or config error; 3 policy refused (retry
 budget); 4 not your job; 5/6 reschedule --in-place: needs a requeue / stale copy; 10 probe
 found unhealthy hosts; 130 interrupted.
@@ -24,9 +24,9 @@ from typing import Any
 import click
 
 from slurmft import __version__
-from slurmft.config import Config, load_config
-from slurmft.errors import ExitCode, SlurmFTError
-from slurmft.log import get_logger, setup_logging
+from slurmft.core.config import Config, load_config
+from slurmft.core.errors import ExitCode, SlurmFTError
+from slurmft.core.log import get_logger, setup_logging
 
 EXIT_UNHEALTHY = ExitCode.UNHEALTHY
 JSON_ERRORS_NOTE = "Errors stay on stderr as one 'slurmft:' line."
@@ -213,7 +213,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int, log_format: s
     except SlurmFTError:
         if ctx.invoked_subcommand != "epilog":   # the epilog never fails: Slurm would drain
             raise
-        from slurmft.config import LogConfig
+        from slurmft.core.config import LogConfig
 
         log_cfg = LogConfig()
     # -v / -vv win over the configured level (log.level, default WARNING).
@@ -376,7 +376,7 @@ def probe_cmd(ctx: click.Context, hostlist: str | None, job_id: int | None,
     Exit codes: 0 all hosts healthy; 10 at least one host is not healthy;
     1 Slurm or probe setup failed; 2 usage error (bad host name, no hosts).
     """
-    from slurmft import hosts as _hosts
+    from slurmft.core import nodeset as _hosts
     from slurmft.probe.fanout import FanoutProber
 
     if not hostlist and job_id is None:
@@ -502,8 +502,8 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     not relaunched in place: the job needs a requeue; 6 (--in-place) the caller
     is a copy of the job Slurm has requeued since: it must stop.
     """
-    from slurmft import hosts as _hosts
-    from slurmft.errors import PolicyError
+    from slurmft.core import nodeset as _hosts
+    from slurmft.core.errors import PolicyError
     from slurmft.slurm.cli import check_job_id
 
     jid = check_job_id(job_id)
@@ -567,7 +567,7 @@ def _render_options(f: Any) -> Any:
 def _check_train_cmd(which: str, train: str) -> None:
     import shlex
 
-    from slurmft.errors import UsageError
+    from slurmft.core.errors import UsageError
 
     try:
         words = shlex.split(train)
@@ -582,8 +582,8 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
                 exclude: str | None, slots: int | None, train_cmd: str | None,
                 checkpoint_dir: str | None, job_name: str | None, launcher: str | None,
                 launch_from: str | None, out: str | None) -> None:
-    from slurmft import hosts as _hosts
-    from slurmft.errors import UsageError
+    from slurmft.core import nodeset as _hosts
+    from slurmft.core.errors import UsageError
     from slurmft.rescheduler import job_context, restart_context
     from slurmft.render import render
     from slurmft.slurm.api import JobInfo
@@ -633,7 +633,7 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
             job_name=job_name or (job.name if job else "train"), nodes=n_nodes,
             partition=job.partition if job else ""))
     if out:
-        from slurmft.atomic import atomic_write
+        from slurmft.core.atomic import atomic_write
 
         atomic_write(out, text, mode=None if which == "hostfile" else 0o755)
         click.echo(out)
@@ -775,7 +775,7 @@ def _ckpt_store(path: str):
     from pathlib import Path
 
     from slurmft.checkpoint.store import Store
-    from slurmft.errors import UsageError
+    from slurmft.core.errors import UsageError
 
     if not Path(path).is_dir():
         raise UsageError(f"{path} is not a checkpoint directory")
@@ -834,9 +834,9 @@ def checkpoint_verify(path: str, name: str | None, as_json: bool) -> None:
     Exit 0 if all are valid; 1 naming the first corrupt file and why.
     """
     from slurmft.checkpoint.store import CheckpointInfo, parse_name
-    from slurmft.errors import CorruptCheckpointError, UsageError
+    from slurmft.core.errors import CorruptCheckpointError, UsageError
 
-    from slurmft.errors import CheckpointError
+    from slurmft.core.errors import CheckpointError
 
     store = _ckpt_store(path)
     if name and parse_name(name) is None:
@@ -884,11 +884,11 @@ def checkpoint_verify(path: str, name: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def checkpoint_prune(path: str, keep_last: int, as_json: bool) -> None:
     """Delete old checkpoints and leftovers of interrupted saves (run it while no job writes)."""
-    from slurmft.errors import UsageError
+    from slurmft.core.errors import UsageError
 
     if keep_last < 1:
         raise UsageError(f"--keep-last must be >= 1, not {keep_last}")
-    from slurmft.errors import CheckpointError, PruneError
+    from slurmft.core.errors import CheckpointError, PruneError
 
     store = _ckpt_store(path)
     if not store.names():
@@ -953,7 +953,7 @@ def demo_cmd(nodes, steps, step_time, step_interval, fault_after_step, fault, fa
     loss plot (PNG) to --out. Cleans up after itself, also on Ctrl-C.
     """
     from slurmft.demo import Demo, DemoOptions, format_timeline, loss_table
-    from slurmft.recovery_report import read_progress
+    from slurmft.observe.report import read_progress
 
     if fault_after_step >= steps - step_interval:
         raise click.BadParameter("must leave room for a checkpoint and a resume before --steps",
@@ -1110,8 +1110,8 @@ def inject_cmd(ctx: click.Context, action: str, job_id: int, node: str, seed: in
 def _check_bind(bind: str, option: str = "--bind") -> str:
     import ipaddress
 
-    from slurmft.errors import UsageError
-    from slurmft.hosts import validate_hostname
+    from slurmft.core.errors import UsageError
+    from slurmft.core.nodeset import validate_hostname
 
     try:
         return str(ipaddress.ip_address(bind))
@@ -1149,9 +1149,9 @@ def exporter(ctx: click.Context, port: int | None, bind: str, checkpoint_dirs: t
     """
     import threading
 
-    from slurmft import metrics as m
-    from slurmft.errors import UsageError
-    from slurmft.exporter import ExporterCollector, build_registry
+    from slurmft.observe import metrics as m
+    from slurmft.core.errors import UsageError
+    from slurmft.observe.exporter import ExporterCollector, build_registry
 
     if port is None and not textfile:
         raise UsageError("give --port to serve HTTP or --textfile PATH to write a file")
@@ -1183,8 +1183,8 @@ def render_logging(format_: str | None, log_paths: tuple[str, ...], logstash_hos
     import os
     from pathlib import Path
 
-    from slurmft.errors import UsageError
-    from slurmft.log import default_node_id
+    from slurmft.core.errors import UsageError
+    from slurmft.core.log import default_node_id
     from slurmft.render import render
 
     fmt = format_ or os.environ.get("SLURMFT_LOG_FORMAT") or "text"
@@ -1211,7 +1211,7 @@ def render_logging(format_: str | None, log_paths: tuple[str, ...], logstash_hos
             click.echo(f"# ---- {name} ----")
             click.echo(text, nl=False)
         return
-    from slurmft.atomic import atomic_write_all
+    from slurmft.core.atomic import atomic_write_all
 
     target = Path(out)
     if not target.is_dir():

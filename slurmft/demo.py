@@ -5,7 +5,7 @@ Composition only (like the CLI): it builds a local cluster (slurmft.cluster), su
 ``slurmft watch`` as the fast path, waits for a verified checkpoint, takes one node off the
 network, and follows the job until it has been rescheduled onto the healthy nodes, resumed from
 the latest verified checkpoint and finished. Then it reports a timeline, a summary (detection
-time, time to recover, steps lost, seconds at each world size, goodput as ``slurmft.goodput`` defines
+time, time to recover, steps lost, seconds at each world size, goodput as ``slurmft.observe.goodput`` defines
 it, with the fault-free step time measured on the run's own steps before the fault) and the loss
 curve and world size as a PNG and a text table.
 Everything it started is stopped, also on Ctrl-C or SIGTERM.
@@ -26,11 +26,11 @@ from pathlib import Path
 
 from slurmft.checkpoint.store import Store
 from slurmft.cluster import Cluster
-from slurmft.config import RescheduleConfig
-from slurmft.errors import ClusterError, SlurmCommandError, SlurmFTError, SlurmParseError
-from slurmft.goodput import describe_world_sizes, world_size_seconds
-from slurmft.log import get_logger
-from slurmft.recovery_report import RecoverySummary, read_progress, summarize, timeline
+from slurmft.core.config import RescheduleConfig
+from slurmft.core.errors import ClusterError, SlurmCommandError, SlurmFTError, SlurmParseError
+from slurmft.observe.goodput import describe_world_sizes, world_size_seconds
+from slurmft.core.log import get_logger
+from slurmft.observe.report import RecoverySummary, read_progress, summarize, timeline
 from slurmft.render import render
 from slurmft.rescheduler import job_context
 
@@ -268,7 +268,7 @@ class Demo:
             time.sleep(0.2)
 
     def _write_outputs(self, result: DemoResult, records: list[dict], work: Path) -> None:
-        from slurmft.plot import plot_recovery
+        from slurmft.observe.plot import plot_recovery
         out = Path(self.o.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         files = {}

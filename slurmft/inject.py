@@ -43,9 +43,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from slurmft.errors import SlurmFTError, UsageError
-from slurmft.hosts import validate_hostname
-from slurmft.log import get_logger
+from slurmft.core.errors import SlurmFTError, UsageError
+from slurmft.core.nodeset import validate_hostname
+from slurmft.core.log import get_logger
 from slurmft.slurm.api import SlurmClient
 from slurmft.state import StateError, StateStore
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import jinja2
 
-from slurmft.errors import RenderError
-from slurmft.hosts import validate_hostname
+from slurmft.core.errors import RenderError
+from slurmft.core.nodeset import validate_hostname
 
 
 def template_dirs() -> list[Path]:

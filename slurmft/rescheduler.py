@@ -26,16 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slurmft import hosts
-from slurmft.config import RescheduleConfig
-from slurmft.errors import (
+from slurmft.core import nodeset as hosts
+from slurmft.core.config import RescheduleConfig
+from slurmft.core.errors import (
     PermissionDeniedError,
     PolicyError,
     RenderError,
     SlurmCommandError,
     SlurmFTError,
 )
-from slurmft.log import get_logger
+from slurmft.core.log import get_logger
 from slurmft.policy import (
     RELAUNCH_MARK,
     Action,

@@ -27,9 +27,9 @@ from typing import Any
 
 import filelock
 
-from slurmft.atomic import atomic_write
-from slurmft.errors import SlurmFTError
-from slurmft.log import get_logger
+from slurmft.core.atomic import atomic_write
+from slurmft.core.errors import SlurmFTError
+from slurmft.core.log import get_logger
 from slurmft.policy import History
 
 log = get_logger(__name__)

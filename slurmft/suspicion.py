@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from slurmft.errors import ConfigError
+from slurmft.core.errors import ConfigError
 from slurmft.probe.api import ProbeResult
 
 

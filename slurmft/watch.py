@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from slurmft.errors import SlurmFTError
-from slurmft.log import get_logger
+from slurmft.core.errors import SlurmFTError
+from slurmft.core.log import get_logger
 from slurmft.policy import Outcome
 from slurmft.probe.api import ProbeResult, Prober
 from slurmft.rescheduler import Report, Rescheduler

@@ -46,11 +46,11 @@ from slurmft.checkpoint.upload import (
     DEFAULT_RSH, STATUS_FILE, MountedDestination, RetrySchedule, RsyncDestination, SerialWorker,
     Uploader, parse_remote,
 )
-from slurmft.config import CheckpointConfig, build_section, env_layer, read_yaml
-from slurmft.errors import (
+from slurmft.core.config import CheckpointConfig, build_section, env_layer, read_yaml
+from slurmft.core.errors import (
     CheckpointError, ConfigError, CorruptCheckpointError, DestinationLostError, FencedError,
 )
-from slurmft.log import get_logger
+from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 
@@ -63,7 +63,7 @@ class CheckpointPolicy(CheckpointConfig):
     """When and how to checkpoint. Every field is validated at construction.
 
     The fields and their checks are the ``checkpoint:`` section of slurmft's one config schema
-    (slurmft.config.CheckpointConfig); this class adds where they come from and the path.
+    (slurmft.core.config.CheckpointConfig); this class adds where they come from and the path.
     YAML (``checkpoint:`` section or a bare mapping), a dict, or the environment
     (``SLURMFT_CHECKPOINT_<FIELD>``, plus ``CHECKPOINT_PATH`` for ``path``).
     """

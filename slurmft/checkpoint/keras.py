@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from slurmft.checkpoint.api import CheckpointManager
-from slurmft.errors import CheckpointError
+from slurmft.core.errors import CheckpointError
 
 
 @dataclass

@@ -26,8 +26,8 @@ from mpi4py import MPI
 
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy, SaveHandle
 from slurmft.checkpoint.store import CheckpointInfo
-from slurmft.errors import CheckpointError, FencedError
-from slurmft.log import get_logger
+from slurmft.core.errors import CheckpointError, FencedError
+from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 

@@ -53,7 +53,7 @@ import numpy as np
 import xxhash
 
 from slurmft.checkpoint.lineage import Lineage, newest_first, trace
-from slurmft.errors import CheckpointError, CorruptCheckpointError, PruneError
+from slurmft.core.errors import CheckpointError, CorruptCheckpointError, PruneError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

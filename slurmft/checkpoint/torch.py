@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from slurmft.checkpoint.api import CheckpointManager, SaveHandle
-from slurmft.errors import CheckpointError
+from slurmft.core.errors import CheckpointError
 
 _MARK = "__torch_tensor__"
 # dtypes numpy lacks are stored as same-width integers and viewed back on load.

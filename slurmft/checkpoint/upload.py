@@ -45,11 +45,11 @@ from slurmft.checkpoint.store import (
     LATEST, TMP_PREFIX, CheckpointInfo, Store, fsync_dir, parse_name, publish_dir,
     replace_file_atomic,
 )
-from slurmft.errors import (
+from slurmft.core.errors import (
     CheckpointError, ConfigError, CorruptCheckpointError, DestinationLostError,
 )
-from slurmft.hosts import validate_hostname
-from slurmft.log import get_logger
+from slurmft.core.nodeset import validate_hostname
+from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 

@@ -21,8 +21,8 @@ from slurmft.cluster.layout import (
     pick_subnet, validate_name, validate_nodes,
 )
 from slurmft.cluster.procs import Proc
-from slurmft.errors import ClusterError, SlurmFTError, UsageError
-from slurmft.log import get_logger
+from slurmft.core.errors import ClusterError, SlurmFTError, UsageError
+from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 

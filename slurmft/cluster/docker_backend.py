@@ -49,8 +49,8 @@ from slurmft.cluster.layout import (
     CTL_HOST, DEFAULT_NAME, Layout, check_subnet, parse_networks, parse_subnet, validate_name,
     validate_nodes,
 )
-from slurmft.errors import ClusterError, SlurmFTError, UsageError
-from slurmft.log import get_logger
+from slurmft.core.errors import ClusterError, SlurmFTError, UsageError
+from slurmft.core.log import get_logger
 from slurmft.render import render
 
 log = get_logger(__name__)

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slurmft.errors import UsageError
+from slurmft.core.errors import UsageError
 from slurmft.render import render
 
 DEFAULT_NAME = "sft"

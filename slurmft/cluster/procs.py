@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from slurmft.errors import ClusterError
-from slurmft.log import get_logger
+from slurmft.core.errors import ClusterError
+from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 

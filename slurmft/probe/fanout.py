@@ -19,10 +19,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from slurmft.config import ProbeConfig
-from slurmft.errors import ProbeError
-from slurmft.hosts import validate_hostname
-from slurmft.log import get_logger
+from slurmft.core.config import ProbeConfig
+from slurmft.core.errors import ProbeError
+from slurmft.core.nodeset import validate_hostname
+from slurmft.core.log import get_logger
 from slurmft.probe import checks as _checks
 from slurmft.probe import ping as _ping
 from slurmft.probe import ssh as _ssh

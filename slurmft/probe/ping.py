@@ -21,8 +21,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from slurmft.errors import ProbeError
-from slurmft.hosts import validate_hostname
+from slurmft.core.errors import ProbeError
+from slurmft.core.nodeset import validate_hostname
 
 
 @dataclass(frozen=True)

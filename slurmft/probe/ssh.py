@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import paramiko
 
-from slurmft.errors import ProbeError
-from slurmft.hosts import validate_hostname
+from slurmft.core.errors import ProbeError
+from slurmft.core.nodeset import validate_hostname
 
 # paramiko logs full tracebacks (e.g. "Exception (client): Error reading SSH protocol banner")
 # through its own logger; they must never reach user output.

@@ -13,8 +13,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from slurmft import hosts
-from slurmft.errors import (
+from slurmft.core import nodeset as hosts
+from slurmft.core.errors import (
     ControllerUnreachableError,
     InvalidJobError,
     InvalidNodeError,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from slurmft.errors import InvalidJobError, InvalidNodeError
-from slurmft.log import get_logger
+from slurmft.core.errors import InvalidJobError, InvalidNodeError
+from slurmft.core.log import get_logger
 from slurmft.slurm import cli as scli
 from slurmft.slurm.api import JobInfo, NodeInfo
 from slurmft.slurm.runner import CommandResult, Runner, SubprocessRunner

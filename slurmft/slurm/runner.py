@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from slurmft.errors import ControllerUnreachableError, SlurmCommandError
-from slurmft.log import get_logger
+from slurmft.core.errors import ControllerUnreachableError, SlurmCommandError
+from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 

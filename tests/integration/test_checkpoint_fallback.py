@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slurmft.checkpoint.store import DATA, Store, parse_name, step_name
-from slurmft.recovery_report import read_progress
+from slurmft.observe.report import read_progress
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from slurmft.cluster import Cluster
-from slurmft.errors import UsageError
+from slurmft.core.errors import UsageError
 from tests.integration.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -265,7 +265,7 @@ def test_second_cluster_coexists_and_down_leaves_nothing(cluster, cluster_run):
 
 def test_failed_up_tears_down_what_it_built(monkeypatch):
     from slurmft.cluster.layout import Layout
-    from slurmft.errors import ClusterError
+    from slurmft.core.errors import ClusterError
     monkeypatch.setattr(Layout, "slurm_conf_text", lambda self: "NoSuchOption=1\n")
     broken = Cluster(f"sft-f{os.getpid()}")
     with pytest.raises(ClusterError, match=r"(slurmctld|slurmd) exited.*see \S+\.log: .*"

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from slurmft.demo import Demo, DemoOptions
-from slurmft.recovery_report import read_progress
+from slurmft.observe.report import read_progress
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 

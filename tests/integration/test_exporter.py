@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.upload import RetrySchedule
-from slurmft.errors import CheckpointError
+from slurmft.core.errors import CheckpointError
 from slurmft.state import StateStore
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from slurmft.config import RescheduleConfig
+from slurmft.core.config import RescheduleConfig
 from slurmft.demo import mpirun_args
 from slurmft.inject import list_procs_argv, parse_procs
 from slurmft.render import render

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from slurmft.errors import (
+from slurmft.core.errors import (
     InvalidJobError,
     InvalidNodeError,
     JobNotPendingError,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from slurmft.config import RescheduleConfig
+from slurmft.core.config import RescheduleConfig
 from slurmft.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
 from slurmft.render import render
 from slurmft.rescheduler import job_context

@@ -103,7 +103,7 @@ def test_an_unreadable_checkpoint_file_is_one_line(tmp_path, monkeypatch):
 
 def test_prune_that_cannot_delete_everything_reports_both_and_exits_1(tmp_path, monkeypatch):
     from slurmft.checkpoint.store import Store
-    from slurmft.errors import PruneError
+    from slurmft.core.errors import PruneError
 
     populate(tmp_path)
 

@@ -7,7 +7,7 @@ import pytest
 
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.store import Store, step_name
-from slurmft.errors import CheckpointError, FencedError
+from slurmft.core.errors import CheckpointError, FencedError
 
 
 def state(step):

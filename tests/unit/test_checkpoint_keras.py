@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy  # noqa: E402
 from slurmft.checkpoint.keras import SlurmFTCheckpoint  # noqa: E402
-from slurmft.errors import CheckpointError  # noqa: E402
+from slurmft.core.errors import CheckpointError  # noqa: E402
 
 # Keras' torch backend calls np.array(tensor) internally (numpy 2 copy-keyword notice).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

@@ -13,7 +13,7 @@ import pytest
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.lineage import trace
 from slurmft.checkpoint.store import DATA, MANIFEST, CheckpointInfo, Store, parse_name, step_name
-from slurmft.errors import CorruptCheckpointError
+from slurmft.core.errors import CorruptCheckpointError
 
 N = 4096
 

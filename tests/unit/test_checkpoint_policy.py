@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
-from slurmft.errors import ConfigError
+from slurmft.core.errors import ConfigError
 
 
 def test_defaults():

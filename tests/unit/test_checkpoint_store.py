@@ -17,7 +17,7 @@ import pytest
 
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.store import DATA, MANIFEST, META, Store, step_name
-from slurmft.errors import CheckpointError, CorruptCheckpointError
+from slurmft.core.errors import CheckpointError, CorruptCheckpointError
 
 
 def make_state(step: int, n: int = 256) -> dict:
@@ -361,7 +361,7 @@ def test_prune_is_all_or_nothing_and_reports_what_failed(tmp_path, monkeypatch):
     """Issue 13 defect 2: one checkpoint cannot be removed. Prune still tries every other
     one, leaves no half-deleted checkpoint under a real name, and raises PruneError."""
     from slurmft.checkpoint import store as store_mod
-    from slurmft.errors import PruneError
+    from slurmft.core.errors import PruneError
 
     with manager(tmp_path, keep_last=10) as mgr:
         for step in range(1, 6):
@@ -392,7 +392,7 @@ def test_prune_is_all_or_nothing_and_reports_what_failed(tmp_path, monkeypatch):
 
 
 def test_prune_keeps_a_base_whose_diff_could_not_be_deleted(tmp_path, monkeypatch):
-    from slurmft.errors import PruneError
+    from slurmft.core.errors import PruneError
 
     with manager(tmp_path, keep_last=10, full_interval=1000) as mgr:
         for step in range(1, 4):

@@ -13,7 +13,7 @@ from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy  # noqa: 
 from slurmft.checkpoint.torch import (  # noqa: E402
     TorchCheckpointer, from_numpy_tree, resume, shard_remaining, to_numpy_tree,
 )
-from slurmft.errors import CheckpointError  # noqa: E402
+from slurmft.core.errors import CheckpointError  # noqa: E402
 
 
 def make(seed=0):

@@ -18,7 +18,7 @@ from slurmft.checkpoint.store import DATA, Store, step_name
 from slurmft.checkpoint.upload import (
     MARKER, STATUS_FILE, MountedDestination, RetrySchedule, parse_remote, read_upload_status,
 )
-from slurmft.errors import CheckpointError, DestinationLostError, HostNameError
+from slurmft.core.errors import CheckpointError, DestinationLostError, HostNameError
 
 # Retries without waiting; the timer never fires within a test (cycles run at save/close).
 FAST = RetrySchedule(attempts=2, backoff_initial=0, backoff_max=0, cycle_interval=3600)

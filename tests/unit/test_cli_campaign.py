@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 from slurmft import cli as cli_module
 from slurmft.cli import FiniteFloat, cli
-from slurmft.errors import ClusterError, ExitCode, SlurmFTError
+from slurmft.core.errors import ClusterError, ExitCode, SlurmFTError
 
 #: README "Exit codes": every code the command may end with.
 DOCUMENTED = {int(c) for c in ExitCode}
@@ -170,7 +170,8 @@ def ws(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURMFT_CLUSTER_ROOT", str(tmp_path / "clusters"))
     monkeypatch.chdir(ws)
 
-    from slurmft import cluster, demo, metrics
+    from slurmft import cluster, demo
+    from slurmft.observe import metrics
     from slurmft.probe import fanout
     from slurmft.probe.api import Health, ProbeResult
 
@@ -310,7 +311,7 @@ def test_read_only_output_folder(ws):
 
 
 def test_a_full_disk_on_one_of_two_files_leaves_neither(ws, monkeypatch):
-    from slurmft import atomic
+    from slurmft.core import atomic
 
     real = atomic.os.replace
     calls = []

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from slurmft.cli import cli
-from slurmft.errors import ExitCode
+from slurmft.core.errors import ExitCode
 from slurmft.probe.api import Health, ProbeResult
 from tests.fakes.fake_slurm import FakeSlurm
 

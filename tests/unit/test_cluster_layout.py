@@ -11,7 +11,7 @@ from slurmft.cluster import Cluster, Layout, pick_subnet, validate_name
 from slurmft.cluster import cluster as cluster_mod
 from slurmft.cluster.layout import check_subnet, parse_networks, parse_subnet, ports_for
 from slurmft.cluster.procs import ancestors, descendants
-from slurmft.errors import ClusterError, UsageError
+from slurmft.core.errors import ClusterError, UsageError
 
 ROUTES = [  # `ip -j -4 route show table all` on this machine, plus another cluster's route
     {"dst": "default", "gateway": "192.0.2.1", "dev": "eth0"},

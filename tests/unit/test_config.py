@@ -1,7 +1,7 @@
 import pytest
 
-from slurmft.config import load_config
-from slurmft.errors import ConfigError
+from slurmft.core.config import load_config
+from slurmft.core.errors import ConfigError
 
 
 def test_defaults():
@@ -116,14 +116,14 @@ def test_non_utf8_file_is_one_config_error(tmp_path):
 
 def test_checksums_match_the_store():
     from slurmft.checkpoint.store import ALGORITHMS
-    from slurmft.config import CHECKSUM_ALGORITHMS
+    from slurmft.core.config import CHECKSUM_ALGORITHMS
 
     assert tuple(CHECKSUM_ALGORITHMS) == tuple(ALGORITHMS)
 
 
 def test_the_checkpoint_policy_is_the_config_schema():
     from slurmft.checkpoint import CheckpointPolicy
-    from slurmft.config import CheckpointConfig
+    from slurmft.core.config import CheckpointConfig
 
     assert issubclass(CheckpointPolicy, CheckpointConfig)
     with pytest.raises(ConfigError, match="checkpoint.keep_last"):

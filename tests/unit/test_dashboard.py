@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slurmft import metrics
+from slurmft.observe import metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "templates" / "grafana-dashboard.json"
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset",

@@ -10,7 +10,7 @@ import pytest
 
 from slurmft.cluster import docker_backend as db
 from slurmft.cluster.layout import Layout
-from slurmft.errors import ClusterError, UsageError
+from slurmft.core.errors import ClusterError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
 import pytest
 
-from slurmft.errors import HostNameError
-from slurmft.hosts import expand, fold, is_valid_hostname, validate_hostname
+from slurmft.core.errors import HostNameError
+from slurmft.core.nodeset import expand, fold, is_valid_hostname, validate_hostname
 
 
 @pytest.mark.parametrize(
@@ -63,8 +63,8 @@ def test_validate_hostname():
 def test_a_huge_range_is_refused_before_it_is_expanded():
     import pytest
 
-    from slurmft.errors import HostNameError
-    from slurmft.hosts import MAX_HOSTS, expand
+    from slurmft.core.errors import HostNameError
+    from slurmft.core.nodeset import MAX_HOSTS, expand
 
     with pytest.raises(HostNameError, match=f"more than {MAX_HOSTS} hosts"):
         expand("node[1-10000000]")

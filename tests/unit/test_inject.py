@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 from slurmft import inject as inj
 from slurmft.cli import cli
-from slurmft.config import RescheduleConfig
-from slurmft.errors import SlurmFTError, UsageError
+from slurmft.core.config import RescheduleConfig
+from slurmft.core.errors import SlurmFTError, UsageError
 from slurmft.inject import (
     ExecNodeRunner, ExecResult, InjectRequest, Injector, kill_argv, kill_slurmd_argv,
     limit_memory_argv, link_down_argv, list_procs_argv, undo_memory_argv,

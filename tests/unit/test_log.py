@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from pygrok import Grok
 
 from slurmft.cli import cli
-from slurmft.errors import ConfigError
-from slurmft.log import get_logger, setup_logging
+from slurmft.core.errors import ConfigError
+from slurmft.core.log import get_logger, setup_logging
 from slurmft.render import render
 
 GROK = r"%{TIMESTAMP_ISO8601:timestamp} %{LOGLEVEL:level} \[%{DATA:module}\] %{GREEDYDATA:msg}"

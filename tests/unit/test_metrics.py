@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from slurmft import metrics as m
+from slurmft.observe import metrics as m
 from slurmft.cli import cli
-from slurmft.errors import SlurmFTError
+from slurmft.core.errors import SlurmFTError
 from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
-from slurmft.exporter import AuditTail, ExporterCollector, build_registry, read_checkpoints
+from slurmft.observe.exporter import AuditTail, ExporterCollector, build_registry, read_checkpoints
 from slurmft.state import StateStore
 
 

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from slurmft.config import ProbeConfig
-from slurmft.errors import HostNameError
+from slurmft.core.config import ProbeConfig
+from slurmft.core.errors import HostNameError
 from slurmft.probe.api import Health
 from slurmft.probe.fanout import FanoutProber
 from slurmft.probe.ping import PingOutcome
@@ -186,7 +186,7 @@ def test_empty_command_means_ssh_connect_only():
 
 
 def test_ping_wait_is_part_of_the_deadline():
-    from slurmft.errors import ConfigError
+    from slurmft.core.errors import ConfigError
 
     s = Scripted(dead={"n2"})
     prober(s, timeout=4.0).probe(["n2"])

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from slurmft.errors import HostNameError, ProbeError
+from slurmft.core.errors import HostNameError, ProbeError
 from slurmft.probe import ping as pping
 from slurmft.probe import ssh as pssh
 

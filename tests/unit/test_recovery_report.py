@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from slurmft.errors import SlurmFTError
-from slurmft.goodput import measure, step_time, world_size_seconds
-from slurmft.recovery_report import final_lineage, read_progress, summarize, timeline
+from slurmft.core.errors import SlurmFTError
+from slurmft.observe.goodput import measure, step_time, world_size_seconds
+from slurmft.observe.report import final_lineage, read_progress, summarize, timeline
 
 
 def _run(fault_after=25, resume_from=19, steps=40):
@@ -72,7 +72,7 @@ def test_no_records_is_an_error():
         summarize([], planned_steps=1)
 
 
-# ---- the goodput metric (slurmft.goodput) on synthetic progress records ----------------------
+# ---- the goodput metric (slurmft.observe.goodput) on synthetic progress records ----------------------
 
 SAMPLE_S = 1.0 / 12        # a 48-sample global batch on 4 ranks: 12 samples, 1 s per step
 GLOBAL_BATCH = 48

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from slurmft.config import RescheduleConfig
-from slurmft.errors import HostNameError, RenderError
+from slurmft.core.config import RescheduleConfig
+from slurmft.core.errors import HostNameError, RenderError
 from slurmft.render import render
 from slurmft.rescheduler import job_context, restart_context
 from slurmft.slurm.api import JobInfo

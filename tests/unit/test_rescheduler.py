@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from slurmft.config import RescheduleConfig
-from slurmft.errors import InvalidJobError, PermissionDeniedError, PolicyError
-from slurmft.hosts import expand
+from slurmft.core.config import RescheduleConfig
+from slurmft.core.errors import InvalidJobError, PermissionDeniedError, PolicyError
+from slurmft.core.nodeset import expand
 from slurmft.policy import Outcome
 from slurmft.probe.api import Health, ProbeResult
 from slurmft.rescheduler import Rescheduler

@@ -9,7 +9,7 @@ import threading
 from click.testing import CliRunner
 
 from slurmft.cli import cli
-from slurmft.config import RescheduleConfig
+from slurmft.core.config import RescheduleConfig
 from slurmft.epilog import reschedule_argv, run_epilog
 from slurmft.policy import Outcome
 from slurmft.probe.api import Health

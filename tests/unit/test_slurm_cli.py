@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from slurmft.errors import (
+from slurmft.core.errors import (
     ControllerUnreachableError,
     HostNameError,
     InvalidJobError,
@@ -261,7 +261,7 @@ def test_update_job_argv_with_task_and_cpu_counts():
 
 @pytest.mark.parametrize("bad", [0, -1, True, 2.5])
 def test_update_job_rejects_bad_task_counts(bad):
-    from slurmft.errors import UsageError
+    from slurmft.core.errors import UsageError
     from slurmft.slurm.cli import build_update_job_argv
     with pytest.raises(UsageError):
         build_update_job_argv(7, num_tasks=bad)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from slurmft.errors import (
+from slurmft.core.errors import (
     ControllerUnreachableError,
     InvalidJobError,
     InvalidNodeError,
@@ -168,7 +168,7 @@ def test_prefix_and_bin_dir_reach_the_runner(fake):
 
 
 def test_subprocess_runner_missing_binary_and_timeout():
-    from slurmft.errors import SlurmCommandError
+    from slurmft.core.errors import SlurmCommandError
 
     r = SubprocessRunner()
     with pytest.raises(SlurmCommandError, match="not found"):

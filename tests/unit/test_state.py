@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from slurmft.config import RescheduleConfig
+from slurmft.core.config import RescheduleConfig
 from slurmft.probe.api import Health, ProbeResult
 from slurmft.rescheduler import Rescheduler
 from slurmft.slurm.client import CommandSlurmClient

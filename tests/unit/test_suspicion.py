@@ -1,6 +1,6 @@
 import pytest
 
-from slurmft.errors import ConfigError
+from slurmft.core.errors import ConfigError
 from slurmft.probe.api import Health, ProbeResult
 from slurmft.suspicion import ConfirmPolicy, FailureTracker, too_many_failed
 

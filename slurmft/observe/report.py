@@ -13,7 +13,7 @@ Definitions (stated once, used everywhere):
 * **steps lost**: steps completed before a resume that were redone after it
   (``last step before the resume - checkpoint step``).
 * **goodput**: useful steps x fault-free step time at full size / wall, defined once in
-  ``slurmft.goodput`` (the fault-free step time is measured on the run's own steps before the
+  ``slurmft.observe.goodput`` (the fault-free step time is measured on the run's own steps before the
   fault unless the caller measured it elsewhere, e.g. in a fault-free run).
 * **world size seconds**: seconds spent at each world size (0: no training running).
 * **time to recover**: fault -> first step completed after the resume.
@@ -26,8 +26,8 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from slurmft.errors import SlurmFTError
-from slurmft.goodput import final_lineage, measure, step_time, world_size_seconds
+from slurmft.core.errors import SlurmFTError
+from slurmft.observe.goodput import final_lineage, measure, step_time, world_size_seconds
 
 __all__ = ["RecoverySummary", "TimelineEntry", "final_lineage", "loss_curve", "read_progress",
            "summarize", "timeline"]
@@ -55,7 +55,7 @@ class RecoverySummary:
     first_step_after_resume_s: float | None
     wall_s: float
     useful_steps: int
-    fault_free_step_s: float | None   # full size, no fault (see slurmft.goodput)
+    fault_free_step_s: float | None   # full size, no fault (see slurmft.observe.goodput)
     useful_s: float | None            # useful_steps x fault_free_step_s
     goodput: float | None             # None only when no fault-free step could be measured
     world_sizes: list[int] = field(default_factory=list)

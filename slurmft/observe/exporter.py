@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slurmft import metrics as _m
-from slurmft.errors import SlurmFTError
-from slurmft.log import get_logger
+from slurmft.observe import metrics as _m
+from slurmft.core.errors import SlurmFTError
+from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 
@@ -93,7 +93,7 @@ class CheckpointReader:
         # numpy + xxhash: only when asked
         from slurmft.checkpoint.store import Store
         from slurmft.checkpoint.upload import read_upload_status
-        from slurmft.errors import CheckpointError, CorruptCheckpointError
+        from slurmft.core.errors import CheckpointError, CorruptCheckpointError
 
         if not Path(directory).is_dir():
             raise SlurmFTError(f"checkpoint directory {directory} does not exist")

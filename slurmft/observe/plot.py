@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from slurmft.goodput import NOT_TRAINING, world_size_intervals, world_size_seconds
-from slurmft.recovery_report import loss_curve
+from slurmft.observe.goodput import NOT_TRAINING, world_size_intervals, world_size_seconds
+from slurmft.observe.report import loss_curve
 
 
 def plot_recovery(records: Sequence[Mapping], path: str | os.PathLike,

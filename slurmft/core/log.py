@@ -120,13 +120,13 @@ def setup_logging(
     """
     fmt = (fmt or os.environ.get("SLURMFT_LOG_FORMAT") or "text").lower()
     if fmt not in TEXT_FORMATS:
-        from slurmft.errors import ConfigError
+        from slurmft.core.errors import ConfigError
 
         raise ConfigError(f"log format must be one of {', '.join(TEXT_FORMATS)}, not {fmt!r}")
     logfile = logfile or os.environ.get("SLURMFT_LOG_FILE")
     numeric = level if isinstance(level, int) else logging.getLevelName(str(level).upper())
     if not isinstance(numeric, int):
-        from slurmft.errors import ConfigError
+        from slurmft.core.errors import ConfigError
 
         raise ConfigError(f"log level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
     handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stderr)]
@@ -134,7 +134,7 @@ def setup_logging(
         try:
             handlers.append(logging.FileHandler(logfile))
         except OSError as exc:
-            from slurmft.errors import ConfigError
+            from slurmft.core.errors import ConfigError
 
             raise ConfigError(f"cannot open log file {logfile}: {exc.strerror}") from None
     logger = logging.getLogger(LOGGER_NAME)

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import hostlist as _hostlist
 
-from slurmft.errors import HostNameError
+from slurmft.core.errors import HostNameError
 
 # RFC 1123 label: letters, digits, hyphen; not starting/ending with a hyphen; 1-63 chars.
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

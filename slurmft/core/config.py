@@ -28,7 +28,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from slurmft.errors import ConfigError
+from slurmft.core.errors import ConfigError
 
 
 @dataclass

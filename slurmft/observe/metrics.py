@@ -44,8 +44,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import exposition as _exposition
 
-from slurmft.errors import SlurmFTError
-from slurmft.log import get_logger
+from slurmft.core.errors import SlurmFTError
+from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 
