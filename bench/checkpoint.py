@@ -34,7 +34,7 @@ import torch.distributed.checkpoint as dcp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy  # noqa: E402
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy  # noqa: E402
 from slurmft.checkpoint.torch import TorchCheckpointer  # noqa: E402
 
 

@@ -18,7 +18,7 @@ Variants, each on its own fresh cluster, measured in the same run:
   nofault   (always run, first) the wrapper with no fault: it measures the fault-free step
             time at full size that every variant of the same seed is scored with
 
-Compute is modelled per sample (``examples/train.py --sample-time``): ``--step-time`` is the
+Compute is modelled per sample (``slurmft/examples/train.py --sample-time``): ``--step-time`` is the
 simulated compute of a step on all ``--nodes`` ranks, and a step on k ranks takes nodes/k as
 long at the same global batch, as on real hardware.
 
@@ -52,7 +52,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slurmft.checkpoint.store import Store
-from slurmft.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, sample_time
+from slurmft.testbed.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, sample_time
 from slurmft.core.errors import SlurmFTError
 from slurmft.observe.goodput import describe_world_sizes, step_time
 from slurmft.core.nodeset import validate_hostname

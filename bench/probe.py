@@ -144,7 +144,7 @@ def main() -> int:
         inner(args)
         return 0
 
-    from slurmft.cluster import Cluster
+    from slurmft.testbed import Cluster
 
     cluster = Cluster(args.name)
     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slurmft.cluster import Cluster  # noqa: E402
+from slurmft.testbed import Cluster  # noqa: E402
 from slurmft.core.nodeset import expand  # noqa: E402
 
 JOB_NODES = 4

@@ -4,7 +4,7 @@ Light on purpose: importing this package pulls in neither torch nor mpi4py (see 
 mpi.py, keras.py), nor anything from slurm/ or probe/.
 """
 
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy, SaveHandle
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy, SaveHandle
 from slurmft.checkpoint.store import CheckpointInfo
 
 __all__ = ["CheckpointManager", "CheckpointPolicy", "CheckpointInfo", "SaveHandle"]

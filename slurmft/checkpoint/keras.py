@@ -21,7 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from slurmft.checkpoint.api import CheckpointManager
+from slurmft.checkpoint.manager import CheckpointManager
 from slurmft.core.errors import CheckpointError
 
 

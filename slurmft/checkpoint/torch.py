@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slurmft.checkpoint.api import CheckpointManager, SaveHandle
+from slurmft.checkpoint.manager import CheckpointManager, SaveHandle
 from slurmft.core.errors import CheckpointError
 
 _MARK = "__torch_tensor__"

@@ -236,7 +236,7 @@ _CLUSTER_NAME_OPT = click.option("--name", default="sft", envvar="SLURMFT_CLUSTE
 _CLUSTER_BACKEND = click.option(
     "--backend", type=click.Choice(["netns", "docker"]), default="netns", show_default=True,
     envvar="SLURMFT_CLUSTER_BACKEND", expose_value=False, is_eager=True,
-    callback=lambda ctx, _p, v: ctx.meta.__setitem__("slurmft.cluster.backend", v),
+    callback=lambda ctx, _p, v: ctx.meta.__setitem__("slurmft.testbed.backend", v),
     help="netns: network namespaces; docker: containers (docker/; env SLURMFT_CLUSTER_BACKEND).")
 
 
@@ -246,10 +246,10 @@ def _CLUSTER_NAME(f: Any) -> Any:  # noqa: N802 - used as a decorator like the o
 
 def _cluster(name: str) -> Any:
     """The cluster object of the chosen --backend."""
-    if click.get_current_context().meta.get("slurmft.cluster.backend") == "docker":
-        from slurmft.cluster.docker_backend import DockerCluster
+    if click.get_current_context().meta.get("slurmft.testbed.backend") == "docker":
+        from slurmft.testbed.docker import DockerCluster
         return DockerCluster(name)
-    from slurmft.cluster import Cluster
+    from slurmft.testbed import Cluster
     return Cluster(name)
 
 
@@ -424,9 +424,9 @@ def _reschedule_parts(cfg: Config, *, dry_run: bool = False,
                       start_wait: float = 0.0) -> tuple[Any, Any, Any]:
     """Build the concrete client, prober and rescheduler (only the CLI builds adapters)."""
     from slurmft.probe.fanout import FanoutProber
-    from slurmft.rescheduler import Rescheduler
+    from slurmft.recovery.rescheduler import Rescheduler
     from slurmft.slurm.client import CommandSlurmClient
-    from slurmft.state import StateStore
+    from slurmft.recovery.state import StateStore
 
     client = CommandSlurmClient(timeout=cfg.slurm.timeout, bin_dir=cfg.slurm.bin_dir)
     prober = FanoutProber(cfg.probe)
@@ -504,7 +504,7 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     """
     from slurmft.core import nodeset as _hosts
     from slurmft.core.errors import PolicyError
-    from slurmft.slurm.cli import check_job_id
+    from slurmft.slurm.commands import check_job_id
 
     jid = check_job_id(job_id)
     cfg = get_config(ctx, reschedule={"max_retry": max_retry, "min_nodes": min_nodes,
@@ -530,7 +530,7 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
         echo_json(report.to_dict())
     else:
         click.echo(report.text())
-    from slurmft.policy import Outcome
+    from slurmft.recovery.policy import Outcome
 
     if report.decision.outcome is Outcome.HAND_OFF:
         ctx.exit(ExitCode.NEEDS_REQUEUE)
@@ -584,9 +584,9 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
                 launch_from: str | None, out: str | None) -> None:
     from slurmft.core import nodeset as _hosts
     from slurmft.core.errors import UsageError
-    from slurmft.rescheduler import job_context, restart_context
+    from slurmft.recovery.rescheduler import job_context, restart_context
     from slurmft.render import render
-    from slurmft.slurm.api import JobInfo
+    from slurmft.slurm.records import JobInfo
 
     cfg = get_config(ctx, reschedule={"slots": slots, "launcher": launcher,
                                       "launch_from": launch_from})
@@ -600,7 +600,7 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
                              "(or set reschedule.checkpoint_dir)")
     job = None
     if job_id is not None:
-        from slurmft.slurm.cli import check_job_id
+        from slurmft.slurm.commands import check_job_id
         from slurmft.slurm.client import CommandSlurmClient
 
         job = CommandSlurmClient(timeout=cfg.slurm.timeout,
@@ -677,7 +677,7 @@ def render_job(ctx: click.Context, **kw: Any) -> None:
 def epilog_cmd(ctx: click.Context, settle: float) -> None:
     """Slurm Epilog/EpilogSlurmctld hook: start a detached `slurmft reschedule` for
     SLURM_JOB_ID and return at once. Always exits 0, never prints a traceback."""
-    from slurmft.epilog import run_epilog
+    from slurmft.recovery.epilog import run_epilog
 
     log_file = None
     try:
@@ -731,11 +731,11 @@ def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, onc
 
     Stops on SIGINT/SIGTERM (exit 0). With --once: exit 1 when the jobs could not
     be listed (squeue failed)."""
-    from slurmft.suspicion import ConfirmPolicy
+    from slurmft.recovery.suspicion import ConfirmPolicy
     import signal
     import threading
 
-    from slurmft.watch import Watcher
+    from slurmft.recovery.watcher import Watcher
 
     cfg = get_config(ctx)
     client, prober, resched = _reschedule_parts(cfg, start_wait=wait)
@@ -946,13 +946,13 @@ def demo_cmd(nodes, steps, step_time, step_interval, fault_after_step, fault, fa
     """End-to-end recovery demo on a local cluster (root).
 
     \b
-    Builds a real Slurm cluster in network namespaces, trains examples/train.py on
+    Builds a real Slurm cluster in network namespaces, trains slurmft/examples/train.py on
     all nodes with checkpoints, breaks one node, and shows slurmft detect it,
     exclude and drain it, and the job resume on the healthy nodes from the latest
     verified checkpoint and finish. Writes a timeline, summary, loss table and
     loss plot (PNG) to --out. Cleans up after itself, also on Ctrl-C.
     """
-    from slurmft.demo import Demo, DemoOptions, format_timeline, loss_table
+    from slurmft.testbed.demo import Demo, DemoOptions, format_timeline, loss_table
     from slurmft.observe.report import read_progress
 
     if fault_after_step >= steps - step_interval:
@@ -1054,19 +1054,19 @@ def inject_cmd(ctx: click.Context, action: str, job_id: int, node: str, seed: in
                   at (re)start (takes effect on the job's next restart).
 
     \b
-    Every injection is logged (logger slurmft.inject) and appended to
+    Every injection is logged (logger slurmft.testbed.inject) and appended to
     audit.jsonl in the state dir (event "inject").
     """
     import shlex as _shlex
 
-    from slurmft.inject import ExecNodeRunner, InjectRequest, Injector, SshNodeRunner
-    from slurmft.state import StateStore
+    from slurmft.testbed.inject import ExecNodeRunner, InjectRequest, Injector, SshNodeRunner
+    from slurmft.recovery.state import StateStore
 
     cfg = get_config(ctx, reschedule={"state_dir": state_dir, "checkpoint_dir": checkpoint_dir})
     fault = slurm = runner = None
     store_dir = cfg.reschedule.state_dir
     if cluster_name:
-        from slurmft.cluster import Cluster
+        from slurmft.testbed import Cluster
 
         c = Cluster(cluster_name)
         if not dry_run and not c.is_up():

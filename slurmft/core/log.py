@@ -2,7 +2,7 @@
 
 Text lines look like::
 
-    2026-11-25T16:10:09.123+00:00 INFO [slurmft.rescheduler] node=node1 job=42 message
+    2026-11-25T16:10:09.123+00:00 INFO [slurmft.recovery.rescheduler] node=node1 job=42 message
 
 which the shipped Logstash grok pattern
 ``%{TIMESTAMP_ISO8601:timestamp} %{LOGLEVEL:level} \\[%{DATA:module}\\] %{GREEDYDATA:msg}``

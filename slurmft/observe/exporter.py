@@ -12,7 +12,7 @@ textfile write), so ``slurmft_checkpoint_age_seconds`` is current at every scrap
 * the upload status a checkpoint manager writes into its local cache
   (``upload_status.json``): backlog, failed attempts, health;
 * the rescheduler's audit log (``audit.jsonl`` in ``reschedule.state_dir``, written by
-  ``slurmft.state.StateStore.audit``), read incrementally: each record counts once.
+  ``slurmft.recovery.state.StateStore.audit``), read incrementally: each record counts once.
 
 Audit record fields read here (others are ignored)::
 
@@ -42,7 +42,7 @@ from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 
-AUDIT_FILE = "audit.jsonl"   # as slurmft.state.StateStore writes it
+AUDIT_FILE = "audit.jsonl"   # as slurmft.recovery.state.StateStore writes it
 MAX_AUDIT_LINE = 1 << 20
 
 

@@ -12,7 +12,7 @@
 * **wall**: first progress record to ``done``; for a run that never completed, to the time it
   was given up (``end_t``), so it never reports more than it trained.
 
-Pure: progress records in, numbers out (records as ``examples/train.py`` writes them: ``t``,
+Pure: progress records in, numbers out (records as ``slurmft/examples/train.py`` writes them: ``t``,
 ``event``, ``step``, ``world_size``, ``attempt``).
 """
 

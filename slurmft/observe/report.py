@@ -1,6 +1,6 @@
 """Pure analysis of a training run that survived a failure: timeline, summary, goodput.
 
-Input is what the run left behind: the progress records ``examples/train.py`` (or any script
+Input is what the run left behind: the progress records ``slurmft/examples/train.py`` (or any script
 using the same record shape) appends as JSON lines, plus the wall-clock times of outside events
 (fault injected, failure detected, job requeued or failed node taken out of the running job,
 job running again). Nothing here touches a

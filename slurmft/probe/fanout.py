@@ -26,7 +26,7 @@ from slurmft.core.log import get_logger
 from slurmft.probe import checks as _checks
 from slurmft.probe import ping as _ping
 from slurmft.probe import ssh as _ssh
-from slurmft.probe.api import Health, ProbeResult
+from slurmft.probe.records import Health, ProbeResult
 
 log = get_logger(__name__)
 

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from slurmft.probe.api import Health, ProbeResult
-from slurmft.slurm.api import JobInfo
+from slurmft.probe.records import Health, ProbeResult
+from slurmft.slurm.records import JobInfo
 
 #: The job wrapper's mark in ``--comment``: the job runs with ``--no-kill`` (Slurm removes a
 #: downed node from it instead of killing it) and relaunches its training on the nodes it has

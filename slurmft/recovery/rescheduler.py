@@ -36,7 +36,7 @@ from slurmft.core.errors import (
     SlurmFTError,
 )
 from slurmft.core.log import get_logger
-from slurmft.policy import (
+from slurmft.recovery.policy import (
     RELAUNCH_MARK,
     Action,
     Decision,
@@ -49,11 +49,11 @@ from slurmft.policy import (
     pinned_params,
     shrink_params,
 )
-from slurmft.probe.api import Health, ProbeResult, Prober
+from slurmft.probe.records import Health, ProbeResult, Prober
 from slurmft.render import render as default_render
-from slurmft.slurm import cli as scli
-from slurmft.slurm.api import JobInfo, SlurmClient
-from slurmft.state import Attempt, RetryRecord, StateStore
+from slurmft.slurm import commands as scli
+from slurmft.slurm.records import JobInfo, SlurmClient
+from slurmft.recovery.state import Attempt, RetryRecord, StateStore
 
 log = get_logger(__name__)
 

@@ -30,7 +30,7 @@ import filelock
 from slurmft.core.atomic import atomic_write
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import get_logger
-from slurmft.policy import History
+from slurmft.recovery.policy import History
 
 log = get_logger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from slurmft.core.errors import ConfigError
-from slurmft.probe.api import ProbeResult
+from slurmft.probe.records import ProbeResult
 
 
 @dataclass(frozen=True)

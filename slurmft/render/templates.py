@@ -1,17 +1,18 @@
 """Rendering of slurmft's Jinja2 templates (the ONLY jinja2 import).
 
-Templates live in the project's ``templates/`` folder (or ``<prefix>/share/slurmft/templates``
-for a non-editable install, or SLURMFT_TEMPLATES). StrictUndefined makes a missing variable an
-error instead of an empty string; the ``shquote`` filter quotes a value for POSIX shells, and
-``hostname`` refuses anything that is not an RFC 1123 host name.
+Templates ship as package data (``templates/`` inside the ``slurmft`` package, found with
+importlib.resources, so an installed wheel needs no checkout); SLURMFT_TEMPLATES names a folder
+searched first. StrictUndefined makes a missing variable an error instead of an empty string;
+the ``shquote`` filter quotes a value for POSIX shells, and ``hostname`` refuses anything that
+is not an RFC 1123 host name.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import sys
 from collections.abc import Iterable, Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,16 @@ from slurmft.core.errors import RenderError
 from slurmft.core.nodeset import validate_hostname
 
 
+def packaged_templates() -> Path:
+    """The templates shipped in the package (a real folder for a wheel or editable install)."""
+    return Path(str(files("slurmft").joinpath("templates")))
+
+
 def template_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("SLURMFT_TEMPLATES"):
         dirs.append(Path(os.environ["SLURMFT_TEMPLATES"]))
-    dirs.append(Path(__file__).resolve().parent.parent / "templates")
-    dirs.append(Path(sys.prefix) / "share" / "slurmft" / "templates")
+    dirs.append(packaged_templates())
     return [d for d in dirs if d.is_dir()]
 
 
@@ -43,7 +48,8 @@ def _hostname(value: Any) -> str:
 def make_environment(extra_dirs: Iterable[str | os.PathLike] = ()) -> jinja2.Environment:
     dirs = [str(d) for d in extra_dirs] + [str(d) for d in template_dirs()]
     if not dirs:
-        raise RenderError("no templates folder found: set SLURMFT_TEMPLATES to slurmft's templates/")
+        raise RenderError("no templates folder found: reinstall slurmft (its package data is "
+                          "missing) or set SLURMFT_TEMPLATES")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(dirs),
         undefined=jinja2.StrictUndefined,

@@ -2,7 +2,7 @@
 
 The runner comes in through the constructor: the real ``SubprocessRunner`` by default, a
 ``FakeSlurm`` in tests. Every call has a timeout; failures become typed errors carrying
-Slurm's own message (see ``slurmft.slurm.cli.error_for``).
+Slurm's own message (see ``slurmft.slurm.commands.error_for``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from slurmft.core.errors import InvalidJobError, InvalidNodeError
 from slurmft.core.log import get_logger
-from slurmft.slurm import cli as scli
-from slurmft.slurm.api import JobInfo, NodeInfo
+from slurmft.slurm import commands as scli
+from slurmft.slurm.records import JobInfo, NodeInfo
 from slurmft.slurm.runner import CommandResult, Runner, SubprocessRunner
 
 log = get_logger(__name__)

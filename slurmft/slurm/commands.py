@@ -27,7 +27,7 @@ from slurmft.core.errors import (
     UnsatisfiableRequestError,
     UsageError,
 )
-from slurmft.slurm.api import JobInfo, NodeInfo
+from slurmft.slurm.records import JobInfo, NodeInfo
 
 SLURM_COMMANDS = ("squeue", "sinfo", "scontrol", "sbatch", "scancel")
 NODE_STATES = ("DRAIN", "DOWN", "RESUME", "UNDRAIN")

@@ -2,7 +2,7 @@
 
 Used by ``slurmft cluster ...``, the integration tests, the demo and the benchmarks::
 
-    from slurmft.cluster import Cluster
+    from slurmft.testbed import Cluster
     c = Cluster("sft-test")                # name: 1-24 of [a-z0-9-], starts with a letter
     c.up(nodes=4)                          # -> UpResult; already_up=True if it was running
     c.run(["sinfo"])                       # CompletedProcess (text) run inside the cluster
@@ -54,8 +54,8 @@ died -> its log file) or UsageError (bad name, node count, subnet clash, unknown
 A failed ``up`` tears down what it had built.
 """
 
-from slurmft.cluster.cluster import FAULT_ACTIONS, Cluster, UpResult
-from slurmft.cluster.layout import (
+from slurmft.testbed.netns import FAULT_ACTIONS, Cluster, UpResult
+from slurmft.testbed.layout import (
     CTL_HOST, DEFAULT_NAME, DEFAULT_ROOT, Layout, pick_subnet, validate_name,
 )
 

@@ -1,7 +1,7 @@
 """``slurmft demo``: a real multi-node training run loses a node and finishes anyway.
 
-Composition only (like the CLI): it builds a local cluster (slurmft.cluster), submits
-``examples/train.py`` on N nodes through slurmft's job wrapper (templates/job.sh.j2), starts
+Composition only (like the CLI): it builds a local cluster (slurmft.testbed), submits
+``slurmft/examples/train.py`` on N nodes through slurmft's job wrapper (templates/job.sh.j2), starts
 ``slurmft watch`` as the fast path, waits for a verified checkpoint, takes one node off the
 network, and follows the job until it has been rescheduled onto the healthy nodes, resumed from
 the latest verified checkpoint and finished. Then it reports a timeline, a summary (detection
@@ -22,21 +22,22 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
 from slurmft.checkpoint.store import Store
-from slurmft.cluster import Cluster
+from slurmft.testbed import Cluster
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import ClusterError, SlurmCommandError, SlurmFTError, SlurmParseError
 from slurmft.observe.goodput import describe_world_sizes, world_size_seconds
 from slurmft.core.log import get_logger
 from slurmft.observe.report import RecoverySummary, read_progress, summarize, timeline
 from slurmft.render import render
-from slurmft.rescheduler import job_context
+from slurmft.recovery.rescheduler import job_context
 
 log = get_logger(__name__)
 
-EXAMPLE_TRAIN = Path(__file__).resolve().parent.parent / "examples" / "train.py"
+EXAMPLE_TRAIN = Path(str(files("slurmft") / "examples" / "train.py"))   # package data
 
 
 @dataclass
@@ -95,7 +96,8 @@ class Demo:
 
     def run(self) -> DemoResult:
         if not EXAMPLE_TRAIN.is_file():
-            raise SlurmFTError(f"{EXAMPLE_TRAIN} not found: run the demo from a slurmft checkout")
+            raise SlurmFTError(f"{EXAMPLE_TRAIN} not found: reinstall slurmft "
+                               "(its package data is missing)")
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             return self._run()
@@ -311,7 +313,7 @@ class Demo:
 # ---- helpers (pure or read-only) ---------------------------------------------------------------
 
 def sample_time(step_time: float, nodes: int, global_batch: int) -> float:
-    """``examples/train.py --sample-time`` for a step of ``step_time`` s on ``nodes`` ranks:
+    """``slurmft/examples/train.py --sample-time`` for a step of ``step_time`` s on ``nodes`` ranks:
     each rank computes ``global_batch / nodes`` samples, so on k ranks a step takes nodes/k as
     long."""
     return step_time * nodes / global_batch

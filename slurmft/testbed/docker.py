@@ -7,7 +7,7 @@ paths match. No way out: the network is internal, its bridge holds no IPv4 addre
 gateway, the subnet's last address, is reserved, never assigned) and the containers drop the
 default route Docker gives them.
 
-``DockerCluster`` mirrors ``slurmft.cluster.Cluster`` (up/down/status/fault/run/exec_argv/
+``DockerCluster`` mirrors ``slurmft.testbed.Cluster`` (up/down/status/fault/run/exec_argv/
 node_exec_argv/execvpe/env, the same fault names plus node-down/node-up). Faults map to
 Docker: link-down/up = ``docker network disconnect/connect``; node-down/up = ``docker
 stop/start``; kill/restart-slurmd, stop/start/freeze/thaw-sshd = ``docker exec CTR pkill -SIG
@@ -42,10 +42,10 @@ from pathlib import Path
 
 import yaml
 
-from slurmft.cluster import procs
-from slurmft.cluster.cluster import FAULT_ACTIONS as NETNS_FAULT_ACTIONS
-from slurmft.cluster.cluster import UpResult
-from slurmft.cluster.layout import (
+from slurmft.testbed import procs
+from slurmft.testbed.netns import FAULT_ACTIONS as NETNS_FAULT_ACTIONS
+from slurmft.testbed.netns import UpResult
+from slurmft.testbed.layout import (
     CTL_HOST, DEFAULT_NAME, Layout, check_subnet, parse_networks, parse_subnet, validate_name,
     validate_nodes,
 )
@@ -71,7 +71,7 @@ SSH_KEY = "/root/.ssh/id_ed25519"           # inside the containers (docker/entr
 KNOWN_HOSTS = "/root/.ssh/known_hosts"
 # Files of the repository that go into the image (the build context is staged from these).
 CONTEXT_FILES = ("setup.py", "setup.cfg", "README.md", "docker/Dockerfile", "docker/entrypoint.sh")
-CONTEXT_TREES = (("slurmft", "*.py"), ("templates", "*"))
+CONTEXT_TREES = (("slurmft", "*"),)            # the package with its data (templates, examples)
 
 SSH_CONFIG = "/root/.ssh/config"
 DAEMONS = ("munged", "sshd", "slurmd", "slurmctld")
@@ -524,7 +524,7 @@ class DockerClusterState:
 
 
 class DockerCluster:
-    """A Slurm cluster of containers with the public surface of ``slurmft.cluster.Cluster``.
+    """A Slurm cluster of containers with the public surface of ``slurmft.testbed.Cluster``.
 
     ``up/down/status/fault/run/exec_argv/node_exec_argv/execvpe/env`` and the path properties
     behave as the namespace backend's; paths name places INSIDE the containers except

@@ -1,7 +1,7 @@
 """Fault injection for campaigns on real jobs (``slurmft inject``).
 
 ``Injector(...).inject(InjectRequest(...))`` breaks one node of a job in one chosen way and
-records it (logger ``slurmft.inject`` and an ``event: inject`` line in the state dir's
+records it (logger ``slurmft.testbed.inject`` and an ``event: inject`` line in the state dir's
 audit.jsonl). Everything with a side effect comes in through the constructor: the Slurm client
 (the job's nodes), a ``NodeRunner`` (run an argv on a node: over SSH at a real site, by
 nsenter on the local cluster), the local cluster's ``fault(node, action)`` and the state store.
@@ -46,8 +46,8 @@ from typing import Any, Protocol
 from slurmft.core.errors import SlurmFTError, UsageError
 from slurmft.core.nodeset import validate_hostname
 from slurmft.core.log import get_logger
-from slurmft.slurm.api import SlurmClient
-from slurmft.state import StateError, StateStore
+from slurmft.slurm.records import SlurmClient
+from slurmft.recovery.state import StateError, StateStore
 
 log = get_logger(__name__)
 

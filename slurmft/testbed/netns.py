@@ -15,12 +15,12 @@ from pathlib import Path
 
 import filelock
 
-from slurmft.cluster import procs
-from slurmft.cluster.layout import (
+from slurmft.testbed import procs
+from slurmft.testbed.layout import (
     CTL_HOST, DEFAULT_NAME, DEFAULT_ROOT, Layout, check_subnet, parse_networks, parse_subnet,
     pick_subnet, validate_name, validate_nodes,
 )
-from slurmft.cluster.procs import Proc
+from slurmft.testbed.procs import Proc
 from slurmft.core.errors import ClusterError, SlurmFTError, UsageError
 from slurmft.core.log import get_logger
 
@@ -34,8 +34,9 @@ NETNS_DIR = Path("/run/netns")
 
 
 def _paths_jobs_need() -> list[str]:
-    """This checkout (examples/, templates/) and this Python's prefix (the venv): nodes must
-    see them at the same path even when they live under /tmp, which nodes privatise."""
+    """The folder holding the slurmft package (its examples/ and templates/ are package data)
+    and this Python's prefix (the venv): nodes must see them at the same path even when they
+    live under /tmp, which nodes privatise."""
     import slurmft
     return [str(Path(slurmft.__file__).resolve().parent.parent), sys.prefix]
 

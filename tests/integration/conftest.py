@@ -1,6 +1,6 @@
 """Fixtures for integration tests on a REAL local cluster (root; CI runs as root).
 
-``cluster``: a session-wide 4-node cluster (slurmft.cluster.Cluster), torn down at the end.
+``cluster``: a session-wide 4-node cluster (slurmft.testbed.Cluster), torn down at the end.
 ``cluster_run``: ``cluster_run(["sinfo"], timeout=60) -> CompletedProcess`` run inside it
 (controller netns, node names resolvable, SLURM_CONF and SLURMFT_* set, text output).
 
@@ -19,7 +19,7 @@ import subprocess
 import filelock
 import pytest
 
-from slurmft.cluster import Cluster
+from slurmft.testbed import Cluster
 
 
 def pytest_collection_modifyitems(config, items):

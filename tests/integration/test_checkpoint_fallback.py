@@ -1,7 +1,7 @@
 """A real job falls back past its corrupted newest checkpoint, saves again (the same step as
 the corrupt one), ends, and the resubmitted job resumes from the fallback run's own newest
 save, never from the first run's abandoned data (issue 19). Real cluster, the job wrapper,
-mpirun + examples/train.py on one node."""
+mpirun + slurmft/examples/train.py on one node."""
 
 from __future__ import annotations
 

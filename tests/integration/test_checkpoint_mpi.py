@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import torch
-    from slurmft.checkpoint.api import CheckpointPolicy
+    from slurmft.checkpoint.manager import CheckpointPolicy
     from slurmft.checkpoint.mpi import MPICheckpointManager
     from slurmft.checkpoint.torch import TorchCheckpointer, shard_remaining
     from mpi4py import MPI

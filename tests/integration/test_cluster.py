@@ -8,16 +8,17 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
-from slurmft.cluster import Cluster
+from slurmft.testbed import Cluster
 from slurmft.core.errors import UsageError
 from tests.integration.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
+MPI_HELLO = Path(str(files("slurmft") / "examples" / "mpi_hello.py"))   # package data
 PYTHON = str(Path(sys.executable).absolute())     # the venv's python, by absolute path
 
 
@@ -111,7 +112,7 @@ def test_mpirun_allreduce_across_nodes(cluster, cluster_run):
                       "--mca", "plm_rsh_args", f"-F {cluster.ssh_config_path}",
                       "--mca", "btl", "self,tcp", "--mca", "btl_tcp_if_include", cluster.subnet,
                       "--mca", "oob_tcp_if_include", cluster.subnet,
-                      PYTHON, ROOT / "examples" / "mpi_hello.py"], timeout=120)
+                      PYTHON, MPI_HELLO], timeout=120)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert "allreduce sum=10 expected=10 OK" in cp.stdout
     hosts = {part.split("=")[1] for line in cp.stdout.splitlines() if line.startswith("rank=")
@@ -264,7 +265,7 @@ def test_second_cluster_coexists_and_down_leaves_nothing(cluster, cluster_run):
 
 
 def test_failed_up_tears_down_what_it_built(monkeypatch):
-    from slurmft.cluster.layout import Layout
+    from slurmft.testbed.layout import Layout
     from slurmft.core.errors import ClusterError
     monkeypatch.setattr(Layout, "slurm_conf_text", lambda self: "NoSuchOption=1\n")
     broken = Cluster(f"sft-f{os.getpid()}")

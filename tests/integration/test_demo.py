@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from slurmft.demo import Demo, DemoOptions
+from slurmft.testbed.demo import Demo, DemoOptions
 from slurmft.observe.report import read_progress
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]

@@ -1,4 +1,4 @@
-"""The docker backend (slurmft.cluster.docker_backend) on a real Docker daemon.
+"""The docker backend (slurmft.testbed.docker) on a real Docker daemon.
 
 A session fixture starts a private dockerd (own socket and data root, no bridge, no iptables,
 no IP forwarding), builds the node image (cached: skipped when an image with the same content
@@ -20,7 +20,7 @@ import subprocess
 import filelock
 import pytest
 
-from slurmft.cluster.docker_backend import (
+from slurmft.testbed.docker import (
     DockerCluster,
     DockerUnavailableError,
     PrivateDockerd,

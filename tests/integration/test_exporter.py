@@ -1,8 +1,8 @@
 """The real `slurmft exporter` process, scraped over HTTP while checkpoints and recoveries happen.
 
 Checkpoints are written by the real CheckpointManager into a temp dir; the recovery is a real
-audit record appended through slurmft.state.StateStore (the rescheduler's own writer), not a
-reschedule driven on the cluster.
+audit record appended through slurmft.recovery.state.StateStore (the rescheduler's own
+writer), not a reschedule driven on the cluster.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.upload import RetrySchedule
 from slurmft.core.errors import CheckpointError
-from slurmft.state import StateStore
+from slurmft.recovery.state import StateStore
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

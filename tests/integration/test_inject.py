@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from slurmft.core.config import RescheduleConfig
-from slurmft.demo import mpirun_args
-from slurmft.inject import list_procs_argv, parse_procs
+from slurmft.testbed.demo import mpirun_args
+from slurmft.testbed.inject import list_procs_argv, parse_procs
 from slurmft.render import render
-from slurmft.rescheduler import job_context
-from slurmft.state import StateStore
+from slurmft.recovery.rescheduler import job_context
+from slurmft.recovery.state import StateStore
 from tests.integration.waiting import wait_for
 
 pytestmark = pytest.mark.integration

@@ -318,7 +318,7 @@ def test_no_requeue_job_gets_a_restart_job(cluster, cluster_run, loop_job):
 @pytest.fixture(scope="module")
 def epilog_cluster(tmp_path_factory):
     """A second small cluster whose slurm.conf has EpilogSlurmctld = slurmft epilog."""
-    from slurmft.cluster import Cluster
+    from slurmft.testbed import Cluster
 
     if os.geteuid() != 0:
         pytest.skip("the local cluster needs root")

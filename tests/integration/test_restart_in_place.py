@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from slurmft.observe.report import read_progress
-from slurmft.state import StateStore
+from slurmft.recovery.state import StateStore
 from tests.integration.waiting import wait_for
 from tests.integration.wrapper_job import write_wrapper
 

@@ -20,7 +20,7 @@ from slurmft.core.errors import (
     UnsatisfiableRequestError,
     UsageError,
 )
-from slurmft.slurm import cli as scli
+from slurmft.slurm import commands as scli
 from slurmft.slurm.client import CommandSlurmClient
 from slurmft.slurm.runner import SubprocessRunner
 

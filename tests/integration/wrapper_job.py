@@ -1,4 +1,4 @@
-"""The job wrapper around examples/train.py, rendered for the test cluster (the integration
+"""The job wrapper around slurmft/examples/train.py, rendered for the test cluster (the integration
 tests of the wrapper's recovery submit it)."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from slurmft.core.config import RescheduleConfig
-from slurmft.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
+from slurmft.testbed.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
 from slurmft.render import render
-from slurmft.rescheduler import job_context
+from slurmft.recovery.rescheduler import job_context
 
 
 def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.cli import cli
 
 

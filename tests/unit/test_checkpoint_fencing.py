@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.store import Store, step_name
 from slurmft.core.errors import CheckpointError, FencedError
 

@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.core.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.store import DATA, MANIFEST, META, Store, step_name
 from slurmft.core.errors import CheckpointError, CorruptCheckpointError
 
@@ -219,7 +219,7 @@ def test_failed_save_reported_at_close(tmp_path):
 CHILD = textwrap.dedent("""
     import os, sys
     import numpy as np
-    from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
+    from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
     root, crash_at, diff = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
     def hook(label):
         if label == crash_at:

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy  # noqa: E402
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy  # noqa: E402
 from slurmft.checkpoint.store import (  # noqa: E402
     DATA, META, Store, TensorRef, join_state, split_state, step_name,
 )

@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy  # noqa: E402
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy  # noqa: E402
 from slurmft.checkpoint.torch import (  # noqa: E402
     TorchCheckpointer, from_numpy_tree, resume, shard_remaining, to_numpy_tree,
 )

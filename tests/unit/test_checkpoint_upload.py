@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.store import DATA, Store, step_name
 from slurmft.checkpoint.upload import (
     MARKER, STATUS_FILE, MountedDestination, RetrySchedule, parse_remote, read_upload_status,
@@ -168,7 +168,7 @@ def test_atexit_awaits_pending_upload(tmp_path):
     script = tmp_path / "s.py"
     script.write_text(
         "import sys, time, numpy as np\n"
-        "from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy\n"
+        "from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy\n"
         "from slurmft.checkpoint.upload import MountedDestination\n"
         "class Slow(MountedDestination):\n"
         "    def upload(self, src, info):\n"

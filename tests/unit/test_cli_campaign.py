@@ -134,7 +134,7 @@ class StandInCluster:
     """Validates the name as the real one does; every action fails."""
 
     def __init__(self, name: str = "sft", *a, **k) -> None:
-        from slurmft.cluster.layout import validate_name
+        from slurmft.testbed.layout import validate_name
 
         self.name = validate_name(name)
 
@@ -170,10 +170,11 @@ def ws(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURMFT_CLUSTER_ROOT", str(tmp_path / "clusters"))
     monkeypatch.chdir(ws)
 
-    from slurmft import cluster, demo
+    from slurmft import testbed
     from slurmft.observe import metrics
     from slurmft.probe import fanout
-    from slurmft.probe.api import Health, ProbeResult
+    from slurmft.probe.records import Health, ProbeResult
+    from slurmft.testbed import demo
 
     def no_probe(self, names):
         return {n: ProbeResult(n, Health.UNREACHABLE, reason="stand-in") for n in names}
@@ -185,7 +186,7 @@ def ws(tmp_path, monkeypatch):
         raise SlurmFTError("stand-in: no metrics server in unit tests")
 
     monkeypatch.setattr(fanout.FanoutProber, "probe", no_probe)
-    monkeypatch.setattr(cluster, "Cluster", StandInCluster)
+    monkeypatch.setattr(testbed, "Cluster", StandInCluster)
     monkeypatch.setattr(cli_module, "_cluster", StandInCluster)
     monkeypatch.setattr(demo.Demo, "run", no_demo)
     monkeypatch.setattr(metrics, "start_http_server", no_server)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from slurmft.cli import cli
 from slurmft.core.errors import ExitCode
-from slurmft.probe.api import Health, ProbeResult
+from slurmft.probe.records import Health, ProbeResult
 from tests.fakes.fake_slurm import FakeSlurm
 
 NODES = ["node1", "node2", "node3", "node4"]

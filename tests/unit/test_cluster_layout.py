@@ -7,10 +7,10 @@ import pytest
 from click.testing import CliRunner
 
 from slurmft.cli import cli
-from slurmft.cluster import Cluster, Layout, pick_subnet, validate_name
-from slurmft.cluster import cluster as cluster_mod
-from slurmft.cluster.layout import check_subnet, parse_networks, parse_subnet, ports_for
-from slurmft.cluster.procs import ancestors, descendants
+from slurmft.testbed import Cluster, Layout, pick_subnet, validate_name
+from slurmft.testbed import netns as cluster_mod
+from slurmft.testbed.layout import check_subnet, parse_networks, parse_subnet, ports_for
+from slurmft.testbed.procs import ancestors, descendants
 from slurmft.core.errors import ClusterError, UsageError
 
 ROUTES = [  # `ip -j -4 route show table all` on this machine, plus another cluster's route
@@ -216,7 +216,7 @@ def test_cli_bad_input_one_line(args, msg):
 def test_proc_records_guard_against_pid_reuse(tmp_path):
     import signal
 
-    from slurmft.cluster import procs
+    from slurmft.testbed import procs
     p = procs.spawn(["sleep", "30"], tmp_path / "sleep.log")
     try:
         assert procs.alive(p) and procs.state(p) == "running"
@@ -245,7 +245,7 @@ def test_status_of_recorded_but_dead_cluster(tmp_path):
 
 
 def test_paths_under_tmp_keeps_only_outermost_tmp_paths():
-    from slurmft.cluster.procs import paths_under_tmp
+    from slurmft.testbed.procs import paths_under_tmp
     assert paths_under_tmp(["/tmp/ci/repo", "/tmp/ci/repo/.venv", "/usr", "/var/lib/x"]) == ["/tmp/ci/repo"]
     assert paths_under_tmp(["/tmp/a", "/tmp/ab"]) == ["/tmp/a", "/tmp/ab"]
     assert paths_under_tmp(["/opt/venv"]) == []
@@ -254,7 +254,7 @@ def test_paths_under_tmp_keeps_only_outermost_tmp_paths():
 def test_ns_setup_argv_passes_kept_paths_positionally():
     import pytest
 
-    from slurmft.cluster.procs import NS_SETUP_SH, ns_setup_argv
+    from slurmft.testbed.procs import NS_SETUP_SH, ns_setup_argv
     argv = ns_setup_argv("node1", "/s/hosts", "node", ["sleep", "infinity"],
                          hosttmp="/s/hosttmp/node1", keep=["/tmp/ci repo"])
     assert argv[:3] == ["sh", "-c", NS_SETUP_SH]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from importlib.resources import files
 
 import pytest
 
 from slurmft.observe import metrics
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "templates" / "grafana-dashboard.json"
+DASHBOARD = files("slurmft") / "templates" / "grafana-dashboard.json"   # package data
 PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "offset",
                    "bool", "and", "or", "unless", "inf", "nan"}
 

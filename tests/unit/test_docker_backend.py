@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from slurmft.cluster import docker_backend as db
-from slurmft.cluster.layout import Layout
+from slurmft.testbed import docker as db
+from slurmft.testbed.layout import Layout
 from slurmft.core.errors import ClusterError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,8 +88,9 @@ def test_stage_context_holds_the_package_and_docker_files_only(tmp_path):
     ctx = tmp_path / "ctx"
     db.stage_context(ctx, wheels, REPO)
     names = {str(p.relative_to(ctx)) for p in ctx.rglob("*") if p.is_file()}
-    assert {"setup.cfg", "docker/Dockerfile", "docker/entrypoint.sh", "slurmft/cli.py",
-            "slurmft/cluster/docker_backend.py", "templates/slurm.conf.j2",
+    assert {"setup.cfg", "docker/Dockerfile", "docker/entrypoint.sh", "slurmft/cli/__init__.py",
+            "slurmft/testbed/docker.py", "slurmft/templates/slurm.conf.j2",
+            "slurmft/examples/train.py",
             "docker/wheels/click-8-py3-none-any.whl"} <= names
     assert not any(n.startswith((".venv", "tests/", ".git")) or "__pycache__" in n for n in names)
 
@@ -126,5 +127,5 @@ def test_bad_input_is_refused_before_docker_is_touched(tmp_path):
 
 
 def test_faults_cover_the_namespace_backend():
-    from slurmft.cluster import FAULT_ACTIONS
+    from slurmft.testbed import FAULT_ACTIONS
     assert set(FAULT_ACTIONS) <= set(db.FAULT_ACTIONS)

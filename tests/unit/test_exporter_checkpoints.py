@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from slurmft.observe import metrics as m
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.store import DATA, step_name
 from slurmft.checkpoint.upload import MountedDestination, RetrySchedule
 from slurmft.core.errors import CheckpointError

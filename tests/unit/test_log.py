@@ -30,7 +30,7 @@ def restore_logging():
 def _lines(fmt: str, **kw) -> list[str]:
     stream = io.StringIO()
     setup_logging("DEBUG", fmt, stream=stream, **kw)
-    log = get_logger("slurmft.rescheduler")
+    log = get_logger("slurmft.recovery.rescheduler")
     log.debug("probing %d hosts", 4)
     log.info("job 42 requeued without %s", "node3")
     log.warning("multi\nline\r\nmessage")
@@ -50,7 +50,7 @@ def test_text_lines_parse_with_logstash_grok(restore_logging):
     parsed = [grok.match(line) for line in lines]
     assert all(parsed), lines
     assert [p["level"] for p in parsed] == ["DEBUG", "INFO", "WARNING", "ERROR", "ERROR", "CRITICAL"]
-    assert {p["module"] for p in parsed} == {"slurmft.rescheduler"}
+    assert {p["module"] for p in parsed} == {"slurmft.recovery.rescheduler"}
     assert parsed[1]["msg"] == "node=node1 job=42 job 42 requeued without node3"
     assert parsed[2]["msg"].endswith("multi | line | message")
     assert "ValueError: bad manifest" in parsed[4]["msg"]

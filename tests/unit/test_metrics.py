@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from slurmft.observe import metrics as m
 from slurmft.cli import cli
 from slurmft.core.errors import SlurmFTError
-from slurmft.checkpoint.api import CheckpointManager, CheckpointPolicy
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.observe.exporter import AuditTail, ExporterCollector, build_registry, read_checkpoints
-from slurmft.state import StateStore
+from slurmft.recovery.state import StateStore
 
 
 class Clock:

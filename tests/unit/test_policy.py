@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from slurmft.policy import History, Outcome, PolicyConfig, decide, drain_reason, retries_used
-from slurmft.probe.api import Health, ProbeResult
-from slurmft.slurm.api import JobInfo
+from slurmft.recovery.policy import (History, Outcome, PolicyConfig, decide, drain_reason,
+                                     retries_used)
+from slurmft.probe.records import Health, ProbeResult
+from slurmft.slurm.records import JobInfo
 
 NODES = ("node1", "node2", "node3", "node4")
 H, U, R = Health.HEALTHY, Health.UNREACHABLE, Health.UNRESPONSIVE
@@ -196,8 +197,8 @@ def test_drain_reason_names_slurmft_and_the_job():
 def test_shrink_keeps_tasks_per_node_jobs_schedulable():
     """Seen on Slurm 22.05: a --ntasks-per-node job requeued with only NumNodes=3-3 stays
     PENDING (BadConstraints) until NumTasks and NumCPUs shrink too."""
-    from slurmft.policy import shrink_params
-    from slurmft.slurm.api import JobInfo
+    from slurmft.recovery.policy import shrink_params
+    from slurmft.slurm.records import JobInfo
 
     plain = JobInfo(job_id=1, name="j", state="RUNNING", node_count=4)
     assert shrink_params(plain, 3) == {"num_nodes": (3, 3)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from slurmft.policy import (
+from slurmft.recovery.policy import (
     RELAUNCH_MARK,
     RELAUNCH_SIGNAL,
     History,
@@ -11,8 +11,8 @@ from slurmft.policy import (
     decide,
     is_relaunchable,
 )
-from slurmft.probe.api import Health
-from slurmft.slurm.api import JobInfo
+from slurmft.probe.records import Health
+from slurmft.slurm.records import JobInfo
 
 NODES = ("node1", "node2", "node3", "node4")
 H, U, R, D = Health.HEALTHY, Health.UNREACHABLE, Health.UNRESPONSIVE, Health.DEGRADED

@@ -79,7 +79,7 @@ GLOBAL_BATCH = 48
 
 
 class Trainer:
-    """Progress records as examples/train.py --sample-time writes them: a step on k ranks
+    """Progress records as slurmft/examples/train.py --sample-time writes them: a step on k ranks
     takes (global batch / k) x sample time; a save costs ``save_s``."""
 
     def __init__(self, save_every=20, save_s=0.02):

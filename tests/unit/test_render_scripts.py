@@ -16,8 +16,8 @@ import pytest
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import HostNameError, RenderError
 from slurmft.render import render
-from slurmft.rescheduler import job_context, restart_context
-from slurmft.slurm.api import JobInfo
+from slurmft.recovery.rescheduler import job_context, restart_context
+from slurmft.slurm.records import JobInfo
 
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "golden"
 CMD = ["/opt/slurmft/bin/slurmft"]

@@ -10,11 +10,11 @@ import pytest
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import InvalidJobError, PermissionDeniedError, PolicyError
 from slurmft.core.nodeset import expand
-from slurmft.policy import Outcome
-from slurmft.probe.api import Health, ProbeResult
-from slurmft.rescheduler import Rescheduler
+from slurmft.recovery.policy import Outcome
+from slurmft.probe.records import Health, ProbeResult
+from slurmft.recovery.rescheduler import Rescheduler
 from slurmft.slurm.client import CommandSlurmClient
-from slurmft.state import Attempt, LockBusyError, RetryRecord, StateStore
+from slurmft.recovery.state import Attempt, LockBusyError, RetryRecord, StateStore
 from tests.fakes.fake_slurm import FakeSlurm
 
 NODES = ["node1", "node2", "node3", "node4"]
@@ -412,7 +412,7 @@ def test_restart_in_place_also_waits_out_the_requeue_second(fake, tmp_path):
 # ---- relaunch in the allocation (--no-kill jobs of slurmft's wrapper) -------------------------
 
 def test_relaunchable_job_loses_the_node_and_keeps_running(fake, tmp_path):
-    from slurmft.policy import RELAUNCH_MARK
+    from slurmft.recovery.policy import RELAUNCH_MARK
 
     jid = fake.add_job("RUNNING", NODES, comment=RELAUNCH_MARK, no_kill=True)
     r, _, store = make(fake, tmp_path, {"node3": Health.UNREACHABLE})
@@ -430,7 +430,7 @@ def test_relaunchable_job_loses_the_node_and_keeps_running(fake, tmp_path):
 
 
 def test_in_place_call_from_the_wrapper_sends_no_signal(fake, tmp_path):
-    from slurmft.policy import RELAUNCH_MARK
+    from slurmft.recovery.policy import RELAUNCH_MARK
 
     jid = fake.add_job("RUNNING", NODES, comment=RELAUNCH_MARK, no_kill=True)
     r, _, _ = make(fake, tmp_path, {"node2": Health.UNRESPONSIVE})
@@ -441,7 +441,7 @@ def test_in_place_call_from_the_wrapper_sends_no_signal(fake, tmp_path):
 
 
 def test_degraded_node_of_a_relaunchable_job_is_only_drained(fake, tmp_path):
-    from slurmft.policy import RELAUNCH_MARK
+    from slurmft.recovery.policy import RELAUNCH_MARK
 
     jid = fake.add_job("RUNNING", NODES, comment=RELAUNCH_MARK, no_kill=True)
     r, _, store = make(fake, tmp_path, {"node4": Health.DEGRADED})
@@ -453,7 +453,7 @@ def test_degraded_node_of_a_relaunchable_job_is_only_drained(fake, tmp_path):
 
 
 def test_relaunch_dry_run_lists_the_signal(fake, tmp_path):
-    from slurmft.policy import RELAUNCH_MARK
+    from slurmft.recovery.policy import RELAUNCH_MARK
 
     jid = fake.add_job("RUNNING", NODES, comment=RELAUNCH_MARK, no_kill=True)
     r, _, _ = make(fake, tmp_path, {"node3": Health.UNREACHABLE}, dry_run=True)

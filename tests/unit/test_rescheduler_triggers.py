@@ -10,13 +10,13 @@ from click.testing import CliRunner
 
 from slurmft.cli import cli
 from slurmft.core.config import RescheduleConfig
-from slurmft.epilog import reschedule_argv, run_epilog
-from slurmft.policy import Outcome
-from slurmft.probe.api import Health
-from slurmft.rescheduler import Rescheduler
+from slurmft.recovery.epilog import reschedule_argv, run_epilog
+from slurmft.recovery.policy import Outcome
+from slurmft.probe.records import Health
+from slurmft.recovery.rescheduler import Rescheduler
 from slurmft.slurm.client import CommandSlurmClient
-from slurmft.state import StateStore
-from slurmft.watch import Watcher
+from slurmft.recovery.state import StateStore
+from slurmft.recovery.watcher import Watcher
 from tests.fakes.fake_slurm import FakeSlurm
 from tests.unit.test_rescheduler import ScriptedProber
 
@@ -201,7 +201,7 @@ def recovered(store, job):
 
 def test_a_relaunch_is_recovered_when_the_new_training_step_starts_not_when_the_node_leaves(
         tmp_path):
-    from slurmft.policy import RELAUNCH_MARK
+    from slurmft.recovery.policy import RELAUNCH_MARK
 
     prober = ScriptedProber()
     fake, jid, client, store, r = one_job(tmp_path, prober, comment=RELAUNCH_MARK, no_kill=True)
@@ -259,7 +259,7 @@ def test_watch_sends_the_shrink_again_when_slurm_undid_it(tmp_path):
 
 
 def test_watch_relaunches_in_place_and_leaves_a_degraded_node_alone_after_draining(tmp_path):
-    from slurmft.policy import RELAUNCH_MARK
+    from slurmft.recovery.policy import RELAUNCH_MARK
 
     prober = ScriptedProber({"node2": Health.DEGRADED})
     fake, jid, client, _store, r = one_job(tmp_path, prober, comment=RELAUNCH_MARK, no_kill=True)

@@ -1,4 +1,4 @@
-"""Pure argv builders and parsers of slurmft.slurm.cli: golden argv, captured + variant JSON."""
+"""Pure argv builders and parsers of slurmft.slurm.commands: golden argv, captured + variant JSON."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from slurmft.core.errors import (
     UnsatisfiableRequestError,
     UsageError,
 )
-from slurmft.slurm import cli as scli
+from slurmft.slurm import commands as scli
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SQUEUE = json.loads((DATA / "squeue.json").read_text())
@@ -252,7 +252,7 @@ def test_parse_sbatch():
 
 
 def test_update_job_argv_with_task_and_cpu_counts():
-    from slurmft.slurm.cli import build_update_job_argv
+    from slurmft.slurm.commands import build_update_job_argv
     argv = build_update_job_argv(7, exclude=["node4"], num_nodes=(3, 3), num_tasks=3, num_cpus=3)
     assert argv[1:] == ["update", "JobId=7", "ExcNodeList=node4", "NumNodes=3-3",
                         "NumTasks=3", "NumCPUs=3"]
@@ -262,13 +262,13 @@ def test_update_job_argv_with_task_and_cpu_counts():
 @pytest.mark.parametrize("bad", [0, -1, True, 2.5])
 def test_update_job_rejects_bad_task_counts(bad):
     from slurmft.core.errors import UsageError
-    from slurmft.slurm.cli import build_update_job_argv
+    from slurmft.slurm.commands import build_update_job_argv
     with pytest.raises(UsageError):
         build_update_job_argv(7, num_tasks=bad)
 
 
 def test_show_job_line_gives_tasks_per_node():
-    from slurmft.slurm.cli import parse_show_job
+    from slurmft.slurm.commands import parse_show_job
     line = ("JobId=5 JobName=t UserId=root(0) JobState=RUNNING Reason=None Requeue=1 Restarts=0 "
             "NodeList=node[1-4] NumNodes=4 NumCPUs=4 NumTasks=4 CPUs/Task=1 "
             "NtasksPerN:B:S:C=1:0:*:* ExcNodeList=(null)")

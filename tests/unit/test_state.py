@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from slurmft.core.config import RescheduleConfig
-from slurmft.probe.api import Health, ProbeResult
-from slurmft.rescheduler import Rescheduler
+from slurmft.probe.records import Health, ProbeResult
+from slurmft.recovery.rescheduler import Rescheduler
 from slurmft.slurm.client import CommandSlurmClient
-from slurmft.state import Attempt, RetryRecord, StateStore
+from slurmft.recovery.state import Attempt, RetryRecord, StateStore
 from tests.fakes.fake_slurm import FakeSlurm
 
 

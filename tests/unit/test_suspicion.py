@@ -1,8 +1,8 @@
 import pytest
 
 from slurmft.core.errors import ConfigError
-from slurmft.probe.api import Health, ProbeResult
-from slurmft.suspicion import ConfirmPolicy, FailureTracker, too_many_failed
+from slurmft.probe.records import Health, ProbeResult
+from slurmft.recovery.suspicion import ConfirmPolicy, FailureTracker, too_many_failed
 
 
 def _r(host, health):
