@@ -52,11 +52,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slurmft.checkpoint.store import Store
-from slurmft.testbed.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, sample_time
 from slurmft.core.errors import SlurmFTError
-from slurmft.observe.goodput import describe_world_sizes, step_time
 from slurmft.core.nodeset import validate_hostname
+from slurmft.observe.goodput import describe_world_sizes, step_time
 from slurmft.observe.report import read_progress, summarize
+from slurmft.testbed.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, sample_time
 
 VARIANTS = ("slurmft", "slurm", "classic")
 BASELINE = "nofault"         # the same wrapper, no fault: always run; its step time scores all

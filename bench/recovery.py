@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slurmft.testbed import Cluster  # noqa: E402
 from slurmft.core.nodeset import expand  # noqa: E402
+from slurmft.testbed import Cluster  # noqa: E402
 
 JOB_NODES = 4
 CLUSTER_NODES = 5

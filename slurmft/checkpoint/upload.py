@@ -48,8 +48,8 @@ from slurmft.checkpoint.store import (
 from slurmft.core.errors import (
     CheckpointError, ConfigError, CorruptCheckpointError, DestinationLostError,
 )
-from slurmft.core.nodeset import validate_hostname
 from slurmft.core.log import get_logger
+from slurmft.core.nodeset import validate_hostname
 
 log = get_logger(__name__)
 

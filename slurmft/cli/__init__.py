@@ -425,8 +425,8 @@ def _reschedule_parts(cfg: Config, *, dry_run: bool = False,
     """Build the concrete client, prober and rescheduler (only the CLI builds adapters)."""
     from slurmft.probe.fanout import FanoutProber
     from slurmft.recovery.rescheduler import Rescheduler
-    from slurmft.slurm.client import CommandSlurmClient
     from slurmft.recovery.state import StateStore
+    from slurmft.slurm.client import CommandSlurmClient
 
     client = CommandSlurmClient(timeout=cfg.slurm.timeout, bin_dir=cfg.slurm.bin_dir)
     prober = FanoutProber(cfg.probe)
@@ -600,8 +600,8 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
                              "(or set reschedule.checkpoint_dir)")
     job = None
     if job_id is not None:
-        from slurmft.slurm.commands import check_job_id
         from slurmft.slurm.client import CommandSlurmClient
+        from slurmft.slurm.commands import check_job_id
 
         job = CommandSlurmClient(timeout=cfg.slurm.timeout,
                                  bin_dir=cfg.slurm.bin_dir).job(check_job_id(job_id))
@@ -952,8 +952,8 @@ def demo_cmd(nodes, steps, step_time, step_interval, fault_after_step, fault, fa
     verified checkpoint and finish. Writes a timeline, summary, loss table and
     loss plot (PNG) to --out. Cleans up after itself, also on Ctrl-C.
     """
-    from slurmft.testbed.demo import Demo, DemoOptions, format_timeline, loss_table
     from slurmft.observe.report import read_progress
+    from slurmft.testbed.demo import Demo, DemoOptions, format_timeline, loss_table
 
     if fault_after_step >= steps - step_interval:
         raise click.BadParameter("must leave room for a checkpoint and a resume before --steps",
@@ -1059,8 +1059,8 @@ def inject_cmd(ctx: click.Context, action: str, job_id: int, node: str, seed: in
     """
     import shlex as _shlex
 
-    from slurmft.testbed.inject import ExecNodeRunner, InjectRequest, Injector, SshNodeRunner
     from slurmft.recovery.state import StateStore
+    from slurmft.testbed.inject import ExecNodeRunner, InjectRequest, Injector, SshNodeRunner
 
     cfg = get_config(ctx, reschedule={"state_dir": state_dir, "checkpoint_dir": checkpoint_dir})
     fault = slurm = runner = None
@@ -1149,8 +1149,8 @@ def exporter(ctx: click.Context, port: int | None, bind: str, checkpoint_dirs: t
     """
     import threading
 
-    from slurmft.observe import metrics as m
     from slurmft.core.errors import UsageError
+    from slurmft.observe import metrics as m
     from slurmft.observe.exporter import ExporterCollector, build_registry
 
     if port is None and not textfile:

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slurmft.observe import metrics as _m
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import get_logger
+from slurmft.observe import metrics as _m
 
 log = get_logger(__name__)
 

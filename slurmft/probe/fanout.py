@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 
 from slurmft.core.config import ProbeConfig
 from slurmft.core.errors import ProbeError
-from slurmft.core.nodeset import validate_hostname
 from slurmft.core.log import get_logger
+from slurmft.core.nodeset import validate_hostname
 from slurmft.probe import checks as _checks
 from slurmft.probe import ping as _ping
 from slurmft.probe import ssh as _ssh

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slurmft.core.nodeset import expand
 from slurmft.core.log import get_logger
+from slurmft.core.nodeset import expand
 
 log = get_logger(__name__)
 

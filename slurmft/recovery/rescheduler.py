@@ -36,6 +36,7 @@ from slurmft.core.errors import (
     SlurmFTError,
 )
 from slurmft.core.log import get_logger
+from slurmft.probe.records import Health, ProbeResult, Prober
 from slurmft.recovery.policy import (
     RELAUNCH_MARK,
     Action,
@@ -49,11 +50,10 @@ from slurmft.recovery.policy import (
     pinned_params,
     shrink_params,
 )
-from slurmft.probe.records import Health, ProbeResult, Prober
+from slurmft.recovery.state import Attempt, RetryRecord, StateStore
 from slurmft.render import render as default_render
 from slurmft.slurm import commands as scli
 from slurmft.slurm.records import JobInfo, SlurmClient
-from slurmft.recovery.state import Attempt, RetryRecord, StateStore
 
 log = get_logger(__name__)
 

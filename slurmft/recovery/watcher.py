@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import get_logger
-from slurmft.recovery.policy import Outcome
 from slurmft.probe.records import ProbeResult, Prober
+from slurmft.recovery.policy import Outcome
 from slurmft.recovery.rescheduler import Report, Rescheduler
-from slurmft.slurm.records import JobInfo, SlurmClient
 from slurmft.recovery.suspicion import ConfirmPolicy, FailureTracker, too_many_failed
+from slurmft.slurm.records import JobInfo, SlurmClient
 
 log = get_logger(__name__)
 

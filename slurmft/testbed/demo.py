@@ -26,14 +26,14 @@ from importlib.resources import files
 from pathlib import Path
 
 from slurmft.checkpoint.store import Store
-from slurmft.testbed import Cluster
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import ClusterError, SlurmCommandError, SlurmFTError, SlurmParseError
-from slurmft.observe.goodput import describe_world_sizes, world_size_seconds
 from slurmft.core.log import get_logger
+from slurmft.observe.goodput import describe_world_sizes, world_size_seconds
 from slurmft.observe.report import RecoverySummary, read_progress, summarize, timeline
-from slurmft.render import render
 from slurmft.recovery.rescheduler import job_context
+from slurmft.render import render
+from slurmft.testbed import Cluster
 
 log = get_logger(__name__)
 

@@ -42,16 +42,16 @@ from pathlib import Path
 
 import yaml
 
+from slurmft.core.errors import ClusterError, SlurmFTError, UsageError
+from slurmft.core.log import get_logger
+from slurmft.render import render
 from slurmft.testbed import procs
-from slurmft.testbed.netns import FAULT_ACTIONS as NETNS_FAULT_ACTIONS
-from slurmft.testbed.netns import UpResult
 from slurmft.testbed.layout import (
     CTL_HOST, DEFAULT_NAME, Layout, check_subnet, parse_networks, parse_subnet, validate_name,
     validate_nodes,
 )
-from slurmft.core.errors import ClusterError, SlurmFTError, UsageError
-from slurmft.core.log import get_logger
-from slurmft.render import render
+from slurmft.testbed.netns import FAULT_ACTIONS as NETNS_FAULT_ACTIONS
+from slurmft.testbed.netns import UpResult
 
 log = get_logger(__name__)
 

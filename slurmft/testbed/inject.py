@@ -44,10 +44,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from slurmft.core.errors import SlurmFTError, UsageError
-from slurmft.core.nodeset import validate_hostname
 from slurmft.core.log import get_logger
-from slurmft.slurm.records import SlurmClient
+from slurmft.core.nodeset import validate_hostname
 from slurmft.recovery.state import StateError, StateStore
+from slurmft.slurm.records import SlurmClient
 
 log = get_logger(__name__)
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import filelock
 
+from slurmft.core.errors import ClusterError, SlurmFTError, UsageError
+from slurmft.core.log import get_logger
 from slurmft.testbed import procs
 from slurmft.testbed.layout import (
     CTL_HOST, DEFAULT_NAME, DEFAULT_ROOT, Layout, check_subnet, parse_networks, parse_subnet,
     pick_subnet, validate_name, validate_nodes,
 )
 from slurmft.testbed.procs import Proc
-from slurmft.core.errors import ClusterError, SlurmFTError, UsageError
-from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from slurmft.testbed import Cluster
 from slurmft.core.errors import UsageError
+from slurmft.testbed import Cluster
 from tests.integration.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -265,8 +265,8 @@ def test_second_cluster_coexists_and_down_leaves_nothing(cluster, cluster_run):
 
 
 def test_failed_up_tears_down_what_it_built(monkeypatch):
-    from slurmft.testbed.layout import Layout
     from slurmft.core.errors import ClusterError
+    from slurmft.testbed.layout import Layout
     monkeypatch.setattr(Layout, "slurm_conf_text", lambda self: "NoSuchOption=1\n")
     broken = Cluster(f"sft-f{os.getpid()}")
     with pytest.raises(ClusterError, match=r"(slurmctld|slurmd) exited.*see \S+\.log: .*"

@@ -10,8 +10,8 @@ import os
 
 import pytest
 
-from slurmft.testbed.demo import Demo, DemoOptions
 from slurmft.observe.report import read_progress
+from slurmft.testbed.demo import Demo, DemoOptions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from slurmft.core.config import RescheduleConfig
-from slurmft.testbed.demo import mpirun_args
-from slurmft.testbed.inject import list_procs_argv, parse_procs
-from slurmft.render import render
 from slurmft.recovery.rescheduler import job_context
 from slurmft.recovery.state import StateStore
+from slurmft.render import render
+from slurmft.testbed.demo import mpirun_args
+from slurmft.testbed.inject import list_procs_argv, parse_procs
 from tests.integration.waiting import wait_for
 
 pytestmark = pytest.mark.integration

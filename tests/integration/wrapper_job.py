@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from slurmft.core.config import RescheduleConfig
-from slurmft.testbed.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
-from slurmft.render import render
 from slurmft.recovery.rescheduler import job_context
+from slurmft.render import render
+from slurmft.testbed.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
 
 
 def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,

@@ -12,8 +12,8 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 pytest.importorskip("torch")
 
-from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy  # noqa: E402
 from slurmft.checkpoint.keras import SlurmFTCheckpoint  # noqa: E402
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy  # noqa: E402
 from slurmft.core.errors import CheckpointError  # noqa: E402
 
 # Keras' torch backend calls np.array(tensor) internally (numpy 2 copy-keyword notice).

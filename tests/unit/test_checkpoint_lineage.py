@@ -10,8 +10,8 @@ import logging
 import numpy as np
 import pytest
 
-from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.lineage import trace
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.store import DATA, MANIFEST, CheckpointInfo, Store, parse_name, step_name
 from slurmft.core.errors import CorruptCheckpointError
 

@@ -7,11 +7,11 @@ import pytest
 from click.testing import CliRunner
 
 from slurmft.cli import cli
+from slurmft.core.errors import ClusterError, UsageError
 from slurmft.testbed import Cluster, Layout, pick_subnet, validate_name
 from slurmft.testbed import netns as cluster_mod
 from slurmft.testbed.layout import check_subnet, parse_networks, parse_subnet, ports_for
 from slurmft.testbed.procs import ancestors, descendants
-from slurmft.core.errors import ClusterError, UsageError
 
 ROUTES = [  # `ip -j -4 route show table all` on this machine, plus another cluster's route
     {"dst": "default", "gateway": "192.0.2.1", "dev": "eth0"},

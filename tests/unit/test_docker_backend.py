@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from slurmft.core.errors import ClusterError, UsageError
 from slurmft.testbed import docker as db
 from slurmft.testbed.layout import Layout
-from slurmft.core.errors import ClusterError, UsageError
 
 REPO = Path(__file__).resolve().parents[2]
 

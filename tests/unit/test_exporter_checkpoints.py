@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from slurmft.observe import metrics as m
 from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.store import DATA, step_name
 from slurmft.checkpoint.upload import MountedDestination, RetrySchedule
 from slurmft.core.errors import CheckpointError
+from slurmft.observe import metrics as m
 from slurmft.observe.exporter import CheckpointReader, ExporterCollector, build_registry
 
 FAST = RetrySchedule(attempts=2, backoff_initial=0, backoff_max=0, cycle_interval=3600)

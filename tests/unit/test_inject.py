@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from slurmft.testbed import inject as inj
 from slurmft.cli import cli
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import SlurmFTError, UsageError
+from slurmft.recovery.rescheduler import job_context
+from slurmft.recovery.state import StateStore
+from slurmft.render import render
+from slurmft.slurm.client import CommandSlurmClient
+from slurmft.testbed import inject as inj
 from slurmft.testbed.inject import (
     ExecNodeRunner, ExecResult, InjectRequest, Injector, kill_argv, kill_slurmd_argv,
     limit_memory_argv, link_down_argv, list_procs_argv, undo_memory_argv,
 )
-from slurmft.render import render
-from slurmft.recovery.rescheduler import job_context
-from slurmft.slurm.client import CommandSlurmClient
-from slurmft.recovery.state import StateStore
 
 from tests.fakes.fake_slurm import FakeSlurm
 

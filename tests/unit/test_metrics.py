@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from slurmft.observe import metrics as m
+from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.cli import cli
 from slurmft.core.errors import SlurmFTError
-from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
+from slurmft.observe import metrics as m
 from slurmft.observe.exporter import AuditTail, ExporterCollector, build_registry, read_checkpoints
 from slurmft.recovery.state import StateStore
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from slurmft.probe.records import Health, ProbeResult
 from slurmft.recovery.policy import (History, Outcome, PolicyConfig, decide, drain_reason,
                                      retries_used)
-from slurmft.probe.records import Health, ProbeResult
 from slurmft.slurm.records import JobInfo
 
 NODES = ("node1", "node2", "node3", "node4")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from slurmft.probe.records import Health
 from slurmft.recovery.policy import (
     RELAUNCH_MARK,
     RELAUNCH_SIGNAL,
@@ -11,7 +12,6 @@ from slurmft.recovery.policy import (
     decide,
     is_relaunchable,
 )
-from slurmft.probe.records import Health
 from slurmft.slurm.records import JobInfo
 
 NODES = ("node1", "node2", "node3", "node4")

@@ -8,9 +8,9 @@ import pytest
 
 from slurmft.core.config import ProbeConfig
 from slurmft.core.errors import HostNameError
-from slurmft.probe.records import Health
 from slurmft.probe.fanout import FanoutProber
 from slurmft.probe.ping import PingOutcome
+from slurmft.probe.records import Health
 from slurmft.probe.ssh import CommandOutcome, SshOutcome
 
 

@@ -15,8 +15,8 @@ import pytest
 
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import HostNameError, RenderError
-from slurmft.render import render
 from slurmft.recovery.rescheduler import job_context, restart_context
+from slurmft.render import render
 from slurmft.slurm.records import JobInfo
 
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "golden"

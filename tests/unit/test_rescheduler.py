@@ -10,11 +10,11 @@ import pytest
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import InvalidJobError, PermissionDeniedError, PolicyError
 from slurmft.core.nodeset import expand
-from slurmft.recovery.policy import Outcome
 from slurmft.probe.records import Health, ProbeResult
+from slurmft.recovery.policy import Outcome
 from slurmft.recovery.rescheduler import Rescheduler
-from slurmft.slurm.client import CommandSlurmClient
 from slurmft.recovery.state import Attempt, LockBusyError, RetryRecord, StateStore
+from slurmft.slurm.client import CommandSlurmClient
 from tests.fakes.fake_slurm import FakeSlurm
 
 NODES = ["node1", "node2", "node3", "node4"]

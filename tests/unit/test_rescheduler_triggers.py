@@ -10,13 +10,13 @@ from click.testing import CliRunner
 
 from slurmft.cli import cli
 from slurmft.core.config import RescheduleConfig
+from slurmft.probe.records import Health
 from slurmft.recovery.epilog import reschedule_argv, run_epilog
 from slurmft.recovery.policy import Outcome
-from slurmft.probe.records import Health
 from slurmft.recovery.rescheduler import Rescheduler
-from slurmft.slurm.client import CommandSlurmClient
 from slurmft.recovery.state import StateStore
 from slurmft.recovery.watcher import Watcher
+from slurmft.slurm.client import CommandSlurmClient
 from tests.fakes.fake_slurm import FakeSlurm
 from tests.unit.test_rescheduler import ScriptedProber
 

@@ -7,8 +7,8 @@ import json
 from slurmft.core.config import RescheduleConfig
 from slurmft.probe.records import Health, ProbeResult
 from slurmft.recovery.rescheduler import Rescheduler
-from slurmft.slurm.client import CommandSlurmClient
 from slurmft.recovery.state import Attempt, RetryRecord, StateStore
+from slurmft.slurm.client import CommandSlurmClient
 from tests.fakes.fake_slurm import FakeSlurm
 
 
