@@ -54,10 +54,11 @@ died -> its log file) or UsageError (bad name, node count, subnet clash, unknown
 A failed ``up`` tears down what it had built.
 """
 
+from slurmft.testbed.backend import BACKENDS, ClusterBackend, Fault, open_cluster
 from slurmft.testbed.layout import (
     CTL_HOST, DEFAULT_NAME, DEFAULT_ROOT, Layout, pick_subnet, validate_name,
 )
 from slurmft.testbed.netns import FAULT_ACTIONS, Cluster, UpResult
 
-__all__ = ["Cluster", "UpResult", "Layout", "FAULT_ACTIONS", "CTL_HOST", "DEFAULT_NAME",
+__all__ = ["BACKENDS", "ClusterBackend", "Fault", "open_cluster", "Cluster", "UpResult", "Layout", "FAULT_ACTIONS", "CTL_HOST", "DEFAULT_NAME",
            "DEFAULT_ROOT", "pick_subnet", "validate_name"]
