@@ -1,24 +1,54 @@
-"""One way to write a file that a reader never sees half-written.
+"""One way to write a file that a reader never sees half-written (the ONE implementation).
 
 ``atomic_write`` writes a temporary file in the target's folder, fsyncs it, renames it over
 the target and fsyncs the folder: the target is either the old file or the complete new one,
 and a refused or failed write leaves nothing behind. A target that exists and is not a regular
 file (``/dev/stdout``, ``/dev/full``, a FIFO) is written in place: a rename would replace the
-device node.
+device node. ``fsync_dir`` makes a rename or a create inside a folder durable.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+#: errno values meaning "this filesystem cannot fsync a directory": nothing to do then.
+_DIR_FSYNC_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP})
 
-def atomic_write(path: str | os.PathLike, data: str | bytes, mode: int | None = None) -> Path:
-    """Replace ``path`` with ``data`` atomically (``mode``: permission bits, e.g. 0o755).
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (after a create or rename inside it) to disk.
+
+    Raises OSError (EIO, ENOENT...) unless the filesystem does not support syncing folders."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        if exc.errno in _DIR_FSYNC_UNSUPPORTED:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _DIR_FSYNC_UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes, *, mode: int | None = None,
+                 fsync: bool = True, tmp_prefix: str | None = None) -> Path:
+    """Replace ``path`` with ``data`` atomically and return it as a Path.
+
+    ``mode``: permission bits (e.g. 0o755); None keeps an existing file's bits, or gives a
+    new file 0o666 minus the umask (0o644 under the usual umask). ``fsync``: flush the file
+    and its folder before returning (False only for scratch files that may be lost).
+    ``tmp_prefix``: name the temporary file ``<tmp_prefix><name>.<random>.tmp`` so a caller's
+    own cleanup recognises crash leftovers (default ``.<name>.<random>.tmp``).
     Raises OSError (ENOENT for a missing folder, EACCES, ENOSPC...) with nothing left over."""
     target = Path(path)
     blob = data.encode() if isinstance(data, str) else data
@@ -33,26 +63,20 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, mode: int | None = 
             fh.write(blob)
             fh.flush()
         return target
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    prefix = f"{tmp_prefix}{target.name}." if tmp_prefix is not None else f".{target.name}."
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        elif st is not None:
-            os.chmod(tmp, stat.S_IMODE(st.st_mode))
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
+        _write_fd(fd, blob, fsync)
+        if mode is None and st is not None:
+            mode = stat.S_IMODE(st.st_mode)
+        os.chmod(tmp, _default_mode() if mode is None else mode)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(target.parent)
+    if fsync:
+        fsync_dir(target.parent)
     return target
 
 
@@ -65,14 +89,8 @@ def atomic_write_all(folder: str | os.PathLike, files: Mapping[str, str | bytes]
         for name, data in files.items():
             fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".tmp")
             temps.append((tmp, root / name))
-            blob = data.encode() if isinstance(data, str) else data
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-                fh.flush()
-                os.fsync(fh.fileno())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
+            _write_fd(fd, data.encode() if isinstance(data, str) else data, True)
+            os.chmod(tmp, _default_mode())
         for tmp, target in temps:
             os.replace(tmp, target)
     except BaseException:
@@ -80,14 +98,20 @@ def atomic_write_all(folder: str | os.PathLike, files: Mapping[str, str | bytes]
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     return [target for _, target in temps]
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _write_fd(fd: int, blob: bytes, fsync: bool) -> None:
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(blob)
+        fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
+
+
+def _default_mode() -> int:
+    """0o666 minus the process umask: what open() would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask

@@ -1,13 +1,15 @@
-"""Host names and Slurm hostlist expressions (pure).
+"""Host names, Slurm hostlist expressions and ``NodeSet``, the value type for a set of nodes (pure).
 
 Expansion and folding use python-hostlist, the library Slurm sites already use; this module
-adds the validation slurmft needs before a name ever reaches a command line.
+adds the validation slurmft needs before a name ever reaches a command line. ``NodeSet`` is
+the one way to parse, merge, subtract and fold host lists (as ClusterShell's NodeSet): never
+fold or merge host lists by hand.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import hostlist as _hostlist
 
@@ -97,3 +99,91 @@ def fold(names: Iterable[str]) -> str:
     if not items:
         return ""
     return _hostlist.collect_hostlist(items)
+
+
+class NodeSet:
+    """An immutable set of validated host names that prints as a folded Slurm hostlist.
+
+    ``NodeSet("node[1-3],gpu01")`` or ``NodeSet(["node1", "node[2-3]"])`` (each item may be an
+    expression); bad names or more than MAX_HOSTS hosts raise HostNameError. Iteration is in
+    natural order (node2 before node10); ``str()`` is the folded expression (``node[1-3]``).
+    Supports ``|``/union, ``-``/difference, ``&``/intersection, ``in``, ``len``, equality and
+    hashing, so it can key a dict or sit in a frozen dataclass.
+    """
+
+    __slots__ = ("_names", "_ordered")
+
+    def __init__(self, nodes: str | Iterable[str] = "") -> None:
+        if isinstance(nodes, NodeSet):
+            names: Iterable[str] = nodes._ordered
+        else:
+            names = expand(nodes)
+        self._init_from(names)
+
+    def _init_from(self, names: Iterable[str]) -> None:
+        unique = frozenset(names)
+        if len(unique) > MAX_HOSTS:
+            raise HostNameError(f"a node set may name at most {MAX_HOSTS} hosts, not {len(unique)}")
+        object.__setattr__(self, "_names", unique)
+        object.__setattr__(self, "_ordered", tuple(_hostlist.numerically_sorted(list(unique))))
+
+    @classmethod
+    def parse(cls, text: str) -> NodeSet:
+        """Parse a hostlist expression (same as ``NodeSet(text)``)."""
+        return cls(text)
+
+    @classmethod
+    def _of_valid(cls, names: Iterable[str]) -> NodeSet:
+        """A NodeSet from names already validated (results of set operations)."""
+        out = cls.__new__(cls)
+        out._init_from(names)
+        return out
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("NodeSet is immutable")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ordered)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __bool__(self) -> bool:
+        return bool(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def union(self, other: str | Iterable[str]) -> NodeSet:
+        return NodeSet._of_valid(self._names | _names_of(other))
+
+    def difference(self, other: str | Iterable[str]) -> NodeSet:
+        return NodeSet._of_valid(self._names - _names_of(other))
+
+    def intersection(self, other: str | Iterable[str]) -> NodeSet:
+        return NodeSet._of_valid(self._names & _names_of(other))
+
+    def __or__(self, other: object) -> NodeSet:
+        return self.union(other) if isinstance(other, NodeSet) else NotImplemented
+
+    def __sub__(self, other: object) -> NodeSet:
+        return self.difference(other) if isinstance(other, NodeSet) else NotImplemented
+
+    def __and__(self, other: object) -> NodeSet:
+        return self.intersection(other) if isinstance(other, NodeSet) else NotImplemented
+
+    def __eq__(self, other: object) -> bool:
+        return self._names == other._names if isinstance(other, NodeSet) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._names)
+
+    def __str__(self) -> str:
+        return _hostlist.collect_hostlist(list(self._ordered)) if self._ordered else ""
+
+    def __repr__(self) -> str:
+        return f"NodeSet({str(self)!r})"
+
+
+def _names_of(nodes: str | Iterable[str]) -> frozenset[str]:
+    return nodes._names if isinstance(nodes, NodeSet) else frozenset(expand(nodes))
