@@ -101,9 +101,14 @@ class ProbeError(SlurmFTError):
 
 
 class PolicyError(SlurmFTError):
-    """The restart policy refuses to act (e.g. retry budget spent)."""
+    """The restart policy refuses to act (e.g. retry budget spent). ``report``: what the
+    rescheduler decided and did before refusing (a hold, drained nodes), when it got that far."""
 
     exit_code = ExitCode.POLICY
+
+    def __init__(self, message: str, *, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class RenderError(SlurmFTError):

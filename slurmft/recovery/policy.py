@@ -17,10 +17,22 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from slurmft.probe.records import Health, ProbeResult
+from slurmft.recovery.actions import (
+    Action,
+    DownNodes,
+    DrainNodes,
+    HoldJob,
+    KillJob,
+    ReleaseJob,
+    RequeueHoldJob,
+    RequeueJob,
+    SignalBatch,
+    SubmitRestart,
+    UpdateJob,
+)
 from slurmft.slurm.records import JobInfo
 
 #: The job wrapper's mark in ``--comment``: the job runs with ``--no-kill`` (Slurm removes a
@@ -61,25 +73,6 @@ class Outcome(str, enum.Enum):
 #: Outcomes that use one retry of the budget (the rescheduler records an attempt for each).
 RETRY_OUTCOMES = frozenset({Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.RESUBMIT,
                             Outcome.RELAUNCH})
-
-
-@dataclass(frozen=True)
-class Action:
-    """One planned side effect. ``op`` is a SlurmClient method name (or ``submit_restart``)."""
-
-    op: str
-    job_id: int | None = None
-    nodes: tuple[str, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        doc: dict[str, Any] = {"op": self.op}
-        if self.job_id is not None:
-            doc["job_id"] = self.job_id
-        if self.nodes:
-            doc["nodes"] = list(self.nodes)
-        doc.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in self.params.items()})
-        return doc
 
 
 @dataclass(frozen=True)
@@ -237,9 +230,7 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
             return Decision(Outcome.EXHAUSTED, message=f"job {jid} FAILED on healthy nodes; "
                             f"retry budget spent ({used}/{config.max_retry}): not restarted",
                             **base)
-        return Decision(Outcome.REQUEUE, actions=(Action("requeue", jid),
-                                                  Action("update_job", jid,
-                                                         params={"start_now": True})),
+        return Decision(Outcome.REQUEUE, actions=(RequeueJob(jid), UpdateJob(jid, start_now=True)),
                         message=f"job {jid} FAILED on healthy nodes: requeued in place to "
                         "resume from its checkpoint",
                         plan=f"would requeue job {jid} in place (FAILED on healthy nodes) to "
@@ -265,8 +256,7 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                 message=f"job {jid} already excludes {', '.join(failed)} but is held: released",
                 plan=f"would release job {jid}: it already excludes {', '.join(failed)} but "
                 "is held",
-                actions=(Action("release", jid), Action("update_job", jid,
-                                                          params={"start_now": True})),
+                actions=(ReleaseJob(jid), UpdateJob(jid, start_now=True)),
                 **base)
         return Decision(Outcome.ALREADY_DONE,
                         message=f"job {jid} is pending and already excludes "
@@ -277,12 +267,12 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                    f"failed nodes {','.join(failed)}")
         actions: list[Action] = []
         if job.is_running:
-            actions.append(Action("requeue_hold", jid))
+            actions.append(RequeueHoldJob(jid))
         elif job.is_pending:
-            actions.append(Action("hold", jid))
+            actions.append(HoldJob(jid))
         actions += _node_actions(jid, failed, status, config, down=job.is_running)
         if job.is_running or job.is_pending:
-            actions.append(Action("update_job", jid, params={"comment": comment}))
+            actions.append(UpdateJob(jid, comment=comment))
         return Decision(Outcome.EXHAUSTED, actions=tuple(actions),
                         message=f"job {jid}: retry budget spent ({used}/{config.max_retry}); "
                         "job held, not rescheduled",
@@ -294,18 +284,18 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                         message=f"job {jid}: only {k} healthy node(s) left, below the minimum "
                         f"of {config.min_nodes}; not rescheduled", **base)
 
-    update = Action("update_job", jid, params={"exclude": exclude, **shrink_params(job, k),
-                                                **pinned_params(job, exclude)})
-    start = Action("update_job", jid, params={"start_now": True})
+    update = UpdateJob(jid, exclude=exclude, **shrink_params(job, k),
+                       **pinned_params(job, exclude))
+    start = UpdateJob(jid, start_now=True)
     if job.is_running or (job.has_ended and job.requeue):
         actions = []
         if job.is_running and any(status.get(n) in CUT_OFF for n in failed):
             # A rank on a cut-off node never reaches the collective save a SIGTERM asks for:
             # the others would sit out KillWait (30 s by default) before Slurm kills them.
-            actions.append(Action("kill_job", jid))
-        actions.append(Action("requeue_hold", jid))
+            actions.append(KillJob(jid))
+        actions.append(RequeueHoldJob(jid))
         actions += _node_actions(jid, failed, status, config, down=job.is_running)
-        actions += [update, Action("release", jid), start]
+        actions += [update, ReleaseJob(jid), start]
         verb = "requeued" if job.is_running else "requeued (ended, requeueable)"
         what = "" if job.is_running else " (ended, requeueable)"
         return Decision(Outcome.REQUEUE, actions=tuple(actions),
@@ -315,7 +305,7 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     if job.is_pending:
         actions = _node_actions(jid, failed, status, config, down=False) + [update]
         if job.reason in HELD_REASONS:
-            actions.append(Action("release", jid))
+            actions.append(ReleaseJob(jid))
         actions.append(start)
         return Decision(Outcome.UPDATE_PENDING, actions=tuple(actions),
                         message=f"pending job {jid} updated: {k} node(s), excluding "
@@ -324,8 +314,7 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                         f"{', '.join(exclude)}", **base)
     # Ended and not requeueable: submit a restart job that resumes from the checkpoint.
     actions = _node_actions(jid, failed, status, config, down=False)
-    actions.append(Action("submit_restart", jid, nodes=healthy,
-                          params={"exclude": exclude, "num_nodes": k}))
+    actions.append(SubmitRestart(jid, nodes=healthy, exclude=exclude, num_nodes=k))
     return Decision(Outcome.RESUBMIT, actions=tuple(actions),
                     message=f"job {jid} ended {job.state} and cannot be requeued: restart job "
                     f"submitted on {k} node(s) without {', '.join(failed)}",
@@ -369,8 +358,7 @@ def _relaunch(job: JobInfo, failed: tuple[str, ...], status: Mapping[str, Health
                             f"{', '.join(failed)} already drained; the job keeps running", **base)
         reason = (f"slurmft: degraded, drained; job {jid} keeps running on it "
                   "(it survives node loss)")
-        return Decision(Outcome.DRAIN, actions=(Action("drain", nodes=new,
-                                                       params={"reason": reason}),),
+        return Decision(Outcome.DRAIN, actions=(DrainNodes(new, reason),),
                         message=f"job {jid}: {', '.join(new)} degraded but still running its "
                         "ranks: drained, the job left running",
                         plan=f"would drain {', '.join(new)} (degraded but still running the "
@@ -389,7 +377,7 @@ def _relaunch(job: JobInfo, failed: tuple[str, ...], status: Mapping[str, Health
                         f"below the minimum of {config.min_nodes}; not relaunched", **base)
     actions = _node_actions(jid, hard, status, config, down=True) if hard else []
     if not config.in_place:
-        actions.append(Action("signal_batch", jid, params={"signal": RELAUNCH_SIGNAL}))
+        actions.append(SignalBatch(jid, RELAUNCH_SIGNAL))
     where = f"without {', '.join(hard)}" if hard else "(every node healthy: a rank failed)"
     return Decision(Outcome.RELAUNCH, actions=tuple(actions),
                     message=f"job {jid} relaunches its training on {k} node(s) {where}, "
@@ -405,7 +393,7 @@ def _node_actions(jid: int, failed: tuple[str, ...], status: Mapping[str, Health
     reason = drain_reason(jid, states.pop() if len(states) == 1 else None)
     actions = []
     if down:
-        actions.append(Action("down", nodes=failed, params={"reason": reason}))
+        actions.append(DownNodes(failed, reason))
     if config.drain:
-        actions.append(Action("drain", nodes=failed, params={"reason": reason}))
+        actions.append(DrainNodes(failed, reason))
     return actions

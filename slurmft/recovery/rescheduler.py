@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from slurmft.core import nodeset as hosts
 from slurmft.core.config import RescheduleConfig
@@ -37,9 +37,17 @@ from slurmft.core.errors import (
 )
 from slurmft.core.log import get_logger
 from slurmft.probe.records import Health, ProbeResult, Prober
+from slurmft.recovery.actions import (
+    Action,
+    DownNodes,
+    NodeAction,
+    SubmitRestart,
+    holds_job,
+    requeues_job,
+    starts_job,
+)
 from slurmft.recovery.policy import (
     RELAUNCH_MARK,
-    Action,
     Decision,
     Outcome,
     PolicyConfig,
@@ -56,6 +64,7 @@ from slurmft.slurm import commands as scli
 from slurmft.slurm.records import JobInfo, SlurmClient
 
 log = get_logger(__name__)
+T = TypeVar("T")
 
 #: States in which the job is still winding down; ``settle`` waits them out.
 TRANSIENT_STATES = frozenset({"COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING"})
@@ -181,80 +190,6 @@ def ended_normally(job: JobInfo, decision: Decision) -> bool:
             and not decision.actions)
 
 
-class DryRunClient:
-    """Reads through to ``client``; every change is only recorded as the argv it would run."""
-
-    def __init__(self, client: SlurmClient) -> None:
-        self._client = client
-        self.bin_dir = getattr(client, "bin_dir", "")
-        self.commands: list[list[str]] = []
-
-    def job(self, job_id: int) -> JobInfo:
-        return self._client.job(job_id)
-
-    def jobs(self) -> list[JobInfo]:
-        return self._client.jobs()
-
-    def steps(self, job_id: int) -> list[int]:
-        return self._client.steps(job_id)
-
-    def nodes(self, names: Sequence[str] | None = None) -> list:
-        return self._client.nodes(names) if names is not None else self._client.nodes()
-
-    def drain(self, nodes: Sequence[str], reason: str) -> None:
-        self.commands.append(scli.build_node_update_argv(nodes, "DRAIN", reason, self.bin_dir))
-
-    def down(self, nodes: Sequence[str], reason: str) -> None:
-        self.commands.append(scli.build_node_update_argv(nodes, "DOWN", reason, self.bin_dir))
-
-    def resume(self, nodes: Sequence[str]) -> None:
-        self.commands.append(scli.build_node_update_argv(nodes, "RESUME", None, self.bin_dir))
-
-    def hold(self, job_id: int) -> None:
-        self.commands.append(scli.build_job_action_argv("hold", job_id, self.bin_dir))
-
-    def release(self, job_id: int) -> None:
-        self.commands.append(scli.build_job_action_argv("release", job_id, self.bin_dir))
-
-    def requeue(self, job_id: int) -> None:
-        self.commands.append(scli.build_job_action_argv("requeue", job_id, self.bin_dir))
-
-    def requeue_hold(self, job_id: int) -> None:
-        self.commands.append(scli.build_job_action_argv("requeuehold", job_id, self.bin_dir))
-
-    def update_job(self, job_id: int, **kwargs: Any) -> None:
-        self.commands.append(scli.build_update_job_argv(job_id, bin_dir=self.bin_dir, **kwargs))
-
-    def signal_batch(self, job_id: int, signal: str) -> None:
-        self.commands.append(scli.build_signal_batch_argv(job_id, signal, self.bin_dir))
-
-    def kill_job(self, job_id: int) -> None:
-        self.commands.append(scli.build_kill_job_argv(job_id, self.bin_dir))
-
-    def submit(self, script: str, args: Sequence[str] = ()) -> int:
-        self.commands.append(scli.build_sbatch_argv(script, args, self.bin_dir))
-        return 0
-
-
-def argv_of(client: Any, action: Action) -> list[str]:
-    """The scontrol argv a real client runs for ``action`` (for the audit log and reports)."""
-    bin_dir = getattr(client, "bin_dir", "")
-    p = action.params
-    if action.op in ("drain", "down"):
-        return scli.build_node_update_argv(action.nodes, action.op.upper(), p["reason"], bin_dir)
-    if action.op == "update_job":
-        return scli.build_update_job_argv(action.job_id, bin_dir=bin_dir, **p)
-    if action.op in ("hold", "release", "requeue"):
-        return scli.build_job_action_argv(action.op, action.job_id, bin_dir)
-    if action.op == "requeue_hold":
-        return scli.build_job_action_argv("requeuehold", action.job_id, bin_dir)
-    if action.op == "signal_batch":
-        return scli.build_signal_batch_argv(action.job_id, p["signal"], bin_dir)
-    if action.op == "kill_job":
-        return scli.build_kill_job_argv(action.job_id, bin_dir)
-    return [action.op, str(action.job_id)]
-
-
 def slurm_health(client: Any, names: Sequence[str]) -> dict[str, ProbeResult]:
     """Nodes Slurm itself already reports DOWN or NOT_RESPONDING count as failed too."""
     out: dict[str, ProbeResult] = {}
@@ -283,7 +218,9 @@ class Rescheduler:
                  clock: Callable[[], float] = time.monotonic,
                  slurmft_cmd: Sequence[str] = (), start_wait: float = 0.0,
                  wall: Callable[[], float] = time.time) -> None:
-        self.client: Any = DryRunClient(client) if dry_run else client
+        # Every Slurm write goes through the recorder: its argv for the audit log and the
+        # report, or, in a dry run, instead of running it.
+        self.client, self.recorder = client.recording(dry_run=dry_run)
         self.prober = prober
         self.store = store
         self.config = config
@@ -330,16 +267,13 @@ class Rescheduler:
         down (SlurmdTimeout): set failed nodes DOWN now, then wait for the job to settle."""
         failed = [n for n, r in self._health(names).items() if r.health.is_failed]
         if failed:
-            action = Action("down", nodes=tuple(failed),
-                            params={"reason": drain_reason(job.job_id)})
-            argv = argv_of(self.client, action)
+            action = DownNodes(tuple(failed), drain_reason(job.job_id))
             try:
-                self._call(action)
+                argv = self._carry_out(job, action, lambda: action.apply(self.client))[1]
                 self._audit(job, action, argv, "ok (settle)")
                 log.info("job %s is %s: set %s DOWN to let it finish", job.job_id, job.state,
                          ",".join(failed), extra={"job": str(job.job_id)})
             except SlurmCommandError as exc:   # e.g. not root: wait for Slurm instead
-                self._audit(job, action, argv, f"error: {exc.slurm_message or exc}")
                 log.warning("job %s: cannot set %s DOWN: %s", job.job_id, ",".join(failed),
                             exc.slurm_message or exc, extra={"job": str(job.job_id)})
         return self.wait_settled(job, settle)
@@ -394,9 +328,7 @@ class Rescheduler:
                 job_id, report.decision.num_nodes)
         report.elapsed_s = self.clock() - start
         if report.decision.outcome.is_error:
-            err = PolicyError(report.decision.message)
-            err.report = report  # type: ignore[attr-defined]
-            raise err
+            raise PolicyError(report.decision.message, report=report)
         return report
 
     def _run_locked(self, job: JobInfo, pcfg: PolicyConfig, train_cmd: str | None,
@@ -441,7 +373,7 @@ class Rescheduler:
                               "health": {n: r.health.value for n, r in health.items()}})
         self._execute(job, decision, record, report, train_cmd, checkpoint_dir)
         if self.dry_run:
-            report.commands = list(self.client.commands)
+            report.commands = list(self.recorder.writes)
         else:
             self._update_record(job, decision, record, report, train_cmd, checkpoint_dir)
         return report
@@ -454,20 +386,16 @@ class Rescheduler:
         requeued_at: float | None = (float(job.submit_time) if job.is_pending
                                      and job.submit_time else None)
         for action in decision.actions:
-            starts = action.op == "release" or (action.op == "update_job"
-                                                and action.params.get("start_now"))
-            if starts and requeued_at is not None:
+            if starts_job(action) and requeued_at is not None:
                 self._credential_gap(requeued_at)
                 requeued_at = None
-            if action.op == "submit_restart":
+            if isinstance(action, SubmitRestart):
                 self._submit_restart(job, action, record, report, train_cmd, checkpoint_dir)
                 continue
-            argv = argv_of(self.client, action)
             try:
-                self._call(action)
+                argv = self._carry_out(job, action, lambda a=action: a.apply(self.client))[1]
             except SlurmCommandError as exc:
-                self._audit(job, action, argv, f"error: {exc.slurm_message or exc}")
-                if action.op in ("down", "drain") and self.uid != 0:
+                if isinstance(action, NodeAction) and self.uid != 0:
                     # Only root (or a Slurm operator) may change node states; a user can still
                     # move their own job away from the node.
                     log.warning("job %s: cannot %s %s as uid %s (%s); going on without it",
@@ -477,8 +405,8 @@ class Rescheduler:
                 if held and decision.outcome is not Outcome.EXHAUSTED:
                     self._unhold(job.job_id)
                 raise
-            held = held or action.op in ("requeue_hold", "hold")
-            if action.op in ("requeue_hold", "requeue"):
+            held = held or holds_job(action)
+            if requeues_job(action):
                 requeued_at = self.wall()
             if not self.dry_run:
                 report.commands.append(argv)
@@ -496,21 +424,6 @@ class Rescheduler:
         if gap > 0 and not self.dry_run:
             log.debug("waiting %.2fs so the restart gets a fresh credential", gap)
             self.sleep(gap)
-
-    def _call(self, action: Action) -> None:
-        c, p = self.client, action.params
-        if action.op in ("drain", "down"):
-            getattr(c, action.op)(list(action.nodes), p["reason"])
-        elif action.op == "update_job":
-            c.update_job(action.job_id, **p)
-        elif action.op in ("hold", "release", "requeue", "requeue_hold"):
-            getattr(c, action.op)(action.job_id)
-        elif action.op == "signal_batch":
-            c.signal_batch(action.job_id, p["signal"])
-        elif action.op == "kill_job":
-            c.kill_job(action.job_id)
-        else:
-            raise ValueError(f"unknown action {action.op!r}")
 
     def _kick(self, job_id: int, target_nodes: int | None = None) -> tuple[str, float | None]:
         """Wait up to ``start_wait`` s for the job to run. Slurm may apply the requeue delay
@@ -567,11 +480,27 @@ class Rescheduler:
         except SlurmFTError as exc:
             log.error("job %s: could not release after a failed step: %s", job_id, exc)
 
-    def _audit(self, job: JobInfo, action: Action, argv: list[str], result: str) -> None:
+    def _carry_out(self, job: JobInfo, action: Action, call: Callable[[], T]) -> tuple[T, list[str]]:
+        """``call()`` (which carries ``action`` out) and the argv it ran (or, in a dry run,
+        would run), as the recorder saw it at the runner seam. A refused command is audited
+        with Slurm's message and raised again."""
+        mark = len(self.recorder.writes)
+        try:
+            result = call()
+        except SlurmCommandError as exc:
+            self._audit(job, action, self._written_since(mark),
+                        f"error: {exc.slurm_message or exc}")
+            raise
+        return result, self._written_since(mark)
+
+    def _written_since(self, mark: int) -> list[str]:
+        return [arg for argv in self.recorder.writes[mark:] for arg in argv]
+
+    def _audit(self, job: JobInfo, action: Action, argv: Sequence[str], result: str) -> None:
         if self.dry_run:
             return
         self.store.audit({"event": "action", "job_id": job.job_id, "op": action.op,
-                          "argv": argv, "result": result})
+                          "argv": list(argv), "result": result})
 
     def restart_context(self, job: JobInfo, healthy: Sequence[str], exclude: Sequence[str],
                         train_cmd: str, checkpoint_dir: str) -> dict[str, Any]:
@@ -580,7 +509,8 @@ class Rescheduler:
                                slurmft_cmd=self.slurmft_cmd,
                                reschedule_log=str(Path(self.store.root) / "reschedule.log"))
 
-    def _submit_restart(self, job: JobInfo, action: Action, record: RetryRecord, report: Report,
+    def _submit_restart(self, job: JobInfo, action: SubmitRestart, record: RetryRecord,
+                        report: Report,
                         train_cmd: str | None, checkpoint_dir: str | None) -> None:
         cmd = train_cmd or record.train_cmd or self.config.train_cmd
         ckpt = checkpoint_dir or record.checkpoint_dir or self.config.checkpoint_dir
@@ -590,23 +520,17 @@ class Rescheduler:
                 f"{'training command' if not cmd else 'checkpoint directory'} is known for a "
                 "restart job: pass --train-cmd/--checkpoint-dir or set reschedule.train_cmd/"
                 "reschedule.checkpoint_dir")
-        ctx = self.restart_context(job, action.nodes, action.params["exclude"], cmd, ckpt)
+        ctx = self.restart_context(job, action.nodes, action.exclude, cmd, ckpt)
         script = self.render("restart.sh.j2", ctx)
         attempt = len(record.attempts) + 1
         path = Path(self.store.root) / "scripts" / f"restart-{record.original_job_id}-{attempt}.sh"
-        args = [f"--nodes={action.params['num_nodes']}",
-                f"--exclude={hosts.fold(action.params['exclude'])}"]
+        args = [f"--nodes={action.num_nodes}", f"--exclude={hosts.fold(action.exclude)}"]
         report.restart_script = str(path)
         if not self.dry_run:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(script)
             path.chmod(0o755)
-        argv = scli.build_sbatch_argv(str(path), args, getattr(self.client, "bin_dir", ""))
-        try:
-            new_id = self.client.submit(str(path), args)
-        except SlurmCommandError as exc:
-            self._audit(job, action, argv, f"error: {exc.slurm_message or exc}")
-            raise
+        new_id, argv = self._carry_out(job, action, lambda: self.client.submit(str(path), args))
         if not self.dry_run:
             report.commands.append(argv)
             report.new_job_id = new_id

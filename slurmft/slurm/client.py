@@ -13,7 +13,7 @@ from slurmft.core.errors import InvalidJobError, InvalidNodeError
 from slurmft.core.log import get_logger
 from slurmft.slurm import commands as scli
 from slurmft.slurm.records import JobInfo, NodeInfo
-from slurmft.slurm.runner import CommandResult, Runner, SubprocessRunner
+from slurmft.slurm.runner import CommandResult, RecordingRunner, Runner, SubprocessRunner
 
 log = get_logger(__name__)
 
@@ -34,6 +34,13 @@ class CommandSlurmClient:
         self.runner: Runner = runner if runner is not None else SubprocessRunner(prefix)
         self.timeout = float(timeout)
         self.bin_dir = bin_dir
+
+    def recording(self, *, dry_run: bool) -> tuple[CommandSlurmClient, RecordingRunner]:
+        """The same client behind a ``RecordingRunner``: reads go through, writes are recorded
+        in ``recorder.writes`` (and with ``dry_run`` not run at all)."""
+        recorder = RecordingRunner(self.runner, scli.is_write, dry_run=dry_run,
+                                   reply=scli.dry_run_reply)
+        return CommandSlurmClient(recorder, self.timeout, bin_dir=self.bin_dir), recorder
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, argv: list[str], check: bool = True) -> CommandResult:

@@ -204,6 +204,31 @@ def build_sbatch_argv(script: str, args: Sequence[str] = (), bin_dir: str = "") 
     return [_bin("sbatch", bin_dir), "--parsable", *[str(a) for a in args], script]
 
 
+# ----------------------------------------------------------------------------- reads vs writes
+
+#: ``scontrol`` subcommands that only read.
+_SCONTROL_READS = frozenset({"show", "ping", "version"})
+
+
+def is_write(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` (built here) changes Slurm: everything but squeue, sinfo and
+    ``scontrol show``. Unknown commands count as writes (a dry run must not run them)."""
+    if not argv:
+        return True
+    name = str(argv[0]).rsplit("/", 1)[-1]
+    if name in ("squeue", "sinfo"):
+        return False
+    if name == "scontrol" and len(argv) > 1 and argv[1] in _SCONTROL_READS:
+        return False
+    return True
+
+
+def dry_run_reply(argv: Sequence[str]) -> str:
+    """What a write that a dry run only records answers: job id 0 for ``sbatch --parsable``
+    (no job was submitted), nothing for the others."""
+    return "0\n" if argv and str(argv[0]).rsplit("/", 1)[-1] == "sbatch" else ""
+
+
 # ----------------------------------------------------------------------------- error mapping
 
 # (substring of Slurm's stderr, error class, hint for the user). First match wins.

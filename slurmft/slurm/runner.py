@@ -2,13 +2,15 @@
 
 A runner is anything with ``run(argv, timeout) -> CommandResult``. ``SubprocessRunner`` is the
 real one; tests pass ``tests.fakes.fake_slurm.FakeSlurm`` instead (same interface, no process).
+``RecordingRunner`` sits in front of either: it passes reads through and records writes (and,
+for ``--dry-run``, runs none of them).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,3 +69,30 @@ class SubprocessRunner:
         except PermissionError as exc:
             raise SlurmCommandError(f"cannot run {full[0]}: {exc.strerror}", argv=full) from None
         return CommandResult(tuple(full), proc.returncode, proc.stdout, proc.stderr)
+
+
+class RecordingRunner:
+    """A runner in front of another: reads pass through, every write is recorded.
+
+    ``is_write(argv)`` tells the two apart (``slurm.commands.is_write``). With ``dry_run`` a
+    write is only recorded and answered as a success whose stdout is ``reply(argv)`` (e.g. a
+    job id for ``sbatch --parsable``); without it the write runs too, and ``writes`` is the
+    exact argv of each change made, for the audit log and the report. This is the only
+    dry-run mechanism: the client and the argv builders do not know about it.
+    """
+
+    def __init__(self, inner: Runner, is_write: Callable[[Sequence[str]], bool], *,
+                 dry_run: bool, reply: Callable[[Sequence[str]], str] = lambda argv: "") -> None:
+        self.inner = inner
+        self.is_write = is_write
+        self.dry_run = dry_run
+        self.reply = reply
+        self.writes: list[list[str]] = []
+
+    def run(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        if not self.is_write(argv):
+            return self.inner.run(argv, timeout)
+        self.writes.append(list(argv))
+        if self.dry_run:
+            return CommandResult(tuple(argv), 0, self.reply(argv), "")
+        return self.inner.run(argv, timeout)

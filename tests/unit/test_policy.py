@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from slurmft.probe.records import Health, ProbeResult
+from slurmft.recovery.actions import UpdateJob
 from slurmft.recovery.policy import (History, Outcome, PolicyConfig, decide, drain_reason,
                                      retries_used)
 from slurmft.slurm.records import JobInfo
@@ -45,10 +46,10 @@ def test_running_with_failed_node_takes_the_measured_fast_path():
     assert d.failed == ("node3",)
     assert d.healthy == ("node1", "node2", "node4")
     update = d.actions[4]
-    assert update.params == {"exclude": ("node3",), "num_nodes": (3, 3)}
-    assert d.actions[6].params == {"start_now": True}
+    assert update == UpdateJob(42, exclude=("node3",), num_nodes=(3, 3))
+    assert d.actions[6] == UpdateJob(42, start_now=True)
     assert d.actions[2].nodes == ("node3",)
-    assert "slurmft" in d.actions[3].params["reason"] and "42" in d.actions[3].params["reason"]
+    assert "slurmft" in d.actions[3].reason and "42" in d.actions[3].reason
 
 
 def test_a_degraded_node_lets_the_job_save_on_sigterm_before_the_requeue():
@@ -87,7 +88,7 @@ def test_pending_job_is_updated_and_started():
                History(last_nodes=NODES), CFG)
     assert d.outcome is Outcome.UPDATE_PENDING
     assert ops(d) == ["drain", "update_job", "update_job"]
-    assert d.actions[1].params["num_nodes"] == (3, 3)
+    assert d.actions[1].num_nodes == (3, 3)
 
 
 def test_held_pending_job_is_released():
@@ -109,7 +110,7 @@ def test_ended_not_requeueable_gets_a_restart_job():
     assert ops(d) == ["drain", "submit_restart"]
     sub = d.actions[-1]
     assert sub.nodes == ("node1", "node2", "node3")
-    assert sub.params == {"exclude": ("node4",), "num_nodes": 3}
+    assert (sub.exclude, sub.num_nodes) == (("node4",), 3)
 
 
 def test_ended_requeueable_is_requeued():
@@ -138,7 +139,7 @@ def test_spent_budget_holds_the_running_job_with_a_reason():
     d = decide(job(), health(node2=U), History(attempts=3, attempts_on_job=3), CFG)
     assert d.outcome is Outcome.EXHAUSTED and d.outcome.is_error
     assert ops(d) == ["requeue_hold", "down", "drain", "update_job"]
-    assert "retry budget spent (3/3)" in d.actions[-1].params["comment"]
+    assert "retry budget spent (3/3)" in d.actions[-1].comment
     assert d.retries_after == 3          # holding spends no retry
 
 

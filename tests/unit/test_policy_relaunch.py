@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from slurmft.probe.records import Health
+from slurmft.recovery.actions import SignalBatch
 from slurmft.recovery.policy import (
     RELAUNCH_MARK,
     RELAUNCH_SIGNAL,
@@ -44,7 +45,7 @@ def test_watcher_downs_drains_and_signals_instead_of_requeueing():
     assert d.outcome is Outcome.RELAUNCH
     assert ops(d) == ["down", "drain", "signal_batch"]
     assert d.actions[0].nodes == ("node3",) and d.actions[1].nodes == ("node3",)
-    assert d.actions[2].job_id == 7 and d.actions[2].params == {"signal": RELAUNCH_SIGNAL}
+    assert d.actions[2] == SignalBatch(7, RELAUNCH_SIGNAL)
     assert d.num_nodes == 3 and d.exclude == ("node3",)
     assert "requeue" not in " ".join(ops(d))
 
@@ -63,7 +64,7 @@ def test_degraded_nodes_are_drained_and_the_job_left_running():
     d = decide(job(), health(node2=D), History(), CFG)
     assert d.outcome is Outcome.DRAIN
     assert ops(d) == ["drain"] and d.actions[0].nodes == ("node2",)
-    assert "keeps running" in d.actions[0].params["reason"]
+    assert "keeps running" in d.actions[0].reason
     again = decide(job(), health(node2=D), History(excluded=("node2",)), CFG)
     assert again.outcome is Outcome.ALREADY_DONE and not again.actions
 
