@@ -11,13 +11,14 @@ APT_PACKAGES := slurm-wlm munge openssh-server openmpi-bin libopenmpi-dev iputil
 APT_BINARIES := slurmctld slurmd munged /usr/sbin/sshd mpirun ping ip nsenter unshare shellcheck rsync pkill
 PYTEST_ARGS ?=
 
-.PHONY: install apt venv test unit integration demo lint bench clean cluster-up cluster-down help
+.PHONY: install apt venv test unit integration demo lint bench clean cluster-up cluster-down help wheel-check
 
 help:
 	@echo "make demo   - set up and run the end-to-end recovery demo on a local cluster"
 	@echo "make test   - install, then run unit and integration tests (needs root)"
 	@echo "make unit   - unit tests only (no root, no cluster)"
 	@echo "make lint   - import-layer contract"
+	@echo "make wheel-check - build the wheel, install it in a fresh venv, run it outside the checkout"
 	@echo "make bench  - benchmarks (print tables with the baseline from the same run)"
 
 install: apt venv
@@ -50,6 +51,13 @@ unit: venv
 # the docker backend's suite starts a private dockerd).
 test: install docker-apt
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory wheel-check
+
+# The wheel as a site gets it: built, installed into a fresh venv outside the checkout
+# (/tmp/slurmft-wheel-venv), run from a folder outside it (render job, render logging and, as
+# root, cluster up/down --name sft-wheel). See .ci/wheel-check.sh.
+wheel-check: venv
+	.ci/wheel-check.sh $(PY)
 
 lint: venv
 	$(VENV)/bin/lint-imports
@@ -62,7 +70,7 @@ bench: install
 	$(PY) bench/checkpoint.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info /tmp/slurmft-wheel-venv
 
 # === docker backend (issue 8) ===
 # The same test cluster in containers (docker/). Needs Docker with compose; as root on Debian,
