@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shlex
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +29,6 @@ from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import (
     PermissionDeniedError,
     PolicyError,
-    RenderError,
     SlurmCommandError,
     SlurmFTError,
 )
@@ -47,7 +44,6 @@ from slurmft.recovery.actions import (
     starts_job,
 )
 from slurmft.recovery.policy import (
-    RELAUNCH_MARK,
     Decision,
     Outcome,
     PolicyConfig,
@@ -58,6 +54,7 @@ from slurmft.recovery.policy import (
     pinned_params,
     shrink_params,
 )
+from slurmft.recovery.scripts import job_context, restart_context  # noqa: F401 (job_context: for callers that import it from here)
 from slurmft.recovery.state import Attempt, RetryRecord, StateStore
 from slurmft.render import render as default_render
 from slurmft.slurm import commands as scli
@@ -116,71 +113,6 @@ class Report:
         elif self.state_after:
             lines.append(f"job state now: {self.state_after}")
         return "\n".join(lines)
-
-
-_SBATCH_SAFE = re.compile(r"^[A-Za-z0-9_.,:/%+=@-]+$")
-
-
-def sbatch_value(name: str, value: Any) -> str:
-    """A value for an ``#SBATCH`` line (sbatch reads those itself: no quoting helps there)."""
-    text = str(value)
-    if text and not _SBATCH_SAFE.match(text):
-        raise RenderError(f"{name} {text!r} cannot go on an #SBATCH line: use letters, digits "
-                          "and _.,:/%+=@- only")
-    return text
-
-
-def safe_job_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "slurmft"
-
-
-def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], checkpoint_dir: str,
-                job_name: str = "train", nodes: int = 1, partition: str = "",
-                time_limit: str = "", work_dir: str = "", output: str = "",
-                slurmft_cmd: Sequence[str] = (), reschedule_log: str = "") -> dict[str, Any]:
-    """Variables for templates/job.sh.j2 (the job wrapper)."""
-    words = shlex.split(train_cmd) if isinstance(train_cmd, str) else list(train_cmd)
-    if not words:
-        raise RenderError("a training command is required (--train-cmd)")
-    if not checkpoint_dir:
-        raise RenderError("a checkpoint directory is required (--checkpoint-dir)")
-    return {
-        "job_name": safe_job_name(job_name),
-        "nodes": int(nodes),
-        "slots": int(config.slots),
-        "partition": sbatch_value("partition", partition),
-        "time_limit": sbatch_value("time limit", time_limit),
-        "work_dir": sbatch_value("work dir", work_dir),
-        "output": sbatch_value("output", output),
-        "launcher": config.launcher,
-        "mpirun_args": shlex.split(config.mpirun_args),
-        "launch_from": config.launch_from,
-        # ServerAlive: a peer that dies ends the launch within 15 s, watcher or not
-        "ssh_cmd": ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
-                    "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
-                    *shlex.split(config.ssh_args)],
-        "train_cmd": words,
-        "train_cmd_line": shlex.join(words),
-        "checkpoint_dir": checkpoint_dir,
-        "slurmft_cmd": list(slurmft_cmd) or [sys.executable, "-m", "slurmft"],
-        "reschedule_log": reschedule_log or str(Path(config.state_dir) / "reschedule.log"),
-        "relaunch_mark": RELAUNCH_MARK,
-    }
-
-
-def restart_context(job: JobInfo, healthy: Sequence[str], exclude: Sequence[str],
-                    train_cmd: str | Sequence[str], checkpoint_dir: str,
-                    config: RescheduleConfig, *, slurmft_cmd: Sequence[str] = (),
-                    reschedule_log: str = "") -> dict[str, Any]:
-    """Variables for templates/restart.sh.j2: job.sh.j2's plus the pinned healthy nodes."""
-    ctx = job_context(config, train_cmd=train_cmd, checkpoint_dir=checkpoint_dir,
-                      job_name=job.name or f"job{job.job_id}", nodes=len(healthy),
-                      partition=job.partition, work_dir=job.work_dir, output=job.stdout,
-                      slurmft_cmd=slurmft_cmd, reschedule_log=reschedule_log)
-    ctx.update(original_job_id=job.job_id,
-               node_names=[hosts.validate_hostname(n) for n in healthy],
-               exclude=[hosts.validate_hostname(n) for n in exclude])
-    return ctx
 
 
 def ended_normally(job: JobInfo, decision: Decision) -> bool:

@@ -31,7 +31,7 @@ from slurmft.core.errors import ClusterError, SlurmCommandError, SlurmFTError, S
 from slurmft.core.log import get_logger
 from slurmft.observe.goodput import describe_world_sizes, world_size_seconds
 from slurmft.observe.report import RecoverySummary, read_progress, summarize, timeline
-from slurmft.recovery.rescheduler import job_context
+from slurmft.recovery.scripts import job_context
 from slurmft.render import render
 from slurmft.testbed import Cluster
 

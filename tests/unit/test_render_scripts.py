@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from slurmft.core.config import RescheduleConfig
-from slurmft.core.errors import HostNameError, RenderError
-from slurmft.recovery.rescheduler import job_context, restart_context
+from slurmft.core.errors import ExitCode, HostNameError, RenderError
+from slurmft.recovery.scripts import job_context, restart_context
 from slurmft.render import render
 from slurmft.slurm.records import JobInfo
 
@@ -200,7 +200,7 @@ def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
 
 def test_what_cannot_be_relaunched_in_place_is_handed_to_a_requeue(tmp_path):
     w = Wrapper(tmp_path)
-    p = w.start(MPI_RCS="255", IN_PLACE_RC="5")
+    p = w.start(MPI_RCS="255", IN_PLACE_RC=str(int(ExitCode.NEEDS_REQUEUE)))
     p.communicate(timeout=30)
     assert p.returncode == 255
     lines = w.lines(want=3)
@@ -211,7 +211,7 @@ def test_what_cannot_be_relaunched_in_place_is_handed_to_a_requeue(tmp_path):
 
 def test_a_copy_left_behind_by_a_requeue_stops_without_handing_off(tmp_path):
     w = Wrapper(tmp_path)
-    p = w.start(MPI_RCS="3", IN_PLACE_RC="6", SLURM_RESTART_COUNT="2")
+    p = w.start(MPI_RCS="3", IN_PLACE_RC=str(int(ExitCode.STALE_COPY)), SLURM_RESTART_COUNT="2")
     _, err = p.communicate(timeout=30)
     assert p.returncode == 3
     lines = w.lines()
