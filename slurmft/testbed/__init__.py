@@ -7,7 +7,7 @@ Used by ``slurmft cluster ...``, the integration tests, the demo and the benchma
     c.up(nodes=4)                          # -> UpResult; already_up=True if it was running
     c.run(["sinfo"])                       # CompletedProcess (text) run inside the cluster
     subprocess.run(c.exec_argv(["sbatch", "job.sh"]), env=c.env())   # the same, by hand
-    c.fault("node3", "link-down")          # see FAULT_ACTIONS
+    c.fault("node3", Fault.LINK_DOWN)     # see backend.Fault; "link-down" works too
     c.status()                             # dict: nodes, addresses, daemon pids, sinfo view
     c.down()                               # stop all it started, remove netns/route/state
 
@@ -44,7 +44,7 @@ and puts this Python's bin dir first on PATH. ``c.node_exec_argv(node, argv)`` r
 node itself (no SSH). Ports: each cluster's daemons live in their own namespaces; Slurm ports
 are derived from the name anyway (``Layout.ports``).
 
-Faults (``c.fault(node, action)``): kill-slurmd, restart-slurmd, link-down, link-up (the
+Faults (``c.fault(node, fault)``, ``testbed.backend.Fault``; dispatched in ``netns/faults.py``): kill-slurmd, restart-slurmd, link-down, link-up (the
 controller-side veth), stop-sshd, start-sshd, freeze-sshd, thaw-sshd (SIGSTOP/SIGCONT: ping
 answers, SSH hangs), kill-job-procs (SIGKILL to the tasks under the node's slurmstepd and to
 non-sshd processes under its sshd, e.g. MPI ranks; see ``Cluster.job_pids``).
@@ -58,7 +58,7 @@ from slurmft.testbed.backend import BACKENDS, ClusterBackend, Fault, open_cluste
 from slurmft.testbed.layout import (
     CTL_HOST, DEFAULT_NAME, DEFAULT_ROOT, Layout, pick_subnet, validate_name,
 )
-from slurmft.testbed.netns import FAULT_ACTIONS, Cluster, UpResult
+from slurmft.testbed.netns import Cluster, UpResult
 
-__all__ = ["BACKENDS", "ClusterBackend", "Fault", "open_cluster", "Cluster", "UpResult", "Layout", "FAULT_ACTIONS", "CTL_HOST", "DEFAULT_NAME",
-           "DEFAULT_ROOT", "pick_subnet", "validate_name"]
+__all__ = ["BACKENDS", "CTL_HOST", "DEFAULT_NAME", "DEFAULT_ROOT", "Cluster", "ClusterBackend",
+           "Fault", "Layout", "UpResult", "open_cluster", "pick_subnet", "validate_name"]

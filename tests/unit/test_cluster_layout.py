@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from slurmft.cli import cli
 from slurmft.core.errors import ClusterError, UsageError
 from slurmft.testbed import Cluster, Layout, pick_subnet, validate_name
-from slurmft.testbed import netns as cluster_mod
+from slurmft.testbed.netns import cluster as cluster_mod
 from slurmft.testbed.layout import check_subnet, parse_networks, parse_subnet, ports_for
 from slurmft.testbed.procs import ancestors, descendants
 

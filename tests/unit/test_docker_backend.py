@@ -89,7 +89,7 @@ def test_stage_context_holds_the_package_and_docker_files_only(tmp_path):
     db.stage_context(ctx, wheels, REPO)
     names = {str(p.relative_to(ctx)) for p in ctx.rglob("*") if p.is_file()}
     assert {"setup.cfg", "docker/Dockerfile", "docker/entrypoint.sh", "slurmft/cli/__init__.py",
-            "slurmft/testbed/docker.py", "slurmft/templates/slurm.conf.j2",
+            "slurmft/testbed/docker/cluster.py", "slurmft/templates/slurm.conf.j2",
             "slurmft/examples/train.py",
             "docker/wheels/click-8-py3-none-any.whl"} <= names
     assert not any(n.startswith((".venv", "tests/", ".git")) or "__pycache__" in n for n in names)
@@ -126,6 +126,11 @@ def test_bad_input_is_refused_before_docker_is_touched(tmp_path):
     assert c.status() == {"name": "ok", "up": False, "backend": "docker"}
 
 
-def test_faults_cover_the_namespace_backend():
-    from slurmft.testbed import FAULT_ACTIONS
-    assert set(FAULT_ACTIONS) <= set(db.FAULT_ACTIONS)
+def test_faults_cover_the_namespace_backend_and_every_fault_has_a_handler():
+    from slurmft.testbed import Cluster, Fault
+    from slurmft.testbed.docker.faults import FAULT_HANDLERS as DOCKER_HANDLERS
+    from slurmft.testbed.netns.faults import FAULT_HANDLERS as NETNS_HANDLERS
+    assert set(Cluster.faults) <= set(db.DockerCluster.faults) == set(Fault)
+    assert set(NETNS_HANDLERS) == set(Cluster.faults)
+    assert set(DOCKER_HANDLERS) == set(db.DockerCluster.faults)
+    assert Fault.NODE_DOWN not in Cluster.faults
