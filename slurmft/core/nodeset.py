@@ -95,10 +95,7 @@ def _planned_size(text: str) -> int:
 
 def fold(names: Iterable[str]) -> str:
     """Fold host names into the shortest Slurm hostlist expression (``node[1-3]``)."""
-    items = [validate_hostname(n) for n in names]
-    if not items:
-        return ""
-    return _hostlist.collect_hostlist(items)
+    return str(NodeSet._of_valid([validate_hostname(n) for n in names]))
 
 
 class NodeSet:

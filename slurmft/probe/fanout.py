@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from slurmft.core.config import ProbeConfig
 from slurmft.core.errors import ProbeError
@@ -147,10 +147,11 @@ class FanoutProber:
         return result(Health.HEALTHY, "ok" if self.checks else "ssh ok", states)
 
     # ------------------------------------------------------------------ many hosts
-    def probe(self, hosts: Sequence[str]) -> dict[str, ProbeResult]:
-        """Probe ``hosts`` (validated first: nothing runs if one name is bad)."""
+    def probe(self, hosts: Iterable[str]) -> dict[str, ProbeResult]:
+        """Probe ``hosts``, a NodeSet or host names (validated first: nothing runs if one name
+        is bad); results come in the order of ``hosts``."""
         if isinstance(hosts, str):
-            raise TypeError("hosts must be a sequence of host names; expand hostlists first")
+            raise TypeError("hosts must be a NodeSet or host names; parse a hostlist with NodeSet(text)")
         names = list(dict.fromkeys(validate_hostname(h) for h in hosts))
         if not names:
             return {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,4 +38,4 @@ class ProbeResult:
 
 
 class Prober(Protocol):
-    def probe(self, hosts: Sequence[str]) -> dict[str, ProbeResult]: ...
+    def probe(self, hosts: Iterable[str]) -> dict[str, ProbeResult]: ...

@@ -29,6 +29,7 @@ from slurmft.checkpoint.store import Store
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import ClusterError, SlurmCommandError, SlurmFTError, SlurmParseError
 from slurmft.core.log import get_logger
+from slurmft.core.nodeset import NodeSet
 from slurmft.observe.goodput import describe_world_sizes, world_size_seconds
 from slurmft.observe.report import RecoverySummary, read_progress, summarize, timeline
 from slurmft.recovery.scripts import job_context
@@ -196,7 +197,8 @@ class Demo:
         result = DemoResult(
             job_id=job_id, fault_node=fault_node, initial_nodes=initial_nodes,
             final_nodes=recovered_nodes,
-            excluded=sorted(set(job.excluded_nodes) | (set(initial_nodes) - set(recovered_nodes))),
+            excluded=list(NodeSet(job.excluded_nodes)
+                          | (NodeSet(initial_nodes) - NodeSet(recovered_nodes))),
             fault_node_state="+".join([fn.state, *fn.flags]) if fn else "",
             fault_node_reason=fn.reason if fn else "", restarts=job.restart_count,
             final_state=job.state, events=events, summary=summary, out_dir=o.out_dir)

@@ -198,3 +198,14 @@ def test_ping_wait_is_part_of_the_deadline():
     assert res.reason == "no ping reply within 0.5s"
     with pytest.raises(ConfigError):
         ProbeConfig(timeout=1.0, ping_timeout=2.0)
+
+
+def test_probe_takes_a_nodeset_in_natural_order():
+    from slurmft.core.nodeset import NodeSet
+
+    s = Scripted(dead={"n10"})
+    res = prober(s).probe(NodeSet("n[10,2,1]"))
+    assert list(res) == ["n1", "n2", "n10"]
+    assert res["n10"].health is Health.UNREACHABLE and res["n2"].health is Health.HEALTHY
+    with pytest.raises(TypeError):
+        prober(s).probe("n[1-2]")
