@@ -20,6 +20,7 @@ from slurmft.recovery.state import StateStore
 from slurmft.render import render
 from slurmft.slurm.client import CommandSlurmClient
 from slurmft.testbed import inject as inj
+from slurmft.testbed import remote
 from slurmft.testbed.inject import (
     ExecNodeRunner, ExecResult, InjectRequest, Injector, kill_argv, kill_slurmd_argv,
     limit_memory_argv, link_down_argv, list_procs_argv, undo_memory_argv,
@@ -40,7 +41,7 @@ class ScriptedRunner:
 
     def run(self, node, argv, timeout):
         self.calls.append((node, list(argv)))
-        if argv[:2] == ["sh", "-c"] and argv[2] == inj.LIST_SH:
+        if argv[:2] == ["sh", "-c"] and argv[2] == remote.LIST_SH:
             return ExecResult(0, self.procs)
         return ExecResult(self.rc, "", "boom" if self.rc else "")
 
@@ -63,7 +64,7 @@ def test_argv_golden_lists():
         "setsid", "-f", "sh", "-c",
         'exec </dev/null >/dev/null 2>&1; ip link set dev "$1" down; sleep "$2"; '
         'ip link set dev "$1" up', "sh", "eth0", "30"]
-    assert list_procs_argv("a b;rm -rf /") == ["sh", "-c", inj.LIST_SH, "sh", "-f", "--",
+    assert list_procs_argv("a b;rm -rf /") == ["sh", "-c", remote.LIST_SH, "sh", "-f", "--",
                                                "a b;rm -rf /"]
     assert limit_memory_argv(42, 512, "train.py")[3:] == ["sh", "42", str(512 * 2**20), "",
                                                           "-f", "--", "train.py"]
@@ -130,7 +131,7 @@ def test_kill_rank_never_picks_another_jobs_process(tmp_path):
                        ).inject(InjectRequest("kill-rank", job, seed=seed))
         assert res.pid == 9 and res.extra["command"] == "python train.py --mine"
     assert inj.job_candidates(inj.parse_procs(listing.replace(f"9 {job}", "9 -")), job) == [
-        inj.Proc(8, "-", "python train.py --ssh-rank"), inj.Proc(9, "-", "python train.py --mine")]
+        remote.RemoteProcess(8, "-", "python train.py --ssh-rank"), remote.RemoteProcess(9, "-", "python train.py --mine")]
     only_other = ScriptedRunner(f"7 {other} python train.py\n")
     with pytest.raises(SlurmFTError, match=f"only of job\\(s\\) {other}: nothing killed"):
         Injector(slurm=CommandSlurmClient(runner=fake), runner=only_other).inject(
