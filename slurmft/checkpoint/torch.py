@@ -192,12 +192,6 @@ class TorchCheckpointer:
         return self.manager.save(self.state(step, epoch, samples_seen, extra), step,
                                  meta={"epoch": epoch, "samples_seen": samples_seen}, **kwargs)
 
-    def maybe_save(self, step: int, epoch: int = 0, samples_seen: int = 0,
-                   extra: Mapping[str, Any] | None = None) -> SaveHandle | None:
-        if self.manager.should_save(step):
-            return self.save(step, epoch, samples_seen, extra)
-        return None
-
     def resume(self, restore_rng: bool = True, name: str | None = None) -> ResumePoint:
         """Load the newest valid checkpoint (or ``name``) into model/optimizer/scheduler."""
         if name is None:

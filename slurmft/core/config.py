@@ -18,7 +18,6 @@ type (a mapping where a string belongs) or a number that is not finite (inf, nan
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -348,7 +347,3 @@ def load_config(
         layers[section].update({k: v for k, v in values.items() if v is not None})
     return Config(**{name: build_section(cls, name, layers[name])
                      for name, cls in sections.items()})
-
-
-def as_dict(config: Config) -> dict:
-    return dataclasses.asdict(config)
