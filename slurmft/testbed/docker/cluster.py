@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from slurmft.core.atomic import atomic_write
 from slurmft.core.errors import ClusterError, SlurmFTError, UsageError
 from slurmft.core.log import get_logger
 from slurmft.render import render
@@ -110,9 +111,7 @@ class DockerCluster:
 
     def _save(self) -> None:
         assert self.state is not None
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self.state), indent=2))
-        tmp.replace(self.state_file)
+        atomic_write(self.state_file, json.dumps(asdict(self.state), indent=2))
 
     def _need_state(self) -> DockerClusterState:
         if self.state is None:
@@ -214,17 +213,7 @@ class DockerCluster:
             log.info("docker cluster %s: removing leftovers of an earlier run", self.name)
             self.down()
         t0 = time.monotonic()
-        docker = self.docker
-        daemon: dict = {}
-        if not docker.reachable():
-            if self._docker_host is not None or os.environ.get("DOCKER_HOST"):
-                raise DockerUnavailableError(f"no Docker daemon answers on {docker.host}")
-            private = PrivateDockerd().start()
-            docker = private.docker
-            if private.proc is not None:
-                daemon = {"pid": private.proc.pid, "start": private.proc.start,
-                          "ip_forward_before": private.ip_forward_before,
-                          "had_docker0": private.had_docker0}
+        docker, daemon = self._reachable_docker()
         used = used_networks()
         if subnet:
             net = parse_subnet(subnet)
@@ -264,6 +253,20 @@ class DockerCluster:
         started = {f"{h}:container": pid for h, pid in self._container_pids().items()}
         return UpResult(self.name, list(lay.node_names), str(net),
                         round(time.monotonic() - t0, 2), started)
+
+    def _reachable_docker(self) -> tuple[Docker, dict]:
+        """The daemon to use, and the PrivateDockerd fields to record if one was started."""
+        docker = self.docker
+        if docker.reachable():
+            return docker, {}
+        if self._docker_host is not None or os.environ.get("DOCKER_HOST"):
+            raise DockerUnavailableError(f"no Docker daemon answers on {docker.host}")
+        private = PrivateDockerd().start()
+        if private.proc is None:
+            return private.docker, {}
+        return private.docker, {"pid": private.proc.pid, "start": private.proc.start,
+                                "ip_forward_before": private.ip_forward_before,
+                                "had_docker0": private.had_docker0}
 
     def _write_config(self, lay: Layout) -> None:
         etc = mkdir_p(self.etc_dir)

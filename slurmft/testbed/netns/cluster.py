@@ -17,6 +17,7 @@ from pathlib import Path
 
 import filelock
 
+from slurmft.core.atomic import atomic_write
 from slurmft.core.errors import ClusterError, SlurmFTError, UsageError
 from slurmft.core.log import get_logger
 from slurmft.testbed import procs
@@ -109,9 +110,7 @@ class Cluster(Builder, NodeFaults):
 
     def _save(self) -> None:
         assert self._state is not None
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._state, indent=1))
-        os.replace(tmp, self._state_file)
+        atomic_write(self._state_file, json.dumps(self._state, indent=1))
 
     def _layout_from(self, st: Mapping) -> Layout:
         return Layout(name=st["name"], nodes=st["nodes"], subnet=st["subnet"], root=self.root,
