@@ -39,10 +39,10 @@ from typing import Any
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import get_logger
 from slurmft.observe import metrics as _m
+from slurmft.observe.events import AUDIT_FILE, Decided, Detected, Recovered, parse_event
 
 log = get_logger(__name__)
 
-AUDIT_FILE = "audit.jsonl"   # as slurmft.recovery.state.StateStore writes it
 MAX_AUDIT_LINE = 1 << 20
 
 
@@ -260,19 +260,17 @@ class ExporterCollector:
             self.observe_record(rec)
 
     def observe_record(self, rec: Mapping[str, Any]) -> None:
-        """Count one audit record."""
+        """Count one audit record (read with ``events.parse_event``, the one audit reader)."""
         m = self.metrics
-        event = rec.get("event", "decision")
-        if event == "decision" and rec.get("outcome"):
-            m.reschedules.labels(outcome=str(rec["outcome"])[:64]).inc()
-            health = rec.get("health")
-            if isinstance(health, Mapping) and health:
-                _m.set_node_health(m, (str(v) for v in health.values()))
-        for key, hist in (("detection_seconds", m.detection_seconds),
-                          ("recovery_seconds", m.recovery_seconds)):
-            value = rec.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-                hist.observe(value)
+        event = parse_event(rec)
+        if isinstance(event, Decided) and event.outcome:
+            m.reschedules.labels(outcome=str(event.outcome)[:64]).inc()
+            if event.health:
+                _m.set_node_health(m, (str(v) for v in event.health.values()))
+        elif isinstance(event, Detected) and event.detection_seconds is not None:
+            m.detection_seconds.observe(event.detection_seconds)
+        elif isinstance(event, Recovered) and event.recovery_seconds is not None:
+            m.recovery_seconds.observe(event.recovery_seconds)
 
     def collect(self) -> Iterator[Any]:
         self.refresh()

@@ -33,6 +33,7 @@ from slurmft.core.errors import (
     SlurmFTError,
 )
 from slurmft.core.log import get_logger
+from slurmft.observe.events import Acted, Decided
 from slurmft.probe.records import Health, ProbeResult, Prober
 from slurmft.recovery.actions import (
     Action,
@@ -298,11 +299,10 @@ class Rescheduler:
                  extra={"job": str(job.job_id)})
         report = Report(decision=decision, dry_run=self.dry_run)
         if not self.dry_run and not ended_normally(job, decision):
-            self.store.audit({"event": "decision", "job_id": job.job_id,
-                              "original_job_id": record.original_job_id,
-                              "outcome": decision.outcome.value, "failed": list(decision.failed),
-                              "message": decision.message,
-                              "health": {n: r.health.value for n, r in health.items()}})
+            self.store.audit(Decided(job_id=job.job_id, original_job_id=record.original_job_id,
+                                     outcome=decision.outcome.value, failed=decision.failed,
+                                     message=decision.message,
+                                     health={n: r.health.value for n, r in health.items()}))
         self._execute(job, decision, record, report, train_cmd, checkpoint_dir)
         if self.dry_run:
             report.commands = list(self.recorder.writes)
@@ -431,8 +431,8 @@ class Rescheduler:
     def _audit(self, job: JobInfo, action: Action, argv: Sequence[str], result: str) -> None:
         if self.dry_run:
             return
-        self.store.audit({"event": "action", "job_id": job.job_id, "op": action.op,
-                          "argv": list(argv), "result": result})
+        self.store.audit(Acted(job_id=job.job_id, op=action.op, argv=tuple(argv),
+                               result=result))
 
     def restart_context(self, job: JobInfo, healthy: Sequence[str], exclude: Sequence[str],
                         train_cmd: str, checkpoint_dir: str) -> dict[str, Any]:

@@ -19,17 +19,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import filelock
 
 from slurmft.core.atomic import atomic_write
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import get_logger
+from slurmft.observe.events import AUDIT_FILE, AuditFile, Event, LogSink
 from slurmft.recovery.policy import History
 
 log = get_logger(__name__)
@@ -74,10 +73,6 @@ class RetryRecord:
         if submit_time is None or not self.submit_times or submit_time in self.submit_times:
             return True
         return restart_count > 0 and submit_time > self.submit_times[-1]
-
-    @property
-    def current_job_id(self) -> int:
-        return self.job_ids[-1] if self.job_ids else self.original_job_id
 
     def history(self, job_id: int) -> History:
         """The policy's view of this record, asked about ``job_id``."""
@@ -181,30 +176,24 @@ class StateStore:
     def save(self, record: RetryRecord) -> None:
         self._ensure()
         path = self.root / "jobs" / f"{record.original_job_id}.json"
-        _atomic_write(path, json.dumps(record.to_dict(), indent=1))
+        atomic_write(path, json.dumps(record.to_dict(), indent=1))
 
     def add_alias(self, new_job_id: int, original: int) -> None:
         self._ensure()
-        _atomic_write(self.root / "alias" / str(int(new_job_id)), f"{int(original)}\n")
+        atomic_write(self.root / "alias" / str(int(new_job_id)), f"{int(original)}\n")
 
-    def audit(self, event: dict[str, Any]) -> None:
-        """Append one JSON line to audit.jsonl (one write, O_APPEND: lines never interleave)."""
+    @property
+    def audit_file(self) -> AuditFile:
+        return AuditFile(self.root / AUDIT_FILE)
+
+    def audit(self, event: Event) -> None:
+        """Append ``event`` to audit.jsonl (and show it in the debug log)."""
         self._ensure()
-        doc = {"time": round(time.time(), 3), "uid": os.getuid(), **event}
-        line = (json.dumps(doc, default=str) + "\n").encode()
-        fd = os.open(self.root / "audit.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        self.audit_file.emit(event)
+        LogSink(log).emit(event)
 
     def audit_lines(self) -> list[dict]:
-        try:
-            text = (self.root / "audit.jsonl").read_text()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        """Every audit line as written."""
+        return self.audit_file.records()
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    atomic_write(path, text)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import get_logger
+from slurmft.observe.events import Detected, Event, Recovered
 from slurmft.probe.records import ProbeResult, Prober
 from slurmft.recovery.policy import Outcome
 from slurmft.recovery.rescheduler import Report, Rescheduler
@@ -111,15 +112,15 @@ class Watcher:
                 continue
             if job.state != "RUNNING" or failed & set(job.nodes):
                 continue
-            record = {"event": "recovered", "job_id": jid, "nodes": list(job.nodes)}
+            step = None
             if wait_step is not None:
                 started = [s for s in self._steps_now(jid) or () if s > wait_step]
                 if not started:                 # not yet, or Slurm cannot say this cycle
                     continue
-                record["step"] = f"{jid}.{started[0]}"
+                step = f"{jid}.{started[0]}"
             del self._recovering[jid]
-            record["recovery_seconds"] = round(time.time() - detected, 3)
-            self._audit(record)
+            self._audit(Recovered(job_id=jid, nodes=tuple(job.nodes), step=step,
+                                  recovery_seconds=round(time.time() - detected, 3)))
 
     def _steps_now(self, job_id: int) -> list[int] | None:
         """The job's numbered steps (None when Slurm cannot say)."""
@@ -213,17 +214,14 @@ class Watcher:
         """The moment a failure is confirmed, before any action (timelines start here).
         ``detection_seconds`` is an upper bound: time since the nodes last probed healthy."""
         now = time.time()
-        record = {"event": "detected", "job_id": job.job_id, "nodes": list(failed),
-                  "health": {n: health[n].to_dict() for n in failed}}
-        bound = self.tracker.detection_bound(failed, now)
-        if bound is not None:
-            record["detection_seconds"] = bound
-        self._audit(record)
+        self._audit(Detected(job_id=job.job_id, nodes=tuple(failed),
+                             health={n: health[n].to_dict() for n in failed},
+                             detection_seconds=self.tracker.detection_bound(failed, now)))
         return now
 
-    def _audit(self, record: dict) -> None:
+    def _audit(self, event: Event) -> None:
         try:
-            self.rescheduler.store.audit(record)
+            self.rescheduler.store.audit(event)
         except SlurmFTError as exc:   # the audit must never stop the recovery
             log.warning("watch: cannot write the audit record: %s", exc)
 

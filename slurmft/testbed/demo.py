@@ -30,6 +30,7 @@ from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import ClusterError, SlurmCommandError, SlurmFTError, SlurmParseError
 from slurmft.core.log import get_logger
 from slurmft.core.nodeset import NodeSet
+from slurmft.observe.events import AuditFile, Detected
 from slurmft.observe.goodput import describe_world_sizes, world_size_seconds
 from slurmft.observe.report import RecoverySummary, read_progress, summarize, timeline
 from slurmft.recovery.scripts import job_context
@@ -356,18 +357,10 @@ def _verified_at_least(store: Store, step: int) -> bool:
 
 
 def _detection_time(audit_path: Path, job_id: int, after: float) -> float | None:
-    try:
-        lines = audit_path.read_text().splitlines()
-    except FileNotFoundError:
-        return None
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if (rec.get("event") == "detected" and int(rec.get("job_id", -1)) == job_id
-                and rec.get("time", 0) >= after):
-            return float(rec["time"])
+    for event in AuditFile(audit_path).events():
+        if (isinstance(event, Detected) and event.job_id == job_id
+                and (event.time or 0) >= after):
+            return event.time
     return None
 
 

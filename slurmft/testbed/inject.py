@@ -40,6 +40,7 @@ from slurmft.core.atomic import atomic_write
 from slurmft.core.errors import SlurmFTError, UsageError
 from slurmft.core.log import get_logger
 from slurmft.core.nodeset import validate_hostname
+from slurmft.observe.events import Injected
 from slurmft.recovery.state import StateError, StateStore
 from slurmft.slurm.records import SlurmClient
 from slurmft.testbed.backend import Fault
@@ -222,10 +223,9 @@ class Injector:
         if self.store is None:
             return
         try:
-            self.store.audit({"event": "inject", "time": round(res.time, 3),
-                              "job": res.job_id, "node": res.node, "action": res.action,
-                              "detail": res.detail, "pid": res.pid,
-                              "cluster": self.cluster_name or None})
+            self.store.audit(Injected(time=round(res.time, 3), job=res.job_id, node=res.node,
+                                      action=res.action, detail=res.detail, pid=res.pid,
+                                      cluster=self.cluster_name or None))
         except (StateError, OSError) as exc:
             log.error("inject: audit record not written: %s", exc)
 

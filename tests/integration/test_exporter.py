@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.upload import RetrySchedule
 from slurmft.core.errors import CheckpointError
+from slurmft.observe.events import Decided, Detected, Recovered
 from slurmft.recovery.state import StateStore
 
 pytestmark = pytest.mark.integration
@@ -87,10 +88,10 @@ def test_scrape_sees_checkpoint_age_reset_and_reschedules_rise(exporter):
     key = ("slurmft_reschedules_total", ("outcome", "requeue"))
     assert new.get(key, 0) == 0
     store = StateStore(state)
-    store.audit({"event": "decision", "job_id": 42, "outcome": "requeue", "failed": ["node3"],
-                 "health": {"node1": "HEALTHY", "node2": "HEALTHY", "node3": "UNREACHABLE"}})
-    store.audit({"event": "recovered", "job_id": 42, "detection_seconds": 2.5,
-                 "recovery_seconds": 30.0})
+    store.audit(Decided(job_id=42, outcome="requeue", failed=("node3",),
+                        health={"node1": "HEALTHY", "node2": "HEALTHY", "node3": "UNREACHABLE"}))
+    store.audit(Detected(job_id=42, nodes=("node3",), detection_seconds=2.5))
+    store.audit(Recovered(job_id=42, recovery_seconds=30.0))
     after = scrape(url)
     assert after[key] == 1
     assert after[("slurmft_node_health", ("state", "unreachable"))] == 1
@@ -98,7 +99,7 @@ def test_scrape_sees_checkpoint_age_reset_and_reschedules_rise(exporter):
     assert after[("slurmft_detection_seconds_count",)] == 1
     assert after[("slurmft_recovery_seconds_sum",)] == 30.0
 
-    store.audit({"event": "decision", "job_id": 42, "outcome": "requeue"})
+    store.audit(Decided(job_id=42, outcome="requeue"))
     assert scrape(url)[key] == 2
 
 

@@ -14,6 +14,7 @@ from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.cli import cli
 from slurmft.core.errors import SlurmFTError
 from slurmft.observe import metrics as m
+from slurmft.observe.events import Acted, Decided, Detected, Recovered
 from slurmft.observe.exporter import AuditTail, ExporterCollector, build_registry, read_checkpoints
 from slurmft.recovery.state import StateStore
 
@@ -192,12 +193,13 @@ def test_exporter_collector_moves_with_sources(tmp_path):
     assert got[("slurmft_checkpoint_last_step", d)] == 2
 
     store = StateStore(state)               # the rescheduler's own audit writer
-    store.audit({"event": "decision", "job_id": 42, "outcome": "requeue", "failed": ["node2"],
-                 "health": {"node1": "HEALTHY", "node2": "UNREACHABLE"}})
-    store.audit({"event": "action", "job_id": 42, "op": "drain", "result": "ok"})
-    store.audit({"event": "recovered", "job_id": 42, "detection_seconds": 3.0,
-                 "recovery_seconds": 45.0})
-    store.audit({"event": "decision", "outcome": "refused", "detection_seconds": True})
+    store.audit(Decided(job_id=42, outcome="requeue", failed=("node2",),
+                        health={"node1": "HEALTHY", "node2": "UNREACHABLE"}))
+    store.audit(Acted(job_id=42, op="drain", result="ok"))
+    store.audit(Detected(job_id=42, nodes=("node2",), detection_seconds=3.0))
+    store.audit(Recovered(job_id=42, recovery_seconds=45.0))
+    with (state / "audit.jsonl").open("a") as fh:    # lines of an older writer parse too
+        fh.write('{"outcome": "refused"}\n{"event": "detected", "detection_seconds": true}\n')
     got = scrape(reg)
     assert got[("slurmft_reschedules_total", ("outcome", "requeue"))] == 1
     assert got[("slurmft_reschedules_total", ("outcome", "refused"))] == 1
@@ -219,7 +221,7 @@ def test_exporter_collector_moves_with_sources(tmp_path):
 def test_exporter_cli_textfile_once(tmp_path):
     ckpt, state = tmp_path / "ckpt", tmp_path / "state"
     _save(ckpt, 5)
-    StateStore(state).audit({"event": "decision", "outcome": "resubmit"})
+    StateStore(state).audit(Decided(outcome="resubmit"))
     out = tmp_path / "slurmft.prom"
     res = CliRunner().invoke(cli, ["exporter", "--textfile", str(out), "--once",
                                    "--checkpoint-dir", str(ckpt), "--state-dir", str(state)])
