@@ -4,7 +4,8 @@ Light on purpose: importing this package pulls in neither torch nor mpi4py (see 
 mpi.py, keras.py), nor anything from slurm/ or probe/.
 """
 
-from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy, SaveHandle
-from slurmft.checkpoint.store import CheckpointInfo
+from slurmft.checkpoint.manager import CheckpointManager, SaveHandle
+from slurmft.checkpoint.manifest import CheckpointInfo
+from slurmft.checkpoint.policy import CheckpointPolicy
 
 __all__ = ["CheckpointManager", "CheckpointPolicy", "CheckpointInfo", "SaveHandle"]

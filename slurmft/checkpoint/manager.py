@@ -1,4 +1,4 @@
-"""Checkpoint policy and manager: the training side's public API (no torch, no MPI here).
+"""The checkpoint manager: the training side's public API (no torch, no MPI here).
 
 ::
 
@@ -14,39 +14,41 @@
                 break
 
 The manager is a set of public template methods (``save``, ``load``, ``latest``, ``list``)
-over private hooks (``_snapshot``, ``_persist``, ``_verify``, ``_rotate``); on-disk format and
-atomicity live in store.py, shared-storage copies in upload.py, which checkpoints belong to
-the history being continued in lineage.py. State is any nest of dicts,
-lists and tuples whose large leaves are numpy arrays (torch.py converts tensors).
+over private hooks (``_persist``, ``_verify``, ``_rotate``) and the modules that do the work:
+the policy and where it comes from in policy.py, when to save in triggers.py, the in-memory
+copy in snapshot.py, the on-disk format in manifest.py and state.py, atomic writes and
+verification in store.py, retention in retention.py, fencing in fencing.py, shared-storage
+copies in destinations.py and upload.py, which checkpoint a load resumes in resume.py and
+lineage.py. State is any nest of dicts, lists and tuples whose large leaves are numpy
+arrays (torch.py converts tensors).
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import pickle
 import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from slurmft.checkpoint.lineage import Lineage, trace
-from slurmft.checkpoint.store import (
-    CheckpointInfo, FaultHook, Snapshot, Store, new_run_id, split_state,
+from slurmft.checkpoint.destinations import (
+    DEFAULT_RSH, MountedDestination, RsyncDestination, parse_remote,
 )
-from slurmft.checkpoint.upload import (
-    DEFAULT_RSH, STATUS_FILE, MountedDestination, RetrySchedule, RsyncDestination, SerialWorker,
-    Uploader, parse_remote,
-)
-from slurmft.core.config import CheckpointConfig, build_section, env_layer, read_yaml
+from slurmft.checkpoint.fencing import check_fence
+from slurmft.checkpoint.lineage import Lineage
+from slurmft.checkpoint.manifest import CheckpointInfo, new_run_id
+from slurmft.checkpoint.policy import CheckpointPolicy
+from slurmft.checkpoint.resume import Resume, fetch_remote_latest
+from slurmft.checkpoint.snapshot import Snapshot, SnapshotBuffers, copy_into
+from slurmft.checkpoint.store import FaultHook, Store
+from slurmft.checkpoint.triggers import SaveTriggers
+from slurmft.checkpoint.upload import STATUS_FILE, RetrySchedule, SerialWorker, Uploader
 from slurmft.core.errors import (
     CheckpointError, ConfigError, CorruptCheckpointError, DestinationLostError, FencedError,
 )
@@ -54,52 +56,7 @@ from slurmft.core.log import get_logger
 
 log = get_logger(__name__)
 
-DEFAULT_ROOT = "/tmp/slurmft-checkpoints"
 EventHook = Callable[[str, dict], None]
-
-
-@dataclass
-class CheckpointPolicy(CheckpointConfig):
-    """When and how to checkpoint. Every field is validated at construction.
-
-    The fields and their checks are the ``checkpoint:`` section of slurmft's one config schema
-    (slurmft.core.config.CheckpointConfig); this class adds where they come from and the path.
-    YAML (``checkpoint:`` section or a bare mapping), a dict, or the environment
-    (``SLURMFT_CHECKPOINT_<FIELD>``, plus ``CHECKPOINT_PATH`` for ``path``).
-    """
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "CheckpointPolicy":
-        return build_section(cls, "checkpoint", values)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, env: Mapping[str, str] | None = None,
-                  ) -> "CheckpointPolicy":
-        data = read_yaml(path)
-        section = data.get("checkpoint", data)
-        if not isinstance(section, dict):
-            raise ConfigError(f"{path}: checkpoint section must be a mapping")
-        return cls.from_env(env, base=section)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None,
-                 base: Mapping[str, Any] | None = None) -> "CheckpointPolicy":
-        """``base`` (e.g. from YAML), overridden by SLURMFT_CHECKPOINT_* and CHECKPOINT_PATH."""
-        env = os.environ if env is None else env
-        values = {**(base or {}), **env_layer("checkpoint", cls, env)}
-        if env.get("CHECKPOINT_PATH"):
-            values["path"] = env["CHECKPOINT_PATH"]
-        return cls.from_dict(values)
-
-    def resolve_path(self, env: Mapping[str, str] | None = None) -> str:
-        """``path``, else CHECKPOINT_PATH, else ``$SLURMFT_CHECKPOINT_ROOT/$USER/$SLURM_JOB_ID``."""
-        env = os.environ if env is None else env
-        if self.path:
-            return self.path
-        if env.get("CHECKPOINT_PATH"):
-            return env["CHECKPOINT_PATH"]
-        root = env.get("SLURMFT_CHECKPOINT_ROOT") or DEFAULT_ROOT
-        return str(Path(root) / (env.get("USER") or "nobody") / (env.get("SLURM_JOB_ID") or "local"))
 
 
 @dataclass
@@ -153,20 +110,10 @@ class CheckpointManager:
         self._on_event = on_event
         self._writer = writer
         self.pipeline = pipeline
-        local_cache = local_cache or self.policy.local_cache or None
-        spec = str(path)
-        remote = parse_remote(spec)
-        if remote is not None and local_cache is None:
-            raise ConfigError(f"checkpoint destination {spec!r} is remote: set a local_cache directory")
-        self.destination_spec = spec
-        algo = self.policy.checksum
-        if local_cache is None:
-            self._store = Store(spec, algo, fault_hook)
-            self._dest: MountedDestination | RsyncDestination | None = None
-        else:
-            self._store = Store(local_cache, algo, fault_hook)
-            self._dest = (RsyncDestination(remote, rsh=rsh) if remote
-                          else MountedDestination(spec, algo))
+        self.destination_spec = str(path)
+        self._store, self._dest = _open_destination(
+            self.destination_spec, local_cache or self.policy.local_cache or None,
+            self.policy.checksum, fault_hook, rsh)
         self._write_pool = SerialWorker("slurmft-ckpt-write")
         # A failed upload stays in the backlog and is retried (upload_retry); while the
         # destination fails, keep_last bounds what waits. Only a writer reports its status.
@@ -174,18 +121,13 @@ class CheckpointManager:
                                    retry=upload_retry, max_backlog=self.policy.keep_last,
                                    status_path=self._store.root / STATUS_FILE if writer else None)
                           if self._dest is not None else None)
-        self._buffers: dict[str, np.ndarray] = {}
+        self._buffers = SnapshotBuffers()
         self._inflight: Future | None = None     # write that still reads the buffers
         self._pending: list[Future] = []         # until durable at the destination
         self._failures: list[str] = []
         self._lock = threading.Lock()
-        self._last_step: int | None = None
-        self._last_time = clock()
-        self._last_full_time: float | None = None
+        self._triggers = SaveTriggers(self.policy, clock)
         self._last_full: CheckpointInfo | None = None
-        self._stop_signal: int | None = None
-        self._saved_after_signal = False
-        self._old_handlers: dict[int, Any] = {}
         self._closed = False
         self.latest_loaded: CheckpointInfo | None = None
         # Lineage: every checkpoint names the run that wrote it and what that run resumed
@@ -199,53 +141,42 @@ class CheckpointManager:
         self._fence_store = (self._dest.store if isinstance(self._dest, MountedDestination)
                              else self._store)
         if writer:
-            if self.owner:
-                if isinstance(self._dest, RsyncDestination):
-                    log.warning("fencing covers the local cache only with a remote destination")
-                self._fence_store.claim(self.owner)
-            removed = self._store.cleanup()
-            if isinstance(self._dest, MountedDestination):
-                removed += self._dest.store.cleanup()
-            if removed:
-                log.info("removed %d leftovers of interrupted saves: %s", len(removed), ", ".join(removed))
+            self._claim_and_clean()
         ref = weakref.ref(self)
         self._atexit = lambda: (m := ref()) is not None and m._close_at_exit()
         atexit.register(self._atexit)
 
-    # ---- triggers ----------------------------------------------------------------------
+    def _claim_and_clean(self) -> None:
+        """A writer's start: claim the directory (fencing), remove leftovers of saves
+        that a crash cut short."""
+        if self.owner:
+            if isinstance(self._dest, RsyncDestination):
+                log.warning("fencing covers the local cache only with a remote destination")
+            self._fence_store.claim(self.owner)
+        removed = self._store.cleanup()
+        if isinstance(self._dest, MountedDestination):
+            removed += self._dest.store.cleanup()
+        if removed:
+            log.info("removed %d leftovers of interrupted saves: %s", len(removed), ", ".join(removed))
+
+    # ---- triggers (triggers.py) --------------------------------------------------------
 
     def should_save(self, step: int) -> bool:
         """True at a step boundary where the policy (steps, minutes, a signal) asks to save."""
-        if self._stop_signal is not None and not self._saved_after_signal:
-            return True
-        p = self.policy
-        last = self._last_step if self._last_step is not None else 0
-        if p.step_interval and step - last >= p.step_interval:
-            return True
-        if p.interval and self.clock() - self._last_time >= p.interval * 60:
-            return True
-        return False
+        return self._triggers.should_save(step)
 
     @property
     def should_stop(self) -> bool:
         """A save signal arrived: save at this step boundary (should_save says so), then exit."""
-        return self._stop_signal is not None
+        return self._triggers.should_stop
 
     def request_stop(self, signum: int = signal.SIGUSR1) -> None:
         """What the signal handler does; callable directly (e.g. from another rank's flag)."""
-        self._stop_signal = signum
-        self._saved_after_signal = False
+        self._triggers.request_stop(signum)
 
     def install_signal_handlers(self) -> None:
         """Catch the policy's signals (main thread only); ``close()`` restores the old ones."""
-        if threading.current_thread() is not threading.main_thread():
-            raise CheckpointError("install_signal_handlers must be called from the main thread")
-        for name in self.policy.signals:
-            sig = getattr(signal, name)
-            self._old_handlers[sig] = signal.signal(sig, self._handle_signal)
-
-    def _handle_signal(self, signum: int, frame: Any) -> None:  # noqa: ARG002
-        self.request_stop(signum)
+        self._triggers.install_signal_handlers()
 
     # ---- saving ------------------------------------------------------------------------
 
@@ -267,25 +198,21 @@ class CheckpointManager:
             except Exception:  # noqa: BLE001 - reported through the failure list
                 pass
         now = self.clock()
-        is_full = full if full is not None else self._want_full(now)
-        snap, sources = self._snapshot(state, step, meta)
+        is_full = full if full is not None else self._triggers.want_full(now)
+        snap, sources = self._buffers.take(state, step, meta, world_size=self.world_size,
+                                           run=self.run_id, parent=self._parent)
         done: Future = Future()
         if self.pipeline:
             # The writer streams each array out as soon as it is copied.
             self._inflight = self._write_pool.submit(self._persist, snap, is_full, done)
-            self._copy_into(snap, sources)
+            copy_into(snap, sources)
         else:
-            self._copy_into(snap, sources)
+            copy_into(snap, sources)
             self._inflight = self._write_pool.submit(self._persist, snap, is_full, done)
         with self._lock:
             self._pending.append(done)
         self._saved_in_run = True
-        self._last_step = step
-        self._last_time = now
-        if is_full:
-            self._last_full_time = now
-        if self._stop_signal is not None:
-            self._saved_after_signal = True
+        self._triggers.saved(step, now, is_full)
         stall = time.perf_counter() - t0
         handle = SaveHandle(step=step, kind="full" if is_full else "diff", stall_s=stall, future=done)
         if wait:
@@ -293,59 +220,10 @@ class CheckpointManager:
             self._inflight.result()            # rotation done too
         return handle
 
-    def _want_full(self, now: float) -> bool:
-        fi = self.policy.full_interval
-        if not fi or self._last_full_time is None:
-            return True
-        return now - self._last_full_time >= fi * 60
-
     def reserve(self, state: Any) -> None:
         """Allocate and touch the snapshot buffers for ``state`` now (e.g. before the
         training loop), so the first save does not pay for page faults."""
-        _, arrays = split_state(state)
-        for key, arr in arrays.items():
-            buf = self._buffers.get(key)
-            if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype:
-                buf = np.empty(arr.shape, arr.dtype)
-                buf.reshape(-1).view(np.uint8)[:] = 0
-                self._buffers[key] = buf
-
-    def _snapshot(self, state: Any, step: int, meta: Mapping[str, Any] | None,
-                  ) -> tuple[Snapshot, dict[str, np.ndarray]]:
-        """Training thread: pickle the small part, pick a reused buffer for each array."""
-        skeleton, arrays = split_state(state)
-        try:
-            blob = pickle.dumps(skeleton, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"state of step {step} cannot be pickled: {exc}") from None
-        bufs: dict[str, np.ndarray] = {}
-        for key, arr in arrays.items():
-            buf = self._buffers.get(key)
-            if buf is None or buf.shape != arr.shape or buf.dtype != arr.dtype:
-                buf = np.empty(arr.shape, arr.dtype)
-                self._buffers[key] = buf
-            bufs[key] = buf
-        for key in set(self._buffers) - set(arrays):
-            del self._buffers[key]
-        snap = Snapshot(step=step, skeleton=blob, arrays=bufs, world_size=self.world_size,
-                        meta=dict(meta or {}), ready={k: threading.Event() for k in bufs},
-                        run=self.run_id, parent=self._parent)
-        return snap, arrays
-
-    @staticmethod
-    def _copy_into(snap: Snapshot, sources: Mapping[str, np.ndarray]) -> None:
-        """Training thread: copy every array into its buffer, releasing each to the writer."""
-        assert snap.ready is not None
-        try:
-            for key, src in sources.items():
-                np.copyto(snap.arrays[key], src)
-                snap.ready[key].set()
-        except BaseException:
-            snap.aborted = True
-            raise
-        finally:
-            for ev in snap.ready.values():
-                ev.set()
+        self._buffers.reserve(state)
 
     def _persist(self, snap: Snapshot, full: bool, done: Future) -> None:
         """Background: write, read back + verify, publish as latest, rotate, upload."""
@@ -357,7 +235,7 @@ class CheckpointManager:
             t_write = time.perf_counter()
             info = self._verify(info.name)
             t_verify = time.perf_counter()
-            self._check_fence(snap.step)
+            check_fence(self._fence_store, self.owner, snap.step)
             # This run's newest save is latest, also when it went back to an older
             # checkpoint: the steps after that one belong to an abandoned branch.
             self._store.advance_latest(info)
@@ -384,26 +262,6 @@ class CheckpointManager:
             self._rotate(info)
         except Exception as exc:  # noqa: BLE001 - the checkpoint itself is durable
             log.warning("rotation in %s failed: %s", self._store.root, exc)
-
-    def _check_fence(self, step: int) -> None:
-        """Publish only while this run still owns the directory (see ``owner``)."""
-        if not self.owner:
-            return
-        current = self._fence_store.owner()
-        if current is None and not self._fence_store.root.is_dir():
-            raise FencedError(
-                f"checkpoint directory {self._fence_store.root} is gone (a lost mount or a "
-                f"removed directory): this run ({self.owner}) stops without publishing step "
-                f"{step}; mount it again and resume")
-        if current is None:
-            raise FencedError(
-                f"the owner file of {self._fence_store.root} was removed, so this run "
-                f"({self.owner}) cannot tell it still owns the directory: it stops without "
-                f"publishing step {step}; resume to claim it again")
-        if current != self.owner:
-            raise FencedError(
-                f"a newer run ({current or 'unknown'}) took over {self._fence_store.root}: this "
-                f"run ({self.owner}) stops without publishing step {step}")
 
     @property
     def fenced(self) -> str:
@@ -544,114 +402,44 @@ class CheckpointManager:
         except CorruptCheckpointError:
             return None
 
+    def _resume(self) -> Resume:
+        return Resume(self._stores(), self.destination_spec, self._emit)
+
     def lineage(self) -> tuple[Lineage, dict[str, list[Store]]]:
         """The lineage over the destination and the local cache together, and which
         stores hold each checkpoint (the destination first)."""
-        infos: dict[str, CheckpointInfo] = {}
-        where: dict[str, list[Store]] = {}
-        latest: list[str | None] = []
-        for store in reversed(self._stores()):
-            latest.append(store.latest_name())
-            for info in store.list():
-                where.setdefault(info.name, []).append(store)
-                known = infos.get(info.name)
-                if known is None or (known.error and not info.error):
-                    infos[info.name] = info
-        return trace(infos.values(), latest), where
-
-    def _verified_candidates(self, exclude: Collection[str] = ()
-                             ) -> Iterator[tuple[Store, CheckpointInfo]]:
-        """Checkpoints of the branch being continued that verify, newest first; logs (and
-        reports) every one it skips. Resume the iterator only if the one it gave failed
-        later (then the next is a fallback too). Raises CorruptCheckpointError when
-        checkpoints exist but none verifies."""
-        if isinstance(self._dest, RsyncDestination):
-            self._fetch_remote_latest()
-        lin, where = self.lineage()
-        candidates = [i for i in lin.candidates() if i.name not in exclude]
-        failed = len(lin.candidates()) - len(candidates)
-        for info in candidates:
-            for store in where.get(info.name, []):
-                try:
-                    verified = store.verify(info.name)
-                except CorruptCheckpointError as exc:
-                    self._skip(info.name, exc)
-                    failed += 1
-                    continue
-                if failed:
-                    log.warning("falling back to checkpoint %s (step %d)", verified.name, verified.step)
-                    self._emit("fallback", name=verified.name, step=verified.step)
-                newer_abandoned = [a.name for a in lin.abandoned if a.step >= verified.step]
-                if newer_abandoned:
-                    log.info("not resuming %d checkpoint(s) of an abandoned branch: %s",
-                             len(newer_abandoned), ", ".join(newer_abandoned))
-                yield store, verified
-                failed += 1
-                break
-        if not lin.candidates() and not lin.abandoned:
-            return
-        extra = (f"; {len(lin.abandoned)} checkpoint(s) of abandoned branches are never "
-                 "resumed (load one by name if you mean it)" if lin.abandoned else "")
-        raise CorruptCheckpointError(
-            f"no valid checkpoint in {self.destination_spec}: all {len(lin.candidates())} on the "
-            f"current branch failed verification{extra}")
-
-    def _skip(self, name: str, exc: Exception) -> None:
-        log.warning("skipping checkpoint %s: %s", name, exc)
-        self._emit("verify_failed", name=name, error=str(exc))
+        return self._resume().lineage()
 
     def find_valid(self, exclude: Collection[str] = ()) -> tuple[Store, CheckpointInfo] | None:
         """The checkpoint a load resumes from: the newest on the current branch (the one
         ``latest`` is on) that verifies; ``exclude``: names that failed elsewhere (e.g. on
         another rank). None when there are no checkpoints; CorruptCheckpointError when none
         verifies."""
-        for found in self._verified_candidates(exclude):
+        self._fetch_remote_latest()
+        for found in self._resume().verified_candidates(exclude):
             return found
         return None
 
     def _fetch_remote_latest(self) -> None:
-        assert isinstance(self._dest, RsyncDestination)
-        try:
-            name = self._dest.remote_latest()
-        except CheckpointError as exc:
-            log.warning("cannot read latest from %s: %s", self._dest.describe(), exc)
-            return
-        if name and name not in self._store.names():
-            self._dest.fetch(name, self._store)
-            info = self._store.read_manifest(name)
-            if info.base and info.base not in self._store.names():
-                self._dest.fetch(info.base, self._store)
+        if isinstance(self._dest, RsyncDestination):
+            fetch_remote_latest(self._dest, self._store)
 
     def load(self, name: str | None = None) -> Any:
         """The state of the newest valid checkpoint (or ``name``); None if there is none."""
         if name is not None:
             return self.load_info(name)[1]
-        for store, info in self._verified_candidates():
-            try:
-                state = store.read_state(info)
-            except CorruptCheckpointError as exc:
-                self._skip(info.name, exc)      # any mismatch: fall back to the next one
-                continue
-            self._after_load(info)
-            return state
-        return None
+        self._fetch_remote_latest()
+        found = self._resume().load_newest()
+        if found is None:
+            return None
+        self._after_load(found[0])
+        return found[1]
 
     def load_info(self, name: str) -> tuple[CheckpointInfo, Any]:
         """Load exactly ``name`` (verified), e.g. the one rank 0 chose."""
-        for store in reversed(self._stores()):
-            if (store.root / name).is_dir():
-                info = self._verify_in(store, name)
-                state = store.read_state(info)
-                self._after_load(info)
-                return info, state
-        raise CheckpointError(f"checkpoint {name} not found in {self.destination_spec}")
-
-    def _verify_in(self, store: Store, name: str) -> CheckpointInfo:
-        try:
-            return store.verify(name)
-        except CorruptCheckpointError as exc:
-            self._emit("verify_failed", name=name, error=str(exc))
-            raise
+        info, state = self._resume().load_named(name)
+        self._after_load(info)
+        return info, state
 
     def _after_load(self, info: CheckpointInfo) -> None:
         if self._saved_in_run:
@@ -661,8 +449,6 @@ class CheckpointManager:
         self.latest_loaded = info
         log.info("loaded checkpoint %s (step %d, %s)", info.name, info.step, info.kind)
         self._emit("load", name=info.name, step=info.step, kind=info.kind)
-        self._last_step = info.step
-        self._last_time = self.clock()
         # Differential saves continue against the full base of what was loaded.
         base_name = info.base or info.name
         try:
@@ -670,7 +456,7 @@ class CheckpointManager:
                 if (self._store.root / base_name).is_dir() else None
         except CorruptCheckpointError:
             self._last_full = None
-        self._last_full_time = self.clock() if self._last_full else None
+        self._triggers.loaded(info.step, has_full_base=self._last_full is not None)
 
     # ---- lifetime ----------------------------------------------------------------------
 
@@ -680,12 +466,7 @@ class CheckpointManager:
             return
         self._closed = True
         atexit.unregister(self._atexit)
-        for sig, old in self._old_handlers.items():
-            try:
-                signal.signal(sig, old)
-            except (ValueError, TypeError):
-                pass
-        self._old_handlers.clear()
+        self._triggers.restore_signal_handlers()
         try:
             self.wait(self.policy.close_timeout if timeout is None else timeout)
         finally:
@@ -714,6 +495,20 @@ class CheckpointManager:
             self._on_event(event, fields_)
         except Exception:  # noqa: BLE001 - metrics must never break training
             log.exception("on_event callback failed for %s", event)
+
+
+def _open_destination(spec: str, local_cache: str | os.PathLike | None, algorithm: str,
+                      fault_hook: FaultHook | None, rsh: tuple[str, ...],
+                      ) -> tuple[Store, MountedDestination | RsyncDestination | None]:
+    """The store saves are written to, and the destination they are uploaded to (None:
+    ``spec`` is that store, no upload)."""
+    remote = parse_remote(spec)
+    if remote is not None and local_cache is None:
+        raise ConfigError(f"checkpoint destination {spec!r} is remote: set a local_cache directory")
+    if local_cache is None:
+        return Store(spec, algorithm, fault_hook), None
+    dest = RsyncDestination(remote, rsh=rsh) if remote else MountedDestination(spec, algorithm)
+    return Store(local_cache, algorithm, fault_hook), dest
 
 
 class _NotDurableInTime(CheckpointError):

@@ -1,312 +1,70 @@
-"""On-disk checkpoint format: atomic write, manifest with checksums, verification, rotation.
+"""A checkpoint root on a mounted file system: atomic write, verification, reading back.
 
-One checkpoint is one directory ``step_<012d step>/`` under the checkpoint root; when that
-name is taken (a run that went back to an older checkpoint saves a step again), the new one
-gets ``step_<012d step>.<run id>`` instead, so a name never stands for two different data::
-
-    data.bin       raw bytes of every array written by this save, 64-byte aligned
-    meta.pkl       the state with arrays replaced by ``ArrayRef`` placeholders (pickled)
-    manifest.json  step, time, world size, kind, files (size + checksum), per-array index
-                   (dtype, shape, offset, digest, which checkpoint holds the bytes); it
-                   carries its own checksum, so a broken manifest is detected too; and
-                   the lineage: the run that wrote it and the checkpoint that run resumed
-                   from (lineage.py)
+The format of one checkpoint (``step_<012d step>/`` with data.bin, meta.pkl and a manifest
+with checksums) is in manifest.py; the state's split into skeleton and arrays in state.py;
+which checkpoints may be deleted in retention.py; which belong to the history being
+continued in lineage.py.
 
 A save writes into ``.tmp-<name>-<pid>-<rand>/``, fsyncs every file, fsyncs that directory
 and renames it to its final name. ``latest`` is a one-line file naming a checkpoint that was
-read back and verified; it is replaced the same atomic way (temporary file, fsync, rename),
-and the fsync of the root after that rename makes both renames durable. Anything starting
-with ``.tmp-`` is a save cut short by a crash: it is never read and ``cleanup`` removes it.
+read back and verified; it is replaced the same atomic way (core.atomic: temporary file,
+fsync, rename), and the fsync of the root after that rename makes both renames durable.
+Anything starting with ``.tmp-`` is a save cut short by a crash: it is never read and
+``cleanup`` removes it.
 
 A differential checkpoint (``kind: diff``) writes only the arrays whose digest differs from
 its full ``base``; the manifest still lists every array, with ``source`` naming the
 checkpoint that holds its bytes, and records the base's manifest checksum: verification
 refuses a diff whose base is not that exact checkpoint. Verification checks every array's
 digest (where recorded) as rebuilding does, so ``verify`` and ``load`` agree.
-
-Retention (``prune``) follows the lineage: abandoned checkpoints go first, ``keep_last``
-counts checkpoints that verify, and a checkpoint is deleted all or nothing (renamed to a
-hidden ``.tmp-del-`` name, then removed).
-
-Numpy arrays and torch tensors are stored as raw bytes; tensors are recognised without
-importing torch, and converted (both ways) by torch.py, imported only when a state holds one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import os
 import pickle
-import re
 import shutil
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 
+from slurmft.checkpoint import retention as _retention
 from slurmft.checkpoint.lineage import Lineage, newest_first, trace
-from slurmft.core.errors import CheckpointError, CorruptCheckpointError, PruneError
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-DATA = "data.bin"
-META = "meta.pkl"
-LATEST = "latest"
-OWNER = ".owner"          # token of the run that may publish here (fencing)
-TMP_PREFIX = ".tmp-"
-ALIGN = 64
-CHUNK = 64 << 20
-ALGORITHMS = ("xxh3", "sha256")
-# step_<12 digits>, optionally .<suffix> (lowercase letters, digits, '-') when the plain name
-# was taken by another checkpoint of the same step.
-_NAME_RE = re.compile(r"^step_(\d{12})(?:\.[0-9a-z][0-9a-z-]{0,39})?$")
+# The format's names are part of this module's API too (``from slurmft.checkpoint.store
+# import DATA, CheckpointInfo, step_name, ...``).
+from slurmft.checkpoint.manifest import (  # noqa: F401
+    ALGORITHMS, ALIGN, CHUNK, DATA, LATEST, MANIFEST, META, OWNER, TMP_PREFIX, ArrayEntry,
+    CheckpointInfo, FileEntry, check_algorithm, digest_bytes, digest_file, manifest_bytes,
+    new_hasher, new_run_id, parse_manifest, parse_name, step_name, tmp_name,
+)
+from slurmft.checkpoint.snapshot import Snapshot
+from slurmft.checkpoint.state import (  # noqa: F401
+    ArrayRef, TensorRef, bytes_view, join_state, split_state,
+)
+from slurmft.core.atomic import atomic_write
+from slurmft.core.errors import CheckpointError, CorruptCheckpointError
 
 # A test hook: called with a label at each step of a save ("data", "manifest", "rename", ...).
 FaultHook = Callable[[str], None]
 
 
-def step_name(step: int) -> str:
-    if step < 0 or step >= 10**12:
-        raise CheckpointError(f"step must be in 0..10**12-1, not {step}")
-    return f"step_{step:012d}"
-
-
-def parse_name(name: str) -> int | None:
-    """The step of a checkpoint directory name (``step_<12 digits>[.<suffix>]``), else None."""
-    m = _NAME_RE.match(name)
-    return int(m.group(1)) if m else None
-
-
-def new_run_id() -> str:
-    """A short id naming one run of the training (lowercase hex: usable in a name suffix)."""
-    return uuid.uuid4().hex[:10]
-
-
-def new_hasher(algorithm: str) -> Any:
-    if algorithm == "xxh3":
-        return xxhash.xxh3_128()
-    if algorithm == "sha256":
-        return hashlib.sha256()
-    raise CheckpointError(f"unknown checksum algorithm {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
-
-
-def digest_bytes(algorithm: str, data: Any) -> str:
-    h = new_hasher(algorithm)
-    h.update(data)
-    return f"{algorithm}:{h.hexdigest()}"
-
-
-def digest_file(path: Path, algorithm: str) -> str:
-    """Checksum a file by mapping it (no copy through Python buffers)."""
-    h = new_hasher(algorithm)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size:
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                view = memoryview(m)
-                try:
-                    for start in range(0, size, CHUNK):
-                        h.update(view[start:start + CHUNK])
-                finally:
-                    view.release()
-    return f"{algorithm}:{h.hexdigest()}"
-
-
-@dataclass(frozen=True)
-class ArrayRef:
-    """Placeholder for an array inside the pickled state skeleton."""
-
-    key: str
-
-
-@dataclass
-class FileEntry:
-    name: str
-    size: int
-    checksum: str
-
-
-@dataclass
-class ArrayEntry:
-    dtype: str
-    shape: list[int]
-    nbytes: int
-    digest: str
-    source: str          # checkpoint directory holding the bytes (itself or its base)
-    offset: int
-
-
-@dataclass
-class CheckpointInfo:
-    """What a manifest says about one checkpoint (``verified`` once read back)."""
-
-    name: str
-    path: str
-    step: int
-    kind: str = "full"                 # full | diff
-    base: str = ""                     # the full checkpoint a diff builds on
-    time: float = 0.0                  # wall-clock seconds since the epoch
-    world_size: int = 1
-    algorithm: str = "xxh3"
-    files: list[FileEntry] = field(default_factory=list)
-    arrays: dict[str, ArrayEntry] = field(default_factory=dict)
-    bytes_written: int = 0             # data bytes this save wrote
-    bytes_total: int = 0               # data bytes of the full rebuilt state
-    meta: dict = field(default_factory=dict)
-    run: str = ""                      # the run that wrote it ("" before lineage was recorded)
-    parent: str = ""                   # the checkpoint that run resumed from ("" fresh start)
-    parent_run: str = ""               # ... and the run that wrote that one
-    parent_step: int = -1
-    base_checksum: str = ""            # the base's manifest checksum (its identity)
-    checksum: str = ""                 # this manifest's checksum
-    verified: bool = False
-    error: str = ""                    # why it is not valid (list() only)
-
-    def summary(self) -> dict:
-        return {
-            "name": self.name, "step": self.step, "kind": self.kind, "base": self.base,
-            "time": self.time, "world_size": self.world_size, "algorithm": self.algorithm,
-            "bytes_written": self.bytes_written, "bytes_total": self.bytes_total,
-            "files": [asdict(f) for f in self.files], "run": self.run, "parent": self.parent,
-            "verified": self.verified, "error": self.error, "path": self.path,
-        }
-
-
-@dataclass
-class Snapshot:
-    """A copy of the state taken on the training thread, written by the background thread."""
-
-    step: int
-    skeleton: bytes                     # pickled state with ArrayRef placeholders
-    arrays: dict[str, np.ndarray]
-    world_size: int = 1
-    meta: dict = field(default_factory=dict)
-    time: float = field(default_factory=time.time)
-    # Pipelining: the writer may start while the training thread still copies. ``ready``
-    # holds one event per array key, set once that array's copy is complete.
-    ready: dict[str, threading.Event] | None = None
-    aborted: bool = False
-    # Lineage (see lineage.py): the run saving this, and the checkpoint it resumed from.
-    run: str = ""
-    parent: CheckpointInfo | None = None
-
-    def wait_ready(self, key: str) -> None:
-        if self.ready is not None:
-            self.ready[key].wait()
-        if self.aborted:
-            raise CheckpointError(f"snapshot of step {self.step} was aborted")
-
-
-# --- state <-> skeleton + arrays ------------------------------------------------------------
-
-@dataclass(frozen=True)
-class TensorRef(ArrayRef):
-    """Placeholder for a torch tensor: its bytes are stored as an array (dtypes numpy lacks,
-    such as bfloat16, as same-width integers) and ``dtype`` ("torch.bfloat16") brings it back."""
-
-    dtype: str = ""
-
-
-def _is_torch_tensor(obj: Any) -> bool:
-    # Duck-typed, so this module never imports torch: torch.Tensor or a subclass of it.
-    return any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(obj).__mro__)
-
-
-def split_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray]]:
-    """Replace every numpy array and torch tensor in nested dicts/lists/tuples by an ArrayRef
-    (TensorRef); return the skeleton and the arrays (CPU tensors as views, no copy)."""
-    arrays: dict[str, np.ndarray] = {}
-
-    def walk(obj: Any, path: str) -> Any:
-        if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
-            arrays[path] = obj
-            return ArrayRef(path)
-        if _is_torch_tensor(obj):
-            # torch is loaded already (this is a tensor): its adapter converts, as for
-            # TorchCheckpointer.
-            from slurmft.checkpoint.torch import tensor_to_numpy
-            try:
-                arr, dtype = tensor_to_numpy(obj)
-            except (TypeError, RuntimeError):
-                return obj             # sparse, quantized, meta...: pickled as they are
-            arrays[path] = arr
-            return TensorRef(path, dtype)
-        if isinstance(obj, Mapping):
-            return {k: walk(v, f"{path}/{k}") for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
-        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(walk(v, f"{path}/{i}") for i, v in enumerate(obj))
-        return obj
-
-    return walk(state, prefix), arrays
-
-
-def join_state(skeleton: Any, arrays: Mapping[str, np.ndarray]) -> Any:
-    """Put the arrays back into the skeleton; a TensorRef becomes a CPU torch tensor of its
-    dtype again (a process without torch gets the stored numpy array)."""
-    def walk(obj: Any) -> Any:
-        if isinstance(obj, TensorRef):
-            return _tensor_from_numpy(arrays[obj.key], obj.dtype)
-        if isinstance(obj, ArrayRef):
-            return arrays[obj.key]
-        if isinstance(obj, dict):
-            return {k: walk(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [walk(v) for v in obj]
-        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(walk(v) for v in obj)
-        return obj
-
-    return walk(skeleton)
-
-
-def _tensor_from_numpy(arr: np.ndarray, dtype: str) -> Any:
-    try:
-        from slurmft.checkpoint.torch import tensor_from_numpy   # imports torch
-    except ImportError:
-        return arr
-    return tensor_from_numpy(arr, dtype)
-
-
-# --- durable file operations ---------------------------------------------------------------
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_durable(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def replace_file_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` under a temporary name, fsync, rename over ``path``, fsync the dir."""
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    write_file_durable(tmp, data)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+def replace_file(path: Path, data: bytes) -> None:
+    """``path`` replaced atomically and durably (core.atomic); a crash leaves at most a
+    ``.tmp-`` file that ``Store.cleanup`` removes."""
+    atomic_write(path, data, tmp_prefix=TMP_PREFIX)
 
 
 def publish_dir(tmp: Path, final: Path) -> None:
     """Rename the finished directory ``tmp`` to ``final``. The same step saved again moves
     the old one aside first, so ``final`` is never visible half-done."""
     if final.exists():
-        trash = final.parent / f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
+        trash = final.parent / tmp_name(f"old-{final.name}")
         os.rename(final, trash)
         os.rename(tmp, final)
         shutil.rmtree(trash, ignore_errors=True)
@@ -314,22 +72,12 @@ def publish_dir(tmp: Path, final: Path) -> None:
         os.rename(tmp, final)
 
 
-def _manifest_checksum(doc: dict) -> str:
-    body = {k: v for k, v in doc.items() if k != "manifest_checksum"}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return digest_bytes("xxh3", text.encode())
-
-
-# --- the store ------------------------------------------------------------------------------
-
 class Store:
     """A checkpoint root on a mounted file system (local disk, NFS, Lustre)."""
 
     def __init__(self, root: str | os.PathLike, algorithm: str = "xxh3",
                  fault_hook: FaultHook | None = None) -> None:
-        if algorithm not in ALGORITHMS:
-            raise CheckpointError(
-                f"unknown checksum algorithm {algorithm!r}; allowed: {', '.join(ALGORITHMS)}")
+        check_algorithm(algorithm)
         self.root = Path(root)
         self.algorithm = algorithm
         self._fault = fault_hook or (lambda label: None)
@@ -345,7 +93,7 @@ class Store:
             raise CheckpointError(f"cannot create checkpoint directory {self.root}: {exc.strerror}") from None
 
     def array_digests(self, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
-        return {k: digest_bytes(self.algorithm, _bytes_view(a)) for k, a in arrays.items()}
+        return {k: digest_bytes(self.algorithm, bytes_view(a)) for k, a in arrays.items()}
 
     def free_name(self, step: int, run: str = "",
                   taken: Callable[[str], bool] | None = None) -> str:
@@ -373,56 +121,20 @@ class Store:
         self.ensure_root()
         name = self.free_name(snap.step, snap.run, taken)
         final = self.root / name
-        tmp = self.root / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = self.root / tmp_name(f"{name}-{os.getpid()}")
         tmp.mkdir()
         try:
-            need_digest = array_digests or base is not None
-            entries: dict[str, ArrayEntry] = {}
-            h = new_hasher(self.algorithm)
-            offset = 0
             self._fault("data")
-            with open(tmp / DATA, "wb", buffering=0) as f:
-                for key, arr in snap.arrays.items():
-                    snap.wait_ready(key)
-                    view = _bytes_view(arr)
-                    digest = digest_bytes(self.algorithm, view) if need_digest else ""
-                    prev = base.arrays.get(key) if base else None
-                    if (prev is not None and prev.digest and prev.digest == digest
-                            and prev.dtype == arr.dtype.str and prev.shape == list(arr.shape)):
-                        entries[key] = ArrayEntry(arr.dtype.str, list(arr.shape), arr.nbytes,
-                                                  digest, prev.source, prev.offset)
-                        continue
-                    pad = (-offset) % ALIGN
-                    if pad:
-                        f.write(b"\0" * pad)
-                        h.update(b"\0" * pad)
-                        offset += pad
-                    h.update(view)
-                    _write_all(f, view)
-                    entries[key] = ArrayEntry(arr.dtype.str, list(arr.shape), arr.nbytes,
-                                              digest, name, offset)
-                    offset += arr.nbytes
-                self._fault("data-written")
-                os.fsync(f.fileno())
-            files = [FileEntry(DATA, offset, f"{self.algorithm}:{h.hexdigest()}")]
+            data, entries = self._write_data(tmp / DATA, name, snap, base,
+                                             need_digest=array_digests or base is not None)
+            files = [data]
             self._fault("meta")
-            write_file_durable(tmp / META, snap.skeleton)
+            atomic_write(tmp / META, snap.skeleton)
             files.append(FileEntry(META, len(snap.skeleton), digest_bytes(self.algorithm, snap.skeleton)))
-            parent = snap.parent
-            info = CheckpointInfo(
-                name=name, path=str(final), step=snap.step,
-                kind="diff" if base else "full", base=base.name if base else "",
-                time=snap.time, world_size=snap.world_size, algorithm=self.algorithm,
-                files=files, arrays=entries, bytes_written=offset,
-                bytes_total=sum(e.nbytes for e in entries.values()), meta=dict(snap.meta),
-                run=snap.run, parent=parent.name if parent else "",
-                parent_run=parent.run if parent else "",
-                parent_step=parent.step if parent else -1,
-                base_checksum=base.checksum if base else "",
-            )
+            info = _new_info(name, final, snap, base, self.algorithm, files, entries)
             self._fault("manifest")
-            write_file_durable(tmp / MANIFEST, _manifest_bytes(info))
-            fsync_dir(tmp)
+            # Its fsync of ``tmp`` makes every entry of the new directory durable.
+            atomic_write(tmp / MANIFEST, manifest_bytes(info))
             self._fault("rename")
             try:
                 # Never onto an existing checkpoint: a name stands for one data only.
@@ -439,10 +151,42 @@ class Store:
             raise
         return info
 
+    def _write_data(self, path: Path, name: str, snap: Snapshot, base: CheckpointInfo | None,
+                    need_digest: bool) -> tuple[FileEntry, dict[str, ArrayEntry]]:
+        """Write data.bin (fsynced): every array of ``snap`` that ``base`` does not hold
+        unchanged, 64-byte aligned. Returns its file entry and the entry of every array."""
+        entries: dict[str, ArrayEntry] = {}
+        h = new_hasher(self.algorithm)
+        offset = 0
+        with open(path, "wb", buffering=0) as f:
+            for key, arr in snap.arrays.items():
+                snap.wait_ready(key)
+                view = bytes_view(arr)
+                digest = digest_bytes(self.algorithm, view) if need_digest else ""
+                prev = base.arrays.get(key) if base else None
+                if (prev is not None and prev.digest and prev.digest == digest
+                        and prev.dtype == arr.dtype.str and prev.shape == list(arr.shape)):
+                    entries[key] = ArrayEntry(arr.dtype.str, list(arr.shape), arr.nbytes,
+                                              digest, prev.source, prev.offset)
+                    continue
+                pad = (-offset) % ALIGN
+                if pad:
+                    f.write(b"\0" * pad)
+                    h.update(b"\0" * pad)
+                    offset += pad
+                h.update(view)
+                _write_all(f, view)
+                entries[key] = ArrayEntry(arr.dtype.str, list(arr.shape), arr.nbytes,
+                                          digest, name, offset)
+                offset += arr.nbytes
+            self._fault("data-written")
+            os.fsync(f.fileno())
+        return FileEntry(DATA, offset, f"{self.algorithm}:{h.hexdigest()}"), entries
+
     def claim(self, token: str) -> None:
         """Make ``token`` the owner of this directory (a newer run fences off older ones)."""
         self.ensure_root()
-        replace_file_atomic(self.root / OWNER, (token.strip() + "\n").encode())
+        replace_file(self.root / OWNER, (token.strip() + "\n").encode())
 
     def owner(self) -> str | None:
         """The token of the run that claimed this directory last, or None."""
@@ -453,7 +197,7 @@ class Store:
 
     def set_latest(self, name: str) -> None:
         self._fault("latest")
-        replace_file_atomic(self.root / LATEST, (name + "\n").encode())
+        replace_file(self.root / LATEST, (name + "\n").encode())
         self._fault("latest-set")
 
     def advance_latest(self, info: CheckpointInfo) -> None:
@@ -498,35 +242,7 @@ class Store:
             raise CorruptCheckpointError(f"{path}: manifest missing") from None
         except OSError as exc:
             raise CorruptCheckpointError(f"{path}: cannot read manifest: {exc.strerror}") from None
-        try:
-            doc = json.loads(raw)
-            if not isinstance(doc, dict):
-                raise ValueError("not an object")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CorruptCheckpointError(f"{path}: manifest is not valid JSON ({exc})") from None
-        if doc.get("manifest_checksum") != _manifest_checksum(doc):
-            raise CorruptCheckpointError(f"{path}: manifest checksum mismatch (manifest was altered)")
-        if doc.get("format") != FORMAT_VERSION:
-            raise CorruptCheckpointError(f"{path}: unknown format {doc.get('format')!r}")
-        try:
-            info = CheckpointInfo(
-                name=name, path=str(self.root / name), step=int(doc["step"]), kind=doc["kind"],
-                base=doc["base"], time=float(doc["time"]), world_size=int(doc["world_size"]),
-                algorithm=doc["algorithm"], files=[FileEntry(**f) for f in doc["files"]],
-                arrays={k: ArrayEntry(**v) for k, v in doc["arrays"].items()},
-                bytes_written=int(doc["bytes_written"]), bytes_total=int(doc["bytes_total"]),
-                meta=dict(doc.get("meta") or {}),
-                run=str(doc.get("run") or ""), parent=str(doc.get("parent") or ""),
-                parent_run=str(doc.get("parent_run") or ""),
-                parent_step=int(doc.get("parent_step", -1)),
-                base_checksum=str(doc.get("base_checksum") or ""),
-                checksum=str(doc["manifest_checksum"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CorruptCheckpointError(f"{path}: manifest field missing or wrong ({exc})") from None
-        if info.step != parse_name(name):
-            raise CorruptCheckpointError(f"{path}: manifest step {info.step} does not match {name}")
-        return info
+        return parse_manifest(raw, name, self.root / name)
 
     def verify(self, name: str, cached: bool = False, _depth: int = 0) -> CheckpointInfo:
         """Read back every file and compare sizes and checksums, check every array's place
@@ -674,7 +390,7 @@ class Store:
                 raise CorruptCheckpointError(f"{path}: cannot read array {key}: {exc}") from None
             if arr.nbytes != e.nbytes:
                 raise CorruptCheckpointError(f"{path}: array {key} truncated")
-            if e.digest and digest_bytes(info.algorithm, _bytes_view(arr)) != e.digest:
+            if e.digest and digest_bytes(info.algorithm, bytes_view(arr)) != e.digest:
                 raise CorruptCheckpointError(f"{path}: array {key} does not match its digest")
             arrays[key] = arr.reshape(e.shape)
         meta_path = self.root / info.name / META
@@ -728,118 +444,35 @@ class Store:
 
     def retention(self, keep_last: int, protect: Iterable[str] | None = None,
                   ) -> tuple[list[CheckpointInfo], list[CheckpointInfo]]:
-        """(kept, to delete), newest first. The rules, in this order:
-
-        * on the branch (lineage.py), the ``keep_last`` newest checkpoints that VERIFY are
-          kept, and every checkpoint newer than the oldest of them (a corrupt or unreadable
-          one is never the reason a good one goes; it goes once it is old enough);
-        * older ones on the branch go; so do abandoned ones, but only once the branch has a
-          checkpoint that verifies (never delete the last good data of any kind);
-        * checkpoints of another history (``Lineage.foreign``: a fresh start in a directory
-          that already held checkpoints) are never deleted here: delete them by hand;
-        * always kept: the one ``latest`` names, ``protect``, and the full base of every
-          checkpoint that stays.
-        """
-        if keep_last < 1:
-            raise CheckpointError(f"keep_last must be >= 1, not {keep_last}")
-        lin = self.lineage()
-        live = lin.candidates()
-        good = 0
-        cut = len(live)
-        for i, info in enumerate(live):
-            if not info.error and self.is_valid(info.name):
-                good += 1
-                if good == keep_last:
-                    cut = i + 1
-                    break
-        foreign = {i.name for i in lin.foreign}
-        doomed = live[cut:] + ([i for i in lin.abandoned if i.name not in foreign] if good else [])
-        keep = {i.name for i in live[:cut]} | set(protect or ())
-        latest = self.latest_name()
-        if latest:
-            keep.add(latest)
-        everything = live + lin.abandoned
-        doomed_names = {i.name for i in doomed} - keep
-        for info in everything:
-            if info.name not in doomed_names and info.base:
-                keep.add(info.base)
-        doomed = sorted((i for i in doomed if i.name not in keep), key=newest_first)
-        kept = sorted((i for i in everything if i.name not in {d.name for d in doomed}),
-                      key=newest_first)
-        return kept, doomed
+        """(kept, to delete), newest first: the rules are in ``retention.retention``."""
+        return _retention.retention(self, keep_last, protect)
 
     def prune(self, keep_last: int, protect: Iterable[str] | None = None) -> list[str]:
-        """Apply ``retention``: delete what it gives up, each checkpoint all or nothing.
-        Tries every one; returns the names deleted, or raises PruneError naming those that
-        could not be deleted (and those deleted)."""
-        _, doomed = self.retention(keep_last, protect)
-        deleted: list[str] = []
-        failed: dict[str, str] = {}
-        # Diffs first: a base goes only if every diff on it went.
-        for info in sorted(doomed, key=lambda i: i.kind != "diff"):
-            users = [d.name for d in doomed if d.base == info.name and d.name in failed]
-            if users:
-                failed[info.name] = f"kept because {users[0]}, a diff on it, could not be deleted"
-                continue
-            why = self._delete(info.name)
-            if why is None:
-                deleted.append(info.name)
-            elif why:
-                failed[info.name] = why
-        if failed:
-            first, why = next(iter(failed.items()))
-            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            raise PruneError(
-                f"could not delete {len(failed)} checkpoint(s) in {self.root}: {first}: {why}{more}; "
-                f"deleted {len(deleted)}. Check permissions and immutable flags (ls -ld, lsattr) "
-                "of those directories, then run `slurmft checkpoint prune` again",
-                deleted=deleted, failed=failed)
-        return deleted
+        """Apply ``retention``, each checkpoint all or nothing (``retention.prune``)."""
+        return _retention.prune(self, keep_last, protect)
 
-    def _delete(self, name: str) -> str | None:
-        """Delete one checkpoint directory all or nothing: rename it to a hidden trash name
-        (then it is no checkpoint any more), then remove that. None when done, '' when it was
-        already gone, else why it failed (under its own name it is then still complete)."""
-        trash = self.root / f"{TMP_PREFIX}del-{name}-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(self.root / name, trash)
-        except FileNotFoundError:
-            return ""
-        except OSError as exc:
-            return f"cannot move it aside: {exc.strerror or exc}"
+    def forget(self, name: str) -> None:
+        """Drop what ``verify(cached=True)`` remembers of ``name`` (it is being deleted)."""
         with self._lock:
             self._verified.pop(name, None)
-        try:
-            remove_tree(trash)
-        except OSError as exc:
-            return (f"moved to {trash.name} but removing that failed: {exc.strerror or exc} "
-                    "(no longer a checkpoint; its space is not freed)")
-        return None
 
 
-def remove_tree(path: Path) -> None:
-    """Remove a directory tree, raising on the first failure (one place, for tests too)."""
-    shutil.rmtree(path)
-
-
-def _manifest_bytes(info: CheckpointInfo) -> bytes:
-    doc = {
-        "format": FORMAT_VERSION, "step": info.step, "kind": info.kind, "base": info.base,
-        "time": info.time, "world_size": info.world_size, "algorithm": info.algorithm,
-        "files": [asdict(f) for f in info.files],
-        "arrays": {k: asdict(v) for k, v in info.arrays.items()},
-        "bytes_written": info.bytes_written, "bytes_total": info.bytes_total, "meta": info.meta,
-        "run": info.run, "parent": info.parent, "parent_run": info.parent_run,
-        "parent_step": info.parent_step, "base_checksum": info.base_checksum,
-    }
-    doc["manifest_checksum"] = info.checksum = _manifest_checksum(doc)
-    return json.dumps(doc, indent=1).encode()
-
-
-def _bytes_view(arr: np.ndarray) -> memoryview:
-    if not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)
-    return memoryview(arr.reshape(-1).view(np.uint8))
+def _new_info(name: str, final: Path, snap: Snapshot, base: CheckpointInfo | None,
+              algorithm: str, files: list[FileEntry],
+              entries: dict[str, ArrayEntry]) -> CheckpointInfo:
+    """The manifest's content for a checkpoint being written (lineage from ``snap``)."""
+    parent = snap.parent
+    return CheckpointInfo(
+        name=name, path=str(final), step=snap.step,
+        kind="diff" if base else "full", base=base.name if base else "",
+        time=snap.time, world_size=snap.world_size, algorithm=algorithm,
+        files=files, arrays=entries, bytes_written=files[0].size,
+        bytes_total=sum(e.nbytes for e in entries.values()), meta=dict(snap.meta),
+        run=snap.run, parent=parent.name if parent else "",
+        parent_run=parent.run if parent else "",
+        parent_step=parent.step if parent else -1,
+        base_checksum=base.checksum if base else "",
+    )
 
 
 def _write_all(f: Any, view: memoryview) -> None:

@@ -190,8 +190,8 @@ def test_array_digest_mismatch_falls_back_and_verify_agrees(tmp_path, caplog):
     mpath = root / name / MANIFEST
     doc = json.loads(mpath.read_text())
     doc["arrays"]["/big"]["digest"] = "xxh3:" + "0" * 32
-    from slurmft.checkpoint import store as store_mod
-    doc["manifest_checksum"] = store_mod._manifest_checksum(doc)
+    from slurmft.checkpoint import manifest
+    doc["manifest_checksum"] = manifest.manifest_checksum(doc)
     mpath.write_text(json.dumps(doc))
     with pytest.raises(CorruptCheckpointError, match="array /big does not match its digest"):
         Store(root).verify(name)
@@ -252,13 +252,13 @@ def test_old_checkpoints_without_lineage_are_one_run(tmp_path):
     with manager(root) as mgr:
         for s in (1, 2):
             save(mgr, s, 1, full=True)
-    from slurmft.checkpoint import store as store_mod
+    from slurmft.checkpoint import manifest
     for s in (1, 2):                      # strip the lineage fields, as an old slurmft wrote
         mpath = root / step_name(s) / MANIFEST
         doc = json.loads(mpath.read_text())
         for k in ("run", "parent", "parent_run", "parent_step", "base_checksum"):
             doc.pop(k)
-        doc["manifest_checksum"] = store_mod._manifest_checksum(doc)
+        doc["manifest_checksum"] = manifest.manifest_checksum(doc)
         mpath.write_text(json.dumps(doc))
     with manager(root) as mgr:
         assert mgr.load()["step"] == 2

@@ -360,13 +360,13 @@ def test_rotation_after_a_save_never_removes_the_last_good_one(tmp_path):
 def test_prune_is_all_or_nothing_and_reports_what_failed(tmp_path, monkeypatch):
     """Issue 13 defect 2: one checkpoint cannot be removed. Prune still tries every other
     one, leaves no half-deleted checkpoint under a real name, and raises PruneError."""
-    from slurmft.checkpoint import store as store_mod
+    from slurmft.checkpoint import retention
     from slurmft.core.errors import PruneError
 
     with manager(tmp_path, keep_last=10) as mgr:
         for step in range(1, 6):
             mgr.save(make_state(step), step, wait=True)
-    real = store_mod.remove_tree
+    real = retention.remove_tree
 
     def stuck(path):
         if f"del-{step_name(2)}-" in path.name:
@@ -374,7 +374,7 @@ def test_prune_is_all_or_nothing_and_reports_what_failed(tmp_path, monkeypatch):
             raise PermissionError(1, "Operation not permitted")
         real(path)
 
-    monkeypatch.setattr(store_mod, "remove_tree", stuck)
+    monkeypatch.setattr(retention, "remove_tree", stuck)
     with pytest.raises(PruneError) as err:
         Store(tmp_path).prune(2)
     exc = err.value
@@ -419,7 +419,7 @@ def test_prune_keeps_a_base_whose_diff_could_not_be_deleted(tmp_path, monkeypatc
 
 
 def test_mounted_destination_prune_keeps_the_only_valid(tmp_path):
-    from slurmft.checkpoint.upload import MountedDestination
+    from slurmft.checkpoint.destinations import MountedDestination
 
     with manager(tmp_path, keep_last=10) as mgr:
         for step in (1, 2, 3):

@@ -15,9 +15,8 @@ import pytest
 
 from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.store import DATA, Store, step_name
-from slurmft.checkpoint.upload import (
-    MARKER, STATUS_FILE, MountedDestination, RetrySchedule, parse_remote, read_upload_status,
-)
+from slurmft.checkpoint.destinations import MARKER, MountedDestination, parse_remote
+from slurmft.checkpoint.upload import STATUS_FILE, RetrySchedule, read_upload_status
 from slurmft.core.errors import CheckpointError, DestinationLostError, HostNameError
 
 # Retries without waiting; the timer never fires within a test (cycles run at save/close).
@@ -169,7 +168,7 @@ def test_atexit_awaits_pending_upload(tmp_path):
     script.write_text(
         "import sys, time, numpy as np\n"
         "from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy\n"
-        "from slurmft.checkpoint.upload import MountedDestination\n"
+        "from slurmft.checkpoint.destinations import MountedDestination\n"
         "class Slow(MountedDestination):\n"
         "    def upload(self, src, info):\n"
         "        time.sleep(0.5)\n"

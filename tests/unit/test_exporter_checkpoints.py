@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from slurmft.checkpoint.destinations import MountedDestination
 from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy
 from slurmft.checkpoint.store import DATA, step_name
-from slurmft.checkpoint.upload import MountedDestination, RetrySchedule
+from slurmft.checkpoint.upload import RetrySchedule
 from slurmft.core.errors import CheckpointError
 from slurmft.observe import metrics as m
 from slurmft.observe.exporter import CheckpointReader, ExporterCollector, build_registry
