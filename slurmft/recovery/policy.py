@@ -19,6 +19,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from slurmft.core.nodeset import NodeSet
 from slurmft.probe.records import Health, ProbeResult
 from slurmft.recovery.actions import (
     Action,
@@ -170,10 +171,10 @@ def shrink_params(job: JobInfo, k: int) -> dict:
 def pinned_params(job: JobInfo, exclude: Sequence[str]) -> dict:
     """A job pinned to its nodes (``sbatch -w``) that now excludes one of them would stay
     PENDING for good (BadConstraints): keep only the required nodes still allowed."""
-    out = set(exclude)
-    if not out & set(job.required_nodes):
+    required, out = NodeSet(job.required_nodes), NodeSet(exclude)
+    if not required & out:
         return {}
-    return {"required": tuple(n for n in job.required_nodes if n not in out)}
+    return {"required": tuple(required - out)}
 
 
 def retries_used(job: JobInfo, history: History) -> int:
@@ -198,11 +199,12 @@ def needs_probe(job: JobInfo) -> bool:
     return job.is_running or job.is_pending or job.state in RESTARTABLE_ENDED
 
 
-def _merge(*groups: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    out: dict[str, None] = {}
-    for g in groups:
-        out.update(dict.fromkeys(g))
-    return tuple(out)
+def _merge(*groups: Sequence[str]) -> tuple[str, ...]:
+    """The union of node groups, in natural order (node2 before node10)."""
+    merged = NodeSet()
+    for group in groups:
+        merged = merged | NodeSet(group)
+    return tuple(merged)
 
 
 def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: History,
@@ -249,7 +251,7 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     k = len(healthy)
     base.update(exclude=exclude, num_nodes=k)
 
-    if job.is_pending and set(failed) <= set(job.excluded_nodes):
+    if job.is_pending and not NodeSet(failed) - NodeSet(job.excluded_nodes):
         if job.reason in HELD_REASONS and not history.exhausted:
             return Decision(
                 Outcome.ALREADY_DONE,

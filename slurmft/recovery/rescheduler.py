@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from slurmft.core import nodeset as hosts
+from slurmft.core.nodeset import NodeSet
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import (
     PermissionDeniedError,
@@ -456,7 +457,7 @@ class Rescheduler:
         script = self.render("restart.sh.j2", ctx)
         attempt = len(record.attempts) + 1
         path = Path(self.store.root) / "scripts" / f"restart-{record.original_job_id}-{attempt}.sh"
-        args = [f"--nodes={action.num_nodes}", f"--exclude={hosts.fold(action.exclude)}"]
+        args = [f"--nodes={action.num_nodes}", f"--exclude={NodeSet(action.exclude)}"]
         report.restart_script = str(path)
         if not self.dry_run:
             path.parent.mkdir(parents=True, exist_ok=True)

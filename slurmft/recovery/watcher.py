@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import get_logger
+from slurmft.core.nodeset import NodeSet
 from slurmft.observe.events import Detected, Event, Recovered
 from slurmft.probe.records import ProbeResult, Prober
 from slurmft.recovery.policy import Outcome
@@ -152,7 +153,7 @@ class Watcher:
             res.list_error = str(exc)
             return res
         res.jobs = [j.job_id for j in jobs]
-        names = list(dict.fromkeys(n for j in jobs for n in j.nodes))
+        names = list(NodeSet(n for j in jobs for n in j.nodes))
         health: dict[str, ProbeResult] = {}
         if names:
             t0 = self.clock()

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from slurmft.core import nodeset as hosts
+from slurmft.core.nodeset import NodeSet
 from slurmft.core.errors import (
     ControllerUnreachableError,
     InvalidJobError,
@@ -61,13 +62,9 @@ def check_reason(reason: str) -> str:
     return reason.strip()
 
 
-def _fold(nodes: Sequence[str] | str) -> str:
-    """Host names (a list, or a hostlist expression), validated and folded; "" for none."""
-    return hosts.fold(hosts.expand(nodes) if isinstance(nodes, str) else hosts.expand(list(nodes)))
-
-
 def _hostlist(nodes: Sequence[str] | str) -> str:
-    folded = _fold(nodes)
+    """Host names (a list, or a hostlist expression), validated and folded."""
+    folded = str(NodeSet(nodes))
     if not folded:
         raise UsageError("no node names given")
     return folded
@@ -171,9 +168,9 @@ def build_update_job_argv(job_id: int, *, exclude: Sequence[str] | None = None,
     """
     argv = [_bin("scontrol", bin_dir), "update", f"JobId={check_job_id(job_id)}"]
     if exclude is not None:
-        argv.append(f"ExcNodeList={_fold(exclude)}")
+        argv.append(f"ExcNodeList={NodeSet(exclude)}")
     if required is not None:
-        argv.append(f"ReqNodeList={_fold(required)}")
+        argv.append(f"ReqNodeList={NodeSet(required)}")
     if num_nodes is not None:
         lo, hi = num_nodes
         if not (isinstance(lo, int) and isinstance(hi, int)) or lo < 1 or hi < lo:
