@@ -23,7 +23,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from slurmft import cli as cli_module
+from slurmft.cli import adapters
 from slurmft.cli import FiniteFloat, cli
 from slurmft.core.errors import ClusterError, ExitCode, SlurmFTError
 
@@ -187,7 +187,7 @@ def ws(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fanout.FanoutProber, "probe", no_probe)
     monkeypatch.setattr(testbed, "Cluster", StandInCluster)
-    monkeypatch.setattr(cli_module, "_cluster", StandInCluster)
+    monkeypatch.setattr(adapters, "cluster", lambda backend, name: StandInCluster(name))
     monkeypatch.setattr(demo.Demo, "run", no_demo)
     monkeypatch.setattr(metrics, "start_http_server", no_server)
     return ws
