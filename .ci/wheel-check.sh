@@ -70,8 +70,12 @@ if [ "$(id -u)" = 0 ] && command -v slurmctld >/dev/null; then
     step "slurmft cluster up --name $CLUSTER --nodes 2"
     CLUSTER_UP=1
     "$VENV/bin/slurmft" cluster up --name "$CLUSTER" --nodes 2
-    "$VENV/bin/slurmft" cluster exec --name "$CLUSTER" -- sinfo -h -o '%D %t' | grep -q '^2 idle' ||
-        fail "the cluster's 2 nodes are not idle"
+    for _ in $(seq 30); do     # slurmd registers within seconds of `up`
+        state=$("$VENV/bin/slurmft" cluster exec --name "$CLUSTER" -- sinfo -h -o '%D %t' || true)
+        [ "$state" = "2 idle" ] && break
+        sleep 1
+    done
+    [ "$state" = "2 idle" ] || fail "the cluster's 2 nodes are not idle (sinfo: ${state:-nothing})"
     step "slurmft cluster down --name $CLUSTER"
     "$VENV/bin/slurmft" cluster down --name "$CLUSTER"
     CLUSTER_UP=
