@@ -2,7 +2,7 @@
 
 The runner comes in through the constructor: the real ``SubprocessRunner`` by default, a
 ``FakeSlurm`` in tests. Every call has a timeout; failures become typed errors carrying
-Slurm's own message (see ``slurmft.slurm.commands.error_for``).
+Slurm's own message (see ``slurmft.slurm.parse.error_for``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from slurmft.core.errors import InvalidJobError, InvalidNodeError
 from slurmft.core.log import get_logger
 from slurmft.slurm import commands as scli
+from slurmft.slurm import parse as sparse
 from slurmft.slurm.records import JobInfo, NodeInfo
 from slurmft.slurm.runner import CommandResult, RecordingRunner, Runner, SubprocessRunner
 
@@ -40,19 +41,19 @@ class CommandSlurmClient:
         in ``recorder.writes`` (and with ``dry_run`` not run at all)."""
         recorder = RecordingRunner(self.runner, scli.is_write, dry_run=dry_run,
                                    reply=scli.dry_run_reply)
-        return CommandSlurmClient(recorder, self.timeout, bin_dir=self.bin_dir), recorder
+        return type(self)(recorder, self.timeout, bin_dir=self.bin_dir), recorder
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, argv: list[str], check: bool = True) -> CommandResult:
         res = self.runner.run(argv, self.timeout)
         if check and res.returncode != 0:
-            raise scli.error_for(argv, res.returncode, res.stderr, res.stdout)
+            raise sparse.error_for(argv, res.returncode, res.stderr, res.stdout)
         return res
 
     # ------------------------------------------------------------------ reads
     def jobs(self) -> list[JobInfo]:
         """All jobs squeue lists (pending, running, recently finished)."""
-        return scli.parse_squeue_json(self._run(scli.build_squeue_argv(self.bin_dir)).stdout)
+        return sparse.parse_squeue_json(self._run(scli.build_squeue_argv(self.bin_dir)).stdout)
 
     def job(self, job_id: int) -> JobInfo:
         """One job: from ``squeue --json`` (filtered here), else ``scontrol show job -o``."""
@@ -61,7 +62,7 @@ class CommandSlurmClient:
             if j.job_id == job_id:
                 return j
         log.debug("job %s not in squeue; asking scontrol show job", job_id)
-        found = scli.parse_show_job(self._run(scli.build_show_job_argv(job_id, self.bin_dir)).stdout)
+        found = sparse.parse_show_job(self._run(scli.build_show_job_argv(job_id, self.bin_dir)).stdout)
         for j in found:
             if j.job_id == job_id:
                 return j
@@ -70,7 +71,7 @@ class CommandSlurmClient:
     def steps(self, job_id: int) -> list[int]:
         """The job's numbered steps now (e.g. [0, 1] for 42.0 and 42.1), ascending."""
         out = self._run(scli.build_steps_argv(job_id, self.bin_dir)).stdout
-        return scli.parse_step_ids(out, job_id)
+        return sparse.parse_step_ids(out, job_id)
 
     def node_names(self, job: int | JobInfo) -> list[str]:
         """The nodes a job holds (or held), as a list of host names."""
@@ -79,7 +80,7 @@ class CommandSlurmClient:
 
     def nodes(self, names: Sequence[str] | None = None) -> list[NodeInfo]:
         """All nodes (``sinfo --json``), or only ``names`` in that order (unknown ones skipped)."""
-        out = scli.parse_sinfo_json(self._run(scli.build_sinfo_argv(self.bin_dir)).stdout)
+        out = sparse.parse_sinfo_json(self._run(scli.build_sinfo_argv(self.bin_dir)).stdout)
         if names is None:
             return out
         by_name = {n.name: n for n in out}
@@ -143,4 +144,4 @@ class CommandSlurmClient:
     def submit(self, script: str, args: Sequence[str] = ()) -> int:
         """``sbatch --parsable``; returns the new job id."""
         res = self._run(scli.build_sbatch_argv(script, args, self.bin_dir))
-        return scli.parse_sbatch_parsable(res.stdout)
+        return sparse.parse_sbatch_parsable(res.stdout)

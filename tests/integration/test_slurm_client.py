@@ -21,6 +21,7 @@ from slurmft.core.errors import (
     UsageError,
 )
 from slurmft.slurm import commands as scli
+from slurmft.slurm import parse as sparse
 from slurmft.slurm.client import CommandSlurmClient
 from slurmft.slurm.runner import SubprocessRunner
 
@@ -88,7 +89,7 @@ def test_drain_without_reason_rejected(client, runner, cluster):
     # and Slurm itself refuses, in its own words, if asked directly:
     argv = scli.build_node_update_argv([node], "DRAIN", None)
     res = runner.run(argv, 30)
-    err = scli.error_for(argv, res.returncode, res.stderr, res.stdout)
+    err = sparse.error_for(argv, res.returncode, res.stderr, res.stdout)
     assert res.returncode != 0 and isinstance(err, NodeStateError)
     assert "You must specify a reason" in err.slurm_message
     assert not client.node(node).is_drained

@@ -23,6 +23,7 @@ from slurmft.core.errors import (
     UsageError,
 )
 from slurmft.slurm import commands as scli
+from slurmft.slurm import parse as sparse
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 SQUEUE = json.loads((DATA / "squeue.json").read_text())
@@ -113,7 +114,7 @@ def test_sbatch_argv():
     ("something new", SlurmCommandError),
 ])
 def test_error_mapping_keeps_slurm_message(stderr, cls):
-    err = scli.error_for(["scontrol", "x"], 1, stderr + "\n")
+    err = sparse.error_for(["scontrol", "x"], 1, stderr + "\n")
     assert type(err) is cls
     assert err.slurm_message == " ".join(stderr.split("\n"))
     assert "\n" not in str(err) and err.returncode == 1
@@ -122,7 +123,7 @@ def test_error_mapping_keeps_slurm_message(stderr, cls):
 # ------------------------------------------------------------------ squeue parsing
 
 def test_parse_captured_squeue():
-    [job] = scli.parse_squeue_json(json.dumps(SQUEUE))
+    [job] = sparse.parse_squeue_json(json.dumps(SQUEUE))
     assert job.job_id == 1 and job.name == "j1" and job.state == "RUNNING"
     assert job.nodes == ("node1", "node2", "node3", "node4")
     assert job.node_count == 4 and job.requeue and job.restart_count == 0
@@ -149,7 +150,7 @@ def _newer_job() -> dict:
 
 
 def test_parse_newer_squeue_schema():
-    [job] = scli.parse_squeue_json(json.dumps({"jobs": [_newer_job()]}))
+    [job] = sparse.parse_squeue_json(json.dumps({"jobs": [_newer_job()]}))
     assert job.state == "PENDING" and job.node_count == 3 and job.restart_count == 2
     assert job.exit_code == 0 and job.submit_time == 1795621138 and job.start_time is None
     assert job.user_id == 1000 and job.nodes == ("node7", "node8")
@@ -160,7 +161,7 @@ def test_nodes_fall_back_to_hostlist():
     doc = copy.deepcopy(SQUEUE["jobs"][0])
     doc["job_resources"] = {}
     doc["nodes"] = "gpu[01-02],cpu5"
-    [job] = scli.parse_squeue_json(json.dumps({"jobs": [doc]}))
+    [job] = sparse.parse_squeue_json(json.dumps({"jobs": [doc]}))
     assert job.nodes == ("gpu01", "gpu02", "cpu5")
 
 
@@ -168,13 +169,13 @@ def test_nodes_fall_back_to_hostlist():
                                   '{"errors": [{"error": "boom"}], "jobs": []}'])
 def test_bad_squeue_output(text):
     with pytest.raises(SlurmParseError):
-        scli.parse_squeue_json(text)
+        sparse.parse_squeue_json(text)
 
 
 # ------------------------------------------------------------------ sinfo parsing
 
 def test_parse_captured_sinfo():
-    nodes = scli.parse_sinfo_json(json.dumps(SINFO))
+    nodes = sparse.parse_sinfo_json(json.dumps(SINFO))
     assert [n.name for n in nodes] == ["node1", "node2", "node3", "node4"]
     n1 = nodes[0]
     assert n1.state == "mixed" and n1.address == "10.99.0.11" and n1.cpus == 2
@@ -187,7 +188,7 @@ def test_parse_sinfo_flags_and_list_states():
     doc["nodes"][1].update(state=["DOWN", "NOT_RESPONDING"])
     doc["nodes"][1].pop("state_flags")
     doc["nodes"][2]["cpus"] = {"set": True, "number": 8}
-    nodes = scli.parse_sinfo_json(json.dumps(doc))
+    nodes = sparse.parse_sinfo_json(json.dumps(doc))
     assert nodes[0].is_drained and nodes[0].reason == "bad link"
     assert nodes[1].is_down and nodes[1].flags == ("NOT_RESPONDING",)
     assert nodes[2].cpus == 8
@@ -201,7 +202,7 @@ def test_parse_newer_sinfo_groups():
         {"nodes": {"nodes": ["node3"]}, "node": {"state": ["ALLOCATED"]},
          "partition": {"name": "main"}},
     ]}
-    nodes = {n.name: n for n in scli.parse_sinfo_json(json.dumps(doc))}
+    nodes = {n.name: n for n in sparse.parse_sinfo_json(json.dumps(doc))}
     assert nodes["node2"].is_drained and nodes["node2"].reason == "maint"
     assert nodes["node3"].state == "allocated" and nodes["node3"].partitions == ("main",)
 
@@ -220,14 +221,14 @@ SHOW_LINE = (
 
 
 def test_parse_key_values_keeps_values_with_equals_and_spaces():
-    kv = scli.parse_key_values(SHOW_LINE)
+    kv = sparse.parse_key_values(SHOW_LINE)
     assert kv["JobName"] == "train big"
     assert kv["TRES"] == "cpu=4,mem=4000M,node=4,billing=4"
     assert kv["StdOut"] == "/srv/sft/jobs/j-12.out"
 
 
 def test_parse_show_job():
-    [job] = scli.parse_show_job(SHOW_LINE + "\n")
+    [job] = sparse.parse_show_job(SHOW_LINE + "\n")
     assert job.job_id == 12 and job.state == "NODE_FAIL" and job.reason == "NodeDown"
     assert job.user == "alice" and job.user_id == 1001 and not job.requeue
     assert job.restart_count == 1 and job.nodes == ("node1", "node2", "node3", "node4")
@@ -236,19 +237,19 @@ def test_parse_show_job():
 
 
 def test_parse_show_job_null_fields():
-    [job] = scli.parse_show_job("JobId=3 JobName=x JobState=PENDING NodeList=(null) "
+    [job] = sparse.parse_show_job("JobId=3 JobName=x JobState=PENDING NodeList=(null) "
                                 "ExcNodeList=(null) BatchHost=(null) NumNodes=2")
     assert job.nodes == () and job.excluded_nodes == () and job.batch_host == ""
     assert job.node_count == 2
     with pytest.raises(SlurmParseError):
-        scli.parse_show_job("")
+        sparse.parse_show_job("")
 
 
 def test_parse_sbatch():
-    assert scli.parse_sbatch_parsable("42\n") == 42
-    assert scli.parse_sbatch_parsable("42;cluster\n") == 42
+    assert sparse.parse_sbatch_parsable("42\n") == 42
+    assert sparse.parse_sbatch_parsable("42;cluster\n") == 42
     with pytest.raises(SlurmParseError):
-        scli.parse_sbatch_parsable("Submitted batch job 42")
+        sparse.parse_sbatch_parsable("Submitted batch job 42")
 
 
 def test_update_job_argv_with_task_and_cpu_counts():
@@ -268,7 +269,7 @@ def test_update_job_rejects_bad_task_counts(bad):
 
 
 def test_show_job_line_gives_tasks_per_node():
-    from slurmft.slurm.commands import parse_show_job
+    from slurmft.slurm.parse import parse_show_job
     line = ("JobId=5 JobName=t UserId=root(0) JobState=RUNNING Reason=None Requeue=1 Restarts=0 "
             "NodeList=node[1-4] NumNodes=4 NumCPUs=4 NumTasks=4 CPUs/Task=1 "
             "NtasksPerN:B:S:C=1:0:*:* ExcNodeList=(null)")
@@ -281,8 +282,8 @@ def test_steps_argv_and_parse_keep_only_the_jobs_numbered_steps():
         "/opt/slurm/bin/squeue", "--steps", "--noheader", "--jobs", "7", "--format", "%i"]
     # what 22.05 printed for a wrapper job with mpirun on a peer (step 0) and its daemons (1)
     out = "7.0\n7.1\n7.batch\n7.extern\n17.3\n7.x\n"
-    assert scli.parse_step_ids(out, 7) == [0, 1]
-    assert scli.parse_step_ids("", 7) == []
+    assert sparse.parse_step_ids(out, 7) == [0, 1]
+    assert sparse.parse_step_ids("", 7) == []
     with pytest.raises(UsageError):
         scli.build_steps_argv(-1)
 
@@ -295,7 +296,7 @@ def test_update_job_argv_replaces_or_clears_the_required_nodes():
 
 def test_required_nodes_are_parsed_from_squeue_and_scontrol():
     doc = {"job_id": 7, "name": "t", "job_state": "PENDING", "required_nodes": "node[1-3]"}
-    assert scli.job_from_json(doc).required_nodes == ("node1", "node2", "node3")
-    [job] = scli.parse_show_job("JobId=7 JobName=t JobState=PENDING ReqNodeList=node[2-3] "
+    assert sparse.job_from_json(doc).required_nodes == ("node1", "node2", "node3")
+    [job] = sparse.parse_show_job("JobId=7 JobName=t JobState=PENDING ReqNodeList=node[2-3] "
                                 "ExcNodeList=(null)\n")
     assert job.required_nodes == ("node2", "node3") and job.excluded_nodes == ()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from slurmft.slurm import commands as scli
+from slurmft.slurm import parse as sparse
 from slurmft.slurm.client import CommandSlurmClient
 from slurmft.slurm.runner import CommandResult, RecordingRunner
 from tests.fakes.fake_slurm import FakeSlurm
@@ -32,7 +33,7 @@ def test_dry_run_records_writes_and_runs_only_reads():
     rec = RecordingRunner(inner, scli.is_write, dry_run=True, reply=scli.dry_run_reply)
     assert rec.run(["squeue", "--all", "--json"], 1).stdout == "ok"
     res = rec.run(["sbatch", "--parsable", "x.sh"], 1)
-    assert res.returncode == 0 and scli.parse_sbatch_parsable(res.stdout) == 0
+    assert res.returncode == 0 and sparse.parse_sbatch_parsable(res.stdout) == 0
     rec.run(["scontrol", "hold", "7"], 1)
     assert inner.ran == [["squeue", "--all", "--json"]]
     assert rec.writes == [["sbatch", "--parsable", "x.sh"], ["scontrol", "hold", "7"]]
