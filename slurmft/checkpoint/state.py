@@ -6,7 +6,7 @@ importing torch, and converted (both ways) by torch.py, imported only when a sta
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +33,32 @@ def _is_torch_tensor(obj: Any) -> bool:
     return any(c.__name__ == "Tensor" and c.__module__ == "torch" for c in type(obj).__mro__)
 
 
+#: What a ``map_tree`` visitor returns for a value it does not replace: walk into it.
+DESCEND = object()
+
+
+def map_tree(obj: Any, visit: Callable[[Any, str], Any], path: str = "") -> Any:
+    """``obj`` rebuilt top-down with ``visit(value, path)`` in place of each value: where
+    ``visit`` returns DESCEND, a mapping (rebuilt as a dict), list or tuple (not a named
+    tuple) is walked into and any other value kept. ``path``: ``<parent path>/<key or index>``."""
+    out = visit(obj, path)
+    if out is not DESCEND:
+        return out
+    if isinstance(obj, Mapping):
+        return {k: map_tree(v, visit, f"{path}/{k}") for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [map_tree(v, visit, f"{path}/{i}") for i, v in enumerate(obj)]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(map_tree(v, visit, f"{path}/{i}") for i, v in enumerate(obj))
+    return obj
+
+
 def split_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray]]:
     """Replace every numpy array and torch tensor in nested dicts/lists/tuples by an ArrayRef
     (TensorRef); return the skeleton and the arrays (CPU tensors as views, no copy)."""
     arrays: dict[str, np.ndarray] = {}
 
-    def walk(obj: Any, path: str) -> Any:
+    def visit(obj: Any, path: str) -> Any:
         if isinstance(obj, np.ndarray) and not obj.dtype.hasobject:
             arrays[path] = obj
             return ArrayRef(path)
@@ -52,34 +72,22 @@ def split_state(state: Any, prefix: str = "") -> tuple[Any, dict[str, np.ndarray
                 return obj             # sparse, quantized, meta...: pickled as they are
             arrays[path] = arr
             return TensorRef(path, dtype)
-        if isinstance(obj, Mapping):
-            return {k: walk(v, f"{path}/{k}") for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [walk(v, f"{path}/{i}") for i, v in enumerate(obj)]
-        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(walk(v, f"{path}/{i}") for i, v in enumerate(obj))
-        return obj
+        return DESCEND
 
-    return walk(state, prefix), arrays
+    return map_tree(state, visit, prefix), arrays
 
 
 def join_state(skeleton: Any, arrays: Mapping[str, np.ndarray]) -> Any:
     """Put the arrays back into the skeleton; a TensorRef becomes a CPU torch tensor of its
     dtype again (a process without torch gets the stored numpy array)."""
-    def walk(obj: Any) -> Any:
+    def visit(obj: Any, path: str) -> Any:  # noqa: ARG001
         if isinstance(obj, TensorRef):
             return _tensor_from_numpy(arrays[obj.key], obj.dtype)
         if isinstance(obj, ArrayRef):
             return arrays[obj.key]
-        if isinstance(obj, dict):
-            return {k: walk(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [walk(v) for v in obj]
-        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-            return tuple(walk(v) for v in obj)
-        return obj
+        return DESCEND
 
-    return walk(skeleton)
+    return map_tree(skeleton, visit)
 
 
 def _tensor_from_numpy(arr: np.ndarray, dtype: str) -> Any:

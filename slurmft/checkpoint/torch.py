@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from slurmft.checkpoint.manager import CheckpointManager, SaveHandle
+from slurmft.checkpoint.state import DESCEND, map_tree
 from slurmft.core.errors import CheckpointError
 
 _MARK = "__torch_tensor__"
@@ -72,29 +73,23 @@ def to_numpy_tree(obj: Any, staging: dict[str, torch.Tensor] | None = None,
                   _path: str = "") -> Any:
     """Replace every tensor by ``{__torch_tensor__: ndarray, dtype: str}`` (CPU view; see
     ``tensor_to_numpy`` for ``staging``)."""
-    if isinstance(obj, torch.Tensor):
-        arr, dtype = tensor_to_numpy(obj, staging, _path)
-        return {_MARK: arr, "dtype": dtype}
-    if isinstance(obj, Mapping):
-        return {k: to_numpy_tree(v, staging, f"{_path}/{k}") for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_numpy_tree(v, staging, f"{_path}/{i}") for i, v in enumerate(obj)]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(to_numpy_tree(v, staging, f"{_path}/{i}") for i, v in enumerate(obj))
-    return obj
+    def visit(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            arr, dtype = tensor_to_numpy(value, staging, path)
+            return {_MARK: arr, "dtype": dtype}
+        return DESCEND
+
+    return map_tree(obj, visit, _path)
 
 
 def from_numpy_tree(obj: Any) -> Any:
     """Inverse of ``to_numpy_tree``."""
-    if isinstance(obj, dict):
-        if _MARK in obj and len(obj) == 2:
-            return tensor_from_numpy(obj[_MARK], obj["dtype"])
-        return {k: from_numpy_tree(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [from_numpy_tree(v) for v in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(from_numpy_tree(v) for v in obj)
-    return obj
+    def visit(value: Any, path: str) -> Any:  # noqa: ARG001
+        if isinstance(value, dict) and _MARK in value and len(value) == 2:
+            return tensor_from_numpy(value[_MARK], value["dtype"])
+        return DESCEND
+
+    return map_tree(obj, visit)
 
 
 def rng_state() -> dict:

@@ -360,11 +360,7 @@ class Uploader:
 
     # -- reporting --
     def _call_done(self, info: CheckpointInfo, error: BaseException | None) -> None:
-        if self._on_done:
-            try:
-                self._on_done(info, error)
-            except Exception:  # noqa: BLE001 - a callback must not stop the uploads
-                log.exception("upload callback failed")
+        _call_quietly("upload", self._on_done, info, error)
 
     def _changed(self) -> None:
         # One at a time (the saving and the uploading thread both get here): the last
@@ -374,11 +370,7 @@ class Uploader:
             with self._lock:
                 self._status.backlog, self._status.backlog_bytes = count, nbytes
             self._write_status()
-            if self._on_backlog:
-                try:
-                    self._on_backlog(count, nbytes)
-                except Exception:  # noqa: BLE001 - a metrics callback must not break uploads
-                    log.exception("backlog callback failed")
+            _call_quietly("backlog", self._on_backlog, count, nbytes)
 
     def _write_status(self) -> None:
         if self.status_path is None:
@@ -403,3 +395,13 @@ class Uploader:
         if timer is not None:
             timer.cancel()
         self._pool.shutdown()
+
+
+def _call_quietly(what: str, callback: Callable[..., None] | None, *args: object) -> None:
+    """Call a reporting callback (if any); its failure is logged, never raised into the uploads."""
+    if callback is None:
+        return
+    try:
+        callback(*args)
+    except Exception:  # noqa: BLE001 - a callback must not stop the uploads
+        log.exception("%s callback failed", what)
