@@ -227,70 +227,98 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
         if relaunch is not None:
             return relaunch
     if not failed and config.restart_failed and job.state == "FAILED" and job.requeue:
-        base.update(exclude=_merge(job.excluded_nodes, history.excluded), num_nodes=len(healthy))
-        if used >= config.max_retry:
-            return Decision(Outcome.EXHAUSTED, message=f"job {jid} FAILED on healthy nodes; "
-                            f"retry budget spent ({used}/{config.max_retry}): not restarted",
-                            **base)
-        return Decision(Outcome.REQUEUE, actions=(RequeueJob(jid), UpdateJob(jid, start_now=True)),
-                        message=f"job {jid} FAILED on healthy nodes: requeued in place to "
-                        "resume from its checkpoint",
-                        plan=f"would requeue job {jid} in place (FAILED on healthy nodes) to "
-                        "resume from its checkpoint", **base)
+        return _restart_failed(job, history, config, base)
     if not failed:
-        if job.is_pending and job.reason in HELD_REASONS and history.exhausted:
-            return Decision(Outcome.NOTHING, message=f"job {jid} is held: retry budget "
-                            f"spent ({used}/{config.max_retry})", **base)
-        where = ", ".join(nodes) if nodes else "no nodes allocated"
-        return Decision(Outcome.NOTHING,
-                        message=f"job {jid} ({job.state}): no failed node ({where}); nothing changed",
-                        **base)
-
-    excluded = _merge(job.excluded_nodes, history.excluded)
-    exclude = _merge(excluded, failed)
-    k = len(healthy)
-    base.update(exclude=exclude, num_nodes=k)
-
+        return _nothing_failed(job, nodes, history, config, base)
+    base.update(exclude=_merge(job.excluded_nodes, history.excluded, failed),
+                num_nodes=len(healthy))
     if job.is_pending and not NodeSet(failed) - NodeSet(job.excluded_nodes):
-        if job.reason in HELD_REASONS and not history.exhausted:
-            return Decision(
-                Outcome.ALREADY_DONE,
-                message=f"job {jid} already excludes {', '.join(failed)} but is held: released",
-                plan=f"would release job {jid}: it already excludes {', '.join(failed)} but "
-                "is held",
-                actions=(ReleaseJob(jid), UpdateJob(jid, start_now=True)),
-                **base)
-        return Decision(Outcome.ALREADY_DONE,
-                        message=f"job {jid} is pending and already excludes "
-                        f"{', '.join(failed)}: not requeueing again", **base)
-
+        return _already_excluded(job, history, base)
     if used >= config.max_retry:
-        comment = (f"slurmft: held, retry budget spent ({used}/{config.max_retry}); "
-                   f"failed nodes {','.join(failed)}")
-        actions: list[Action] = []
-        if job.is_running:
-            actions.append(RequeueHoldJob(jid))
-        elif job.is_pending:
-            actions.append(HoldJob(jid))
-        actions += _node_actions(jid, failed, status, config, down=job.is_running)
-        if job.is_running or job.is_pending:
-            actions.append(UpdateJob(jid, comment=comment))
-        return Decision(Outcome.EXHAUSTED, actions=tuple(actions),
-                        message=f"job {jid}: retry budget spent ({used}/{config.max_retry}); "
-                        "job held, not rescheduled",
-                        plan=f"would hold job {jid}: retry budget spent "
-                        f"({used}/{config.max_retry}); not rescheduled", **base)
-
-    if k < config.min_nodes:
+        return _hold_exhausted(job, status, config, base)
+    if len(healthy) < config.min_nodes:
         return Decision(Outcome.REFUSED,
-                        message=f"job {jid}: only {k} healthy node(s) left, below the minimum "
-                        f"of {config.min_nodes}; not rescheduled", **base)
+                        message=f"job {jid}: only {len(healthy)} healthy node(s) left, below "
+                        f"the minimum of {config.min_nodes}; not rescheduled", **base)
+    return _move_off_failed(job, status, config, base)
 
+
+def _restart_failed(job: JobInfo, history: History, config: PolicyConfig,
+                    base: dict) -> Decision:
+    """A requeueable job FAILED on healthy nodes, asked by its wrapper: requeue in place."""
+    jid, used = job.job_id, base["retries_used"]
+    base = {**base, "exclude": _merge(job.excluded_nodes, history.excluded),
+            "num_nodes": len(base["healthy"])}
+    if used >= config.max_retry:
+        return Decision(Outcome.EXHAUSTED, message=f"job {jid} FAILED on healthy nodes; "
+                        f"retry budget spent ({used}/{config.max_retry}): not restarted",
+                        **base)
+    return Decision(Outcome.REQUEUE, actions=(RequeueJob(jid), UpdateJob(jid, start_now=True)),
+                    message=f"job {jid} FAILED on healthy nodes: requeued in place to "
+                    "resume from its checkpoint",
+                    plan=f"would requeue job {jid} in place (FAILED on healthy nodes) to "
+                    "resume from its checkpoint", **base)
+
+
+def _nothing_failed(job: JobInfo, nodes: tuple[str, ...], history: History,
+                    config: PolicyConfig, base: dict) -> Decision:
+    jid, used = job.job_id, base["retries_used"]
+    if job.is_pending and job.reason in HELD_REASONS and history.exhausted:
+        return Decision(Outcome.NOTHING, message=f"job {jid} is held: retry budget "
+                        f"spent ({used}/{config.max_retry})", **base)
+    where = ", ".join(nodes) if nodes else "no nodes allocated"
+    return Decision(Outcome.NOTHING,
+                    message=f"job {jid} ({job.state}): no failed node ({where}); nothing changed",
+                    **base)
+
+
+def _already_excluded(job: JobInfo, history: History, base: dict) -> Decision:
+    """A pending job that already excludes every failed node (an earlier call's work)."""
+    jid, failed = job.job_id, ", ".join(base["failed"])
+    if job.reason in HELD_REASONS and not history.exhausted:
+        return Decision(
+            Outcome.ALREADY_DONE,
+            message=f"job {jid} already excludes {failed} but is held: released",
+            plan=f"would release job {jid}: it already excludes {failed} but is held",
+            actions=(ReleaseJob(jid), UpdateJob(jid, start_now=True)),
+            **base)
+    return Decision(Outcome.ALREADY_DONE,
+                    message=f"job {jid} is pending and already excludes {failed}: not "
+                    "requeueing again", **base)
+
+
+def _hold_exhausted(job: JobInfo, status: Mapping[str, Health], config: PolicyConfig,
+                    base: dict) -> Decision:
+    """Retry budget spent: hold the job with a comment that says why, take the nodes out."""
+    jid, used, failed = job.job_id, base["retries_used"], base["failed"]
+    comment = (f"slurmft: held, retry budget spent ({used}/{config.max_retry}); "
+               f"failed nodes {','.join(failed)}")
+    actions: list[Action] = []
+    if job.is_running:
+        actions.append(RequeueHoldJob(jid))
+    elif job.is_pending:
+        actions.append(HoldJob(jid))
+    actions += _node_actions(jid, failed, status, config, down=job.is_running)
+    if job.is_running or job.is_pending:
+        actions.append(UpdateJob(jid, comment=comment))
+    return Decision(Outcome.EXHAUSTED, actions=tuple(actions),
+                    message=f"job {jid}: retry budget spent ({used}/{config.max_retry}); "
+                    "job held, not rescheduled",
+                    plan=f"would hold job {jid}: retry budget spent "
+                    f"({used}/{config.max_retry}); not rescheduled", **base)
+
+
+def _move_off_failed(job: JobInfo, status: Mapping[str, Health], config: PolicyConfig,
+                     base: dict) -> Decision:
+    """Requeue (running, or ended and requeueable), update (pending) or resubmit the job on
+    the ``num_nodes`` healthy nodes, excluding ``exclude``."""
+    jid, failed, exclude, k = job.job_id, base["failed"], base["exclude"], base["num_nodes"]
+    without = ", ".join(failed)
     update = UpdateJob(jid, exclude=exclude, **shrink_params(job, k),
                        **pinned_params(job, exclude))
     start = UpdateJob(jid, start_now=True)
     if job.is_running or (job.has_ended and job.requeue):
-        actions = []
+        actions: list[Action] = []
         if job.is_running and any(status.get(n) in CUT_OFF for n in failed):
             # A rank on a cut-off node never reaches the collective save a SIGTERM asks for:
             # the others would sit out KillWait (30 s by default) before Slurm kills them.
@@ -301,9 +329,9 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
         verb = "requeued" if job.is_running else "requeued (ended, requeueable)"
         what = "" if job.is_running else " (ended, requeueable)"
         return Decision(Outcome.REQUEUE, actions=tuple(actions),
-                        message=f"job {jid} {verb} on {k} node(s) without {', '.join(failed)}",
-                        plan=f"would requeue job {jid}{what} on {k} node(s) without "
-                        f"{', '.join(failed)}", **base)
+                        message=f"job {jid} {verb} on {k} node(s) without {without}",
+                        plan=f"would requeue job {jid}{what} on {k} node(s) without {without}",
+                        **base)
     if job.is_pending:
         actions = _node_actions(jid, failed, status, config, down=False) + [update]
         if job.reason in HELD_REASONS:
@@ -316,12 +344,12 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                         f"{', '.join(exclude)}", **base)
     # Ended and not requeueable: submit a restart job that resumes from the checkpoint.
     actions = _node_actions(jid, failed, status, config, down=False)
-    actions.append(SubmitRestart(jid, nodes=healthy, exclude=exclude, num_nodes=k))
+    actions.append(SubmitRestart(jid, nodes=base["healthy"], exclude=exclude, num_nodes=k))
     return Decision(Outcome.RESUBMIT, actions=tuple(actions),
                     message=f"job {jid} ended {job.state} and cannot be requeued: restart job "
-                    f"submitted on {k} node(s) without {', '.join(failed)}",
+                    f"submitted on {k} node(s) without {without}",
                     plan=f"would submit a restart job for job {jid} (ended {job.state}, cannot "
-                    f"be requeued) on {k} node(s) without {', '.join(failed)}", **base)
+                    f"be requeued) on {k} node(s) without {without}", **base)
 
 
 def _relaunch(job: JobInfo, failed: tuple[str, ...], status: Mapping[str, Health],
