@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from slurmft.checkpoint.manifest import LATEST, CheckpointInfo, parse_name, tmp_name
-from slurmft.checkpoint.store import Store, publish_dir, replace_file
+from slurmft.checkpoint.store import FaultHook, Store, publish_dir, replace_file
 from slurmft.core.atomic import fsync_dir
 from slurmft.core.errors import (
     CheckpointError, ConfigError, CorruptCheckpointError, DestinationLostError,
@@ -253,3 +253,17 @@ class RsyncDestination:
         out = self._ssh("cat", "--", f"{self.remote.path.rstrip('/')}/{LATEST}")
         name = out.strip()
         return name if parse_name(name) is not None else None
+
+
+def open_destination(spec: str, local_cache: str | os.PathLike | None, algorithm: str,
+                     fault_hook: FaultHook | None = None, rsh: Sequence[str] = DEFAULT_RSH,
+                     ) -> tuple[Store, MountedDestination | RsyncDestination | None]:
+    """The store saves are written to, and the destination they are uploaded to (None:
+    ``spec`` is that store, no upload). A remote ``spec`` needs a ``local_cache``."""
+    remote = parse_remote(spec)
+    if remote is not None and local_cache is None:
+        raise ConfigError(f"checkpoint destination {spec!r} is remote: set a local_cache directory")
+    if local_cache is None:
+        return Store(spec, algorithm, fault_hook), None
+    dest = RsyncDestination(remote, rsh=rsh) if remote else MountedDestination(spec, algorithm)
+    return Store(local_cache, algorithm, fault_hook), dest

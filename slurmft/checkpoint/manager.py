@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slurmft.checkpoint.destinations import (
-    DEFAULT_RSH, MountedDestination, RsyncDestination, parse_remote,
+    DEFAULT_RSH, MountedDestination, RsyncDestination, open_destination,
 )
 from slurmft.checkpoint.fencing import check_fence
 from slurmft.checkpoint.lineage import Lineage
@@ -50,7 +50,7 @@ from slurmft.checkpoint.store import FaultHook, Store
 from slurmft.checkpoint.triggers import SaveTriggers
 from slurmft.checkpoint.upload import STATUS_FILE, RetrySchedule, SerialWorker, Uploader
 from slurmft.core.errors import (
-    CheckpointError, ConfigError, CorruptCheckpointError, DestinationLostError, FencedError,
+    CheckpointError, CorruptCheckpointError, DestinationLostError, FencedError,
 )
 from slurmft.core.log import get_logger
 
@@ -111,7 +111,7 @@ class CheckpointManager:
         self._writer = writer
         self.pipeline = pipeline
         self.destination_spec = str(path)
-        self._store, self._dest = _open_destination(
+        self._store, self._dest = open_destination(
             self.destination_spec, local_cache or self.policy.local_cache or None,
             self.policy.checksum, fault_hook, rsh)
         self._write_pool = SerialWorker("slurmft-ckpt-write")
@@ -495,20 +495,6 @@ class CheckpointManager:
             self._on_event(event, fields_)
         except Exception:  # noqa: BLE001 - metrics must never break training
             log.exception("on_event callback failed for %s", event)
-
-
-def _open_destination(spec: str, local_cache: str | os.PathLike | None, algorithm: str,
-                      fault_hook: FaultHook | None, rsh: tuple[str, ...],
-                      ) -> tuple[Store, MountedDestination | RsyncDestination | None]:
-    """The store saves are written to, and the destination they are uploaded to (None:
-    ``spec`` is that store, no upload)."""
-    remote = parse_remote(spec)
-    if remote is not None and local_cache is None:
-        raise ConfigError(f"checkpoint destination {spec!r} is remote: set a local_cache directory")
-    if local_cache is None:
-        return Store(spec, algorithm, fault_hook), None
-    dest = RsyncDestination(remote, rsh=rsh) if remote else MountedDestination(spec, algorithm)
-    return Store(local_cache, algorithm, fault_hook), dest
 
 
 class _NotDurableInTime(CheckpointError):
