@@ -32,10 +32,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:       # store.py imports this module; only the type is needed here
-    from slurmft.checkpoint.store import CheckpointInfo
+from slurmft.checkpoint.manifest import CheckpointInfo
 
 
 @dataclass

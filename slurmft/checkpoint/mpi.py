@@ -25,7 +25,7 @@ from typing import Any
 from mpi4py import MPI
 
 from slurmft.checkpoint.manager import CheckpointManager, CheckpointPolicy, SaveHandle
-from slurmft.checkpoint.store import CheckpointInfo
+from slurmft.checkpoint.manifest import CheckpointInfo
 from slurmft.core.errors import CheckpointError, FencedError
 from slurmft.core.log import get_logger
 
