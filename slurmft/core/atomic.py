@@ -111,7 +111,23 @@ def _write_fd(fd: int, blob: bytes, fsync: bool) -> None:
 
 
 def _default_mode() -> int:
-    """0o666 minus the process umask: what open() would give a new file."""
-    umask = os.umask(0)
+    """0o666 minus the process umask: what open() would give a new file.
+
+    The umask is read from /proc/self/status (Linux 4.7+) and not with os.umask(), which can
+    only read it by setting it: for that moment a file another thread creates (the training,
+    while a checkpoint is written in the background) would get wide-open permissions. The
+    os.umask() pair is the fallback where /proc does not say."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)       # the safe value for the moment it is set
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask

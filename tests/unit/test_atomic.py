@@ -91,3 +91,24 @@ def test_fsync_dir_raises_for_missing_folder(tmp_path):
     fsync_dir(tmp_path)
     with pytest.raises(FileNotFoundError):
         fsync_dir(tmp_path / "missing")
+
+
+def test_default_mode_reads_the_umask_without_changing_it(monkeypatch, tmp_path):
+    """Reading the umask must not set it (a background checkpoint write would otherwise open
+    a window in which files other threads create get mode 0o666)."""
+    import os
+
+    from slurmft.core import atomic
+
+    def no_umask(_mask):
+        raise AssertionError("os.umask called: it changes the umask of every thread")
+
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(atomic.os, "umask", no_umask)
+        assert atomic._default_mode() == 0o640
+        path = atomic.atomic_write(tmp_path / "f", b"x")
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
