@@ -8,6 +8,7 @@ refusal or an error, one probe fan-out per cycle for all jobs) and stops when ``
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,49 @@ from slurmft.slurm.records import JobInfo, SlurmClient
 log = get_logger(__name__)
 
 
+class JobPhase(enum.Enum):
+    """Where the watcher stands with one job (``JobWatch.phase``)."""
+
+    WATCHED = "watched"            # probed every cycle
+    COOLING_DOWN = "cooling-down"  # a refusal or an error: not probed until the cool-down ends
+    REQUEUED = "requeued"          # requeued by this watcher: nudged until it runs again
+    RECOVERING = "recovering"      # acted on: waiting for its training to run again
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A failure this watcher acted on, until the job's training runs again."""
+
+    detected: float                # wall time the failure was confirmed
+    failed: frozenset[str]         # the nodes taken out
+    wait_step: int | None          # a job step id to exceed (see Watcher._step_to_wait_for)
+
+
+@dataclass
+class JobWatch:
+    """The watcher's record of one job. Transitions (``Watcher`` makes them):
+
+    WATCHED --refused/error--> COOLING_DOWN --cool-down over--> WATCHED (or RECOVERING)
+    WATCHED --acted, job still running--> RECOVERING --training runs again--> WATCHED
+    WATCHED --acted, job requeued--> REQUEUED --running, or nudge deadline--> RECOVERING
+    any --the job ended or left the queue--> record dropped
+    """
+
+    job_id: int
+    phase: JobPhase = JobPhase.WATCHED
+    until: float = 0.0                     # COOLING_DOWN: its end; REQUEUED: stop nudging
+    target_nodes: int | None = None        # REQUEUED: the node count it was requeued with
+    recovery: Recovery | None = None       # set from an action until the training runs again
+    # failed nodes the policy drained but left running (DRAIN), by health: not acted on
+    # again while their health stays the same
+    left_running: dict[str, str] = field(default_factory=dict)
+
+    def settle(self) -> None:
+        """Leave COOLING_DOWN or REQUEUED for what is still pending."""
+        self.phase = JobPhase.RECOVERING if self.recovery else JobPhase.WATCHED
+        self.until, self.target_nodes = 0.0, None
+
+
 @dataclass
 class CycleResult:
     """What one watch cycle saw and did."""
@@ -37,12 +81,13 @@ class CycleResult:
     errors: dict[int, str] = field(default_factory=dict)   # job id -> why not rescheduled
     probe_s: float = 0.0
     list_error: str = ""          # the jobs could not be listed (squeue failed): nothing seen
+    phases: dict[int, str] = field(default_factory=dict)   # job id -> JobPhase value, after
 
     def to_dict(self) -> dict:
         return {"started": round(self.started, 3), "jobs": self.jobs,
                 "failed": self.failed, "probe_s": round(self.probe_s, 3),
                 "reports": [r.to_dict() for r in self.reports], "errors": self.errors,
-                "list_error": self.list_error}
+                "list_error": self.list_error, "phases": self.phases}
 
 
 class Watcher:
@@ -65,63 +110,64 @@ class Watcher:
         self.stop = stop or threading.Event()
         self.clock = clock
         self.on_cycle = on_cycle
-        self._quiet_until: dict[int, float] = {}
         self.tracker = FailureTracker(confirm)
-        self._requeued: dict[int, tuple[float, int | None]] = {}  # job -> (until, node count)
-        # job -> (wall time of detection, failed nodes, the training's step to wait for (see
-        # _step_to_wait_for)): to record recovery_seconds
-        self._recovering: dict[int, tuple[float, frozenset[str], int | None]] = {}
         self.nudge_for = 120.0
-        # job -> {node: health} of failed nodes the policy drained but left running (DRAIN):
-        # not acted on again while their health stays the same
-        self._left_running: dict[int, dict[str, str]] = {}
+        self.watches: dict[int, JobWatch] = {}      # job id -> the watcher's record of it
+
+    def _watch(self, job_id: int) -> JobWatch:
+        return self.watches.setdefault(job_id, JobWatch(job_id))
 
     def running_jobs(self) -> list[JobInfo]:
+        """The running jobs to probe this cycle; moves every known job on first (drops ended
+        ones, ends cool-downs, nudges requeued ones, records recoveries)."""
         all_jobs = self.client.jobs()
-        self._nudge(all_jobs)
-        self._note_recoveries(all_jobs)
+        self._advance(all_jobs)
         jobs = [j for j in all_jobs if j.state == "RUNNING" and j.nodes]
         if self.job_ids:
             jobs = [j for j in jobs if j.job_id in self.job_ids]
-        now = self.clock()
-        return [j for j in jobs if self._quiet_until.get(j.job_id, 0.0) <= now]
+        return [j for j in jobs if self._watch(j.job_id).phase is not JobPhase.COOLING_DOWN]
 
-    def _nudge(self, jobs: Sequence[JobInfo]) -> None:
-        """Jobs we requeued: if Slurm applies its requeue delay once they finish COMPLETING
-        (a dead batch host can keep them COMPLETING for seconds) or undoes the shrink, nudge
-        them (Rescheduler.nudge). Done here, once per cycle, so the loop never blocks."""
+    def _advance(self, jobs: Sequence[JobInfo]) -> None:
+        """One step of every job's state machine (JobWatch), once per cycle, never blocking."""
         now = self.clock()
         by_id = {j.job_id: j for j in jobs}
-        for jid, (until, target) in list(self._requeued.items()):
+        for jid, watch in list(self.watches.items()):
             job = by_id.get(jid)
-            if job is None or job.state == "RUNNING" or job.has_ended or now > until:
-                del self._requeued[jid]
-            else:
-                self.rescheduler.nudge(job, target)
+            if job is None or job.has_ended:
+                del self.watches[jid]
+                continue
+            if watch.phase is JobPhase.COOLING_DOWN and now >= watch.until:
+                watch.settle()
+            if watch.phase is JobPhase.REQUEUED:
+                if job.state == "RUNNING" or now > watch.until:
+                    watch.settle()
+                else:
+                    # Slurm may apply its requeue delay once the job finishes COMPLETING (a
+                    # dead batch host can keep it COMPLETING for seconds) or undo the shrink.
+                    self.rescheduler.nudge(job, watch.target_nodes)
+            if watch.recovery is not None:
+                self._note_recovery(job, watch)
 
-    def _note_recoveries(self, jobs: Sequence[JobInfo]) -> None:
+    def _note_recovery(self, job: JobInfo, watch: JobWatch) -> None:
         """Audit ``recovered`` (with recovery_seconds, detection -> the training running
-        again without the failed nodes) for jobs this watcher rescheduled: the job is RUNNING
+        again without the failed nodes) for a job this watcher rescheduled: the job is RUNNING
         without them and, for a job whose training runs in job steps, a step of the restarted
         training has started (a relaunched job never stops running; its new mpirun or srun
         starts a step)."""
-        by_id = {j.job_id: j for j in jobs}
-        for jid, (detected, failed, wait_step) in list(self._recovering.items()):
-            job = by_id.get(jid)
-            if job is None or job.has_ended:
-                del self._recovering[jid]
-                continue
-            if job.state != "RUNNING" or failed & set(job.nodes):
-                continue
-            step = None
-            if wait_step is not None:
-                started = [s for s in self._steps_now(jid) or () if s > wait_step]
-                if not started:                 # not yet, or Slurm cannot say this cycle
-                    continue
-                step = f"{jid}.{started[0]}"
-            del self._recovering[jid]
-            self._audit(Recovered(job_id=jid, nodes=tuple(job.nodes), step=step,
-                                  recovery_seconds=round(time.time() - detected, 3)))
+        rec = watch.recovery
+        if job.state != "RUNNING" or rec.failed & set(job.nodes):
+            return
+        step = None
+        if rec.wait_step is not None:
+            started = [s for s in self._steps_now(job.job_id) or () if s > rec.wait_step]
+            if not started:                 # not yet, or Slurm cannot say this cycle
+                return
+            step = f"{job.job_id}.{started[0]}"
+        watch.recovery = None
+        if watch.phase is JobPhase.RECOVERING:
+            watch.phase = JobPhase.WATCHED
+        self._audit(Recovered(job_id=job.job_id, nodes=tuple(job.nodes), step=step,
+                              recovery_seconds=round(time.time() - rec.detected, 3)))
 
     def _steps_now(self, job_id: int) -> list[int] | None:
         """The job's numbered steps (None when Slurm cannot say)."""
@@ -171,40 +217,54 @@ class Watcher:
                        "the prober's side (network, load) than the nodes: not rescheduling. "
                        "Check with `slurmft probe`; raise --max-failed-fraction to override")
                 res.errors[job.job_id] = msg
-                self._quiet_until[job.job_id] = self.clock() + self.cooldown
+                self._cool_down(job.job_id)
                 log.error("watch: job %s: %s", job.job_id, msg, extra={"job": str(job.job_id)})
                 continue
             log.warning("watch: job %s: failed node(s) %s: %s", job.job_id, ",".join(failed),
                         "; ".join(health[n].reason for n in failed),
                         extra={"job": str(job.job_id)})
-            detected = self._audit_detection(job, failed, health)
-            steps_before = self._steps_now(job.job_id)   # before a relaunch can add one
-            try:
-                report = self.rescheduler.reschedule(job.job_id, health=health)
-                res.reports.append(report)
-                self.tracker.forget(failed)
-                if report.decision.outcome in (Outcome.DRAIN, Outcome.ALREADY_DONE):
-                    self._left_running.setdefault(job.job_id, {}).update(
-                        {n: health[n].health.value for n in failed})
-                if report.decision.changes_anything:
-                    self._recovering[job.job_id] = (
-                        detected, frozenset(failed),
-                        self._step_to_wait_for(report.decision.outcome, steps_before))
-                if report.decision.changes_anything and report.state_after != "RUNNING":
-                    self._requeued[job.job_id] = (self.clock() + self.nudge_for,
-                                                  report.decision.num_nodes)
-            except SlurmFTError as exc:
-                res.errors[job.job_id] = str(exc)
-                self._quiet_until[job.job_id] = self.clock() + self.cooldown
-                log.error("watch: job %s not rescheduled: %s (next try in %gs)", job.job_id,
-                          exc, self.cooldown, extra={"job": str(job.job_id)})
+            self._act(job, failed, health, res)
+        res.phases = {jid: w.phase.value for jid, w in self.watches.items()}
         return res
+
+    def _act(self, job: JobInfo, failed: list[str], health: dict[str, ProbeResult],
+             res: CycleResult) -> None:
+        """Reschedule ``job`` for its confirmed ``failed`` nodes and move its JobWatch on."""
+        detected = self._audit_detection(job, failed, health)
+        steps_before = self._steps_now(job.job_id)   # before a relaunch can add one
+        watch = self._watch(job.job_id)
+        try:
+            report = self.rescheduler.reschedule(job.job_id, health=health)
+        except SlurmFTError as exc:
+            res.errors[job.job_id] = str(exc)
+            self._cool_down(job.job_id)
+            log.error("watch: job %s not rescheduled: %s (next try in %gs)", job.job_id,
+                      exc, self.cooldown, extra={"job": str(job.job_id)})
+            return
+        res.reports.append(report)
+        self.tracker.forget(failed)
+        decision = report.decision
+        if decision.outcome in (Outcome.DRAIN, Outcome.ALREADY_DONE):
+            watch.left_running.update({n: health[n].health.value for n in failed})
+        if not decision.changes_anything:
+            return
+        watch.recovery = Recovery(detected, frozenset(failed),
+                                  self._step_to_wait_for(decision.outcome, steps_before))
+        if report.state_after != "RUNNING":
+            watch.phase, watch.until = JobPhase.REQUEUED, self.clock() + self.nudge_for
+            watch.target_nodes = decision.num_nodes
+        else:
+            watch.phase = JobPhase.RECOVERING
+
+    def _cool_down(self, job_id: int) -> None:
+        watch = self._watch(job_id)
+        watch.phase, watch.until = JobPhase.COOLING_DOWN, self.clock() + self.cooldown
 
     def _not_left_running(self, job_id: int, failed: Sequence[str],
                           health: dict[str, ProbeResult]) -> list[str]:
         """``failed`` without the nodes already drained and left running for this job whose
         health has not changed since (a node that gets worse is acted on again)."""
-        left = self._left_running.get(job_id, {})
+        left = self._watch(job_id).left_running
         for node in list(left):
             if node not in health or left[node] != health[node].health.value:
                 del left[node]

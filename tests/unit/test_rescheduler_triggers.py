@@ -275,3 +275,36 @@ def test_watch_relaunches_in_place_and_leaves_a_degraded_node_alone_after_draini
     assert fake.signals == [(jid, "USR2", True)]
     assert fake.job(jid)["job_state"] == "RUNNING"
     assert fake.job(jid)["nodes"] == "node[1,3-4]"
+
+
+def test_each_job_moves_through_the_watchers_states(tmp_path):
+    """JobWatch: WATCHED -> REQUEUED (acted, job pending) -> RECOVERING (running again,
+    its first step not yet started) -> WATCHED (recovered); a refusal -> COOLING_DOWN, and
+    back to WATCHED once the cool-down is over. Each cycle reports the phases (watch --json)."""
+    from slurmft.recovery.watcher import JobPhase
+
+    now = [1000.0]
+    prober = ScriptedProber({"node3": Health.UNREACHABLE})
+    fake, jid, client, store, r = one_job(tmp_path, prober)
+    fake.start_step(jid)
+    w = Watcher(client, prober, r, interval=0.01, cooldown=30, clock=lambda: now[0])
+    assert w.cycle().phases == {jid: "requeued"}
+    prober.failed = {}
+    fake.start_pending(jid)
+    assert w.cycle().phases == {jid: "recovering"}          # running, no new step yet
+    assert recovered(store, jid) == []
+    fake.start_step(jid)
+    assert w.cycle().phases == {jid: "watched"}
+    assert len(recovered(store, jid)) == 1
+
+    prober.failed = {n: Health.UNRESPONSIVE for n in ("node1", "node2", "node4")}
+    res = w.cycle()
+    assert "not rescheduling" in res.errors[jid] and res.phases == {jid: "cooling-down"}
+    assert w.watches[jid].phase is JobPhase.COOLING_DOWN
+    assert w.cycle().jobs == []                              # left alone while cooling down
+    now[0] += 31
+    prober.failed = {}
+    res = w.cycle()
+    assert res.jobs == [jid] and res.phases == {jid: "watched"}
+    fake.job(jid)["job_state"] = "COMPLETED"
+    assert w.cycle().phases == {}                            # an ended job is forgotten
