@@ -114,6 +114,62 @@ def batch_indices(step: int, global_batch: int, n: int, seed: int) -> torch.Tens
     return order[offset * global_batch:(offset + 1) * global_batch]
 
 
+class DataParallelStep:
+    """One training step of this rank: its share of the global batch, the simulated compute,
+    and ONE allreduce that carries the gradients, the loss and the checkpoint votes."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: object, data: tuple[torch.Tensor, torch.Tensor],
+                 args: argparse.Namespace, comm: MPI.Comm) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.x, self.y = data
+        self.args, self.comm = args, comm
+        self.rank, self.world = comm.Get_rank(), comm.Get_size()
+        self.params = list(model.parameters())
+        self.n_grad = sum(p.numel() for p in self.params)
+        self.compute_s = args.sample_time * (args.global_batch // self.world)   # rank's share
+
+    def __call__(self, step: int, ckpt: MPICheckpointManager) -> tuple[float, bool]:
+        """Run ``step``; returns (the global batch's mean loss, whether all ranks save now)."""
+        a = self.args
+        idx = batch_indices(step, a.global_batch, a.dataset_size, a.seed)[self.rank::self.world]
+        self.optimizer.zero_grad(set_to_none=False)
+        loss_sum = torch.nn.functional.mse_loss(self.model(self.x[idx]), self.y[idx],
+                                                reduction="sum")
+        loss_sum.backward()
+        if self.compute_s:
+            time.sleep(self.compute_s)
+        due, signalled = ckpt.vote(step)
+        extra = torch.tensor([float(loss_sum.detach()), due, signalled], dtype=torch.float64)
+        flat = torch.cat([p.grad.reshape(-1).double() for p in self.params] + [extra]).numpy()
+        self.comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
+        save_now = ckpt.agree(flat[self.n_grad + 1:])
+        grads = flat[:self.n_grad] / a.global_batch
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.grad.copy_(torch.from_numpy(grads[offset:offset + n]).view_as(p))
+            offset += n
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(flat[self.n_grad]) / a.global_batch, save_now
+
+
+def resume(ckpt: MPICheckpointManager, torch_ckpt: TorchCheckpointer, log: ProgressLog,
+           rank: int, world: int) -> int:
+    """Load the newest verified checkpoint (the same on every rank); the step to start at."""
+    info, raw = ckpt.load()
+    if info is None:
+        return 0
+    point = torch_ckpt.apply(raw, info.name)
+    log.write("resume", checkpoint=info.name, from_step=point.step - 1,
+              saved_world_size=point.world_size, world_size=world)
+    if rank == 0:
+        print(f"resumed from {info.name} (step {point.step - 1}, saved by "
+              f"{point.world_size} ranks) on {world} ranks", flush=True)
+    return point.step
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -128,57 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     model = torch.nn.Sequential(torch.nn.Linear(FEATURES, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.7)
-    x, y = make_data(args.dataset_size, args.seed)
-
+    train_step = DataParallelStep(model, optimizer, scheduler,
+                                  make_data(args.dataset_size, args.seed), args, comm)
     policy = CheckpointPolicy(interval=args.interval, step_interval=args.step_interval,
                               keep_last=args.keep_last)
     ckpt = MPICheckpointManager(args.checkpoint_dir, policy)
     ckpt.install_signal_handlers()
     torch_ckpt = TorchCheckpointer(ckpt.manager, model, optimizer, scheduler)
-
-    start_step = 0
     log.write("start", world_size=world, host=socket.gethostname(), job=os.environ.get("SLURM_JOB_ID", ""),
               restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0), steps=args.steps,
               global_batch=args.global_batch, sample_time=args.sample_time)
-    compute_s = args.sample_time * (args.global_batch // world)   # this rank's share
-    if args.resume is not None:
-        info, raw = ckpt.load()
-        if info is not None:
-            point = torch_ckpt.apply(raw, info.name)
-            start_step = point.step
-            log.write("resume", checkpoint=info.name, from_step=point.step - 1,
-                      saved_world_size=point.world_size, world_size=world)
-            if rank == 0:
-                print(f"resumed from {info.name} (step {point.step - 1}, saved by "
-                      f"{point.world_size} ranks) on {world} ranks", flush=True)
-
+    start_step = resume(ckpt, torch_ckpt, log, rank, world) if args.resume is not None else 0
     try:
-        params = [p for p in model.parameters()]
-        n_grad = sum(p.numel() for p in params)
         step = start_step
         for step in range(start_step, args.steps):
             t0 = time.perf_counter()
-            idx = batch_indices(step, args.global_batch, args.dataset_size, args.seed)[rank::world]
-            optimizer.zero_grad(set_to_none=False)
-            loss_sum = torch.nn.functional.mse_loss(model(x[idx]), y[idx], reduction="sum")
-            loss_sum.backward()
-            if compute_s:
-                time.sleep(compute_s)
-            # One allreduce per step: the gradients, the loss and the checkpoint votes together.
-            due, signalled = ckpt.vote(step)
-            extra = torch.tensor([float(loss_sum.detach()), due, signalled], dtype=torch.float64)
-            flat = torch.cat([p.grad.reshape(-1).double() for p in params] + [extra]).numpy()
-            comm.Allreduce(MPI.IN_PLACE, flat, op=MPI.SUM)
-            loss = float(flat[n_grad]) / args.global_batch
-            save_now = ckpt.agree(flat[n_grad + 1:])
-            grads = flat[:n_grad] / args.global_batch
-            offset = 0
-            for p in params:
-                n = p.numel()
-                p.grad.copy_(torch.from_numpy(grads[offset:offset + n]).view_as(p))
-                offset += n
-            optimizer.step()
-            scheduler.step()
+            loss, save_now = train_step(step, ckpt)
             step_s = time.perf_counter() - t0
             log.write("step", step=step, loss=loss, world_size=world, step_s=step_s)
             if rank == 0 and (step % 20 == 0 or step == args.steps - 1):

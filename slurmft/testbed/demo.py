@@ -35,6 +35,7 @@ from slurmft.observe.goodput import describe_world_sizes, world_size_seconds
 from slurmft.observe.report import RecoverySummary, read_progress, summarize, timeline
 from slurmft.recovery.scripts import job_context
 from slurmft.render import render
+from slurmft.slurm.records import SlurmClient
 from slurmft.testbed import Cluster
 
 log = get_logger(__name__)
@@ -86,6 +87,17 @@ class DemoResult:
 Progress = Callable[[str], None]
 
 
+@dataclass
+class _DemoRun:
+    """Where one demo run keeps its files, and its job."""
+
+    work: Path
+    ckpt_dir: Path
+    progress: Path
+    client: SlurmClient
+    job_id: int = 0
+
+
 class Demo:
     def __init__(self, options: DemoOptions, progress: Progress | None = None) -> None:
         self.o = options
@@ -116,95 +128,109 @@ class Demo:
         self.say(f"building a {o.nodes}-node Slurm cluster '{o.name}' (network namespaces)...")
         up = self.bring_up()
         self.say(f"  up in {up.seconds:.1f} s: {', '.join(up.nodes)} on {up.subnet}")
-
-        work = self.cluster.shared_dir / "demo"
-        ckpt_dir = work / "checkpoints"
-        progress_path = work / "progress.jsonl"
-        work.mkdir(parents=True, exist_ok=True)
-        script = work / "job.sh"
-        script.write_text(self.job_script(work, ckpt_dir, progress_path))
-        client = self.cluster.slurm_client()
-
-        cp = self.cluster.run(["sbatch", "--parsable", str(script)], timeout=30)
-        if cp.returncode != 0:
-            raise SlurmFTError(f"sbatch failed: {cp.stderr.strip()}")
-        job_id = int(cp.stdout.strip().split(";")[0])
-        self.say(f"submitted training job {job_id} on {o.nodes} nodes ({o.steps} steps, "
-                 f"checkpoint every {o.step_interval})")
-        self.start_watcher(job_id, work / "watch.log")
-        self.say(f"slurmft watch is probing the job's nodes every {o.watch_interval:g} s")
-
-        job = self._wait(lambda: _running(client.job(job_id)), deadline, "the job to start")
+        run = self._submit()
+        job = self._wait(lambda: _running(run.client.job(run.job_id)), deadline,
+                         "the job to start")
         initial_nodes = list(job.nodes)
         fault_node = o.fault_node or next(n for n in reversed(initial_nodes) if n != job.batch_host)
-        store = Store(ckpt_dir)
-
-        def checkpointed() -> bool:
-            job = client.job(job_id)
-            if job.has_ended:
-                raise SlurmFTError(f"job {job_id} ended {job.state} before the fault: "
-                                   f"{_last_line(work / 'job.out')} (see {work}/job.out)")
-            return _verified_at_least(store, o.fault_after_step)
-
-        self._wait(checkpointed, deadline,
-                   f"a verified checkpoint at step >= {o.fault_after_step}",
-                   report=lambda: self._step_line(progress_path))
-        self.say(f"latest verified checkpoint: {store.latest_name()}")
-
-        events: dict[str, float] = {"fault": time.time()}
-        self.say(f"FAULT: {o.fault} on {fault_node}")
-        self.cluster.fault(fault_node, o.fault)
-
-        state_dir = self.cluster.shared_dir / "slurmft"
-        seen_requeue = False
-        while True:
-            if time.monotonic() > deadline:
-                raise SlurmFTError(f"the job did not recover within {o.timeout:g} s; see {work}")
-            now = time.time()
-            if "detected" not in events:
-                t = _detection_time(state_dir / "audit.jsonl", job_id, events["fault"])
-                if t is not None:
-                    events["detected"] = t
-                    self.say(f"  +{t - events['fault']:.2f} s  slurmft detected the failure")
-            job = client.job(job_id)
-            if not seen_requeue and (job.restart_count > 0 or job.state != "RUNNING"):
-                seen_requeue = True
-                events["requeued"] = now
-                self.say(f"  +{now - events['fault']:.2f} s  job {job_id} is {job.state} "
-                         f"(restarts {job.restart_count})")
-            if job.state == "RUNNING" and fault_node not in job.nodes:
-                recovered_nodes = list(job.nodes)
-                events["running_again"] = now
-                if seen_requeue:
-                    self.say(f"  +{now - events['fault']:.2f} s  job RUNNING again on "
-                             f"{','.join(job.nodes)}")
-                else:     # relaunched in its own allocation (--no-kill): it never stopped
-                    events["excluded"] = now
-                    self.say(f"  +{now - events['fault']:.2f} s  {fault_node} taken out of job "
-                             f"{job_id}, which keeps running on {','.join(job.nodes)}: the "
-                             "training relaunches there")
-                break
-            if job.has_ended:
-                raise SlurmFTError(f"job {job_id} ended {job.state} instead of being rescheduled")
-            time.sleep(0.1)
-
-        job = self._wait(lambda: (j := client.job(job_id)).has_ended and j, deadline,
-                         "the training to finish", report=lambda: self._step_line(progress_path))
-        self.say(f"job {job_id} {job.state}")
-        nodes = {n.name: n for n in client.nodes()}
-        fn = nodes.get(fault_node)
-        records = read_progress(progress_path)
+        events = self._inject(run, fault_node, deadline)
+        recovered_nodes = self._follow_recovery(run, fault_node, events, deadline)
+        job = self._wait(lambda: (j := run.client.job(run.job_id)).has_ended and j, deadline,
+                         "the training to finish", report=lambda: self._step_line(run.progress))
+        self.say(f"job {run.job_id} {job.state}")
+        fn = {n.name: n for n in run.client.nodes()}.get(fault_node)
+        records = read_progress(run.progress)
         summary = summarize(records, o.steps, events, end_t=time.time())
         result = DemoResult(
-            job_id=job_id, fault_node=fault_node, initial_nodes=initial_nodes,
+            job_id=run.job_id, fault_node=fault_node, initial_nodes=initial_nodes,
             final_nodes=recovered_nodes,
             excluded=list(NodeSet(job.excluded_nodes)
                           | (NodeSet(initial_nodes) - NodeSet(recovered_nodes))),
             fault_node_state="+".join([fn.state, *fn.flags]) if fn else "",
             fault_node_reason=fn.reason if fn else "", restarts=job.restart_count,
             final_state=job.state, events=events, summary=summary, out_dir=o.out_dir)
-        self._write_outputs(result, records, work)
+        self._write_outputs(result, records, run.work)
         return result
+
+    def _submit(self) -> _DemoRun:
+        """Write the wrapper job, submit it and start the watcher on it."""
+        o = self.o
+        work = self.cluster.shared_dir / "demo"
+        run = _DemoRun(work=work, ckpt_dir=work / "checkpoints",
+                       progress=work / "progress.jsonl", client=self.cluster.slurm_client())
+        work.mkdir(parents=True, exist_ok=True)
+        script = work / "job.sh"
+        script.write_text(self.job_script(work, run.ckpt_dir, run.progress))
+        cp = self.cluster.run(["sbatch", "--parsable", str(script)], timeout=30)
+        if cp.returncode != 0:
+            raise SlurmFTError(f"sbatch failed: {cp.stderr.strip()}")
+        run.job_id = int(cp.stdout.strip().split(";")[0])
+        self.say(f"submitted training job {run.job_id} on {o.nodes} nodes ({o.steps} steps, "
+                 f"checkpoint every {o.step_interval})")
+        self.start_watcher(run.job_id, work / "watch.log")
+        self.say(f"slurmft watch is probing the job's nodes every {o.watch_interval:g} s")
+        return run
+
+    def _inject(self, run: _DemoRun, fault_node: str, deadline: float) -> dict[str, float]:
+        """Wait for a verified checkpoint at ``fault_after_step``, then inject the fault;
+        returns the timeline's events (``fault``: when)."""
+        o = self.o
+        store = Store(run.ckpt_dir)
+
+        def checkpointed() -> bool:
+            job = run.client.job(run.job_id)
+            if job.has_ended:
+                raise SlurmFTError(f"job {run.job_id} ended {job.state} before the fault: "
+                                   f"{_last_line(run.work / 'job.out')} "
+                                   f"(see {run.work}/job.out)")
+            return _verified_at_least(store, o.fault_after_step)
+
+        self._wait(checkpointed, deadline,
+                   f"a verified checkpoint at step >= {o.fault_after_step}",
+                   report=lambda: self._step_line(run.progress))
+        self.say(f"latest verified checkpoint: {store.latest_name()}")
+        events: dict[str, float] = {"fault": time.time()}
+        self.say(f"FAULT: {o.fault} on {fault_node}")
+        self.cluster.fault(fault_node, o.fault)
+        return events
+
+    def _follow_recovery(self, run: _DemoRun, fault_node: str, events: dict[str, float],
+                         deadline: float) -> list[str]:
+        """Follow the job from the fault until it runs again without ``fault_node``, adding
+        detected / requeued / running_again (/ excluded) to ``events``; its nodes then."""
+        audit = self.cluster.shared_dir / "slurmft" / "audit.jsonl"
+        seen_requeue = False
+        while True:
+            if time.monotonic() > deadline:
+                raise SlurmFTError(f"the job did not recover within {self.o.timeout:g} s; "
+                                   f"see {run.work}")
+            now = time.time()
+            since = now - events["fault"]
+            if "detected" not in events:
+                t = _detection_time(audit, run.job_id, events["fault"])
+                if t is not None:
+                    events["detected"] = t
+                    self.say(f"  +{t - events['fault']:.2f} s  slurmft detected the failure")
+            job = run.client.job(run.job_id)
+            if not seen_requeue and (job.restart_count > 0 or job.state != "RUNNING"):
+                seen_requeue = True
+                events["requeued"] = now
+                self.say(f"  +{since:.2f} s  job {run.job_id} is {job.state} "
+                         f"(restarts {job.restart_count})")
+            if job.state == "RUNNING" and fault_node not in job.nodes:
+                events["running_again"] = now
+                if seen_requeue:
+                    self.say(f"  +{since:.2f} s  job RUNNING again on {','.join(job.nodes)}")
+                else:     # relaunched in its own allocation (--no-kill): it never stopped
+                    events["excluded"] = now
+                    self.say(f"  +{since:.2f} s  {fault_node} taken out of job {run.job_id}, "
+                             f"which keeps running on {','.join(job.nodes)}: the training "
+                             "relaunches there")
+                return list(job.nodes)
+            if job.has_ended:
+                raise SlurmFTError(f"job {run.job_id} ended {job.state} instead of being "
+                                   "rescheduled")
+            time.sleep(0.1)
 
     # ---- pieces (bench/goodput.py runs its own scenario with them) --------------------------
 
