@@ -64,7 +64,10 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, *, mode: int | None
             fh.flush()
         return target
     prefix = f"{tmp_prefix}{target.name}." if tmp_prefix is not None else f".{target.name}."
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
+    except OSError as exc:     # name the file the caller asked for, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, str(target)) from None
     try:
         _write_fd(fd, blob, fsync)
         if mode is None and st is not None:

@@ -112,3 +112,13 @@ def test_default_mode_reads_the_umask_without_changing_it(monkeypatch, tmp_path)
     finally:
         monkeypatch.undo()
         os.umask(old)
+
+
+def test_a_missing_folder_is_reported_under_the_target_name(tmp_path):
+    import pytest
+
+    from slurmft.core.atomic import atomic_write
+
+    with pytest.raises(FileNotFoundError) as err:
+        atomic_write(tmp_path / "no" / "hostfile", b"x")
+    assert err.value.filename == str(tmp_path / "no" / "hostfile")
