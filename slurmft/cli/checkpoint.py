@@ -127,14 +127,30 @@ def checkpoint_verify(path: str, name: str | None, as_json: bool) -> None:
 @checkpoint_group.command("prune")
 @click.argument("path", type=click.Path())
 @click.option("--keep-last", type=count(1), required=True,
-              help="Keep this many newest checkpoints (plus latest and any base a kept diff needs).")
+              help="Keep this many newest checkpoints that verify (plus latest, anything newer "
+                   "than the oldest of them, and any base a kept diff needs).")
+@click.option("--dry-run", is_flag=True,
+              help="Say what would be deleted and kept; delete nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def checkpoint_prune(path: str, keep_last: int, as_json: bool) -> None:
-    """Delete old checkpoints and leftovers of interrupted saves (run it while no job writes)."""
+def checkpoint_prune(path: str, keep_last: int, dry_run: bool, as_json: bool) -> None:
+    """Delete old checkpoints and leftovers of interrupted saves (run it while no job writes).
+
+    The newest checkpoint that verifies is never deleted, a corrupt newer one never makes a
+    good one go, and each delete is all or nothing; exit 1 if any could not be deleted."""
     store = _store(path)
     if not store.names():
         raise CheckpointError(f"no checkpoints in {path}: nothing pruned (is it the job's "
                               "checkpoint directory, not its parent?)")
+    if dry_run:
+        kept, doomed = store.retention(keep_last)
+        if as_json:
+            echo_json({"dry_run": True, "would_delete": [i.name for i in doomed],
+                       "would_keep": [i.name for i in kept]})
+        else:
+            click.echo(f"would delete {len(doomed)} checkpoint(s)"
+                       f"{': ' + ', '.join(i.name for i in doomed) if doomed else ''}; "
+                       f"would keep {len(kept)}: {', '.join(i.name for i in kept)}")
+        return
     leftovers = store.cleanup()
     failed: dict[str, str] = {}
     error: PruneError | None = None

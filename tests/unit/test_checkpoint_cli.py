@@ -132,3 +132,16 @@ def test_list_counts_every_byte_on_disk(tmp_path):
     r = run("list", str(tmp_path))
     assert r.exit_code == 0, r.output
     assert f"{on_disk / 1e6:.1f}" in r.output and on_disk > 1_900_000
+
+
+def test_prune_dry_run_deletes_nothing_and_says_what_it_would(tmp_path):
+    populate(tmp_path, steps=(1, 2, 3, 4))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = run("prune", str(tmp_path), "--keep-last", "2", "--dry-run", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["would_delete"] == ["step_000000000002", "step_000000000001"]
+    assert doc["would_keep"] == ["step_000000000004", "step_000000000003"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    r = run("prune", str(tmp_path), "--keep-last", "2", "--dry-run")
+    assert r.output.startswith("would delete 2 checkpoint(s): step_000000000002")
