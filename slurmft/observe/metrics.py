@@ -29,6 +29,11 @@ Metrics (label ``dir``: the checkpoint directory)::
                                                      step of the relaunched or requeued run
                                                      (histogram)
     slurmft_exporter_errors_total{source}            unreadable manifests / audit lines
+
+No ``*_created`` series by default (they double the series of every counter and histogram and
+no dashboard or alert uses them): set SLURMFT_METRICS_CREATED=1, or pass ``created=True`` to
+``build_metrics``, to have them back. prometheus_client decides this process-wide at scrape
+time, so every registry built here follows the latest call.
 """
 
 from __future__ import annotations
@@ -41,7 +46,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    enable_created_metrics,
+)
 from prometheus_client import exposition as _exposition
 
 from slurmft.core.errors import SlurmFTError
@@ -54,6 +66,24 @@ PREFIX = "slurmft"
 DETECTION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 RECOVERY_BUCKETS = (5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 HEALTH_STATES = ("healthy", "unreachable", "unresponsive", "degraded")
+#: Set to 1/true/yes/on to export the ``*_created`` series of counters and histograms.
+CREATED_ENV = "SLURMFT_METRICS_CREATED"
+_TRUE = ("1", "true", "yes", "on")
+
+
+def created_series_wanted(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``*_created`` series were asked for (SLURMFT_METRICS_CREATED); off by default."""
+    env = os.environ if env is None else env
+    return env.get(CREATED_ENV, "").strip().lower() in _TRUE
+
+
+def apply_created_setting(created: bool | None = None) -> bool:
+    """Turn prometheus_client's ``*_created`` series on or off (``None``: from the
+    environment); returns the setting applied. The switch is prometheus_client's own and
+    process-wide, read at every scrape."""
+    wanted = created_series_wanted() if created is None else bool(created)
+    (enable_created_metrics if wanted else disable_created_metrics)()
+    return wanted
 
 
 @dataclass
@@ -80,8 +110,11 @@ class Metrics:
     exporter_errors: Counter
 
 
-def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
-    """Define every slurmft metric in ``registry`` (a fresh one if None)."""
+def build_metrics(registry: CollectorRegistry | None = None, *,
+                  created: bool | None = None) -> Metrics:
+    """Define every slurmft metric in ``registry`` (a fresh one if None). ``created``: export
+    ``*_created`` series (default: only when SLURMFT_METRICS_CREATED asks for them)."""
+    apply_created_setting(created)
     reg = CollectorRegistry(auto_describe=True) if registry is None else registry
     d = ("dir",)
     return Metrics(
@@ -149,17 +182,22 @@ _SUFFIXES = {
 }
 
 
-def exported_names(registry: CollectorRegistry) -> set[str]:
-    """Every sample name a scrape of ``registry`` can contain (``x_total``, ``x_bucket``...)."""
+def exported_names(registry: CollectorRegistry, *, created: bool | None = None) -> set[str]:
+    """Every sample name a scrape of ``registry`` can contain (``x_total``, ``x_bucket``...);
+    ``*_created`` only with ``created`` (default: as SLURMFT_METRICS_CREATED says)."""
     names: set[str] = set()
     for family in registry.collect():
         for suffix in _SUFFIXES.get(family.type, ("",)):
             names.add(family.name + suffix)
+    if not (created_series_wanted() if created is None else created):
+        names = {n for n in names if not n.endswith("_created")}
     return names
 
 
-def registry_with(*collectors: Any) -> CollectorRegistry:
-    """A fresh registry serving ``collectors`` (objects with ``collect()`` and ``describe()``)."""
+def registry_with(*collectors: Any, created: bool | None = None) -> CollectorRegistry:
+    """A fresh registry serving ``collectors`` (objects with ``collect()`` and ``describe()``);
+    ``created`` as for ``build_metrics``."""
+    apply_created_setting(created)
     reg = CollectorRegistry(auto_describe=False)
     for collector in collectors:
         reg.register(collector)

@@ -242,3 +242,47 @@ def test_exporter_cli_usage_errors(args, message):
     assert res.exit_code == 2
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def _with_samples(metrics):
+    metrics.reschedules.labels(outcome="requeue").inc()
+    metrics.recovery_seconds.observe(12)
+    metrics.verification_failures.labels(dir="/c").inc()
+    return m.render_text(metrics.registry)
+
+
+def test_no_created_series_unless_asked(monkeypatch):
+    monkeypatch.delenv(m.CREATED_ENV, raising=False)
+    try:
+        text = _with_samples(m.build_metrics())
+        assert "slurmft_reschedules_total" in text and "slurmft_recovery_seconds_count" in text
+        assert "_created" not in text
+        assert not any(n.endswith("_created") for n in m.exported_names(m.build_metrics().registry))
+        monkeypatch.setenv(m.CREATED_ENV, "1")          # asked for: they come back
+        text = _with_samples(m.build_metrics())
+        created = [line for line in text.splitlines() if "_created" in line and line[0] != "#"]
+        assert {line.split("{")[0].split(" ")[0] for line in created} == {
+            "slurmft_reschedules_created", "slurmft_recovery_seconds_created",
+            "slurmft_detection_seconds_created",
+            "slurmft_checkpoint_verification_failures_created"}
+        assert "slurmft_recovery_seconds_created" in m.exported_names(m.build_metrics().registry)
+        assert "_created" not in _with_samples(m.build_metrics(created=False))  # flag wins
+    finally:
+        m.apply_created_setting(False)
+
+
+def test_exporter_scrape_and_textfile_have_no_created_series(tmp_path, monkeypatch):
+    monkeypatch.delenv(m.CREATED_ENV, raising=False)
+    state = tmp_path / "state"
+    StateStore(state).audit(Decided(job_id=1, outcome="requeue"))
+    StateStore(state).audit(Recovered(job_id=1, recovery_seconds=30.0))
+    text = m.render_text(build_registry(ExporterCollector([], state_dir=state)))
+    assert 'slurmft_reschedules_total{outcome="requeue"} 1.0' in text
+    assert "slurmft_recovery_seconds_count 1.0" in text
+    assert "_created" not in text
+    out = tmp_path / "slurmft.prom"
+    res = CliRunner().invoke(cli, ["exporter", "--textfile", str(out), "--once",
+                                   "--state-dir", str(state)])
+    assert res.exit_code == 0, res.output
+    assert "slurmft_reschedules_total" in out.read_text()
+    assert "_created" not in out.read_text()
