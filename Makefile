@@ -73,9 +73,10 @@ clean:
 	rm -rf $(VENV) build *.egg-info /tmp/slurmft-wheel-venv
 
 # === docker backend (issue 8) ===
-# The same test cluster in containers (docker/). Needs Docker with compose; as root on Debian,
-# the targets install docker.io, docker-compose and debootstrap, and `up` starts a private
-# dockerd (own socket, no bridge, no iptables) when no daemon answers; `down` stops it again.
+# The same test cluster in containers (slurmft/testbed/docker/; the image's files are package
+# data in its files/). Needs Docker with compose; as root on Debian, the targets install
+# docker.io, docker-compose and debootstrap, and `up` starts a private dockerd (own socket,
+# no bridge, no iptables) when no daemon answers; `down` stops it again.
 DOCKER_APT := docker.io docker-compose debootstrap
 DOCKER_NODES ?= 4
 DOCKER_CLUSTER ?= sft

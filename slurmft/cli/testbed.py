@@ -38,7 +38,7 @@ def _inject_actions() -> tuple[str, ...]:
 backend_option = click.option(
     "--backend", type=LazyChoice(_backends), default="netns", show_default=True,
     envvar="SLURMFT_CLUSTER_BACKEND",
-    help="netns: network namespaces; docker: containers (docker/; env SLURMFT_CLUSTER_BACKEND).")
+    help="netns: network namespaces; docker: containers (env SLURMFT_CLUSTER_BACKEND).")
 name_option = click.option("--name", default="sft", envvar="SLURMFT_CLUSTER_NAME",
                            show_default=True, help="Cluster name (env SLURMFT_CLUSTER_NAME).")
 

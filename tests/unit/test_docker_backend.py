@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import configparser
+import importlib.metadata
 import ipaddress
 import json
 from pathlib import Path
@@ -10,6 +12,7 @@ import pytest
 
 from slurmft.core.errors import ClusterError, UsageError
 from slurmft.testbed import docker as db
+from slurmft.testbed.docker import context as dctx
 from slurmft.testbed.layout import Layout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +23,7 @@ def layout(nodes: int = 3) -> Layout:
 
 
 def doc(nodes: int = 3) -> dict:
-    text = (REPO / "docker" / "compose.yml").read_text()
+    text = db.docker_file("compose.yml").read_text()
     return db.compose_doc(text, layout(nodes), "slurmft-node:abc", Path("/x/dc/t1/etc"))
 
 
@@ -81,18 +84,78 @@ def test_mirror_from_sources_without_debian_is_a_clear_error():
         db.mirror_from_sources(["deb https://packages.cloud.google.com/apt cloud-sdk main\n"])
 
 
+def staged_names(ctx: Path) -> set[str]:
+    return {p.relative_to(ctx).as_posix() for p in ctx.rglob("*") if p.is_file()}
+
+
+def test_docker_files_are_package_data_not_repository_files():
+    for name in ("Dockerfile", "entrypoint.sh", "compose.yml"):
+        path = db.docker_file(name)
+        assert path.is_file() and path.parts[-4:-1] == ("testbed", "docker", "files")
+    assert db.DOCKERFILE == "slurmft/testbed/docker/files/Dockerfile"
+    dockerfile = db.docker_file("Dockerfile").read_text()
+    assert "COPY slurmft/testbed/docker/files/entrypoint.sh " in dockerfile
+    assert "COPY wheels/ " in dockerfile and "docker/wheels" not in dockerfile
+
+
 def test_stage_context_holds_the_package_and_docker_files_only(tmp_path):
     wheels = tmp_path / "w"
     wheels.mkdir()
     (wheels / "click-8-py3-none-any.whl").write_bytes(b"zip")
     ctx = tmp_path / "ctx"
-    db.stage_context(ctx, wheels, REPO)
-    names = {str(p.relative_to(ctx)) for p in ctx.rglob("*") if p.is_file()}
-    assert {"setup.cfg", "docker/Dockerfile", "docker/entrypoint.sh", "slurmft/cli/__init__.py",
+    assert dctx.checkout_root() == REPO        # the tests run from the checkout
+    db.stage_context(ctx, wheels)
+    names = staged_names(ctx)
+    assert {"setup.py", "setup.cfg", "README.md", db.DOCKERFILE,
+            "slurmft/testbed/docker/files/entrypoint.sh", "slurmft/cli/__init__.py",
             "slurmft/testbed/docker/cluster.py", "slurmft/templates/slurm.conf.j2",
-            "slurmft/examples/train.py",
-            "docker/wheels/click-8-py3-none-any.whl"} <= names
-    assert not any(n.startswith((".venv", "tests/", ".git")) or "__pycache__" in n for n in names)
+            "slurmft/examples/train.py", "wheels/click-8-py3-none-any.whl"} <= names
+    assert not any(n.startswith((".venv", "tests/", ".git", "docker/")) or "__pycache__" in n
+                   or n.endswith(".pyc") for n in names)
+    assert (ctx / "setup.cfg").read_bytes() == (REPO / "setup.cfg").read_bytes()
+
+
+def test_staged_context_hash_is_stable_across_stagings(tmp_path):
+    db.stage_context(tmp_path / "a")
+    db.stage_context(tmp_path / "b")
+    assert db.content_hash(tmp_path / "a", "base") == db.content_hash(tmp_path / "b", "base")
+
+
+def test_stage_context_outside_a_checkout_generates_installable_setup_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(dctx, "checkout_root", lambda: None)
+    ctx = tmp_path / "ctx"
+    db.stage_context(ctx)
+    names = staged_names(ctx)
+    assert {"setup.py", "setup.cfg", "README.md", db.DOCKERFILE,
+            "slurmft/testbed/docker/files/entrypoint.sh",
+            "slurmft/testbed/docker/files/compose.yml", "slurmft/templates/slurm.conf.j2",
+            "slurmft/examples/train.py", "slurmft/cli/__init__.py"} <= names
+    assert (ctx / "wheels").is_dir()
+    assert "setup()" in (ctx / "setup.py").read_text()
+    cfg = configparser.ConfigParser()
+    cfg.read_string((ctx / "setup.cfg").read_text())
+    assert cfg["metadata"]["name"] == "slurmft"
+    assert cfg["metadata"]["version"] == importlib.metadata.version("slurmft")
+    reqs = cfg["options"]["install_requires"].split()
+    assert any(r.startswith("click") for r in reqs) and any(r.startswith("numpy") for r in reqs)
+    assert not any(r.startswith(("torch", "mpi4py", "pytest", "extra")) for r in reqs)
+    assert "extra" not in cfg["options"]["install_requires"]
+    assert cfg["options"]["packages"] == "find_namespace:"
+    data = cfg["options.package_data"]["slurmft"].split()
+    assert {"templates/slurm.conf.j2", "testbed/docker/files/Dockerfile",
+            "testbed/docker/files/entrypoint.sh", "testbed/docker/files/compose.yml"} <= set(data)
+    assert cfg["options.entry_points"]["console_scripts"].strip() == "slurmft = slurmft.cli:main"
+    # The same requirements as the checkout's setup.cfg declares (no drift between both paths).
+    repo_cfg = configparser.ConfigParser()
+    repo_cfg.read(REPO / "setup.cfg")
+    assert len(reqs) == len(repo_cfg["options"]["install_requires"].split())
+
+
+def test_base_requirements_drop_only_the_extras(monkeypatch):
+    monkeypatch.setattr(dctx.metadata, "requires", lambda dist: [
+        "click<9,>=8.1", 'tomli>=2; python_version < "3.11"', 'torch>=2; extra == "torch"',
+        'keras; python_version >= "3.9" and extra == "dev"'])
+    assert dctx.base_requirements() == ["click<9,>=8.1", 'tomli>=2; python_version < "3.11"']
 
 
 def test_content_hash_follows_content_and_base(tmp_path):

@@ -1,7 +1,7 @@
 """``DockerCluster``: a Slurm cluster of containers behind the ``ClusterBackend`` protocol.
 
-One image (docker/Dockerfile) runs as the controller ``ctl`` and as ``node1..nodeN`` on an
-internal compose network (docker/compose.yml). slurm.conf comes from the same template and the
+One image (files/Dockerfile, package data) runs as the controller ``ctl`` and as ``node1..nodeN`` on an
+internal compose network (files/compose.yml). slurm.conf comes from the same template and the
 same ``Layout`` as the namespace cluster, so addresses (ctl = .1, nodeN = .N+1), ports and
 paths match. No way out: the network is internal, its bridge holds no IPv4 address (the
 gateway, the subnet's last address, is reserved, never assigned) and the containers drop the
@@ -31,9 +31,10 @@ from slurmft.testbed.docker.client import LABEL, Docker, DockerUnavailableError
 from slurmft.testbed.docker.compose import (
     compose_doc, container_name, pick_docker_subnet, used_networks,
 )
+from slurmft.testbed.docker.context import docker_file, mkdir_p
 from slurmft.testbed.docker.daemon import PrivateDockerd
 from slurmft.testbed.docker.faults import FAULT_HANDLERS, NodeTarget
-from slurmft.testbed.docker.image import DOCKER_DIR, ensure_image, mkdir_p, remove_images
+from slurmft.testbed.docker.image import ensure_image, remove_images
 from slurmft.testbed.layout import (
     CTL_HOST, DEFAULT_NAME, Layout, check_subnet, parse_subnet, validate_name, validate_nodes,
 )
@@ -43,7 +44,7 @@ log = get_logger(__name__)
 
 DOCKER_ROOT = Path("/var/lib/slurmft/docker-clusters")
 SSH_CONFIG = "/root/.ssh/config"
-SSH_KEY = "/root/.ssh/id_ed25519"           # inside the containers (docker/entrypoint.sh)
+SSH_KEY = "/root/.ssh/id_ed25519"           # inside the containers (files/entrypoint.sh)
 KNOWN_HOSTS = "/root/.ssh/known_hosts"
 DAEMONS = ("munged", "sshd", "slurmd", "slurmctld")
 
@@ -204,9 +205,10 @@ class DockerCluster:
             raise UsageError("the docker backend always runs Slurm (no --no-slurm)")
         if epilog and not Path(epilog).is_absolute():
             raise UsageError(f"--epilog must be an absolute path, not {epilog!r}")
-        if not (DOCKER_DIR / "Dockerfile").is_file():
-            raise ClusterError(f"{DOCKER_DIR}/Dockerfile not found: the docker backend builds "
-                               "its image from a source checkout of slurmft (pip install -e)")
+        for name in ("Dockerfile", "entrypoint.sh", "compose.yml"):
+            if not docker_file(name).is_file():
+                raise ClusterError(f"{docker_file(name)} not found: this slurmft install lacks "
+                                   "the docker backend's package data; reinstall slurmft")
         if self.is_up():
             return UpResult(self.name, self.nodes, self.subnet, 0.0, {}, already_up=True)
         if self.state is not None or self.state_dir.exists():
@@ -232,7 +234,7 @@ class DockerCluster:
             self._save()
             t_image = time.monotonic() - t0
             self._write_config(lay)
-            doc = compose_doc((DOCKER_DIR / "compose.yml").read_text(), lay, img.tag,
+            doc = compose_doc(docker_file("compose.yml").read_text(), lay, img.tag,
                               self.etc_dir)
             self.compose_file.write_text(json.dumps(doc, indent=2))
             t1 = time.monotonic()

@@ -1,4 +1,4 @@
-"""The compose document of a docker cluster (from docker/compose.yml) and its network."""
+"""The compose document of a docker cluster (from files/compose.yml, package data) and its network."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def substitute(obj, values: Mapping[str, str]):
     if isinstance(obj, str):
         def repl(m: re.Match) -> str:
             if m.group(1) not in values:
-                raise ClusterError(f"docker/compose.yml: no value for ${{{m.group(1)}}}")
+                raise ClusterError(f"compose.yml: no value for ${{{m.group(1)}}}")
             return str(values[m.group(1)])
         return _VAR.sub(repl, obj)
     return obj
@@ -41,7 +41,7 @@ def compose_doc(base_text: str, layout: Layout, image: str, etc_dir: Path) -> di
         node_tpl = base.pop("x-node")
         ctl_tpl = base["services"]["ctl"]
     except (KeyError, TypeError):
-        raise ClusterError("docker/compose.yml needs an x-node block and a ctl service") from None
+        raise ClusterError("compose.yml needs an x-node block and a ctl service") from None
     common = {
         "SLURMFT_IMAGE": image, "SLURMFT_CLUSTER": layout.name,
         "SLURMFT_CLUSTER_ETC": str(etc_dir), "SLURMFT_LOG_DIR": str(layout.log_dir),

@@ -1,4 +1,4 @@
-"""The node image: staged build context, content hash, cached wheels, the debootstrap'd base.
+"""The node image: content hash of the staged context (context.py), the debootstrap'd base, the build.
 
 Without a registry the base image is built with ``debootstrap --variant=minbase bookworm`` and
 ``docker import``. The node image is tagged by a hash of its context, so unchanged sources
@@ -8,11 +8,9 @@ reuse the cached image.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -23,38 +21,16 @@ from slurmft.core.errors import ClusterError
 from slurmft.core.log import get_logger
 from slurmft.testbed import procs
 from slurmft.testbed.docker.client import HASH_LABEL, IMAGE_LABEL, Docker
+from slurmft.testbed.docker.context import (
+    DOCKERFILE, add_wheels, build_wheels, cache_dir, mkdir_p, stage_context,
+)
 from slurmft.testbed.docker.daemon import mounts_under
 
 log = get_logger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DOCKER_DIR = REPO_ROOT / "docker"
 BASE_IMAGE = "slurmft-base:bookworm"       # debootstrap'd + imported when no registry is used
 REGISTRY_BASE = "debian:bookworm"           # without debootstrap: pulled by the build
-IMAGE_PYTHON = (3, 11)                      # bookworm's python3: host wheels must match it
 NODE_IMAGE_REPO = "slurmft-node"
-# Files of the repository that go into the image (the build context is staged from these).
-CONTEXT_FILES = ("setup.py", "setup.cfg", "README.md", "docker/Dockerfile", "docker/entrypoint.sh")
-CONTEXT_TREES = (("slurmft", "*"),)            # the package with its data (templates, examples)
-
-
-def stage_context(dest: Path, wheels: Path | None, repo: Path = REPO_ROOT) -> None:
-    """Copy the files the image needs into ``dest`` (the repository layout, nothing else)."""
-    for rel in CONTEXT_FILES:
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(repo / rel, target)
-    for top, pattern in CONTEXT_TREES:
-        for src in sorted((repo / top).rglob(pattern)):
-            if src.is_file() and "__pycache__" not in src.parts:
-                target = dest / src.relative_to(repo)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, target)
-    wdir = dest / "docker" / "wheels"
-    wdir.mkdir(parents=True, exist_ok=True)
-    if wheels:
-        for whl in sorted(wheels.glob("*.whl")):
-            shutil.copy2(whl, wdir / whl.name)
 
 
 def content_hash(context: Path, base_id: str) -> str:
@@ -65,45 +41,6 @@ def content_hash(context: Path, base_id: str) -> str:
             h.update(str(p.relative_to(context)).encode() + b"\0")
             h.update(hashlib.sha256(p.read_bytes()).digest())
     return h.hexdigest()
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "slurmft" / "docker"
-
-
-def build_wheels(cache: Path | None = None, repo: Path = REPO_ROOT) -> Path | None:
-    """slurmft's dependencies as wheels (so the build needs no index), cached per setup.cfg.
-
-    None when this Python is not the image's (wheels would not fit) or pip cannot fetch them
-    here; the image build then installs from its own index.
-    """
-    if sys.version_info[:2] != IMAGE_PYTHON:
-        return None
-    cache = cache or cache_dir()
-    key = hashlib.sha256((repo / "setup.cfg").read_bytes()).hexdigest()[:16]
-    wdir = cache / f"wheels-{key}"
-    if (wdir / ".complete").exists():
-        return wdir
-    tmp = Path(tempfile.mkdtemp(prefix="wheels-", dir=mkdir_p(cache)))
-    cp = procs.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(tmp), str(repo)],
-                   check=False, timeout=600)
-    if cp.returncode != 0:
-        log.warning("pip wheel failed; the image will install from an index: %s",
-                    (cp.stderr.strip().splitlines() or ["?"])[-1])
-        shutil.rmtree(tmp, ignore_errors=True)
-        return None
-    for whl in tmp.glob("slurmft-*.whl"):
-        whl.unlink()       # slurmft itself is installed from the staged sources
-    (tmp / ".complete").touch()
-    shutil.rmtree(wdir, ignore_errors=True)
-    tmp.rename(wdir)
-    return wdir
-
-
-def mkdir_p(p: Path) -> Path:
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def debian_mirror(sources: Sequence[Path] = (Path("/etc/apt/sources.list"),
@@ -172,15 +109,16 @@ def ensure_base_image(docker: Docker, base: str = "") -> tuple[str, bool]:
     return BASE_IMAGE, True
 
 
-def ensure_image(docker: Docker, base: str = "", repo: Path = REPO_ROOT) -> ImageResult:
-    """The node image for the current sources: reused when one with the same hash exists."""
+def ensure_image(docker: Docker, base: str = "") -> ImageResult:
+    """The node image for the installed sources: reused when one with the same hash exists."""
     t0 = time.monotonic()
     base_ref, base_built = ensure_base_image(docker, base)
     base_id = docker.run("image", "inspect", "--format", "{{.Id}}", base_ref, check=False).stdout.strip()
-    wheels = build_wheels(repo=repo)
     with tempfile.TemporaryDirectory(prefix="slurmft-ctx-") as tmp:
         ctx = Path(tmp)
-        stage_context(ctx, wheels, repo)
+        stage_context(ctx)
+        wheels = build_wheels(ctx)
+        add_wheels(ctx, wheels)
         digest = content_hash(ctx, base_id or base_ref)
         tag = f"{NODE_IMAGE_REPO}:{digest[:12]}"
         have = docker.run("image", "inspect", "--format",
@@ -188,7 +126,7 @@ def ensure_image(docker: Docker, base: str = "", repo: Path = REPO_ROOT) -> Imag
         if have.returncode == 0 and have.stdout.strip() == digest:
             return ImageResult(tag, digest, False, base_built, time.monotonic() - t0)
         log.info("building %s", tag)
-        cp = docker.run("build", "--network", "host", "-f", "docker/Dockerfile",
+        cp = docker.run("build", "--network", "host", "-f", DOCKERFILE,
                         "--build-arg", f"BASE_IMAGE={base_ref}",
                         "--build-arg", f"PIP_NO_INDEX={1 if wheels else 0}",
                         "--label", f"{HASH_LABEL}={digest}", "--label", f"{IMAGE_LABEL}=node",
