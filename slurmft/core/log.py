@@ -3,14 +3,21 @@
 Text lines look like::
 
     2026-11-25T16:10:09.123+00:00 INFO [slurmft.recovery.rescheduler] node=node1 job=42 message
+    2026-11-25T16:10:09.125+00:00 ERROR [slurmft.probe.fanout] node=head job=- failed_node=node3 ...
 
 which the shipped Logstash grok pattern
 ``%{TIMESTAMP_ISO8601:timestamp} %{LOGLEVEL:level} \\[%{DATA:module}\\] %{GREEDYDATA:msg}``
-parses. ``fmt="json"`` writes one JSON object per line for Filebeat's ndjson parser.
-The node id comes from SLURMD_NODENAME or the host name; the job id from SLURM_JOB_ID
-(``-`` outside a job); ``extra={"node": ..., "job": ...}`` overrides them per record. Every
-line, ERROR lines included, carries both as single tokens (whitespace becomes ``_``), and
-level names are the five the grok LOGLEVEL pattern knows.
+parses, then ``IDS_GROK`` below on ``msg``. ``fmt="json"`` writes one JSON object per line for
+Filebeat's ndjson parser. ``node=`` is the host that *reports* (SLURMD_NODENAME or the host
+name); the job id comes from SLURM_JOB_ID (``-`` outside a job); ``extra={"node": ...,
+"job": ...}`` overrides them per record. Every line, ERROR lines included, carries both as
+single tokens (whitespace becomes ``_``), and level names are the five the grok LOGLEVEL
+pattern knows.
+
+A line that reports a failed node says so in its own field, apart from the reporter:
+``extra=failed_extra(nodes)`` adds ``failed_node=node3`` for one node, ``failed_nodes=node[3-4]``
+(folded, as Slurm writes host lists) for several. Such lines are ERROR, or WARNING for a
+degraded node (``failure_level``).
 """
 
 from __future__ import annotations
@@ -21,10 +28,16 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+
+from slurmft.core.nodeset import fold
 
 LOGGER_NAME = "slurmft"
 TEXT_FORMATS = ("text", "json")
+#: What the Logstash pipeline matches on ``msg`` (the part after ``[module] ``).
+IDS_GROK = (r"^node=%{NOTSPACE:node_id} job=%{NOTSPACE:job_id}"
+            r"(?: failed_node=%{NOTSPACE:failed_node})?(?: failed_nodes=%{NOTSPACE:failed_nodes})?"
+            r"(?: %{GREEDYDATA:text})?")
 
 
 def _now_iso(created: float) -> str:
@@ -47,6 +60,36 @@ def _token(value: object) -> str:
     """An id as one whitespace-free token, so ``node=%{NOTSPACE}`` parses it; empty -> ``-``."""
     text = "_".join(str(value).split())
     return text or "-"
+
+
+def _fold(nodes: list[str]) -> str:
+    """Host names as one folded token (``node[1-3]``); never raises (a log line must not)."""
+    try:
+        return fold(nodes)
+    except Exception:  # a name Slurm would not accept: list it as it is
+        return _token(",".join(nodes))
+
+
+def failed_extra(nodes: str | Iterable[str]) -> dict[str, list[str]]:
+    """``extra=`` for a line that reports ``nodes`` as failed (one name or several)."""
+    names = [nodes] if isinstance(nodes, str) else list(nodes)
+    return {"failed": [str(n) for n in names]}
+
+
+def failure_level(states: Iterable[object]) -> int:
+    """ERROR for a line about failed nodes; WARNING when every one of them is only DEGRADED
+    (``states``: Health values or their names)."""
+    names = [str(getattr(s, "value", s)).upper() for s in states]
+    return logging.WARNING if names and all(n == "DEGRADED" for n in names) else logging.ERROR
+
+
+def _failed_fields(record: logging.LogRecord) -> dict[str, str]:
+    nodes = [n for n in getattr(record, "failed", None) or () if n]
+    if not nodes:
+        return {}
+    if len(nodes) == 1:
+        return {"failed_node": _token(nodes[0])}
+    return {"failed_nodes": _fold(nodes)}
 
 
 # Level names the grok LOGLEVEL pattern knows; custom levels are shown as the next one up.
@@ -74,15 +117,22 @@ class _ContextFilter(logging.Filter):
         record.node = _token(node) if node else self.node_id
         job = getattr(record, "job", None)
         record.job = _token(job) if job else self.job_id
+        record.failed_fields = _failed_fields(record)
         return True
+
+
+def _fields_of(record: logging.LogRecord) -> dict[str, str]:
+    fields = getattr(record, "failed_fields", None)
+    return fields if fields is not None else _failed_fields(record)
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage().replace("\r\n", "\n").replace("\r", "\n").replace("\n", " | ")
+        failed_part = "".join(f"{k}={v} " for k, v in _fields_of(record).items())
         line = (
             f"{_now_iso(record.created)} {_level_name(record.levelno)} [{record.name}] "
-            f"node={record.node} job={record.job} {msg}"
+            f"node={record.node} job={record.job} {failed_part}{msg}"
         )
         if record.exc_info and record.levelno >= logging.ERROR:
             # One line per record: the exception type and text, no multi-line traceback.
@@ -99,6 +149,7 @@ class JsonFormatter(logging.Formatter):
             "module": record.name,
             "node_id": record.node,
             "job_id": record.job,
+            **_fields_of(record),
             "msg": record.getMessage(),
         }
         if record.exc_info and record.exc_info[1] is not None:

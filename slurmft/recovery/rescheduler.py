@@ -33,7 +33,7 @@ from slurmft.core.errors import (
     SlurmCommandError,
     SlurmFTError,
 )
-from slurmft.core.log import get_logger
+from slurmft.core.log import failed_extra, failure_level, get_logger
 from slurmft.observe.events import Acted, Decided
 from slurmft.probe.records import Health, ProbeResult, Prober
 from slurmft.recovery.actions import (
@@ -293,8 +293,9 @@ class Rescheduler:
             decision = decide(job, health, history, pcfg)
         for name in decision.failed:
             res = health.get(name)
-            log.warning("job %s: node %s failed: %s", job.job_id, name,
-                        res.reason if res else "?", extra={"job": str(job.job_id)})
+            log.log(failure_level([res.health] if res else []), "job %s: node %s failed: %s",
+                    job.job_id, name, res.reason if res else "?",
+                    extra={"job": str(job.job_id), **failed_extra(name)})
         log.info("job %s: %s", job.job_id,
                  decision.plan if self.dry_run and decision.plan else decision.message,
                  extra={"job": str(job.job_id)})

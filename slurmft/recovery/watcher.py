@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from slurmft.core.errors import SlurmFTError
-from slurmft.core.log import get_logger
+from slurmft.core.log import failed_extra, failure_level, get_logger
 from slurmft.core.nodeset import NodeSet
 from slurmft.observe.events import Detected, Event, Recovered
 from slurmft.probe.records import ProbeResult, Prober
@@ -218,11 +218,13 @@ class Watcher:
                        "Check with `slurmft probe`; raise --max-failed-fraction to override")
                 res.errors[job.job_id] = msg
                 self._cool_down(job.job_id)
-                log.error("watch: job %s: %s", job.job_id, msg, extra={"job": str(job.job_id)})
+                log.error("watch: job %s: %s", job.job_id, msg,
+                          extra={"job": str(job.job_id), **failed_extra(failed)})
                 continue
-            log.warning("watch: job %s: failed node(s) %s: %s", job.job_id, ",".join(failed),
-                        "; ".join(health[n].reason for n in failed),
-                        extra={"job": str(job.job_id)})
+            log.log(failure_level(health[n].health for n in failed),
+                    "watch: job %s: failed node(s) %s: %s", job.job_id, ",".join(failed),
+                    "; ".join(health[n].reason for n in failed),
+                    extra={"job": str(job.job_id), **failed_extra(failed)})
             self._act(job, failed, health, res)
         res.phases = {jid: w.phase.value for jid, w in self.watches.items()}
         return res
@@ -239,7 +241,7 @@ class Watcher:
             res.errors[job.job_id] = str(exc)
             self._cool_down(job.job_id)
             log.error("watch: job %s not rescheduled: %s (next try in %gs)", job.job_id,
-                      exc, self.cooldown, extra={"job": str(job.job_id)})
+                      exc, self.cooldown, extra={"job": str(job.job_id), **failed_extra(failed)})
             return
         res.reports.append(report)
         self.tracker.forget(failed)

@@ -14,11 +14,14 @@ from pygrok import Grok
 
 from slurmft.cli import cli
 from slurmft.core.errors import ConfigError
-from slurmft.core.log import get_logger, setup_logging
+from slurmft.core import log as slurmft_log
+from slurmft.core.log import failed_extra, get_logger, setup_logging
 from slurmft.render import render
 
 GROK = r"%{TIMESTAMP_ISO8601:timestamp} %{LOGLEVEL:level} \[%{DATA:module}\] %{GREEDYDATA:msg}"
-IDS_GROK = r"^node=%{NOTSPACE:node_id} job=%{NOTSPACE:job_id}(?: %{GREEDYDATA:text})?"
+IDS_GROK = (r"^node=%{NOTSPACE:node_id} job=%{NOTSPACE:job_id}"
+            r"(?: failed_node=%{NOTSPACE:failed_node})?(?: failed_nodes=%{NOTSPACE:failed_nodes})?"
+            r"(?: %{GREEDYDATA:text})?")
 
 
 @pytest.fixture
@@ -61,6 +64,37 @@ def test_text_lines_parse_with_logstash_grok(restore_logging):
     # extra= overrides, and a node id with a space still stays one token.
     assert (got[5]["node_id"], got[5]["job_id"]) == ("node_9", "77")
     assert got[3]["text"] == "drain failed [node3]: Invalid node name"
+
+
+def test_failed_node_field_apart_from_the_reporting_host(restore_logging):
+    stream = io.StringIO()
+    setup_logging("WARNING", "text", stream=stream, node_id="head", job_id="42")
+    log = get_logger("slurmft.recovery.watcher")
+    log.error("one down", extra=failed_extra("node3"))
+    log.error("three down", extra={"job": "7", **failed_extra(["node4", "node2", "node3"])})
+    log.error("odd name", extra=failed_extra(["bad name", "x"]))   # never raises, one token
+    log.warning("no failed node here")
+    grok, ids = Grok(GROK), Grok(IDS_GROK)
+    got = [ids.match(grok.match(line)["msg"]) for line in stream.getvalue().splitlines()]
+    assert all(got)
+    assert (got[0]["node_id"], got[0]["failed_node"], got[0]["failed_nodes"]) == (
+        "head", "node3", None)
+    assert got[0]["text"] == "one down"
+    assert (got[1]["job_id"], got[1]["failed_nodes"], got[1]["failed_node"]) == (
+        "7", "node[2-4]", None)
+    assert got[2]["failed_nodes"] == "bad_name,x" and got[2]["text"] == "odd name"
+    assert got[3]["failed_node"] is None and got[3]["failed_nodes"] is None
+    assert got[3]["text"] == "no failed node here"
+
+
+def test_failed_node_in_json_lines(restore_logging):
+    stream = io.StringIO()
+    setup_logging("INFO", "json", stream=stream, node_id="head", job_id="-")
+    get_logger("slurmft.probe.fanout").error("down", extra=failed_extra("node3"))
+    get_logger("slurmft.probe.fanout").info("fine")
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["node_id"] == "head" and first["failed_node"] == "node3"
+    assert "failed_node" not in second and "failed_nodes" not in second
 
 
 def test_error_lines_carry_ids_without_slurm_env(restore_logging, monkeypatch):
@@ -152,6 +186,7 @@ def test_logstash_pipeline_syntax_and_pattern():
     match_lines = re.findall(r'"message" => "(.*)" }', conf)
     assert match_lines == [GROK]          # byte-for-byte the documented pattern
     assert IDS_GROK in conf
+    assert slurmft_log.IDS_GROK == IDS_GROK      # the pattern the code documents is the shipped one
     assert '"node_id" => "%{[fields][node]}"' in conf
     assert '"job_id" => "%{[fields][job_id]}"' in conf
 
