@@ -109,3 +109,13 @@ def test_a_degraded_node_is_a_warning(captured, tmp_path):
     Watcher(client, prober_, r, interval=0.01).cycle()
     node2 = about(parsed(captured), "node2")
     assert node2 and {p["level"] for p in node2} == {"WARNING"}
+
+
+def test_the_readme_kibana_query_uses_fields_the_pipeline_extracts():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (query,) = re.findall(r"^(failed_node:.*)$", readme, re.M)
+    line_grok, ids_grok = shipped_patterns()
+    fields = set(re.findall(r"%\{\w+:(\w+)\}", line_grok.pattern + ids_grok.pattern))
+    assert set(re.findall(r"(\w+):", query)) <= fields
