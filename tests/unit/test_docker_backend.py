@@ -197,3 +197,44 @@ def test_faults_cover_the_namespace_backend_and_every_fault_has_a_handler():
     assert set(NETNS_HANDLERS) == set(Cluster.faults)
     assert set(DOCKER_HANDLERS) == set(db.DockerCluster.faults)
     assert Fault.NODE_DOWN not in Cluster.faults
+
+
+class RecordingDocker:
+    """Answers what ensure_image asks; records each build (the context is gone afterwards)."""
+
+    def __init__(self):
+        self.builds: list[dict] = []
+
+    def run(self, *args, check=True, timeout=60.0, what=""):
+        import subprocess
+        if args[0] == "build":
+            dockerfile, ctx = Path(args[args.index("-f") + 1]), Path(args[-1])
+            self.builds.append({"dockerfile": dockerfile, "ctx": ctx,
+                                "dockerfile_in_ctx": dockerfile.is_file()
+                                and dockerfile.is_relative_to(ctx),
+                                "args": args})
+            return subprocess.CompletedProcess(args, 0, "built", "")
+        if args[:4] == ("image", "inspect", "--format", "{{.Id}}"):
+            return subprocess.CompletedProcess(args, 0, "sha256:base\n", "")
+        return subprocess.CompletedProcess(args, 1, "", "No such image")
+
+    def ok(self, *args, timeout=30.0):
+        return False
+
+    def ids(self, kind, label):
+        return []
+
+
+def test_ensure_image_builds_with_the_staged_dockerfile_from_any_cwd(tmp_path, monkeypatch):
+    from slurmft.testbed.docker import image as dimage
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(dimage, "build_wheels", lambda ctx: None)
+    monkeypatch.chdir(tmp_path)                      # not the checkout: -f must not be relative
+    docker = RecordingDocker()
+    first = db.ensure_image(docker, base="debian:bookworm")
+    second = db.ensure_image(docker, base="debian:bookworm")
+    assert first.built and first.content_hash == second.content_hash   # same sources, same tag
+    build = docker.builds[0]
+    assert build["dockerfile"].is_absolute() and build["dockerfile_in_ctx"]
+    assert build["dockerfile"].relative_to(build["ctx"]).as_posix() == db.DOCKERFILE
+    assert "PIP_NO_INDEX=0" in build["args"]         # no wheels: the build uses its index

@@ -30,7 +30,9 @@ log = get_logger(__name__)
 
 PACKAGE = "slurmft"
 DOCKER_FILES = ("testbed", "docker", "files")       # package data: Dockerfile, entrypoint, compose
-DOCKERFILE = "/".join((PACKAGE, *DOCKER_FILES, "Dockerfile"))   # its path inside the context
+# The Dockerfile's path inside the context; `docker build -f` must get CTX/DOCKERFILE (the
+# legacy builder reads a relative -f from the current directory, not from the context).
+DOCKERFILE = "/".join((PACKAGE, *DOCKER_FILES, "Dockerfile"))
 WHEELS_DIR = "wheels"                               # the dependency wheels inside the context
 SETUP_FILES = ("setup.py", "setup.cfg", "README.md")
 IMAGE_PYTHON = (3, 11)                              # bookworm's python3: host wheels must match it

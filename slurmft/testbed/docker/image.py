@@ -126,7 +126,7 @@ def ensure_image(docker: Docker, base: str = "") -> ImageResult:
         if have.returncode == 0 and have.stdout.strip() == digest:
             return ImageResult(tag, digest, False, base_built, time.monotonic() - t0)
         log.info("building %s", tag)
-        cp = docker.run("build", "--network", "host", "-f", DOCKERFILE,
+        cp = docker.run("build", "--network", "host", "-f", str(ctx / DOCKERFILE),
                         "--build-arg", f"BASE_IMAGE={base_ref}",
                         "--build-arg", f"PIP_NO_INDEX={1 if wheels else 0}",
                         "--label", f"{HASH_LABEL}={digest}", "--label", f"{IMAGE_LABEL}=node",
