@@ -238,3 +238,43 @@ def test_ensure_image_builds_with_the_staged_dockerfile_from_any_cwd(tmp_path, m
     assert build["dockerfile"].is_absolute() and build["dockerfile_in_ctx"]
     assert build["dockerfile"].relative_to(build["ctx"]).as_posix() == db.DOCKERFILE
     assert "PIP_NO_INDEX=0" in build["args"]         # no wheels: the build uses its index
+
+
+def test_failed_up_stops_the_private_dockerd_it_started(tmp_path, monkeypatch):
+    from slurmft.testbed.docker import cluster as dcluster
+
+    class NoDaemonDocker:              # the daemon is gone by the time down() asks
+        host = "unix:///x/docker.sock"
+
+        def __init__(self, host=""):
+            pass
+
+        def reachable(self):
+            return False
+
+        def ids(self, kind, label):
+            return []
+
+    stopped = []
+
+    class RecordingDockerd:
+        def __init__(self, proc=None, **kw):
+            self.proc = proc
+
+        def stop(self):
+            stopped.append(self.proc.pid)
+
+    def failing_image(docker, base=""):
+        raise ClusterError("docker build failed (rc=1)")
+
+    monkeypatch.setattr(dcluster, "Docker", NoDaemonDocker)
+    monkeypatch.setattr(dcluster, "PrivateDockerd", RecordingDockerd)
+    monkeypatch.setattr(dcluster, "used_networks", lambda: [])
+    monkeypatch.setattr(dcluster, "ensure_image", failing_image)
+    c = db.DockerCluster("t1", root=tmp_path)
+    monkeypatch.setattr(c, "_reachable_docker",
+                        lambda: (NoDaemonDocker(), {"pid": 4242, "start": 7}))
+    with pytest.raises(ClusterError, match="docker build failed"):
+        c.up(nodes=2)
+    assert stopped == [4242]
+    assert not (tmp_path / "t1").exists() and c.state is None

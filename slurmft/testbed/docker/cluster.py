@@ -244,7 +244,7 @@ class DockerCluster:
         except BaseException:
             log.error("docker cluster %s failed to come up; removing it", self.name)
             try:
-                self.down(stop_daemon=False)
+                self.down()      # also the private dockerd this up started, if nothing else uses it
             except SlurmFTError as exc:
                 log.error("cleanup after failed up: %s", exc)
             raise
