@@ -60,9 +60,16 @@ def test_seeds_are_parsed_and_the_report_has_a_mean(gp, capsys):
     assert a.seeds == [1, 2]
     runs = [gp.VariantResult("slurmft", "c", seed=s, goodput=g, completed=True)
             for s, g in ((1, 0.88), (2, 0.94))]
+    runs += [gp.VariantResult("classic", "c", seed=s, goodput=g, completed=s == 1)
+             for s, g in ((1, 0.60), (2, 0.50))]
     gp.print_report(runs, 120)
     out = capsys.readouterr().out
-    assert "mean goodput 91.0% over 2 run(s)" in out and "met (91.0%" in out
+    assert "mean goodput 91.0% over 2 run(s)" in out
+    assert ("slurmft: mean goodput 91.0% with a fault every 120 s; best baseline 55.0% "
+            "(+36.0 points); all runs completed, no stale resume") in out
+    runs[0].completed = False
+    gp.print_report(runs, 120)
+    assert "NOT all runs completed cleanly" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         gp.parse_args(["--seeds", "1,x"])
 
