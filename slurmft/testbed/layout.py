@@ -107,8 +107,24 @@ def pick_subnet(name: str, nodes: int,
     raise UsageError(f"no free /24 left in {SUBNET_POOL}: take some clusters down")
 
 
+class StatePaths:
+    """Where a cluster of any backend keeps its state: ``<root>/<name>/state.json``. Mixed
+    into Layout and both backends (they set ``root`` and ``name``)."""
+
+    root: Path
+    name: str
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / self.name
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+
 @dataclass(frozen=True)
-class Layout:
+class Layout(StatePaths):
     """Where everything of one cluster lives. Derived, never stored apart from its inputs."""
 
     name: str
@@ -175,15 +191,7 @@ class Layout:
     def ports(self) -> tuple[int, int]:
         return ports_for(self.name)
 
-    # --- paths -------------------------------------------------------------------------------
-    @property
-    def state_dir(self) -> Path:
-        return self.root / self.name
-
-    @property
-    def state_file(self) -> Path:
-        return self.state_dir / "state.json"
-
+    # --- paths (state_dir, state_file: StatePaths) -------------------------------------------
     @property
     def shared_dir(self) -> Path:
         return self.state_dir / "shared"

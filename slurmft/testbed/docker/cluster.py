@@ -36,7 +36,8 @@ from slurmft.testbed.docker.daemon import PrivateDockerd
 from slurmft.testbed.docker.faults import FAULT_HANDLERS, NodeTarget
 from slurmft.testbed.docker.image import ensure_image, remove_images
 from slurmft.testbed.layout import (
-    CTL_HOST, DEFAULT_NAME, Layout, check_subnet, parse_subnet, validate_name, validate_nodes,
+    CTL_HOST, DEFAULT_NAME, Layout, StatePaths, check_subnet, parse_subnet, validate_name,
+    validate_nodes,
 )
 from slurmft.testbed.netns import UpResult
 
@@ -65,7 +66,7 @@ class DockerClusterState:
     timings: dict = field(default_factory=dict)
 
 
-class DockerCluster:
+class DockerCluster(StatePaths):
     """A Slurm cluster of containers with the public surface of ``slurmft.testbed.Cluster``.
 
     ``up/down/status/fault/run/exec_argv/node_exec_argv/execvpe/env`` and the path properties
@@ -85,14 +86,6 @@ class DockerCluster:
         self.state: DockerClusterState | None = self._load()
 
     # --- state -------------------------------------------------------------------------------
-    @property
-    def state_dir(self) -> Path:
-        return self.root / self.name
-
-    @property
-    def state_file(self) -> Path:
-        return self.state_dir / "state.json"
-
     @property
     def etc_dir(self) -> Path:
         return self.state_dir / "etc"

@@ -23,8 +23,8 @@ from slurmft.core.log import get_logger
 from slurmft.testbed import procs
 from slurmft.testbed.backend import PROCESS_FAULTS, Fault
 from slurmft.testbed.layout import (
-    CTL_HOST, DEFAULT_NAME, DEFAULT_ROOT, Layout, check_subnet, parse_subnet, pick_subnet,
-    validate_name, validate_nodes,
+    CTL_HOST, DEFAULT_NAME, DEFAULT_ROOT, Layout, StatePaths, check_subnet, parse_subnet,
+    pick_subnet, validate_name, validate_nodes,
 )
 from slurmft.testbed.netns.build import NETNS_DIR, Builder
 from slurmft.testbed.netns.faults import FAULT_HANDLERS, NodeFaults
@@ -65,7 +65,7 @@ def _which(binary: str) -> str | None:
     return shutil.which(binary)
 
 
-class Cluster(Builder, NodeFaults):
+class Cluster(StatePaths, Builder, NodeFaults):
     """A named local cluster; its state lives in ``<root>/<name>``.
 
     Construct it with a name, then ``up()``; or construct it for a running cluster and use
@@ -80,15 +80,7 @@ class Cluster(Builder, NodeFaults):
         self.root = Path(root or os.environ.get("SLURMFT_CLUSTER_ROOT") or DEFAULT_ROOT)
         self._state: dict | None = None
 
-    # --- state -------------------------------------------------------------------------------
-    @property
-    def state_dir(self) -> Path:
-        return self.root / self.name
-
-    @property
-    def _state_file(self) -> Path:
-        return self.state_dir / "state.json"
-
+    # --- state (state_dir, state_file: StatePaths) -------------------------------------------
     def lock_path(self, what: str = "") -> Path:
         """A lock file under ``<root>/.locks`` (kept: removing a lock file races its users)."""
         d = self.root / ".locks"
@@ -100,17 +92,17 @@ class Cluster(Builder, NodeFaults):
 
     def _load(self) -> dict | None:
         try:
-            self._state = json.loads(self._state_file.read_text())
+            self._state = json.loads(self.state_file.read_text())
         except FileNotFoundError:
             self._state = None
         except (OSError, ValueError) as exc:
-            raise ClusterError(f"cluster state {self._state_file} is unreadable ({exc}): "
+            raise ClusterError(f"cluster state {self.state_file} is unreadable ({exc}): "
                                f"run `slurmft cluster down --name {self.name}`") from None
         return self._state
 
     def _save(self) -> None:
         assert self._state is not None
-        atomic_write(self._state_file, json.dumps(self._state, indent=1))
+        atomic_write(self.state_file, json.dumps(self._state, indent=1))
 
     def _layout_from(self, st: Mapping) -> Layout:
         return Layout(name=st["name"], nodes=st["nodes"], subnet=st["subnet"], root=self.root,
