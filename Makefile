@@ -49,9 +49,12 @@ unit: venv
 
 # All tests; integration tests need root (they build real clusters in network namespaces, and
 # the docker backend's suite starts a private dockerd).
+# The import contracts and the wheel check first (seconds), then pytest, whose summary line
+# closes the output.
 test: install docker-apt
-	$(PY) -m pytest tests -q $(PYTEST_ARGS)
+	$(VENV)/bin/lint-imports
 	@$(MAKE) --no-print-directory wheel-check
+	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 # The wheel as a site gets it: built, installed into a fresh venv outside the checkout
 # (/tmp/slurmft-wheel-venv), run from a folder outside it (render job, render logging and, as
