@@ -84,25 +84,33 @@ def trace(infos: Iterable[CheckpointInfo], latest: Iterable[str | None] = ()) ->
         on_branch = ((info.run in limits and info.step <= limits[info.run])
                      or info.step <= unknown_below)
         (branch if on_branch else abandoned).append(info)
-    foreign = [i for i in abandoned if not _joins(i, readable, limits)]
+    parents = _run_parents(readable)
+    foreign = [i for i in abandoned if not _joins(i.run, parents, limits)]
     return Lineage(head=head, branch=branch, abandoned=abandoned, unreadable=unreadable,
                    foreign=foreign)
 
 
-def _joins(info: CheckpointInfo, readable: list[CheckpointInfo],
+def _run_parents(readable: list[CheckpointInfo]) -> dict[str, tuple[str, str, int]]:
+    """Run id -> (parent checkpoint, its run, its step) as the run's first checkpoint says."""
+    parents: dict[str, tuple[str, str, int]] = {}
+    for info in readable:
+        parents.setdefault(info.run, (info.parent, info.parent_run, info.parent_step))
+    return parents
+
+
+def _joins(run: str, parents: dict[str, tuple[str, str, int]],
            limits: dict[str, float]) -> bool:
-    """Whether ``info``'s history reaches a run of the branch (or a break in the chain,
+    """Whether ``run``'s history reaches a run of the branch (or a break in the chain,
     where ancestry is unknown and so counts as joined)."""
-    parents = {i.run: i.parent_run for i in readable if i.parent}
-    known = {i.run for i in readable}
-    run, seen = info.run, set()
+    seen: set[str] = set()
     while run not in seen:
-        if run in limits or run not in known:
+        if run in limits or run not in parents:
             return True
         seen.add(run)
-        if run not in parents:            # a fresh start: this history has its own root
+        parent, parent_run, _ = parents[run]
+        if not parent:                    # a fresh start: this history has its own root
             return False
-        run = parents[run]
+        run = parent_run
     return False
 
 
@@ -120,9 +128,7 @@ def _follow(head: CheckpointInfo, readable: list[CheckpointInfo]) -> CheckpointI
 
 def _branch_runs(head: CheckpointInfo, readable: list[CheckpointInfo]) -> dict[str, float]:
     """Run id -> the highest step of that run on the branch (the head's run: all of it)."""
-    parents: dict[str, tuple[str, str, int]] = {}
-    for info in readable:
-        parents.setdefault(info.run, (info.parent, info.parent_run, info.parent_step))
+    parents = _run_parents(readable)
     parents[head.run] = (head.parent, head.parent_run, head.parent_step)
     limits: dict[str, float] = {}
     run, limit = head.run, math.inf
