@@ -417,11 +417,19 @@ class Store:
         ones and unreadable ones (see lineage.py)."""
         return trace(self.list(), [self.latest_name()])
 
-    def find_valid(self) -> CheckpointInfo | None:
-        """The checkpoint a load resumes from: the newest on the branch that verifies."""
-        for info in self.lineage().candidates():
-            if not info.error and self.is_valid(info.name):
+    def find_valid(self, lineage: Lineage | None = None,
+                   failed: set[str] | None = None) -> CheckpointInfo | None:
+        """The checkpoint a load resumes from: the newest on the branch that verifies.
+        ``lineage``: one already traced here (its manifests are not read again); ``failed``:
+        collects the names tried on the way that did not verify."""
+        for info in (lineage or self.lineage()).candidates():
+            if info.error:
+                continue
+            try:
                 return self.verify(info.name, cached=True)
+            except CorruptCheckpointError:
+                if failed is not None:
+                    failed.add(info.name)
         return None
 
     # -- housekeeping --

@@ -93,7 +93,7 @@ class CheckpointReader:
         # numpy + xxhash: only when asked
         from slurmft.checkpoint.store import Store
         from slurmft.checkpoint.upload import read_upload_status
-        from slurmft.core.errors import CheckpointError, CorruptCheckpointError
+        from slurmft.core.errors import CheckpointError
 
         if not Path(directory).is_dir():
             raise SlurmFTError(f"checkpoint directory {directory} does not exist")
@@ -102,16 +102,7 @@ class CheckpointReader:
             store = self._stores[directory] = Store(directory)
         lineage = store.lineage()            # reads every manifest and checks its checksum
         broken = {i.name for i in lineage.unreadable}
-        found = None
-        # What Store.find_valid does, keeping the names that fail (counted as failures).
-        for info in lineage.candidates():
-            if info.error:
-                continue
-            try:
-                found = store.verify(info.name, cached=True)
-                break
-            except CorruptCheckpointError:
-                broken.add(info.name)
+        found = store.find_valid(lineage, failed=broken)   # the names that fail count too
         readable = len(lineage.branch) + len(lineage.abandoned)
         try:
             upload = read_upload_status(directory)
