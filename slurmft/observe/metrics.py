@@ -56,6 +56,7 @@ from prometheus_client import (
 )
 from prometheus_client import exposition as _exposition
 
+from slurmft.core.atomic import atomic_write
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import get_logger
 
@@ -210,12 +211,16 @@ def render_text(registry: CollectorRegistry) -> str:
 
 
 def write_textfile(registry: CollectorRegistry, path: str | os.PathLike) -> None:
-    """Write ``registry`` for node_exporter's textfile collector (atomic: temp file + rename)."""
+    """Write ``registry`` for node_exporter's textfile collector.
+
+    Through ``atomic_write`` (temp file + rename), not prometheus_client's
+    ``write_to_textfile``: that one renames over any target, so ``--textfile /dev/null`` run
+    as root would replace the device node with a regular file."""
     target = Path(path)
     if not target.parent.is_dir():
         raise SlurmFTError(f"textfile directory {target.parent} does not exist")
     try:
-        _exposition.write_to_textfile(str(target), registry)
+        atomic_write(target, _exposition.generate_latest(registry), fsync=False)
     except OSError as exc:
         raise SlurmFTError(f"cannot write metrics textfile {target}: {exc.strerror}") from None
 

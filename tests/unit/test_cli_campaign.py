@@ -221,6 +221,8 @@ def test_hostile_value(ws, path, name, value):
         assert result.exit_code == ExitCode.USAGE, f"{argv}:\n{result.output}"
     if name in HOSTLIST_PARAMS and value in HOSTLISTS:
         assert result.exit_code == ExitCode.USAGE, f"{argv}:\n{result.output}"
+    if value in DEV_FULL:         # written in place: a rename would replace the device node
+        assert stat.S_ISCHR(os.stat(value).st_mode), f"{argv} replaced {value}"
 
 
 def test_the_campaign_covers_every_command():
