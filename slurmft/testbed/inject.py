@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import random
 import re
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from slurmft.core.atomic import atomic_write
+from slurmft.core.envfile import RESTART_ENV, format_env_file, read_env_file
 from slurmft.core.errors import SlurmFTError, UsageError
 from slurmft.core.log import get_logger
 from slurmft.core.nodeset import validate_hostname
@@ -66,39 +66,10 @@ SSH_REFUSED = {
     "freeze-sshd": "a frozen sshd could not be thawed over SSH",
     "thaw-sshd": "a frozen sshd cannot be reached over SSH",
 }
-RESTART_ENV = ".slurmft-restart.env"
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _GPU_LIST_RE = re.compile(r"^[0-9]+(,[0-9]+)*$")
 
 
-# --- the restart env file (mask-gpu) ---------------------------------------------------------
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines of a restart env file ({} if it does not exist)."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise SlurmFTError(f"cannot read {path}: {exc.strerror}") from None
-    env = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and _ENV_KEY_RE.match(key):
-            try:
-                words = shlex.split(value)
-            except ValueError:
-                raise SlurmFTError(f"{path}: cannot parse the value of {key}") from None
-            env[key] = words[0] if words else ""
-    return env
-
-
-def format_env_file(env: dict[str, str], comment: str = "") -> str:
-    """A POSIX-sh file the job wrapper sources with ``set -a`` (values shell-quoted)."""
-    lines = [f"# {comment}"] if comment else []
-    lines += [f"{k}={shlex.quote(v)}" for k, v in env.items()]
-    return "\n".join(lines) + "\n"
-
+# --- mask-gpu ---------------------------------------------------------------------------------
 
 def masked_gpus(current: Sequence[int], gpu: int) -> list[int]:
     if gpu not in current:
