@@ -63,6 +63,34 @@ def recovery(cfg: Config, *, dry_run: bool = False, start_wait: float = 0.0) -> 
     return Recovery(client, node_prober, resched)
 
 
+def run_event_sink(cfg: Config) -> Any:
+    """Where ``slurmft run`` reports its state changes: the log (INFO) and, when the state
+    directory exists, its audit file. A failing audit write is logged once, never fatal:
+    the training must not stop because shared state is unwritable."""
+    import logging
+
+    from slurmft.core.log import get_logger
+    from slurmft.observe.events import AUDIT_FILE, AuditFile, LogSink
+
+    logger = get_logger("slurmft.supervise")
+    sinks: list[Any] = [LogSink(logger, logging.INFO)]
+    state_dir = cfg.reschedule.state_dir
+    audit = AuditFile(f"{state_dir}/{AUDIT_FILE}")
+    warned: list[bool] = []
+
+    def emit(event: Any) -> None:
+        for sink in sinks:
+            sink.emit(event)
+        try:
+            audit.emit(event)
+        except OSError as exc:
+            if not warned:
+                warned.append(True)
+                logger.warning("cannot write %s: %s; run events go to the log only",
+                               audit.path, exc.strerror)
+    return emit
+
+
 # --- the local test cluster ---------------------------------------------------------------------
 
 

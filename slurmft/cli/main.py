@@ -13,6 +13,7 @@ from slurmft.cli.options import note_json_errors
 from slurmft.cli.probe import probe_cmd
 from slurmft.cli.recovery import epilog_cmd, reschedule_cmd, watch_cmd
 from slurmft.cli.render import render_group
+from slurmft.cli.run import run_cmd
 from slurmft.cli.testbed import cluster_group, demo_cmd, inject_cmd
 from slurmft.core.config import LogConfig, load_config
 from slurmft.core.errors import SlurmFTError
@@ -29,6 +30,7 @@ COMMANDS: dict[str, click.Command] = {
     "probe": probe_cmd,
     "render": render_group,
     "reschedule": reschedule_cmd,
+    "run": run_cmd,
     "watch": watch_cmd,
 }
 

@@ -105,8 +105,23 @@ class Injected(Event):
     cluster: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunTransition(Event):
+    """The in-job supervisor (``slurmft run``) changed state: launching, running, asking for
+    an in-place reschedule, relaunching, handing off to a requeue, done."""
+
+    kind: ClassVar[str] = "run"
+    job_id: int | None = None
+    state: str = ""
+    previous: str = ""
+    reason: str = ""
+    nodes: tuple[str, ...] = ()
+    launch: int | None = None               # 1 for the first launch, 2 after one relaunch...
+    rc: int | None = None                   # the launcher's exit code, once it exited
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (Detected, Decided, Acted, Recovered, Injected)}
+    cls.kind: cls for cls in (Detected, Decided, Acted, Recovered, Injected, RunTransition)}
 _DURATIONS = ("detection_seconds", "recovery_seconds")
 
 
@@ -136,7 +151,7 @@ def parse_event(doc: Mapping[str, Any]) -> Event | None:
                 else None
         elif isinstance(value, list):
             value = tuple(value)
-        elif f.name in ("job_id", "original_job_id", "job", "pid"):
+        elif f.name in ("job_id", "original_job_id", "job", "pid", "launch", "rc"):
             value = value if isinstance(value, int) and not isinstance(value, bool) else None
         elif f.name == "health" and not isinstance(value, Mapping):
             continue

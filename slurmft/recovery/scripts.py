@@ -1,8 +1,8 @@
 """Variables for the job scripts slurmft renders: the job wrapper (templates/job.sh.j2) and
 the restart job (templates/restart.sh.j2, which extends it).
 
-Exit codes the scripts test are rendered in from ``ExitCode`` (the one source), never written
-as numbers in a template.
+The wrapper has no control flow of its own: it execs ``slurmft run`` (slurmft/supervise/) with
+these settings.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from slurmft.core import nodeset as hosts
 from slurmft.core.config import RescheduleConfig
-from slurmft.core.errors import ExitCode, RenderError
+from slurmft.core.errors import RenderError
 from slurmft.recovery.policy import RELAUNCH_MARK
 from slurmft.slurm.records import JobInfo
 
@@ -39,13 +39,16 @@ def safe_job_name(name: str) -> str:
 def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], checkpoint_dir: str,
                 job_name: str = "train", nodes: int = 1, partition: str = "",
                 time_limit: str = "", work_dir: str = "", output: str = "",
-                slurmft_cmd: Sequence[str] = (), reschedule_log: str = "") -> dict[str, Any]:
-    """Variables for templates/job.sh.j2 (the job wrapper)."""
+                slurmft_cmd: Sequence[str] = (), reschedule_log: str = "",
+                hang_timeout: str = "auto") -> dict[str, Any]:
+    """Variables for templates/job.sh.j2 (the job wrapper). ``hang_timeout``: auto, off or
+    seconds, for ``slurmft run --hang-timeout``."""
     words = shlex.split(train_cmd) if isinstance(train_cmd, str) else list(train_cmd)
     if not words:
         raise RenderError("a training command is required (--train-cmd)")
     if not checkpoint_dir:
         raise RenderError("a checkpoint directory is required (--checkpoint-dir)")
+    slurmft = list(slurmft_cmd) or [sys.executable, "-m", "slurmft"]
     return {
         "job_name": safe_job_name(job_name),
         "nodes": int(nodes),
@@ -55,20 +58,18 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "work_dir": sbatch_value("work dir", work_dir),
         "output": sbatch_value("output", output),
         "launcher": config.launcher,
-        "mpirun_args": shlex.split(config.mpirun_args),
         "launch_from": config.launch_from,
-        # ServerAlive: a peer that dies ends the launch within 15 s, watcher or not
-        "ssh_cmd": ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
-                    "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
-                    *shlex.split(config.ssh_args)],
+        # shell lines `slurmft run` splits again (shlex): quoting inside them survives
+        "mpirun_args_line": shlex.join(shlex.split(config.mpirun_args)),
+        "ssh_args_line": shlex.join(shlex.split(config.ssh_args)),
         "train_cmd": words,
-        "train_cmd_line": shlex.join(words),
         "checkpoint_dir": checkpoint_dir,
-        "slurmft_cmd": list(slurmft_cmd) or [sys.executable, "-m", "slurmft"],
+        "slurmft_cmd": slurmft,
+        "slurmft_cmd_line": shlex.join(slurmft),
         "reschedule_log": reschedule_log or str(Path(config.state_dir) / "reschedule.log"),
         "relaunch_mark": RELAUNCH_MARK,
-        # what `slurmft reschedule --in-place` answers a wrapper copy Slurm requeued since
-        "exit_stale_copy": int(ExitCode.STALE_COPY),
+        "resume": "auto",
+        "hang_timeout": hang_timeout,
     }
 
 
@@ -81,7 +82,7 @@ def restart_context(job: JobInfo, healthy: Sequence[str], exclude: Sequence[str]
                       job_name=job.name or f"job{job.job_id}", nodes=len(healthy),
                       partition=job.partition, work_dir=job.work_dir, output=job.stdout,
                       slurmft_cmd=slurmft_cmd, reschedule_log=reschedule_log)
-    ctx.update(original_job_id=job.job_id,
+    ctx.update(original_job_id=job.job_id, resume="always",
                node_names=[hosts.validate_hostname(n) for n in healthy],
                exclude=[hosts.validate_hostname(n) for n in exclude])
     return ctx

@@ -73,6 +73,11 @@ class CommandSlurmClient:
         out = self._run(scli.build_steps_argv(job_id, self.bin_dir)).stdout
         return sparse.parse_step_ids(out, job_id)
 
+    def allocation(self, job_id: int) -> list[str]:
+        """The nodes the job holds now (empty once it left the queue), in Slurm's order."""
+        out = self._run(scli.build_allocation_argv(job_id, self.bin_dir)).stdout
+        return sparse.parse_allocation(out)
+
     def node_names(self, job: int | JobInfo) -> list[str]:
         """The nodes a job holds (or held), as a list of host names."""
         info = job if isinstance(job, JobInfo) else self.job(job)
@@ -126,6 +131,11 @@ class CommandSlurmClient:
         """SIGKILL to every step and the batch script (``scancel --signal=KILL --full``); the
         rescheduler requeues the job right after, so it ends in the queue, not FAILED."""
         self._run(scli.build_kill_job_argv(job_id, self.bin_dir))
+
+    def kill_steps(self, job_id: int, steps: Sequence[int]) -> None:
+        """SIGKILL to the numbered ``steps`` of the job (``scancel --signal=KILL 42.0 42.1``)."""
+        if steps:
+            self._run(scli.build_kill_steps_argv(job_id, steps, self.bin_dir))
 
     def cancel(self, job_id: int) -> None:
         """``scancel <id>`` (not part of the SlurmClient protocol; tests and the demo use it)."""

@@ -69,6 +69,13 @@ def build_steps_argv(job_id: int, bin_dir: str = "") -> list[str]:
             "--format", "%i"]
 
 
+def build_allocation_argv(job_id: int, bin_dir: str = "") -> list[str]:
+    """The job's nodes now, as one hostlist (``squeue --format %N``): cheaper than the JSON of
+    every job, and what a job wrapper asks after each relaunch."""
+    return [_bin("squeue", bin_dir), "--noheader", "--jobs", str(check_job_id(job_id)),
+            "--format", "%N"]
+
+
 def build_sinfo_argv(bin_dir: str = "") -> list[str]:
     return [_bin("sinfo", bin_dir), "--json"]
 
@@ -105,6 +112,15 @@ def build_signal_batch_argv(job_id: int, signal: str, bin_dir: str = "") -> list
         raise UsageError(f"signal {signal!r} is not one slurmft sends to a batch script "
                          f"(one of {', '.join(sorted(BATCH_SIGNALS))})")
     return [_bin("scancel", bin_dir), "--batch", f"--signal={sig}", str(check_job_id(job_id))]
+
+
+def build_kill_steps_argv(job_id: int, steps: Sequence[int], bin_dir: str = "") -> list[str]:
+    """``scancel --signal=KILL <id>.<step>...``: SIGKILL to those steps only (never the batch
+    step: the job's own script survives)."""
+    jid = check_job_id(job_id)
+    if not steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+        raise ValueError(f"step ids must be integers >= 0, got {list(steps)!r}")
+    return [_bin("scancel", bin_dir), "--signal=KILL", *(f"{jid}.{s}" for s in steps)]
 
 
 def build_node_update_argv(nodes: Sequence[str] | str, state: str, reason: str | None = None,

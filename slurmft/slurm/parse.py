@@ -40,6 +40,15 @@ def parse_step_ids(text: str, job_id: int) -> list[int]:
     return sorted(ids)
 
 
+def parse_allocation(text: str) -> list[str]:
+    """The node names in ``build_allocation_argv``'s output (a hostlist on the first line;
+    nothing for a job that left the queue or holds no nodes yet)."""
+    first = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not first or first in ("(null)", "n/a"):
+        return []
+    return [hosts.validate_hostname(n) for n in hosts.expand(first)]
+
+
 # ----------------------------------------------------------------------------- error mapping
 
 # (substring of Slurm's stderr, error class, hint for the user). First match wins.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -358,10 +359,9 @@ def test_rendered_wrapper_sources_the_mask(tmp_path, launcher):
         (bindir / name).chmod(0o755)
     ck = tmp_path / "ck"
     ctx = job_context(RescheduleConfig(launcher=launcher), train_cmd="train", nodes=1,
-                      checkpoint_dir=str(ck), slurmft_cmd=["true"],
-                      reschedule_log=str(tmp_path / "r.log"))
-    text = render("job.sh.j2", ctx)
-    assert '. "$CHECKPOINT_PATH/.slurmft-restart.env"' in text
+                      checkpoint_dir=str(ck), slurmft_cmd=[sys.executable, "-m", "slurmft"],
+                      reschedule_log=str(tmp_path / "r.log"), hang_timeout="off")
+    text = render("job.sh.j2", ctx)       # slurmft run reads the file before each launch
     script = tmp_path / "job.sh"
     script.write_text(text)
     env = {"PATH": f"{bindir}:/usr/bin:/bin", "SEEN": str(seen), "SLURM_JOB_ID": "7",

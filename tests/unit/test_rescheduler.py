@@ -274,7 +274,7 @@ def test_ended_no_requeue_job_gets_a_restart_job(fake, tmp_path):
     assert new and fake.job(new)["excluded_nodes"] == "node2"
     assert fake.job(new)["node_count"] == 3
     script = (tmp_path / "state" / "scripts" / f"restart-{jid}-1.sh").read_text()
-    assert "CHECKPOINT_PATH=/shared/ckpt" in script and "--resume \"$CHECKPOINT_PATH\"" in script and "#SBATCH --exclude=node2" in script
+    assert "CHECKPOINT_PATH=/shared/ckpt" in script and "--resume always" in script and "#SBATCH --exclude=node2" in script
     # the resubmitted job shares the original's record and budget
     assert store.original_id(new) == jid
     assert store.load(new).job_ids == [jid, new]

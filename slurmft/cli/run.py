@@ -1,0 +1,206 @@
+"""``slurmft run -- CMD...``: the in-job supervisor the rendered job script execs."""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from slurmft.cli import adapters
+from slurmft.cli.options import FiniteFloat, count, echo_json, get_config
+from slurmft.core.errors import UsageError
+
+#: Where the ranks' heartbeats go, inside the checkpoint directory (shared by every node).
+HEARTBEAT_DIR = ".slurmft-heartbeat"
+
+
+class HangTimeout(click.ParamType):
+    """``auto`` (from the observed step time), ``off``, or seconds > 0."""
+
+    name = "auto|off|SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float) or value in ("auto", "off"):
+            return value
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not auto, off or a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0 or seconds > 7 * 86400:
+            self.fail(f"{value!r} must be auto, off or seconds in (0, 604800]", param, ctx)
+        return seconds
+
+
+@click.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("train_cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--checkpoint-dir", default=None, envvar="CHECKPOINT_PATH",
+              help="Checkpoint directory the training resumes from (default: $CHECKPOINT_PATH). "
+                   "After a relaunch the training gets `--resume DIR`.")
+@click.option("--resume", "resume_mode", type=click.Choice(["auto", "always", "never"]),
+              default="auto", show_default=True,
+              help="Pass --resume DIR to the first launch: auto when the directory holds "
+                   "anything (a requeued run), always (a restart job), never.")
+@click.option("--launcher", type=click.Choice(["mpirun", "srun"]), default=None,
+              help="mpirun (through Slurm's plm) or srun --mpi=pmix (reschedule.launcher).")
+@click.option("--slots", type=count(1, 4096), default=None,
+              help="Ranks per node (reschedule.slots).")
+@click.option("--mpirun-args", default=None,
+              help="Extra mpirun options, shell words (reschedule.mpirun_args).")
+@click.option("--launch-from", type=click.Choice(["peer", "batch"]), default=None,
+              help="Run the launcher on a peer node over ssh (losing the batch host then ends "
+                   "the launch at once) or on the batch host (reschedule.launch_from).")
+@click.option("--ssh-args", default=None,
+              help="Extra ssh options for reaching the peer, shell words (reschedule.ssh_args).")
+@click.option("--hang-timeout", type=HangTimeout(), default="auto", show_default=True,
+              help="A rank that makes no progress this long is hung: its stacks are logged "
+                   "and the training relaunched from the latest verified checkpoint. auto: "
+                   "--hang-factor x the median step time, at least --hang-floor; off: no "
+                   "hang detection. Ranks report progress through CheckpointManager.")
+@click.option("--hang-factor", type=FiniteFloat(min=1), default=10.0, show_default=True,
+              help="With --hang-timeout auto: this many median step times.")
+@click.option("--hang-floor", type=FiniteFloat(min=1), default=60.0, show_default=True,
+              help="With --hang-timeout auto: never less than this many seconds (a checkpoint "
+                   "save or an evaluation must fit in it).")
+@click.option("--slurmft-cmd", default=None,
+              help="How to run slurmft for the in-place reschedule, shell words "
+                   "(default: this Python, -m slurmft).")
+@click.option("--reschedule-log", default=None,
+              help="Output of the reschedules this job asks for (default: "
+                   "<reschedule.state_dir>/reschedule.log).")
+@click.option("--dry-run", is_flag=True,
+              help="Print what the first launch would run (argv, nodes, resume) and exit.")
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: print it as JSON.")
+@click.pass_context
+def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str | None,
+            resume_mode: str, launcher: str | None, slots: int | None,
+            mpirun_args: str | None, launch_from: str | None, ssh_args: str | None,
+            hang_timeout: Any, hang_factor: float, hang_floor: float,
+            slurmft_cmd: str | None, reschedule_log: str | None, dry_run: bool,
+            as_json: bool) -> None:
+    """Supervise the training CMD inside a Slurm job (the rendered job script runs
+    `exec slurmft run ... -- CMD`).
+
+    \b
+    It launches CMD on the job's nodes (mpirun or srun), then:
+      exit 0             done (exit 0)
+      SIGUSR2            slurmft took a failed node out of the job: relaunch
+                         on the nodes left, from the latest checkpoint
+      launcher failed    ask `slurmft reschedule JOB --in-place` (probe, take
+      or a rank hung     failed nodes out) and relaunch, or hand the job to a
+                         requeue when its batch host failed or the retry
+                         budget is spent
+      SIGTERM/SIGINT     Slurm ends the job: no relaunch; exit 128+signal
+    Each relaunch kills the last launch's job steps first. Each state change is
+    logged and written to <state_dir>/audit.jsonl (event "run").
+
+    \b
+    Example (what `slurmft render job` writes):
+      #SBATCH --nodes=4 --requeue --no-kill --comment=slurmft:relaunch
+      exec slurmft run --checkpoint-dir "$CHECKPOINT_PATH" -- python train.py
+    """
+    cfg = get_config(ctx).reschedule
+    if not checkpoint_dir:
+        raise UsageError("a checkpoint directory is required: --checkpoint-dir or "
+                         "CHECKPOINT_PATH")
+    settings = _settings(cfg, train_cmd, launcher, slots, mpirun_args, launch_from, ssh_args)
+    job_id = _job_id()
+    ckpt = Path(checkpoint_dir)
+    options = _options(cfg, job_id, ckpt, resume_mode, train_cmd, slurmft_cmd, reschedule_log)
+    if hang_timeout != "off":
+        options.heartbeat_env = {
+            "SLURMFT_HEARTBEAT_DIR": str(ckpt / HEARTBEAT_DIR / str(job_id)),
+            # a rank writes its own stacks before the supervisor calls it hung
+            "SLURMFT_HANG_DUMP_AFTER": f"{0.8 * (hang_floor if hang_timeout == 'auto' else hang_timeout):g}",
+        }
+    if dry_run:
+        _print_plan(settings, options, as_json)
+        return
+    from slurmft.supervise.supervisor import SubprocessProcesses, Supervisor
+
+    monitor = None
+    if hang_timeout != "off":
+        from slurmft.supervise.hang import HangDetector
+
+        monitor = HangDetector(options.heartbeat_env["SLURMFT_HEARTBEAT_DIR"], 0,
+                               timeout=None if hang_timeout == "auto" else hang_timeout,
+                               factor=hang_factor, floor=hang_floor)
+    sup = Supervisor(settings, options, adapters.slurm_client(get_config(ctx)),
+                     SubprocessProcesses(), monitor=monitor,
+                     emit=adapters.run_event_sink(get_config(ctx)))
+    sup.install_signal_handlers()
+    ctx.exit(sup.run())
+
+
+def _settings(cfg: Any, train_cmd: tuple[str, ...], launcher: str | None, slots: int | None,
+              mpirun_args: str | None, launch_from: str | None, ssh_args: str | None) -> Any:
+    from slurmft.supervise.launch import LaunchSettings
+
+    try:
+        extra_mpirun = shlex.split(cfg.mpirun_args if mpirun_args is None else mpirun_args)
+        extra_ssh = shlex.split(cfg.ssh_args if ssh_args is None else ssh_args)
+    except ValueError as exc:
+        raise UsageError(f"cannot split --mpirun-args/--ssh-args into words: {exc}") from None
+    # ServerAlive: a peer that dies ends the launch within 15 s, watcher or not
+    ssh_cmd = ("ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o",
+               "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3", *extra_ssh)
+    return LaunchSettings(train_cmd=tuple(train_cmd), launcher=launcher or cfg.launcher,
+                          slots=slots or cfg.slots, mpirun_args=tuple(extra_mpirun),
+                          launch_from=launch_from or cfg.launch_from, ssh_cmd=ssh_cmd)
+
+
+def _job_id() -> int:
+    from slurmft.slurm.commands import check_job_id
+
+    raw = os.environ.get("SLURM_JOB_ID", "")
+    if not raw:
+        raise UsageError("SLURM_JOB_ID is not set: `slurmft run` runs inside a Slurm job "
+                         "(the script sbatch runs); see `slurmft render job`")
+    return check_job_id(raw)
+
+
+def _options(cfg: Any, job_id: int, ckpt: Path, resume_mode: str, train_cmd: tuple[str, ...],
+             slurmft_cmd: str | None, reschedule_log: str | None) -> Any:
+    from slurmft.supervise.supervisor import RunOptions
+
+    try:
+        cmd = tuple(shlex.split(slurmft_cmd)) if slurmft_cmd else (sys.executable, "-m", "slurmft")
+    except ValueError as exc:
+        raise UsageError(f"cannot split --slurmft-cmd into words: {exc}") from None
+    if not cmd:
+        raise UsageError("--slurmft-cmd is empty")
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0") or "0"
+    return RunOptions(
+        job_id=job_id, checkpoint_dir=ckpt,
+        here=os.environ.get("SLURMD_NODENAME") or socket.gethostname().split(".")[0],
+        cwd=os.getcwd(), slurmft_cmd=cmd,
+        reschedule_log=Path(reschedule_log or Path(cfg.state_dir) / "reschedule.log"),
+        resume=resume_mode, restart_count=int(restarts) if restarts.isdigit() else 0,
+        train_cmd_line=shlex.join(train_cmd))
+
+
+def _print_plan(settings: Any, options: Any, as_json: bool) -> None:
+    from slurmft.core.nodeset import expand
+    from slurmft.supervise.launch import launch_argv, pick_peer
+    from slurmft.supervise.supervisor import initial_resume
+
+    nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
+    nodes = expand(nodelist) if nodelist else []
+    resume = initial_resume(options.resume, options.checkpoint_dir)
+    peer = pick_peer(nodes, options.here) if settings.launch_from == "peer" else None
+    doc = {"job_id": options.job_id, "nodes": nodes, "launcher": settings.launcher,
+           "launch_host": peer or options.here, "argv": launch_argv(settings, nodes, resume),
+           "resume": bool(resume), "heartbeat": options.heartbeat_env,
+           "reschedule_log": str(options.reschedule_log)}
+    if as_json:
+        echo_json(doc)
+        return
+    click.echo(f"job {doc['job_id']}: {settings.launcher} on {len(nodes)} node(s) "
+               f"({nodelist or 'none'}), launched from {doc['launch_host']}"
+               f"{', resuming' if resume else ''}")
+    click.echo(f"  {shlex.join(doc['argv'])}")

@@ -1,0 +1,1 @@
+"""The in-job supervisor (`slurmft run`): launch, relaunch, hang detection."""

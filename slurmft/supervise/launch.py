@@ -1,0 +1,114 @@
+"""What the in-job supervisor runs to start the training: pure builders, no processes.
+
+``launch_argv`` is the launcher's command line for the nodes the job holds now (mpirun started
+through Slurm's plm with ``--no-kill --overlap``, or ``srun --mpi=pmix``); ``slurm_env`` is
+Slurm's view of that allocation for the launcher (after a relaunch: the nodes left);
+``peer_script`` is the bash input that runs the launcher on a peer node over ssh, with this
+environment and working directory; ``pick_peer`` chooses that peer.
+
+Why a peer: were the launcher on the batch host and that host lost, the surviving nodes would
+wait on messages to it (Slurm's MessageTimeout, several times over) before the job can be
+requeued. On a peer, losing the batch host ends the launch at once.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from slurmft.core.nodeset import fold, is_valid_hostname
+
+LAUNCHERS = ("mpirun", "srun")
+LAUNCH_FROM = ("peer", "batch")
+
+#: Variables that describe the host or the login and must not be copied to the peer (the
+#: peer's own shell sets them), and bash's read-only ones.
+_HOST_VARS = frozenset({"SLURMD_NODENAME", "HOSTNAME", "HOME", "USER", "LOGNAME", "SHELL",
+                        "SHLVL", "PWD", "OLDPWD", "_", "TERM", "DISPLAY", "MAIL", "SHELLOPTS",
+                        "UID", "EUID", "PPID", "BASHOPTS", "BASHPID"})
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """How the training is started; the same for every launch of one job."""
+
+    train_cmd: tuple[str, ...]
+    launcher: str = "mpirun"
+    slots: int = 1
+    mpirun_args: tuple[str, ...] = ()
+    launch_from: str = "peer"
+    ssh_cmd: tuple[str, ...] = ("ssh", "-o", "BatchMode=yes")
+
+    def __post_init__(self) -> None:
+        if not self.train_cmd:
+            raise ValueError("a training command is required")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}")
+        if self.launch_from not in LAUNCH_FROM:
+            raise ValueError(f"launch_from must be one of {', '.join(LAUNCH_FROM)}")
+        if self.slots < 1:
+            raise ValueError("slots must be >= 1")
+
+
+def slurm_env(nodes: Sequence[str], slots: int) -> dict[str, str]:
+    """Slurm's variables for an allocation of ``nodes`` with ``slots`` tasks each (mpirun
+    starts its daemons with srun on the nodes these name, so Slurm tracks every rank)."""
+    nodelist, n = fold(nodes), len(nodes)
+    return {"SLURM_JOB_NODELIST": nodelist, "SLURM_NODELIST": nodelist,
+            "SLURM_NNODES": str(n), "SLURM_JOB_NUM_NODES": str(n),
+            "SLURM_TASKS_PER_NODE": f"{slots}(x{n})", "SLURM_NTASKS": str(n * slots),
+            "SLURM_NPROCS": str(n * slots)}
+
+
+def launch_argv(settings: LaunchSettings, nodes: Sequence[str],
+                resume: Sequence[str] = ()) -> list[str]:
+    """The launcher's argv for ``nodes``, with ``resume`` appended to the training command."""
+    n, slots = len(nodes), settings.slots
+    if settings.launcher == "mpirun":
+        # --no-kill for its srun: a node whose slurmd dies keeps running its ranks (slurmft
+        # drains it); --overlap: a new launch need not wait for a stopped one's steps to end.
+        return ["mpirun", "-np", str(n * slots), "--mca", "plm_slurm_args", "--no-kill --overlap",
+                *settings.mpirun_args, *settings.train_cmd, *resume]
+    # srun starts the ranks itself (PMIx); --kill-on-bad-exit: a rank that dies ends the step.
+    return ["srun", "--mpi=pmix", "--no-kill", "--overlap", "--kill-on-bad-exit=1",
+            f"--nodes={n}", f"--nodelist={fold(nodes)}", f"--ntasks-per-node={slots}",
+            *settings.train_cmd, *resume]
+
+
+def on_peer_argv(settings: LaunchSettings, job_id: int, peer: str, nodes: Sequence[str],
+                 argv: Sequence[str]) -> list[str]:
+    """What the peer runs: srun itself, or mpirun in a job step of its own on the peer (so
+    Slurm stops it with the job), with the allocation's variables set for it."""
+    if settings.launcher == "srun":
+        return list(argv)
+    env = [f"{k}={v}" for k, v in slurm_env(nodes, settings.slots).items()]
+    return ["srun", f"--jobid={int(job_id)}", "--overlap", "--no-kill", "--nodes=1",
+            "--ntasks=1", f"--nodelist={peer}", "env", *env, *argv]
+
+
+def peer_script(env: Mapping[str, str], cwd: str, argv: Sequence[str]) -> str:
+    """Bash input for ``ssh PEER bash -s``: export this environment (values quoted, so they
+    reach the ranks intact), cd to ``cwd`` (shared storage), exec ``argv``."""
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in env.items()
+             if _NAME_RE.match(k) and k not in _HOST_VARS and not k.startswith(("SSH_", "BASH"))]
+    lines.append(f"cd {shlex.quote(cwd)} || exit 1")
+    lines.append(f"exec {shlex.join(argv)}")
+    return "\n".join(lines) + "\n"
+
+
+def pick_peer(nodes: Sequence[str], here: str) -> str | None:
+    """The first node of the allocation that is not this host (and is a valid host name)."""
+    for name in nodes:
+        if name != here and is_valid_hostname(name):
+            return name
+    return None
+
+
+def rank_node(rank: int, nodes: Sequence[str], slots: int) -> str:
+    """The node a rank runs on (mpirun's by-slot mapping and srun's block distribution both
+    fill each node's slots in order); '?' when the rank is out of range."""
+    i = rank // max(1, slots)
+    return nodes[i] if 0 <= i < len(nodes) else "?"

@@ -1,0 +1,463 @@
+"""The in-job supervisor behind ``slurmft run``: start the training, relaunch it in the same
+allocation when a node is lost, a rank dies or a rank hangs, and hand the job to a requeue
+when that cannot work.
+
+One launch goes through these states (``RunState``; each change is a ``RunTransition``
+event, logged and written to the audit file)::
+
+    STARTING -> LAUNCHING -> RUNNING --launcher exit 0--------------------------> DONE
+                   ^            |-- SIGUSR2 (slurmft took a node out) --------> RELAUNCHING
+                   |            |-- launcher failed / a rank hung -> ASKING --> RELAUNCHING
+                   |            |                                      |------> HANDING_OFF
+                   |            |                                      '------> STALE
+                   |            '-- SIGTERM/SIGINT (Slurm stops the job) -----> STOPPED
+                   '---------------------------------------- RELAUNCHING
+
+ASKING runs ``slurmft reschedule JOB --in-place``: it probes the nodes, takes the failed ones
+out of the job (DOWN, then DRAIN) and answers 0 (relaunch on the nodes left, counted against
+the retry budget), NEEDS_REQUEUE (the batch host failed, or the budget is spent: HANDING_OFF
+starts a detached ``slurmft reschedule`` that requeues the job) or STALE_COPY (Slurm requeued
+the job while this host was cut off: this copy stops). Before every relaunch the training's
+job steps are killed through Slurm, wherever their launcher ran.
+
+The supervisor owns no Slurm logic of its own: the rescheduler decides, the Slurm client
+reads the allocation and kills steps, and ``Processes`` starts the launcher (replaced by a
+fake in unit tests).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from slurmft.core.envfile import RESTART_ENV, read_env_file
+from slurmft.core.errors import ExitCode, SlurmFTError
+from slurmft.core.log import failed_extra, get_logger
+from slurmft.observe.events import RunTransition
+from slurmft.supervise.launch import (
+    LaunchSettings,
+    launch_argv,
+    on_peer_argv,
+    peer_script,
+    pick_peer,
+    rank_node,
+    slurm_env,
+)
+
+log = get_logger(__name__)
+
+#: Files of slurmft's own in the checkpoint directory: they do not make a run "resumable".
+OWN_FILES_PREFIX = ".slurmft-"
+
+
+class RunState(enum.Enum):
+    STARTING = "starting"
+    LAUNCHING = "launching"
+    RUNNING = "running"
+    ASKING = "asking"              # slurmft reschedule --in-place
+    RELAUNCHING = "relaunching"
+    HANDING_OFF = "handing-off"    # a detached reschedule requeues the job
+    STALE = "stale"                # Slurm requeued the job: this copy stops
+    STOPPED = "stopped"            # SIGTERM/SIGINT: Slurm ends or preempts the job
+    DONE = "done"
+
+
+class Ended(enum.Enum):
+    """Why a launch ended."""
+
+    EXITED = "exited"              # the launcher exited by itself
+    RELAUNCH = "relaunch"          # SIGUSR2: slurmft took failed nodes out of the job
+    HUNG = "hung"                  # a rank made no progress for the hang timeout
+    STOP = "stop"                  # SIGTERM/SIGINT
+
+
+class Launched(Protocol):
+    """A started launcher (a ``subprocess.Popen``)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class Processes(Protocol):
+    """How the supervisor starts processes (subprocess here; a fake in unit tests)."""
+
+    def start(self, argv: Sequence[str], env: Mapping[str, str],
+              stdin_text: str | None = None) -> Launched: ...
+
+    def call(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
+             timeout: float) -> int: ...
+
+    def detach(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None: ...
+
+
+class SlurmView(Protocol):
+    """The part of the Slurm client the supervisor uses."""
+
+    def allocation(self, job_id: int) -> list[str]: ...
+    def steps(self, job_id: int) -> list[int]: ...
+    def kill_steps(self, job_id: int, steps: Sequence[int]) -> None: ...
+
+
+class StuckRankLike(Protocol):
+    rank: int
+    last_step: int | None
+    seconds_without_progress: float
+    stacks: str | None
+
+
+class ProgressMonitor(Protocol):
+    """Hang detection (``supervise.hang.HangDetector``): heartbeats of every rank."""
+
+    def reset(self, world_size: int) -> None: ...
+    def poll(self) -> Sequence[StuckRankLike]: ...
+
+
+@dataclass
+class RunOptions:
+    """What one ``slurmft run`` needs besides the launch settings."""
+
+    job_id: int
+    checkpoint_dir: Path
+    here: str                                   # this host's Slurm node name
+    cwd: str
+    slurmft_cmd: tuple[str, ...]                # how to call slurmft reschedule
+    reschedule_log: Path
+    resume: str = "auto"                        # auto | always | never
+    restart_count: int = 0                      # SLURM_RESTART_COUNT when this copy started
+    train_cmd_line: str = ""                    # for a restart job (hand-off)
+    poll_interval: float = 0.1
+    kill_grace: float = 1.0                     # TERM, then KILL after this long
+    peer_check_timeout: float = 30.0
+    in_place_timeout: float = 600.0
+    heartbeat_env: dict[str, str] = field(default_factory=dict)
+
+
+class Supervisor:
+    """Runs the training of one job to its end; ``run()`` returns the exit code."""
+
+    def __init__(self, settings: LaunchSettings, options: RunOptions, slurm: SlurmView,
+                 processes: Processes, *, monitor: ProgressMonitor | None = None,
+                 emit: Callable[[RunTransition], None] | None = None,
+                 environ: Mapping[str, str] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings, self.options = settings, options
+        self.slurm, self.processes, self.monitor = slurm, processes, monitor
+        self.emit = emit or (lambda event: None)
+        self.environ = dict(os.environ if environ is None else environ)
+        self.clock, self.sleep = clock, sleep
+        self.state = RunState.STARTING
+        self.launches = 0
+        self._relaunch_asked = False
+        self._stop_signal: int | None = None
+        self._peer_ok = True           # False once ssh to a peer failed: launch here from then
+        self._checked_peer: str | None = None
+
+    # ------------------------------------------------------------------ signals
+    def on_relaunch_signal(self, *_: Any) -> None:
+        """SIGUSR2: slurmft took a failed node out of this job; relaunch on the nodes left."""
+        self._relaunch_asked = True
+
+    def on_stop_signal(self, signum: int, *_: Any) -> None:
+        """SIGTERM/SIGINT: the job ends (scancel, time limit, preemption). Slurm signals the
+        training's steps itself; the supervisor stops relaunching and waits for them."""
+        self._stop_signal = signum
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGUSR2, self.on_relaunch_signal)
+        signal.signal(signal.SIGTERM, self.on_stop_signal)
+        signal.signal(signal.SIGINT, self.on_stop_signal)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> int:
+        job, ckpt = self.options.job_id, self.options.checkpoint_dir
+        try:
+            ckpt.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SlurmFTError(f"cannot create the checkpoint directory {ckpt}: "
+                               f"{exc.strerror}") from None
+        nodes = self._initial_nodes()
+        resume = self._initial_resume()
+        rc = 1
+        while True:
+            rc, ended = self._launch_once(nodes, resume)
+            if ended is Ended.STOP:
+                self._to(RunState.STOPPED, f"signal {self._stop_signal}", rc=rc)
+                return rc if rc != 0 else 128 + int(self._stop_signal or signal.SIGTERM)
+            if rc == 0 and ended is Ended.EXITED:
+                self._to(RunState.DONE, "the training finished", rc=0)
+                return 0
+            resume = ["--resume", str(ckpt)]
+            if ended in (Ended.EXITED, Ended.HUNG):
+                answer = self._ask_in_place(rc, hung=ended is Ended.HUNG)
+                if answer == ExitCode.STALE_COPY:
+                    self._to(RunState.STALE, "Slurm requeued the job since this copy started",
+                             rc=rc)
+                    log.warning("job %s runs elsewhere since its requeue; this copy stops",
+                                job, extra={"job": str(job)})
+                    return rc
+                if answer != 0:
+                    break
+            if self._stop_signal is not None:
+                self._to(RunState.STOPPED, f"signal {self._stop_signal}", rc=rc)
+                return 128 + int(self._stop_signal)
+            self._stop_training()
+            nodes = self._allocation()
+            if not nodes:
+                log.error("cannot read the allocation of job %s", job, extra={"job": str(job)})
+                break
+            self._to(RunState.RELAUNCHING, "relaunch on the nodes left", nodes=nodes)
+            log.warning("relaunching the training on %s in job %s", ",".join(nodes), job,
+                        extra={"job": str(job)})
+        rc = rc if rc != 0 else 1
+        self._hand_off(rc)
+        return rc
+
+    # ------------------------------------------------------------------ one launch
+    def _launch_once(self, nodes: list[str], resume: Sequence[str]) -> tuple[int, Ended]:
+        self.launches += 1
+        self._relaunch_asked = False
+        env = self._launch_env(nodes)
+        self._to(RunState.LAUNCHING, f"{self.settings.launcher} on {len(nodes)} node(s)",
+                 nodes=nodes)
+        argv = launch_argv(self.settings, nodes, resume)
+        proc = self._start(nodes, argv, env)
+        if self.monitor is not None:
+            self.monitor.reset(len(nodes) * self.settings.slots)
+        self._to(RunState.RUNNING, f"launcher pid {proc.pid}", nodes=nodes)
+        return self._wait(proc, nodes)
+
+    def _start(self, nodes: list[str], argv: list[str], env: dict[str, str]) -> Launched:
+        s, o = self.settings, self.options
+        if s.launch_from == "peer":
+            peer = pick_peer(nodes, o.here)
+            if peer is not None and self._peer_ok and peer != self._checked_peer:
+                self._check_peer(peer, env)
+            if peer is not None and self._peer_ok:
+                script = peer_script(env, o.cwd, on_peer_argv(s, o.job_id, peer, nodes, argv))
+                return self.processes.start([*s.ssh_cmd, peer, "bash", "-s"], env, script)
+        return self.processes.start(argv, env)
+
+    def _check_peer(self, peer: str, env: Mapping[str, str]) -> None:
+        """ssh works and this directory is there too (shared storage): once per peer."""
+        o = self.options
+        rc = self.processes.call([*self.settings.ssh_cmd, peer, f"cd {shlex.quote(o.cwd)}"], env,
+                                 o.reschedule_log, o.peer_check_timeout)
+        if rc == 0:
+            self._checked_peer = peer
+            return
+        self._peer_ok = False
+        log.warning("cannot ssh to %s or no %s there: %s runs on the batch host %s", peer,
+                    o.cwd, self.settings.launcher, o.here, extra={"job": str(o.job_id)})
+
+    def _wait(self, proc: Launched, nodes: list[str]) -> tuple[int, Ended]:
+        """Until the launcher exits, slurmft asks for a relaunch, a rank hangs or the job
+        is stopped. A launcher that is stopped gets TERM, then KILL after ``kill_grace``."""
+        while True:
+            rc = exit_code(proc.poll())
+            if rc is not None:
+                if self._stop_signal is not None:
+                    return rc, Ended.STOP
+                return rc, Ended.EXITED
+            if self._stop_signal is not None:
+                return self._wait_stopped(proc), Ended.STOP
+            if self._relaunch_asked:
+                return self._end(proc), Ended.RELAUNCH
+            if self.monitor is not None:
+                stuck = self.monitor.poll()
+                if stuck:
+                    self._report_hang(stuck, nodes)
+                    return self._end(proc), Ended.HUNG
+            self.sleep(self.options.poll_interval)
+
+    def _wait_stopped(self, proc: Launched) -> int:
+        """Slurm sent TERM to the training too: let it save and exit (Slurm KILLs it after
+        KillWait anyway)."""
+        return exit_code(proc.wait())
+
+    def _end(self, proc: Launched) -> int:
+        """Stop a launcher: TERM, then KILL after the grace (it may wait for a node that is
+        gone; its ranks are stopped through Slurm afterwards, wherever it runs)."""
+        proc.terminate()
+        deadline = self.clock() + self.options.kill_grace
+        while proc.poll() is None and self.clock() < deadline:
+            self.sleep(min(0.1, self.options.kill_grace))
+        if proc.poll() is None:
+            proc.kill()
+        return exit_code(proc.wait())
+
+    def _report_hang(self, stuck: Sequence[StuckRankLike], nodes: list[str]) -> None:
+        job = self.options.job_id
+        for r in stuck:
+            node = rank_node(r.rank, nodes, self.settings.slots)
+            log.error("job %s: rank %s on %s made no progress for %.0f s (last step %s): hung; "
+                      "relaunching from the latest verified checkpoint", job, r.rank, node,
+                      r.seconds_without_progress, "none" if r.last_step is None else r.last_step,
+                      extra={"job": str(job), **failed_extra(node)})
+            if r.stacks:
+                log.error("job %s: stacks of rank %s on %s:\n%s", job, r.rank, node,
+                          r.stacks.rstrip(), extra={"job": str(job), **failed_extra(node)})
+            else:
+                log.error("job %s: rank %s on %s left no stacks (the process may be stopped)",
+                          job, r.rank, node, extra={"job": str(job), **failed_extra(node)})
+
+    # ------------------------------------------------------------------ asking slurmft
+    def _ask_in_place(self, rc: int, *, hung: bool) -> int:
+        o = self.options
+        why = "a rank hung" if hung else f"launcher exited with {rc}"
+        self._to(RunState.ASKING, why, rc=rc)
+        log.warning("%s in job %s; asking slurmft", why, o.job_id, extra={"job": str(o.job_id)})
+        argv = [*o.slurmft_cmd, "reschedule", str(o.job_id), "--in-place",
+                "--restart-count", str(o.restart_count), "--checkpoint-dir", str(o.checkpoint_dir)]
+        return self.processes.call(argv, self.environ, o.reschedule_log, o.in_place_timeout)
+
+    def _hand_off(self, rc: int) -> None:
+        """Not recoverable in this allocation: a detached ``slurmft reschedule`` checks the
+        nodes and requeues or resubmits (detached: it requeues this very job)."""
+        o = self.options
+        self._to(RunState.HANDING_OFF, "asking slurmft to reschedule the job", rc=rc)
+        log.warning("launcher exited with %s in job %s; asking slurmft to reschedule", rc,
+                    o.job_id, extra={"job": str(o.job_id)})
+        argv = [*o.slurmft_cmd, "reschedule", str(o.job_id), "--settle", "30",
+                "--restart-failed", "--nodes", self.environ.get("SLURM_JOB_NODELIST", ""),
+                "--checkpoint-dir", str(o.checkpoint_dir), "--train-cmd",
+                o.train_cmd_line or shlex.join(self.settings.train_cmd)]   # nodes: the last launch's
+        self.processes.detach(argv, self.environ, o.reschedule_log)
+
+    # ------------------------------------------------------------------ Slurm
+    def _stop_training(self) -> None:
+        """Nothing of the last launch may train on: kill its job steps (every step but the
+        batch script's), e.g. mpirun on a peer whose node failed drives its daemons on."""
+        job = self.options.job_id
+        try:
+            steps = self.slurm.steps(job)
+            if steps:
+                self.slurm.kill_steps(job, steps)
+        except SlurmFTError as exc:
+            log.warning("job %s: cannot stop the training's steps: %s", job, exc,
+                        extra={"job": str(job)})
+
+    def _allocation(self) -> list[str]:
+        try:
+            return self.slurm.allocation(self.options.job_id)
+        except SlurmFTError as exc:
+            log.error("job %s: cannot read the allocation: %s", self.options.job_id, exc,
+                      extra={"job": str(self.options.job_id)})
+            return []
+
+    def _initial_nodes(self) -> list[str]:
+        from slurmft.core.nodeset import expand, validate_hostname
+
+        nodelist = self.environ.get("SLURM_JOB_NODELIST", "")
+        nodes = [validate_hostname(n) for n in expand(nodelist)] if nodelist else []
+        if not nodes:
+            raise SlurmFTError("SLURM_JOB_NODELIST is not set: `slurmft run` runs inside a "
+                               "Slurm job (the script sbatch runs)")
+        return nodes
+
+    # ------------------------------------------------------------------ environment
+    def _initial_resume(self) -> list[str]:
+        return initial_resume(self.options.resume, self.options.checkpoint_dir)
+
+    def _launch_env(self, nodes: list[str]) -> dict[str, str]:
+        """This environment, the restart env file (read before every launch: e.g.
+        CUDA_VISIBLE_DEVICES from ``slurmft inject mask-gpu``), the heartbeat settings and
+        Slurm's view of the allocation now."""
+        env = dict(self.environ)
+        env["CHECKPOINT_PATH"] = str(self.options.checkpoint_dir)
+        try:
+            env.update(read_env_file(self.options.checkpoint_dir / RESTART_ENV))
+        except SlurmFTError as exc:
+            log.warning("%s; starting without it", exc, extra={"job": str(self.options.job_id)})
+        env.update(self.options.heartbeat_env)
+        env.update(slurm_env(nodes, self.settings.slots))
+        self.environ.update(slurm_env(nodes, self.settings.slots))
+        return env
+
+    def _to(self, state: RunState, reason: str, *, nodes: Sequence[str] = (),
+            rc: int | None = None) -> None:
+        previous, self.state = self.state, state
+        self.emit(RunTransition(job_id=self.options.job_id, state=state.value,
+                                previous=previous.value, reason=reason, nodes=tuple(nodes),
+                                launch=self.launches or None, rc=rc))
+
+
+def initial_resume(mode: str, ckpt: Path) -> list[str]:
+    """``--resume DIR`` for the first launch: always, never, or (auto) when the directory
+    holds anything but slurmft's own files (a requeued or restarted run)."""
+    if mode == "always" or (mode == "auto" and _has_checkpoints(ckpt)):
+        return ["--resume", str(ckpt)]
+    return []
+
+
+def exit_code(rc: int | None) -> int | None:
+    """A child's exit code as a shell reports it: killed by signal N -> 128 + N."""
+    return 128 - rc if rc is not None and rc < 0 else rc
+
+
+def _has_checkpoints(directory: Path) -> bool:
+    """Anything in the directory but slurmft's own files (a requeued or restarted run)."""
+    try:
+        return any(not n.startswith(OWN_FILES_PREFIX) for n in os.listdir(directory))
+    except OSError:
+        return False
+
+
+class SubprocessProcesses:
+    """``Processes`` with subprocess: the launcher in this process group (Slurm signals the
+    whole batch step), the in-place reschedule waited for, the hand-off detached."""
+
+    def start(self, argv: Sequence[str], env: Mapping[str, str],
+              stdin_text: str | None = None) -> Launched:
+        proc = subprocess.Popen(list(argv), env=dict(env),
+                                stdin=subprocess.PIPE if stdin_text is not None else None)
+        if stdin_text is not None:
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(stdin_text.encode())
+                proc.stdin.close()
+            except BrokenPipeError:       # it exited before reading: its exit code says why
+                pass
+        return proc
+
+    def call(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
+             timeout: float) -> int:
+        with _log_file(log_path) as out:
+            try:
+                return subprocess.run(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
+                                      stdout=out, stderr=out, timeout=timeout,
+                                      check=False).returncode
+            except subprocess.TimeoutExpired:
+                log.error("%s did not answer within %.0f s", shlex.join(argv[:3]), timeout)
+                return 1
+            except OSError as exc:
+                log.error("cannot run %s: %s", argv[0], exc.strerror)
+                return 1
+
+    def detach(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
+        with _log_file(log_path) as out:
+            try:
+                subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=out, start_new_session=True)
+            except OSError as exc:
+                log.error("cannot run %s: %s", argv[0], exc.strerror)
+
+
+def _log_file(path: Path) -> IO[bytes]:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "ab")                              # noqa: SIM115 (a context manager)
+    except OSError:
+        return open(os.devnull, "ab")                        # noqa: SIM115

@@ -1,0 +1,322 @@
+"""The in-job supervisor (slurmft run) with fake processes, a fake Slurm view and a fake
+hang monitor: no processes, no sleeps. The rendered wrapper run end to end with stand-in
+binaries is in test_render_scripts.py."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from slurmft.core.envfile import RESTART_ENV, format_env_file
+from slurmft.core.errors import ExitCode, SlurmCommandError, SlurmFTError
+from slurmft.observe.events import RunTransition, parse_event
+from slurmft.supervise.launch import (
+    LaunchSettings, launch_argv, on_peer_argv, peer_script, pick_peer, rank_node, slurm_env,
+)
+from slurmft.supervise.supervisor import RunOptions, RunState, Supervisor, exit_code
+
+
+class FakeProc:
+    def __init__(self, pid: int, script: list) -> None:
+        self.pid = pid
+        self.script = script          # poll() answers, one per call; then the last forever
+        self.rc: int | None = None
+        self.signals: list[str] = []
+
+    def poll(self):
+        if self.rc is None and self.script:
+            self.rc = self.script.pop(0)
+        return self.rc
+
+    def terminate(self):
+        self.signals.append("TERM")
+        self.rc = -15
+
+    def kill(self):
+        self.signals.append("KILL")
+        self.rc = -9
+
+    def wait(self, timeout=None):
+        return -15 if self.rc is None else self.rc
+
+
+@dataclass
+class FakeProcesses:
+    launches: list[list] = field(default_factory=list)     # poll scripts, one per launch
+    calls_rc: list[int] = field(default_factory=list)       # answers of slurmft reschedule
+    started: list[tuple[list[str], dict, str | None]] = field(default_factory=list)
+    procs: list[FakeProc] = field(default_factory=list)
+    called: list[list[str]] = field(default_factory=list)
+    detached: list[list[str]] = field(default_factory=list)
+    on_poll: object = None
+
+    def start(self, argv, env, stdin_text=None):
+        self.started.append((list(argv), dict(env), stdin_text))
+        proc = FakeProc(100 + len(self.procs), self.launches.pop(0) if self.launches else [0])
+        self.procs.append(proc)
+        return proc
+
+    def call(self, argv, env, log_path, timeout):
+        self.called.append(list(argv))
+        return self.calls_rc.pop(0) if self.calls_rc else 0
+
+    def detach(self, argv, env, log_path):
+        self.detached.append(list(argv))
+
+
+@dataclass
+class FakeSlurm:
+    allocations: list[list[str]] = field(default_factory=list)
+    step_ids: list[int] = field(default_factory=lambda: [0])
+    killed: list[list[int]] = field(default_factory=list)
+    fail: bool = False
+
+    def allocation(self, job_id):
+        if self.fail:
+            raise SlurmCommandError("squeue failed")
+        return self.allocations.pop(0) if self.allocations else []
+
+    def steps(self, job_id):
+        return list(self.step_ids)
+
+    def kill_steps(self, job_id, steps):
+        self.killed.append(list(steps))
+
+
+@dataclass
+class Stuck:
+    rank: int
+    last_step: int | None = 41
+    seconds_without_progress: float = 61.0
+    stacks: str | None = 'File "train.py", line 9 in allreduce'
+
+
+class FakeMonitor:
+    def __init__(self, answers: list[list[Stuck]]) -> None:
+        self.answers = answers
+        self.resets: list[int] = []
+
+    def reset(self, world_size):
+        self.resets.append(world_size)
+
+    def poll(self):
+        return self.answers.pop(0) if self.answers else []
+
+
+def make(tmp_path: Path, *, launches=None, calls_rc=None, allocations=None, monitor=None,
+         launch_from="batch", environ=None, **settings):
+    procs = FakeProcesses(launches=launches or [[0]], calls_rc=calls_rc or [])
+    slurm = FakeSlurm(allocations=allocations or [])
+    events: list[RunTransition] = []
+    opts = RunOptions(job_id=7, checkpoint_dir=tmp_path / "ck", here="node1", cwd=str(tmp_path),
+                      slurmft_cmd=("slurmft",), reschedule_log=tmp_path / "r.log",
+                      train_cmd_line="train --x 1", kill_grace=0.0)
+    sup = Supervisor(LaunchSettings(train_cmd=("train", "--x", "1"), launch_from=launch_from,
+                                    **settings),
+                     opts, slurm, procs, monitor=monitor, emit=events.append,
+                     environ=environ or {"SLURM_JOB_NODELIST": "node[1-2]", "FOO": "bar"},
+                     sleep=lambda s: None, clock=iter(range(10**6)).__next__)
+    return sup, procs, slurm, events
+
+
+def test_a_training_that_succeeds_is_launched_once_and_ends_done(tmp_path):
+    sup, procs, slurm, events = make(tmp_path)
+    assert sup.run() == 0
+    [(argv, env, stdin)] = procs.started
+    assert argv == ["mpirun", "-np", "2", "--mca", "plm_slurm_args", "--no-kill --overlap",
+                    "train", "--x", "1"]
+    assert env["SLURM_JOB_NODELIST"] == "node[1-2]" and env["FOO"] == "bar"
+    assert env["CHECKPOINT_PATH"] == str(tmp_path / "ck") and stdin is None
+    assert [e.state for e in events] == ["launching", "running", "done"]
+    assert procs.called == [] and procs.detached == [] and slurm.killed == []
+
+
+def test_a_failed_launcher_asks_in_place_kills_the_steps_and_relaunches_resuming(tmp_path):
+    sup, procs, slurm, events = make(tmp_path, launches=[[None, 255], [0]],
+                                     allocations=[["node2"]])
+    assert sup.run() == 0
+    assert procs.called == [["slurmft", "reschedule", "7", "--in-place", "--restart-count", "0",
+                             "--checkpoint-dir", str(tmp_path / "ck")]]
+    assert slurm.killed == [[0]]
+    second = procs.started[1]
+    assert second[0][:3] == ["mpirun", "-np", "1"]
+    assert second[0][-2:] == ["--resume", str(tmp_path / "ck")]
+    assert second[1]["SLURM_JOB_NODELIST"] == "node2" and second[1]["SLURM_NTASKS"] == "1"
+    assert [e.state for e in events] == ["launching", "running", "asking", "relaunching",
+                                         "launching", "running", "done"]
+    assert [e.launch for e in events if e.state == "launching"] == [1, 2]
+
+
+def test_needs_requeue_hands_off_to_a_detached_reschedule_with_the_launchers_code(tmp_path):
+    sup, procs, _, events = make(tmp_path, launches=[[3]],
+                                 calls_rc=[int(ExitCode.NEEDS_REQUEUE)])
+    assert sup.run() == 3
+    assert procs.detached == [["slurmft", "reschedule", "7", "--settle", "30",
+                               "--restart-failed", "--nodes", "node[1-2]", "--checkpoint-dir",
+                               str(tmp_path / "ck"), "--train-cmd", "train --x 1"]]
+    assert events[-1].state == "handing-off" and events[-1].rc == 3
+
+
+def test_a_stale_copy_stops_without_handing_off(tmp_path):
+    sup, procs, _, events = make(tmp_path, launches=[[3]], calls_rc=[int(ExitCode.STALE_COPY)])
+    assert sup.run() == 3
+    assert procs.detached == [] and events[-1].state == RunState.STALE.value
+
+
+def test_sigusr2_stops_the_launcher_and_relaunches_without_asking(tmp_path):
+    sup, procs, slurm, _ = make(tmp_path, launches=[[None] * 1000, [0]],
+                                allocations=[["node2"]])
+    sup.sleep = lambda s: sup.on_relaunch_signal()        # SIGUSR2 arrives while it runs
+    assert sup.run() == 0
+    assert procs.procs[0].signals == ["TERM"] and procs.called == []
+    assert slurm.killed == [[0]] and procs.started[1][1]["SLURM_JOB_NODELIST"] == "node2"
+
+
+def test_sigterm_waits_for_the_training_and_never_relaunches(tmp_path):
+    sup, procs, slurm, events = make(tmp_path, launches=[[None, None, -15]])
+    sup.sleep = lambda s: sup.on_stop_signal(signal.SIGTERM)
+    assert sup.run() == 143
+    assert len(procs.started) == 1 and procs.called == [] and procs.detached == []
+    assert procs.procs[0].signals == []         # Slurm signals the training itself
+    assert events[-1].state == "stopped"
+
+
+def test_a_hung_rank_is_reported_at_error_with_its_node_and_the_training_relaunched(
+        tmp_path, caplog):
+    monitor = FakeMonitor([[], [Stuck(rank=3)]])
+    sup, procs, slurm, events = make(tmp_path, launches=[[None] * 1000, [0]], slots=2,
+                                     monitor=monitor, allocations=[["node1", "node2"]])
+    with caplog.at_level(logging.ERROR):
+        assert sup.run() == 0
+    assert procs.procs[0].signals == ["TERM"]
+    hung = [r for r in caplog.records if "made no progress" in r.getMessage()]
+    assert hung and "rank 3 on node2" in hung[0].getMessage()
+    assert hung[0].failed == ["node2"]          # the failed_node= field of the log line
+    assert any("allreduce" in r.getMessage() for r in caplog.records)
+    assert procs.called[0][3] == "--in-place"         # slurmft probes the nodes first
+    assert monitor.resets == [4, 4]                     # 2 nodes x 2 slots, each launch
+    assert [e.reason for e in events if e.state == "asking"] == ["a rank hung"]
+
+
+def test_a_rank_that_left_no_stacks_is_said_to_be_maybe_stopped(tmp_path, caplog):
+    monitor = FakeMonitor([[Stuck(rank=0, stacks=None)]])
+    sup, *_ = make(tmp_path, launches=[[None] * 10, [0]], monitor=monitor,
+                   allocations=[["node1"]])
+    with caplog.at_level(logging.ERROR):
+        sup.run()
+    assert any("left no stacks" in r.getMessage() for r in caplog.records)
+
+
+def test_the_restart_env_file_is_read_before_every_launch(tmp_path):
+    sup, procs, _, _ = make(tmp_path, launches=[[1], [0]], allocations=[["node1"]])
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ck" / RESTART_ENV).write_text(format_env_file({"CUDA_VISIBLE_DEVICES": "0,1"}))
+    orig_call = procs.call
+
+    def call(argv, env, log_path, timeout):        # mask-gpu between the two launches
+        (tmp_path / "ck" / RESTART_ENV).write_text(format_env_file({"CUDA_VISIBLE_DEVICES": "1"}))
+        return orig_call(argv, env, log_path, timeout)
+    procs.call = call
+    assert sup.run() == 0
+    assert [s[1]["CUDA_VISIBLE_DEVICES"] for s in procs.started] == ["0,1", "1"]
+
+
+def test_first_launch_resumes_only_when_the_directory_holds_a_checkpoint(tmp_path):
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / RESTART_ENV).write_text("")            # slurmft's own file is not a checkpoint
+    sup, procs, _, _ = make(tmp_path)
+    sup.run()
+    assert "--resume" not in procs.started[0][0]
+    (ck / "step_000000000010.abc").mkdir()
+    sup, procs, _, _ = make(tmp_path)
+    sup.run()
+    assert procs.started[0][0][-2:] == ["--resume", str(ck)]
+
+
+def test_an_unreadable_allocation_hands_off(tmp_path):
+    sup, procs, slurm, events = make(tmp_path, launches=[[9]])
+    slurm.fail = True
+    assert sup.run() == 9
+    assert procs.detached and events[-1].state == "handing-off"
+
+
+def test_outside_a_job_is_a_clear_error(tmp_path):
+    sup, *_ = make(tmp_path, environ={"PATH": "/bin"})
+    with pytest.raises(SlurmFTError, match="inside a Slurm job"):
+        sup.run()
+
+
+def test_peer_launch_checks_ssh_once_then_pipes_the_script(tmp_path):
+    sup, procs, _, _ = make(tmp_path, launch_from="peer", launches=[[1], [0]],
+                            allocations=[["node1", "node2"]])
+    assert sup.run() == 0
+    checks = [c for c in procs.called if c[-1].startswith("cd ")]
+    assert len(checks) == 1 and checks[0][-2] == "node2"        # once per peer
+    argv, env, script = procs.started[1]
+    assert argv[-3:] == ["node2", "bash", "-s"]
+    assert "exec srun --jobid=7 --overlap --no-kill --nodes=1 --ntasks=1 --nodelist=node2 env" \
+        in script and "--resume" in script
+
+
+def test_when_ssh_to_the_peer_fails_the_launcher_runs_here_from_then_on(tmp_path, caplog):
+    sup, procs, _, _ = make(tmp_path, launch_from="peer", calls_rc=[255])
+    with caplog.at_level(logging.WARNING):
+        assert sup.run() == 0
+    assert procs.started[0][0][0] == "mpirun"
+    assert any("cannot ssh to node2" in r.getMessage() for r in caplog.records)
+
+
+def test_run_events_round_trip_through_the_audit_reader(tmp_path):
+    sup, _, _, events = make(tmp_path)
+    sup.run()
+    back = parse_event(events[0].to_record())
+    assert back == RunTransition(job_id=7, state="launching", previous="starting",
+                                 reason="mpirun on 2 node(s)", nodes=("node1", "node2"),
+                                 launch=1)
+
+
+# --------------------------------------------------------------------------- launch builders
+
+def test_srun_launch_names_the_nodes_and_the_slots():
+    s = LaunchSettings(train_cmd=("t",), launcher="srun", slots=4)
+    assert launch_argv(s, ["n1", "n2", "n3"], ["--resume", "/c"]) == [
+        "srun", "--mpi=pmix", "--no-kill", "--overlap", "--kill-on-bad-exit=1", "--nodes=3",
+        "--nodelist=n[1-3]", "--ntasks-per-node=4", "t", "--resume", "/c"]
+    assert on_peer_argv(s, 7, "n2", ["n1", "n2"], ["srun", "x"]) == ["srun", "x"]
+
+
+def test_slurm_env_describes_the_allocation():
+    assert slurm_env(["a1", "a3"], 2) == {
+        "SLURM_JOB_NODELIST": "a[1,3]", "SLURM_NODELIST": "a[1,3]", "SLURM_NNODES": "2",
+        "SLURM_JOB_NUM_NODES": "2", "SLURM_TASKS_PER_NODE": "2(x2)", "SLURM_NTASKS": "4",
+        "SLURM_NPROCS": "4"}
+
+
+def test_peer_script_quotes_values_and_leaves_host_variables_out():
+    text = peer_script({"FOO": "a 'b' $c; d", "HOME": "/root", "SSH_AUTH_SOCK": "x",
+                        "bad-name": "y", "SLURM_JOB_ID": "7"}, "/w d", ["mpirun", "-np", "2"])
+    assert text.splitlines() == ["export FOO='a '\"'\"'b'\"'\"' $c; d'", "export SLURM_JOB_ID=7",
+                                 "cd '/w d' || exit 1", "exec mpirun -np 2"]
+
+
+def test_pick_peer_and_rank_node():
+    assert pick_peer(["node1", "node2"], "node1") == "node2"
+    assert pick_peer(["node1"], "node1") is None
+    assert pick_peer(["-x", "node3"], "node1") == "node3"
+    assert [rank_node(r, ["a", "b"], 2) for r in range(5)] == ["a", "a", "b", "b", "?"]
+
+
+def test_settings_refuse_what_cannot_launch():
+    with pytest.raises(ValueError):
+        LaunchSettings(train_cmd=())
+    with pytest.raises(ValueError):
+        LaunchSettings(train_cmd=("t",), launcher="torchrun")
+
+
+def test_exit_code_of_a_signalled_child_is_the_shells():
+    assert exit_code(-9) == 137 and exit_code(3) == 3 and exit_code(None) is None
