@@ -68,20 +68,22 @@ def run_event_sink(cfg: Config) -> Any:
     directory exists, its audit file. A failing audit write is logged once, never fatal:
     the training must not stop because shared state is unwritable."""
     import logging
+    from pathlib import Path
 
     from slurmft.core.log import get_logger
     from slurmft.observe.events import AUDIT_FILE, AuditFile, LogSink
 
     logger = get_logger("slurmft.supervise")
     sinks: list[Any] = [LogSink(logger, logging.INFO)]
-    state_dir = cfg.reschedule.state_dir
-    audit = AuditFile(f"{state_dir}/{AUDIT_FILE}")
+    state_dir = Path(cfg.reschedule.state_dir)
+    audit = AuditFile(state_dir / AUDIT_FILE)
     warned: list[bool] = []
 
     def emit(event: Any) -> None:
         for sink in sinks:
             sink.emit(event)
         try:
+            state_dir.mkdir(parents=True, exist_ok=True)
             audit.emit(event)
         except OSError as exc:
             if not warned:

@@ -41,6 +41,7 @@ from typing import IO, Any, Protocol
 from slurmft.core.envfile import RESTART_ENV, read_env_file
 from slurmft.core.errors import ExitCode, SlurmFTError
 from slurmft.core.log import failed_extra, get_logger
+from slurmft.core.nodeset import fold
 from slurmft.observe.events import RunTransition
 from slurmft.supervise.launch import (
     LaunchSettings,
@@ -219,7 +220,7 @@ class Supervisor:
                 log.error("cannot read the allocation of job %s", job, extra={"job": str(job)})
                 break
             self._to(RunState.RELAUNCHING, "relaunch on the nodes left", nodes=nodes)
-            log.warning("relaunching the training on %s in job %s", ",".join(nodes), job,
+            log.warning("relaunching the training on %s in job %s", fold(nodes), job,
                         extra={"job": str(job)})
         rc = rc if rc != 0 else 1
         self._hand_off(rc)
