@@ -41,6 +41,7 @@ from slurmft.checkpoint.destinations import (
     DEFAULT_RSH, MountedDestination, RsyncDestination, open_destination,
 )
 from slurmft.checkpoint.fencing import check_fence
+from slurmft.checkpoint.heartbeat import Heartbeat, heartbeat_from_env
 from slurmft.checkpoint.lineage import Lineage
 from slurmft.checkpoint.manifest import CheckpointInfo, new_run_id
 from slurmft.checkpoint.policy import CheckpointPolicy
@@ -95,6 +96,10 @@ class CheckpointManager:
     starts; a checkpoint is published only while the directory still names this token, so an
     old run left behind after a requeue (its node cut off, or its slurmd dead) cannot move
     ``latest`` under the new run: it gets FencedError at its next save instead.
+    ``heartbeat``: hang detection (heartbeat.py). Default: ``heartbeat_from_env(rank)``, a
+    Heartbeat when the supervisor set ``SLURMFT_HEARTBEAT_DIR``, else none; a Heartbeat: that
+    one (closed with the manager); None or False: none.
+    ``should_save`` (asked every step) beats; ``rank`` None: from the launcher's variables.
     """
 
     def __init__(self, path: str | os.PathLike, policy: CheckpointPolicy | None = None,
@@ -103,7 +108,8 @@ class CheckpointManager:
                  world_size: int = 1, on_event: EventHook | None = None,
                  rsh: tuple[str, ...] = DEFAULT_RSH, fault_hook: FaultHook | None = None,
                  writer: bool = True, pipeline: bool = False, owner: str = "",
-                 upload_retry: RetrySchedule | None = None) -> None:
+                 upload_retry: RetrySchedule | None = None, rank: int | None = None,
+                 heartbeat: Heartbeat | None | bool = True) -> None:
         self.policy = policy or CheckpointPolicy()
         self.clock = clock
         self.world_size = world_size
@@ -142,6 +148,9 @@ class CheckpointManager:
                              else self._store)
         if writer:
             self._claim_and_clean()
+        self.heartbeat: Heartbeat | None = (
+            heartbeat_from_env(rank) if heartbeat is True
+            else heartbeat if isinstance(heartbeat, Heartbeat) else None)
         ref = weakref.ref(self)
         self._atexit = lambda: (m := ref()) is not None and m._close_at_exit()
         atexit.register(self._atexit)
@@ -162,8 +171,17 @@ class CheckpointManager:
     # ---- triggers (triggers.py) --------------------------------------------------------
 
     def should_save(self, step: int) -> bool:
-        """True at a step boundary where the policy (steps, minutes, a signal) asks to save."""
+        """True at a step boundary where the policy (steps, minutes, a signal) asks to save.
+        Also the rank's heartbeat (``beat``), when there is one."""
+        self.beat(step)
         return self._triggers.should_save(step)
+
+    def beat(self, step: int) -> None:
+        """Tell the supervisor this rank made progress at ``step`` (heartbeat.py; nothing
+        without a heartbeat). ``should_save`` calls it; call it yourself in a loop that does
+        not ask ``should_save`` every step."""
+        if self.heartbeat is not None:
+            self.heartbeat.beat(step)
 
     @property
     def should_stop(self) -> bool:
@@ -470,6 +488,8 @@ class CheckpointManager:
         try:
             self.wait(self.policy.close_timeout if timeout is None else timeout)
         finally:
+            if self.heartbeat is not None:
+                self.heartbeat.close()
             self._write_pool.shutdown()
             if self._uploader:
                 self._uploader.shutdown()

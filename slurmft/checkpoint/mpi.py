@@ -12,6 +12,9 @@ branch at the same step:
   lineage.py) and broadcasts its name; every rank then loads and verifies that same one
   (shared file system), whatever the world size was when it was written. If any rank
   cannot load it, all of them fall back together to the next one rank 0 picks.
+
+Every rank beats its heartbeat (heartbeat.py) in ``vote``/``should_save`` when the supervisor
+set ``SLURMFT_HEARTBEAT_DIR``: a rank stuck in a collective stops beating.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class MPICheckpointManager:
         if fence and self.rank == 0 and "owner" not in kwargs:
             kwargs["owner"] = run_token()
         # Only rank 0 cleans up leftovers; the others must not touch the directory.
+        kwargs.setdefault("rank", self.rank)
         self.manager = CheckpointManager(path, policy, world_size=self.size,
                                          writer=self.rank == 0, **kwargs)
         self._stop = False
@@ -74,8 +78,13 @@ class MPICheckpointManager:
 
     def vote(self, step: int) -> tuple[float, float]:
         """This rank's (save due, stop signalled) as 0/1 floats, to be SUM-reduced over ranks.
-        Only rank 0 judges the save policy (one clock for ``interval``)."""
-        due = self.manager.should_save(step) if self.rank == 0 else False
+        Only rank 0 judges the save policy (one clock for ``interval``). Every rank beats
+        its heartbeat here (rank 0 through ``should_save``)."""
+        if self.rank == 0:
+            due = self.manager.should_save(step)
+        else:
+            self.manager.beat(step)
+            due = False
         return float(due), float(self.manager.should_stop)
 
     def agree(self, votes: Sequence[float]) -> bool:
