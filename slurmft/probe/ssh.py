@@ -158,6 +158,10 @@ def _reason(exc: BaseException, target: SshTarget, budget: float) -> str:
     if isinstance(exc, paramiko.BadHostKeyException):
         return f"ssh: host key of {target.address} does not match known_hosts"
     if isinstance(exc, paramiko.AuthenticationException):
+        if target.user == "root":
+            return (f"ssh: authentication failed for root@{target.address}: sshd refuses root "
+                    "logins on most sites; probe as a user of its own (probe.ssh_user, "
+                    "probe.ssh_key: see `slurmft render deploy`)")
         return f"ssh: authentication failed for {target.user}@{target.address}"
     if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
         return f"ssh: connection refused on port {target.port}"
