@@ -6,9 +6,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 APT_PACKAGES := slurm-wlm munge openssh-server openmpi-bin libopenmpi-dev iputils-ping iproute2 \
-	util-linux procps psmisc shellcheck rsync cgroup-tools
-# Binaries whose presence means the apt step is done.
-APT_BINARIES := slurmctld slurmd munged /usr/sbin/sshd mpirun ping ip nsenter unshare shellcheck rsync pkill
+	util-linux procps psmisc shellcheck rsync cgroup-tools prometheus
+# Binaries whose presence means the apt step is done (promtool: Debian's prometheus, which
+# tests the rendered scrape config and alert rules of `slurmft render deploy`).
+APT_BINARIES := slurmctld slurmd munged /usr/sbin/sshd mpirun ping ip nsenter unshare shellcheck rsync pkill promtool
 PYTEST_ARGS ?=
 
 .PHONY: install apt venv test unit integration demo lint bench clean cluster-up cluster-down help wheel-check
@@ -28,7 +29,18 @@ apt:
 	if [ $$missing = 1 ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "make install: run as root to install Debian packages: $(APT_PACKAGES)"; exit 1; fi; \
 	  echo "installing Debian packages: $(APT_PACKAGES)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	  before=$$(pgrep -x prometheus | tr '\n' ' '); own_policy=0; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\n# make apt: no daemon starts while packages install\nexit 101\n' >/usr/sbin/policy-rc.d; \
+	    chmod 0755 /usr/sbin/policy-rc.d; own_policy=1; \
+	  fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; rc=$$?; \
+	  if [ $$own_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; \
+	  if [ -d /run/systemd/system ]; then systemctl disable -q prometheus.service 2>/dev/null || true; fi; \
+	  for pid in $$(pgrep -x prometheus || true); do \
+	    case " $$before " in *" $$pid "*) ;; *) echo "make apt: stopping the prometheus daemon the package started (pid $$pid)"; kill $$pid;; esac; \
+	  done; \
+	  [ $$rc = 0 ] || exit $$rc; \
 	fi
 
 $(PY):

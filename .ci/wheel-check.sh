@@ -66,6 +66,11 @@ mkdir logging
 "$VENV/bin/slurmft" render logging --out logging
 [ -s logging/filebeat.yml ] && [ -s logging/logstash.conf ] || fail "render logging wrote no filebeat.yml/logstash.conf"
 
+step "slurmft render deploy --out DIR"
+"$VENV/bin/slurmft" render deploy --out deploy >/dev/null
+[ -s deploy/slurmft.rules.yml ] && [ -s deploy/slurmft-watch.service ] && [ -x deploy/slurmft-epilog ] ||
+    fail "render deploy wrote no rules, unit or epilog wrapper (templates/deploy missing from the wheel?)"
+
 if [ "$(id -u)" = 0 ] && command -v slurmctld >/dev/null; then
     step "slurmft cluster up --name $CLUSTER --nodes 2"
     CLUSTER_UP=1

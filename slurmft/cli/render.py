@@ -19,7 +19,8 @@ from slurmft.core.errors import UsageError
 
 @click.group("render")
 def render_group() -> None:
-    """Print slurmft's rendered files: hostfile, restart script, job wrapper, log shipping."""
+    """Print slurmft's rendered files: hostfile, restart script, job wrapper, log shipping,
+    and the site kit (render deploy)."""
 
 
 def _render_options(f: Callable) -> Callable:
@@ -226,3 +227,8 @@ def render_logging(format_: str | None, log_paths: tuple[str, ...],
         raise UsageError(f"--out {target} is not a directory")
     for path in atomic_write_all(target, files):
         click.echo(str(path))
+
+
+from slurmft.cli.deploy import render_deploy  # noqa: E402 - its own module, one group
+
+render_group.add_command(render_deploy)

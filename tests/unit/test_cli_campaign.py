@@ -66,6 +66,7 @@ def base_case(path: tuple[str, ...], ws: Path) -> tuple[dict[str, str], list[str
         ("render", "restart"): ({}, ["--nodes", "node[1-2]", "--train-cmd", "python t.py",
                                      "--checkpoint-dir", ckpt]),
         ("render", "job"): ({}, ["--train-cmd", "python t.py", "--checkpoint-dir", ckpt]),
+        ("render", "deploy"): ({}, ["--out", str(ws / "site")]),
         ("checkpoint", "list"): ({"path": ckpt}, []),
         ("checkpoint", "verify"): ({"path": ckpt}, []),
         ("checkpoint", "prune"): ({"path": ckpt}, ["--keep-last", "1"]),
