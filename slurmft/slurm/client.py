@@ -132,10 +132,10 @@ class CommandSlurmClient:
         rescheduler requeues the job right after, so it ends in the queue, not FAILED."""
         self._run(scli.build_kill_job_argv(job_id, self.bin_dir))
 
-    def kill_steps(self, job_id: int, steps: Sequence[int]) -> None:
-        """SIGKILL to the numbered ``steps`` of the job (``scancel --signal=KILL 42.0 42.1``)."""
+    def signal_steps(self, job_id: int, steps: Sequence[int], signal: str = "KILL") -> None:
+        """``signal`` to the numbered ``steps`` of the job (``scancel --signal=KILL 42.0 42.1``)."""
         if steps:
-            self._run(scli.build_kill_steps_argv(job_id, steps, self.bin_dir))
+            self._run(scli.build_signal_steps_argv(job_id, steps, signal, self.bin_dir))
 
     def cancel(self, job_id: int) -> None:
         """``scancel <id>`` (not part of the SlurmClient protocol; tests and the demo use it)."""

@@ -114,13 +114,23 @@ def build_signal_batch_argv(job_id: int, signal: str, bin_dir: str = "") -> list
     return [_bin("scancel", bin_dir), "--batch", f"--signal={sig}", str(check_job_id(job_id))]
 
 
-def build_kill_steps_argv(job_id: int, steps: Sequence[int], bin_dir: str = "") -> list[str]:
-    """``scancel --signal=KILL <id>.<step>...``: SIGKILL to those steps only (never the batch
-    step: the job's own script survives)."""
+#: Signals slurmft may send to a job's numbered steps (the training).
+STEP_SIGNALS = frozenset({"KILL", "TERM", "USR1", "USR2", "CONT", "STOP"})
+
+
+def build_signal_steps_argv(job_id: int, steps: Sequence[int], signal: str = "KILL",
+                            bin_dir: str = "") -> list[str]:
+    """``scancel --signal=SIG <id>.<step>...``: signal those steps only (never the batch
+    step: the job's own script survives). KILL stops the training wherever its launcher ran;
+    USR1 asks it to save (slurmft's checkpoint managers save on it)."""
     jid = check_job_id(job_id)
+    sig = signal.upper().removeprefix("SIG")
+    if sig not in STEP_SIGNALS:
+        raise UsageError(f"signal {signal!r} is not one slurmft sends to job steps "
+                         f"(one of {', '.join(sorted(STEP_SIGNALS))})")
     if not steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
         raise ValueError(f"step ids must be integers >= 0, got {list(steps)!r}")
-    return [_bin("scancel", bin_dir), "--signal=KILL", *(f"{jid}.{s}" for s in steps)]
+    return [_bin("scancel", bin_dir), f"--signal={sig}", *(f"{jid}.{s}" for s in steps)]
 
 
 def build_node_update_argv(nodes: Sequence[str] | str, state: str, reason: str | None = None,

@@ -10,6 +10,7 @@ event, logged and written to the audit file)::
                    |            |-- launcher failed / a rank hung -> ASKING --> RELAUNCHING
                    |            |                                      |------> HANDING_OFF
                    |            |                                      '------> STALE
+                   |            |-- SIGUSR1: passed to the training's steps (save now)
                    |            '-- SIGTERM/SIGINT (Slurm stops the job) -----> STOPPED
                    '---------------------------------------- RELAUNCHING
 
@@ -108,7 +109,7 @@ class SlurmView(Protocol):
 
     def allocation(self, job_id: int) -> list[str]: ...
     def steps(self, job_id: int) -> list[int]: ...
-    def kill_steps(self, job_id: int, steps: Sequence[int]) -> None: ...
+    def signal_steps(self, job_id: int, steps: Sequence[int], signal: str = "KILL") -> None: ...
 
 
 class StuckRankLike(Protocol):
@@ -162,6 +163,7 @@ class Supervisor:
         self.state = RunState.STARTING
         self.launches = 0
         self._relaunch_asked = False
+        self._save_asked = False
         self._stop_signal: int | None = None
         self._peer_ok = True           # False once ssh to a peer failed: launch here from then
         self._checked_peer: str | None = None
@@ -171,6 +173,11 @@ class Supervisor:
         """SIGUSR2: slurmft took a failed node out of this job; relaunch on the nodes left."""
         self._relaunch_asked = True
 
+    def on_save_signal(self, *_: Any) -> None:
+        """SIGUSR1 (``#SBATCH --signal=B:USR1@60``: the time limit is near): pass it to the
+        training's steps, whose checkpoint managers save at the next step."""
+        self._save_asked = True
+
     def on_stop_signal(self, signum: int, *_: Any) -> None:
         """SIGTERM/SIGINT: the job ends (scancel, time limit, preemption). Slurm signals the
         training's steps itself; the supervisor stops relaunching and waits for them."""
@@ -178,6 +185,7 @@ class Supervisor:
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGUSR2, self.on_relaunch_signal)
+        signal.signal(signal.SIGUSR1, self.on_save_signal)
         signal.signal(signal.SIGTERM, self.on_stop_signal)
         signal.signal(signal.SIGINT, self.on_stop_signal)
 
@@ -276,6 +284,9 @@ class Supervisor:
                 return self._wait_stopped(proc), Ended.STOP
             if self._relaunch_asked:
                 return self._end(proc), Ended.RELAUNCH
+            if self._save_asked:
+                self._save_asked = False
+                self._signal_training("USR1")
             if self.monitor is not None:
                 stuck = self.monitor.poll()
                 if stuck:
@@ -341,13 +352,16 @@ class Supervisor:
     def _stop_training(self) -> None:
         """Nothing of the last launch may train on: kill its job steps (every step but the
         batch script's), e.g. mpirun on a peer whose node failed drives its daemons on."""
+        self._signal_training("KILL")
+
+    def _signal_training(self, sig: str) -> None:
         job = self.options.job_id
         try:
             steps = self.slurm.steps(job)
             if steps:
-                self.slurm.kill_steps(job, steps)
+                self.slurm.signal_steps(job, steps, sig)
         except SlurmFTError as exc:
-            log.warning("job %s: cannot stop the training's steps: %s", job, exc,
+            log.warning("job %s: cannot send %s to the training's steps: %s", job, sig, exc,
                         extra={"job": str(job)})
 
     def _allocation(self) -> list[str]:

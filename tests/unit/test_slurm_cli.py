@@ -300,3 +300,22 @@ def test_required_nodes_are_parsed_from_squeue_and_scontrol():
     [job] = sparse.parse_show_job("JobId=7 JobName=t JobState=PENDING ReqNodeList=node[2-3] "
                                 "ExcNodeList=(null)\n")
     assert job.required_nodes == ("node2", "node3") and job.excluded_nodes == ()
+
+
+def test_signal_steps_argv_names_each_step_and_refuses_other_signals():
+    assert scli.build_signal_steps_argv(7, [0, 2]) == ["scancel", "--signal=KILL", "7.0", "7.2"]
+    assert scli.build_signal_steps_argv(7, [1], "SIGUSR1")[1] == "--signal=USR1"
+    with pytest.raises(UsageError):
+        scli.build_signal_steps_argv(7, [0], "HUP;rm")
+    for bad in ([], [-1], [True], ["0"]):
+        with pytest.raises(ValueError):
+            scli.build_signal_steps_argv(7, bad)
+
+
+def test_allocation_argv_and_parse():
+    assert scli.build_allocation_argv(7) == ["squeue", "--noheader", "--jobs", "7", "--format",
+                                             "%N"]
+    assert sparse.parse_allocation("node[1-2,4]\n") == ["node1", "node2", "node4"]
+    assert sparse.parse_allocation("") == [] and sparse.parse_allocation("(null)\n") == []
+    with pytest.raises(HostNameError):
+        sparse.parse_allocation("node1;rm\n")

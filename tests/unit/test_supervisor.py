@@ -73,6 +73,7 @@ class FakeSlurm:
     allocations: list[list[str]] = field(default_factory=list)
     step_ids: list[int] = field(default_factory=lambda: [0])
     killed: list[list[int]] = field(default_factory=list)
+    signalled: list[tuple[str, list[int]]] = field(default_factory=list)
     fail: bool = False
 
     def allocation(self, job_id):
@@ -83,8 +84,11 @@ class FakeSlurm:
     def steps(self, job_id):
         return list(self.step_ids)
 
-    def kill_steps(self, job_id, steps):
-        self.killed.append(list(steps))
+    def signal_steps(self, job_id, steps, signal="KILL"):
+        if signal == "KILL":
+            self.killed.append(list(steps))
+        else:
+            self.signalled.append((signal, list(steps)))
 
 
 @dataclass
@@ -174,6 +178,16 @@ def test_sigusr2_stops_the_launcher_and_relaunches_without_asking(tmp_path):
     assert sup.run() == 0
     assert procs.procs[0].signals == ["TERM"] and procs.called == []
     assert slurm.killed == [[0]] and procs.started[1][1]["SLURM_JOB_NODELIST"] == "node2"
+
+
+def test_sigusr1_is_passed_to_the_trainings_steps_and_it_trains_on(tmp_path):
+    sup, procs, slurm, _ = make(tmp_path, launches=[[None, None, None, 0]])
+    slurm.step_ids = [0, 1]
+    asked = iter([True, False, False])
+    sup.sleep = lambda s: next(asked, False) and sup.on_save_signal()
+    assert sup.run() == 0
+    assert slurm.signalled == [("USR1", [0, 1])] and slurm.killed == []
+    assert len(procs.started) == 1
 
 
 def test_sigterm_waits_for_the_training_and_never_relaunches(tmp_path):
