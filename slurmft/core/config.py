@@ -88,6 +88,9 @@ class RescheduleConfig:
     ssh_args: str = ""                     # extra ssh options for the wrapper (shell words)
     train_cmd: str = ""                    # training command for restart jobs (shell words)
     checkpoint_dir: str = ""               # where restart jobs resume from
+    # this user is a Slurm operator (sacctmgr adminlevel=operator) or SlurmUser: act on any
+    # user's job and let Slurm refuse what it refuses; false: only root acts on others' jobs
+    operator: bool = False
 
     def __post_init__(self) -> None:
         if self.max_retry < 0:

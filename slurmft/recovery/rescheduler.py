@@ -169,22 +169,27 @@ class Rescheduler:
 
     # ------------------------------------------------------------------ checks
     def check_permission(self, job: JobInfo) -> None:
-        """Root may act on any job; anyone else only on their own."""
-        if self.uid == 0:
+        """Root may act on any job, and so may a Slurm operator or SlurmUser
+        (``reschedule.operator``: Slurm itself refuses what that user may not do); anyone
+        else only on their own jobs."""
+        if self.uid == 0 or self.config.operator or self._owns(job):
             return
-        if job.user_id is not None and job.user_id == self.uid:
-            return
-        if job.user_id is None and job.user:
+        raise PermissionDeniedError(
+            f"job {job.job_id} belongs to {job.user or job.user_id}; uid {self.uid} may only "
+            "reschedule its own jobs (run as root or the job's owner, or as a Slurm operator "
+            "with reschedule.operator: true)")
+
+    def _owns(self, job: JobInfo) -> bool:
+        if job.user_id is not None:
+            return job.user_id == self.uid
+        if job.user:
             import pwd
 
             try:
-                if pwd.getpwnam(job.user).pw_uid == self.uid:
-                    return
+                return pwd.getpwnam(job.user).pw_uid == self.uid
             except KeyError:
-                pass
-        raise PermissionDeniedError(
-            f"job {job.job_id} belongs to {job.user or job.user_id}; uid {self.uid} may only "
-            "reschedule its own jobs (run as root or as the job's owner)")
+                return False
+        return False
 
     def _health(self, names: Sequence[str]) -> dict[str, ProbeResult]:
         """Probe ``names``; nodes Slurm already calls DOWN/NOT_RESPONDING count as failed."""
@@ -446,6 +451,12 @@ class Rescheduler:
     def _submit_restart(self, job: JobInfo, action: SubmitRestart, record: RetryRecord,
                         report: Report,
                         train_cmd: str | None, checkpoint_dir: str | None) -> None:
+        if self.uid != 0 and not self._owns(job):
+            # sbatch submits as the caller: an operator's restart job would run as the operator
+            raise PermissionDeniedError(
+                f"job {job.job_id} of {job.user or job.user_id} cannot be requeued, and a restart "
+                "job for it must be submitted as root or as its owner (sbatch submits as the "
+                "caller); submit it with --requeue (slurmft render job does) to avoid this")
         cmd = train_cmd or record.train_cmd or self.config.train_cmd
         ckpt = checkpoint_dir or record.checkpoint_dir or self.config.checkpoint_dir
         if not cmd or not ckpt:

@@ -128,6 +128,8 @@ class DeploySettings:
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()
         env = [("SLURMFT_RESCHEDULE_STATE_DIR", settings.state_dir),
+               # the services' user is a Slurm operator or SlurmUser (PRIVILEGES.md)
+               ("SLURMFT_RESCHEDULE_OPERATOR", "true"),
                ("SLURMFT_PROBE_SSH_USER", settings.probe_user),
                ("SLURMFT_PROBE_SSH_KEY", settings.probe_key),
                ("SLURMFT_PROBE_KNOWN_HOSTS", settings.known_hosts),

@@ -304,6 +304,24 @@ def test_owner_may_act_on_own_job(fake, tmp_path):
     assert r.reschedule(jid).decision.outcome is Outcome.REQUEUE
 
 
+def test_an_operator_acts_on_others_jobs_and_slurm_decides(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    fake.job(jid).update(user_id=0, user_name="root")
+    r, _, _ = make(fake, tmp_path, {"node3": Health.UNREACHABLE}, uid=1234, operator=True)
+    assert r.reschedule(jid).decision.outcome is Outcome.REQUEUE
+    assert scontrol_writes(fake)                    # Slurm was asked (and allowed it here)
+
+
+def test_an_operator_never_submits_a_restart_job_as_itself_for_someone_else(fake, tmp_path):
+    jid = fake.add_job("NODE_FAIL", NODES, requeue=False)
+    fake.job(jid).update(user_id=0, user_name="root")
+    r, _, _ = make(fake, tmp_path, {"node2": Health.UNREACHABLE}, uid=1234, operator=True,
+                   train_cmd="python train.py", checkpoint_dir="/shared/ckpt")
+    with pytest.raises(PermissionDeniedError, match="sbatch submits as the caller"):
+        r.reschedule(jid)
+    assert not [c for c in fake.calls if c[0].endswith("sbatch")]
+
+
 def test_unknown_job(fake, tmp_path):
     r, _, _ = make(fake, tmp_path)
     with pytest.raises(InvalidJobError):
