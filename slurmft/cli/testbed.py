@@ -285,7 +285,7 @@ def _echo_injection(res: Any, as_json: bool) -> None:
                    "directly); without it: a real site, over SSH (probe.* settings).")
 @backend_option
 @click.option("--match", default="train.py", show_default=True,
-              help="kill-rank/limit-memory: pgrep -f pattern of the training processes.")
+              help="kill-rank/hang/limit-memory: pgrep -f pattern of the training processes.")
 @click.option("--iface", default="", help="link-down over SSH: the node's interface.")
 @click.option("--duration", type=count(1, 86400), default=60, show_default=True,
               help="link-down over SSH: seconds until the link comes back up by itself.")
@@ -296,7 +296,7 @@ def _echo_injection(res: Any, as_json: bool) -> None:
               help="limit-memory: memory.max in MiB.")
 @click.option("--undo", is_flag=True,
               help="limit-memory: remove the job's slurmft-inject cgroups; mask-gpu: remove "
-                   "the env file.")
+                   "the env file; hang: SIGCONT the stopped ranks.")
 @click.option("--checkpoint-dir", default=None,
               help="mask-gpu: the job's CHECKPOINT_PATH (default: reschedule.checkpoint_dir "
                    "or the job's retry record).")
@@ -316,6 +316,11 @@ def inject_cmd(ctx: click.Context, action: str, job_id: int, node: str, seed: in
     \b
     kill-rank     SIGKILL one random process matching --match on a node of
                   the job (pgrep -f, only processes on that node).
+    hang          SIGSTOP one random training rank matching --match on a
+                  node (never mpirun, srun, orted, slurmft run or a shell):
+                  it hangs, its peers block in their next collective.
+                  --undo: SIGCONT to the job's matching processes on --node
+                  (default: every node of the job).
     kill-slurmd   --cluster: the cluster's fault(); else over SSH:
                   pkill -KILL -x slurmd.
     link-down     --cluster: the node's link down (undo: link-up). Over SSH it

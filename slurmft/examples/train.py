@@ -18,6 +18,12 @@ with the time ``t`` and the ``attempt`` id of this launch, which ``slurmft demo`
 ``bench/goodput.py`` read to build the timeline, the loss plot and goodput. SIGUSR1 (``#SBATCH
 --signal=B:USR1@60``) makes the next step boundary save and exit with 143 (not 0: the run is
 not finished, so the job wrapper relaunches or requeues it instead of ending the job).
+
+Hang injection (``slurmft inject hang`` stops a rank from outside): ``--hang-at-step N
+--hang-rank R`` makes rank R stop at step N before the step's allreduce and sleep forever, so
+the other ranks block inside the allreduce, as behind a rank stuck in a collective. It happens
+once per checkpoint directory: rank R first writes ``HANG_MARKER`` there, and a relaunch that
+finds it trains on (where the directory is not a local path, every launch hangs).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from slurmft.core.errors import FencedError
 
 EXIT_STOPPED = 143   # 128 + SIGTERM: stopped on a signal before the last step (saved first)
 FEATURES = 16
+HANG_MARKER = ".slurmft-hang-injected"   # in the checkpoint directory: --hang-at-step happened
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,12 +71,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="continue from the newest verified checkpoint, if there is one "
                         "(in DIR if given, else in --checkpoint-dir)")
     p.add_argument("--log-jsonl", default="", help="append progress records here (rank 0)")
+    p.add_argument("--hang-at-step", type=int, default=None, metavar="N",
+                   help="fault injection: --hang-rank stops at step N before its allreduce and "
+                        "sleeps forever (the other ranks block in the allreduce); once per "
+                        "checkpoint directory")
+    p.add_argument("--hang-rank", type=int, default=None, metavar="R",
+                   help="the rank that hangs at --hang-at-step (default 0)")
     args = p.parse_args(argv)
     if args.step_time is not None:
         p.error("--step-time is gone (it cost the same whatever the world size): use "
                 "--sample-time SECONDS, e.g. step time at full size x ranks / --global-batch")
     if args.sample_time < 0:
         p.error("--sample-time must be >= 0")
+    if args.hang_rank is not None and args.hang_at_step is None:
+        p.error("--hang-rank needs --hang-at-step N")
+    if args.hang_at_step is not None:
+        if args.hang_at_step < 0:
+            p.error("--hang-at-step must be >= 0")
+        if args.hang_rank is None:
+            args.hang_rank = 0
+        elif args.hang_rank < 0:
+            p.error("--hang-rank must be >= 0")
     if args.resume:
         args.checkpoint_dir = args.resume
     if not args.checkpoint_dir:
@@ -170,6 +192,25 @@ def resume(ckpt: MPICheckpointManager, torch_ckpt: TorchCheckpointer, log: Progr
     return point.step
 
 
+def hang_armed(args: argparse.Namespace, rank: int) -> bool:
+    """Whether this rank hangs at --hang-at-step in this launch (not if a launch before did)."""
+    if args.hang_at_step is None or rank != args.hang_rank:
+        return False
+    return not os.path.exists(os.path.join(args.checkpoint_dir, HANG_MARKER))
+
+
+def block_instead_of_allreduce(args: argparse.Namespace, rank: int, step: int) -> None:
+    """--hang-at-step: never join this step's allreduce (the other ranks wait inside it);
+    sleep until killed (SIGKILL: the save signals only set a flag that nothing reads now)."""
+    if os.path.isdir(args.checkpoint_dir):
+        with open(os.path.join(args.checkpoint_dir, HANG_MARKER), "w") as fh:
+            fh.write(f"rank {rank} step {step} pid {os.getpid()} host {socket.gethostname()}\n")
+    print(f"train.py: rank {rank} hangs at step {step} (--hang-at-step)", file=sys.stderr,
+          flush=True)
+    while True:
+        time.sleep(3600)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -179,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.py: --global-batch {args.global_batch} does not divide by {world} ranks",
               file=sys.stderr)
         return 2
+    if args.hang_at_step is not None and args.hang_rank >= world:
+        print(f"train.py: --hang-rank {args.hang_rank} is not a rank of {world}", file=sys.stderr)
+        return 2
+    hang = hang_armed(args, rank)
     log = ProgressLog(args.log_jsonl, rank)
     torch.manual_seed(args.seed)
     model = torch.nn.Sequential(torch.nn.Linear(FEATURES, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
@@ -198,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         step = start_step
         for step in range(start_step, args.steps):
+            if hang and step == args.hang_at_step:
+                block_instead_of_allreduce(args, rank, step)
             t0 = time.perf_counter()
             loss, save_now = train_step(step, ckpt)
             step_s = time.perf_counter() - t0

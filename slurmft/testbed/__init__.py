@@ -47,7 +47,8 @@ are derived from the name anyway (``Layout.ports``).
 Faults (``c.fault(node, fault)``, ``testbed.backend.Fault``; dispatched in ``netns/faults.py``): kill-slurmd, restart-slurmd, link-down, link-up (the
 controller-side veth), stop-sshd, start-sshd, freeze-sshd, thaw-sshd (SIGSTOP/SIGCONT: ping
 answers, SSH hangs), kill-job-procs (SIGKILL to the tasks under the node's slurmstepd and to
-non-sshd processes under its sshd, e.g. MPI ranks; see ``Cluster.job_pids``).
+non-sshd processes under its sshd, e.g. MPI ranks; see ``Cluster.job_pids``), hang, unhang
+(SIGSTOP to one training rank among those, SIGCONT to the stopped ones).
 
 Errors are ClusterError (system trouble: not root, missing binary -> `make install`, a daemon
 died -> its log file) or UsageError (bad name, node count, subnet clash, unknown node/action).

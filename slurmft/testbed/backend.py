@@ -33,6 +33,8 @@ class Fault(str, Enum):
     FREEZE_SSHD = "freeze-sshd"          # SIGSTOP: ping answers, SSH hangs
     THAW_SSHD = "thaw-sshd"              # SIGCONT
     KILL_JOB_PROCS = "kill-job-procs"    # SIGKILL the job's tasks and MPI ranks on the node
+    HANG = "hang"                        # SIGSTOP one training rank on the node: it hangs
+    UNHANG = "unhang"                    # SIGCONT the node's stopped job processes
     NODE_DOWN = "node-down"              # the whole node stops (docker: its container)
     NODE_UP = "node-up"
 

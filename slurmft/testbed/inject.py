@@ -12,6 +12,10 @@ kill-rank never picks a process whose environment names another SLURM_JOB_ID.
 Actions (``--cluster NAME``: the local cluster; otherwise a real site, over SSH):
 
 - kill-rank: SIGKILL one random ``pgrep -f MATCH`` process of the job on the node.
+- hang: SIGSTOP one random training rank among them (never a launcher or wrapper such as
+  mpirun, srun, orted, ``slurmft run``, sh): it neither exits nor makes progress, its peers
+  block in their next collective. ``--undo``: SIGCONT to the matching processes of the job on
+  ``--node``, or on every node of the job.
 - kill-slurmd: Cluster.fault; over SSH ``pkill -KILL -x slurmd`` in the node's netns.
 - link-down: Cluster.fault (undo: link-up); over SSH it needs --iface and, detached with
   ``setsid -f``, brings the link up again after --duration seconds.
@@ -56,7 +60,7 @@ log = get_logger(__name__)
 CLUSTER_ACTIONS = tuple(f.value for f in (
     Fault.KILL_SLURMD, Fault.LINK_DOWN, Fault.LINK_UP, Fault.STOP_SSHD, Fault.START_SSHD,
     Fault.FREEZE_SSHD, Fault.THAW_SSHD))
-ACTIONS = ("kill-rank", *CLUSTER_ACTIONS, "limit-memory", "mask-gpu")
+ACTIONS = ("kill-rank", "hang", *CLUSTER_ACTIONS, "limit-memory", "mask-gpu")
 #: Refused over SSH, and why (each would cut the only way to undo it).
 SSH_REFUSED = {
     "link-up": "a node whose link is down cannot be reached over SSH; link-down --iface "
@@ -67,6 +71,22 @@ SSH_REFUSED = {
     "thaw-sshd": "a frozen sshd cannot be reached over SSH",
 }
 _GPU_LIST_RE = re.compile(r"^[0-9]+(,[0-9]+)*$")
+#: Commands a --match pattern finds besides the ranks (the launcher's command line holds the
+#: training command too): hang never stops these. Checked on the first three words' basenames
+#: (``python .venv/bin/slurmft run``, ``python -m slurmft``).
+LAUNCHERS = frozenset({"mpirun", "mpiexec", "orterun", "prterun", "orted", "prted", "srun",
+                       "sbatch", "salloc", "slurmft", "ssh", "sh", "bash", "dash", "env",
+                       "timeout", "setsid", "nohup", "stdbuf", "time", "xargs"})
+
+
+def rank_candidates(procs: Sequence[RemoteProcess]) -> list[RemoteProcess]:
+    """The processes that look like training ranks, not a launcher or wrapper of them."""
+    out = []
+    for p in procs:
+        names = [w.rsplit("/", 1)[-1] for w in p.command.split()[:3]]
+        if names and not any(n in LAUNCHERS for n in names):
+            out.append(p)
+    return out
 
 
 # --- mask-gpu ---------------------------------------------------------------------------------
@@ -140,6 +160,9 @@ class Injector:
         rng = random.Random(req.seed)
         if req.action == "mask-gpu":
             res = self._mask_gpu(req)
+        elif req.action == "hang" and req.undo:
+            self._check_possible(req)
+            res = self._unhang(req)
         else:
             self._check_possible(req)
             node = self._pick_node(req, rng)
@@ -160,7 +183,7 @@ class Injector:
                     raise UsageError("link-down without --cluster needs --iface IF (the node's "
                                      "interface; it comes back up by itself after --duration s)")
                 link_down_argv(req.iface, req.duration)   # validates both
-        if a in ("kill-rank", "limit-memory"):
+        if a in ("kill-rank", "hang", "limit-memory"):
             check_pattern(req.match)
         if a == "limit-memory" and not req.undo and (req.mb is None or req.mb < 1):
             raise UsageError("limit-memory needs --mb M (M >= 1), or --undo")
@@ -227,6 +250,72 @@ class Injector:
                             f"killed pid {pid} on {node} (SIGKILL): {cmd[:120]}",
                             commands=[listing, kill], pid=pid,
                             extra={"candidates": [p.pid for p in procs], "command": cmd})
+
+    def _hang(self, req: InjectRequest, node: str, rng: random.Random) -> InjectResult:
+        listing = list_procs_argv(req.match)
+        stop = kill_argv(0, "STOP")[:-1] + ["<PID>"]
+        if req.dry_run:
+            return InjectResult(req.action, req.job_id, node,
+                                f"would list processes matching {req.match!r} on {node} and "
+                                "SIGSTOP one training rank at random", True, [listing, stop])
+        found = self._run(node, listing, "listing processes")
+        procs = job_candidates(parse_procs(found.stdout), req.job_id)
+        ranks = rank_candidates(procs)
+        if not ranks:
+            seen = "; ".join(p.command[:60] for p in procs[:3])
+            raise SlurmFTError(f"no training rank matching {req.match!r} on {node} (job "
+                               f"{req.job_id})" + (f", only launchers: {seen}" if seen else "")
+                               + ": nothing stopped")
+        chosen = rng.choice(ranks)
+        argv = kill_argv(chosen.pid, "STOP")
+        res = self._run(node, argv, "kill -s STOP")
+        if res.rc != 0:
+            raise SlurmFTError(f"SIGSTOP of pid {chosen.pid} on {node} failed: "
+                               f"{(res.stderr or res.stdout or f'rc {res.rc}')[:200]}")
+        return InjectResult(req.action, req.job_id, node,
+                            f"stopped pid {chosen.pid} on {node} (SIGSTOP; undo: inject hang "
+                            f"--undo): {chosen.command[:120]}",
+                            commands=[listing, argv], pid=chosen.pid,
+                            extra={"candidates": [p.pid for p in ranks],
+                                   "command": chosen.command})
+
+    def _unhang(self, req: InjectRequest) -> InjectResult:
+        """SIGCONT to the job's matching processes on --node, or on every node of the job
+        (running ones ignore it)."""
+        if req.node:
+            self._pick_node(req, random.Random())           # a node of the job
+            nodes = [req.node]
+        else:
+            if self.slurm is None:
+                raise UsageError("no Slurm client to look up the job's nodes")
+            nodes = sorted(self.slurm.job(req.job_id).nodes)
+        listing = list_procs_argv(req.match)
+        if req.dry_run:
+            return InjectResult(req.action, req.job_id, ",".join(nodes),
+                                f"would send SIGCONT to the processes matching {req.match!r} "
+                                f"on {', '.join(nodes) or 'no node'}", True,
+                                [listing, ["kill", "-s", "CONT", "--", "<PID>..."]])
+        commands: list[list[str]] = []
+        continued: dict[str, list[int]] = {}
+        for node in nodes:
+            found = self._run(node, listing, "listing processes")
+            commands.append(listing)
+            pids = [p.pid for p in job_candidates(parse_procs(found.stdout), req.job_id)]
+            if not pids:
+                continue
+            argv = ["kill", "-s", "CONT", "--", *map(str, pids)]
+            commands.append(argv)
+            res = self._run(node, argv, "kill -s CONT")
+            if res.rc != 0:
+                raise SlurmFTError(f"SIGCONT on {node} failed: "
+                                   f"{(res.stderr or res.stdout or f'rc {res.rc}')[:200]}")
+            continued[node] = pids
+        detail = ("; ".join(f"SIGCONT to pid {' '.join(map(str, p))} on {n}"
+                            for n, p in continued.items())
+                  or f"no process matching {req.match!r} of job {req.job_id} on "
+                     f"{', '.join(nodes) or 'any node'}: nothing to continue")
+        return InjectResult(req.action, req.job_id, ",".join(continued or nodes), detail,
+                            commands=commands, extra={"continued": continued, "undo": True})
 
     def _cluster_or_ssh(self, req: InjectRequest, node: str, argv: list[str] | None,
                         done: str) -> InjectResult:
@@ -336,7 +425,7 @@ class Injector:
                             extra={"env_file": str(path), "visible": rest, "masked": req.gpu})
 
 
-__all__ = ["ACTIONS", "CLUSTER_ACTIONS", "ExecNodeRunner", "ExecResult", "InjectRequest",
+__all__ = ["ACTIONS", "CLUSTER_ACTIONS", "LAUNCHERS", "rank_candidates", "ExecNodeRunner", "ExecResult", "InjectRequest",
            "InjectResult", "Injector", "NodeRunner", "RemoteProcess", "SshNodeRunner",
            "job_candidates", "kill_argv", "kill_slurmd_argv", "limit_memory_argv",
            "link_down_argv", "list_procs_argv", "parse_procs", "undo_memory_argv"]

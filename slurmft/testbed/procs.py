@@ -286,3 +286,58 @@ def kill_job_procs(node: str, pids: list[int]) -> str:
     if not pids:
         return f"no job processes on {node}"
     return f"killed {len(pids)} job process(es) on {node}: {' '.join(map(str, pids))}"
+
+
+def _is_python(pid: int) -> bool:
+    return comm(pid).startswith("python")
+
+
+def training_ranks(pids: Iterable[int], ppid_of: Mapping[int, int] | None = None) -> list[int]:
+    """Of a node's job processes, the training ranks: Python processes whose parent is not
+    Python (a DataLoader worker is not a rank) and with no descendant that is not Python (a
+    Python launcher such as ``slurmft run`` has mpirun or srun below it). Sorted."""
+    ppid_of = parents() if ppid_of is None else ppid_of
+    out = []
+    for pid in pids:
+        if not _is_python(pid) or _is_python(ppid_of.get(pid, 0)):
+            continue
+        if all(_is_python(d) for d in descendants([pid], ppid_of)):
+            out.append(pid)
+    return sorted(out)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            "utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def stop_rank(node: str, pids: list[int]) -> str:
+    """SIGSTOP one training rank of ``pids`` (a node's job processes, found by the backend;
+    the lowest pid of ``training_ranks``): it hangs without exiting, its peers block in their
+    next collective. ClusterError when the node runs no rank."""
+    ranks = training_ranks(pids)
+    if not ranks:
+        raise ClusterError(f"no training rank (a Python process) among the job processes on "
+                           f"{node}: nothing to hang")
+    pid = ranks[0]
+    proc = Proc(pid, start_time(pid) or 0)
+    if not signal_proc(proc, signal.SIGSTOP):
+        raise ClusterError(f"rank pid {pid} on {node} exited before it could be stopped")
+    wait_for_state(proc, "stopped", 5)
+    return f"stopped rank pid {pid} on {node} (SIGSTOP): {cmdline(pid)[:120]}"
+
+
+def continue_procs(node: str, pids: list[int]) -> str:
+    """SIGCONT every stopped process of ``pids`` (undo of ``stop_rank``)."""
+    stopped = [p for p in pids if (f := _stat(p)) and f[0] in ("T", "t")]
+    for pid in stopped:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    if not stopped:
+        return f"no stopped job process on {node}"
+    return f"continued {len(stopped)} job process(es) on {node} (SIGCONT): {' '.join(map(str, stopped))}"

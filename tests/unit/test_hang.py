@@ -245,3 +245,19 @@ def test_py_spy_dump_runs_py_spy_where_it_is_installed(caplog):
     assert "timed out or did not start" in caplog.text
     with pytest.raises(UsageError):
         py_spy_argv(0)
+
+
+def test_train_py_checks_its_hang_options():
+    """--hang-rank without --hang-at-step is one line and exit 2 (parsed before MPI starts)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    pytest.importorskip("mpi4py")
+    script = Path(__file__).resolve().parents[2] / "slurmft" / "examples" / "train.py"
+    cp = subprocess.run([sys.executable, str(script), "--checkpoint-dir", "/nonexistent",
+                         "--hang-rank", "1"], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 2
+    assert cp.stderr.strip().splitlines()[-1] == ("train.py: error: --hang-rank needs "
+                                                  "--hang-at-step N")

@@ -4,7 +4,8 @@ into ``Cluster``) and ``FAULT_HANDLERS``, the one table that ``Cluster.fault`` d
 kill-slurmd, restart-slurmd; link-down, link-up (the controller-side veth); stop-sshd,
 start-sshd, freeze-sshd, thaw-sshd (SIGSTOP/SIGCONT: ping answers, SSH hangs); kill-job-procs
 (SIGKILL to the tasks under the node's slurmstepd and to non-sshd processes under its sshd,
-e.g. MPI ranks; see ``Cluster.job_pids``).
+e.g. MPI ranks; see ``Cluster.job_pids``); hang, unhang (SIGSTOP to one training rank among
+those job processes, SIGCONT to the stopped ones: ``procs.stop_rank``).
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ class NodeFaults:
     def kill_job_procs(self, lay: Layout, node: str) -> str:
         return procs.kill_job_procs(node, self.job_pids(node))
 
+    def hang(self, lay: Layout, node: str) -> str:
+        return procs.stop_rank(node, self.job_pids(node))
+
+    def unhang(self, lay: Layout, node: str) -> str:
+        return procs.continue_procs(node, self.job_pids(node))
+
 
 FAULT_HANDLERS: dict[Fault, Callable[..., str]] = {
     Fault.KILL_SLURMD: NodeFaults.kill_slurmd,
@@ -94,4 +101,6 @@ FAULT_HANDLERS: dict[Fault, Callable[..., str]] = {
     Fault.FREEZE_SSHD: NodeFaults.freeze_sshd,
     Fault.THAW_SSHD: NodeFaults.thaw_sshd,
     Fault.KILL_JOB_PROCS: NodeFaults.kill_job_procs,
+    Fault.HANG: NodeFaults.hang,
+    Fault.UNHANG: NodeFaults.unhang,
 }
