@@ -108,7 +108,8 @@ def pick_peer(nodes: Sequence[str], here: str) -> str | None:
 
 
 def rank_node(rank: int, nodes: Sequence[str], slots: int) -> str:
-    """The node a rank runs on (mpirun's by-slot mapping and srun's block distribution both
-    fill each node's slots in order); '?' when the rank is out of range."""
+    """A guess at the node a rank runs on (each node's slots filled in allocation order), for
+    when its heartbeat names no host; mpirun on a peer may put its own node first, so the
+    heartbeat's host is preferred. '?' when the rank is out of range."""
     i = rank // max(1, slots)
     return nodes[i] if 0 <= i < len(nodes) else "?"

@@ -311,19 +311,28 @@ class Supervisor:
         return exit_code(proc.wait())
 
     def _report_hang(self, stuck: Sequence[StuckRankLike], nodes: list[str]) -> None:
+        """One ERROR line per stuck rank, naming its node (``failed_node=``), then its stacks.
+        The ranks at the lowest step are the likely cause; the others wait for them inside a
+        collective."""
         job = self.options.job_id
-        for r in stuck:
-            node = rank_node(r.rank, nodes, self.settings.slots)
-            log.error("job %s: rank %s on %s made no progress for %.0f s (last step %s): hung; "
-                      "relaunching from the latest verified checkpoint", job, r.rank, node,
+        lowest = min((r.last_step for r in stuck if r.last_step is not None), default=None)
+        for r in sorted(stuck, key=lambda r: (r.last_step is None or r.last_step != lowest,
+                                              r.rank)):
+            host = getattr(r, "host", "")        # the heartbeat's, when it names a job node
+            node = host if host in nodes else rank_node(r.rank, nodes, self.settings.slots)
+            cause = " (likely the cause: lowest step)" if (
+                len(stuck) > 1 and r.last_step is not None and r.last_step == lowest) else ""
+            extra = {"job": str(job), **failed_extra(node)}
+            log.error("job %s: rank %s on %s made no progress for %.0f s (last step %s)%s: "
+                      "hung; relaunching from the latest verified checkpoint", job, r.rank, node,
                       r.seconds_without_progress, "none" if r.last_step is None else r.last_step,
-                      extra={"job": str(job), **failed_extra(node)})
+                      cause, extra=extra)
             if r.stacks:
                 log.error("job %s: stacks of rank %s on %s:\n%s", job, r.rank, node,
-                          r.stacks.rstrip(), extra={"job": str(job), **failed_extra(node)})
+                          r.stacks.rstrip(), extra=extra)
             else:
                 log.error("job %s: rank %s on %s left no stacks (the process may be stopped)",
-                          job, r.rank, node, extra={"job": str(job), **failed_extra(node)})
+                          job, r.rank, node, extra=extra)
 
     # ------------------------------------------------------------------ asking slurmft
     def _ask_in_place(self, rc: int, *, hung: bool) -> int:

@@ -13,6 +13,7 @@ from slurmft.testbed.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
 
 
 def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
+                  train_args: tuple[str, ...] = (), hang_timeout: str = "auto",
                   **config) -> Path:
     """``work/job.sh``: ``steps`` training steps of 0.05 s on ``nodes`` nodes (longer on
     fewer: compute is per sample), a checkpoint
@@ -25,10 +26,11 @@ def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
     train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(steps),
              "--sample-time", str(sample_time(0.05, nodes, 48)), "--global-batch", "48",
              "--step-interval", "10", "--checkpoint-dir", str(ckpt),
-             "--log-jsonl", str(work / "progress.jsonl")]
+             "--log-jsonl", str(work / "progress.jsonl"), *train_args]
     script = work / "job.sh"
     script.write_text(render("job.sh.j2", job_context(
         cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name=name, nodes=nodes,
         work_dir=str(work), output=str(work / "job.out"),
-        slurmft_cmd=[sys.executable, "-m", "slurmft"], reschedule_log=str(work / "resched.log"))))
+        slurmft_cmd=[sys.executable, "-m", "slurmft"], reschedule_log=str(work / "resched.log"),
+        hang_timeout=hang_timeout)))
     return script
