@@ -63,3 +63,32 @@ def test_a_rank_hung_in_a_collective_is_named_and_the_training_relaunched(cluste
         assert "DRAIN" not in nodes["node2"].flags             # a hang drains no healthy node
     finally:
         cluster_run(["scancel", str(jid)])
+
+
+def test_a_stopped_rank_is_a_hang_too(cluster, cluster_run):
+    """`cluster fault NODE hang` (SIGSTOP of a training rank, as `slurmft inject hang` does):
+    the stopped rank writes no stacks, the supervisor says so, relaunches, the job completes."""
+    work = Path(cluster.shared_dir) / "hang-sigstop"
+    progress = work / "progress.jsonl"
+    work.mkdir(parents=True, exist_ok=True)
+    script = write_wrapper(cluster, work, steps=100, nodes=2, name="stop",
+                           hang_timeout=str(HANG_TIMEOUT))
+    cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2", script],
+                     env={"SLURMFT_RESCHEDULE_STATE_DIR": str(work / "state")})
+    assert cp.returncode == 0, cp.stderr
+    jid = int(cp.stdout.strip())
+    client = cluster.slurm_client()
+    try:
+        wait_for(lambda: any(r["event"] == "save" and r["step"] >= 30
+                             for r in read_progress(progress)) if progress.exists() else False,
+                 120, "a checkpoint at step 30")
+        assert "stopped" in cluster.fault("node2", "hang").lower()
+        job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
+                       "the job to complete after the stopped rank")
+        assert job.restart_count == 0
+        out = (work / "job.out").read_text()
+        assert re.search(r" ERROR .*failed_node=node2 .*on node2 made no progress", out), out[-2500:]
+        assert "left no stacks (the process may be stopped)" in out
+        assert read_progress(progress)[-1]["event"] == "done"
+    finally:
+        cluster_run(["scancel", str(jid)])
