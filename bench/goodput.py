@@ -55,7 +55,8 @@ from slurmft.checkpoint.store import Store
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.nodeset import validate_hostname
 from slurmft.observe.goodput import describe_world_sizes, step_time
-from slurmft.observe.report import read_progress, summarize
+from slurmft.observe.events import AuditFile, RunTransition
+from slurmft.observe.report import RESTART_PHASES, read_progress, restart_phases, summarize
 from slurmft.testbed.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, sample_time
 
 VARIANTS = ("slurmft", "slurm", "classic")
@@ -84,6 +85,7 @@ class Fault:
     resumed_from: int | None = None
     steps_lost: int | None = None
     stale_resume: bool = False           # resumed from older than ``latest_step``
+    phases: dict | None = None           # where the restart's seconds went (restart_phases)
 
 
 @dataclass
@@ -238,6 +240,37 @@ def analyse(records: list[dict], faults: list[Fault], steps: int, end_t: float,
         f.stale_resume = f.latest_step is not None and f.resumed_from < f.latest_step
     out["stale_resumes"] = sum(f.stale_resume for f in faults)
     return out
+
+
+def attach_phases(faults: list[Fault], records: list[dict], audit: Path) -> None:
+    """Each fault's restart phases, from the supervisor's LAUNCHING events in the audit file
+    and the progress records (variants without `slurmft run` have none)."""
+    launches = [e.time for e in AuditFile(audit).events()
+                if isinstance(e, RunTransition) and e.state == "launching" and e.time]
+    for k, f in enumerate(faults):
+        nxt = faults[k + 1].t if k + 1 < len(faults) else float("inf")
+        f.phases = restart_phases(f.t, records, launches, until=nxt)
+
+
+def phase_table(results: list[VariantResult]) -> list[str]:
+    """Median seconds of each restart phase, per variant and fault kind."""
+    rows = []
+    for v in dict.fromkeys(r.variant for r in results):
+        by_kind: dict[str, list[dict]] = {}
+        for r in results:
+            if r.variant == v:
+                for f in r.faults:
+                    if f.phases:
+                        by_kind.setdefault(f.kind, []).append(f.phases)
+        for kind, ps in sorted(by_kind.items()):
+            cols = " ".join(f"{statistics.median(p[k] for p in ps):>9.2f}"
+                            for k in (*RESTART_PHASES, "total_s"))
+            rows.append(f"{v:<8} {kind:<15} {len(ps):>3} {cols}")
+    if not rows:
+        return []
+    head = " ".join(f"{k.removesuffix('_s'):>9}" for k in (*RESTART_PHASES, "total_s"))
+    return [f"{'variant':<8} {'fault':<15} {'n':>3} {head}", *rows,
+            *(f"  {k}: {what}" for k, what in RESTART_PHASES.items())]
 
 
 @dataclass
@@ -482,6 +515,7 @@ class Run:
             audit = self.cluster.shared_dir / "slurmft" / "audit.jsonl"
             if audit.exists():
                 (keep / "audit.jsonl").write_bytes(audit.read_bytes())
+        attach_phases(res.faults, records, self.cluster.shared_dir / "slurmft" / "audit.jsonl")
 
 
 def keep_dir(out: Path, variant: str, seed: int, n_seeds: int) -> str:
@@ -623,6 +657,11 @@ def print_report(results: list[VariantResult], fault_every: float) -> None:
         for n in r.notes:
             print(f"  {r.variant:<8} note: {n}")
     print()
+    phases = phase_table(results)
+    if phases:
+        print("where a restart's seconds go (median s, fault -> first step after the resume):")
+        print("\n".join(phases))
+        print()
     for v in dict.fromkeys(r.variant for r in results):
         runs = [r for r in results if r.variant == v]
         goodputs = [r.goodput for r in runs if r.goodput is not None]

@@ -182,3 +182,36 @@ def loss_curve(records: Iterable[Mapping]) -> list[tuple[float, int, float, int]
     """(t, step, loss, world_size) of every step record, in the order they ran."""
     return [(r["t"], int(r["step"]), float(r["loss"]), int(r.get("world_size", 0)))
             for r in records if r["event"] == "step"]
+
+
+#: The phases of one restart, in order (``restart_phases``): what each measures.
+RESTART_PHASES = {
+    "to_relaunch_s": "fault -> the supervisor starts the new launch (detection, decision, "
+                     "taking the node out, stopping the old launch)",
+    "start_s": "launch -> the training's start record (launcher, interpreter, torch import, "
+               "MPI init, model built)",
+    "load_s": "start -> resumed (checkpoint found, verified and read)",
+    "first_step_s": "resumed -> the first step done",
+}
+
+
+def restart_phases(fault_t: float, records: Sequence[Mapping],
+                   launches: Sequence[float], until: float = float("inf")) -> dict[str, float] | None:
+    """Where the seconds of one restart went: the phases of ``RESTART_PHASES`` for the first
+    launch after ``fault_t`` (``launches``: times the supervisor entered LAUNCHING, from its
+    ``run`` events) and the progress records that followed it, before ``until`` (the next
+    fault). None when that restart did not complete (no first step after a resume)."""
+    launch = next((t for t in sorted(launches) if fault_t < t < until), None)
+    if launch is None:
+        return None
+    after = [r for r in records if launch <= float(r.get("t", 0)) < until]
+    start = next((r["t"] for r in after if r.get("event") == "start"), None)
+    resumed = next((r["t"] for r in after if r.get("event") == "resume"), None)
+    if start is None or resumed is None:
+        return None
+    first = next((r["t"] for r in after if r.get("event") == "step" and r["t"] >= resumed), None)
+    if first is None:
+        return None
+    return {"to_relaunch_s": round(launch - fault_t, 2), "start_s": round(start - launch, 2),
+            "load_s": round(resumed - start, 2), "first_step_s": round(first - resumed, 2),
+            "total_s": round(first - fault_t, 2)}

@@ -131,3 +131,26 @@ def test_the_json_carries_the_keys_of_the_report(gp):
         assert key in d
     assert d["world_size_seconds"] == {"4": 10.0, "3": 5.0}
     assert "4 ranks 10.0 s, 3 ranks 5.0 s" in gp.table([r])
+
+
+def test_restart_phases_come_from_the_supervisors_launches_and_the_progress(gp, tmp_path):
+    from slurmft.observe.events import AuditFile, RunTransition
+
+    audit = AuditFile(tmp_path / "audit.jsonl")
+    audit.emit(RunTransition(time=0.0, job_id=1, state="launching", launch=1))
+    audit.emit(RunTransition(time=7.5, job_id=1, state="launching", launch=2))
+    fault = gp.Fault(t=4.5, kind="link-down", node="node4", latest="step_1", latest_step=1)
+    gp.attach_phases([fault], records(), tmp_path / "audit.jsonl")
+    assert fault.phases == {"to_relaunch_s": 3.0, "start_s": 2.5, "load_s": 0.1,
+                            "first_step_s": 0.9, "total_s": 6.5}
+    r = gp.VariantResult("slurmft", "c", faults=[fault])
+    head, row, *legend = gp.phase_table([r])
+    assert row.split() == ["slurmft", "link-down", "1", "3.00", "2.50", "0.10", "0.90", "6.50"]
+    assert "to_relaunch" in head and len(legend) == 4
+
+
+def test_no_audit_file_means_no_phases(gp, tmp_path):
+    fault = gp.Fault(t=4.5, kind="link-down", node="node4", latest="step_1", latest_step=1)
+    gp.attach_phases([fault], records(), tmp_path / "missing.jsonl")
+    assert fault.phases is None and gp.phase_table([gp.VariantResult("x", "c",
+                                                                       faults=[fault])]) == []
