@@ -111,6 +111,8 @@ def _write(out: str, files: dict[str, Any]) -> list[Path]:
 @click.option("--scrape-target", "exporter_targets", multiple=True,
               help="host:port Prometheus scrapes the exporter at (repeatable; default "
                    "localhost:PORT).")
+@click.option("--scrape-interval", type=click.IntRange(1, 3600), default=None,
+              help="Seconds between Prometheus's scrapes and rule evaluations (default 15).")
 @click.option("--node-exporter", "node_exporter_targets", multiple=True,
               help="host:port of node_exporter (--collector.systemd) on the watcher's host, "
                    "for the watcher-down alert (repeatable; default localhost:9100).")

@@ -83,6 +83,7 @@ class DeploySettings:
     ssh_port: int = 22
     probe_command: str = "true"
     watch_interval: float = 2.0
+    scrape_interval: int = 15                  # seconds between Prometheus scrapes/evaluations
     exporter_bind: str = "127.0.0.1"
     exporter_port: int = 9464
     exporter_targets: tuple[str, ...] = ()     # host:port Prometheus scrapes ("": bind:port)
@@ -167,6 +168,9 @@ class DeploySettings:
                                           or _is_ip(self.exporter_bind)):
             raise UsageError(f"--exporter-bind must be an IP address or host name, "
                              f"not {self.exporter_bind!r}")
+        if not 1 <= self.scrape_interval <= 3600:
+            raise UsageError(f"--scrape-interval must be 1 to 3600 seconds, "
+                             f"not {self.scrape_interval!r}")
         if "\n" in self.probe_command or "\r" in self.probe_command:
             raise UsageError("probe.command may not span lines")
 

@@ -165,6 +165,24 @@ def test_prometheus_scrapes_the_exporter_where_the_unit_listens(tmp_path):
     assert "--port 9555 --bind 0.0.0.0" in unit
 
 
+@needs_promtool
+def test_scrape_interval_sets_scrapes_and_rule_evaluations(tmp_path):
+    out = tmp_path / "site"
+    assert render_kit(out, "--scrape-interval", "1").returncode == 0
+    doc = yaml.safe_load((out / "prometheus.yml").read_text())
+    assert doc["global"] == {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    res = subprocess.run(["promtool", "check", "config", str(out / "prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    default = tmp_path / "default"
+    assert render_kit(default).returncode == 0
+    assert yaml.safe_load((default / "prometheus.yml").read_text())["global"] == {
+        "scrape_interval": "15s", "evaluation_interval": "15s"}
+    bad = render_kit(tmp_path / "bad", "--scrape-interval", "0")
+    assert bad.returncode == 2 and "--scrape-interval" in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 # ------------------------------------------------------------------------ systemd
 
 
