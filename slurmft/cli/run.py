@@ -57,6 +57,11 @@ class HangTimeout(click.ParamType):
                    "the launch at once) or on the batch host (reschedule.launch_from).")
 @click.option("--ssh-args", default=None,
               help="Extra ssh options for reaching the peer, shell words (reschedule.ssh_args).")
+@click.option("--spares", type=count(0, 4096), default=0, show_default=True,
+              help="Keep this many nodes of the allocation idle: the training runs on the "
+                   "others, and a lost node is replaced by a spare (the world size stays the "
+                   "same) until the spares are used up; then the run shrinks. The watcher probes "
+                   "spares too, and a failed spare is drained, never used.")
 @click.option("--hang-timeout", type=HangTimeout(), default="auto", show_default=True,
               help="A rank that makes no progress this long is hung: its stacks are logged "
                    "and the training relaunched from the latest verified checkpoint. auto: "
@@ -80,7 +85,7 @@ class HangTimeout(click.ParamType):
 def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str | None,
             resume_mode: str, launcher: str | None, slots: int | None,
             mpirun_args: str | None, launch_from: str | None, ssh_args: str | None,
-            hang_timeout: Any, hang_factor: float, hang_floor: float,
+            spares: int, hang_timeout: Any, hang_factor: float, hang_floor: float,
             slurmft_cmd: str | None, reschedule_log: str | None, dry_run: bool,
             as_json: bool) -> None:
     """Supervise the training CMD inside a Slurm job (the rendered job script runs
@@ -112,6 +117,7 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
     job_id = _job_id()
     ckpt = Path(checkpoint_dir)
     options = _options(cfg, job_id, ckpt, resume_mode, train_cmd, slurmft_cmd, reschedule_log)
+    options.spares = spares
     if hang_timeout != "off":
         options.heartbeat_env = {
             "SLURMFT_HEARTBEAT_DIR": str(ckpt / HEARTBEAT_DIR / str(job_id)),
@@ -189,18 +195,24 @@ def _print_plan(settings: Any, options: Any, as_json: bool) -> None:
     from slurmft.supervise.launch import launch_argv, pick_peer
     from slurmft.supervise.supervisor import initial_resume
 
+    from slurmft.supervise.launch import choose_nodes
+
     nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
-    nodes = expand(nodelist) if nodelist else []
+    allocation = expand(nodelist) if nodelist else []
+    want = max(1, len(allocation) - options.spares) if options.spares else None
+    nodes = choose_nodes(allocation, [], want)
     resume = initial_resume(options.resume, options.checkpoint_dir)
     peer = pick_peer(nodes, options.here) if settings.launch_from == "peer" else None
-    doc = {"job_id": options.job_id, "nodes": nodes, "launcher": settings.launcher,
+    doc = {"job_id": options.job_id, "nodes": nodes,
+           "spares": [n for n in allocation if n not in nodes], "launcher": settings.launcher,
            "launch_host": peer or options.here, "argv": launch_argv(settings, nodes, resume),
            "resume": bool(resume), "heartbeat": options.heartbeat_env,
            "reschedule_log": str(options.reschedule_log)}
     if as_json:
         echo_json(doc)
         return
+    spare = f", {len(doc['spares'])} spare(s)" if doc["spares"] else ""
     click.echo(f"job {doc['job_id']}: {settings.launcher} on {len(nodes)} node(s) "
-               f"({nodelist or 'none'}), launched from {doc['launch_host']}"
+               f"({','.join(nodes) or 'none'}){spare}, launched from {doc['launch_host']}"
                f"{', resuming' if resume else ''}")
     click.echo(f"  {shlex.join(doc['argv'])}")

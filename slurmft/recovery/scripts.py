@@ -40,9 +40,10 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
                 job_name: str = "train", nodes: int = 1, partition: str = "",
                 time_limit: str = "", work_dir: str = "", output: str = "",
                 slurmft_cmd: Sequence[str] = (), reschedule_log: str = "",
-                hang_timeout: str = "auto") -> dict[str, Any]:
+                hang_timeout: str = "auto", spares: int = 0) -> dict[str, Any]:
     """Variables for templates/job.sh.j2 (the job wrapper). ``hang_timeout``: auto, off or
-    seconds, for ``slurmft run --hang-timeout``."""
+    seconds, for ``slurmft run --hang-timeout``. ``spares``: extra nodes the job holds
+    (``--nodes`` is then nodes + spares) to replace a lost one."""
     words = shlex.split(train_cmd) if isinstance(train_cmd, str) else list(train_cmd)
     if not words:
         raise RenderError("a training command is required (--train-cmd)")
@@ -70,6 +71,7 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "relaunch_mark": RELAUNCH_MARK,
         "resume": "auto",
         "hang_timeout": hang_timeout,
+        "spares": int(spares),
     }
 
 

@@ -107,6 +107,18 @@ def pick_peer(nodes: Sequence[str], here: str) -> str | None:
     return None
 
 
+def choose_nodes(allocation: Sequence[str], active: Sequence[str],
+                 want: int | None) -> list[str]:
+    """The nodes to train on: all of ``allocation`` when ``want`` is None; else ``want`` of
+    them, keeping the nodes that trained before (``active``) and filling up with spares in
+    allocation order. Fewer than ``want`` when the spares are used up (the run shrinks)."""
+    if want is None:
+        return list(allocation)
+    kept = [n for n in allocation if n in set(active)]
+    spares = [n for n in allocation if n not in set(kept)]
+    return sorted(kept + spares[:max(0, want - len(kept))], key=list(allocation).index)
+
+
 def rank_node(rank: int, nodes: Sequence[str], slots: int) -> str:
     """A guess at the node a rank runs on (each node's slots filled in allocation order), for
     when its heartbeat names no host; mpirun on a peer may put its own node first, so the

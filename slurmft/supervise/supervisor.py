@@ -46,6 +46,7 @@ from slurmft.core.nodeset import fold
 from slurmft.observe.events import RunTransition
 from slurmft.supervise.launch import (
     LaunchSettings,
+    choose_nodes,
     launch_argv,
     on_peer_argv,
     peer_script,
@@ -144,6 +145,7 @@ class RunOptions:
     peer_check_timeout: float = 30.0
     in_place_timeout: float = 600.0
     heartbeat_env: dict[str, str] = field(default_factory=dict)
+    spares: int = 0                             # nodes of the allocation kept idle as spares
 
 
 class Supervisor:
@@ -197,7 +199,9 @@ class Supervisor:
         except OSError as exc:
             raise SlurmFTError(f"cannot create the checkpoint directory {ckpt}: "
                                f"{exc.strerror}") from None
-        nodes = self._initial_nodes()
+        allocation = self._initial_nodes()
+        want = self._world_nodes(allocation)
+        nodes = choose_nodes(allocation, [], want)
         resume = self._initial_resume()
         rc = 1
         while True:
@@ -223,12 +227,17 @@ class Supervisor:
                 self._to(RunState.STOPPED, f"signal {self._stop_signal}", rc=rc)
                 return 128 + int(self._stop_signal)
             self._stop_training()
-            nodes = self._allocation()
-            if not nodes:
+            allocation = self._allocation()
+            if not allocation:
                 log.error("cannot read the allocation of job %s", job, extra={"job": str(job)})
                 break
-            self._to(RunState.RELAUNCHING, "relaunch on the nodes left", nodes=nodes)
-            log.warning("relaunching the training on %s in job %s", fold(nodes), job,
+            nodes = choose_nodes(allocation, nodes, want)
+            spare = ""
+            if want is not None:
+                spare = (f" ({len(allocation) - len(nodes)} spare(s) left)" if len(nodes) == want
+                         else f" (spares used up: {len(nodes)} of {want} node(s))")
+            self._to(RunState.RELAUNCHING, f"relaunch on the nodes left{spare}", nodes=nodes)
+            log.warning("relaunching the training on %s in job %s%s", fold(nodes), job, spare,
                         extra={"job": str(job)})
         rc = rc if rc != 0 else 1
         self._hand_off(rc)
@@ -283,6 +292,8 @@ class Supervisor:
             if self._stop_signal is not None:
                 return self._wait_stopped(proc), Ended.STOP
             if self._relaunch_asked:
+                if not self._lost_a_training_node(nodes):
+                    continue
                 return self._end(proc), Ended.RELAUNCH
             if self._save_asked:
                 self._save_asked = False
@@ -293,6 +304,31 @@ class Supervisor:
                     self._report_hang(stuck, nodes)
                     return self._end(proc), Ended.HUNG
             self.sleep(self.options.poll_interval)
+
+    def _lost_a_training_node(self, nodes: list[str]) -> bool:
+        """After SIGUSR2: whether a node the training runs on left the job. A spare that was
+        taken out (the watcher probes spares too) costs the training nothing."""
+        self._relaunch_asked = False
+        if not self.options.spares:
+            return True
+        allocation = self._allocation()
+        if allocation and set(nodes) <= set(allocation):
+            log.warning("job %s: a spare left the job (%s spare(s) left); the training goes on",
+                        self.options.job_id, len(set(allocation) - set(nodes)),
+                        extra={"job": str(self.options.job_id)})
+            return False
+        return True
+
+    def _world_nodes(self, allocation: list[str]) -> int | None:
+        """How many nodes train (None: all of them); the rest of the allocation are spares."""
+        k = self.options.spares
+        if not k:
+            return None
+        if len(allocation) <= k:
+            raise SlurmFTError(f"job {self.options.job_id} holds {len(allocation)} node(s): "
+                               f"not enough for --spares {k} and at least one to train on "
+                               f"(submit with --nodes N+{k})")
+        return len(allocation) - k
 
     def _wait_stopped(self, proc: Launched) -> int:
         """Slurm sent TERM to the training too: let it save and exit (Slurm KILLs it after

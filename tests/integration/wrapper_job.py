@@ -14,7 +14,7 @@ from slurmft.testbed.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
 
 def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
                   train_args: tuple[str, ...] = (), hang_timeout: str = "auto",
-                  **config) -> Path:
+                  spares: int = 0, **config) -> Path:
     """``work/job.sh``: ``steps`` training steps of 0.05 s on ``nodes`` nodes (longer on
     fewer: compute is per sample), a checkpoint
     every 10 steps into ``work/ckpt``, progress in ``work/progress.jsonl``, output in
@@ -32,5 +32,5 @@ def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
         cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name=name, nodes=nodes,
         work_dir=str(work), output=str(work / "job.out"),
         slurmft_cmd=[sys.executable, "-m", "slurmft"], reschedule_log=str(work / "resched.log"),
-        hang_timeout=hang_timeout)))
+        hang_timeout=hang_timeout, spares=spares)))
     return script

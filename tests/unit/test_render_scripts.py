@@ -395,3 +395,18 @@ def test_srun_launcher_runs_srun_itself_on_the_peer(tmp_path):
     assert w.env_seen() == ["FOO=a 'quoted' $value; with spaces"]
     text = w.script.read_text()
     assert "#SBATCH --no-kill" in text and "#SBATCH --comment=slurmft:relaunch" in text
+
+
+def test_render_job_with_spares_holds_the_extra_nodes_and_tells_the_supervisor():
+    from click.testing import CliRunner
+
+    from slurmft.cli import cli
+
+    res = CliRunner().invoke(cli, ["render", "job", "--nodes", "4", "--spares", "1",
+                                   "--train-cmd", "python t.py", "--checkpoint-dir", "/c"])
+    assert res.exit_code == 0, res.output
+    assert "#SBATCH --nodes=5" in res.output
+    assert opt(exec_argv(res.output), "--spares") == "1"
+    plain = CliRunner().invoke(cli, ["render", "job", "--nodes", "4", "--train-cmd", "t",
+                                     "--checkpoint-dir", "/c"])
+    assert "#SBATCH --nodes=4" in plain.output and "--spares" not in exec_argv(plain.output)

@@ -15,7 +15,8 @@ from slurmft.core.envfile import RESTART_ENV, format_env_file
 from slurmft.core.errors import ExitCode, SlurmCommandError, SlurmFTError
 from slurmft.observe.events import RunTransition, parse_event
 from slurmft.supervise.launch import (
-    LaunchSettings, launch_argv, on_peer_argv, peer_script, pick_peer, rank_node, slurm_env,
+    LaunchSettings, choose_nodes, launch_argv, on_peer_argv, peer_script, pick_peer, rank_node,
+    slurm_env,
 )
 from slurmft.supervise.supervisor import RunOptions, RunState, Supervisor, exit_code
 
@@ -112,13 +113,13 @@ class FakeMonitor:
 
 
 def make(tmp_path: Path, *, launches=None, calls_rc=None, allocations=None, monitor=None,
-         launch_from="batch", environ=None, **settings):
+         launch_from="batch", environ=None, spares=0, **settings):
     procs = FakeProcesses(launches=launches or [[0]], calls_rc=calls_rc or [])
     slurm = FakeSlurm(allocations=allocations or [])
     events: list[RunTransition] = []
     opts = RunOptions(job_id=7, checkpoint_dir=tmp_path / "ck", here="node1", cwd=str(tmp_path),
                       slurmft_cmd=("slurmft",), reschedule_log=tmp_path / "r.log",
-                      train_cmd_line="train --x 1", kill_grace=0.0)
+                      train_cmd_line="train --x 1", kill_grace=0.0, spares=spares)
     sup = Supervisor(LaunchSettings(train_cmd=("train", "--x", "1"), launch_from=launch_from,
                                     **settings),
                      opts, slurm, procs, monitor=monitor, emit=events.append,
@@ -292,6 +293,55 @@ def test_run_events_round_trip_through_the_audit_reader(tmp_path):
     assert back == RunTransition(job_id=7, state="launching", previous="starting",
                                  reason="mpirun on 2 node(s)", nodes=("node1", "node2"),
                                  launch=1)
+
+
+# --------------------------------------------------------------------------- spares
+
+FOUR = {"SLURM_JOB_NODELIST": "node[1-4]"}
+
+
+def test_with_a_spare_the_training_runs_on_the_others_and_a_lost_node_is_replaced(tmp_path):
+    sup, procs, _, events = make(tmp_path, spares=1, environ=FOUR, launches=[[5], [0]],
+                                 allocations=[["node1", "node3", "node4"]])
+    assert sup.run() == 0
+    first, second = (s[1]["SLURM_JOB_NODELIST"] for s in procs.started)
+    assert first == "node[1-3]"                       # node4 idle
+    assert second == "node[1,3-4]"                    # node2 lost, node4 in: world size kept
+    assert procs.started[1][0][:3] == ["mpirun", "-np", "3"]
+    [relaunch] = [e for e in events if e.state == "relaunching"]
+    assert "0 spare(s) left" in relaunch.reason
+
+
+def test_when_the_spares_are_used_up_the_run_shrinks(tmp_path):
+    sup, procs, _, events = make(tmp_path, spares=1, environ=FOUR, launches=[[5], [5], [0]],
+                                 allocations=[["node1", "node3", "node4"], ["node1", "node4"]])
+    assert sup.run() == 0
+    assert [s[1]["SLURM_JOB_NODELIST"] for s in procs.started] == [
+        "node[1-3]", "node[1,3-4]", "node[1,4]"]
+    assert "spares used up: 2 of 3" in [e for e in events if e.state == "relaunching"][-1].reason
+
+
+def test_a_spare_that_leaves_the_job_does_not_stop_the_training(tmp_path):
+    sup, procs, slurm, _ = make(tmp_path, spares=1, environ=FOUR,
+                                launches=[[None, None, None, 0]],
+                                allocations=[["node1", "node2", "node3"]])   # node4 drained
+    asked = iter([True])
+    sup.sleep = lambda s: next(asked, False) and sup.on_relaunch_signal()
+    assert sup.run() == 0
+    assert len(procs.started) == 1 and procs.procs[0].signals == [] and slurm.killed == []
+
+
+def test_a_job_too_small_for_its_spares_is_a_clear_error(tmp_path):
+    sup, *_ = make(tmp_path, spares=2, environ={"SLURM_JOB_NODELIST": "node[1-2]"})
+    with pytest.raises(SlurmFTError, match="not enough for --spares 2"):
+        sup.run()
+
+
+def test_choose_nodes_keeps_the_training_nodes_and_fills_up_in_order():
+    assert choose_nodes(["a", "b", "c"], [], None) == ["a", "b", "c"]
+    assert choose_nodes(["a", "b", "c", "d"], [], 3) == ["a", "b", "c"]
+    assert choose_nodes(["a", "c", "d"], ["a", "b", "c"], 3) == ["a", "c", "d"]
+    assert choose_nodes(["b", "d"], ["a", "b", "c"], 3) == ["b", "d"]
 
 
 # --------------------------------------------------------------------------- launch builders

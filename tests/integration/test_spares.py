@@ -1,0 +1,87 @@
+"""Hot spares (`slurmft run --spares 1`): the job holds 3 nodes and trains on 2. A training node
+is cut off; `slurmft watch` takes it out of the job and signals the supervisor, which relaunches
+on the node left plus the spare: the world size stays 2, no requeue. Real cluster, real mpirun
++ train.py, the real watcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slurmft.observe.report import read_progress
+from tests.integration.waiting import wait_for
+from tests.integration.wrapper_job import write_wrapper
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+STEPS = 300
+
+
+def test_a_lost_node_is_replaced_by_the_spare_and_the_world_size_kept(cluster, cluster_run):
+    work = Path(cluster.shared_dir) / "spares"
+    progress, state = work / "progress.jsonl", work / "state"
+    work.mkdir(parents=True, exist_ok=True)
+    script = write_wrapper(cluster, work, steps=STEPS, nodes=2, spares=1, name="spare")
+    env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
+           "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
+           "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+    cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2,node3", script], env=env)
+    assert cp.returncode == 0, cp.stderr
+    jid = int(cp.stdout.strip())
+    client = cluster.slurm_client()
+    with open(work / "watch.log", "ab") as log:
+        watcher = subprocess.Popen(
+            cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch", "--job", str(jid),
+                               "--interval", "1"]),
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    lost = ""
+    try:
+        wait_for(lambda: progress.exists() and any(
+            r["event"] == "save" and r["step"] >= 30 for r in read_progress(progress)),
+            120, "a checkpoint at step 30")
+        first = client.job(jid)
+        training = [n for n in first.nodes if n != first.batch_host]
+        lost = training[0]                      # a training node that is not the batch host
+        cluster.fault(lost, "link-down")
+
+        def tail(path: Path) -> str:
+            return path.read_text()[-1500:] if path.exists() else "(none)"
+
+        def diagnose() -> str:
+            j = client.job(jid)
+            return (f"state {j.state} on {j.nodes} restarts {j.restart_count}\nwatch.log:\n"
+                    f"{tail(work / 'watch.log')}\njob.out:\n{tail(work / 'job.out')}")
+
+        job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
+                       "the job to complete on the spare", show=diagnose)
+        assert job.restart_count == 0                          # relaunched in place
+        assert lost not in job.nodes and len(job.nodes) == 2
+        node = next(n for n in client.nodes() if n.name == lost)
+        assert node.is_drained and "slurmft" in node.reason
+        recs = read_progress(progress)
+        starts = [r["world_size"] for r in recs if r["event"] == "start"]
+        assert starts == [2, 2], diagnose()                    # the world size was kept
+        [resume] = [r for r in recs if r["event"] == "resume"]
+        assert resume["from_step"] >= 30 and resume["world_size"] == 2
+        assert recs[-1]["event"] == "done" and recs[-1]["step"] == STEPS - 1
+        assert "0 spare(s) left" in (work / "job.out").read_text()
+    finally:
+        try:
+            os.killpg(watcher.pid, signal.SIGTERM)             # the group started above
+            watcher.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(watcher.pid, signal.SIGKILL)
+        if lost:
+            cluster.fault(lost, "link-up")
+        cluster_run(["scancel", str(jid)])
+        if lost:
+            def back() -> bool:
+                cluster_run(["scontrol", "update", f"nodename={lost}", "state=resume"])
+                return cluster_run(["sinfo", "-h", "-n", lost, "-o", "%T"]).stdout.strip() == "idle"
+            wait_for(back, 90, f"{lost} idle again")
