@@ -60,6 +60,9 @@ from slurmft.observe.report import RESTART_PHASES, read_progress, restart_phases
 from slurmft.testbed.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, sample_time
 
 VARIANTS = ("slurmft", "slurm", "classic")
+#: Run only when asked (--variants ...,spare): slurmft's wrapper with one hot spare (a cluster of
+#: nodes + 1; the job trains on `nodes` and replaces the first lost node with the spare).
+EXTRA_VARIANTS = ("spare",)
 BASELINE = "nofault"         # the same wrapper, no fault: always run; its step time scores all
 FAULT_KINDS = ("link-down", "kill-slurmd", "kill-job-procs")
 #: Drawn only when asked (--faults ...,hang): SIGSTOP of one training rank, SIGCONT at repair.
@@ -309,6 +312,7 @@ class Run:
         self.a = a
         self.rng = rng
         self.demo = Demo(DemoOptions(name=f"gp-{variant}", nodes=a.nodes, steps=a.steps,
+                                     spares=1 if variant == "spare" else 0,
                                      step_time=a.step_time, step_interval=a.step_interval,
                                      watch_interval=a.watch_interval,
                                      probe_timeout=a.probe_timeout))
@@ -335,7 +339,7 @@ class Run:
         return self.result
 
     def _script(self, work: Path, ckpt: Path, progress: Path) -> str:
-        if self.v in ("slurmft", BASELINE):         # nofault: the same wrapper, no fault
+        if self.v in ("slurmft", "spare", BASELINE):   # nofault: the same wrapper, no fault
             return self.demo.job_script(work, ckpt, progress)
         a, o = self.a, self.demo.o
         train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(a.steps),
@@ -361,7 +365,7 @@ class Run:
         if cp.returncode != 0:
             raise SlurmFTError(f"sbatch failed: {cp.stderr.strip()}")
         job_id = res.job_id = int(cp.stdout.strip().split(";")[0])
-        if self.v == "slurmft":
+        if self.v in ("slurmft", "spare"):
             self.demo.start_watcher(job_id, work / "watch.log")
         self.say(f"job {job_id} submitted ({a.steps} steps, step time {a.step_time:g} s, "
                  f"checkpoint every {a.step_interval} steps)")
@@ -449,6 +453,9 @@ class Run:
         # kill-job-procs on the batch host would kill the batch script itself, not a rank.
         spare = kind == "kill-job-procs" or self.a.spare_batch_host
         nodes = [n for n in job.nodes if not (spare and n == job.batch_host)]
+        if self.v == "spare":       # a fault costs something only on a node that trains
+            training = self._training_nodes()
+            nodes = [n for n in nodes if n in training] if training else nodes
         if not nodes:
             return None
         node = validate_hostname(self.rng.choice(sorted(nodes)))
@@ -461,6 +468,13 @@ class Run:
             what = f"fault failed: {exc}"
         self.say(f"FAULT {kind} on {node} ({what}); latest verified checkpoint {latest}")
         return Fault(t, kind, node, latest, latest_step, what)
+
+    def _training_nodes(self) -> set[str]:
+        """The nodes of the supervisor's latest launch (its `run` events in the audit file)."""
+        audit = AuditFile(self.cluster.shared_dir / "slurmft" / "audit.jsonl")
+        launches = [e for e in audit.events()
+                    if isinstance(e, RunTransition) and e.state == "launching"]
+        return set(launches[-1].nodes) if launches else set()
 
     def _repair(self, f: Fault) -> None:
         try:
@@ -589,7 +603,8 @@ def fault_lines(r: VariantResult) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help=f"comma-separated subset of {','.join(VARIANTS)} ({BASELINE} always "
+                    help=f"comma-separated subset of {','.join(VARIANTS + EXTRA_VARIANTS)} "
+                         f"({BASELINE} always "
                          "runs first: it measures the fault-free step time)")
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2400)
@@ -636,7 +651,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.quick:
         a.seeds = a.seeds[:1]
     a.faults = [k for k in a.faults.split(",") if k]
-    bad = ([v for v in variants if v not in VARIANTS + (BASELINE,)]
+    bad = ([v for v in variants if v not in VARIANTS + EXTRA_VARIANTS + (BASELINE,)]
            + [k for k in a.faults if k not in FAULT_KINDS + EXTRA_FAULT_KINDS])
     if bad or not variants or not a.faults:
         ap.error(f"unknown or missing variant/fault: {', '.join(bad) or '(none given)'}")

@@ -46,7 +46,8 @@ EXAMPLE_TRAIN = Path(str(files("slurmft") / "examples" / "train.py"))   # packag
 @dataclass
 class DemoOptions:
     name: str = "sft-demo"
-    nodes: int = 4
+    nodes: int = 4                  # nodes the training runs on
+    spares: int = 0                 # extra nodes the job holds to replace a lost one
     steps: int = 300
     step_time: float = 0.1          # simulated compute per step on all `nodes` ranks (s); on
                                     # k ranks a step takes nodes/k as long (see sample_time)
@@ -238,7 +239,7 @@ class Demo:
         """Build the demo's cluster; ``teardown`` takes it down again, even if this fails
         half-way (unless ``keep_cluster``)."""
         self._started_cluster = True
-        return self.cluster.up(nodes=self.o.nodes)
+        return self.cluster.up(nodes=self.o.nodes + self.o.spares)
 
     def job_script(self, work: Path, ckpt_dir: Path, progress_path: Path,
                     slurmft_cmd: list[str] | None = None) -> str:
@@ -255,7 +256,7 @@ class Demo:
                           job_name="slurmft-demo", nodes=o.nodes, work_dir=str(work),
                           output=str(work / "job.out"),
                           slurmft_cmd=slurmft_cmd or [sys.executable, "-m", "slurmft"],
-                          reschedule_log=str(work / "reschedule.log"))
+                          reschedule_log=str(work / "reschedule.log"), spares=o.spares)
         return render("job.sh.j2", ctx)
 
     def start_watcher(self, job_id: int, log_path: Path) -> None:
