@@ -163,11 +163,19 @@ class Heartbeat:
             return
         self._count += 1
         self._step = int(step)
-        os.pwrite(self._fd, format_beat(step, self._count, self._pid, self._host), 0)
-        if self._stacks_fd >= 0:
-            now = self._clock()
-            if self._armed_at is None or now - self._armed_at >= self.dump_after / 2:
-                self._arm(now)
+        try:
+            os.pwrite(self._fd, format_beat(step, self._count, self._pid, self._host), 0)
+            if self._stacks_fd >= 0:
+                now = self._clock()
+                if self._armed_at is None or now - self._armed_at >= self.dump_after / 2:
+                    self._arm(now)
+        except OSError as exc:      # a full or stale shared disk must never stop the training
+            log.warning("heartbeat of rank %d stops: %s (hang detection is off for it)",
+                        self.rank, exc)
+            if self._armed_at is not None:
+                faulthandler.cancel_dump_traceback_later()
+                self._armed_at = None
+            self._close_fds()
 
     def _arm(self, now: float) -> None:
         if self._armed_at is not None and os.fstat(self._stacks_fd).st_size:
@@ -192,7 +200,10 @@ class Heartbeat:
     def _close_fds(self) -> None:
         for fd in (self._fd, self._stacks_fd):
             if fd >= 0:
-                os.close(fd)
+                try:
+                    os.close(fd)
+                except OSError:             # EIO from a network filesystem: nothing to keep
+                    pass
         self._fd = self._stacks_fd = -1
 
     def __enter__(self) -> "Heartbeat":

@@ -231,3 +231,22 @@ def test_no_stacks_while_beating_and_a_dump_is_cleared_by_the_next_beat(tmp_path
     cp = run_child(code, str(tmp_path))
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.split() == ["0", "True", "0"]
+
+
+def test_a_failing_heartbeat_write_never_stops_the_training(tmp_path, monkeypatch, caplog):
+    import errno
+
+    from slurmft.checkpoint import heartbeat as hb_mod
+
+    hb = Heartbeat(tmp_path, 0, dump_after=5.0)
+    hb.beat(1)
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(hb_mod.os, "pwrite", full)
+    hb.beat(2)                               # no exception reaches the training loop
+    hb.beat(3)
+    hb.close()
+    assert [r.getMessage() for r in caplog.records if "heartbeat of rank 0 stops" in
+            r.getMessage()] == ["heartbeat of rank 0 stops: [Errno 28] No space left on device "
+                                "(hang detection is off for it)"]
