@@ -62,6 +62,13 @@ class CommandSlurmClient:
             if j.job_id == job_id:
                 return j
         log.debug("job %s not in squeue; asking scontrol show job", job_id)
+        return self.read_job(job_id)
+
+    def read_job(self, job_id: int) -> JobInfo:
+        """This one job now, asked of slurmctld alone (``scontrol show job -o <id>``): its
+        cost does not grow with the queue, unlike ``job`` (22.05's ``squeue --json`` lists
+        every job whatever the filter). Also knows ended jobs squeue no longer lists."""
+        job_id = scli.check_job_id(job_id)
         found = sparse.parse_show_job(self._run(scli.build_show_job_argv(job_id, self.bin_dir)).stdout)
         for j in found:
             if j.job_id == job_id:
@@ -72,6 +79,10 @@ class CommandSlurmClient:
         """The job's numbered steps now (e.g. [0, 1] for 42.0 and 42.1), ascending."""
         out = self._run(scli.build_steps_argv(job_id, self.bin_dir)).stdout
         return sparse.parse_step_ids(out, job_id)
+
+    def all_steps(self) -> dict[int, list[int]]:
+        """Every job's numbered steps now, in one request (jobs without any are absent)."""
+        return sparse.parse_steps_by_job(self._run(scli.build_all_steps_argv(self.bin_dir)).stdout)
 
     def allocation(self, job_id: int) -> list[str]:
         """The nodes the job holds now (empty once it left the queue), in Slurm's order."""

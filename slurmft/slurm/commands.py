@@ -69,6 +69,12 @@ def build_steps_argv(job_id: int, bin_dir: str = "") -> list[str]:
             "--format", "%i"]
 
 
+def build_all_steps_argv(bin_dir: str = "") -> list[str]:
+    """Every job's steps, one id per line: one request however many jobs need theirs (the
+    watcher reads it at most once per cycle, see ``slurm.view``)."""
+    return [_bin("squeue", bin_dir), "--all", "--steps", "--noheader", "--format", "%i"]
+
+
 def build_allocation_argv(job_id: int, bin_dir: str = "") -> list[str]:
     """The job's nodes now, as one hostlist (``squeue --format %N``): cheaper than the JSON of
     every job, and what a job wrapper asks after each relaunch."""

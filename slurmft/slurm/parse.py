@@ -40,6 +40,18 @@ def parse_step_ids(text: str, job_id: int) -> list[int]:
     return sorted(ids)
 
 
+def parse_steps_by_job(text: str) -> dict[int, list[int]]:
+    """``build_all_steps_argv``'s output: each job's numbered steps, ascending (batch, extern
+    and interactive steps left out, as in ``parse_step_ids``; a job with none of them is
+    absent)."""
+    out: dict[int, set[int]] = {}
+    for word in text.split():
+        job, _, step = word.partition(".")
+        if job.isdigit() and step.isdigit():
+            out.setdefault(int(job), set()).add(int(step))
+    return {job: sorted(ids) for job, ids in out.items()}
+
+
 def parse_allocation(text: str) -> list[str]:
     """The node names in ``build_allocation_argv``'s output (a hostlist on the first line;
     nothing for a job that left the queue or holds no nodes yet)."""

@@ -13,6 +13,7 @@ rescheduler tests run the same code paths as against the real cluster, with no p
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import os
 from collections.abc import Sequence
@@ -171,18 +172,24 @@ class FakeSlurm:
     # ------------------------------------------------------------------ squeue / sinfo
     def _cmd_squeue(self, args: list[str]) -> tuple[int, str, str]:
         if "--steps" in args:
+            if "--jobs" not in args:                # every job's steps
+                listed = [i for i in sorted(self.jobs) if i not in self.forgotten]
+                return 0, "".join(self._step_lines(i) for i in listed), ""
             job_id = int(args[args.index("--jobs") + 1])
             j = self.jobs.get(job_id)
             if j is None or job_id in self.forgotten:
                 return 1, "", "slurm_load_jobs error: Invalid job id specified\n"
-            lines = [f"{job_id}.{s}" for s in self.steps.get(job_id, [])]
-            if j["job_state"] == "RUNNING":
-                lines.append(f"{job_id}.batch")
-            return 0, "".join(f"{ln}\n" for ln in lines), ""
+            return 0, self._step_lines(job_id), ""
         if "--json" not in args:
             return 1, "", "squeue: fake supports --json only\n"
         jobs = [j for i, j in sorted(self.jobs.items()) if i not in self.forgotten]
         return 0, json.dumps({"meta": self._meta, "errors": [], "jobs": jobs}), ""
+
+    def _step_lines(self, job_id: int) -> str:
+        lines = [f"{job_id}.{s}" for s in self.steps.get(job_id, [])]
+        if self.jobs[job_id]["job_state"] == "RUNNING":
+            lines.append(f"{job_id}.batch")
+        return "".join(f"{ln}\n" for ln in lines)
 
     def _cmd_sinfo(self, args: list[str]) -> tuple[int, str, str]:
         if "--json" not in args:
@@ -271,21 +278,32 @@ class FakeSlurm:
 
     @staticmethod
     def _one_line(j: dict[str, Any]) -> str:
+        """The job as 22.05's ``scontrol show job -o`` prints it (the fields slurmft reads, in
+        Slurm's order; times in local time like scontrol; Comment only when set)."""
+        def when(ts: Any) -> str:
+            return (datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%dT%H:%M:%S")
+                    if isinstance(ts, int) and ts > 0 else "Unknown")
+
         nodes = j.get("nodes") or "(null)"
+        comment = [("Comment", j["comment"])] if j.get("comment") else []
         fields = [
             ("JobId", j["job_id"]), ("JobName", j.get("name", "")),
             ("UserId", f"{j.get('user_name', 'root')}({j.get('user_id', 0)})"),
             ("GroupId", "root(0)"), ("Priority", j.get("priority", 1)),
             ("JobState", j["job_state"]), ("Reason", j.get("state_reason", "None")),
             ("Requeue", 1 if j.get("requeue") else 0), ("Restarts", j.get("restart_cnt", 0)),
-            ("ExitCode", f"{j.get('exit_code', 0)}:0"), ("SubmitTime", "2026-11-25T16:18:58"),
-            ("StartTime", "2026-11-25T16:18:58"), ("Partition", j.get("partition", "main")),
+            ("ExitCode", f"{j.get('exit_code', 0)}:0"),
+            ("SubmitTime", when(j.get("submit_time"))),
+            ("StartTime", when(j.get("start_time"))), ("Partition", j.get("partition", "main")),
+            ("ReqNodeList", j.get("required_nodes") or "(null)"),
+            ("ExcNodeList", j.get("excluded_nodes") or "(null)"),
             ("NodeList", nodes), ("BatchHost", j.get("batch_host") or "(null)"),
             ("NumNodes", j.get("node_count", 0)), ("NumCPUs", j.get("cpus", 1)),
+            ("NumTasks", j.get("tasks") or "N/A"), ("CPUs/Task", j.get("cpus_per_task") or 1),
             ("TRES", "cpu=4,mem=4000M,node=4,billing=4"),
-            ("ExcNodeList", j.get("excluded_nodes") or "(null)"),
-            ("ReqNodeList", j.get("required_nodes") or "(null)"),
+            ("NtasksPerN:B:S:C", f"{j.get('tasks_per_node') or 0}:0:*:*"),
             ("Command", j.get("command", "")), ("WorkDir", j.get("current_working_directory", "")),
+            *comment,
             ("StdOut", j.get("standard_output", "")),
         ]
         return " ".join(f"{k}={v}" for k, v in fields)
