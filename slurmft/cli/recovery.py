@@ -183,8 +183,8 @@ def _stop_on_signals() -> threading.Event:
               help="Seconds to leave a job alone after a refused or failed reschedule.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per cycle on stdout.")
 @click.option("--wait", type=FiniteFloat(min=0), default=3.0, show_default=True,
-              help="After a requeue, wait up to this many seconds for the job to run again "
-                   "(later cycles keep nudging it with StartTime=now if Slurm delays it).")
+              help="Ignored (kept so existing command lines work): a cycle no longer waits for a "
+                   "requeued job; the next cycles nudge it with StartTime=now until it runs.")
 @click.option("--confirm", type=count(1, 1000), default=2, show_default=True,
               help="Consecutive failed probes before a node counts as failed; suspects are "
                    "re-probed at once, so this costs probe timeouts, not intervals.")

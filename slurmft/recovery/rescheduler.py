@@ -19,7 +19,7 @@ import math
 import os
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,12 +61,24 @@ from slurmft.recovery.state import Attempt, RetryRecord, StateStore
 from slurmft.render import render as default_render
 from slurmft.slurm import commands as scli
 from slurmft.slurm.records import JobInfo, SlurmClient
+from slurmft.slurm.view import CachedSlurmClient
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
 #: States in which the job is still winding down; ``settle`` waits them out.
 TRANSIENT_STATES = frozenset({"COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING"})
+
+
+def poll_delays(first: float = 0.5, factor: float = 1.5, cap: float = 5.0) -> Iterator[float]:
+    """Pauses between two reads of a job we wait for: 0.5 s, then 1.5 times longer each time,
+    at most 5 s (each read lists every job: a tight loop would load slurmctld with the
+    cluster's size). Hand-written rather than tenacity (whose one owner is checkpoint.upload):
+    this paces a state poll, it retries nothing that failed."""
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * factor)
 
 
 @dataclass
@@ -191,20 +203,23 @@ class Rescheduler:
                 return False
         return False
 
-    def _health(self, names: Sequence[str]) -> dict[str, ProbeResult]:
-        """Probe ``names``; nodes Slurm already calls DOWN/NOT_RESPONDING count as failed."""
+    def _health(self, names: Sequence[str],
+                view: CachedSlurmClient | None = None) -> dict[str, ProbeResult]:
+        """Probe ``names``; nodes Slurm already calls DOWN/NOT_RESPONDING count as failed
+        (node states from the watcher's ``view`` when it gives one: no sinfo of our own)."""
         if not names:
             return {}
         health = dict(self.prober.probe(list(names)))
-        for name, res in slurm_health(self.client, names).items():
+        for name, res in slurm_health(view or self.client, names).items():
             if name not in health or not health[name].health.is_failed:
                 health[name] = res
         return health
 
-    def _settle(self, job: JobInfo, names: Sequence[str], settle: float) -> JobInfo:
+    def _settle(self, job: JobInfo, names: Sequence[str], settle: float,
+                view: CachedSlurmClient | None = None) -> JobInfo:
         """A job COMPLETING on an unreachable node stays so until Slurm declares the node
         down (SlurmdTimeout): set failed nodes DOWN now, then wait for the job to settle."""
-        failed = [n for n, r in self._health(names).items() if r.health.is_failed]
+        failed = [n for n, r in self._health(names, view).items() if r.health.is_failed]
         if failed:
             action = DownNodes(tuple(failed), drain_reason(job.job_id))
             try:
@@ -215,16 +230,20 @@ class Rescheduler:
             except SlurmCommandError as exc:   # e.g. not root: wait for Slurm instead
                 log.warning("job %s: cannot set %s DOWN: %s", job.job_id, ",".join(failed),
                             exc.slurm_message or exc, extra={"job": str(job.job_id)})
-        return self.wait_settled(job, settle)
+        return self.wait_settled(job, settle, view=view)
 
     def wait_settled(self, job: JobInfo, settle: float,
-                     states: frozenset[str] = TRANSIENT_STATES) -> JobInfo:
+                     states: frozenset[str] = TRANSIENT_STATES, *,
+                     view: CachedSlurmClient | None = None) -> JobInfo:
         """Poll while the job is in one of ``states`` (default: transient ones such as
-        COMPLETING), at most ``settle`` s."""
+        COMPLETING), at most ``settle`` s, with a slow backoff (``poll_delays``). With a
+        ``view``, each poll reads this one job alone (never the view's cached listing)."""
+        read = view.fresh_job if view is not None else self.client.job
         deadline = self.clock() + settle
+        delays = poll_delays()
         while job.state in states and self.clock() < deadline:
-            self.sleep(min(0.5, max(0.0, deadline - self.clock())))
-            job = self.client.job(job.job_id)
+            self.sleep(min(next(delays), max(0.0, deadline - self.clock())))
+            job = read(job.job_id)
         return job
 
     # ------------------------------------------------------------------ main entry
@@ -234,16 +253,20 @@ class Rescheduler:
                    nodes_hint: Sequence[str] = (),
                    health: Mapping[str, ProbeResult] | None = None,
                    restart_failed: bool = False, in_place: bool = False,
-                   caller_restarts: int | None = None) -> Report:
+                   caller_restarts: int | None = None,
+                   view: CachedSlurmClient | None = None) -> Report:
         """Reschedule ``job_id`` if any of its nodes failed. Raises PolicyError (exit 3) when
         the budget is spent or too few nodes remain, after holding the job.
 
         ``nodes_hint``: the nodes the job ran on, for a job Slurm already requeued (a pending
         job lists none); the epilog passes SLURM_JOB_NODELIST. ``health``: fresh probe results
-        (the watcher's), used instead of probing again."""
+        (the watcher's), used instead of probing again. ``view``: the watcher's cycle view:
+        the job and node states come from it (no squeue or sinfo of our own), the job is read
+        again alone under the lock, and nothing waits for a requeued job to run: the
+        watcher's next cycles follow it up (nudge, ``recovered``)."""
         start = self.clock()
         job_id = scli.check_job_id(job_id)
-        job = self.client.job(job_id)
+        job = view.job(job_id) if view is not None else self.client.job(job_id)
         self.check_permission(job)
         pcfg = PolicyConfig(
             max_retry=self.config.max_retry if max_retry is None else max_retry,
@@ -255,13 +278,19 @@ class Rescheduler:
         )
         if self.dry_run:
             report = self._run_locked(job, pcfg, train_cmd, checkpoint_dir, nodes_hint,
-                                      settle, health, reread=False)
+                                      settle, health, reread=False, view=view)
         else:
-            with self.store.lock(job_id):
-                report = self._run_locked(job, pcfg, train_cmd, checkpoint_dir, nodes_hint,
-                                          settle, health, reread=True)
-        # Outside the lock: a second caller need not wait for this job to start.
-        if (not self.dry_run and self.start_wait > 0 and report.decision.outcome in
+            try:
+                with self.store.lock(job_id):
+                    report = self._run_locked(job, pcfg, train_cmd, checkpoint_dir, nodes_hint,
+                                              settle, health, reread=True, view=view)
+            finally:
+                if view is not None:      # whatever was sent, the cached copy is stale now
+                    view.changed(job_id)
+        # Outside the lock: a second caller need not wait for this job to start. Under the
+        # watcher (a view) nothing waits here: its next cycles nudge and follow the job.
+        if (view is None and not self.dry_run and self.start_wait > 0
+                and report.decision.outcome in
                 (Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.ALREADY_DONE)):
             report.state_after, report.running_after_s = self._kick(
                 job_id, report.decision.num_nodes)
@@ -272,29 +301,37 @@ class Rescheduler:
 
     def _run_locked(self, job: JobInfo, pcfg: PolicyConfig, train_cmd: str | None,
                     checkpoint_dir: str | None, nodes_hint: Sequence[str], settle: float,
-                    known: Mapping[str, ProbeResult] | None, reread: bool) -> Report:
-        if reread:  # another caller may have acted while we waited for the lock
-            job = self.client.job(job.job_id)
+                    known: Mapping[str, ProbeResult] | None, reread: bool,
+                    view: CachedSlurmClient | None = None) -> Report:
+        if reread:
+            # Needed, also with the watcher's view: the view's copy was listed before the
+            # probe, and between that listing and this lock another caller (the epilog's
+            # detached reschedule, an operator, a second watcher) or Slurm itself (a node it
+            # declared DOWN) may have requeued or ended the job. Acting on the stale copy
+            # would requeue twice or spend a second retry. The view reads this one job alone
+            # (scontrol show job), so the re-read costs the same however many jobs run.
+            job = (view.fresh_job(job.job_id) if view is not None
+                   else self.client.job(job.job_id))
         record = self.store.load(job.job_id, job.submit_time, job.restart_count,
                                  read_only=self.dry_run)
         if nodes_hint and not record.last_nodes:
             record.last_nodes = [hosts.validate_hostname(n) for n in nodes_hint]
         history = record.history(job.job_id)
         if settle > 0 and job.state in TRANSIENT_STATES:
-            job = self._settle(job, candidate_nodes(job, history), settle)
+            job = self._settle(job, candidate_nodes(job, history), settle, view)
         health: dict[str, ProbeResult] = {}
         if needs_probe(job):
             names = candidate_nodes(job, history)
             if known is not None and names and all(n in known for n in names):
                 health = {n: known[n] for n in names}
             else:
-                health = self._health(names)
+                health = self._health(names, view)
         decision = decide(job, health, history, pcfg)
         if (pcfg.restart_failed and not decision.failed and settle > 0
                 and job.state in TRANSIENT_STATES | {"RUNNING"}):
             # Called by the job wrapper whose launcher just failed on healthy nodes: the
             # wrapper exits right after, so wait for the job to end, then decide again.
-            job = self.wait_settled(job, settle, TRANSIENT_STATES | {"RUNNING"})
+            job = self.wait_settled(job, settle, TRANSIENT_STATES | {"RUNNING"}, view=view)
             decision = decide(job, health, history, pcfg)
         for name in decision.failed:
             res = health.get(name)
@@ -365,11 +402,14 @@ class Rescheduler:
             self.sleep(gap)
 
     def _kick(self, job_id: int, target_nodes: int | None = None) -> tuple[str, float | None]:
-        """Wait up to ``start_wait`` s for the job to run. Slurm may apply the requeue delay
-        (BeginTime, cred_expire + 1 s) after our ``StartTime=now`` when the job was still
-        completing, or undo the shrink (BadConstraints): ``nudge`` it whenever it is."""
+        """Wait up to ``start_wait`` s for the job to run (``slurmft reschedule`` alone; the
+        watcher follows its jobs up in its next cycles instead). Slurm may apply the requeue
+        delay (BeginTime, cred_expire + 1 s) after our ``StartTime=now`` when the job was still
+        completing, or undo the shrink (BadConstraints): ``nudge`` it whenever it is. Reads
+        back off from 0.5 s to 5 s (``poll_delays``): each one lists every job."""
         t0 = self.clock()
         state = ""
+        delays = poll_delays()
         while True:
             try:
                 job = self.client.job(job_id)
@@ -379,10 +419,11 @@ class Rescheduler:
             state = job.state
             if state == "RUNNING":
                 return state, self.clock() - t0
-            if job.has_ended or self.clock() - t0 >= self.start_wait:
+            left = self.start_wait - (self.clock() - t0)
+            if job.has_ended or left <= 0:
                 return state, None
             self.nudge(job, target_nodes)
-            self.sleep(0.2)
+            self.sleep(min(next(delays), left))
 
     def nudge(self, job: JobInfo, target_nodes: int | None = None) -> bool:
         """Keep a job we requeued moving. Pending for BeginTime (the requeue delay Slurm

@@ -4,6 +4,12 @@ This is the fast path: active probing notices a dead node in about one probe tim
 before Slurm's SlurmdTimeout. The loop is bounded (``max_cycles``, a cool-down per job after a
 refusal or an error, one probe fan-out per cycle for all jobs) and stops when ``stop`` is set
 (the CLI sets it on SIGINT/SIGTERM).
+
+Slurm load per cycle does not grow with the number of jobs: every read goes through one
+``CachedSlurmClient`` (``slurm.view``), refreshed once at the start of each cycle and handed
+to the rescheduler: one ``squeue --json``, at most one ``sinfo`` and at most one step listing
+per cycle, plus one ``scontrol show job`` per job acted on (the re-read under its lock).
+Nothing waits for a requeued job inside a cycle; the next cycles nudge and follow it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from slurmft.recovery.policy import Outcome
 from slurmft.recovery.rescheduler import Report, Rescheduler
 from slurmft.recovery.suspicion import ConfirmPolicy, FailureTracker, too_many_failed
 from slurmft.slurm.records import JobInfo, SlurmClient
+from slurmft.slurm.view import CachedSlurmClient
 
 log = get_logger(__name__)
 
@@ -82,16 +89,21 @@ class CycleResult:
     probe_s: float = 0.0
     list_error: str = ""          # the jobs could not be listed (squeue failed): nothing seen
     phases: dict[int, str] = field(default_factory=dict)   # job id -> JobPhase value, after
+    slurm_reads: dict[str, int] = field(default_factory=dict)  # ViewReads of the cycle
 
     def to_dict(self) -> dict:
         return {"started": round(self.started, 3), "jobs": self.jobs,
                 "failed": self.failed, "probe_s": round(self.probe_s, 3),
                 "reports": [r.to_dict() for r in self.reports], "errors": self.errors,
-                "list_error": self.list_error, "phases": self.phases}
+                "list_error": self.list_error, "phases": self.phases,
+                "slurm_reads": self.slurm_reads}
 
 
 class Watcher:
-    """Watches running jobs (``job_ids``, or all running jobs when empty)."""
+    """Watches running jobs (``job_ids``, or all running jobs when empty).
+
+    ``client``: a Slurm client, wrapped in a ``CachedSlurmClient`` (``self.view``) unless it
+    is one already; the view is refreshed once per cycle and shared with the rescheduler."""
 
     def __init__(self, client: SlurmClient, prober: Prober, rescheduler: Rescheduler, *,
                  job_ids: Sequence[int] = (), interval: float = 2.0, cooldown: float = 30.0,
@@ -102,6 +114,7 @@ class Watcher:
         if not interval > 0:
             raise SlurmFTError(f"watch interval must be > 0, not {interval}")
         self.client = client
+        self.view = client if isinstance(client, CachedSlurmClient) else CachedSlurmClient(client)
         self.prober = prober
         self.rescheduler = rescheduler
         self.job_ids = set(job_ids)
@@ -119,8 +132,9 @@ class Watcher:
 
     def running_jobs(self) -> list[JobInfo]:
         """The running jobs to probe this cycle; moves every known job on first (drops ended
-        ones, ends cool-downs, nudges requeued ones, records recoveries)."""
-        all_jobs = self.client.jobs()
+        ones, ends cool-downs, nudges requeued ones, records recoveries). Starts the cycle:
+        the view's one job listing."""
+        all_jobs = self.view.refresh().jobs
         self._advance(all_jobs)
         jobs = [j for j in all_jobs if j.state == "RUNNING" and j.nodes]
         if self.job_ids:
@@ -170,9 +184,10 @@ class Watcher:
                               recovery_seconds=round(time.time() - rec.detected, 3)))
 
     def _steps_now(self, job_id: int) -> list[int] | None:
-        """The job's numbered steps (None when Slurm cannot say)."""
+        """The job's numbered steps (None when Slurm cannot say), from the cycle's one
+        listing of every job's steps."""
         try:
-            return self.client.steps(job_id)
+            return self.view.steps(job_id)
         except SlurmFTError as exc:
             log.debug("watch: steps of job %s: %s", job_id, exc)
             return None
@@ -197,6 +212,7 @@ class Watcher:
                 return res
             log.error("watch: cannot list jobs: %s", exc)
             res.list_error = str(exc)
+            res.slurm_reads = self.view.reads.to_dict()
             return res
         res.jobs = [j.job_id for j in jobs]
         names = list(NodeSet(n for j in jobs for n in j.nodes))
@@ -227,6 +243,7 @@ class Watcher:
                     extra={"job": str(job.job_id), **failed_extra(failed)})
             self._act(job, failed, health, res)
         res.phases = {jid: w.phase.value for jid, w in self.watches.items()}
+        res.slurm_reads = self.view.reads.to_dict()
         return res
 
     def _act(self, job: JobInfo, failed: list[str], health: dict[str, ProbeResult],
@@ -236,7 +253,7 @@ class Watcher:
         steps_before = self._steps_now(job.job_id)   # before a relaunch can add one
         watch = self._watch(job.job_id)
         try:
-            report = self.rescheduler.reschedule(job.job_id, health=health)
+            report = self.rescheduler.reschedule(job.job_id, health=health, view=self.view)
         except SlurmFTError as exc:
             res.errors[job.job_id] = str(exc)
             self._cool_down(job.job_id)
