@@ -7,7 +7,8 @@ the same records)::
                              job by id + submit time, so a rebuilt cluster that hands out the
                              same job ids again starts fresh (the old record is kept as
                              jobs/<original>@<submit time>.json)
-    jobs/<original>.lock     filelock: one reschedule per job at a time
+    jobs/<original>.lock     filelock: one reschedule per job at a time (mode 0664, whatever
+                             the umask or the filelock release: see LOCK_MODE)
     alias/<job id>           the original job id a resubmitted job belongs to
     audit.jsonl              one JSON line per action (and per dry-run plan)
 
@@ -32,6 +33,13 @@ from slurmft.observe.events import AUDIT_FILE, AuditFile, Event, LogSink
 from slurmft.recovery.policy import History
 
 log = get_logger(__name__)
+
+#: Mode of the per-job lock files. The epilog (SlurmUser) and the watcher (its own user) share
+#: the state dir through a setgid group folder; a lock file one of them created must stay
+#: writable by the other, or the other can never take the lock. filelock releases before 3.21
+#: set 0644 on the files they create whatever the umask; an explicit mode is applied by every
+#: release since 3.10 (setup.cfg asks for 3.12), after the lock is held.
+LOCK_MODE = 0o664
 
 
 class LockBusyError(SlurmFTError):
@@ -126,7 +134,7 @@ class StateStore:
         self._ensure()
         original = self.original_id(job_id)
         wait = self.lock_timeout if timeout is None else timeout
-        lock = filelock.FileLock(str(self.root / "jobs" / f"{original}.lock"))
+        lock = filelock.FileLock(str(self.root / "jobs" / f"{original}.lock"), mode=LOCK_MODE)
         try:
             lock.acquire(timeout=wait)
         except filelock.Timeout:

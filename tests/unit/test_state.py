@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+
+import filelock
+import pytest
 
 from slurmft.core.config import RescheduleConfig
 from slurmft.probe.records import Health, ProbeResult
 from slurmft.recovery.rescheduler import Rescheduler
-from slurmft.recovery.state import Attempt, RetryRecord, StateStore
+from slurmft.recovery.state import LOCK_MODE, Attempt, LockBusyError, RetryRecord, StateStore
 from slurmft.slurm.client import CommandSlurmClient
 from tests.fakes.fake_slurm import FakeSlurm
 
@@ -87,3 +92,41 @@ def test_a_job_that_ended_normally_leaves_no_audit_line(tmp_path):
     failed = fake.add_job("FAILED", ["node1"])        # an abnormal end is still audited
     r.reschedule(failed)
     assert [e["job_id"] for e in store.audit_lines()] == [failed]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_lock_files_are_group_writable_whatever_the_umask(tmp_path, umask):
+    """The epilog (SlurmUser) and the watcher (another user of the state dir's group) take
+    the same per-job lock: the file one creates must open read-write for the other. filelock
+    3.12 (the oldest setup.cfg allows) set 0644 on every lock file it created; newer ones
+    leave it to the umask (0644 under the usual 022)."""
+    store = StateStore(tmp_path / "state")
+    old = os.umask(umask)
+    try:
+        with store.lock(7) as original:
+            path = tmp_path / "state" / "jobs" / f"{original}.lock"
+            assert stat.S_IMODE(path.stat().st_mode) == LOCK_MODE == 0o664
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664
+
+
+def test_a_lock_left_0644_by_an_older_release_is_made_group_writable_by_its_owner(tmp_path):
+    jobs = tmp_path / "state" / "jobs"
+    jobs.mkdir(parents=True)
+    (jobs / "9.lock").touch(mode=0o644)
+    os.chmod(jobs / "9.lock", 0o644)
+    with StateStore(tmp_path / "state").lock(9):
+        pass
+    assert stat.S_IMODE((jobs / "9.lock").stat().st_mode) == 0o664
+
+
+def test_the_lock_still_excludes_a_second_holder(tmp_path):
+    store = StateStore(tmp_path / "state", lock_timeout=0.1)
+    with store.lock(5):
+        other = filelock.FileLock(str(tmp_path / "state" / "jobs" / "5.lock"))
+        with pytest.raises(filelock.Timeout):
+            other.acquire(timeout=0.05)
+        with pytest.raises(LockBusyError, match="another reschedule of job 5"):
+            with StateStore(tmp_path / "state", lock_timeout=0.05).lock(5):
+                pass
