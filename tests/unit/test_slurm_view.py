@@ -145,3 +145,22 @@ def test_parse_steps_by_job_keeps_numbered_steps_only():
     text = "42.0\n42.batch\n42.extern\n42.3\n7.1\n7.interactive\n9.batch\nnoise\n"
     assert parse_steps_by_job(text) == {42: [0, 3], 7: [1]}
     assert parse_steps_by_job("") == {}
+
+
+def test_allocated_node_names_are_validated_without_being_expanded_one_by_one():
+    import copy
+    import json
+
+    from slurmft.core.errors import HostNameError
+    from slurmft.slurm.parse import job_from_json
+    from tests.fakes.fake_slurm import DATA
+
+    doc = json.loads((DATA / "squeue.json").read_text())["jobs"][0]
+    assert job_from_json(doc).nodes == ("node1", "node2", "node3", "node4")
+    bad = copy.deepcopy(doc)
+    bad["job_resources"]["allocated_nodes"][1]["nodename"] = "node2;reboot"
+    with pytest.raises(HostNameError):
+        job_from_json(bad)
+    folded = copy.deepcopy(doc)                 # a hostlist there is still expanded
+    folded["job_resources"]["allocated_nodes"] = [{"nodename": "node[1-2]"}, {"nodename": "node1"}]
+    assert job_from_json(folded).nodes == ("node1", "node2")
