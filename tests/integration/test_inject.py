@@ -187,7 +187,8 @@ def test_mask_gpu_reaches_every_rank_of_the_restarted_job(cluster, cluster_run):
                            mpirun_args=mpirun_args(cluster))
     ctx = job_context(cfg, train_cmd=["sh", str(show)], checkpoint_dir=str(ckpt), nodes=2,
                       job_name="inject-gpu", work_dir=str(work), output=str(out),
-                      slurmft_cmd=["true"], reschedule_log=str(work / "r.log"))
+                      slurmft_cmd=[sys.executable, "-m", "slurmft"],
+                      reschedule_log=str(work / "r.log"))
     (work / "job.sh").write_text(render("job.sh.j2", ctx))
     jid = int(cluster_run(["sbatch", "--parsable", str(work / "job.sh")],
                           check=True).stdout.split(";")[0])
