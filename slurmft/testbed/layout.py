@@ -23,6 +23,8 @@ CTL_HOST = "ctl"
 MAX_NODES = 250
 # A cluster name becomes part of namespace names, Slurm's ClusterName and paths.
 _NAME_RE = re.compile(r"[a-z](?:[a-z0-9-]{0,22}[a-z0-9])?")
+#: A user name as useradd(8) accepts it by default (SlurmUser=).
+_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 def validate_name(name: str) -> str:
@@ -133,6 +135,7 @@ class Layout(StatePaths):
     root: Path = DEFAULT_ROOT
     slurm: bool = True
     epilog: str = ""
+    slurm_user: str = "root"        # SlurmUser: slurmctld and EpilogSlurmctld run as this user
     cpus: int = 2
     real_memory: int = 1000
     node_names: tuple[str, ...] = field(init=False)
@@ -145,6 +148,8 @@ class Layout(StatePaths):
         object.__setattr__(self, "node_names",
                            tuple(f"node{i}" for i in range(1, self.nodes + 1)))
         check_subnet(self.subnet, self.nodes, [])
+        if not _USER_RE.fullmatch(self.slurm_user):
+            raise UsageError(f"SlurmUser must be a user name, not {self.slurm_user!r}")
 
     # --- names and addresses -------------------------------------------------------------
     @property
@@ -283,6 +288,7 @@ class Layout(StatePaths):
             "cpus": self.cpus,
             "real_memory": self.real_memory,
             "epilog": self.epilog,
+            "slurm_user": self.slurm_user,
         })
 
     def hosts_text(self) -> str:

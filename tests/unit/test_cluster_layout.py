@@ -119,6 +119,15 @@ def test_slurm_conf_render():
     assert "EpilogSlurmctld=/opt/ep.sh" in conf_lines(with_epilog.slurm_conf_text())
 
 
+def test_slurm_user_is_slurm_confs_and_must_be_a_user_name():
+    lay = Layout("sft-test", 2, net("10.99.7.0/24"), root="/x", slurm_user="slurmft-op")
+    lines = conf_lines(lay.slurm_conf_text())
+    assert "SlurmUser=slurmft-op" in lines and "SlurmdUser=root" in lines
+    for bad in ("", "Root", "a b", "x\nSlurmUser=root", "-x"):
+        with pytest.raises(UsageError, match="SlurmUser must be a user name"):
+            Layout("sft-test", 2, net("10.99.7.0/24"), root="/x", slurm_user=bad)
+
+
 def test_ssh_config_hosts_known_hosts_render():
     lay = Layout("sft-test", 2, net("10.99.7.0/24"), root="/x")
     cfg = lay.ssh_config_text()

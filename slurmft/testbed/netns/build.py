@@ -62,7 +62,8 @@ class Builder:
                   lay.shared_dir, lay.slurmft_state_dir, lay.spool_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._state = {"name": lay.name, "nodes": lay.nodes, "subnet": str(lay.subnet),
-                       "slurm": lay.slurm, "epilog": lay.epilog, "complete": False,
+                       "slurm": lay.slurm, "epilog": lay.epilog,
+                       "slurm_user": lay.slurm_user, "complete": False,
                        "route": False, "netns": [], "procs": {}, "created": time.time()}
         self._save()
         procs.run(["ip", "route", "add", "unreachable", str(lay.subnet)], what="ip route add")
@@ -162,8 +163,26 @@ class Builder:
                 f.write(os.urandom(1024))
             lay.slurm_conf.write_text(lay.slurm_conf_text())
             (lay.spool_dir / "ctld").mkdir(parents=True, exist_ok=True)
+            if lay.slurm_user != "root":
+                self._own_ctld_files(lay)
             for n in lay.node_names:
                 (lay.spool_dir / n).mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _own_ctld_files(lay: Layout) -> None:
+        """What slurmctld writes once it runs as SlurmUser: its state dir, log and pid file."""
+        import pwd
+
+        try:
+            pw = pwd.getpwnam(lay.slurm_user)
+        except KeyError:
+            raise ClusterError(f"SlurmUser {lay.slurm_user} does not exist: create it "
+                               f"(useradd --system {lay.slurm_user})") from None
+        owned = [lay.spool_dir / "ctld", lay.log("slurmctld"), lay.run_dir / "slurmctld.pid"]
+        for path in owned[1:]:
+            path.touch()
+        for path in owned:
+            os.chown(path, pw.pw_uid, pw.pw_gid)
 
     def _start_sshd(self, lay: Layout, node: str) -> None:
         pidfile = lay.run_dir / f"sshd-{node}.pid"

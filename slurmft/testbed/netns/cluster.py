@@ -106,7 +106,8 @@ class Cluster(StatePaths, Builder, NodeFaults):
 
     def _layout_from(self, st: Mapping) -> Layout:
         return Layout(name=st["name"], nodes=st["nodes"], subnet=st["subnet"], root=self.root,
-                      slurm=st["slurm"], epilog=st.get("epilog", ""))
+                      slurm=st["slurm"], epilog=st.get("epilog", ""),
+                      slurm_user=st.get("slurm_user", "root"))
 
     @property
     def layout(self) -> Layout:
@@ -255,13 +256,25 @@ class Cluster(StatePaths, Builder, NodeFaults):
                                "openssh-server openmpi-bin iproute2 util-linux)")
 
     def up(self, nodes: int = 4, *, slurm: bool = True, epilog: str = "",
-           subnet: str | None = None, timeout: float = 30.0) -> UpResult:
-        """Build the cluster and wait until it is usable; a failure tears down what was built."""
+           subnet: str | None = None, timeout: float = 30.0,
+           slurm_user: str = "root") -> UpResult:
+        """Build the cluster and wait until it is usable; a failure tears down what was built.
+
+        ``slurm_user``: SlurmUser of slurm.conf (an existing user; slurmctld drops to it and
+        runs EpilogSlurmctld as it; it may act on every job and node, as a site's slurm user).
+        """
         validate_nodes(nodes)
         self._require_root("up")
         self.check_binaries(slurm)
         if epilog and not Path(epilog).is_absolute():
             raise UsageError(f"--epilog must be an absolute path, not {epilog!r}")
+        if slurm_user != "root":
+            import pwd
+            try:
+                pwd.getpwnam(slurm_user)
+            except KeyError:
+                raise UsageError(f"SlurmUser {slurm_user!r} does not exist: create it "
+                                 f"(useradd --system {slurm_user})") from None
         t0 = time.monotonic()
         with self._lock():
             if self.is_up():
@@ -282,7 +295,8 @@ class Cluster(StatePaths, Builder, NodeFaults):
                         check_subnet(net, nodes, used)
                     else:
                         net = pick_subnet(self.name, nodes, used)
-                    lay = Layout(self.name, nodes, net, self.root, slurm=slurm, epilog=epilog)
+                    lay = Layout(self.name, nodes, net, self.root, slurm=slurm, epilog=epilog,
+                                 slurm_user=slurm_user)
                     self._claim(lay)
                 self._build(lay, timeout)
             except BaseException as exc:
