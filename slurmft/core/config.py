@@ -59,6 +59,14 @@ class ProbeConfig:
     min_free_gb: float = 1.0
     max_parallel: int = 256
     ping_timeout: float = 0.0      # wait for the echo reply; 0: half of timeout, at most 1 s
+    # The fast sweep (probe/sweep.py, docs/probe.md): from this many hosts on, one ICMP socket
+    # and an SSH banner check for every host; the full login + checks only for suspects and a
+    # rolling share of login_per_sweep hosts. 0: never sweep (every host gets the full login).
+    sweep_min_hosts: int = 64
+    login_per_sweep: int = 8
+    max_sockets: int = 900         # TCP sockets a sweep keeps open at once
+    hosts_file: str = ""           # /etc/hosts-format name -> address map for the sweep; empty:
+    #                                the system resolver (answers cached for 5 minutes)
 
     def __post_init__(self) -> None:
         for key in ("timeout", "min_free_gb", "ping_timeout"):
@@ -69,6 +77,11 @@ class ProbeConfig:
             raise ConfigError(
                 f"probe.ping_timeout must be 0 (auto) or in (0, probe.timeout], "
                 f"not {self.ping_timeout}")
+        for key in ("sweep_min_hosts", "login_per_sweep"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"probe.{key} must be >= 0, not {getattr(self, key)}")
+        if not 1 <= self.max_sockets <= 60000:
+            raise ConfigError(f"probe.max_sockets must be 1-60000, not {self.max_sockets}")
         for key in ("ssh_port", "slurmd_port"):
             if not 0 < getattr(self, key) < 65536:
                 raise ConfigError(f"probe.{key} must be 1-65535, not {getattr(self, key)}")

@@ -1,6 +1,14 @@
 """``FanoutProber``: the Prober implementation. All hosts in parallel under one deadline.
 
-Per host: ping (UNREACHABLE if no reply) -> SSH connect + health command + built-in checks
+From ``probe.sweep_min_hosts`` hosts on (default 64) a probe is a *sweep* (``sweep.py``, see
+docs/probe.md): one ICMP socket pings every host, a non-blocking TCP connect reads each
+answering host's SSH banner (at most ``probe.max_sockets`` open at once), all in one thread
+under the one deadline; the full SSH login with the health command runs only for suspects
+(hosts whose last full check failed) and a rolling share (``probe.login_per_sweep`` hosts, the
+longest unchecked first), in threads started with the sweep. Smaller probes (a job's nodes,
+the watcher's re-probe of suspects) give every host the full check below.
+
+Full check, per host: ping (UNREACHABLE if no reply) -> SSH connect + health command + built-in checks
 (UNRESPONSIVE if SSH fails or a command hangs, DEGRADED if a command reports a problem) ->
 with ``check_slurmd``, a TCP connect to the node's slurmd port, as slurmctld reaches it
 (DEGRADED if refused or silent: slurmd is dead or hung while the node itself is fine) ->
@@ -12,12 +20,15 @@ never keep the process alive. ``ping_fn``/``ssh_fn``/``connect_fn`` are injectab
 
 from __future__ import annotations
 
+import dataclasses
+import heapq
 import math
+import os
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from slurmft.core.config import ProbeConfig
 from slurmft.core.errors import ProbeError
@@ -26,6 +37,7 @@ from slurmft.core.nodeset import validate_hostname
 from slurmft.probe import checks as _checks
 from slurmft.probe import ping as _ping
 from slurmft.probe import ssh as _ssh
+from slurmft.probe import sweep as _sweep
 from slurmft.probe.records import Health, ProbeResult
 
 log = get_logger(__name__)
@@ -33,6 +45,18 @@ log = get_logger(__name__)
 PingFn = Callable[[str, float], _ping.PingOutcome]
 SshFn = Callable[[_ssh.SshTarget, Sequence[tuple[str, str]], float], _ssh.SshOutcome]
 ConnectFn = Callable[[str, int, float], "str | None"]
+SweepFn = Callable[..., "tuple[dict[str, _sweep.Observation], _sweep.SweepStats]"]
+RESOLVE_TTL = 300.0   # seconds a name's address from the system resolver is reused
+
+
+def is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 and len(p) <= 3 for p in parts)
+
+
+def _reachable(_address: str, _timeout: float) -> _ping.PingOutcome:
+    """The sweep already pinged: a full check inside a sweep starts at SSH."""
+    return _ping.PingOutcome(True, 0.0)
 
 
 def tcp_connect(address: str, port: int, timeout: float) -> str | None:
@@ -53,10 +77,13 @@ class FanoutProber:
 
     def __init__(self, config: ProbeConfig | None = None, *, ping_fn: PingFn | None = None,
                  ssh_fn: SshFn | None = None, connect_fn: ConnectFn | None = None,
-                 icmp_socket: bool = True) -> None:
-        """``ping_fn``/``ssh_fn``/``connect_fn`` replace the real ping/SSH/TCP connect (tests).
-        ``icmp_socket=False`` forces the ``ping`` subprocess even where one shared ICMP socket
-        is allowed."""
+                 icmp_socket: bool = True, sweep_fn: SweepFn | None = None,
+                 resolve_fn: Callable[[str], str] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``ping_fn``/``ssh_fn``/``connect_fn``/``sweep_fn``/``resolve_fn`` replace the real
+        ping/SSH/TCP connect/sweep/name lookup (tests; an injected ``ping_fn`` means a test of
+        the full check, so no sweep). ``icmp_socket=False`` forces the ``ping`` subprocess even where
+        one shared ICMP socket is allowed (full checks only)."""
         self.config = config or ProbeConfig()
         self._ping_fn = ping_fn
         self._ping_bin = ""
@@ -67,6 +94,17 @@ class FanoutProber:
         self.checks = _checks.build_checks(
             c.command, gpu_count=c.gpu_count,
             checkpoint_path=c.checkpoint_path, min_free_gb=c.min_free_gb)
+        self._sweep_fn = sweep_fn or _sweep.sweep
+        self._resolve = resolve_fn or socket.gethostbyname
+        self._clock = clock
+        # Sweep state, per prober (the watcher keeps one prober across cycles):
+        self._last_login: dict[str, float] = {}   # host -> when its last full check ran
+        self._suspects: set[str] = set()          # banner fine, last full check failed
+        self._strikes: dict[str, int] = {}        # full checks in a row that did not finish
+        self._resolved: dict[str, tuple[float, str]] = {}   # name -> (expires, address)
+        self._hosts_map: tuple[tuple[str, float], dict[str, str]] = (("", 0.0), {})
+        self._targets: tuple[tuple[str, float], dict[str, _ssh.SshTarget]] = (("", 0.0), {})
+        self.last_sweep: _sweep.SweepStats | None = None
 
     @property
     def ping_wait(self) -> float:
@@ -155,6 +193,8 @@ class FanoutProber:
         names = list(dict.fromkeys(validate_hostname(h) for h in hosts))
         if not names:
             return {}
+        if self.uses_sweep(len(names)):
+            return self._sweep_probe(names)
         parsed = _ssh.load_ssh_config(self.config.ssh_config) if self.config.ssh_config else None
         targets = {h: self.target(h, parsed) for h in names}
         pinger = None
@@ -228,6 +268,205 @@ class FanoutProber:
         # One record when all is well (under GIL contention each write costs a switch); each
         # failed host gets its own line at the default level, searchable by failed_node.
         log.info("probed %d hosts in %.2fs: %d unhealthy", len(names), now - start, len(bad))
+        for r in bad:
+            log.log(failure_level([r.health]), "probe: %s is %s: %s", r.host, r.health.value,
+                    r.reason, extra=failed_extra(r.host))
+        return out
+
+    # ------------------------------------------------------------------ the sweep
+    def uses_sweep(self, count: int) -> bool:
+        """Whether probing ``count`` hosts is a sweep (probe.sweep_min_hosts; never when a
+        ping function was injected for a test of the full check)."""
+        m = self.config.sweep_min_hosts
+        return m > 0 and count >= m and self._ping_fn is None
+
+    @staticmethod
+    def _file_key(path: str) -> tuple[str, float]:
+        try:
+            return path, os.stat(path).st_mtime
+        except OSError:
+            return path, -1.0
+
+    def _sweep_targets(self, names: Sequence[str]) -> dict[str, _ssh.SshTarget]:
+        """Targets of ``names``, kept while probe.ssh_config is unchanged (parsing the OpenSSH
+        config for 10,000 hosts costs more than the sweep)."""
+        path = self.config.ssh_config
+        key = self._file_key(_ssh._expand_path(path)) if path else ("", 0.0)
+        if key != self._targets[0]:
+            self._targets = (key, {})
+        cache = self._targets[1]
+        missing = [h for h in names if h not in cache]
+        if missing:
+            parsed = _ssh.load_ssh_config(path) if path else None
+            for h in missing:
+                cache[h] = self.target(h, parsed)
+        return {h: cache[h] for h in names}
+
+    def _hosts_file_map(self) -> dict[str, str]:
+        path = self.config.hosts_file
+        if not path:
+            return {}
+        key = self._file_key(path)
+        if key != self._hosts_map[0]:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text = f.read()
+            except OSError as exc:
+                raise ProbeError(f"cannot read probe.hosts_file {path}: "
+                                 f"{exc.strerror or exc}") from None
+            self._hosts_map = (key, _sweep.parse_hosts_file(text))
+        return self._hosts_map[1]
+
+    def _address(self, name: str, hosts_map: Mapping[str, str]) -> str:
+        """IPv4 address of ``name``: a literal, probe.hosts_file, else the resolver (cached)."""
+        if is_ipv4(name):
+            return name
+        if name in hosts_map:
+            return hosts_map[name]
+        now = self._clock()
+        hit = self._resolved.get(name)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        address = self._resolve(name)
+        self._resolved[name] = (now + RESOLVE_TTL, address)
+        return address
+
+    def pick_logins(self, names: Sequence[str]) -> list[str]:
+        """Who of ``names`` (the hosts this sweep found healthy) gets the full check: every
+        suspect (its last full check failed or did not finish), then the ``login_per_sweep``
+        hosts checked longest ago (never checked first)."""
+        share = self.config.login_per_sweep
+        if share <= 0 and not self._suspects:
+            return []
+        suspects = [h for h in names if h in self._suspects]
+        rest = (h for h in names if h not in self._suspects)
+        return suspects + heapq.nsmallest(share, rest,
+                                          key=lambda h: self._last_login.get(h, -1.0))
+
+    def _full_checks(self, targets: Mapping[str, _ssh.SshTarget]) -> dict[str, ProbeResult]:
+        """The full check (SSH login + commands) of ``targets`` at once, each under its own
+        ``timeout``; a host still running after ``timeout + grace`` is missing from the
+        result (``unfinished``)."""
+        if not targets:
+            return {}
+        full: dict[str, ProbeResult] = {}
+        lock = threading.Lock()
+
+        def login(host: str) -> None:
+            try:
+                res = self.probe_one(targets[host], _reachable)
+            except Exception as exc:  # a worker must never die silently
+                res = ProbeResult(host, Health.UNRESPONSIVE,
+                                  f"probe error: {type(exc).__name__}: {exc}")
+            with lock:
+                full[host] = res
+
+        end = self._clock() + self.config.timeout + self.grace
+        threads = [threading.Thread(target=login, args=(h,), name=f"slurmft-login-{h}",
+                                    daemon=True) for h in targets]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(max(0.0, end - self._clock()))
+        with lock:
+            return dict(full)
+
+    @staticmethod
+    def unfinished(res: ProbeResult | None) -> bool:
+        """A full check that ran out of time (not one that found a fault)."""
+        return res is None or (res.health is Health.UNRESPONSIVE and (
+            "timed out" in res.reason or "no SSH handshake" in res.reason))
+
+    def _merge_full(self, cheap: ProbeResult, full: ProbeResult | None,
+                    elapsed: float) -> ProbeResult:
+        """The verdict of a host whose banner was fine and that had a full check this sweep.
+
+        A fault the full check found counts at once. A full check that did not finish in time
+        (the prober's own threads share the CPU with the sweep) is a suspicion: the host gets
+        the full check again next sweep and is UNRESPONSIVE if that one does not finish
+        either. So a loaded prober does not mark a healthy host bad, and a hung health
+        command is still reported, one sweep later."""
+        h, c = cheap.host, self.config
+        if self.unfinished(full):
+            strikes = self._strikes.get(h, 0) + 1
+            self._strikes[h] = strikes
+            self._suspects.add(h)
+            why = full.reason if full is not None else f"timed out after {c.timeout:g}s"
+            if strikes < 2:
+                return ProbeResult(h, cheap.health, cheap.reason, cheap.latency_s,
+                                   {**cheap.checks, "login": f"unfinished ({why}): "
+                                                             "checked again next sweep"})
+            return ProbeResult(h, Health.UNRESPONSIVE, why, elapsed,
+                               {**cheap.checks, **(full.checks if full else {})})
+        self._strikes.pop(h, None)
+        if full.health.is_failed:
+            self._suspects.add(h)
+        else:
+            self._suspects.discard(h)
+        return ProbeResult(h, full.health, full.reason, max(cheap.latency_s, full.latency_s),
+                           {**cheap.checks, **full.checks})
+
+    def _sweep_probe(self, names: list[str]) -> dict[str, ProbeResult]:
+        c = self.config
+        start = self._clock()
+        targets = self._sweep_targets(names)
+        hosts_map = self._hosts_file_map()
+        endpoints: dict[str, tuple[str, int]] = {}
+        failed: dict[str, ProbeResult] = {}
+        for h in names:
+            t = targets[h]
+            try:
+                address = self._address(t.address, hosts_map)
+            except OSError as exc:
+                failed[h] = ProbeResult(h, Health.UNREACHABLE, f"ping failed: cannot resolve "
+                                        f"{t.address}: {getattr(exc, 'strerror', '') or exc}")
+                continue
+            endpoints[h] = (address, t.port)
+            if not is_ipv4(t.address):
+                # paramiko must reach the address the sweep checked (the name may resolve
+                # only through probe.hosts_file); host keys of IPs: see docs/probe.md
+                if hosts_map.get(t.address) == address:
+                    targets[h] = dataclasses.replace(t, address=address)
+        try:
+            seen, stats = self._sweep_fn(
+                endpoints, c.timeout, ping=c.ping, ssh=c.ssh,
+                slurmd_port=c.slurmd_port if c.check_slurmd else 0,
+                max_sockets=c.max_sockets)
+        except PermissionError as exc:
+            raise ProbeError(f"cannot sweep: {exc}") from None
+        self.last_sweep = stats
+        swept = self._clock()
+        out: dict[str, ProbeResult] = {}
+        for h in names:
+            if h in failed:
+                out[h] = failed[h]
+                continue
+            o = seen[h]
+            health, reason, checks = _sweep.classify(
+                o, ping=c.ping, ssh=c.ssh, timeout=c.timeout, ssh_port=endpoints[h][1],
+                slurmd_port=c.slurmd_port if c.check_slurmd else 0)
+            out[h] = ProbeResult(h, health, reason, o.done_s if o.final else swept - start,
+                                 checks)
+            if health.is_failed:        # the cheap check already tells: no login needed
+                self._suspects.discard(h)
+                self._strikes.pop(h, None)
+        # The full check after the sweep, not beside it: paramiko's threads would take the
+        # GIL from the sweep loop at every system call and slow it down many times over.
+        healthy = [h for h in names if not out[h].health.is_failed]
+        logins = self.pick_logins(healthy) if c.ssh else []
+        full = self._full_checks({h: targets[h] for h in logins})
+        now = self._clock()
+        for h in logins:
+            self._last_login[h] = now
+            out[h] = self._merge_full(out[h], full.get(h), now - start)
+        if len(self._last_login) > 4 * len(names) + 1024:   # hosts long gone
+            keep = set(names)
+            self._last_login = {h: t for h, t in self._last_login.items() if h in keep}
+            self._suspects &= keep
+            self._strikes = {h: n for h, n in self._strikes.items() if h in keep}
+        bad = [r for r in out.values() if r.health.is_failed]
+        log.info("swept %d hosts in %.2fs (%d full checks): %d unhealthy", len(names),
+                 now - start, len(logins), len(bad))
         for r in bad:
             log.log(failure_level([r.health]), "probe: %s is %s: %s", r.host, r.health.value,
                     r.reason, extra=failed_extra(r.host))
