@@ -28,7 +28,8 @@ Layout of a cluster NAME (``Cluster(name, root=...)``; root defaults to
   times are recorded in ``<state>/state.json``; logs are in ``<state>/log/`` (``c.log_path(
   "slurmd-node2")``).
 - Files: ``c.slurm_conf_path`` (from templates/slurm.conf.j2: partition ``main`` Default=YES,
-  SlurmdTimeout=10, ReturnToService=2, JobRequeue=1, EpilogSlurmctld= only if ``epilog=``),
+  SlurmdTimeout=10, ReturnToService=2, JobRequeue=1, EpilogSlurmctld= only if ``epilog=``,
+  SlurmUser=root unless ``up(slurm_user=NAME)``: slurmctld then drops to that existing user),
   ``c.ssh_config_path`` (``Host nodeN / HostName IP``, IdentityFile, UserKnownHostsFile,
   BatchMode yes), ``c.ssh_key_path``, ``c.known_hosts_path``, ``c.hosts_path``.
 - ``c.shared_dir`` (``<state>/shared``) is at the same path on every node: put job scripts'
