@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,9 +111,20 @@ class StateStore:
         self.lock_timeout = lock_timeout
 
     def _ensure(self) -> None:
+        """Create ``jobs/`` and ``alias/``. In a state directory shared through a group
+        (setgid, as render deploy sets it up), they are made group-writable whatever this
+        process's umask, so the epilog's user and the watcher's can both create files there."""
         try:
-            (self.root / "jobs").mkdir(parents=True, exist_ok=True)
-            (self.root / "alias").mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            shared = bool(self.root.stat().st_mode & stat.S_ISGID)
+            for name in ("jobs", "alias"):
+                sub = self.root / name
+                try:
+                    sub.mkdir()
+                except FileExistsError:
+                    continue
+                if shared:
+                    os.chmod(sub, 0o2775)
         except OSError as exc:
             raise StateError(f"cannot use state directory {self.root}: {exc.strerror}; "
                              "set reschedule.state_dir (SLURMFT_RESCHEDULE_STATE_DIR)") from None

@@ -130,3 +130,24 @@ def test_the_lock_still_excludes_a_second_holder(tmp_path):
         with pytest.raises(LockBusyError, match="another reschedule of job 5"):
             with StateStore(tmp_path / "state", lock_timeout=0.05).lock(5):
                 pass
+
+
+def test_a_setgid_shared_state_dir_gets_group_writable_subfolders_whatever_the_umask(tmp_path):
+    import os
+    import stat
+
+    from slurmft.recovery.state import StateStore
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2775)
+    old = os.umask(0o022)
+    try:
+        for root in (shared, tmp_path / "private"):
+            with StateStore(str(root)).lock(5):
+                pass
+    finally:
+        os.umask(old)
+    for name in ("jobs", "alias"):
+        assert stat.S_IMODE(os.stat(shared / name).st_mode) == 0o2775
+        assert stat.S_IMODE(os.stat(tmp_path / "private" / name).st_mode) == 0o755
