@@ -72,6 +72,45 @@ def tcp_connect(address: str, port: int, timeout: float) -> str | None:
         return exc.strerror or str(exc)
 
 
+class _FullChecks:
+    """The full check (SSH login + commands) of some hosts at once, in threads, each under the
+    prober's ``timeout``; ``wait`` returns what finished by ``timeout + grace`` after start (a
+    host missing from it is ``unfinished``)."""
+
+    def __init__(self, prober: FanoutProber) -> None:
+        self.prober = prober
+        self.started = False
+        self.results: dict[str, ProbeResult] = {}
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.end = 0.0
+
+    def start(self, targets: Mapping[str, _ssh.SshTarget]) -> None:
+        self.started = True
+        p = self.prober
+        self.end = p._clock() + p.config.timeout + p.grace
+
+        def login(host: str) -> None:
+            try:
+                res = p.probe_one(targets[host], _reachable)
+            except Exception as exc:  # a worker must never die silently
+                res = ProbeResult(host, Health.UNRESPONSIVE,
+                                  f"probe error: {type(exc).__name__}: {exc}")
+            with self.lock:
+                self.results[host] = res
+
+        self.threads = [threading.Thread(target=login, args=(h,), daemon=True,
+                                         name=f"slurmft-login-{h}") for h in targets]
+        for t in self.threads:
+            t.start()
+
+    def wait(self) -> dict[str, ProbeResult]:
+        for t in self.threads:
+            t.join(max(0.0, self.end - self.prober._clock()))
+        with self.lock:
+            return dict(self.results)
+
+
 class FanoutProber:
     """Probe many hosts at once. ``config`` is the ``probe`` config section."""
 
@@ -105,6 +144,7 @@ class FanoutProber:
         self._hosts_map: tuple[tuple[str, float], dict[str, str]] = (("", 0.0), {})
         self._targets: tuple[tuple[str, float], dict[str, _ssh.SshTarget]] = (("", 0.0), {})
         self.last_sweep: _sweep.SweepStats | None = None
+        self._icmp_allowed = True                 # False once no ICMP socket could be opened
 
     @property
     def ping_wait(self) -> float:
@@ -194,7 +234,9 @@ class FanoutProber:
         if not names:
             return {}
         if self.uses_sweep(len(names)):
-            return self._sweep_probe(names)
+            swept = self._sweep_probe(names)
+            if swept is not None:
+                return swept
         parsed = _ssh.load_ssh_config(self.config.ssh_config) if self.config.ssh_config else None
         targets = {h: self.target(h, parsed) for h in names}
         pinger = None
@@ -343,34 +385,6 @@ class FanoutProber:
         return suspects + heapq.nsmallest(share, rest,
                                           key=lambda h: self._last_login.get(h, -1.0))
 
-    def _full_checks(self, targets: Mapping[str, _ssh.SshTarget]) -> dict[str, ProbeResult]:
-        """The full check (SSH login + commands) of ``targets`` at once, each under its own
-        ``timeout``; a host still running after ``timeout + grace`` is missing from the
-        result (``unfinished``)."""
-        if not targets:
-            return {}
-        full: dict[str, ProbeResult] = {}
-        lock = threading.Lock()
-
-        def login(host: str) -> None:
-            try:
-                res = self.probe_one(targets[host], _reachable)
-            except Exception as exc:  # a worker must never die silently
-                res = ProbeResult(host, Health.UNRESPONSIVE,
-                                  f"probe error: {type(exc).__name__}: {exc}")
-            with lock:
-                full[host] = res
-
-        end = self._clock() + self.config.timeout + self.grace
-        threads = [threading.Thread(target=login, args=(h,), name=f"slurmft-login-{h}",
-                                    daemon=True) for h in targets]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(max(0.0, end - self._clock()))
-        with lock:
-            return dict(full)
-
     @staticmethod
     def unfinished(res: ProbeResult | None) -> bool:
         """A full check that ran out of time (not one that found a fault)."""
@@ -406,7 +420,9 @@ class FanoutProber:
         return ProbeResult(h, full.health, full.reason, max(cheap.latency_s, full.latency_s),
                            {**cheap.checks, **full.checks})
 
-    def _sweep_probe(self, names: list[str]) -> dict[str, ProbeResult]:
+    def _sweep_probe(self, names: list[str]) -> dict[str, ProbeResult] | None:
+        """The sweep's verdicts; None when it cannot check what is asked (ping only, and no
+        ICMP socket allowed): the full check, with the ``ping`` program, does it then."""
         c = self.config
         start = self._clock()
         targets = self._sweep_targets(names)
@@ -427,13 +443,42 @@ class FanoutProber:
                 # only through probe.hosts_file); host keys of IPs: see docs/probe.md
                 if hosts_map.get(t.address) == address:
                     targets[h] = dataclasses.replace(t, address=address)
-        try:
-            seen, stats = self._sweep_fn(
-                endpoints, c.timeout, ping=c.ping, ssh=c.ssh,
-                slurmd_port=c.slurmd_port if c.check_slurmd else 0,
-                max_sockets=c.max_sockets)
-        except PermissionError as exc:
-            raise ProbeError(f"cannot sweep: {exc}") from None
+        slurmd = c.slurmd_port if c.check_slurmd else 0
+        logins: list[str] = []
+        full = _FullChecks(self)
+
+        def on_idle(by_endpoint: Mapping) -> None:
+            # Only stragglers left (hung sshds, silent hosts): start the full checks now,
+            # among the hosts whose banner (and slurmd port) already answered, so they overlap
+            # the sweep's wait for the deadline instead of following it.
+            ok = [h for h in names if h in endpoints and by_endpoint[endpoints[h]].final
+                  and by_endpoint[endpoints[h]].tcp == "banner"
+                  and (not slurmd or by_endpoint[endpoints[h]].slurmd == "ok")]
+            logins.extend(self.pick_logins(ok))
+            full.start({h: targets[h] for h in logins})
+
+        hook = {"on_idle": on_idle} if c.ssh else {}
+        seen = None
+        tcp_liveness = 0.0
+        if c.ping and self._icmp_allowed:
+            try:
+                seen, stats = self._sweep_fn(endpoints, c.timeout, ping=True, ssh=c.ssh,
+                                             slurmd_port=slurmd, max_sockets=c.max_sockets,
+                                             **hook)
+            except PermissionError as exc:
+                self._icmp_allowed = False
+                log.warning("probe: %s; the sweep uses TCP connects to port 22 for liveness "
+                            "instead", exc)
+        if seen is None and c.ping and not c.ssh:
+            return None
+        if seen is None:
+            if c.ping and c.ssh:
+                # Liveness by TCP: a live host answers SYN with SYN-ACK or RST at once; give
+                # up after the ping wait so that silent hosts cannot hold every socket.
+                tcp_liveness = self.ping_wait
+            seen, stats = self._sweep_fn(endpoints, c.timeout, ping=False, ssh=c.ssh,
+                                         slurmd_port=slurmd, max_sockets=c.max_sockets,
+                                         connect_wait=tcp_liveness, **hook)
         self.last_sweep = stats
         swept = self._clock()
         out: dict[str, ProbeResult] = {}
@@ -443,22 +488,26 @@ class FanoutProber:
                 continue
             o = seen[h]
             health, reason, checks = _sweep.classify(
-                o, ping=c.ping, ssh=c.ssh, timeout=c.timeout, ssh_port=endpoints[h][1],
-                slurmd_port=c.slurmd_port if c.check_slurmd else 0)
+                o, ping=c.ping and not tcp_liveness and self._icmp_allowed, ssh=c.ssh,
+                timeout=c.timeout, ssh_port=endpoints[h][1], slurmd_port=slurmd,
+                tcp_liveness=tcp_liveness)
             out[h] = ProbeResult(h, health, reason, o.done_s if o.final else swept - start,
                                  checks)
             if health.is_failed:        # the cheap check already tells: no login needed
                 self._suspects.discard(h)
                 self._strikes.pop(h, None)
-        # The full check after the sweep, not beside it: paramiko's threads would take the
-        # GIL from the sweep loop at every system call and slow it down many times over.
-        healthy = [h for h in names if not out[h].health.is_failed]
-        logins = self.pick_logins(healthy) if c.ssh else []
-        full = self._full_checks({h: targets[h] for h in logins})
+        if c.ssh and not full.started:
+            # The sweep never idled (every host answered at once): full checks start now.
+            # Never beside the busy sweep: paramiko's threads would take the GIL from its
+            # loop at every system call and slow it down many times over.
+            logins.extend(self.pick_logins([h for h in names if not out[h].health.is_failed]))
+            full.start({h: targets[h] for h in logins})
+        results = full.wait()
         now = self._clock()
         for h in logins:
             self._last_login[h] = now
-            out[h] = self._merge_full(out[h], full.get(h), now - start)
+            if not out[h].health.is_failed:   # the cheap verdict of a failed host stands
+                out[h] = self._merge_full(out[h], results.get(h), now - start)
         if len(self._last_login) > 4 * len(names) + 1024:   # hosts long gone
             keep = set(names)
             self._last_login = {h: t for h, t in self._last_login.items() if h in keep}

@@ -39,6 +39,7 @@ SSH_IDENT = b"SSH-2.0-slurmft_probe\r\n"
 MAX_BANNER = 8192            # RFC 4253: lines before the version line are allowed; bound them
 SEND_BATCH = 256             # echo requests sent between two reads of the ICMP socket
 RCVBUF = 4 << 20             # echo replies of a whole sweep may arrive before we read them
+IDLE_AFTER = 0.05            # nothing for this long, all sent and connected: only stragglers
 
 
 # ------------------------------------------------------------------ pure parts
@@ -114,9 +115,16 @@ class Observation:
 
 
 def classify(obs: Observation, *, ping: bool, ssh: bool, timeout: float, ssh_port: int = 22,
-             slurmd_port: int = 0) -> tuple[Health, str, dict[str, str]]:
-    """(health, reason, checks) of one host from what the sweep saw by the deadline."""
+             slurmd_port: int = 0, tcp_liveness: float = 0.0) -> tuple[Health, str, dict[str, str]]:
+    """(health, reason, checks) of one host from what the sweep saw by the deadline.
+
+    ``tcp_liveness``: no ICMP socket was allowed, so the TCP connect was the liveness check:
+    neither SYN-ACK nor RST within that many seconds means UNREACHABLE."""
     checks: dict[str, str] = {}
+    if tcp_liveness and ssh and obs.tcp == "connecting":
+        return (Health.UNREACHABLE, f"no answer on port {ssh_port} within {tcp_liveness:g}s "
+                "(no ICMP socket allowed: run as root or widen net.ipv4.ping_group_range)",
+                checks)
     if ping and not obs.echo:
         if obs.ping_error:
             return Health.UNREACHABLE, f"ping failed: {obs.ping_error}", checks
@@ -227,7 +235,12 @@ class Sweep:
     ssh: bool = True                  # False: ping only
     slurmd_port: int = 0              # 0: no slurmd check
     max_sockets: int = 900
+    connect_wait: float = 0.0         # give up a TCP connect after this long; 0: the deadline
     retry_every: float = 0.2
+    # Called once, with what was seen so far, when only stragglers are left: everything sent
+    # and connected, nothing arrived for IDLE_AFTER seconds (the caller starts its slow work
+    # then, in threads that no longer compete with this loop for the GIL).
+    on_idle: object = None
     clock: object = time.monotonic
     stats: SweepStats = field(default_factory=SweepStats)
 
@@ -242,7 +255,8 @@ class Sweep:
         self.stats = st = SweepStats(hosts=len(obs))
         sel = selectors.DefaultSelector()
         conns: dict[int, _Conn] = {}
-        connect_q: deque[tuple[str, str]] = deque()
+        connect_q: deque[tuple[Endpoint, str]] = deque()
+        pending: deque[tuple[float, int, _Conn]] = deque()   # connects, oldest first
         icmp = None
         try:
             if self.ping and obs:
@@ -307,6 +321,8 @@ class Sweep:
                 open_tcp += 1
                 st.sockets_peak = max(st.sockets_peak, open_tcp)
                 sel.register(s, selectors.EVENT_WRITE, c)
+                if self.connect_wait:
+                    pending.append((clock(), s.fileno(), c))
                 if step == "ssh":
                     o.tcp = "connecting"
                 else:
@@ -328,6 +344,7 @@ class Sweep:
                     else:
                         finish(o)
 
+            idle_fired = self.on_idle is None
             while unresolved > 0:
                 now = clock()
                 if now >= deadline:
@@ -356,14 +373,31 @@ class Sweep:
                         else:
                             st.echo_sent += 1
                         to_send.popleft()
-                # 2. TCP connects, bounded
+                # 2. connects that took too long (connect_wait) give their socket back
+                while pending and (pending[0][0] + self.connect_wait <= clock()
+                                   or conns.get(pending[0][1]) is not pending[0][2]
+                                   or pending[0][2].connected):
+                    _, fd, c = pending.popleft()
+                    if conns.get(fd) is c and not c.connected:
+                        close(fd)
+                        finish(obs[c.endpoint])
+                # 3. TCP connects, bounded
                 while connect_q and open_tcp < self.max_sockets:
                     start_connect(*connect_q.popleft())
-                # 3. wait for something
+                # 4. wait for something
                 wait = deadline - clock()
+                if pending:
+                    wait = min(wait, pending[0][0] + self.connect_wait - clock())
                 if icmp is not None:
                     wait = 0 if to_send else min(wait, max(0.0, next_retry - clock()))
-                for key, _mask in sel.select(max(0.0, wait)):
+                quiet = not idle_fired and not to_send and not connect_q
+                if quiet:
+                    wait = min(wait, IDLE_AFTER)
+                events = sel.select(max(0.0, wait))
+                if quiet and not events and wait >= IDLE_AFTER:
+                    idle_fired = True
+                    self.on_idle(obs)
+                for key, _mask in events:
                     if key.data is None:
                         self._read_icmp(icmp, raw, ident, nonce, after_echo)
                         continue

@@ -378,3 +378,120 @@ def test_real_sweep_pings_loopback_when_an_icmp_socket_is_allowed():
     seen = s.run()
     assert seen[("127.0.0.1", 9)].echo and s.stats.echo_replies == 1
     assert s.stats.elapsed_s < 0.4           # all answered: no wait for the deadline
+
+
+def test_without_an_icmp_socket_tcp_connects_are_the_liveness_check(tmp_path):
+    net = FakeNet(NAMES, silent={"n2"}, frozen={"n4"})
+    calls = []
+
+    def no_icmp_sweep(endpoints, timeout, **kw):
+        calls.append(kw)
+        if kw["ping"]:
+            raise PermissionError("no ICMP socket allowed: run as root or ...")
+        out, st = net.sweep(endpoints, timeout, **kw)
+        for h in endpoints:                     # a silent host: SYN unanswered
+            if h in net.silent:
+                out[h] = Observation(tcp="connecting", final=True)
+        return out, st
+
+    p = make(tmp_path, net, login_per_sweep=0)
+    p._sweep_fn = no_icmp_sweep
+    res = p.probe(NAMES)
+    assert [c["ping"] for c in calls] == [True, False]
+    assert calls[1]["connect_wait"] == pytest.approx(p.ping_wait)
+    assert res["n2"].health is Health.UNREACHABLE and "no ICMP socket" in res["n2"].reason
+    assert res["n4"].health is Health.UNRESPONSIVE
+    assert res["n1"].health is Health.HEALTHY
+    p.probe(NAMES)                              # the ICMP socket is not tried again
+    assert [c["ping"] for c in calls] == [True, False, False]
+
+
+def test_ping_only_without_an_icmp_socket_falls_back_to_the_full_check(tmp_path):
+    net = FakeNet(NAMES)
+
+    def no_icmp_sweep(endpoints, timeout, **kw):
+        raise PermissionError("no ICMP socket allowed")
+
+    p = make(tmp_path, net, ssh=False)
+    p._sweep_fn = no_icmp_sweep
+    p._fan_out = lambda names, targets, ping_fn: {h: "full" for h in names}
+    p.icmp_socket = False
+    p._ping_bin = "/bin/ping"
+    assert p.probe(NAMES) == {h: "full" for h in NAMES}
+
+
+def test_connect_wait_gives_a_socket_back_before_the_deadline():
+    """Two connects that never complete (listeners whose backlog is full drop SYNs) give
+    their socket back after connect_wait, so a third host behind them is still checked."""
+    srv = Servers()
+    fulls, fillers = [], []
+    try:
+        for _ in range(2):
+            full = socket.socket()
+            full.bind(("127.0.0.1", 0))
+            full.listen(0)
+            fulls.append(full)
+            for _ in range(3):                  # fill its backlog: later SYNs are dropped
+                f = socket.socket()
+                f.setblocking(False)
+                f.connect_ex(full.getsockname())
+                fillers.append(f)
+        eps = [("127.0.0.1", f.getsockname()[1]) for f in fulls]
+        eps.append(("127.0.0.1", srv.banner.getsockname()[1]))
+        s = Sweep(eps, 1.0, ping=False, max_sockets=2, connect_wait=0.2)
+        seen = s.run()
+    finally:
+        for f in fillers + fulls:
+            f.close()
+        srv.close()
+    assert seen[eps[0]].tcp == seen[eps[1]].tcp == "connecting"   # they really hung
+    assert seen[eps[0]].final and 0.15 < seen[eps[0]].done_s < 0.5
+    assert seen[eps[2]].tcp == "banner" and seen[eps[2]].done_s < 0.6
+    assert s.stats.sockets_peak == 2
+
+
+def test_on_idle_fires_once_when_only_stragglers_are_left():
+    srv = Servers()
+    calls = []
+    try:
+        eps = [("127.0.0.1", srv.banner.getsockname()[1]),
+               ("127.0.0.1", srv.silent.getsockname()[1])]
+        s = Sweep(eps, 1.0, ping=False,
+                  on_idle=lambda seen: calls.append(({e: (o.tcp, o.final) for e, o in
+                                                      seen.items()}, s.clock())))
+        t0 = s.clock()
+        s.run()
+    finally:
+        srv.close()
+    [(seen, when)] = calls
+    assert seen == {eps[0]: ("banner", True), eps[1]: ("connected", False)}
+    assert when - t0 < 0.5                     # long before the 1 s deadline
+
+
+def test_full_checks_start_when_the_sweep_idles_among_hosts_already_seen_healthy(tmp_path):
+    net = FakeNet(NAMES, frozen={"n4"})
+    order = []
+    real_ssh = net.ssh
+
+    def ssh(target, commands, budget):
+        order.append("login")
+        return real_ssh(target, commands, budget)
+
+    def sweep_with_idle(endpoints, timeout, **kw):
+        out, st = net.sweep(endpoints, timeout, **kw)
+        by_ep = {endpoints[h]: o for h, o in out.items()}
+        early = dict(by_ep)
+        early[endpoints["n1"]] = Observation(echo=True, tcp="connected")  # not yet answered
+        kw["on_idle"](early)
+        import time
+        time.sleep(0.2)                         # the sweep waits for its stragglers...
+        order.append("sweep returns")           # ...while the full checks run
+        return out, st
+
+    p = make(tmp_path, net, login_per_sweep=3)
+    p._ssh = ssh
+    p._sweep_fn = sweep_with_idle
+    res = p.probe(NAMES)
+    assert order.index("sweep returns") == 3    # three logins, all during the sweep
+    assert "n1" not in net.logins and "n4" not in net.logins   # only hosts seen healthy
+    assert res["n1"].health is Health.HEALTHY and res["n4"].health is Health.UNRESPONSIVE
