@@ -4,12 +4,13 @@ One thread, one selector (epoll), no process per host:
 
 1. **ICMP**, fping-style: ONE socket (an unprivileged ICMP datagram socket where
    ``net.ipv4.ping_group_range`` allows it, else a raw socket as root) sends an echo request to
-   every address, interleaved with reading replies; hosts that have not answered get the request
-   again every ``retry_every`` seconds. A reply is ours when its identifier and this sweep's
+   every address at once (as fast as the socket takes them, reading replies when it pushes
+   back); hosts that have not answered get the request again every ``retry_every`` seconds. A reply is ours when its identifier and this sweep's
    random nonce in the payload match; it counts for the address it came from.
 2. **SSH banner**: as soon as a host answers ping, a non-blocking TCP connect to its SSH port,
    then read the server's identification line (``SSH-2.0-...``, RFC 4253 4.2), send ours and
-   close with RST (no TIME_WAIT). At most ``max_sockets`` TCP sockets are open at once, so the
+   close with RST (no TIME_WAIT). The socket waits for READ only (banner, RST and EOF all make
+   it readable), so a host costs one event; at most ``max_sockets`` TCP sockets are open at once, so the
    sweep stays far below 1,024 descriptors whatever the host count; a silent host never gets a
    socket (it never answered ping), so silent hosts cannot starve the others.
 3. Optionally (``slurmd_port``) a TCP connect to slurmd's port after the banner.
@@ -37,8 +38,7 @@ from slurmft.probe.records import Health
 
 SSH_IDENT = b"SSH-2.0-slurmft_probe\r\n"
 MAX_BANNER = 8192            # RFC 4253: lines before the version line are allowed; bound them
-SEND_BATCH = 256             # echo requests sent between two reads of the ICMP socket
-RCVBUF = 4 << 20             # echo replies of a whole sweep may arrive before we read them
+RCVBUF = 16 << 20            # echo replies of a whole sweep may arrive before we read them
 IDLE_AFTER = 0.05            # nothing for this long, all sent and connected: only stragglers
 
 
@@ -320,7 +320,11 @@ class Sweep:
                 conns[s.fileno()] = c
                 open_tcp += 1
                 st.sockets_peak = max(st.sockets_peak, open_tcp)
-                sel.register(s, selectors.EVENT_WRITE, c)
+                # SSH: wait for READ only; the banner, a RST and an EOF all make the socket
+                # readable, so the connect itself costs no event (stragglers: ``settle``).
+                # slurmd sends nothing first: its connect is seen by WRITE.
+                sel.register(s, selectors.EVENT_READ if step == "ssh" else selectors.EVENT_WRITE,
+                             c)
                 if self.connect_wait:
                     pending.append((clock(), s.fileno(), c))
                 if step == "ssh":
@@ -355,7 +359,7 @@ class Sweep:
                         to_send.extend(a for a, es in by_address.items()
                                        if not obs[es[0]].echo and not obs[es[0]].ping_error)
                         next_retry = now + self.retry_every
-                    for _ in range(min(SEND_BATCH, len(to_send))):
+                    while to_send:       # all at once, until the socket pushes back
                         a = to_send[0]
                         try:
                             icmp.sendto(build_echo_request(ident or 0, index[a] & 0xFFFF,
@@ -378,7 +382,7 @@ class Sweep:
                                    or conns.get(pending[0][1]) is not pending[0][2]
                                    or pending[0][2].connected):
                     _, fd, c = pending.popleft()
-                    if conns.get(fd) is c and not c.connected:
+                    if conns.get(fd) is c and not self._settle(c, obs[c.endpoint]):
                         close(fd)
                         finish(obs[c.endpoint])
                 # 3. TCP connects, bounded
@@ -396,6 +400,8 @@ class Sweep:
                 events = sel.select(max(0.0, wait))
                 if quiet and not events and wait >= IDLE_AFTER:
                     idle_fired = True
+                    for c in conns.values():
+                        self._settle(c, obs[c.endpoint])
                     self.on_idle(obs)
                 for key, _mask in events:
                     if key.data is None:
@@ -404,21 +410,16 @@ class Sweep:
                     c: _Conn = key.data
                     o = obs[c.endpoint]
                     fd = key.fd
-                    if not c.connected:
+                    if c.step == "slurmd":
                         err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                         if err:
                             close(fd)
                             self._tcp_failed(o, c.step, err)
                             finish(o)
                             continue
-                        c.connected = True
-                        if c.step == "slurmd":
-                            close(fd)
-                            o.slurmd = "ok"
-                            finish(o)
-                            continue
-                        o.tcp = "connected"
-                        sel.modify(c.sock, selectors.EVENT_READ, c)
+                        close(fd)
+                        o.slurmd = "ok"
+                        finish(o)
                         continue
                     try:
                         data = c.sock.recv(4096)
@@ -426,9 +427,13 @@ class Sweep:
                         continue
                     except OSError as exc:
                         close(fd)
-                        o.tcp, o.detail = "error", (exc.strerror or str(exc))
+                        if exc.errno == errno.ECONNREFUSED:
+                            o.tcp, o.detail = "refused", exc.strerror or str(exc)
+                        else:
+                            o.tcp, o.detail = "error", (exc.strerror or str(exc))
                         finish(o)
                         continue
+                    c.connected = True
                     if not data:
                         close(fd)
                         o.tcp = "closed"
@@ -452,12 +457,28 @@ class Sweep:
                         finish(o)
         finally:
             for fd in list(conns):
+                self._settle(conns[fd], obs[conns[fd].endpoint])
                 close(fd)
             sel.close()
             if icmp is not None:
                 icmp.close()
         st.elapsed_s = clock() - start
         return obs
+
+    @staticmethod
+    def _settle(c: _Conn, o: Observation) -> bool:
+        """Whether an SSH socket that has not spoken is connected (TCP handshake done, no
+        banner: ``tcp = "connected"``); asked only of the few still open when it matters."""
+        if c.step != "ssh" or c.connected:
+            return c.connected
+        try:
+            c.sock.getpeername()
+        except OSError:
+            return False
+        c.connected = True
+        if o.tcp == "connecting":
+            o.tcp = "connected"
+        return True
 
     @staticmethod
     def _tcp_failed(o: Observation, step: str, err: int) -> None:
