@@ -6,7 +6,6 @@ import math
 import os
 import shlex
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import click
 from slurmft.cli import adapters
 from slurmft.cli.options import FiniteFloat, count, echo_json, get_config
 from slurmft.core.errors import UsageError
+from slurmft.core.selfcmd import slurmft_argv
 
 #: Where the ranks' heartbeats go, inside the checkpoint directory (shared by every node).
 HEARTBEAT_DIR = ".slurmft-heartbeat"
@@ -175,7 +175,7 @@ def _options(cfg: Any, job_id: int, ckpt: Path, resume_mode: str, train_cmd: tup
     from slurmft.supervise.supervisor import RunOptions
 
     try:
-        cmd = tuple(shlex.split(slurmft_cmd)) if slurmft_cmd else (sys.executable, "-m", "slurmft")
+        cmd = tuple(shlex.split(slurmft_cmd)) if slurmft_cmd else tuple(slurmft_argv())
     except ValueError as exc:
         raise UsageError(f"cannot split --slurmft-cmd into words: {exc}") from None
     if not cmd:

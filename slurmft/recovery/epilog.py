@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from slurmft.core.log import get_logger
 from slurmft.core.nodeset import expand
+from slurmft.core.selfcmd import slurmft_argv
 
 log = get_logger(__name__)
 
@@ -68,7 +68,7 @@ def run_epilog(env: Mapping[str, str] | None = None, *, slurmft_cmd: Sequence[st
     """Start the detached rescheduler for the job in ``env``; never raises."""
     env = dict(os.environ if env is None else env)
     try:
-        cmd = list(slurmft_cmd) or [sys.executable, "-m", "slurmft"]
+        cmd = list(slurmft_cmd) or slurmft_argv()
         found = reschedule_argv(env, cmd, settle)
         if found is None:
             return EpilogResult(None, False, message="no valid SLURM_JOB_ID: nothing to do")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from slurmft.core import nodeset as hosts
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import RenderError
+from slurmft.core.selfcmd import slurmft_argv
 from slurmft.recovery.policy import RELAUNCH_MARK
 from slurmft.slurm.records import JobInfo
 
@@ -49,7 +49,7 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         raise RenderError("a training command is required (--train-cmd)")
     if not checkpoint_dir:
         raise RenderError("a checkpoint directory is required (--checkpoint-dir)")
-    slurmft = list(slurmft_cmd) or [sys.executable, "-m", "slurmft"]
+    slurmft = list(slurmft_cmd) or slurmft_argv()
     return {
         "job_name": safe_job_name(job_name),
         "nodes": int(nodes),

@@ -30,6 +30,7 @@ from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import ClusterError, SlurmCommandError, SlurmFTError, SlurmParseError
 from slurmft.core.log import get_logger
 from slurmft.core.nodeset import NodeSet
+from slurmft.core.selfcmd import slurmft_argv
 from slurmft.observe.events import AuditFile, Detected
 from slurmft.observe.goodput import describe_world_sizes, world_size_seconds
 from slurmft.observe.report import RecoverySummary, read_progress, summarize, timeline
@@ -255,7 +256,7 @@ class Demo:
         ctx = job_context(cfg, train_cmd=train, checkpoint_dir=str(ckpt_dir),
                           job_name="slurmft-demo", nodes=o.nodes, work_dir=str(work),
                           output=str(work / "job.out"),
-                          slurmft_cmd=slurmft_cmd or [sys.executable, "-m", "slurmft"],
+                          slurmft_cmd=slurmft_cmd or slurmft_argv(),
                           reschedule_log=str(work / "reschedule.log"), spares=o.spares)
         return render("job.sh.j2", ctx)
 
@@ -266,7 +267,7 @@ class Demo:
         # A bridge answers ping in well under a millisecond: 0.5 s of silence is a dead link
         # (the watcher re-probes a suspect once before acting, so load spikes do not count).
         env["SLURMFT_PROBE_PING_TIMEOUT"] = str(min(0.5, self.o.probe_timeout))
-        argv = self.cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch",
+        argv = self.cluster.exec_argv([*slurmft_argv(), "-v", "watch",
                                        "--job", str(job_id), "--interval", str(self.o.watch_interval)])
         with open(log_path, "ab") as fh:
             self._watcher = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=fh,

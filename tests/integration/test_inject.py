@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from slurmft.core.config import RescheduleConfig
+from slurmft.core.selfcmd import slurmft_argv
 from slurmft.recovery.rescheduler import job_context
 from slurmft.recovery.state import StateStore
 from slurmft.render import render
@@ -187,7 +188,7 @@ def test_mask_gpu_reaches_every_rank_of_the_restarted_job(cluster, cluster_run):
                            mpirun_args=mpirun_args(cluster))
     ctx = job_context(cfg, train_cmd=["sh", str(show)], checkpoint_dir=str(ckpt), nodes=2,
                       job_name="inject-gpu", work_dir=str(work), output=str(out),
-                      slurmft_cmd=[sys.executable, "-m", "slurmft"],
+                      slurmft_cmd=slurmft_argv(),
                       reschedule_log=str(work / "r.log"))
     (work / "job.sh").write_text(render("job.sh.j2", ctx))
     jid = int(cluster_run(["sbatch", "--parsable", str(work / "job.sh")],

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from slurmft.core.config import RescheduleConfig
+from slurmft.core.selfcmd import slurmft_argv
 from slurmft.recovery.rescheduler import job_context
 from slurmft.render import render
 from slurmft.testbed.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
@@ -31,6 +32,6 @@ def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
     script.write_text(render("job.sh.j2", job_context(
         cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name=name, nodes=nodes,
         work_dir=str(work), output=str(work / "job.out"),
-        slurmft_cmd=[sys.executable, "-m", "slurmft"], reschedule_log=str(work / "resched.log"),
+        slurmft_cmd=slurmft_argv(), reschedule_log=str(work / "resched.log"),
         hang_timeout=hang_timeout, spares=spares)))
     return script
