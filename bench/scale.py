@@ -33,7 +33,7 @@ Measured, in the same run: the new prober (FanoutProber with its sweep), today's
 ``--baseline-hosts`` of them, and the sequential ``ping -c1 -W`` loop on ``--loop-hosts``,
 each with the bed's share of silent and frozen hosts. Each probe runs in its own process with
 RLIMIT_NOFILE at 1,024: wall time of ``probe()``, CPU (getrusage, children included), peak
-open descriptors (sampled every 10 ms), peak RSS. Exit status 1 when the sweep misses a
+open descriptors (sampled every 20 ms), peak RSS. Exit status 1 when the sweep misses a
 target, 2 when the bench cannot run.
 """
 
@@ -462,7 +462,7 @@ LOOP = ('for h in "$@"; do ping -n -q -c 1 -W "$SLURMFT_BENCH_W" "$h" >/dev/null
 class FdWatch:
     """Peak open descriptors of this process, sampled every ``every`` seconds."""
 
-    def __init__(self, every: float = 0.01) -> None:
+    def __init__(self, every: float = 0.02) -> None:
         self.peak = self.count()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, args=(every,), daemon=True)

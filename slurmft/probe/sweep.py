@@ -200,6 +200,7 @@ class _Conn:
     endpoint: Endpoint
     step: str                        # "ssh" or "slurmd"
     sock: socket.socket
+    t0: float = 0.0
     buf: bytes = b""
     connected: bool = False
 
@@ -238,8 +239,9 @@ class Sweep:
     connect_wait: float = 0.0         # give up a TCP connect after this long; 0: the deadline
     retry_every: float = 0.2
     # Called once, with what was seen so far, when only stragglers are left: everything sent
-    # and connected, nothing arrived for IDLE_AFTER seconds (the caller starts its slow work
-    # then, in threads that no longer compete with this loop for the GIL).
+    # and connected, nothing arrived for IDLE_AFTER seconds, every open socket has waited 4x
+    # the median banner time (the caller starts its slow work then, in threads that no
+    # longer compete with this loop for the GIL).
     on_idle: object = None
     clock: object = time.monotonic
     stats: SweepStats = field(default_factory=SweepStats)
@@ -316,7 +318,7 @@ class Sweep:
                     self._tcp_failed(o, step, err)
                     finish(o)
                     return
-                c = _Conn(endpoint, step, s)
+                c = _Conn(endpoint, step, s, clock())
                 conns[s.fileno()] = c
                 open_tcp += 1
                 st.sockets_peak = max(st.sockets_peak, open_tcp)
@@ -349,6 +351,7 @@ class Sweep:
                         finish(o)
 
             idle_fired = self.on_idle is None
+            latencies: list[float] = []   # connect -> banner, of the hosts that answered
             while unresolved > 0:
                 now = clock()
                 if now >= deadline:
@@ -398,7 +401,8 @@ class Sweep:
                 if quiet:
                     wait = min(wait, IDLE_AFTER)
                 events = sel.select(max(0.0, wait))
-                if quiet and not events and wait >= IDLE_AFTER:
+                if quiet and not events and wait >= IDLE_AFTER and self._stragglers_only(
+                        conns, latencies, clock()):
                     idle_fired = True
                     for c in conns.values():
                         self._settle(c, obs[c.endpoint])
@@ -451,6 +455,7 @@ class Sweep:
                     close(fd)
                     o.tcp, o.detail = ("banner", text) if verdict == "ok" else (
                         "bad", f"port {c.endpoint[1]} does not speak SSH: {text}")
+                    latencies.append(clock() - c.t0)
                     if verdict == "ok" and self.slurmd_port:
                         connect_q.append((c.endpoint, "slurmd"))
                     else:
@@ -464,6 +469,18 @@ class Sweep:
                 icmp.close()
         st.elapsed_s = clock() - start
         return obs
+
+    @staticmethod
+    def _stragglers_only(conns: Mapping[int, _Conn], latencies: list[float],
+                         now: float) -> bool:
+        """Whether every socket still open is a straggler: even the youngest has waited four
+        times the median banner time so far (a loaded bed answers late, but answers; a hung
+        sshd never does). Asked only when the sweep has been quiet for IDLE_AFTER."""
+        if not conns:
+            return True
+        median = sorted(latencies)[len(latencies) // 2] if latencies else IDLE_AFTER
+        youngest = max(c.t0 for c in conns.values())
+        return now - youngest >= max(IDLE_AFTER, 4 * median)
 
     @staticmethod
     def _settle(c: _Conn, o: Observation) -> bool:

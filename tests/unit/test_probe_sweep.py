@@ -495,3 +495,18 @@ def test_full_checks_start_when_the_sweep_idles_among_hosts_already_seen_healthy
     assert order.index("sweep returns") == 3    # three logins, all during the sweep
     assert "n1" not in net.logins and "n4" not in net.logins   # only hosts seen healthy
     assert res["n1"].health is Health.HEALTHY and res["n4"].health is Health.UNRESPONSIVE
+
+
+def test_stragglers_only_waits_for_sockets_older_than_the_banners_take():
+    from slurmft.probe.sweep import _Conn
+
+    def conn(t0):
+        return _Conn(("127.0.0.1", 22), "ssh", None, t0)
+
+    lat = [0.01, 0.02, 0.3]                   # median 0.02 s: a straggler after 0.08 s
+    assert Sweep._stragglers_only({}, lat, 1.0)
+    assert Sweep._stragglers_only({1: conn(0.5), 2: conn(0.9)}, lat, 1.0)
+    assert not Sweep._stragglers_only({1: conn(0.5), 2: conn(0.95)}, lat, 1.0)
+    slow = [0.4] * 5                          # a loaded bed: banners take 0.4 s
+    assert not Sweep._stragglers_only({1: conn(0.0)}, slow, 1.0)
+    assert Sweep._stragglers_only({1: conn(0.0)}, slow, 1.7)
