@@ -18,7 +18,7 @@ import click
 from slurmft.cli import adapters
 from slurmft.cli.options import (FiniteFloat, LazyChoice, count, echo_json, get_config,
                                  job_id_type)
-from slurmft.core.errors import SlurmFTError
+from slurmft.core.errors import SlurmFTError, UsageError
 
 
 # The names come from the testbed when first needed: importing it costs every command
@@ -74,12 +74,20 @@ def _echo_up(target: Any, name: str, res: Any) -> None:
 @click.option("--no-slurm", is_flag=True, help="Probe-only hosts: sshd per node, no Slurm.")
 @click.option("--epilog", default="", help="Absolute path for EpilogSlurmctld= in slurm.conf.")
 @click.option("--subnet", default=None, help="IPv4 /24 (default: a free one in 10.99.0.0/16).")
+@click.option("--slurm", "slurm_release", default=None, metavar="RELEASE",
+              envvar="SLURMFT_CLUSTER_SLURM",
+              help="docker backend: the Slurm release of the node image, 22.05 (default, "
+                   "bookworm), 24.11 (trixie) or 26.05 (sid) (env SLURMFT_CLUSTER_SLURM).")
 @click.option("--json", "as_json", is_flag=True)
 def cluster_up(nodes: int, name: str, backend: str, no_slurm: bool, epilog: str,
-               subnet: str | None, as_json: bool) -> None:
+               subnet: str | None, slurm_release: str | None, as_json: bool) -> None:
     """Build the cluster (idempotent: says so if it is already up)."""
     target = adapters.cluster(backend, name)
-    res = target.up(nodes, slurm=not no_slurm, epilog=epilog, subnet=subnet)
+    if slurm_release and target.backend != "docker":
+        raise UsageError("--slurm chooses the docker backend's image: the netns backend runs "
+                         "this machine's Slurm (add --backend docker)")
+    extra = {"slurm_release": slurm_release} if slurm_release else {}
+    res = target.up(nodes, slurm=not no_slurm, epilog=epilog, subnet=subnet, **extra)
     if as_json:
         echo_json(res.to_dict())
     else:

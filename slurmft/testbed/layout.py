@@ -125,6 +125,14 @@ class StatePaths:
         return self.state_dir / "state.json"
 
 
+def slurm_major_minor(version: str) -> tuple[int, int]:
+    """(24, 11) from "24.11" or "24.11.5": what slurm.conf.j2 chooses its options by."""
+    m = re.fullmatch(r"(\d{2})\.(\d{2})(?:\.\d+)?", str(version).strip())
+    if not m:
+        raise UsageError(f"invalid Slurm version {version!r}: expected MAJOR.MINOR, e.g. 24.11")
+    return int(m.group(1)), int(m.group(2))
+
+
 @dataclass(frozen=True)
 class Layout(StatePaths):
     """Where everything of one cluster lives. Derived, never stored apart from its inputs."""
@@ -138,6 +146,7 @@ class Layout(StatePaths):
     slurm_user: str = "root"        # SlurmUser: slurmctld and EpilogSlurmctld run as this user
     cpus: int = 2
     real_memory: int = 1000
+    slurm_version: str = "22.05"    # the release slurm.conf is rendered for (MAJOR.MINOR)
     node_names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -150,6 +159,7 @@ class Layout(StatePaths):
         check_subnet(self.subnet, self.nodes, [])
         if not _USER_RE.fullmatch(self.slurm_user):
             raise UsageError(f"SlurmUser must be a user name, not {self.slurm_user!r}")
+        slurm_major_minor(self.slurm_version)
 
     # --- names and addresses -------------------------------------------------------------
     @property
@@ -289,6 +299,7 @@ class Layout(StatePaths):
             "real_memory": self.real_memory,
             "epilog": self.epilog,
             "slurm_user": self.slurm_user,
+            "slurm": slurm_major_minor(self.slurm_version),
         })
 
     def hosts_text(self) -> str:

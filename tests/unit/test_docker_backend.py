@@ -228,7 +228,7 @@ class RecordingDocker:
 def test_ensure_image_builds_with_the_staged_dockerfile_from_any_cwd(tmp_path, monkeypatch):
     from slurmft.testbed.docker import image as dimage
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(dimage, "build_wheels", lambda ctx: None)
+    monkeypatch.setattr(dimage, "build_wheels", lambda ctx, **kw: None)
     monkeypatch.chdir(tmp_path)                      # not the checkout: -f must not be relative
     docker = RecordingDocker()
     first = db.ensure_image(docker, base="debian:bookworm")
@@ -237,7 +237,61 @@ def test_ensure_image_builds_with_the_staged_dockerfile_from_any_cwd(tmp_path, m
     build = docker.builds[0]
     assert build["dockerfile"].is_absolute() and build["dockerfile_in_ctx"]
     assert build["dockerfile"].relative_to(build["ctx"]).as_posix() == db.DOCKERFILE
-    assert "PIP_NO_INDEX=0" in build["args"]         # no wheels: the build uses its index
+    # No wheels: the suite's Debian packages stand in for them, still no index.
+    assert "PIP_NO_INDEX=1" in build["args"]
+    assert f"DEBIAN_PYTHON_DEPS={' '.join(dimage.DEBIAN_PYTHON_DEPS)}" in build["args"]
+    assert first.tag.startswith("slurmft-node:22.05-")
+    assert "slurmft.slurm-release=22.05" in build["args"]
+
+
+def test_each_release_has_its_own_image_from_its_own_suite(tmp_path, monkeypatch):
+    from slurmft.testbed.docker import image as dimage
+    from slurmft.testbed.docker.releases import RELEASES
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    seen = []
+    monkeypatch.setattr(dimage, "build_wheels",
+                        lambda ctx, python: seen.append(python) or None)
+    # No debootstrap here: the base of each suite is named, not built.
+    monkeypatch.setattr(dimage, "ensure_base_image",
+                        lambda docker, base, suite: (dimage.base_image_tag(suite), False))
+    docker = RecordingDocker()
+    results = {v: db.ensure_image(docker, release=r) for v, r in RELEASES.items()}
+    bases = [b["args"][b["args"].index("--build-arg") + 1] for b in docker.builds]
+    assert bases == ["BASE_IMAGE=slurmft-base:bookworm", "BASE_IMAGE=slurmft-base:trixie",
+                     "BASE_IMAGE=slurmft-base:sid"]
+    assert [r.tag.split(":")[1].split("-")[0] for r in results.values()] == list(RELEASES)
+    assert len({r.content_hash for r in results.values()}) == 3      # the suite is in the hash
+    assert seen == [r.python for r in RELEASES.values()]
+    assert db.ensure_image(docker, release=RELEASES["24.11"]).content_hash == \
+        results["24.11"].content_hash                                 # same inputs: same tag
+
+
+def test_content_hash_changes_with_the_suite(tmp_path):
+    from slurmft.testbed.docker import image as dimage
+    (tmp_path / "Dockerfile").write_text("FROM x\n")
+    assert dimage.content_hash(tmp_path, "sha256:b", "trixie") != \
+        dimage.content_hash(tmp_path, "sha256:b", "sid")
+    assert dimage.base_image_tag("trixie") == "slurmft-base:trixie"
+
+
+def test_unknown_release_is_refused_in_one_line():
+    from slurmft.core.errors import UsageError
+    from slurmft.testbed.docker.releases import slurm_release
+    assert slurm_release(None).version == "22.05" and slurm_release("26.05").suite == "sid"
+    with pytest.raises(UsageError, match="use one of 22.05, 24.11, 26.05"):
+        slurm_release("23.02")
+
+
+def test_slurm_conf_is_rendered_for_the_release():
+    from slurmft.testbed.layout import Layout
+    from slurmft.core.errors import UsageError
+    for version in ("22.05", "24.11", "26.05"):
+        text = Layout("t1", 2, "10.98.7.0/24", slurm_version=version).slurm_conf_text()
+        assert "SlurmdTimeout=10" in text and "NodeName=node2" in text
+        # 24.11 and 26.05 have no switch/none plugin (checked on the daemons: "(null)").
+        assert ("\nSwitchType=switch/none\n" in text) == (version == "22.05")
+    with pytest.raises(UsageError, match="MAJOR.MINOR"):
+        Layout("t1", 2, "10.98.7.0/24", slurm_version="latest")
 
 
 def test_failed_up_stops_the_private_dockerd_it_started(tmp_path, monkeypatch):
@@ -264,7 +318,7 @@ def test_failed_up_stops_the_private_dockerd_it_started(tmp_path, monkeypatch):
         def stop(self):
             stopped.append(self.proc.pid)
 
-    def failing_image(docker, base=""):
+    def failing_image(docker, base="", release=None):
         raise ClusterError("docker build failed (rc=1)")
 
     monkeypatch.setattr(dcluster, "Docker", NoDaemonDocker)

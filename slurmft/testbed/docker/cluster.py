@@ -27,6 +27,7 @@ from slurmft.core.log import get_logger
 from slurmft.render import render
 from slurmft.testbed import procs
 from slurmft.testbed.backend import Fault
+from slurmft.slurm.version import parse_version
 from slurmft.testbed.docker.client import LABEL, Docker, DockerUnavailableError
 from slurmft.testbed.docker.compose import (
     compose_doc, container_name, pick_docker_subnet, used_networks,
@@ -35,6 +36,8 @@ from slurmft.testbed.docker.context import docker_file, mkdir_p
 from slurmft.testbed.docker.daemon import PrivateDockerd
 from slurmft.testbed.docker.faults import FAULT_HANDLERS, NodeTarget
 from slurmft.testbed.docker.image import ensure_image, remove_images
+from slurmft.testbed.docker.releases import DEFAULT_RELEASE
+from slurmft.testbed.docker.releases import slurm_release as find_release
 from slurmft.testbed.layout import (
     CTL_HOST, DEFAULT_NAME, Layout, StatePaths, check_subnet, parse_subnet, validate_name,
     validate_nodes,
@@ -64,6 +67,7 @@ class DockerClusterState:
     complete: bool = False
     started_daemon: dict = field(default_factory=dict)   # PrivateDockerd fields if we started it
     timings: dict = field(default_factory=dict)
+    slurm_release: str = DEFAULT_RELEASE                 # releases.RELEASES key (--slurm)
 
 
 class DockerCluster(StatePaths):
@@ -124,12 +128,16 @@ class DockerCluster(StatePaths):
     @property
     def layout(self) -> Layout:
         st = self._need_state()
-        return self._layout(st.nodes, ipaddress.IPv4Network(st.subnet), st.epilog)
+        return self._layout(st.nodes, ipaddress.IPv4Network(st.subnet), st.epilog,
+                            st.slurm_release)
 
-    def _layout(self, nodes: int, subnet: ipaddress.IPv4Network, epilog: str = "") -> Layout:
+    def _layout(self, nodes: int, subnet: ipaddress.IPv4Network, epilog: str = "",
+                release: str = DEFAULT_RELEASE) -> Layout:
         # The same Layout as the namespace cluster: inside the containers the Slurm paths are
-        # <root>/<name>/{spool,run,log,munge}, and the log folder is the host's.
-        return Layout(self.name, nodes, subnet, root=self.root, epilog=epilog)
+        # <root>/<name>/{spool,run,log,munge}, and the log folder is the host's; slurm.conf is
+        # rendered for the image's Slurm release.
+        return Layout(self.name, nodes, subnet, root=self.root, epilog=epilog,
+                      slurm_version=release)
 
     def is_up(self) -> bool:
         """Recorded state exists and every container is running."""
@@ -187,13 +195,17 @@ class DockerCluster(StatePaths):
 
     # --- up ------------------------------------------------------------------------------------
     def up(self, nodes: int = 4, *, slurm: bool = True, epilog: str = "",
-           subnet: str | None = None, timeout: float = 90.0) -> UpResult:
+           subnet: str | None = None, timeout: float = 90.0,
+           slurm_release: str | None = None) -> UpResult:
         """Build (or reuse) the image, start ctl + nodes, wait until every node is idle.
 
-        Idempotent: returns ``already_up=True`` for a running cluster. A failed ``up`` tears
-        down what it created.
+        ``slurm_release``: "22.05" (default), "24.11" or "26.05" (releases.RELEASES), each
+        the Slurm of one Debian suite. Idempotent: returns ``already_up=True`` for a running
+        cluster of the same release (another release is refused: take the cluster down first).
+        A failed ``up`` tears down what it created.
         """
         validate_nodes(nodes)
+        release = find_release(slurm_release)
         if not slurm:
             raise UsageError("the docker backend always runs Slurm (no --no-slurm)")
         if epilog and not Path(epilog).is_absolute():
@@ -203,6 +215,12 @@ class DockerCluster(StatePaths):
                 raise ClusterError(f"{docker_file(name)} not found: this slurmft install lacks "
                                    "the docker backend's package data; reinstall slurmft")
         if self.is_up():
+            assert self.state is not None
+            if self.state.slurm_release != release.version:
+                raise UsageError(f"docker cluster {self.name} is up with Slurm "
+                                 f"{self.state.slurm_release}, not {release.version}: run "
+                                 f"`slurmft cluster down --backend docker --name {self.name}` "
+                                 "first")
             return UpResult(self.name, self.nodes, self.subnet, 0.0, {}, already_up=True)
         if self.state is not None or self.state_dir.exists():
             log.info("docker cluster %s: removing leftovers of an earlier run", self.name)
@@ -215,14 +233,15 @@ class DockerCluster(StatePaths):
             check_subnet(net, nodes + 1, used)      # +1: the gateway takes the last address
         else:
             net = pick_docker_subnet(self.name, nodes, used)
-        lay = self._layout(nodes, net, epilog)
+        lay = self._layout(nodes, net, epilog, release.version)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         self.state = DockerClusterState(self.name, nodes, str(net), "", docker.host,
-                                        f"slurmft-{self.name}", epilog, False, daemon)
+                                        f"slurmft-{self.name}", epilog, False, daemon,
+                                        slurm_release=release.version)
         self._save()
         try:
-            img = ensure_image(docker, self.base_image)
+            img = ensure_image(docker, self.base_image, release)
             self.state.image = img.tag
             self._save()
             t_image = time.monotonic() - t0
@@ -427,6 +446,21 @@ class DockerCluster(StatePaths):
                 out[parts[0]] = parts[1].lower()
         return out
 
+    def slurm_version(self) -> str:
+        """What ``sinfo --version`` prints in the controller (e.g. ``24.11.5``); '' if it
+        does not answer."""
+        try:
+            cp = procs.run(self.exec_argv(["sinfo", "--version"]), check=False, timeout=20,
+                           env=self.env(), what="sinfo --version")
+        except ClusterError:
+            return ""
+        if cp.returncode != 0:
+            return ""
+        try:
+            return str(parse_version(cp.stdout))
+        except SlurmFTError:
+            return ""
+
     def _daemons(self, pids: Mapping[str, int], ppid_of: Mapping[int, int]) -> dict[str, dict]:
         """{host: {daemon: {pid, state}}} from the host's process table (no docker exec)."""
         out: dict[str, dict] = {}
@@ -447,7 +481,8 @@ class DockerCluster(StatePaths):
             return {"name": self.name, "up": False, "backend": self.backend}
         lay = self.layout
         states = self._container_states()
-        view = self.slurm_view() if states.get(self.container()) == "running" else {}
+        ctl_running = states.get(self.container()) == "running"
+        view = self.slurm_view() if ctl_running else {}
         daemons = self._daemons(self._container_pids(), procs.parents())
         links = self.links()
         nodes = [{"name": n, "address": lay.ip(n), "netns": self.container(n),
@@ -461,6 +496,8 @@ class DockerCluster(StatePaths):
                 "subnet": st.subnet, "slurm": True, "state_dir": str(self.state_dir),
                 "shared_dir": str(lay.shared_dir), "slurm_conf": str(self.slurm_conf_path),
                 "ssh_config": SSH_CONFIG, "image": st.image,
+                "slurm_release": st.slurm_release,
+                "slurm_version": self.slurm_version() if ctl_running else "",
                 "docker_host": st.docker_host or "(default)", "timings": st.timings,
                 "controller": ctl, "nodes": nodes}
 

@@ -157,14 +157,16 @@ def mkdir_p(p: Path) -> Path:
     return p
 
 
-def build_wheels(context: Path, cache: Path | None = None) -> Path | None:
+def build_wheels(context: Path, cache: Path | None = None,
+                 python: tuple[int, int] = IMAGE_PYTHON) -> Path | None:
     """The dependencies of the staged ``context`` as wheels, cached per its setup.cfg.
 
     Built from a copy of the context (pip builds in tree; the staged one must stay as it is,
     or its content hash would change). None when this Python is not the image's (wheels would
-    not fit) or pip cannot fetch them here; the image build then installs from its own index.
+    not fit: ``python`` is the image suite's python3) or pip cannot fetch them here; the image
+    build then installs the suite's Debian packages of them (releases.DEBIAN_PYTHON_DEPS).
     """
-    if sys.version_info[:2] != IMAGE_PYTHON:
+    if sys.version_info[:2] != tuple(python):
         return None
     cache = cache or cache_dir()
     key = hashlib.sha256((context / "setup.cfg").read_bytes()).hexdigest()[:16]

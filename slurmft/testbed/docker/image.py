@@ -1,8 +1,10 @@
 """The node image: content hash of the staged context (context.py), the debootstrap'd base, the build.
 
-Without a registry the base image is built with ``debootstrap --variant=minbase bookworm`` and
-``docker import``. The node image is tagged by a hash of its context, so unchanged sources
-reuse the cached image.
+One image per Slurm release (releases.py): without a registry its base is built with
+``debootstrap --variant=minbase SUITE`` (bookworm, trixie, sid) and ``docker import`` as
+``slurmft-base:SUITE``. The node image is tagged ``slurmft-node:RELEASE-HASH`` by a hash of its
+context, the suite and the base image, so unchanged sources reuse the cached image and a change
+of the Dockerfile, the sources or the suite builds a new one.
 """
 
 from __future__ import annotations
@@ -25,17 +27,30 @@ from slurmft.testbed.docker.context import (
     DOCKERFILE, add_wheels, build_wheels, cache_dir, mkdir_p, stage_context,
 )
 from slurmft.testbed.docker.daemon import mounts_under
+from slurmft.testbed.docker.releases import (
+    DEBIAN_PYTHON_DEPS, DEFAULT_RELEASE, RELEASES, SlurmRelease,
+)
 
 log = get_logger(__name__)
 
 BASE_IMAGE = "slurmft-base:bookworm"       # debootstrap'd + imported when no registry is used
 REGISTRY_BASE = "debian:bookworm"           # without debootstrap: pulled by the build
 NODE_IMAGE_REPO = "slurmft-node"
+RELEASE_LABEL = "slurmft.slurm-release"     # on node images: the Slurm release they run
 
 
-def content_hash(context: Path, base_id: str) -> str:
-    """sha256 over the staged context (paths and bytes) and the base image id."""
-    h = hashlib.sha256(base_id.encode())
+def base_image_tag(suite: str) -> str:
+    """The debootstrap'd base of ``suite``: ``slurmft-base:SUITE``."""
+    return f"slurmft-base:{suite}"
+
+
+def node_image_tag(release: SlurmRelease, digest: str) -> str:
+    return f"{NODE_IMAGE_REPO}:{release.version}-{digest[:12]}"
+
+
+def content_hash(context: Path, base_id: str, suite: str = "") -> str:
+    """sha256 over the staged context (paths and bytes), the base image id and the suite."""
+    h = hashlib.sha256(base_id.encode() + (b"\0suite=" + suite.encode() if suite else b""))
     for p in sorted(context.rglob("*")):
         if p.is_file():
             h.update(str(p.relative_to(context)).encode() + b"\0")
@@ -75,25 +90,26 @@ class ImageResult:
     seconds: float
 
 
-def ensure_base_image(docker: Docker, base: str = "") -> tuple[str, bool]:
-    """(base image reference, built now?). ``base`` empty: debootstrap'd bookworm, imported."""
+def ensure_base_image(docker: Docker, base: str = "", suite: str = "bookworm") -> tuple[str, bool]:
+    """(base image reference, built now?). ``base`` empty: debootstrap'd ``suite``, imported."""
     if base:
         return base, False
-    if docker.ok("image", "inspect", BASE_IMAGE):
-        return BASE_IMAGE, False
+    tag = base_image_tag(suite)
+    if docker.ok("image", "inspect", tag):
+        return tag, False
     if not shutil.which("debootstrap"):
-        log.info("no debootstrap: building FROM %s (needs a registry)", REGISTRY_BASE)
-        return REGISTRY_BASE, False
+        log.info("no debootstrap: building FROM debian:%s (needs a registry)", suite)
+        return f"debian:{suite}", False
     mirror = debian_mirror()
     root = Path(tempfile.mkdtemp(prefix="slurmft-rootfs-"))
     try:
-        log.info("debootstrap bookworm from %s", mirror)
-        procs.run(["debootstrap", "--variant=minbase", "bookworm", str(root), mirror],
-                  timeout=900, what="debootstrap")
+        log.info("debootstrap %s from %s", suite, mirror)
+        procs.run(["debootstrap", "--variant=minbase", suite, str(root), mirror],
+                  timeout=1200, what=f"debootstrap {suite}")
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
         try:
             imp = subprocess.run(docker.argv("import", "-c", f"LABEL {IMAGE_LABEL}=base",
-                                             "-c", 'CMD ["/bin/bash"]', "-", BASE_IMAGE),
+                                             "-c", 'CMD ["/bin/bash"]', "-", tag),
                                  stdin=tar.stdout, capture_output=True, text=True,
                                  timeout=600, env=docker._env())
         finally:
@@ -106,21 +122,25 @@ def ensure_base_image(docker: Docker, base: str = "") -> tuple[str, bool]:
         for mnt in mounts_under(root):      # debootstrap's /proc, /sys if it failed midway
             procs.run(["umount", "-l", mnt], check=False)
         shutil.rmtree(root, ignore_errors=True)
-    return BASE_IMAGE, True
+    return tag, True
 
 
-def ensure_image(docker: Docker, base: str = "") -> ImageResult:
-    """The node image for the installed sources: reused when one with the same hash exists."""
+def ensure_image(docker: Docker, base: str = "",
+                 release: SlurmRelease = RELEASES[DEFAULT_RELEASE]) -> ImageResult:
+    """The node image of ``release`` for the installed sources: reused when one with the same
+    hash exists. The Python dependencies are the host's cached wheels when the suite's python3
+    is this one, else the suite's Debian packages (``DEBIAN_PYTHON_DEPS``)."""
     t0 = time.monotonic()
-    base_ref, base_built = ensure_base_image(docker, base)
+    base_ref, base_built = ensure_base_image(docker, base, release.suite)
     base_id = docker.run("image", "inspect", "--format", "{{.Id}}", base_ref, check=False).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="slurmft-ctx-") as tmp:
         ctx = Path(tmp)
         stage_context(ctx)
-        wheels = build_wheels(ctx)
+        wheels = build_wheels(ctx, python=release.python)
         add_wheels(ctx, wheels)
-        digest = content_hash(ctx, base_id or base_ref)
-        tag = f"{NODE_IMAGE_REPO}:{digest[:12]}"
+        deb_deps = "" if wheels else " ".join(DEBIAN_PYTHON_DEPS)
+        digest = content_hash(ctx, base_id or base_ref, f"{release.suite}:{deb_deps}")
+        tag = node_image_tag(release, digest)
         have = docker.run("image", "inspect", "--format",
                           "{{index .Config.Labels \"" + HASH_LABEL + "\"}}", tag, check=False)
         if have.returncode == 0 and have.stdout.strip() == digest:
@@ -128,23 +148,26 @@ def ensure_image(docker: Docker, base: str = "") -> ImageResult:
         log.info("building %s", tag)
         cp = docker.run("build", "--network", "host", "-f", str(ctx / DOCKERFILE),
                         "--build-arg", f"BASE_IMAGE={base_ref}",
-                        "--build-arg", f"PIP_NO_INDEX={1 if wheels else 0}",
+                        "--build-arg", "PIP_NO_INDEX=1",
+                        "--build-arg", f"DEBIAN_PYTHON_DEPS={deb_deps}",
                         "--label", f"{HASH_LABEL}={digest}", "--label", f"{IMAGE_LABEL}=node",
+                        "--label", f"{RELEASE_LABEL}={release.version}",
                         "-t", tag, str(ctx), check=False, timeout=1200, what="docker build")
-        build_log = mkdir_p(cache_dir()) / "build.log"
+        build_log = mkdir_p(cache_dir()) / f"build-{release.version}.log"
         build_log.write_text(cp.stdout + cp.stderr)
         if cp.returncode != 0:
             last = " | ".join((cp.stderr or cp.stdout).strip().splitlines()[-3:])
             raise ClusterError(f"docker build failed (rc={cp.returncode}): {last}; "
                                f"full output in {build_log}")
-    _prune_node_images(docker, keep=tag)
+    _prune_node_images(docker, keep=tag, release=release)
     return ImageResult(tag, digest, True, base_built, time.monotonic() - t0)
 
 
-def _prune_node_images(docker: Docker, keep: str) -> None:
-    """Remove older node images (one per source hash) that no container uses; keep ``keep``."""
+def _prune_node_images(docker: Docker, keep: str, release: SlurmRelease) -> None:
+    """Remove older node images of ``release`` (one per source hash) that no container uses;
+    keep ``keep`` and every other release's images (each is its own cache)."""
     keep_id = docker.run("image", "inspect", "--format", "{{.Id}}", keep, check=False).stdout.strip()
-    for ref in docker.ids("image", f"{IMAGE_LABEL}=node"):
+    for ref in docker.ids("image", f"{RELEASE_LABEL}={release.version}"):
         if not keep_id.startswith(f"sha256:{ref}") and ref not in keep_id:
             docker.ok("image", "rm", ref)          # no -f: an image in use stays
 
@@ -155,9 +178,10 @@ def remove_images(docker: Docker, keep_base: bool = True) -> list[str]:
     for ref in docker.ids("image", f"{IMAGE_LABEL}=node"):
         if docker.ok("image", "rm", "-f", ref):
             gone.append(ref)
-    if not keep_base and docker.ok("image", "inspect", BASE_IMAGE):
-        if docker.ok("image", "rm", "-f", BASE_IMAGE):
-            gone.append(BASE_IMAGE)
+    if not keep_base:
+        for tag in [base_image_tag(r.suite) for r in RELEASES.values()]:
+            if docker.ok("image", "inspect", tag) and docker.ok("image", "rm", "-f", tag):
+                gone.append(tag)
     return gone
 
 
