@@ -59,8 +59,11 @@ def _bin(name: str, bin_dir: str = "") -> str:
 
 
 def build_squeue_argv(bin_dir: str = "") -> list[str]:
-    # 22.05 ignores -j/-t/-n together with --json: we filter on our side.
-    return [_bin("squeue", bin_dir), "--all", "--json"]
+    """``squeue --all --states=all --json``: every job slurmctld still knows, finished ones
+    included, on every release. 22.05 ignores -j/-t/-n together with --json (we filter on our
+    side) and lists finished jobs anyway; 24.11 and 26.05 honour the default state filter and
+    leave COMPLETED/FAILED jobs out unless ``--states=all`` (checked on the real releases)."""
+    return [_bin("squeue", bin_dir), "--all", "--states=all", "--json"]
 
 
 def build_steps_argv(job_id: int, bin_dir: str = "") -> list[str]:
@@ -83,7 +86,16 @@ def build_allocation_argv(job_id: int, bin_dir: str = "") -> list[str]:
 
 
 def build_sinfo_argv(bin_dir: str = "") -> list[str]:
-    return [_bin("sinfo", bin_dir), "--json"]
+    """``sinfo --json --Node``: one record per node on every release. 22.05 lists node records
+    whatever the options; 24.11 and 26.05 group nodes that share a state into one ``sinfo[]``
+    entry carrying the reason of only one of them (two nodes drained for different reasons
+    came back with one reason) unless ``--Node`` is given (checked on the real releases)."""
+    return [_bin("sinfo", bin_dir), "--json", "--Node"]
+
+
+def build_version_argv(bin_dir: str = "") -> list[str]:
+    """``sinfo --version``: ``slurm 24.11.5`` (read by ``slurm.version.parse_version``)."""
+    return [_bin("sinfo", bin_dir), "--version"]
 
 
 def build_show_job_argv(job_id: int, bin_dir: str = "") -> list[str]:

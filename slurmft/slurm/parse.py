@@ -1,10 +1,20 @@
 """Pure functions that read what Slurm prints: JSON and ``key=value`` records into JobInfo and
 NodeInfo, ``sbatch --parsable``, step lists, and Slurm's error text into typed errors.
 
-Parsing is by field name and tolerant of newer OpenAPI schemas: numbers may be nested as
-``{"set": true, "number": N}``, ``job_state``/node ``state`` may be lists, node allocations may
-live under ``job_resources.nodes.allocation``, and ``sinfo --json`` may group nodes under
-``sinfo[]``. The argv that produce this output are built in ``slurm.commands``.
+The JSON readers are chosen by what the document says it is (``slurm.version.json_schema``
+over its ``meta``), never by trying one shape and falling back on failure:
+
+- OpenAPI v0.0.38 (22.05): plain numbers, ``job_state`` and node ``state`` strings (flags in
+  ``state_flags``), ``job_resources.allocated_nodes[].nodename``, ``exit_code`` the raw wait
+  status (768 for ``exit 3``), ``sinfo --json`` a ``nodes[]`` list of node records;
+- data_parser v0.0.39 and later (23.02 ... 26.05, checked on 24.11 and 26.05): numbers as
+  ``{"set", "infinite", "number"}``, states as lists of words (flags after the base state),
+  ``job_resources.nodes.allocation[].name``, ``exit_code.return_code``, ``sinfo --json`` a
+  ``sinfo[]`` list of groups (one per node with ``--Node``, see ``slurm.commands``).
+
+A document without ``meta`` (hand-made, a fake) is read by the keys it has. Real output of
+each release lives in ``tests/data/slurm-<release>/``. The argv that produce this output are
+built in ``slurm.commands``.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from slurmft.core.errors import (
 )
 from slurmft.slurm.commands import check_job_id
 from slurmft.slurm.records import JobInfo, NodeInfo
+from slurmft.slurm.version import JsonSchema, json_schema
 
 
 def parse_step_ids(text: str, job_id: int) -> list[int]:
@@ -155,20 +166,27 @@ def _names(expr: Any) -> tuple[str, ...]:
     return tuple(hosts.expand(text))
 
 
-def _exit_code(value: Any) -> int | None:
+def _exit_code(value: Any, schema: JsonSchema | None = None) -> int | None:
     if isinstance(value, Mapping):  # newer: {"status": [...], "return_code": {...}}
         return num(value.get("return_code"))
+    if schema is not None and schema.openapi <= 38 and num(value) is not None:
+        # v0.0.38 (22.05) prints the raw wait status: 768 for `exit 3` (scontrol: 3:0)
+        return (num(value) >> 8) & 0xFF
     if isinstance(value, str) and ":" in value:  # scontrol: "0:0"
         return num(value.split(":", 1)[0])
     return num(value)
 
 
-def _allocated_nodes(doc: Mapping[str, Any]) -> tuple[str, ...]:
+def _allocated_nodes(doc: Mapping[str, Any], schema: JsonSchema | None = None) -> tuple[str, ...]:
     res = doc.get("job_resources") or {}
     if isinstance(res, Mapping):
-        alloc = res.get("allocated_nodes")
-        if alloc is None and isinstance(res.get("nodes"), Mapping):
-            alloc = res["nodes"].get("allocation")
+        v38 = res.get("allocated_nodes")                    # 22.05 (and 23.02's v0.0.39)
+        nodes = res.get("nodes")
+        newer = nodes.get("allocation") if isinstance(nodes, Mapping) else None  # v0.0.40+
+        if schema is None:
+            alloc = v38 if v38 is not None else newer
+        else:
+            alloc = v38 if schema.openapi <= 39 else newer
         if isinstance(alloc, list):
             names = [a.get("nodename") or a.get("name") for a in alloc if isinstance(a, Mapping)]
             names = [n for n in names if n]
@@ -182,6 +200,11 @@ def _allocated_nodes(doc: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------- parsers
+
+def document_schema(doc: Mapping[str, Any]) -> JsonSchema | None:
+    """The schema the document's ``meta`` names; None for a document without ``meta``."""
+    return json_schema(doc) if "meta" in doc else None
+
 
 def _load(text: str, what: str) -> Mapping[str, Any]:
     try:
@@ -198,8 +221,8 @@ def _load(text: str, what: str) -> Mapping[str, Any]:
     return doc
 
 
-def job_from_json(doc: Mapping[str, Any]) -> JobInfo:
-    """One job record of ``squeue --json``."""
+def job_from_json(doc: Mapping[str, Any], schema: JsonSchema | None = None) -> JobInfo:
+    """One job record of ``squeue --json`` in ``schema`` (None: read by the keys it has)."""
     try:
         job_id = num(_first(doc, "job_id", "jobid"))
         if job_id is None:
@@ -212,13 +235,13 @@ def job_from_json(doc: Mapping[str, Any]) -> JobInfo:
             user=str(_first(doc, "user_name", "user", default="")),
             user_id=num(doc.get("user_id")),
             reason=str(_first(doc, "state_reason", "reason", default="")),
-            nodes=_allocated_nodes(doc),
+            nodes=_allocated_nodes(doc, schema),
             node_count=num(_first(doc, "node_count", "nodes_count")) or 0,
             excluded_nodes=_names(_first(doc, "excluded_nodes", "exc_nodes")),
             required_nodes=_names(_first(doc, "required_nodes", "req_nodes")),
             requeue=bool(doc.get("requeue", False)),
             restart_count=num(_first(doc, "restart_cnt", "restart_count")) or 0,
-            exit_code=_exit_code(doc.get("exit_code")),
+            exit_code=_exit_code(doc.get("exit_code"), schema),
             partition=str(_first(doc, "partition", default="")),
             work_dir=str(_first(doc, "current_working_directory", "work_dir", default="")),
             stdout=str(_first(doc, "standard_output", "stdout", default="")),
@@ -237,10 +260,11 @@ def job_from_json(doc: Mapping[str, Any]) -> JobInfo:
 
 def parse_squeue_json(text: str) -> list[JobInfo]:
     doc = _load(text, "squeue")
+    schema = document_schema(doc)
     jobs = doc.get("jobs")
     if not isinstance(jobs, list):
         raise SlurmParseError("squeue --json output has no 'jobs' list")
-    return [job_from_json(j) for j in jobs]
+    return [job_from_json(j, schema) for j in jobs]
 
 
 def node_from_json(doc: Mapping[str, Any]) -> NodeInfo:
@@ -266,37 +290,62 @@ def node_from_json(doc: Mapping[str, Any]) -> NodeInfo:
         raise SlurmParseError(f"cannot read a node record from sinfo --json: {exc!r}") from None
 
 
+def _group_cpus(cpus: Any, count: int) -> int:
+    """CPUs of each node of a ``sinfo[]`` group: its minimum when all nodes agree (the total
+    counts every node of the group)."""
+    if not isinstance(cpus, Mapping):
+        return 0
+    lo, hi = num(cpus.get("minimum")), num(cpus.get("maximum"))
+    if lo is not None and lo == hi:
+        return lo
+    total = num(cpus.get("total"))
+    return total // count if total and count else 0
+
+
 def _nodes_from_sinfo_groups(groups: list) -> list[NodeInfo]:
-    """Newer ``sinfo --json``: ``sinfo[]`` entries, each a group of nodes sharing a state."""
+    """data_parser ``sinfo --json``: ``sinfo[]`` entries, each a group of nodes sharing a
+    state (and, without ``--Node``, a reason of ONE of them: 24.11 groups two drained nodes
+    with different reasons; ``build_sinfo_argv`` asks for one entry per node)."""
     out: dict[str, NodeInfo] = {}
     for g in groups:
         if not isinstance(g, Mapping):
             continue
-        names = (g.get("nodes") or {}).get("nodes") or []
+        members = g.get("nodes") or {}
+        names = hosts.expand([str(n) for n in members.get("nodes") or []])
+        addresses = [str(a) for a in members.get("addresses") or []]
         node = g.get("node") or {}
         base, extra = _state(node.get("state", ""))
         reason = g.get("reason") or {}
         reason = reason.get("description", "") if isinstance(reason, Mapping) else str(reason)
         parts = g.get("partition") or {}
         part = (parts.get("name"),) if isinstance(parts, Mapping) and parts.get("name") else ()
-        cpus = num((g.get("cpus") or {}).get("total")) if isinstance(g.get("cpus"), Mapping) else 0
-        for name in hosts.expand([str(n) for n in names]):
+        cpus = _group_cpus(g.get("cpus"), len(names))
+        for i, name in enumerate(names):
             prev = out.get(name)
             out[name] = NodeInfo(
-                name=name, state=base.lower(), flags=tuple(f.upper() for f in extra),
-                reason=reason, cpus=cpus or 0,
+                name=hosts.validate_hostname(name), state=base.lower(),
+                address=addresses[i] if len(addresses) == len(names) else "",
+                flags=tuple(dict.fromkeys(f.upper() for f in extra)),
+                reason=reason or (prev.reason if prev else ""), cpus=cpus,
                 partitions=(prev.partitions if prev else ()) + part,
             )
     return list(out.values())
 
 
 def parse_sinfo_json(text: str) -> list[NodeInfo]:
+    """``sinfo --json``: v0.0.38's ``nodes[]`` records or data_parser's ``sinfo[]`` groups,
+    as the document's ``meta`` says (without meta: the list it has)."""
     doc = _load(text, "sinfo")
-    if isinstance(doc.get("nodes"), list):
-        return [node_from_json(n) for n in doc["nodes"]]
-    if isinstance(doc.get("sinfo"), list):
-        return _nodes_from_sinfo_groups(doc["sinfo"])
-    raise SlurmParseError("sinfo --json output has neither 'nodes' nor 'sinfo'")
+    schema = document_schema(doc)
+    key = ("nodes" if schema.openapi <= 38 else "sinfo") if schema else (
+        "nodes" if "nodes" in doc else "sinfo")
+    items = doc.get(key)
+    if not isinstance(items, list):
+        release = f" (Slurm {schema.release}, OpenAPI v0.0.{schema.openapi})" if schema else ""
+        raise SlurmParseError(f"sinfo --json output{release} has no '{key}' list")
+    if key == "nodes":
+        return [node_from_json(n) for n in items]
+    return _nodes_from_sinfo_groups(items)
 
 
 _KV_RE = re.compile(r"(?:^|\s)([A-Za-z][A-Za-z0-9_:/]*)=(.*?)(?=\s+[A-Za-z][A-Za-z0-9_:/]*=|\s*$)")
@@ -379,3 +428,31 @@ def parse_sbatch_parsable(text: str) -> int:
     if not head.isdigit():
         raise SlurmParseError(f"sbatch --parsable printed {text.strip()!r}, not a job id")
     return int(head)
+
+
+def node_from_key_values(kv: Mapping[str, str]) -> NodeInfo:
+    """One ``scontrol show node -o`` line: ``State=IDLE+DRAIN`` (base state, then flags),
+    ``Reason=text [user@time]``, ``NodeAddr``, ``CPUTot``, ``Partitions``."""
+    if "NodeName" not in kv:
+        raise SlurmParseError("scontrol show node output has no NodeName")
+    base, flags = _state(kv.get("State", ""))
+    reason = re.sub(r"\s*\[[^\]]*@[^\]]*\]$", "", kv.get("Reason", "")).strip()
+    parts = kv.get("Partitions", "")
+    return NodeInfo(
+        name=hosts.validate_hostname(kv["NodeName"]),
+        state=base.lower(),
+        address=kv.get("NodeAddr", ""),
+        flags=tuple(dict.fromkeys(f.upper() for f in flags)),
+        reason="" if reason in ("(null)", "None") else reason,
+        cpus=num(kv.get("CPUTot")) or 0,
+        partitions=tuple(p for p in parts.split(",") if p and p != "(null)"),
+    )
+
+
+def parse_show_node(text: str) -> list[NodeInfo]:
+    """``scontrol show node -o`` output: one node per non-empty line."""
+    nodes = [node_from_key_values(parse_key_values(line))
+             for line in (text or "").splitlines() if line.strip()]
+    if not nodes:
+        raise SlurmParseError("scontrol show node printed nothing")
+    return nodes

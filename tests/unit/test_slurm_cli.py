@@ -33,8 +33,9 @@ SINFO = json.loads((DATA / "sinfo.json").read_text())
 # ------------------------------------------------------------------ argv (golden)
 
 def test_read_argv():
-    assert scli.build_squeue_argv() == ["squeue", "--all", "--json"]
-    assert scli.build_sinfo_argv("/opt/slurm/bin/") == ["/opt/slurm/bin/sinfo", "--json"]
+    assert scli.build_squeue_argv() == ["squeue", "--all", "--states=all", "--json"]
+    assert scli.build_sinfo_argv("/opt/slurm/bin/") == ["/opt/slurm/bin/sinfo", "--json", "--Node"]
+    assert scli.build_version_argv() == ["sinfo", "--version"]
     assert scli.build_show_job_argv(42) == ["scontrol", "show", "job", "-o", "42"]
 
 

@@ -34,7 +34,7 @@ def test_job_from_captured_squeue(client, fake):
     job = client.job(1)
     assert job.state == "RUNNING" and job.nodes == ("node1", "node2", "node3", "node4")
     assert client.node_names(1) == ["node1", "node2", "node3", "node4"]
-    assert fake.calls == [("squeue", "--all", "--json")] * 2
+    assert fake.calls == [("squeue", "--all", "--states=all", "--json")] * 2
     assert fake.timeouts == [7.0, 7.0]
 
 
@@ -161,7 +161,7 @@ def test_controller_down(client, fake):
 def test_prefix_and_bin_dir_reach_the_runner(fake):
     c = CommandSlurmClient(runner=fake, bin_dir="/usr/bin")
     c.nodes()
-    assert fake.calls[-1] == ("/usr/bin/sinfo", "--json")
+    assert fake.calls[-1] == ("/usr/bin/sinfo", "--json", "--Node")
     default = CommandSlurmClient(prefix=["nsenter", "--net=/run/netns/x"])
     assert isinstance(default.runner, SubprocessRunner)
     assert default.runner.prefix == ("nsenter", "--net=/run/netns/x")
