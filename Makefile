@@ -117,3 +117,11 @@ docker-cluster-down: venv
 
 docker-test: venv docker-apt
 	$(PY) -m pytest tests/integration/test_docker_cluster.py -m docker -q $(PYTEST_ARGS)
+
+# The docker suite once per Slurm release (22.05 bookworm, 24.11 trixie, 26.05 sid: one image
+# each, built once, reused); the run writes the release x test table to build/slurm-matrix.md
+# (and .json, JUnit XML per release). SLURM_RELEASES=24.11 runs one.
+SLURM_RELEASES ?= 22.05,24.11,26.05
+.PHONY: test-slurm-matrix
+test-slurm-matrix: venv docker-apt
+	$(PY) -m tests.integration.slurm_matrix --releases $(SLURM_RELEASES) --out build/slurm-matrix -- $(PYTEST_ARGS)

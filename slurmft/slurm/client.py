@@ -15,6 +15,7 @@ from slurmft.slurm import commands as scli
 from slurmft.slurm import parse as sparse
 from slurmft.slurm.records import JobInfo, NodeInfo
 from slurmft.slurm.runner import CommandResult, RecordingRunner, Runner, SubprocessRunner
+from slurmft.slurm.version import SlurmVersion, parse_version
 
 log = get_logger(__name__)
 
@@ -51,6 +52,11 @@ class CommandSlurmClient:
         return res
 
     # ------------------------------------------------------------------ reads
+    def version(self) -> SlurmVersion:
+        """The Slurm the commands talk to (``sinfo --version``). Not needed to read the JSON
+        (each document names its schema in ``meta``); for reports and release checks."""
+        return parse_version(self._run(scli.build_version_argv(self.bin_dir)).stdout)
+
     def jobs(self) -> list[JobInfo]:
         """All jobs squeue lists (pending, running, recently finished)."""
         return sparse.parse_squeue_json(self._run(scli.build_squeue_argv(self.bin_dir)).stdout)

@@ -8,6 +8,8 @@ volume, keeps the images as the cache, and stops the daemon. If dockerd cannot S
 build or `up` fails the tests.
 
 Run: ``make docker-test`` (root), or ``pytest -m docker tests/integration/test_docker_cluster.py``.
+The Slurm release is $SLURMFT_DOCKER_TEST_SLURM (22.05, the default; 24.11; 26.05: the image of
+that Debian suite); ``make test-slurm-matrix`` runs this file once per release.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from tests.integration.waiting import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.timeout(900)]
 
 NAME = os.environ.get("SLURMFT_DOCKER_TEST_CLUSTER", "sft-dtest")
+RELEASE = os.environ.get("SLURMFT_DOCKER_TEST_SLURM", "22.05")
 ALL = ["node1", "node2", "node3", "node4"]
 
 
@@ -62,8 +65,9 @@ def dcluster():
         c = DockerCluster(NAME, docker_host=daemon.host)
         try:
             c.down()                           # leftovers of a killed run
-            res = c.up(nodes=4)
-            print(f"\ndocker cluster up: {c.state.timings} total {res.seconds}s")
+            res = c.up(nodes=4, slurm_release=RELEASE)
+            print(f"\ndocker cluster up (Slurm {RELEASE}): {c.state.timings} "
+                  f"total {res.seconds}s\nSLURM_MATRIX_VERSION={c.slurm_version()}")
             yield c
         finally:
             try:
@@ -104,6 +108,7 @@ def test_all_nodes_idle_on_an_internal_network(dcluster):
     assert dcluster.slurm_view() == {n: "idle" for n in ALL}
     st = dcluster.status()
     assert st["up"] and st["backend"] == "docker"
+    assert st["slurm_release"] == RELEASE and st["slurm_version"].startswith(RELEASE + ".")
     assert [n["container"] for n in st["nodes"]] == ["running"] * 4
     assert {"munged", "sshd", "slurmd"} <= set(st["nodes"][0]["daemons"])
     assert "slurmctld" in st["controller"]["daemons"]

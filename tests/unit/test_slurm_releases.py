@@ -268,6 +268,7 @@ class ReplayRunner:
 
 def test_client_over_each_release(s):
     c = CommandSlurmClient(ReplayRunner(s))
+    assert c.version().release == s.release
     run = s.job("running")
     assert c.job(run).nodes == ("node1", "node2")
     assert c.read_job(s.job("failed")).exit_code == 3
