@@ -332,3 +332,27 @@ def test_failed_up_stops_the_private_dockerd_it_started(tmp_path, monkeypatch):
         c.up(nodes=2)
     assert stopped == [4242]
     assert not (tmp_path / "t1").exists() and c.state is None
+
+
+def test_cli_slurm_release_needs_the_docker_backend(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from slurmft.cli import cli
+    monkeypatch.delenv("SLURMFT_CLUSTER_BACKEND", raising=False)
+    res = CliRunner().invoke(cli, ["cluster", "up", "--slurm", "24.11", "--name", "t1"])
+    assert res.exit_code != 0 and "add --backend docker" in res.output
+    assert "Traceback" not in res.output
+    monkeypatch.setenv("SLURMFT_DOCKER_CLUSTER_ROOT", str(tmp_path))
+    res = CliRunner().invoke(cli, ["cluster", "up", "--backend", "docker", "--slurm", "23.02",
+                                   "--name", "t1"])
+    assert res.exit_code != 0 and "use one of 22.05, 24.11, 26.05" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "t1").exists()
+
+
+def test_capture_refuses_a_cluster_that_is_not_up(tmp_path, monkeypatch, capsys):
+    from slurmft.testbed.docker import capture
+    monkeypatch.setenv("SLURMFT_DOCKER_CLUSTER_ROOT", str(tmp_path))
+    assert capture.main(["--name", "nope", "--out", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "docker cluster nope is not up" in err
+    assert not (tmp_path / "data").exists()

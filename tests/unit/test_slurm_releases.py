@@ -202,8 +202,9 @@ def test_steps_and_allocation(s):
 
 # ------------------------------------------------------------------ error texts
 
-#: What each captured failure must become. ``None``: the command succeeds silently (scancel of
-#: an unknown job id prints nothing and exits 0 on all three releases).
+#: What each captured failure must become. ``None``: the command succeeds silently on all three
+#: releases (``scancel <unknown id>`` and ``squeue --steps --jobs <unknown id>`` print nothing
+#: and exit 0; tests/fakes/fake_slurm.py answers the latter with an error instead).
 EXPECTED_ERRORS: dict[str, type[SlurmCommandError] | None] = {
     "show_job_invalid": InvalidJobError,
     "requeue_invalid": InvalidJobError,
@@ -220,6 +221,12 @@ EXPECTED_ERRORS: dict[str, type[SlurmCommandError] | None] = {
     "node_resume_allocated": NodeStateError,   # 26.05: "Invalid node state transition"
     "sbatch_unsatisfiable": UnsatisfiableRequestError,
     "signal_steps_invalid": InvalidJobError,
+    "kill_job_invalid": InvalidJobError,
+    "signal_batch_invalid": InvalidJobError,
+    "release_invalid": InvalidJobError,
+    "requeuehold_invalid": InvalidJobError,
+    "allocation_invalid": InvalidJobError,
+    "steps_invalid": None,
 }
 
 
@@ -284,3 +291,8 @@ def test_client_over_each_release(s):
         c.requeue(s.job("held"))
     with pytest.raises(InvalidNodeError):
         c.drain([s.cap["bad_node"]], "x")
+    with pytest.raises(InvalidJobError):
+        c.kill_job(s.cap["bad_job"])
+    with pytest.raises(InvalidJobError):
+        c.allocation(s.cap["bad_job"])
+    assert c.steps(s.cap["bad_job"]) == []          # real Slurm: nothing, exit 0
