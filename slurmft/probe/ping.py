@@ -91,8 +91,9 @@ def build_echo_request(ident: int, seq: int, payload: bytes = b"slurmft-probe") 
     return struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, csum, ident, seq) + payload
 
 
-def parse_echo_reply(packet: bytes, raw: bool) -> tuple[int, int] | None:
-    """(ident, seq) of an echo reply, or None. ``raw`` packets start with the IP header."""
+def echo_reply_parts(packet: bytes, raw: bool) -> tuple[int, int, bytes] | None:
+    """(ident, seq, payload) of an echo reply, or None. ``raw`` packets start with the IP
+    header."""
     if raw:
         if len(packet) < 20:
             return None
@@ -102,7 +103,13 @@ def parse_echo_reply(packet: bytes, raw: bool) -> tuple[int, int] | None:
     kind, _code, _csum, ident, seq = struct.unpack("!BBHHH", packet[:8])
     if kind != ICMP_ECHO_REPLY:
         return None
-    return ident, seq
+    return ident, seq, packet[8:]
+
+
+def parse_echo_reply(packet: bytes, raw: bool) -> tuple[int, int] | None:
+    """(ident, seq) of an echo reply, or None. ``raw`` packets start with the IP header."""
+    parts = echo_reply_parts(packet, raw)
+    return None if parts is None else parts[:2]
 
 
 class IcmpPinger:

@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from slurmft.probe.ping import ICMP_ECHO_REPLY, build_echo_request
+from slurmft.probe.ping import build_echo_request, echo_reply_parts
 from slurmft.probe.records import Health
 
 SSH_IDENT = b"SSH-2.0-slurmft_probe\r\n"
@@ -56,18 +56,13 @@ def match_echo_reply(packet: bytes, *, raw: bool, ident: int | None,
     The payload must end with this sweep's ``nonce``: a late reply to an earlier sweep, or to
     another prober in the same process, does not count.
     """
-    if raw:
-        if len(packet) < 20:
-            return None
-        packet = packet[(packet[0] & 0x0F) * 4:]
-    if len(packet) < 8:
+    parts = echo_reply_parts(packet, raw)
+    if parts is None:
         return None
-    kind, _code, _csum, got_ident, seq = struct.unpack("!BBHHH", packet[:8])
-    if kind != ICMP_ECHO_REPLY:
-        return None
+    got_ident, seq, payload = parts
     if ident is not None and got_ident != ident:
         return None
-    if packet[8:] != echo_payload(nonce):
+    if payload != echo_payload(nonce):
         return None
     return seq
 
