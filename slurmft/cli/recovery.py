@@ -192,10 +192,18 @@ def _stop_on_signals() -> threading.Event:
               default=0.5, show_default=True,
               help="Do nothing when more than this fraction of a job's nodes fail at once "
                    "(more likely the prober's network or load than the nodes).")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Own only share I of N (I from 0) of the jobs, by a stable hash of each "
+                   "job's original id (a restart job stays with its chain's watcher). Run one "
+                   "watcher per share, all with the same state directory.")
+@click.option("--partition", "partitions", multiple=True, metavar="NAME",
+              help="Own only jobs running in this partition (repeatable). With --shard: the "
+                   "jobs of these partitions in that share.")
 @click.pass_context
 def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, once: bool,
               max_cycles: int | None, cooldown: float, as_json: bool, wait: float,
-              confirm: int, max_failed_fraction: float) -> None:
+              confirm: int, max_failed_fraction: float, shard: str | None,
+              partitions: tuple[str, ...]) -> None:
     """Probe running jobs' nodes every interval and reschedule a job when one fails.
 
     A node must fail --confirm probes in a row before anything happens, and a cycle
@@ -210,17 +218,27 @@ def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, onc
     to also catch a dead slurmd: its node is drained and, in a relaunchable job,
     left running its ranks.
 
+    \b
+    A site too large for one watcher runs several, each owning a share of the
+    jobs (--shard 0/2, --shard 1/2) and/or partitions (--partition NAME), all
+    with one shared reschedule.state_dir. Watchers that overlap never act twice
+    on a job: each action runs under the job's lock there and starts from a
+    fresh read of the job.
+
     Stops on SIGINT/SIGTERM (exit 0). With --once: exit 1 when the jobs could not
     be listed (squeue failed)."""
+    from slurmft.recovery.shard import Ownership
     from slurmft.recovery.suspicion import ConfirmPolicy
     from slurmft.recovery.watcher import Watcher
 
+    owner = Ownership.of(shard, partitions)
     parts = adapters.recovery(get_config(ctx), start_wait=wait)
     watcher = Watcher(parts.client, parts.prober, parts.rescheduler, job_ids=job_ids,
                       interval=interval, cooldown=cooldown, stop=_stop_on_signals(),
                       on_cycle=_cycle_printer(as_json, once),
                       confirm=ConfirmPolicy(confirm=confirm,
-                                            max_failed_fraction=max_failed_fraction))
+                                            max_failed_fraction=max_failed_fraction),
+                      owner=owner)
     watcher.run(once=once, max_cycles=max_cycles)
     if once and watcher.last is not None and watcher.last.list_error:
         raise SlurmFTError(f"cannot list jobs: {watcher.last.list_error}")

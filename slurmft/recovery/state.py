@@ -21,7 +21,7 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -140,18 +140,47 @@ class StateStore:
             log.warning("unreadable alias %s; treating job %s as original", path, job_id)
             return int(job_id)
 
+    def original_ids(self, job_ids: Iterable[int]) -> dict[int, int]:
+        """``{job id: original id}`` for many jobs at once: ONE listing of ``alias/``, then a
+        read of the alias of each given job that has one (a restart job slurmft submitted);
+        every other job is its own original. The sharded watcher asks this once per cycle."""
+        ids = [int(j) for j in job_ids]
+        try:
+            aliased = {int(n) for n in os.listdir(self.root / "alias") if n.isdigit()}
+        except FileNotFoundError:
+            aliased = set()
+        except OSError as exc:
+            raise StateError(f"cannot list {self.root / 'alias'}: {exc.strerror}; check "
+                             "reschedule.state_dir (SLURMFT_RESCHEDULE_STATE_DIR)") from None
+        return {j: (self.original_id(j) if j in aliased else j) for j in ids}
+
     @contextlib.contextmanager
     def lock(self, job_id: int, timeout: float | None = None) -> Iterator[int]:
-        """Hold the per-job lock (keyed by the original id, which is yielded)."""
+        """Hold the per-job lock (keyed by the original id, which is yielded).
+
+        An flock (filelock's UnixFileLock): the kernel drops it when the holder dies, however
+        it dies (SIGKILL, OOM), so a crashed watcher or epilog never leaves a job locked; the
+        file stays and is reused. The original id is read again once the lock is held: a
+        restart job whose alias was written while we waited locks its chain's file instead."""
         self._ensure()
-        original = self.original_id(job_id)
         wait = self.lock_timeout if timeout is None else timeout
-        lock = filelock.FileLock(str(self.root / "jobs" / f"{original}.lock"), mode=LOCK_MODE)
-        try:
-            lock.acquire(timeout=wait)
-        except filelock.Timeout:
-            raise LockBusyError(f"another reschedule of job {job_id} is still running after "
-                                f"{wait:g} s; nothing done") from None
+        original = self.original_id(job_id)
+        for _ in range(3):
+            lock = filelock.FileLock(str(self.root / "jobs" / f"{original}.lock"),
+                                     mode=LOCK_MODE)
+            try:
+                lock.acquire(timeout=wait)
+            except filelock.Timeout:
+                raise LockBusyError(f"another reschedule of job {job_id} is still running "
+                                    f"after {wait:g} s; nothing done") from None
+            now = self.original_id(job_id)
+            if now == original:
+                break
+            lock.release()               # aliased meanwhile: take the chain's lock instead
+            original = now
+        else:
+            raise LockBusyError(f"job {job_id}'s original id keeps changing under "
+                                f"{self.root / 'alias'}; nothing done")
         try:
             yield original
         finally:

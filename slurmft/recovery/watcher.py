@@ -10,6 +10,11 @@ Slurm load per cycle does not grow with the number of jobs: every read goes thro
 to the rescheduler: one ``squeue --json``, at most one ``sinfo`` and at most one step listing
 per cycle, plus one ``scontrol show job`` per job acted on (the re-read under its lock).
 Nothing waits for a requeued job inside a cycle; the next cycles nudge and follow it.
+
+Several watchers can split a site (``owner``, ``slurmft watch --shard I/N --partition P``,
+``recovery.shard``): each looks only at the jobs it owns. Watchers that overlap (or one that
+takes over a dead one's shard) never act twice on a job: every action runs under the job's
+lock in the shared state directory and starts from a re-read of the job (``Rescheduler``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from slurmft.observe.events import Detected, Event, Recovered
 from slurmft.probe.records import ProbeResult, Prober
 from slurmft.recovery.policy import Outcome
 from slurmft.recovery.rescheduler import Report, Rescheduler
+from slurmft.recovery.shard import Ownership
 from slurmft.recovery.suspicion import ConfirmPolicy, FailureTracker, too_many_failed
 from slurmft.slurm.records import JobInfo, SlurmClient
 from slurmft.slurm.view import CachedSlurmClient
@@ -90,27 +96,31 @@ class CycleResult:
     list_error: str = ""          # the jobs could not be listed (squeue failed): nothing seen
     phases: dict[int, str] = field(default_factory=dict)   # job id -> JobPhase value, after
     slurm_reads: dict[str, int] = field(default_factory=dict)  # ViewReads of the cycle
+    not_owned: int = 0            # running jobs left to other watchers (--shard/--partition)
 
     def to_dict(self) -> dict:
         return {"started": round(self.started, 3), "jobs": self.jobs,
                 "failed": self.failed, "probe_s": round(self.probe_s, 3),
                 "reports": [r.to_dict() for r in self.reports], "errors": self.errors,
                 "list_error": self.list_error, "phases": self.phases,
-                "slurm_reads": self.slurm_reads}
+                "slurm_reads": self.slurm_reads, "not_owned": self.not_owned}
 
 
 class Watcher:
     """Watches running jobs (``job_ids``, or all running jobs when empty).
 
     ``client``: a Slurm client, wrapped in a ``CachedSlurmClient`` (``self.view``) unless it
-    is one already; the view is refreshed once per cycle and shared with the rescheduler."""
+    is one already; the view is refreshed once per cycle and shared with the rescheduler.
+    ``owner``: the jobs this watcher owns (a shard of the original job ids and/or partitions;
+    default all); the others are neither probed nor acted on."""
 
     def __init__(self, client: SlurmClient, prober: Prober, rescheduler: Rescheduler, *,
                  job_ids: Sequence[int] = (), interval: float = 2.0, cooldown: float = 30.0,
                  stop: threading.Event | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_cycle: Callable[[CycleResult], None] | None = None,
-                 confirm: ConfirmPolicy | None = None) -> None:
+                 confirm: ConfirmPolicy | None = None,
+                 owner: Ownership | None = None) -> None:
         if not interval > 0:
             raise SlurmFTError(f"watch interval must be > 0, not {interval}")
         self.client = client
@@ -126,6 +136,9 @@ class Watcher:
         self.tracker = FailureTracker(confirm)
         self.nudge_for = 120.0
         self.watches: dict[int, JobWatch] = {}      # job id -> the watcher's record of it
+        self.owner = owner or Ownership()
+        self._originals: dict[int, int] = {}        # restart job id -> its chain's first id
+        self._not_owned = 0
 
     def _watch(self, job_id: int) -> JobWatch:
         return self.watches.setdefault(job_id, JobWatch(job_id))
@@ -139,7 +152,25 @@ class Watcher:
         jobs = [j for j in all_jobs if j.state == "RUNNING" and j.nodes]
         if self.job_ids:
             jobs = [j for j in jobs if j.job_id in self.job_ids]
-        return [j for j in jobs if self._watch(j.job_id).phase is not JobPhase.COOLING_DOWN]
+        owned = self.owned(jobs)
+        self._not_owned = len(jobs) - len(owned)
+        return [j for j in owned if self._watch(j.job_id).phase is not JobPhase.COOLING_DOWN]
+
+    def owned(self, jobs: Sequence[JobInfo]) -> list[JobInfo]:
+        """``jobs`` this watcher owns (``owner``). A shard hashes each job's ORIGINAL id, so a
+        restart job stays with its chain's watcher: the aliases are read with one listing of
+        the state directory per cycle, and an alias once read is kept (it never changes)."""
+        if self.owner.everything:
+            return list(jobs)
+        if self.owner.needs_original_ids:
+            ids = {j.job_id for j in jobs}
+            self._originals = {j: o for j, o in self._originals.items() if j in ids}
+            unknown = [j for j in ids if j not in self._originals]
+            if unknown:
+                found = self.rescheduler.store.original_ids(unknown)
+                self._originals.update({j: o for j, o in found.items() if o != j})
+        return [j for j in jobs
+                if self.owner.owns(self._originals.get(j.job_id, j.job_id), j.partition)]
 
     def _advance(self, jobs: Sequence[JobInfo]) -> None:
         """One step of every job's state machine (JobWatch), once per cycle, never blocking."""
@@ -215,6 +246,7 @@ class Watcher:
             res.slurm_reads = self.view.reads.to_dict()
             return res
         res.jobs = [j.job_id for j in jobs]
+        res.not_owned = self._not_owned
         names = list(NodeSet(n for j in jobs for n in j.nodes))
         health: dict[str, ProbeResult] = {}
         if names:
@@ -325,8 +357,8 @@ class Watcher:
         """Loop until stopped; returns the number of cycles run."""
         n = 0
         self.last: CycleResult | None = None
-        log.info("watch: %s every %gs", f"jobs {sorted(self.job_ids)}" if self.job_ids
-                 else "all running jobs", self.interval)
+        log.info("watch: %s (%s) every %gs", f"jobs {sorted(self.job_ids)}" if self.job_ids
+                 else "all running jobs", self.owner.describe(), self.interval)
         while not self.stop.is_set():
             t0 = self.clock()
             res = self.cycle()
