@@ -18,10 +18,16 @@ change. Anything else calls ``heartbeat_from_env(rank)`` once and ``beat(step)``
 ``rank-<r>`` is one fixed-size line (``HEARTBEAT_SIZE`` bytes, space-padded) overwritten in
 place, no fsync, no new file::
 
-    v1 run <step> <count> <pid> <host>
+    v2 run <step> <count> <pid> <host> <busy_ms>
 
 ``count`` grows with every beat, so each beat changes the content; ``done`` replaces ``run``
-after ``close()`` (a rank that finished is never hung). Progress is judged by the reader seeing
+after ``close()`` (a rank that finished is never hung). ``busy_ms`` is the rank's recent
+busy time per step (an EWMA, ``BUSY_ALPHA``, of ``beat(step, busy_s=...)``, in
+milliseconds; ``-`` before the first): the time from the end of its previous collective to
+entering the next one, which ``MPICheckpointManager`` measures itself (``agree`` -> next
+``vote``). In synchronous data parallel training every rank advances at the slowest rank's
+pace, so only this figure names a straggler (``slurmft.supervise.straggler``). Lines of the
+first format, ``v1 run <step> <count> <pid> <host>`` (no busy time), are still read. Progress is judged by the reader seeing
 the content change on its own monotonic clock, never from mtimes or another host's clock.
 """
 
@@ -45,7 +51,14 @@ ENV_DIR = "SLURMFT_HEARTBEAT_DIR"
 ENV_DUMP_AFTER = "SLURMFT_HANG_DUMP_AFTER"
 #: Bytes of a heartbeat file (one line, space-padded, ends with a newline).
 HEARTBEAT_SIZE = 128
-FORMAT_VERSION = "v1"
+FORMAT_VERSION = "v2"
+#: Formats ``parse_beat`` reads (v1: without the busy time).
+READ_VERSIONS = ("v1", "v2")
+#: Weight of the newest busy time in the EWMA a heartbeat carries: a rank that turns 2x
+#: slower shows >= 1.5x within 4 steps, a one-step spike is forgotten within ~6.
+BUSY_ALPHA = 0.2
+#: Longest host name written (the busy time must fit in the line after it).
+HOST_MAX = 64
 #: Where a rank's number comes from when nobody passes it (first one set wins): Open MPI,
 #: PMIx, MPICH/PMI, torchrun, then Slurm (under mpirun started through srun, SLURM_PROCID
 #: numbers the nodes' daemons, not the ranks: hence last).
@@ -69,25 +82,38 @@ class Beat:
     pid: int
     host: str
     done: bool = False
+    busy_ms: float | None = None     # recent busy time per step (v2; None: unknown)
 
 
-def format_beat(step: int, count: int, pid: int, host: str, done: bool = False) -> bytes:
-    line = f"{FORMAT_VERSION} {'done' if done else 'run'} {int(step)} {int(count)} {int(pid)} {host}"
+def format_beat(step: int, count: int, pid: int, host: str, done: bool = False,
+                busy_ms: float | None = None) -> bytes:
+    busy = "-" if busy_ms is None or not math.isfinite(busy_ms) else f"{max(0.0, busy_ms):.1f}"
+    host = ((host or "").split() or ["-"])[0][:HOST_MAX]
+    line = (f"{FORMAT_VERSION} {'done' if done else 'run'} {int(step)} {int(count)} {int(pid)} "
+            f"{host} {busy}")
     data = line.encode("ascii", "replace")[:HEARTBEAT_SIZE - 1]
     return data.ljust(HEARTBEAT_SIZE - 1) + b"\n"
 
 
 def parse_beat(data: bytes) -> Beat | None:
-    """The beat in ``data``; None for an empty file or one this version cannot read (also a
-    read that raced a write)."""
+    """The beat in ``data`` (format v1 or v2); None for an empty file or one this version
+    cannot read (also a read that raced a write)."""
     words = data.decode("ascii", "replace").split()
-    if len(words) < 5 or words[0] != FORMAT_VERSION or words[1] not in ("run", "done"):
+    if len(words) < 5 or words[0] not in READ_VERSIONS or words[1] not in ("run", "done"):
         return None
     try:
         step, count, pid = int(words[2]), int(words[3]), int(words[4])
     except ValueError:
         return None
-    return Beat(step, count, pid, words[5] if len(words) > 5 else "", words[1] == "done")
+    busy = None
+    if words[0] != "v1" and len(words) > 6 and words[6] != "-":
+        try:
+            busy = float(words[6])
+        except ValueError:
+            return None
+        if not math.isfinite(busy) or busy < 0:
+            busy = None
+    return Beat(step, count, pid, words[5] if len(words) > 5 else "", words[1] == "done", busy)
 
 
 def rank_from_env(environ: Mapping[str, str] | None = None) -> int | None:
@@ -133,6 +159,7 @@ class Heartbeat:
         self._host = socket.gethostname().split(".")[0] or "-"
         self._count = 0
         self._step = 0
+        self._busy_ms: float | None = None
         self._armed_at: float | None = None
         self._fd = self._stacks_fd = -1
         try:
@@ -157,14 +184,28 @@ class Heartbeat:
         """Beats so far."""
         return self._count
 
-    def beat(self, step: int) -> None:
-        """Record progress at ``step`` (call it every training step)."""
+    @property
+    def busy_ms(self) -> float | None:
+        """The busy time per step this heartbeat carries (EWMA, ms; None before any)."""
+        return self._busy_ms
+
+    def beat(self, step: int, busy_s: float | None = None) -> None:
+        """Record progress at ``step`` (call it every training step). ``busy_s``: this rank's
+        own compute time of the step in seconds, from the end of its previous collective to
+        entering the next one (``MPICheckpointManager`` passes it; a loop of its own may):
+        the heartbeat carries its EWMA, which the supervisor compares between ranks to name
+        a straggler. A negative or non-finite value is ignored."""
         if self._fd < 0:
             return
         self._count += 1
         self._step = int(step)
+        if busy_s is not None and math.isfinite(busy_s) and busy_s >= 0:
+            ms = busy_s * 1000.0
+            self._busy_ms = ms if self._busy_ms is None else (
+                BUSY_ALPHA * ms + (1 - BUSY_ALPHA) * self._busy_ms)
         try:
-            os.pwrite(self._fd, format_beat(step, self._count, self._pid, self._host), 0)
+            os.pwrite(self._fd, format_beat(step, self._count, self._pid, self._host,
+                                            busy_ms=self._busy_ms), 0)
             if self._stacks_fd >= 0:
                 now = self._clock()
                 if self._armed_at is None or now - self._armed_at >= self.dump_after / 2:
@@ -192,7 +233,7 @@ class Heartbeat:
             self._armed_at = None
         try:
             os.pwrite(self._fd, format_beat(self._step, self._count + 1, self._pid, self._host,
-                                            done=True), 0)
+                                            done=True, busy_ms=self._busy_ms), 0)
         except OSError as exc:
             log.warning("heartbeat of rank %d: cannot mark it done: %s", self.rank, exc)
         self._close_fds()
@@ -253,6 +294,6 @@ def heartbeat_from_env(rank: int | None = None,
         return None
 
 
-__all__ = ["Beat", "ENV_DIR", "ENV_DUMP_AFTER", "HEARTBEAT_SIZE", "Heartbeat",
+__all__ = ["BUSY_ALPHA", "Beat", "ENV_DIR", "ENV_DUMP_AFTER", "HEARTBEAT_SIZE", "Heartbeat",
            "dump_after_from_env", "format_beat", "heartbeat_from_env", "heartbeat_path",
            "parse_beat", "rank_from_env", "stacks_path"]

@@ -170,18 +170,20 @@ class CheckpointManager:
 
     # ---- triggers (triggers.py) --------------------------------------------------------
 
-    def should_save(self, step: int) -> bool:
+    def should_save(self, step: int, busy_s: float | None = None) -> bool:
         """True at a step boundary where the policy (steps, minutes, a signal) asks to save.
-        Also the rank's heartbeat (``beat``), when there is one."""
-        self.beat(step)
+        Also the rank's heartbeat (``beat``, with ``busy_s``), when there is one."""
+        self.beat(step, busy_s)
         return self._triggers.should_save(step)
 
-    def beat(self, step: int) -> None:
+    def beat(self, step: int, busy_s: float | None = None) -> None:
         """Tell the supervisor this rank made progress at ``step`` (heartbeat.py; nothing
         without a heartbeat). ``should_save`` calls it; call it yourself in a loop that does
-        not ask ``should_save`` every step."""
+        not ask ``should_save`` every step. ``busy_s``: this rank's own compute time of the
+        step (seconds from the end of its previous collective to entering the next), for
+        straggler detection; ``MPICheckpointManager.vote`` measures it itself."""
         if self.heartbeat is not None:
-            self.heartbeat.beat(step)
+            self.heartbeat.beat(step, busy_s)
 
     @property
     def should_stop(self) -> bool:

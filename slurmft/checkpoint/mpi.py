@@ -14,13 +14,18 @@ branch at the same step:
   cannot load it, all of them fall back together to the next one rank 0 picks.
 
 Every rank beats its heartbeat (heartbeat.py) in ``vote``/``should_save`` when the supervisor
-set ``SLURMFT_HEARTBEAT_DIR``: a rank stuck in a collective stops beating.
+set ``SLURMFT_HEARTBEAT_DIR``: a rank stuck in a collective stops beating. The beat carries
+the rank's busy time of the step, measured from the end of its last ``agree`` to this
+``vote`` (its own compute, without waiting for the others): the supervisor names a rank
+whose busy time stays well above its peers' a straggler. Call ``vote`` right before the
+step's collective (as ``examples/train.py`` does) for that figure to mean its compute.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -58,6 +63,8 @@ class MPICheckpointManager:
         self.manager = CheckpointManager(path, policy, world_size=self.size,
                                          writer=self.rank == 0, **kwargs)
         self._stop = False
+        self._clock = time.monotonic
+        self._agreed_at: float | None = None      # end of the last collective (agree)
         self.comm.Barrier()
 
     @property
@@ -79,17 +86,20 @@ class MPICheckpointManager:
     def vote(self, step: int) -> tuple[float, float]:
         """This rank's (save due, stop signalled) as 0/1 floats, to be SUM-reduced over ranks.
         Only rank 0 judges the save policy (one clock for ``interval``). Every rank beats
-        its heartbeat here (rank 0 through ``should_save``)."""
+        its heartbeat here (rank 0 through ``should_save``), with its busy time since the
+        last ``agree`` (none at the first vote)."""
+        busy = None if self._agreed_at is None else self._clock() - self._agreed_at
         if self.rank == 0:
-            due = self.manager.should_save(step)
+            due = self.manager.should_save(step, busy)
         else:
-            self.manager.beat(step)
+            self.manager.beat(step, busy)
             due = False
         return float(due), float(self.manager.should_stop)
 
     def agree(self, votes: Sequence[float]) -> bool:
         """The decision from the SUM over all ranks of ``vote``: save if any rank was
         signalled (then ``should_stop`` turns true everywhere) or rank 0 found a save due."""
+        self._agreed_at = self._clock()
         due, signalled = float(votes[0]), float(votes[1])
         if signalled > 0:
             self._stop = True

@@ -14,7 +14,10 @@ import click
 from slurmft.cli import adapters
 from slurmft.cli.options import FiniteFloat, count, echo_json, get_config
 from slurmft.core.errors import UsageError
+from slurmft.core.log import get_logger
 from slurmft.core.selfcmd import slurmft_argv
+
+log = get_logger("slurmft.supervise")
 
 #: Where the ranks' heartbeats go, inside the checkpoint directory (shared by every node).
 HEARTBEAT_DIR = ".slurmft-heartbeat"
@@ -72,6 +75,19 @@ class HangTimeout(click.ParamType):
 @click.option("--hang-floor", type=FiniteFloat(min=1), default=60.0, show_default=True,
               help="With --hang-timeout auto: never less than this many seconds (a checkpoint "
                    "save or an evaluation must fit in it).")
+@click.option("--straggler-factor", type=FiniteFloat(min=1, min_open=True), default=1.5,
+              show_default=True,
+              help="A rank whose own busy time per step (its heartbeat: compute from the end "
+                   "of one collective to the next) stays this many times the median of its "
+                   "peers' for --straggler-steps steps is a straggler.")
+@click.option("--straggler-steps", type=count(1, 1_000_000), default=20, show_default=True,
+              help="Consecutive steps a rank must stay that slow to be named a straggler.")
+@click.option("--straggler-action", type=click.Choice(["report", "swap", "off"]),
+              default="report", show_default=True,
+              help="report: an ERROR line naming its node and rank, a `straggler` event; "
+                   "swap: also relaunch with a spare (--spares) in its node's place, the node "
+                   "left idle for the rest of the job (a watcher or operator drains it); off. "
+                   "Needs heartbeats (not with --hang-timeout off).")
 @click.option("--slurmft-cmd", default=None,
               help="How to run slurmft for the in-place reschedule, shell words "
                    "(default: this Python, -m slurmft).")
@@ -86,6 +102,7 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
             resume_mode: str, launcher: str | None, slots: int | None,
             mpirun_args: str | None, launch_from: str | None, ssh_args: str | None,
             spares: int, hang_timeout: Any, hang_factor: float, hang_floor: float,
+            straggler_factor: float, straggler_steps: int, straggler_action: str,
             slurmft_cmd: str | None, reschedule_log: str | None, dry_run: bool,
             as_json: bool) -> None:
     """Supervise the training CMD inside a Slurm job (the rendered job script runs
@@ -118,6 +135,7 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
     ckpt = Path(checkpoint_dir)
     options = _options(cfg, job_id, ckpt, resume_mode, train_cmd, slurmft_cmd, reschedule_log)
     options.spares = spares
+    options.straggler_action = straggler_action
     if hang_timeout != "off":
         options.heartbeat_env = {
             "SLURMFT_HEARTBEAT_DIR": str(ckpt / HEARTBEAT_DIR / str(job_id)),
@@ -136,8 +154,18 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
         monitor = HangDetector(options.heartbeat_env["SLURMFT_HEARTBEAT_DIR"], 0,
                                timeout=None if hang_timeout == "auto" else hang_timeout,
                                factor=hang_factor, floor=hang_floor)
+    stragglers = None
+    if monitor is not None and straggler_action != "off":
+        from slurmft.supervise.straggler import StragglerDetector
+
+        stragglers = StragglerDetector(straggler_factor, straggler_steps)
+        if straggler_action == "swap" and not spares:
+            log.warning("--straggler-action swap without --spares: stragglers are reported "
+                        "only (no spare to swap them for)")
+    elif straggler_action != "off":
+        log.warning("--hang-timeout off: no heartbeats, so no straggler detection")
     sup = Supervisor(settings, options, adapters.slurm_client(get_config(ctx)),
-                     SubprocessProcesses(), monitor=monitor,
+                     SubprocessProcesses(), monitor=monitor, stragglers=stragglers,
                      emit=adapters.run_event_sink(get_config(ctx)))
     sup.install_signal_handlers()
     ctx.exit(sup.run())

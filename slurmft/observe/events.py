@@ -120,8 +120,34 @@ class RunTransition(Event):
     rc: int | None = None                   # the launcher's exit code, once it exited
 
 
+@dataclass(frozen=True, kw_only=True)
+class Straggler(Event):
+    """The in-job supervisor named a straggler: a rank whose own busy time per step stayed
+    ``ratio`` x the median of its peers' for ``streak_steps`` steps. ``action``: report
+    (named only), swap (its node left out, a spare in its place) or no-spare (swap asked,
+    none free: named only). ``count``: stragglers named in this job's supervisor so far (a
+    counter for metrics)."""
+
+    kind: ClassVar[str] = "straggler"
+    job_id: int | None = None
+    node: str = ""
+    rank: int | None = None
+    pid: int | None = None
+    busy_ms: float | None = None
+    peers_ms: float | None = None
+    ratio: float | None = None
+    streak_steps: int | None = None
+    at_step: int | None = None
+    seconds: float | None = None            # since the streak began
+    action: str = ""
+    spare: str | None = None                # the node that takes its place (swap)
+    count: int | None = None
+    launch: int | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (Detected, Decided, Acted, Recovered, Injected, RunTransition)}
+    cls.kind: cls for cls in (Detected, Decided, Acted, Recovered, Injected, RunTransition,
+                              Straggler)}
 _DURATIONS = ("detection_seconds", "recovery_seconds")
 
 
@@ -151,8 +177,11 @@ def parse_event(doc: Mapping[str, Any]) -> Event | None:
                 else None
         elif isinstance(value, list):
             value = tuple(value)
-        elif f.name in ("job_id", "original_job_id", "job", "pid", "launch", "rc"):
+        elif f.name in ("job_id", "original_job_id", "job", "pid", "launch", "rc", "rank",
+                        "streak_steps", "at_step", "count"):
             value = value if isinstance(value, int) and not isinstance(value, bool) else None
+        elif f.name in ("busy_ms", "peers_ms", "ratio", "seconds"):
+            value = _duration(value)
         elif f.name == "health" and not isinstance(value, Mapping):
             continue
         values[f.name] = value

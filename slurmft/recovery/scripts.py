@@ -40,10 +40,16 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
                 job_name: str = "train", nodes: int = 1, partition: str = "",
                 time_limit: str = "", work_dir: str = "", output: str = "",
                 slurmft_cmd: Sequence[str] = (), reschedule_log: str = "",
-                hang_timeout: str = "auto", spares: int = 0) -> dict[str, Any]:
+                hang_timeout: str = "auto", spares: int = 0,
+                straggler_action: str = "", straggler_factor: float | None = None,
+                straggler_steps: int | None = None) -> dict[str, Any]:
     """Variables for templates/job.sh.j2 (the job wrapper). ``hang_timeout``: auto, off or
     seconds, for ``slurmft run --hang-timeout``. ``spares``: extra nodes the job holds
-    (``--nodes`` is then nodes + spares) to replace a lost one."""
+    (``--nodes`` is then nodes + spares) to replace a lost one. ``straggler_*``: ``slurmft
+    run --straggler-action/--straggler-factor/--straggler-steps`` (empty/None: its
+    defaults, no option written)."""
+    if straggler_action not in ("", "report", "swap", "off"):
+        raise RenderError(f"straggler action {straggler_action!r}: use report, swap or off")
     words = shlex.split(train_cmd) if isinstance(train_cmd, str) else list(train_cmd)
     if not words:
         raise RenderError("a training command is required (--train-cmd)")
@@ -72,6 +78,13 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "resume": "auto",
         "hang_timeout": hang_timeout,
         "spares": int(spares),
+        # slurmft run's straggler options, as argv words (none given: its defaults)
+        "straggler_args": [
+            *(["--straggler-action", straggler_action] if straggler_action else []),
+            *(["--straggler-factor", f"{float(straggler_factor):g}"]
+              if straggler_factor is not None else []),
+            *(["--straggler-steps", str(int(straggler_steps))]
+              if straggler_steps is not None else [])],
     }
 
 

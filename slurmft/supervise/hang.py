@@ -161,6 +161,11 @@ class HangDetector:
         """The newest heartbeat read from ``rank`` (None before any)."""
         return self._ranks[rank].beat if 0 <= rank < self.world_size else None
 
+    def beats(self) -> dict[int, Beat | None]:
+        """The newest heartbeat read from every rank (as of the last ``poll``), for the
+        straggler detector (``supervise.straggler``)."""
+        return {rank: st.beat for rank, st in enumerate(self._ranks)}
+
     # ---- polling -------------------------------------------------------------------------
 
     def _read(self, rank: int) -> bytes | None:

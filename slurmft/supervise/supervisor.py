@@ -11,6 +11,7 @@ event, logged and written to the audit file)::
                    |            |                                      |------> HANDING_OFF
                    |            |                                      '------> STALE
                    |            |-- SIGUSR1: passed to the training's steps (save now)
+                   |            |-- a straggler, --straggler-action swap, a spare free ----> RELAUNCHING
                    |            '-- SIGTERM/SIGINT (Slurm stops the job) -----> STOPPED
                    '---------------------------------------- RELAUNCHING
 
@@ -20,6 +21,13 @@ the retry budget), NEEDS_REQUEUE (the batch host failed, or the budget is spent:
 starts a detached ``slurmft reschedule`` that requeues the job) or STALE_COPY (Slurm requeued
 the job while this host was cut off: this copy stops). Before every relaunch the training's
 job steps are killed through Slurm, wherever their launcher ran.
+
+A straggler (``supervise.straggler``: a rank whose own busy time per step, from its
+heartbeat, stays ``factor`` x its peers' median) is logged at ERROR with its node and a
+``Straggler`` event; with ``straggler_action="swap"`` and a free spare, its node is left
+out of the training for the rest of the job (it stays in the allocation, idle: draining it
+is for a watcher or an operator, this supervisor runs as the job's user) and the training
+relaunched from the latest checkpoint with a spare in its place.
 
 The supervisor owns no Slurm logic of its own: the rescheduler decides, the Slurm client
 reads the allocation and kills steps, and ``Processes`` starts the launcher (replaced by a
@@ -43,7 +51,7 @@ from slurmft.core.envfile import RESTART_ENV, read_env_file
 from slurmft.core.errors import ExitCode, SlurmFTError
 from slurmft.core.log import failed_extra, get_logger
 from slurmft.core.nodeset import fold
-from slurmft.observe.events import RunTransition
+from slurmft.observe.events import Event, RunTransition, Straggler
 from slurmft.supervise.launch import (
     LaunchSettings,
     choose_nodes,
@@ -79,6 +87,7 @@ class Ended(enum.Enum):
     EXITED = "exited"              # the launcher exited by itself
     RELAUNCH = "relaunch"          # SIGUSR2: slurmft took failed nodes out of the job
     HUNG = "hung"                  # a rank made no progress for the hang timeout
+    STRAGGLER = "straggler"        # a straggler's node is swapped for a spare
     STOP = "stop"                  # SIGTERM/SIGINT
 
 
@@ -127,6 +136,26 @@ class ProgressMonitor(Protocol):
     def poll(self) -> Sequence[StuckRankLike]: ...
 
 
+class StragglerLike(Protocol):
+    rank: int
+    host: str
+    pid: int
+    busy_ms: float
+    peers_ms: float
+    ratio: float
+    steps: int
+    step: int
+    seconds: float
+
+
+class StragglerMonitor(Protocol):
+    """Straggler detection (``supervise.straggler.StragglerDetector``) over the beats the
+    progress monitor read (its ``beats()``)."""
+
+    def reset(self) -> None: ...
+    def observe(self, beats: Mapping[int, Any]) -> Sequence[StragglerLike]: ...
+
+
 @dataclass
 class RunOptions:
     """What one ``slurmft run`` needs besides the launch settings."""
@@ -146,6 +175,7 @@ class RunOptions:
     in_place_timeout: float = 600.0
     heartbeat_env: dict[str, str] = field(default_factory=dict)
     spares: int = 0                             # nodes of the allocation kept idle as spares
+    straggler_action: str = "report"            # report | swap (a spare takes its place)
 
 
 class Supervisor:
@@ -153,12 +183,14 @@ class Supervisor:
 
     def __init__(self, settings: LaunchSettings, options: RunOptions, slurm: SlurmView,
                  processes: Processes, *, monitor: ProgressMonitor | None = None,
-                 emit: Callable[[RunTransition], None] | None = None,
+                 stragglers: StragglerMonitor | None = None,
+                 emit: Callable[[Event], None] | None = None,
                  environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings, self.options = settings, options
         self.slurm, self.processes, self.monitor = slurm, processes, monitor
+        self.stragglers = stragglers
         self.emit = emit or (lambda event: None)
         self.environ = dict(os.environ if environ is None else environ)
         self.clock, self.sleep = clock, sleep
@@ -169,6 +201,8 @@ class Supervisor:
         self._stop_signal: int | None = None
         self._peer_ok = True           # False once ssh to a peer failed: launch here from then
         self._checked_peer: str | None = None
+        self.benched: list[str] = []   # stragglers' nodes: never trained on again in this job
+        self.stragglers_named = 0
 
     # ------------------------------------------------------------------ signals
     def on_relaunch_signal(self, *_: Any) -> None:
@@ -227,7 +261,7 @@ class Supervisor:
                 self._to(RunState.STOPPED, f"signal {self._stop_signal}", rc=rc)
                 return 128 + int(self._stop_signal)
             self._stop_training()
-            allocation = self._allocation()
+            allocation = [n for n in self._allocation() if n not in self.benched]
             if not allocation:
                 log.error("cannot read the allocation of job %s", job, extra={"job": str(job)})
                 break
@@ -254,6 +288,8 @@ class Supervisor:
         proc = self._start(nodes, argv, env)
         if self.monitor is not None:
             self.monitor.reset(len(nodes) * self.settings.slots)
+        if self.stragglers is not None:
+            self.stragglers.reset()
         self._to(RunState.RUNNING, f"launcher pid {proc.pid}", nodes=nodes)
         return self._wait(proc, nodes)
 
@@ -303,6 +339,8 @@ class Supervisor:
                 if stuck:
                     self._report_hang(stuck, nodes)
                     return self._end(proc), Ended.HUNG
+                if self.stragglers is not None and self._check_stragglers(nodes):
+                    return self._end(proc), Ended.STRAGGLER
             self.sleep(self.options.poll_interval)
 
     def _lost_a_training_node(self, nodes: list[str]) -> bool:
@@ -369,6 +407,47 @@ class Supervisor:
             else:
                 log.error("job %s: rank %s on %s left no stacks (the process may be stopped)",
                           job, r.rank, node, extra=extra)
+
+    def _check_stragglers(self, nodes: list[str]) -> bool:
+        """Report the stragglers named now (ERROR line, ``Straggler`` event); True when one's
+        node is to be swapped for a spare (``straggler_action="swap"`` and one is free)."""
+        beats = getattr(self.monitor, "beats", None)
+        assert self.stragglers is not None
+        found = self.stragglers.observe(beats()) if beats is not None else ()
+        swap = False
+        job = self.options.job_id
+        for s in found:
+            node = s.host if s.host in nodes else rank_node(s.rank, nodes, self.settings.slots)
+            spare, action, then = None, "report", "reported only (--straggler-action report)"
+            if self.options.straggler_action == "swap":
+                spare = self._free_spare(nodes) if node in nodes and not swap else None
+                action = "swap" if spare else "no-spare"
+                then = (f"swapping {node} for the spare {spare} (relaunch from the latest "
+                        f"checkpoint)" if spare else "reported only: no free spare to swap it for")
+            self.stragglers_named += 1
+            extra = {"job": str(job), **failed_extra(node)}
+            log.error("job %s: rank %s on %s is a straggler: busy %.1f ms per step, %.2fx the "
+                      "median of its peers (%.1f ms) for %d steps (%.0f s, at step %d); %s", job,
+                      s.rank, node, s.busy_ms, s.ratio, s.peers_ms, s.steps, s.seconds, s.step,
+                      then, extra=extra)
+            self.emit(Straggler(job_id=job, node=node, rank=s.rank, pid=s.pid,
+                                busy_ms=round(s.busy_ms, 3), peers_ms=round(s.peers_ms, 3),
+                                ratio=round(s.ratio, 3), streak_steps=s.steps, at_step=s.step,
+                                seconds=round(s.seconds, 3), action=action, spare=spare,
+                                count=self.stragglers_named, launch=self.launches or None))
+            if spare:
+                self.benched.append(node)
+                swap = True
+                log.warning("job %s: %s stays in the allocation, idle, and is never trained on "
+                            "again in this job; a watcher or an operator should drain it "
+                            "(slurmft run runs as the job's user and does not)", job, node,
+                            extra=extra)
+        return swap
+
+    def _free_spare(self, nodes: list[str]) -> str | None:
+        """A node of the allocation that neither trains nor was benched (None: none)."""
+        return next((n for n in self._allocation()
+                     if n not in nodes and n not in self.benched), None)
 
     # ------------------------------------------------------------------ asking slurmft
     def _ask_in_place(self, rc: int, *, hung: bool) -> int:
