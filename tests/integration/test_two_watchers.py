@@ -1,0 +1,128 @@
+"""Two watchers at once never act twice on one job (issue 16 item 4), on the real cluster.
+
+Three real `slurmft watch` processes share one state directory: one watches every job, one
+owns the job's shard (``--shard I/2``): both see the job, as two watchers do whose options
+overlap or when one takes over a dead one's shard; the third owns the other shard and must
+never look at it. A node of the job is cut off (link down). The audit file shows one
+recovery: one decision to requeue, one requeuehold, one ``recovered``; the job runs again,
+once requeued, without the node. Watchers are stopped by pid in the finally."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from slurmft.recovery.shard import shard_of
+from slurmft.recovery.state import StateStore
+from tests.integration.jobs import LoopJob, running_on, show_job
+from tests.integration.waiting import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+
+def start_watcher(cluster, env: dict, work: Path, name: str, *args: str) -> subprocess.Popen:
+    """`slurmft watch --json` in the controller's namespace, its own session (so the
+    finally can stop it and whatever it started by its pid), stdout to <name>.jsonl."""
+    out = open(work / f"{name}.jsonl", "wb")
+    err = open(work / f"{name}.log", "wb")
+    with out, err:
+        return subprocess.Popen(
+            cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch", "--json",
+                               "--interval", "1", *args]),
+            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)             # the session started above
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def cycles(work: Path, name: str) -> list[dict]:
+    path = work / f"{name}.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_two_watchers_recover_a_lost_node_once(cluster):
+    work = Path(cluster.shared_dir) / "two-watchers"
+    state = work / "state"
+    work.mkdir(parents=True, exist_ok=True)
+    env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
+           # a link-down is what ping sees; SSH probing has its own tests
+           "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
+           "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+    jobs = LoopJob(cluster, name="two-watchers")
+    watchers: dict[str, subprocess.Popen] = {}
+    try:
+        jid = jobs.submit(nodes=3)
+        mine = shard_of(jid, 2)
+        watchers["all"] = start_watcher(cluster, env, work, "all")
+        watchers["owner"] = start_watcher(cluster, env, work, "owner", "--shard", f"{mine}/2")
+        watchers["other"] = start_watcher(cluster, env, work, "other",
+                                          "--shard", f"{1 - mine}/2")
+        # all three have listed the queue (and the two owners probed the job) before the cut
+        wait_for(lambda: all(cycles(work, n) for n in watchers), 30, "a cycle of each watcher",
+                 show=lambda: {n: (work / f"{n}.log").read_text()[-500:] for n in watchers})
+        nodes = running_on(jobs.run, jid, 3)
+        lost = next(n for n in reversed(nodes) if n != show_job(jobs.run, jid)["BatchHost"])
+        t0 = time.monotonic()
+        jobs.link_down(lost)
+
+        def diagnose() -> str:
+            logs = {n: (work / f"{n}.log").read_text()[-800:] for n in watchers}
+            return f"job {show_job(jobs.run, jid)}\nlogs {logs}"
+
+        again = wait_for(lambda: (n := running_on(jobs.run, jid, 2)) and lost not in n and n,
+                         90, "the job RUNNING again on 2 nodes without the lost one",
+                         show=diagnose)
+        recovered_in = time.monotonic() - t0
+        # a second watcher acting late would do so within a few of its cycles: give it time
+        wait_for(lambda: any(r["event"] == "recovered" and r["job_id"] == jid
+                             for r in StateStore(state).audit_lines()), 30,
+                 "the recovery in the audit file", show=diagnose)
+        time.sleep(4)
+        for proc in watchers.values():
+            assert proc.poll() is None, "a watcher exited"
+
+        audit = [r for r in StateStore(state).audit_lines() if r.get("job_id") == jid]
+        decisions = [r["outcome"] for r in audit if r["event"] == "decision"]
+        ops = [r["op"] for r in audit if r["event"] == "action"]
+        detected = [r for r in audit if r["event"] == "detected"]
+        assert decisions.count("requeue") == 1, decisions
+        assert set(decisions) <= {"requeue", "already_done", "nothing"}, decisions
+        assert ops.count("requeue_hold") == 1 and ops.count("release") == 1, ops
+        assert ops.count("kill_job") == 1 and ops.count("down") == 1, ops
+        assert len([r for r in audit if r["event"] == "recovered"]) == 1
+        assert detected and all(r["nodes"] == [lost] for r in detected)
+        # Slurm requeued it once, without the node, and the record spent one retry
+        job = show_job(jobs.run, jid)
+        assert job["Restarts"] == "1" and lost in job.get("ExcNodeList", ""), job
+        assert len(StateStore(state).load(jid).attempts) == 1
+        assert lost not in again
+        # the watcher of the other shard never looked at the job
+        other = cycles(work, "other")
+        assert other and all(jid not in c["jobs"] and not c["reports"] for c in other)
+        assert any(c["not_owned"] >= 1 for c in other)
+        acted_by = [n for n in ("all", "owner")
+                    if any(c["reports"] and any(r["job_id"] == jid for r in c["reports"])
+                           for c in cycles(work, n))]
+        print(f"lost {lost}; running again after {recovered_in:.1f}s; detected by "
+              f"{len(detected)} watcher(s); reports from {acted_by}; decisions {decisions}")
+    finally:
+        for proc in watchers.values():
+            stop(proc)
+        jobs.cleanup()
