@@ -340,6 +340,9 @@ def inject_cmd(ctx: click.Context, action: str, job_id: int, node: str, seed: in
                   cgroup v2 slurmft-inject-JOB-N with memory.max=M MiB
                   (--undo removes it). Fails, saying why, without a writable
                   cgroup v2 with the memory controller enabled.
+    slow, unslow  --cluster only: stop one training rank on the node half of
+                  every 0.1 s (SIGSTOP/SIGCONT by a helper process): a
+                  straggler at about half speed; unslow ends it.
     mask-gpu      --gpu I [--gpus N]: write CUDA_VISIBLE_DEVICES without I to
                   $CHECKPOINT_PATH/.slurmft-restart.env, which job.sh sources
                   at (re)start (takes effect on the job's next restart).

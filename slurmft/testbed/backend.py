@@ -35,6 +35,8 @@ class Fault(str, Enum):
     KILL_JOB_PROCS = "kill-job-procs"    # SIGKILL the job's tasks and MPI ranks on the node
     HANG = "hang"                        # SIGSTOP one training rank on the node: it hangs
     UNHANG = "unhang"                    # SIGCONT the node's stopped job processes
+    SLOW = "slow"                        # one training rank stopped half the time (duty cycle)
+    UNSLOW = "unslow"                    # end the duty cycle; SIGCONT the node's job processes
     NODE_DOWN = "node-down"              # the whole node stops (docker: its container)
     NODE_UP = "node-up"
 

@@ -25,6 +25,8 @@ Actions (``--cluster NAME``: the local cluster; otherwise a real site, over SSH)
   ``slurmft-inject-<job>-<n>`` with memory.max (memory they already use stays charged to
   their old cgroup: cgroup v2 does not move charges). Fails with the exact reason where
   cgroup v2, its memory controller or a writable parent is missing.
+- slow, unslow: Cluster.fault (a SIGSTOP/SIGCONT duty cycle on one training rank of the
+  node: about half speed; unslow ends it); refused over SSH for now.
 - mask-gpu: write CUDA_VISIBLE_DEVICES without --gpu to ``$CHECKPOINT_PATH/.slurmft-restart.env``;
   job.sh sources it at (re)start (the same mask on every node).
 """
@@ -59,7 +61,7 @@ log = get_logger(__name__)
 #: The local cluster's faults that inject can ask for (Cluster.fault; some also over SSH).
 CLUSTER_ACTIONS = tuple(f.value for f in (
     Fault.KILL_SLURMD, Fault.LINK_DOWN, Fault.LINK_UP, Fault.STOP_SSHD, Fault.START_SSHD,
-    Fault.FREEZE_SSHD, Fault.THAW_SSHD))
+    Fault.FREEZE_SSHD, Fault.THAW_SSHD, Fault.SLOW, Fault.UNSLOW))
 ACTIONS = ("kill-rank", "hang", *CLUSTER_ACTIONS, "limit-memory", "mask-gpu")
 #: Refused over SSH, and why (each would cut the only way to undo it).
 SSH_REFUSED = {
@@ -69,6 +71,8 @@ SSH_REFUSED = {
     "start-sshd": "a stopped sshd cannot be reached over SSH",
     "freeze-sshd": "a frozen sshd could not be thawed over SSH",
     "thaw-sshd": "a frozen sshd cannot be reached over SSH",
+    "slow": "the duty-cycle helper runs on the local cluster only (for now)",
+    "unslow": "the duty-cycle helper runs on the local cluster only (for now)",
 }
 _GPU_LIST_RE = re.compile(r"^[0-9]+(,[0-9]+)*$")
 #: Commands a --match pattern finds besides the ranks (the launcher's command line holds the
@@ -350,7 +354,7 @@ class Injector:
     def _link_up(self, req, node, rng) -> InjectResult:
         return self._cluster_or_ssh(req, node, None, "")
 
-    _stop_sshd = _start_sshd = _freeze_sshd = _thaw_sshd = _link_up
+    _stop_sshd = _start_sshd = _freeze_sshd = _thaw_sshd = _slow = _unslow = _link_up
 
     def _limit_memory(self, req: InjectRequest, node: str, rng) -> InjectResult:
         argv = (undo_memory_argv(req.job_id) if req.undo

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -341,3 +342,111 @@ def continue_procs(node: str, pids: list[int]) -> str:
     if not stopped:
         return f"no stopped job process on {node}"
     return f"continued {len(stopped)} job process(es) on {node} (SIGCONT): {' '.join(map(str, stopped))}"
+
+
+# --- slow: a SIGSTOP/SIGCONT duty cycle on one training rank ---------------------------------
+
+#: The argv marker of a duty-cycle helper (its target pid follows it).
+SLOW_MARKER = "slurmft-slow-duty"
+#: Period (s) and stopped share of a slow rank's duty cycle. A period twice a step's compute
+#: slows even a rank whose compute is a sleep (its timer runs on while it is stopped) to
+#: about half speed: each step's end falls into a stopped half.
+SLOW_PERIOD = 0.1
+SLOW_SHARE = 0.5
+# The helper: SIGSTOP the target for share x period, SIGCONT it for the rest, while the target
+# is the same process (pid + start time); on SIGTERM (unslow) or when the target is gone it
+# leaves the target running and exits. Constant text: the values come as arguments.
+SLOW_PY = r"""
+import os, signal, sys, time
+pid, start, period, share = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+def same():
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            f = fh.read()
+        f = f[f.rindex(")") + 2:].split()
+        return f[0] != "Z" and int(f[19]) == start
+    except (OSError, ValueError, IndexError):
+        return False
+def leave(*_):
+    if same():
+        os.kill(pid, signal.SIGCONT)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, leave)
+signal.signal(signal.SIGINT, leave)
+while same():
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(period * share)
+    if not same():
+        break
+    os.kill(pid, signal.SIGCONT)
+    time.sleep(period * (1 - share))
+leave()
+"""
+
+
+def slow_argv(pid: int, start: int, period: float = SLOW_PERIOD,
+              share: float = SLOW_SHARE) -> list[str]:
+    """The duty-cycle helper's argv (``python -c SLOW_PY MARKER PID START PERIOD SHARE``)."""
+    if not (0 < share < 1) or not (0.002 <= period <= 60):
+        raise ClusterError(f"a duty cycle needs 0 < share < 1 and a period in [0.002, 60] s, "
+                           f"not share {share}, period {period}")
+    return [sys.executable, "-c", SLOW_PY, SLOW_MARKER, str(int(pid)), str(int(start)),
+            f"{period:g}", f"{share:g}"]
+
+
+def slow_helpers() -> dict[int, int]:
+    """{helper pid: target pid} of the duty-cycle helpers running on this machine."""
+    out = {}
+    for pid in all_pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 4 and argv[3] == SLOW_MARKER.encode() and argv[4].isdigit():
+            out[pid] = int(argv[4])
+    return out
+
+
+def slow_rank(node: str, pids: list[int], period: float = SLOW_PERIOD,
+              share: float = SLOW_SHARE) -> str:
+    """Slow one training rank of ``pids`` (a node's job processes; the lowest pid of
+    ``training_ranks``) with a SIGSTOP/SIGCONT duty cycle: a helper process (its own
+    session, on this machine) stops it ``share`` of every ``period`` seconds until
+    ``unslow_ranks`` or until the rank exits. ClusterError when the node runs no rank or
+    one is slowed already."""
+    ranks = training_ranks(pids)
+    if not ranks:
+        raise ClusterError(f"no training rank (a Python process) among the job processes on "
+                           f"{node}: nothing to slow")
+    busy = sorted(set(slow_helpers().values()) & set(pids))
+    if busy:
+        raise ClusterError(f"rank pid {busy[0]} on {node} is slowed already (unslow first)")
+    pid = ranks[0]
+    start = start_time(pid)
+    if start is None:
+        raise ClusterError(f"rank pid {pid} on {node} exited before it could be slowed")
+    try:
+        helper = subprocess.Popen(slow_argv(pid, start, period, share), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True, close_fds=True)
+    except OSError as exc:
+        raise ClusterError(f"cannot start the duty-cycle helper: {exc.strerror}") from None
+    helper.returncode = 0          # not tracked: it outlives this call (unslow ends it)
+    return (f"slowed rank pid {pid} on {node}: stopped {share:.0%} of every {period:g} s by "
+            f"helper pid {helper.pid} (undo: unslow): {cmdline(pid)[:120]}")
+
+
+def unslow_ranks(node: str, pids: list[int], timeout: float = 5.0) -> str:
+    """End the duty-cycle helpers of ``pids`` (SIGTERM: each leaves its rank running), then
+    SIGCONT any of ``pids`` still stopped."""
+    helpers = {h: t for h, t in slow_helpers().items() if t in set(pids)}
+    recs = [Proc(h, st) for h in helpers if (st := start_time(h)) is not None]
+    for rec in recs:
+        signal_proc(rec, signal.SIGTERM)
+    for rec in wait_gone(recs, timeout):
+        signal_proc(rec, signal.SIGKILL)
+    rest = continue_procs(node, pids)
+    if not helpers:
+        return f"no slowed rank on {node}; {rest}"
+    return (f"unslowed rank pid {' '.join(str(t) for t in sorted(set(helpers.values())))} on "
+            f"{node} (helper {' '.join(map(str, sorted(helpers)))} ended); {rest}")

@@ -4,7 +4,8 @@ link-down/up = ``docker network disconnect/connect``; node-down/up = ``docker st
 kill/restart-slurmd, stop/start/freeze/thaw-sshd = ``docker exec CTR pkill -SIG -F PIDFILE``
 (or starting the daemon again); kill-job-procs = SIGKILL to the container's job processes,
 found from this machine's process table; hang/unhang = SIGSTOP to one training rank among
-them, SIGCONT to the stopped ones.
+them, SIGCONT to the stopped ones; slow/unslow = a SIGSTOP/SIGCONT duty cycle on one
+training rank by a helper process on this machine (``procs.slow_rank``), and its end.
 """
 
 from __future__ import annotations
@@ -118,11 +119,20 @@ def unhang(c: DockerCluster, t: NodeTarget) -> str:
     return procs.continue_procs(t.node, c.job_pids(t.node))
 
 
+def slow(c: DockerCluster, t: NodeTarget) -> str:
+    return procs.slow_rank(t.node, c.job_pids(t.node))
+
+
+def unslow(c: DockerCluster, t: NodeTarget) -> str:
+    return procs.unslow_ranks(t.node, c.job_pids(t.node))
+
+
 FAULT_HANDLERS: dict[Fault, Callable[[DockerCluster, NodeTarget], str]] = {
     Fault.KILL_SLURMD: kill_slurmd, Fault.RESTART_SLURMD: restart_slurmd,
     Fault.LINK_DOWN: link_down, Fault.LINK_UP: link_up,
     Fault.STOP_SSHD: stop_sshd, Fault.START_SSHD: start_sshd,
     Fault.FREEZE_SSHD: freeze_sshd, Fault.THAW_SSHD: thaw_sshd,
     Fault.KILL_JOB_PROCS: kill_job_procs, Fault.HANG: hang, Fault.UNHANG: unhang,
+    Fault.SLOW: slow, Fault.UNSLOW: unslow,
     Fault.NODE_DOWN: node_down, Fault.NODE_UP: node_up,
 }

@@ -5,7 +5,8 @@ kill-slurmd, restart-slurmd; link-down, link-up (the controller-side veth); stop
 start-sshd, freeze-sshd, thaw-sshd (SIGSTOP/SIGCONT: ping answers, SSH hangs); kill-job-procs
 (SIGKILL to the tasks under the node's slurmstepd and to non-sshd processes under its sshd,
 e.g. MPI ranks; see ``Cluster.job_pids``); hang, unhang (SIGSTOP to one training rank among
-those job processes, SIGCONT to the stopped ones: ``procs.stop_rank``).
+those job processes, SIGCONT to the stopped ones: ``procs.stop_rank``); slow, unslow (a
+SIGSTOP/SIGCONT duty cycle on one training rank by a helper process: ``procs.slow_rank``).
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ class NodeFaults:
     def unhang(self, lay: Layout, node: str) -> str:
         return procs.continue_procs(node, self.job_pids(node))
 
+    def slow(self, lay: Layout, node: str) -> str:
+        return procs.slow_rank(node, self.job_pids(node))
+
+    def unslow(self, lay: Layout, node: str) -> str:
+        return procs.unslow_ranks(node, self.job_pids(node))
+
 
 FAULT_HANDLERS: dict[Fault, Callable[..., str]] = {
     Fault.KILL_SLURMD: NodeFaults.kill_slurmd,
@@ -103,4 +110,6 @@ FAULT_HANDLERS: dict[Fault, Callable[..., str]] = {
     Fault.KILL_JOB_PROCS: NodeFaults.kill_job_procs,
     Fault.HANG: NodeFaults.hang,
     Fault.UNHANG: NodeFaults.unhang,
+    Fault.SLOW: NodeFaults.slow,
+    Fault.UNSLOW: NodeFaults.unslow,
 }
