@@ -215,3 +215,24 @@ def test_node_down_and_up_restarts_the_container(dcluster):
     # The entrypoint runs again: munged, sshd and slurmd come back and the node registers.
     wait_for(lambda: dcluster.slurm_view().get("node1") == "idle", 60, "node1 idle after restart")
     assert probe(dcluster, "node1") == {"node1": "HEALTHY"}
+
+
+def test_reschedule_dry_run_changes_nothing(dcluster):
+    jid = run(dcluster, "sbatch", "--parsable", "--requeue", "-N4", "-o", "/dev/null",
+              "--wrap", "srun sleep 600").stdout.strip().split(";")[0]
+    try:
+        wait_for(lambda: job_fields(dcluster, jid).get("JobState") == "RUNNING", 30,
+                 f"job {jid} running")
+        dcluster.fault("node2", "link-down")
+        cp = run(dcluster, "slurmft", "reschedule", jid, "--dry-run", timeout=120, check=False)
+        assert cp.returncode == 0, cp.stderr
+        # What it would run, in the argv of this release's adapter; nothing of it ran.
+        assert f"scontrol requeuehold {jid}" in cp.stdout
+        assert f"scontrol update JobId={jid} ExcNodeList=node2 NumNodes=3-3" in cp.stdout
+        f = job_fields(dcluster, jid)
+        assert f["JobState"] == "RUNNING" and f["Restarts"] == "0"
+        assert f["NodeList"] == "node[1-4]"
+        assert not dcluster.slurm_view().get("node2", "").startswith("drain")
+    finally:
+        dcluster.run(["scancel", jid])
+        heal(dcluster, "node2")
