@@ -15,11 +15,12 @@ from slurmft.testbed.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
 
 def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
                   train_args: tuple[str, ...] = (), hang_timeout: str = "auto",
-                  spares: int = 0, **config) -> Path:
+                  spares: int = 0, straggler_action: str = "", **config) -> Path:
     """``work/job.sh``: ``steps`` training steps of 0.05 s on ``nodes`` nodes (longer on
     fewer: compute is per sample), a checkpoint
     every 10 steps into ``work/ckpt``, progress in ``work/progress.jsonl``, output in
-    ``work/job.out``; slurmft's state in ``work/state``. ``config``: RescheduleConfig fields."""
+    ``work/job.out``; slurmft's state in ``work/state``. ``config``: RescheduleConfig fields.
+    ``straggler_action``: ``slurmft run --straggler-action`` (empty: its default)."""
     ckpt = work / "ckpt"
     cfg = RescheduleConfig(state_dir=str(work / "state"), slots=1,
                            mpirun_args=mpirun_args(cluster),
@@ -33,5 +34,5 @@ def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
         cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name=name, nodes=nodes,
         work_dir=str(work), output=str(work / "job.out"),
         slurmft_cmd=slurmft_argv(), reschedule_log=str(work / "resched.log"),
-        hang_timeout=hang_timeout, spares=spares)))
+        hang_timeout=hang_timeout, spares=spares, straggler_action=straggler_action)))
     return script
