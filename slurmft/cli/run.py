@@ -65,6 +65,10 @@ class HangTimeout(click.ParamType):
                    "others, and a lost node is replaced by a spare (the world size stays the "
                    "same) until the spares are used up; then the run shrinks. The watcher probes "
                    "spares too, and a failed spare is drained, never used.")
+@click.option("--train-nodes", type=count(1, 100000), default=None,
+              help="With spares: train on this many nodes of the allocation, the rest are "
+                   "spares (default: all nodes minus --spares). It holds across a requeue: a "
+                   "job requeued with one node less trains on all it got.")
 @click.option("--hang-timeout", type=HangTimeout(), default="auto", show_default=True,
               help="A rank that makes no progress this long is hung: its stacks are logged "
                    "and the training relaunched from the latest verified checkpoint. auto: "
@@ -101,7 +105,7 @@ class HangTimeout(click.ParamType):
 def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str | None,
             resume_mode: str, launcher: str | None, slots: int | None,
             mpirun_args: str | None, launch_from: str | None, ssh_args: str | None,
-            spares: int, hang_timeout: Any, hang_factor: float, hang_floor: float,
+            spares: int, train_nodes: int | None, hang_timeout: Any, hang_factor: float, hang_floor: float,
             straggler_factor: float, straggler_steps: int, straggler_action: str,
             slurmft_cmd: str | None, reschedule_log: str | None, dry_run: bool,
             as_json: bool) -> None:
@@ -134,7 +138,7 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
     job_id = _job_id()
     ckpt = Path(checkpoint_dir)
     options = _options(cfg, job_id, ckpt, resume_mode, train_cmd, slurmft_cmd, reschedule_log)
-    options.spares = spares
+    options.spares, options.train_nodes = spares, train_nodes
     options.straggler_action = straggler_action
     if hang_timeout != "off":
         options.heartbeat_env = {
@@ -227,7 +231,8 @@ def _print_plan(settings: Any, options: Any, as_json: bool) -> None:
 
     nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
     allocation = expand(nodelist) if nodelist else []
-    want = max(1, len(allocation) - options.spares) if options.spares else None
+    want = (min(options.train_nodes, len(allocation)) if options.train_nodes
+            else max(1, len(allocation) - options.spares) if options.spares else None)
     nodes = choose_nodes(allocation, [], want)
     resume = initial_resume(options.resume, options.checkpoint_dir)
     peer = pick_peer(nodes, options.here) if settings.launch_from == "peer" else None

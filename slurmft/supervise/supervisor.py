@@ -175,6 +175,7 @@ class RunOptions:
     in_place_timeout: float = 600.0
     heartbeat_env: dict[str, str] = field(default_factory=dict)
     spares: int = 0                             # nodes of the allocation kept idle as spares
+    train_nodes: int | None = None              # with spares: nodes the training runs on
     straggler_action: str = "report"            # report | swap (a spare takes its place)
 
 
@@ -347,7 +348,7 @@ class Supervisor:
         """After SIGUSR2: whether a node the training runs on left the job. A spare that was
         taken out (the watcher probes spares too) costs the training nothing."""
         self._relaunch_asked = False
-        if not self.options.spares:
+        if not (self.options.spares or self.options.train_nodes):
             return True
         allocation = self._allocation()
         if allocation and set(nodes) <= set(allocation):
@@ -358,12 +359,23 @@ class Supervisor:
         return True
 
     def _world_nodes(self, allocation: list[str]) -> int | None:
-        """How many nodes train (None: all of them); the rest of the allocation are spares."""
-        k = self.options.spares
+        """How many nodes train (None: all of them); the rest of the allocation are spares.
+
+        ``train_nodes`` (the job script passes it) holds across a requeue: a job requeued
+        without its lost node (NumNodes one less) trains on all it got rather than keeping a
+        spare idle and shrinking. Without it, ``len(allocation) - spares``."""
+        o = self.options
+        if o.train_nodes:
+            if len(allocation) < o.train_nodes:
+                log.warning("job %s holds %s node(s), fewer than the %s it trains on: no spare "
+                            "left, the training runs on all of them", o.job_id,
+                            len(allocation), o.train_nodes, extra={"job": str(o.job_id)})
+            return min(o.train_nodes, len(allocation))
+        k = o.spares
         if not k:
             return None
         if len(allocation) <= k:
-            raise SlurmFTError(f"job {self.options.job_id} holds {len(allocation)} node(s): "
+            raise SlurmFTError(f"job {o.job_id} holds {len(allocation)} node(s): "
                                f"not enough for --spares {k} and at least one to train on "
                                f"(submit with --nodes N+{k})")
         return len(allocation) - k

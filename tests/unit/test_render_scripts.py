@@ -407,6 +407,7 @@ def test_render_job_with_spares_holds_the_extra_nodes_and_tells_the_supervisor()
     assert res.exit_code == 0, res.output
     assert "#SBATCH --nodes=5" in res.output
     assert opt(exec_argv(res.output), "--spares") == "1"
+    assert opt(exec_argv(res.output), "--train-nodes") == "4"
     plain = CliRunner().invoke(cli, ["render", "job", "--nodes", "4", "--train-cmd", "t",
                                      "--checkpoint-dir", "/c"])
     assert "#SBATCH --nodes=4" in plain.output and "--spares" not in exec_argv(plain.output)

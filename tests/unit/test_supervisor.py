@@ -113,13 +113,14 @@ class FakeMonitor:
 
 
 def make(tmp_path: Path, *, launches=None, calls_rc=None, allocations=None, monitor=None,
-         launch_from="batch", environ=None, spares=0, **settings):
+         launch_from="batch", environ=None, spares=0, train_nodes=None, **settings):
     procs = FakeProcesses(launches=launches or [[0]], calls_rc=calls_rc or [])
     slurm = FakeSlurm(allocations=allocations or [])
     events: list[RunTransition] = []
     opts = RunOptions(job_id=7, checkpoint_dir=tmp_path / "ck", here="node1", cwd=str(tmp_path),
                       slurmft_cmd=("slurmft",), reschedule_log=tmp_path / "r.log",
-                      train_cmd_line="train --x 1", kill_grace=0.0, spares=spares)
+                      train_cmd_line="train --x 1", kill_grace=0.0, spares=spares,
+                      train_nodes=train_nodes)
     sup = Supervisor(LaunchSettings(train_cmd=("train", "--x", "1"), launch_from=launch_from,
                                     **settings),
                      opts, slurm, procs, monitor=monitor, emit=events.append,
@@ -329,6 +330,17 @@ def test_a_spare_that_leaves_the_job_does_not_stop_the_training(tmp_path):
     sup.sleep = lambda s: next(asked, False) and sup.on_relaunch_signal()
     assert sup.run() == 0
     assert len(procs.started) == 1 and procs.procs[0].signals == [] and slurm.killed == []
+
+
+def test_after_a_requeue_with_one_node_less_the_training_uses_every_node(tmp_path):
+    # rendered for 3 training nodes + 1 spare; requeued without a lost node: 3 nodes left
+    sup, procs, _, _ = make(tmp_path, spares=1, train_nodes=3,
+                            environ={"SLURM_JOB_NODELIST": "node[2-4]"})
+    assert sup.run() == 0
+    assert procs.started[0][1]["SLURM_JOB_NODELIST"] == "node[2-4]"
+    sup, procs, _, _ = make(tmp_path, spares=1, train_nodes=3, environ=FOUR)
+    sup.run()
+    assert procs.started[0][1]["SLURM_JOB_NODELIST"] == "node[1-3]"     # node4 the spare
 
 
 def test_a_job_too_small_for_its_spares_is_a_clear_error(tmp_path):
