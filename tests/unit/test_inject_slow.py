@@ -56,14 +56,14 @@ def test_slow_runs_a_sleeping_rank_at_about_half_speed_and_unslow_restores_it(tm
                            text=True)
     try:
         assert top.stdout.readline().strip() == "up"
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30            # a loaded machine starts Python slowly
         while not counter.exists() or len(procs.training_ranks(
                 [top.pid, *procs.descendants([top.pid])])) != 1:
             assert time.monotonic() < deadline
             time.sleep(0.05)
         pids = [top.pid, *sorted(procs.descendants([top.pid]))]
         [rank] = procs.training_ranks(pids)
-        before = rate(counter, 1.5)
+        before = rate(counter, 2.0)
         msg = procs.slow_rank("node1", pids)
         assert msg.startswith(f"slowed rank pid {rank} on node1: stopped 50% of every 0.1 s")
         helpers = {h: t for h, t in procs.slow_helpers().items() if t == rank}
@@ -71,6 +71,7 @@ def test_slow_runs_a_sleeping_rank_at_about_half_speed_and_unslow_restores_it(tm
         with pytest.raises(ClusterError, match="slowed already"):
             procs.slow_rank("node1", pids)
         slowed = rate(counter, 2.0)
+        print(f"rate {before:.1f} -> slowed {slowed:.1f} steps/s")
         assert slowed <= 0.7 * before, (before, slowed)       # about half: ~0.5
         out = procs.unslow_ranks("node1", pids)
         assert out.startswith(f"unslowed rank pid {rank} on node1")
@@ -78,7 +79,7 @@ def test_slow_runs_a_sleeping_rank_at_about_half_speed_and_unslow_restores_it(tm
         rec = procs.Proc(rank, procs.start_time(rank))
         assert procs.wait_for_state(rec, "running", 5)
         after = rate(counter, 1.5)
-        assert after >= 0.85 * before, (before, after)
+        assert after >= 0.8 * before, (before, after)
         assert procs.unslow_ranks("node1", pids).startswith("no slowed rank on node1")
         with pytest.raises(ClusterError, match="no training rank"):
             procs.slow_rank("node1", [top.pid])
