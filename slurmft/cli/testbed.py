@@ -119,8 +119,9 @@ def cluster_status(name: str, backend: str, as_json: bool) -> None:
     if "subnet" not in st:
         click.echo(f"cluster {name} is not up")
         return
-    click.echo(f"cluster {name}: {'up' if st['up'] else 'BROKEN (run down)'} on {st['subnet']}, "
-               f"state {st['state_dir']}")
+    slurm = f", Slurm {st['slurm_version']}" if st.get("slurm_version") else ""
+    click.echo(f"cluster {name}: {'up' if st['up'] else 'BROKEN (run down)'} on {st['subnet']}"
+               f"{slurm}, state {st['state_dir']}")
     ctl = st["controller"]
     click.echo(f"  {ctl['name']:<8} {ctl['address']:<15} {_daemons(ctl['daemons'])}")
     for n in st["nodes"]:

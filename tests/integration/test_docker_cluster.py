@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import filelock
 import pytest
@@ -236,3 +237,79 @@ def test_reschedule_dry_run_changes_nothing(dcluster):
     finally:
         dcluster.run(["scancel", jid])
         heal(dcluster, "node2")
+
+
+def submit_loop(c: DockerCluster, nodes: int = 4) -> str:
+    jid = run(c, "sbatch", "--parsable", "--requeue", f"-N{nodes}", "-o", "/dev/null",
+              "--wrap", "srun sleep 600").stdout.strip().split(";")[0]
+    wait_for(lambda: job_fields(c, jid).get("JobState") == "RUNNING", 30, f"job {jid} running")
+    return jid
+
+
+def running_on(c: DockerCluster, jid: str, count: int) -> list[str] | None:
+    f = job_fields(c, jid)
+    if f.get("JobState") != "RUNNING":
+        return None
+    nodes = run(c, "scontrol", "show", "hostnames", f["NodeList"]).stdout.split()
+    return nodes if len(nodes) == count else None
+
+
+def test_watch_recovers_the_job(dcluster):
+    """slurmft watch (the cached view: one squeue, sinfo, squeue --steps per cycle) on this
+    release: a job that lost node4 runs again on the other three, one action."""
+    jid = submit_loop(dcluster)
+    pid_file = "/tmp/slurmft-watch.pid"             # inside ctl (its private /tmp)
+    proc = subprocess.Popen(
+        dcluster.exec_argv(["sh", "-c", f'echo $$ > {pid_file}; exec slurmft watch --job {jid} '
+                            '--interval 0.5 --json']),
+        env=dcluster.env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    nodes = None
+    try:
+        wait_for(lambda: run(dcluster, "cat", pid_file, check=False).returncode == 0, 20,
+                 "watch started")
+        time.sleep(1.5)
+        dcluster.fault("node4", "link-down")
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and not nodes:
+            nodes = running_on(dcluster, jid, 3)
+            time.sleep(0.3)
+    finally:
+        dcluster.run(["sh", "-c", f'kill -TERM "$(cat {pid_file})"'])
+        out, err = proc.communicate(timeout=30)
+        dcluster.run(["scancel", jid])
+        heal(dcluster, "node4")
+    assert nodes, f"watch did not recover job {jid}: {job_fields(dcluster, jid)}\n{err[-2000:]}"
+    assert "node4" not in nodes and "Traceback" not in err
+    cycles = [json.loads(line) for line in out.splitlines() if line.strip().startswith("{")]
+    acted = [c for c in cycles if c["reports"]]
+    assert len(acted) == 1 and acted[0]["failed"] == {jid: ["node4"]}, acted
+
+
+def test_epilog_after_slurm_requeued_the_job(dcluster):
+    """What EpilogSlurmctld sees after Slurm itself requeued a job off a node it declared
+    DOWN: `slurmft epilog` hands the job to a detached reschedule that excludes the node."""
+    jid = submit_loop(dcluster)
+    try:
+        dcluster.fault("node1", "link-down")
+        # Slurm's own handling, without waiting SlurmdTimeout: the node is declared DOWN.
+        run(dcluster, "scontrol", "update", "nodename=node1", "state=down", "reason=test-dead")
+        wait_for(lambda: job_fields(dcluster, jid).get("JobState") == "PENDING", 30,
+                 "Slurm's requeue")
+        cp = run(dcluster, "env", f"SLURM_JOB_ID={jid}", "SLURM_JOB_NODELIST=node[1-4]",
+                 "SLURM_JOB_EXIT_CODE=0", "SLURM_SCRIPT_CONTEXT=epilog_slurmctld",
+                 "slurmft", "epilog", timeout=30, check=False)
+        assert cp.returncode == 0 and "Traceback" not in cp.stderr, cp.stderr
+        assert "reschedule started" in cp.stderr
+        nodes = wait_for(lambda: running_on(dcluster, jid, 3), 40, "RUNNING on 3 nodes")
+        assert "node1" not in nodes
+        assert job_fields(dcluster, jid)["ExcNodeList"] == "node1"
+    finally:
+        dcluster.run(["scancel", jid])
+        heal(dcluster, "node1")
+
+
+def test_unknown_job_id_is_one_line(dcluster):
+    cp = run(dcluster, "slurmft", "reschedule", "3999999", check=False)
+    assert cp.returncode == 1, cp.stdout + cp.stderr
+    assert cp.stderr.strip().startswith("slurmft: no such job") and "Traceback" not in cp.stderr
