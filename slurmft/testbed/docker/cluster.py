@@ -68,6 +68,7 @@ class DockerClusterState:
     started_daemon: dict = field(default_factory=dict)   # PrivateDockerd fields if we started it
     timings: dict = field(default_factory=dict)
     slurm_release: str = DEFAULT_RELEASE                 # releases.RELEASES key (--slurm)
+    slurm_version: str = ""                              # sinfo --version in ctl, once up
 
 
 class DockerCluster(StatePaths):
@@ -261,6 +262,7 @@ class DockerCluster(StatePaths):
                 log.error("cleanup after failed up: %s", exc)
             raise
         self.state.complete = True
+        self.state.slurm_version = self.slurm_version()
         self.state.timings = {"image_s": round(t_image, 2), "image_built": img.built,
                               "base_built": img.base_built, "up_s": round(t_up, 2)}
         self._save()
@@ -497,7 +499,8 @@ class DockerCluster(StatePaths):
                 "shared_dir": str(lay.shared_dir), "slurm_conf": str(self.slurm_conf_path),
                 "ssh_config": SSH_CONFIG, "image": st.image,
                 "slurm_release": st.slurm_release,
-                "slurm_version": self.slurm_version() if ctl_running else "",
+                "slurm_version": (st.slurm_version or self.slurm_version()) if ctl_running
+                else "",
                 "docker_host": st.docker_host or "(default)", "timings": st.timings,
                 "controller": ctl, "nodes": nodes}
 
