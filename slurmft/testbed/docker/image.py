@@ -146,7 +146,8 @@ def ensure_image(docker: Docker, base: str = "",
         if have.returncode == 0 and have.stdout.strip() == digest:
             return ImageResult(tag, digest, False, base_built, time.monotonic() - t0)
         log.info("building %s", tag)
-        cp = docker.run("build", "--network", "host", "-f", str(ctx / DOCKERFILE),
+        # --force-rm: the legacy builder otherwise keeps the container of a failed step.
+        cp = docker.run("build", "--force-rm", "--network", "host", "-f", str(ctx / DOCKERFILE),
                         "--build-arg", f"BASE_IMAGE={base_ref}",
                         "--build-arg", "PIP_NO_INDEX=1",
                         "--build-arg", f"DEBIAN_PYTHON_DEPS={deb_deps}",
