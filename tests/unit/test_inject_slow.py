@@ -66,8 +66,13 @@ def test_slow_runs_a_sleeping_rank_at_about_half_speed_and_unslow_restores_it(tm
         before = rate(counter, 2.0)
         msg = procs.slow_rank("node1", pids)
         assert msg.startswith(f"slowed rank pid {rank} on node1: stopped 50% of every 0.1 s")
-        helpers = {h: t for h, t in procs.slow_helpers().items() if t == rank}
-        assert len(helpers) == 1
+        deadline = time.monotonic() + 5
+        while True:
+            helpers = {h: t for h, t in procs.slow_helpers().items() if t == rank}
+            if helpers or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(helpers) == 1, procs.slow_helpers()
         with pytest.raises(ClusterError, match="slowed already"):
             procs.slow_rank("node1", pids)
         slowed = rate(counter, 2.0)
