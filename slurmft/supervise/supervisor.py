@@ -170,6 +170,7 @@ class RunOptions:
     restart_count: int = 0                      # SLURM_RESTART_COUNT when this copy started
     train_cmd_line: str = ""                    # for a restart job (hand-off)
     poll_interval: float = 0.1
+    monitor_interval: float = 1.0               # seconds between reads of the heartbeats
     kill_grace: float = 1.0                     # TERM, then KILL after this long
     peer_check_timeout: float = 30.0
     in_place_timeout: float = 600.0
@@ -320,6 +321,7 @@ class Supervisor:
     def _wait(self, proc: Launched, nodes: list[str]) -> tuple[int, Ended]:
         """Until the launcher exits, slurmft asks for a relaunch, a rank hangs or the job
         is stopped. A launcher that is stopped gets TERM, then KILL after ``kill_grace``."""
+        next_check = self.clock()
         while True:
             rc = exit_code(proc.poll())
             if rc is not None:
@@ -335,7 +337,10 @@ class Supervisor:
             if self._save_asked:
                 self._save_asked = False
                 self._signal_training("USR1")
-            if self.monitor is not None:
+            if self.monitor is not None and self.clock() >= next_check:
+                # heartbeats live on shared storage: one read of every rank's file a second,
+                # not one per poll of the launcher
+                next_check = self.clock() + self.options.monitor_interval
                 stuck = self.monitor.poll()
                 if stuck:
                     self._report_hang(stuck, nodes)
