@@ -622,6 +622,24 @@ def table(rows: list[dict], total: int, timeout: float, plain_sshd: bool = False
 
 
 # ------------------------------------------------------------------ main
+def watcher_figures(jobs: int) -> list | None:
+    """The watcher's side of the scale question (issue 16 item 3): bench/watcher_scale.py for
+    ``jobs`` jobs on 10,000 nodes, its table printed here; its figures, or None if it failed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "watcher.json"
+        cp = subprocess.run([sys.executable, str(Path(__file__).with_name("watcher_scale.py")),
+                             "--jobs", str(jobs), "--json", str(out)],
+                            capture_output=True, text=True, timeout=900, check=False)
+        print()
+        print(cp.stdout.rstrip())
+        if cp.returncode != 0 or not out.exists():
+            print(f"watcher_scale failed (rc {cp.returncode}): {cp.stderr.strip()[-300:]}")
+            return None
+        return json.loads(out.read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hosts", type=int, default=10000)
@@ -633,6 +651,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loop-hosts", type=int, default=100,
                     help="hosts for the sequential ping loop (default 100)")
     ap.add_argument("--json", metavar="FILE", help="write the figures here")
+    ap.add_argument("--watcher-jobs", type=int, default=2000,
+                    help="also measure one watch cycle with this many jobs on 10,000 nodes (the "
+                         "fake Slurm, bench/watcher_scale.py: Slurm commands, cycle time, "
+                         "memory, against the tree before the cached view); 0: skip")
     ap.add_argument("--quick", action="store_true",
                     help="1,000 hosts (100 silent, 10 frozen), smaller baselines: for CI")
     ap.add_argument("--plain-sshd", action="store_true",
@@ -723,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
                "baselines": [{k: r[k] for k in ("label", "hosts", "silent", "frozen", "wall",
                                                  "cpu", "max_fds", "rss_mb", "misclassified")}
                              for r in rows[1:]]}
+        if args.watcher_jobs > 0:
+            doc["watcher"] = watcher_figures(args.watcher_jobs)
         if args.json:
             Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
         return 0 if doc["met"] else 1
