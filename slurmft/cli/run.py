@@ -149,7 +149,8 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
     if dry_run:
         _print_plan(settings, options, as_json)
         return
-    from slurmft.supervise.supervisor import SubprocessProcesses, Supervisor
+    from slurmft.supervise.processes import SubprocessProcesses
+    from slurmft.supervise.supervisor import Supervisor
 
     monitor = None
     if hang_timeout != "off":

@@ -40,12 +40,11 @@ import enum
 import os
 import shlex
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from slurmft.core.envfile import RESTART_ENV, read_env_file
 from slurmft.core.errors import ExitCode, SlurmFTError
@@ -62,6 +61,7 @@ from slurmft.supervise.launch import (
     rank_node,
     slurm_env,
 )
+from slurmft.supervise.processes import Launched, Processes
 
 log = get_logger(__name__)
 
@@ -89,29 +89,6 @@ class Ended(enum.Enum):
     HUNG = "hung"                  # a rank made no progress for the hang timeout
     STRAGGLER = "straggler"        # a straggler's node is swapped for a spare
     STOP = "stop"                  # SIGTERM/SIGINT
-
-
-class Launched(Protocol):
-    """A started launcher (a ``subprocess.Popen``)."""
-
-    pid: int
-
-    def poll(self) -> int | None: ...
-    def terminate(self) -> None: ...
-    def kill(self) -> None: ...
-    def wait(self, timeout: float | None = None) -> int: ...
-
-
-class Processes(Protocol):
-    """How the supervisor starts processes (subprocess here; a fake in unit tests)."""
-
-    def start(self, argv: Sequence[str], env: Mapping[str, str],
-              stdin_text: str | None = None) -> Launched: ...
-
-    def call(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
-             timeout: float) -> int: ...
-
-    def detach(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None: ...
 
 
 class SlurmView(Protocol):
@@ -569,51 +546,3 @@ def _has_checkpoints(directory: Path) -> bool:
         return any(not n.startswith(OWN_FILES_PREFIX) for n in os.listdir(directory))
     except OSError:
         return False
-
-
-class SubprocessProcesses:
-    """``Processes`` with subprocess: the launcher in this process group (Slurm signals the
-    whole batch step), the in-place reschedule waited for, the hand-off detached."""
-
-    def start(self, argv: Sequence[str], env: Mapping[str, str],
-              stdin_text: str | None = None) -> Launched:
-        proc = subprocess.Popen(list(argv), env=dict(env),
-                                stdin=subprocess.PIPE if stdin_text is not None else None)
-        if stdin_text is not None:
-            assert proc.stdin is not None
-            try:
-                proc.stdin.write(stdin_text.encode())
-                proc.stdin.close()
-            except BrokenPipeError:       # it exited before reading: its exit code says why
-                pass
-        return proc
-
-    def call(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path,
-             timeout: float) -> int:
-        with _log_file(log_path) as out:
-            try:
-                return subprocess.run(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
-                                      stdout=out, stderr=out, timeout=timeout,
-                                      check=False).returncode
-            except subprocess.TimeoutExpired:
-                log.error("%s did not answer within %.0f s", shlex.join(argv[:3]), timeout)
-                return 1
-            except OSError as exc:
-                log.error("cannot run %s: %s", argv[0], exc.strerror)
-                return 1
-
-    def detach(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
-        with _log_file(log_path) as out:
-            try:
-                subprocess.Popen(list(argv), env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=out, start_new_session=True)
-            except OSError as exc:
-                log.error("cannot run %s: %s", argv[0], exc.strerror)
-
-
-def _log_file(path: Path) -> IO[bytes]:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "ab")                              # noqa: SIM115 (a context manager)
-    except OSError:
-        return open(os.devnull, "ab")                        # noqa: SIM115
