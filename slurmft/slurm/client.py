@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from slurmft.core.errors import InvalidJobError, InvalidNodeError
+from slurmft.core.errors import InvalidJobError
 from slurmft.core.log import get_logger
 from slurmft.slurm import commands as scli
 from slurmft.slurm import parse as sparse
-from slurmft.slurm.records import JobInfo, NodeInfo
+from slurmft.slurm.records import JobInfo, NodeInfo, only_node, select_nodes
 from slurmft.slurm.runner import CommandResult, RecordingRunner, Runner, SubprocessRunner
 from slurmft.slurm.version import SlurmVersion, parse_version
 
@@ -103,17 +103,10 @@ class CommandSlurmClient:
     def nodes(self, names: Sequence[str] | None = None) -> list[NodeInfo]:
         """All nodes (``sinfo --json``), or only ``names`` in that order (unknown ones skipped)."""
         out = sparse.parse_sinfo_json(self._run(scli.build_sinfo_argv(self.bin_dir)).stdout)
-        if names is None:
-            return out
-        by_name = {n.name: n for n in out}
-        return [by_name[n] for n in names if n in by_name]
+        return select_nodes(out, names)
 
     def node(self, name: str) -> NodeInfo:
-        found = self.nodes([name])
-        if not found:
-            raise InvalidNodeError(f"no such node: {name}",
-                                   slurm_message="Invalid node name specified")
-        return found[0]
+        return only_node(self.nodes([name]), name)
 
     # ------------------------------------------------------------------ nodes
     def drain(self, nodes: Sequence[str], reason: str) -> None:

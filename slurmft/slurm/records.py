@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from slurmft.core.errors import InvalidNodeError
+
 ENDED_STATES = frozenset(
     {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
      "DEADLINE", "OUT_OF_MEMORY"}
@@ -73,6 +75,24 @@ class NodeInfo:
     @property
     def is_down(self) -> bool:
         return self.state == "down"
+
+
+def select_nodes(nodes: Sequence[NodeInfo], names: Sequence[str] | None) -> list[NodeInfo]:
+    """All ``nodes``, or only ``names`` in that order (unknown ones skipped): what a client's
+    ``nodes(names)`` answers, from one listing."""
+    if names is None:
+        return list(nodes)
+    by_name = {n.name: n for n in nodes}
+    return [by_name[n] for n in names if n in by_name]
+
+
+def only_node(found: Sequence[NodeInfo], name: str) -> NodeInfo:
+    """The one node a client's ``node(name)`` answers; InvalidNodeError (Slurm's own text)
+    when the listing has none of that name."""
+    if not found:
+        raise InvalidNodeError(f"no such node: {name}",
+                               slurm_message="Invalid node name specified")
+    return found[0]
 
 
 class SlurmClient(Protocol):

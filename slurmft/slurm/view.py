@@ -32,9 +32,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from slurmft.core.errors import InvalidNodeError, SlurmFTError
+from slurmft.core.errors import SlurmFTError
 from slurmft.slurm.commands import check_job_id
-from slurmft.slurm.records import JobInfo, NodeInfo
+from slurmft.slurm.records import JobInfo, NodeInfo, only_node, select_nodes
 
 
 class SlurmReader(Protocol):
@@ -140,17 +140,10 @@ class CachedSlurmClient:
                 raise
         if isinstance(self._nodes, SlurmFTError):
             raise self._nodes
-        if names is None:
-            return list(self._nodes)
-        by_name = {n.name: n for n in self._nodes}
-        return [by_name[n] for n in names if n in by_name]
+        return select_nodes(self._nodes, names)
 
     def node(self, name: str) -> NodeInfo:
-        found = self.nodes([name])
-        if not found:
-            raise InvalidNodeError(f"no such node: {name}",
-                                   slurm_message="Invalid node name specified")
-        return found[0]
+        return only_node(self.nodes([name]), name)
 
     def steps(self, job_id: int) -> list[int]:
         """The job's numbered steps: from one listing of every job's steps, taken the first
