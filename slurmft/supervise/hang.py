@@ -72,6 +72,24 @@ class _RankState:
     sample_at: float = 0.0
 
 
+#: Bounds (s) of the time between two reads of the heartbeats (``read_interval``).
+READ_INTERVAL_MIN = 0.25
+READ_INTERVAL_MAX = 1.0
+
+
+def read_interval(step_time: float | None, *, fixed: float | None = None) -> float:
+    """Seconds between two reads of every rank's heartbeat: ``fixed`` when given, else about
+    two steps, within [READ_INTERVAL_MIN, READ_INTERVAL_MAX] (once a second before a step
+    time is known). A straggler's streak is counted in its own steps as the reads see them:
+    read once a second, a rank at 10 steps/s would be named up to 10 steps late; a run of
+    multi-second steps is still read once a second, whatever its size."""
+    if fixed is not None:
+        return fixed
+    if step_time is None or not math.isfinite(step_time) or step_time <= 0:
+        return READ_INTERVAL_MAX
+    return min(READ_INTERVAL_MAX, max(READ_INTERVAL_MIN, 2 * step_time))
+
+
 def _check_seconds(name: str, value: float | None, *, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
@@ -294,5 +312,5 @@ def py_spy_dump(pid: int, *, runner: Runner = run_command,
     return res.stdout
 
 
-__all__ = ["CommandResult", "HangDetector", "StuckRank", "laggards", "py_spy_argv",
-           "py_spy_dump", "read_stacks", "run_command"]
+__all__ = ["READ_INTERVAL_MAX", "READ_INTERVAL_MIN", "CommandResult", "HangDetector", "StuckRank",
+           "laggards", "py_spy_argv", "py_spy_dump", "read_interval", "read_stacks", "run_command"]

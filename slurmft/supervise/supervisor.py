@@ -51,6 +51,7 @@ from slurmft.core.errors import ExitCode, SlurmFTError
 from slurmft.core.log import failed_extra, get_logger
 from slurmft.core.nodeset import fold
 from slurmft.observe.events import Event, RunTransition, Straggler
+from slurmft.supervise.hang import read_interval
 from slurmft.supervise.launch import (
     LaunchSettings,
     choose_nodes,
@@ -111,6 +112,8 @@ class ProgressMonitor(Protocol):
 
     def reset(self, world_size: int) -> None: ...
     def poll(self) -> Sequence[StuckRankLike]: ...
+    @property
+    def step_time(self) -> float | None: ...
 
 
 class StragglerLike(Protocol):
@@ -147,7 +150,8 @@ class RunOptions:
     restart_count: int = 0                      # SLURM_RESTART_COUNT when this copy started
     train_cmd_line: str = ""                    # for a restart job (hand-off)
     poll_interval: float = 0.1
-    monitor_interval: float = 1.0               # seconds between reads of the heartbeats
+    monitor_interval: float | None = None       # seconds between reads of the heartbeats
+                                                # (None: about two steps, 0.25-1 s)
     kill_grace: float = 1.0                     # TERM, then KILL after this long
     peer_check_timeout: float = 30.0
     in_place_timeout: float = 600.0
@@ -315,9 +319,10 @@ class Supervisor:
                 self._save_asked = False
                 self._signal_training("USR1")
             if self.monitor is not None and self.clock() >= next_check:
-                # heartbeats live on shared storage: one read of every rank's file a second,
-                # not one per poll of the launcher
-                next_check = self.clock() + self.options.monitor_interval
+                # heartbeats live on shared storage: one read of every rank's file every
+                # two steps or so (at most 4 a second), not one per poll of the launcher
+                next_check = self.clock() + read_interval(self.monitor.step_time,
+                                                          fixed=self.options.monitor_interval)
                 stuck = self.monitor.poll()
                 if stuck:
                     self._report_hang(stuck, nodes)

@@ -31,7 +31,7 @@ from slurmft.core.errors import ClusterError, SlurmCommandError, SlurmFTError, S
 from slurmft.core.log import get_logger
 from slurmft.core.nodeset import NodeSet
 from slurmft.core.selfcmd import slurmft_argv
-from slurmft.observe.events import AuditFile, Detected
+from slurmft.observe.events import AuditFile, Decided, Detected
 from slurmft.observe.goodput import describe_world_sizes, world_size_seconds
 from slurmft.observe.report import RecoverySummary, read_progress, summarize, timeline
 from slurmft.recovery.scripts import job_context
@@ -208,11 +208,7 @@ class Demo:
                                    f"see {run.work}")
             now = time.time()
             since = now - events["fault"]
-            if "detected" not in events:
-                t = _detection_time(audit, run.job_id, events["fault"])
-                if t is not None:
-                    events["detected"] = t
-                    self.say(f"  +{t - events['fault']:.2f} s  slurmft detected the failure")
+            self._note_detection(audit, run.job_id, events)
             job = run.client.job(run.job_id)
             if not seen_requeue and (job.restart_count > 0 or job.state != "RUNNING"):
                 seen_requeue = True
@@ -220,6 +216,7 @@ class Demo:
                 self.say(f"  +{since:.2f} s  job {run.job_id} is {job.state} "
                          f"(restarts {job.restart_count})")
             if job.state == "RUNNING" and fault_node not in job.nodes:
+                self._note_detection(audit, run.job_id, events)   # written before the shrink
                 events["running_again"] = now
                 if seen_requeue:
                     self.say(f"  +{since:.2f} s  job RUNNING again on {','.join(job.nodes)}")
@@ -233,6 +230,14 @@ class Demo:
                 raise SlurmFTError(f"job {run.job_id} ended {job.state} instead of being "
                                    "rescheduled")
             time.sleep(0.1)
+
+    def _note_detection(self, audit: Path, job_id: int, events: dict[str, float]) -> None:
+        if "detected" in events:
+            return
+        t = _detection_time(audit, job_id, events["fault"])
+        if t is not None:
+            events["detected"] = t
+            self.say(f"  +{t - events['fault']:.2f} s  slurmft detected the failure")
 
     # ---- pieces (bench/goodput.py runs its own scenario with them) --------------------------
 
@@ -385,11 +390,13 @@ def _verified_at_least(store: Store, step: int) -> bool:
 
 
 def _detection_time(audit_path: Path, job_id: int, after: float) -> float | None:
-    for event in AuditFile(audit_path).events():
-        if (isinstance(event, Detected) and event.job_id == job_id
-                and (event.time or 0) >= after):
-            return event.time
-    return None
+    """When slurmft first knew of the failure: the watcher's ``Detected`` or a restart
+    decision naming failed nodes, whichever came first (the in-job supervisor sees mpirun
+    exit and reschedules in place, sometimes before the watcher's second probe confirms)."""
+    times = [event.time for event in AuditFile(audit_path).events()
+             if getattr(event, "job_id", None) == job_id and (event.time or 0) >= after
+             and (isinstance(event, Detected) or (isinstance(event, Decided) and event.failed))]
+    return min(times, default=None)
 
 
 def loss_table(records: list[dict], every: int = 10) -> str:

@@ -77,7 +77,7 @@ def test_a_slowed_rank_is_named_and_its_node_swapped_for_the_spare(cluster, clus
         assert "ERROR" in line and f"on {slowed} is a straggler" in line
         assert f"rank {named['rank']} " in line and f"failed_node={slowed}" in line, line
         steps_to_name = named["at_step"] - fault_step
-        assert steps_to_name <= 30, named
+        assert steps_to_name <= 30, (steps_to_name, fault_step, json.dumps(named))
         print(f"named after {steps_to_name} steps ({named['seconds']:.1f} s of streak; "
               f"ratio {named['ratio']:.2f}, {named['busy_ms']:.1f} vs {named['peers_ms']:.1f} ms)")
 

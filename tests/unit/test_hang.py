@@ -9,7 +9,8 @@ import pytest
 from slurmft.checkpoint.heartbeat import Heartbeat, format_beat
 from slurmft.core.errors import UsageError
 from slurmft.supervise.hang import (
-    CommandResult, HangDetector, StuckRank, laggards, py_spy_argv, py_spy_dump, read_stacks,
+    READ_INTERVAL_MAX, READ_INTERVAL_MIN, CommandResult, HangDetector, StuckRank, laggards,
+    py_spy_argv, py_spy_dump, read_interval, read_stacks,
 )
 
 
@@ -261,3 +262,18 @@ def test_train_py_checks_its_hang_options():
     assert cp.returncode == 2
     assert cp.stderr.strip().splitlines()[-1] == ("train.py: error: --hang-rank needs "
                                                   "--hang-at-step N")
+
+
+@pytest.mark.parametrize("step_time, expected", [
+    (None, READ_INTERVAL_MAX),            # no step seen yet: once a second
+    (0.05, READ_INTERVAL_MIN),            # fast steps: at most 4 reads a second
+    (0.3, 0.6),                           # about two steps
+    (5.0, READ_INTERVAL_MAX),             # slow steps: still once a second
+    (float("nan"), READ_INTERVAL_MAX),
+])
+def test_heartbeats_are_read_about_every_two_steps_within_bounds(step_time, expected):
+    assert read_interval(step_time) == pytest.approx(expected)
+
+
+def test_a_fixed_read_interval_wins_over_the_step_time():
+    assert read_interval(0.05, fixed=2.0) == 2.0

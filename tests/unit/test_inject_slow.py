@@ -65,7 +65,7 @@ def test_slow_runs_a_sleeping_rank_at_about_half_speed_and_unslow_restores_it(tm
         [rank] = procs.training_ranks(pids)
         before = rate(counter, 2.0)
         msg = procs.slow_rank("node1", pids)
-        assert msg.startswith(f"slowed rank pid {rank} on node1: stopped 50% of every 0.1 s")
+        assert msg.startswith(f"slowed rank pid {rank} on node1: stopped 60% of every 0.1 s")
         deadline = time.monotonic() + 5
         while True:
             helpers = {h: t for h, t in procs.slow_helpers().items() if t == rank}

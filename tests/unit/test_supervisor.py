@@ -101,6 +101,8 @@ class Stuck:
 
 
 class FakeMonitor:
+    step_time = None
+
     def __init__(self, answers: list[list[Stuck]]) -> None:
         self.answers = answers
         self.resets: list[int] = []
@@ -396,3 +398,21 @@ def test_settings_refuse_what_cannot_launch():
 
 def test_exit_code_of_a_signalled_child_is_the_shells():
     assert exit_code(-9) == 137 and exit_code(3) == 3 and exit_code(None) is None
+
+
+@pytest.mark.parametrize("step_time, reads", [(None, 3), (0.1, 10)])
+def test_the_heartbeats_are_read_every_two_steps_once_the_step_time_is_known(
+        tmp_path, step_time, reads):
+    monitor = FakeMonitor([])
+    monitor.step_time = step_time
+    polls = []
+    orig = monitor.poll
+    monitor.poll = lambda: polls.append(1) or orig()
+    sup, *_ = make(tmp_path, launches=[[None] * 30 + [0]], monitor=monitor,
+                   allocations=[["node1"]])
+    now = [0.0]
+    sup.clock = lambda: now[0]
+    sup.sleep = lambda s: now.__setitem__(0, now[0] + s)     # 30 polls of 0.1 s: 3 s
+    assert sup.run() == 0
+    # 1 s apart (no step time yet), else 0.25 s apart: every third 0.1 s poll of the launcher
+    assert len(polls) == reads
