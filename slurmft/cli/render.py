@@ -63,6 +63,7 @@ class _RenderRequest:
     excluded: list[str] | None = None
     node_count: int | None = None
     spares: int = 0
+    replicas: int = 0
 
 
 def _check_train_cmd(which: str, train: str) -> None:
@@ -114,18 +115,19 @@ def _render_text(req: _RenderRequest) -> str:
     return render("job.sh.j2", job_context(
         rcfg, train_cmd=req.train, checkpoint_dir=req.ckpt,
         job_name=req.job_name or (job.name if job else "train"), nodes=n_nodes,
-        partition=job.partition if job else "", spares=req.spares))
+        partition=job.partition if job else "", spares=req.spares, replicas=req.replicas))
 
 
 def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: str | None,
                 exclude: str | None, slots: int | None, train_cmd: str | None,
                 checkpoint_dir: str | None, job_name: str | None, launcher: str | None,
-                launch_from: str | None, out: str | None, spares: int = 0) -> None:
+                launch_from: str | None, out: str | None, spares: int = 0,
+                replicas: int = 0) -> None:
     cfg = get_config(ctx, reschedule={"slots": slots, "launcher": launcher,
                                       "launch_from": launch_from})
     req = _RenderRequest(which, cfg, train=train_cmd or cfg.reschedule.train_cmd,
                          ckpt=checkpoint_dir or cfg.reschedule.checkpoint_dir, job_name=job_name,
-                         spares=spares)
+                         spares=spares, replicas=replicas)
     if which in ("job", "restart"):       # usage errors first, before Slurm is asked
         _check_train_cmd(which, req.train)
         if not req.ckpt:
@@ -167,11 +169,15 @@ def render_restart(ctx: click.Context, **kw: Any) -> None:
 @click.option("--spares", type=count(0, 4096), default=0, show_default=True,
               help="Hold this many extra nodes: a lost node is replaced by a spare and the "
                    "training keeps its world size (#SBATCH --nodes is nodes + spares).")
+@click.option("--replicas", type=count(0, 4096), default=0, show_default=True,
+              help="Per-step mode with torchft (`slurmft run --replicas`): the training "
+                   "nodes in this many replica groups; a lost group is relaunched alone and "
+                   "rejoins from a peer while the others train on. 0: restart mode.")
 @click.pass_context
-def render_job(ctx: click.Context, spares: int, **kw: Any) -> None:
+def render_job(ctx: click.Context, spares: int, replicas: int, **kw: Any) -> None:
     """The job wrapper to submit training with: requeueable, `exec slurmft run` (relaunches in
     place on node loss, a dead or hung rank; hands the rest to a requeue)."""
-    _render_cmd(ctx, "job", spares=spares, **kw)
+    _render_cmd(ctx, "job", spares=spares, replicas=replicas, **kw)
 
 
 def _logging_context(fmt: str, log_paths: tuple[str, ...], logstash_hosts: tuple[str, ...],

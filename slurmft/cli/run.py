@@ -92,6 +92,20 @@ class HangTimeout(click.ParamType):
                    "swap: also relaunch with a spare (--spares) in its node's place, the node "
                    "left idle for the rest of the job (a watcher or operator drains it); off. "
                    "Needs heartbeats (not with --hang-timeout off).")
+@click.option("--replicas", type=count(0, 4096), default=0, show_default=True,
+              help="Per-step mode with torchft (pip install 'slurmft[torchft]'): start "
+                   "torchft's lighthouse on the batch host and the training as this many "
+                   "replica groups, each a job step on its own nodes (TORCHFT_LIGHTHOUSE, "
+                   "REPLICA_GROUP_ID, NUM_REPLICA_GROUPS, MASTER_ADDR/PORT set). A group that "
+                   "fails is relaunched alone (on a spare if its node was lost) and rejoins "
+                   "from a peer; the others train on. 0: restart mode.")
+@click.option("--min-replicas", type=count(1, 4096), default=1, show_default=True,
+              help="With --replicas: the lighthouse's quorum needs this many groups.")
+@click.option("--lighthouse-port", type=count(1024, 65535), default=29510, show_default=True,
+              help="With --replicas: the lighthouse's port on the batch host; group i's "
+                   "store listens on --store-port + i on its first node.")
+@click.option("--store-port", type=count(1024, 65535), default=29600, show_default=True,
+              help="With --replicas: the first group's store port.")
 @click.option("--slurmft-cmd", default=None,
               help="How to run slurmft for the in-place reschedule, shell words "
                    "(default: this Python, -m slurmft).")
@@ -107,6 +121,7 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
             mpirun_args: str | None, launch_from: str | None, ssh_args: str | None,
             spares: int, train_nodes: int | None, hang_timeout: Any, hang_factor: float, hang_floor: float,
             straggler_factor: float, straggler_steps: int, straggler_action: str,
+            replicas: int, min_replicas: int, lighthouse_port: int, store_port: int,
             slurmft_cmd: str | None, reschedule_log: str | None, dry_run: bool,
             as_json: bool) -> None:
     """Supervise the training CMD inside a Slurm job (the rendered job script runs
@@ -140,6 +155,10 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
     options = _options(cfg, job_id, ckpt, resume_mode, train_cmd, slurmft_cmd, reschedule_log)
     options.spares, options.train_nodes = spares, train_nodes
     options.straggler_action = straggler_action
+    replica = _replica_settings(replicas, min_replicas, lighthouse_port, store_port)
+    if replica is not None:
+        # per rank heartbeats are numbered by rank, and every group has a rank 0
+        hang_timeout, straggler_action = "off", "off"
     if hang_timeout != "off":
         options.heartbeat_env = {
             "SLURMFT_HEARTBEAT_DIR": str(ckpt / HEARTBEAT_DIR / str(job_id)),
@@ -147,7 +166,7 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
             "SLURMFT_HANG_DUMP_AFTER": f"{0.8 * (hang_floor if hang_timeout == 'auto' else hang_timeout):g}",
         }
     if dry_run:
-        _print_plan(settings, options, as_json)
+        _print_plan(settings, options, as_json, replica)
         return
     from slurmft.supervise.processes import SubprocessProcesses
     from slurmft.supervise.supervisor import Supervisor
@@ -169,11 +188,42 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
                         "only (no spare to swap them for)")
     elif straggler_action != "off":
         log.warning("--hang-timeout off: no heartbeats, so no straggler detection")
-    sup = Supervisor(settings, options, adapters.slurm_client(get_config(ctx)),
-                     SubprocessProcesses(), monitor=monitor, stragglers=stragglers,
-                     emit=adapters.run_event_sink(get_config(ctx)))
+    slurm, sink = adapters.slurm_client(get_config(ctx)), adapters.run_event_sink(get_config(ctx))
+    if replica is not None:
+        from slurmft.supervise.replicas import ReplicaSupervisor
+
+        sup: Supervisor = ReplicaSupervisor(settings, options, slurm, SubprocessProcesses(),
+                                            emit=sink, replica=replica)
+    else:
+        sup = Supervisor(settings, options, slurm, SubprocessProcesses(), monitor=monitor,
+                         stragglers=stragglers, emit=sink)
     sup.install_signal_handlers()
     ctx.exit(sup.run())
+
+
+def _replica_settings(replicas: int, min_replicas: int, lighthouse_port: int,
+                      store_port: int) -> Any:
+    """Per-step mode's settings (None: restart mode); torchft's lighthouse must be installed
+    (next to this Python, as pip puts it, or on PATH)."""
+    if not replicas:
+        return None
+    import shutil
+    import sys
+
+    from slurmft.supervise.replicas import ReplicaSettings
+
+    beside = Path(sys.executable).parent / "torchft_lighthouse"
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("torchft_lighthouse")
+    if not found:
+        raise UsageError("--replicas needs torchft's lighthouse (torchft_lighthouse), which is "
+                         "neither next to this Python nor on PATH: pip install "
+                         "'slurmft[torchft]'")
+    try:
+        return ReplicaSettings(replicas=replicas, min_replicas=min_replicas,
+                               lighthouse_port=lighthouse_port, store_port=store_port,
+                               lighthouse_cmd=(found,))
+    except ValueError as exc:
+        raise UsageError(f"--replicas: {exc}") from None
 
 
 def _settings(cfg: Any, train_cmd: tuple[str, ...], launcher: str | None, slots: int | None,
@@ -223,7 +273,7 @@ def _options(cfg: Any, job_id: int, ckpt: Path, resume_mode: str, train_cmd: tup
         train_cmd_line=shlex.join(train_cmd))
 
 
-def _print_plan(settings: Any, options: Any, as_json: bool) -> None:
+def _print_plan(settings: Any, options: Any, as_json: bool, replica: Any = None) -> None:
     from slurmft.core.nodeset import expand
     from slurmft.supervise.launch import launch_argv, pick_peer
     from slurmft.supervise.supervisor import initial_resume
@@ -242,11 +292,23 @@ def _print_plan(settings: Any, options: Any, as_json: bool) -> None:
            "launch_host": peer or options.here, "argv": launch_argv(settings, nodes, resume),
            "resume": bool(resume), "heartbeat": options.heartbeat_env,
            "reschedule_log": str(options.reschedule_log)}
+    if replica is not None:
+        from slurmft.supervise.replicas import group_argv, lighthouse_argv, split_groups
+
+        groups = split_groups(nodes, replica.replicas)
+        doc.update(launcher="srun (replica groups)", launch_host=options.here,
+                   argv=lighthouse_argv(replica),
+                   replica_groups=[{"replica": i, "nodes": g,
+                                    "argv": group_argv(settings, i, g)}
+                                   for i, g in enumerate(groups)])
     if as_json:
         echo_json(doc)
         return
     spare = f", {len(doc['spares'])} spare(s)" if doc["spares"] else ""
-    click.echo(f"job {doc['job_id']}: {settings.launcher} on {len(nodes)} node(s) "
+    click.echo(f"job {doc['job_id']}: {doc['launcher']} on {len(nodes)} node(s) "
                f"({','.join(nodes) or 'none'}){spare}, launched from {doc['launch_host']}"
                f"{', resuming' if resume else ''}")
     click.echo(f"  {shlex.join(doc['argv'])}")
+    for g in doc.get("replica_groups", []):
+        click.echo(f"  replica group {g['replica']} on {','.join(g['nodes'])}: "
+                   f"{shlex.join(g['argv'])}")

@@ -118,6 +118,7 @@ class RunTransition(Event):
     nodes: tuple[str, ...] = ()
     launch: int | None = None               # 1 for the first launch, 2 after one relaunch...
     rc: int | None = None                   # the launcher's exit code, once it exited
+    replica: int | None = None              # per-step mode: the replica group it is about
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -42,17 +42,21 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
                 slurmft_cmd: Sequence[str] = (), reschedule_log: str = "",
                 hang_timeout: str = "auto", spares: int = 0,
                 straggler_action: str = "", straggler_factor: float | None = None,
-                straggler_steps: int | None = None) -> dict[str, Any]:
+                straggler_steps: int | None = None, replicas: int = 0) -> dict[str, Any]:
     """Variables for templates/job.sh.j2 (the job wrapper). ``hang_timeout``: auto, off or
     seconds, for ``slurmft run --hang-timeout``. ``spares``: extra nodes the job holds
     (``--nodes`` is then nodes + spares) to replace a lost one. ``straggler_*``: ``slurmft
     run --straggler-action/--straggler-factor/--straggler-steps`` (empty/None: its
-    defaults, no option written)."""
+    defaults, no option written). ``replicas``: per-step mode with torchft (``slurmft run
+    --replicas``; 0: restart mode)."""
     if straggler_action not in ("", "report", "swap", "off"):
         raise RenderError(f"straggler action {straggler_action!r}: use report, swap or off")
     words = shlex.split(train_cmd) if isinstance(train_cmd, str) else list(train_cmd)
     if not words:
         raise RenderError("a training command is required (--train-cmd)")
+    if replicas and (int(nodes) < replicas or int(nodes) % replicas):
+        raise RenderError(f"{nodes} training node(s) do not split into {replicas} replica "
+                          f"groups of equal size: give a multiple of {replicas}")
     if not checkpoint_dir:
         raise RenderError("a checkpoint directory is required (--checkpoint-dir)")
     slurmft = list(slurmft_cmd) or slurmft_argv()
@@ -78,6 +82,7 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "resume": "auto",
         "hang_timeout": hang_timeout,
         "spares": int(spares),
+        "replicas": int(replicas),
         # slurmft run's straggler options, as argv words (none given: its defaults)
         "straggler_args": [
             *(["--straggler-action", straggler_action] if straggler_action else []),
