@@ -78,15 +78,23 @@ def _echo_up(target: Any, name: str, res: Any) -> None:
               envvar="SLURMFT_CLUSTER_SLURM",
               help="docker backend: the Slurm release of the node image, 22.05 (default, "
                    "bookworm), 24.11 (trixie) or 26.05 (sid) (env SLURMFT_CLUSTER_SLURM).")
+@click.option("--rest", is_flag=True,
+              help="netns backend: also run slurmrestd (JWT auth, unix socket); `cluster "
+                   "status` says where its socket and token are.")
 @click.option("--json", "as_json", is_flag=True)
 def cluster_up(nodes: int, name: str, backend: str, no_slurm: bool, epilog: str,
-               subnet: str | None, slurm_release: str | None, as_json: bool) -> None:
+               subnet: str | None, slurm_release: str | None, rest: bool,
+               as_json: bool) -> None:
     """Build the cluster (idempotent: says so if it is already up)."""
     target = adapters.cluster(backend, name)
     if slurm_release and target.backend != "docker":
         raise UsageError("--slurm chooses the docker backend's image: the netns backend runs "
                          "this machine's Slurm (add --backend docker)")
-    extra = {"slurm_release": slurm_release} if slurm_release else {}
+    if rest and target.backend != "netns":
+        raise UsageError("--rest: only the netns backend runs slurmrestd (drop --backend)")
+    extra: dict[str, Any] = {"slurm_release": slurm_release} if slurm_release else {}
+    if rest:
+        extra["rest"] = True
     res = target.up(nodes, slurm=not no_slurm, epilog=epilog, subnet=subnet, **extra)
     if as_json:
         echo_json(res.to_dict())

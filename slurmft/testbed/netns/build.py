@@ -15,6 +15,7 @@ from pathlib import Path
 from slurmft.core.errors import ClusterError, SlurmFTError
 from slurmft.testbed import procs
 from slurmft.testbed.layout import CTL_HOST, Layout, parse_networks, parse_subnet
+from slurmft.testbed.netns import rest as restd
 
 NETNS_DIR = Path("/run/netns")
 
@@ -56,14 +57,15 @@ class Builder:
             return None
         return dest
 
-    def _claim(self, lay: Layout) -> None:
-        """Record the cluster, then route its subnet to nowhere in the root namespace."""
+    def _claim(self, lay: Layout, rest: bool = False) -> None:
+        """Record the cluster, then route its subnet to nowhere in the root namespace.
+        ``rest``: the cluster runs slurmrestd too (``netns/rest.py``)."""
         for d in (lay.state_dir, lay.etc_dir, lay.ssh_dir, lay.log_dir, lay.run_dir,
                   lay.shared_dir, lay.slurmft_state_dir, lay.spool_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._state = {"name": lay.name, "nodes": lay.nodes, "subnet": str(lay.subnet),
                        "slurm": lay.slurm, "epilog": lay.epilog,
-                       "slurm_user": lay.slurm_user, "complete": False,
+                       "slurm_user": lay.slurm_user, "rest": rest, "complete": False,
                        "route": False, "netns": [], "procs": {}, "created": time.time()}
         self._save()
         procs.run(["ip", "route", "add", "unreachable", str(lay.subnet)], what="ip route add")
@@ -125,6 +127,8 @@ class Builder:
         if lay.slurm:
             self._wait(lambda: self._slurm_ready(lay), timeout, "all nodes idle in sinfo",
                        log_hint=lay.log("slurmctld"))
+        if lay.slurm and self._state.get("rest"):
+            self._start_slurmrestd(lay)
         self._state["complete"] = True
         self._save()
 
@@ -161,7 +165,11 @@ class Builder:
             fd = os.open(lay.munge_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(os.urandom(1024))
-            lay.slurm_conf.write_text(lay.slurm_conf_text())
+            conf = lay.slurm_conf_text()
+            if self._state.get("rest"):
+                conf += restd.jwt_conf_text(lay)
+                restd.write_jwt_key(lay)
+            lay.slurm_conf.write_text(conf)
             (lay.spool_dir / "ctld").mkdir(parents=True, exist_ok=True)
             if lay.slurm_user != "root":
                 self._own_ctld_files(lay)
@@ -207,6 +215,18 @@ class Builder:
             ["nsenter", "-t", str(holder.pid), "--net", "--uts", "--mount", "--",
              "/usr/sbin/slurmd", "-D", "-N", node, "-f", str(lay.slurm_conf)],
             lay.log(f"slurmd-{node}-out"), env=self.env()))
+
+    def _start_slurmrestd(self, lay: Layout) -> None:
+        """slurmrestd on the cluster's unix socket, then root's token (``netns/rest.py``)."""
+        paths = restd.rest_paths(lay)
+        restd.make_socket_dir(lay)
+        self._set_proc("ctl:slurmrestd", procs.spawn(
+            restd.restd_argv(lay, str(NETNS_DIR / lay.netns_ctl)), paths.log,
+            env=restd.restd_env(self.env())))
+        self._wait(lambda: paths.socket.exists() or not procs.alive(self._proc("ctl:slurmrestd")),
+                   10, "slurmrestd's socket", log_hint=paths.log)
+        self._check_alive("ctl:slurmrestd", paths.log)
+        restd.issue_token(lay, self.exec_argv, self.env())
 
     def _check_alive(self, key: str, log_file: Path) -> None:
         proc = self._proc(key)

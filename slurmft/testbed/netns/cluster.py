@@ -28,6 +28,7 @@ from slurmft.testbed.layout import (
 )
 from slurmft.testbed.netns.build import NETNS_DIR, Builder
 from slurmft.testbed.netns.faults import FAULT_HANDLERS, NodeFaults
+from slurmft.testbed.netns.rest import check_rest_binaries, rest_paths
 from slurmft.testbed.procs import Proc
 
 log = get_logger(__name__)
@@ -203,6 +204,11 @@ class Cluster(StatePaths, Builder, NodeFaults):
             "SLURMFT_CLUSTER_SHARED": str(lay.shared_dir),
             "SLURMFT_CLUSTER_SUBNET": str(lay.subnet),
         })
+        if (self._state or {}).get("rest"):
+            # where the REST backend finds slurmrestd (SLURMFT_SLURM_BACKEND=rest picks it)
+            rest = rest_paths(lay)
+            env.update({"SLURMFT_SLURM_REST_URL": rest.url,
+                        "SLURMFT_SLURM_REST_TOKEN_FILE": str(rest.token)})
         return env
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
@@ -257,15 +263,21 @@ class Cluster(StatePaths, Builder, NodeFaults):
 
     def up(self, nodes: int = 4, *, slurm: bool = True, epilog: str = "",
            subnet: str | None = None, timeout: float = 30.0,
-           slurm_user: str = "root") -> UpResult:
+           slurm_user: str = "root", rest: bool = False) -> UpResult:
         """Build the cluster and wait until it is usable; a failure tears down what was built.
 
         ``slurm_user``: SlurmUser of slurm.conf (an existing user; slurmctld drops to it and
         runs EpilogSlurmctld as it; it may act on every job and node, as a site's slurm user).
+        ``rest``: also run slurmrestd with JWT auth (``netns/rest.py``; ``status()['rest']``
+        says where its socket and token are).
         """
         validate_nodes(nodes)
         self._require_root("up")
         self.check_binaries(slurm)
+        if rest:
+            if not slurm:
+                raise UsageError("--rest needs Slurm: drop --no-slurm")
+            check_rest_binaries()
         if epilog and not Path(epilog).is_absolute():
             raise UsageError(f"--epilog must be an absolute path, not {epilog!r}")
         if slurm_user != "root":
@@ -297,7 +309,7 @@ class Cluster(StatePaths, Builder, NodeFaults):
                         net = pick_subnet(self.name, nodes, used)
                     lay = Layout(self.name, nodes, net, self.root, slurm=slurm, epilog=epilog,
                                  slurm_user=slurm_user)
-                    self._claim(lay)
+                    self._claim(lay, rest=rest)
                 self._build(lay, timeout)
             except BaseException as exc:
                 if lay is None:
@@ -360,8 +372,10 @@ class Cluster(StatePaths, Builder, NodeFaults):
                     daemons[daemon] = {"pid": p.pid, "state": procs.state(p)}
             nodes.append(asdict(NodeStatus(n, lay.ip(n), lay.netns(n), daemons,
                                            view.get(n, ""), self._link_state(lay, n))))
+        rest = ({"url": rest_paths(lay).url, "token_file": str(rest_paths(lay).token),
+                 "user": "root", "log": str(rest_paths(lay).log)} if st.get("rest") else None)
         return {"name": self.name, "up": self.is_up(), "subnet": str(lay.subnet),
-                "slurm": lay.slurm, "state_dir": str(lay.state_dir),
+                "slurm": lay.slurm, "rest": rest, "state_dir": str(lay.state_dir),
                 "shared_dir": str(lay.shared_dir), "slurm_conf": str(lay.slurm_conf),
                 "ssh_config": str(lay.ssh_config), "controller": ctl, "nodes": nodes}
 
