@@ -19,15 +19,40 @@ if TYPE_CHECKING:
     from slurmft.recovery.rescheduler import Rescheduler
     from slurmft.recovery.state import StateStore
     from slurmft.slurm.client import CommandSlurmClient
+    from slurmft.slurm.rest import RestSlurmClient
     from slurmft.slurm.runner import CommandResult
     from slurmft.testbed.backend import ClusterBackend
 
 
-def slurm_client(cfg: Config) -> CommandSlurmClient:
-    """The site's Slurm client (slurm.timeout, slurm.bin_dir)."""
+def slurm_client(cfg: Config, env: Any = None) -> CommandSlurmClient | RestSlurmClient:
+    """The site's Slurm client: Slurm's commands (slurm.backend cli: slurm.timeout,
+    slurm.bin_dir) or slurmrestd (rest: slurm.rest_url, rest_user, rest_token_file or
+    SLURM_JWT in ``env``, default os.environ; rest_cli_fallback adds the commands' client
+    for what slurmrestd cannot do)."""
     from slurmft.slurm.client import CommandSlurmClient
 
-    return CommandSlurmClient(timeout=cfg.slurm.timeout, bin_dir=cfg.slurm.bin_dir)
+    s = cfg.slurm
+    if s.backend != "rest":
+        return CommandSlurmClient(timeout=s.timeout, bin_dir=s.bin_dir)
+    import getpass
+    import os
+
+    from slurmft.core.errors import ConfigError
+    from slurmft.slurm.rest import HttpTransport, RestSlurmClient, TokenSource
+
+    env = os.environ if env is None else env
+    tokens = TokenSource.from_config(s.rest_token_file, env)
+    user = s.rest_user
+    if not user:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            raise ConfigError("slurm.backend is rest and this process has no user name: "
+                              "set slurm.rest_user") from None
+    transport = HttpTransport(s.rest_url, user, tokens)
+    fallback = (CommandSlurmClient(timeout=s.timeout, bin_dir=s.bin_dir)
+                if s.rest_cli_fallback else None)
+    return RestSlurmClient(transport, timeout=s.timeout, fallback=fallback)
 
 
 def prober(cfg: Config) -> FanoutProber:
@@ -48,7 +73,7 @@ def state_store(cfg: Config, state_dir: str | None = None) -> StateStore:
 class Recovery:
     """What ``reschedule`` and ``watch`` work with."""
 
-    client: CommandSlurmClient
+    client: CommandSlurmClient | RestSlurmClient
     prober: FanoutProber
     rescheduler: Rescheduler
 

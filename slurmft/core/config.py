@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,15 +30,38 @@ import yaml
 
 from slurmft.core.errors import ConfigError
 
+_REST_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
+
+
+#: Backends of the Slurm adapter: Slurm's commands, or slurmrestd (slurmft.slurm.rest).
+SLURM_BACKENDS = ("cli", "rest")
+
 
 @dataclass
 class SlurmConfig:
-    timeout: float = 30.0          # seconds for every Slurm command
+    timeout: float = 30.0          # seconds for every Slurm command (or slurmrestd request)
     bin_dir: str = ""              # where sinfo/scontrol live; empty: PATH
+    backend: str = "cli"           # cli: Slurm's commands; rest: slurmrestd (22.05, v0.0.38)
+    rest_url: str = ""             # slurmrestd: http(s)://HOST:PORT or unix:/PATH/TO/SOCKET
+    rest_user: str = ""            # X-SLURM-USER-NAME; empty: the user running slurmft
+    rest_token_file: str = ""      # file with the JWT (`scontrol token`); empty: env SLURM_JWT
+    rest_cli_fallback: bool = False  # run Slurm's commands for what slurmrestd cannot do
 
     def __post_init__(self) -> None:
         _finite("slurm.timeout", self.timeout)
         _positive("slurm.timeout", self.timeout)
+        if self.backend not in SLURM_BACKENDS:
+            raise ConfigError(f"slurm.backend must be one of {', '.join(SLURM_BACKENDS)}, "
+                              f"not {self.backend!r}")
+        if self.rest_url and not (self.rest_url.startswith(("http://", "https://"))
+                                  or self.rest_url.startswith("unix:/")):
+            raise ConfigError(f"slurm.rest_url must be http://HOST:PORT, https://HOST:PORT or "
+                              f"unix:/PATH (slurmrestd's address), not {self.rest_url!r}")
+        if self.backend == "rest" and not self.rest_url:
+            raise ConfigError("slurm.backend is rest but slurm.rest_url is empty: set it to "
+                              "slurmrestd's address (http://HOST:6820 or unix:/PATH)")
+        if self.rest_user and not _REST_USER_RE.fullmatch(self.rest_user):
+            raise ConfigError(f"slurm.rest_user must be a user name, not {self.rest_user!r}")
 
 
 @dataclass
