@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 APT_PACKAGES := slurm-wlm munge openssh-server openmpi-bin libopenmpi-dev iputils-ping iproute2 \
-	util-linux procps psmisc shellcheck rsync cgroup-tools prometheus nftables
+	util-linux procps psmisc shellcheck rsync cgroup-tools prometheus nftables slurmrestd
 # Binaries whose presence means the apt step is done (promtool: Debian's prometheus, which
 # tests the rendered scrape config and alert rules of `slurmft render deploy`).
 APT_BINARIES := slurmctld slurmd munged /usr/sbin/sshd mpirun ping ip nsenter unshare shellcheck rsync pkill promtool nft
