@@ -9,7 +9,7 @@ APT_PACKAGES := slurm-wlm munge openssh-server openmpi-bin libopenmpi-dev iputil
 	util-linux procps psmisc shellcheck rsync cgroup-tools prometheus nftables slurmrestd
 # Binaries whose presence means the apt step is done (promtool: Debian's prometheus, which
 # tests the rendered scrape config and alert rules of `slurmft render deploy`).
-APT_BINARIES := slurmctld slurmd munged /usr/sbin/sshd mpirun ping ip nsenter unshare shellcheck rsync pkill promtool nft
+APT_BINARIES := slurmctld slurmd munged /usr/sbin/sshd mpirun ping ip nsenter unshare shellcheck rsync pkill promtool nft /usr/sbin/slurmrestd
 PYTEST_ARGS ?=
 
 .PHONY: install apt venv test unit integration demo lint bench clean cluster-up cluster-down help wheel-check
@@ -51,7 +51,7 @@ $(PY):
 # Open MPI (pip caches the wheel, so only the first build costs minutes).
 $(VENV)/.stamp-installed: setup.cfg setup.py | $(PY)
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q --no-binary mpi4py -e ".[mpi,torch,plot,dev]"
+	$(PIP) install -q --no-binary mpi4py -e ".[mpi,torch,torchft,plot,dev]"
 	touch $@
 
 venv: $(VENV)/.stamp-installed

@@ -138,6 +138,7 @@ class _Group:
     launches: int = 0
     done: bool = False
     retired: bool = False        # no nodes or no budget left for it: the run goes on without it
+    lost_node: bool = False      # ended by the supervisor: a node of it left the job
     history: list[int] = field(default_factory=list)    # exit codes
 
 
@@ -221,6 +222,9 @@ class ReplicaSupervisor(Supervisor):
                 continue
             g.proc = None
             g.history.append(rc)
+            if g.lost_node:          # ended here because its node left: whatever srun said
+                g.lost_node = False
+                rc = rc or 1
             if rc == 0:
                 g.done = True
                 self._emit(g, RunState.DONE, "replica group finished", rc=0)
@@ -286,6 +290,7 @@ class ReplicaSupervisor(Supervisor):
                             fold(sorted(set(g.nodes) - allocation)), g.replica,
                             extra={"job": str(self.options.job_id)})
                 self._end(g.proc)
+                g.lost_node = True
 
     # ------------------------------------------------------------------ processes
     def _launch_group(self, g: _Group, *, relaunch: bool = False) -> None:

@@ -149,12 +149,20 @@ def test_no_group_left_hands_the_job_to_a_requeue(tmp_path):
 
 
 def test_sigusr2_ends_only_the_group_on_the_node_that_left(tmp_path):
+    # srun ended with TERM may exit 0: the group is relaunched all the same, never "done"
     sup, procs, _, _ = make(tmp_path, nodelist="node[1-5]", spares=1,
-                            launches=[[None] * 8 + [0], FOREVER, [None, 0]],
+                            launches=[[None] * 8 + [0], [None] * 3 + [0], [None, 0]],
                             allocations=[["node1", "node2", "node3", "node5"],   # at SIGUSR2
                                          ["node1", "node2", "node3", "node5"]])  # after probe
     asked = iter([True])
-    sup.sleep = lambda s: next(asked, False) and sup.on_relaunch_signal()
+
+    def sleep(_):
+        if next(asked, False):
+            group1 = procs.procs[2]
+            group1.terminate = lambda: (group1.signals.append("TERM"),
+                                        setattr(group1, "rc", 0))
+            sup.on_relaunch_signal()
+    sup.sleep = sleep
     assert sup.run() == 0
     assert procs.procs[2].signals == ["TERM"]         # group 1 (node4 left) was ended
     assert procs.procs[1].signals == []
