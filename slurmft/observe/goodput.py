@@ -4,6 +4,9 @@
             = samples trained / (wall x fault-free samples per second)     (fixed global batch)
 
 * **useful steps**: the steps of the final lineage. A step redone after a resume counts once.
+  A step that trained only part of the global batch counts as that part: its record's
+  ``batch_share`` (per-step mode with torchft: a step that k of R replica groups took part in
+  trains k/R of the batch, in a full step's time). Records without it count 1.
 * **fault-free step time**: the median time from one step to the next of the same attempt, on
   the full world size, in a run without faults, measured in the same run (``bench/goodput.py``:
   its ``nofault`` variant; the demo: its own steps before the fault). Checkpoint saves, start-up
@@ -27,7 +30,8 @@ NOT_TRAINING = 0      # the world size of the seconds no attempt was running (ou
 
 @dataclass(frozen=True)
 class Goodput:
-    useful_steps: int                 # steps in the final lineage (each counted once)
+    useful_steps: float               # steps in the final lineage (each counted once, weighted
+                                      # by its batch_share)
     fault_free_step_s: float | None   # None: no fault-free step was measured
     wall_s: float
     completed: bool
@@ -145,6 +149,16 @@ def describe_world_sizes(seconds: Mapping[int, float]) -> str:
                      for ws, s in seconds.items()) or "no records"
 
 
+def batch_share(rec: Mapping) -> float:
+    """The part of the global batch a step record trained (``batch_share``, in [0, 1];
+    default 1)."""
+    try:
+        share = float(rec.get("batch_share", 1.0))
+    except (TypeError, ValueError):
+        return 1.0
+    return min(1.0, max(0.0, share)) if share == share else 1.0
+
+
 def measure(records: Sequence[Mapping], planned_steps: int, fault_free_step_s: float | None,
             end_t: float | None = None) -> Goodput:
     """Goodput of a run, given the fault-free step time at full size (see the module doc).
@@ -152,7 +166,10 @@ def measure(records: Sequence[Mapping], planned_steps: int, fault_free_step_s: f
     if not records:
         return Goodput(0, fault_free_step_s, 0.0, completed=False)
     lineage = final_lineage(records)
-    useful = sum(1 for s in lineage if 0 <= s < planned_steps)
+    useful: float = round(sum(batch_share(rec) for s, rec in lineage.items()
+                              if 0 <= s < planned_steps), 3)
+    if useful.is_integer():
+        useful = int(useful)          # every step a whole one (restart mode): a step count
     done = [r for r in records if r["event"] == "done"]
     completed = bool(done) and bool(lineage) and max(lineage) == planned_steps - 1
     t0 = records[0]["t"]

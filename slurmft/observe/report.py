@@ -54,7 +54,7 @@ class RecoverySummary:
     running_again_s: float | None
     first_step_after_resume_s: float | None
     wall_s: float
-    useful_steps: int
+    useful_steps: float               # batch-share weighted (an int in restart mode)
     fault_free_step_s: float | None   # full size, no fault (see slurmft.observe.goodput)
     useful_s: float | None            # useful_steps x fault_free_step_s
     goodput: float | None             # None only when no fault-free step could be measured

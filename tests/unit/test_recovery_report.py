@@ -198,3 +198,21 @@ def test_unknown_fault_free_step_time_gives_no_goodput():
             {"t": 1.0, "event": "step", "step": 0, "loss": 1.0, "world_size": 4}]
     s = summarize(recs, 10)
     assert s.goodput is None and s.useful_steps == 1 and not s.completed
+
+
+def test_a_step_that_trained_part_of_the_batch_counts_as_that_part():
+    # per-step mode: 4 steps with both replica groups, 4 with one of two (half the batch)
+    recs = [{"t": 0.0, "event": "start", "world_size": 2}]
+    recs += [{"t": 1.0 + i, "event": "step", "step": i, "world_size": 2, "batch_share": 1.0}
+             for i in range(4)]
+    recs += [{"t": 5.0 + i, "event": "step", "step": 4 + i, "world_size": 1, "batch_share": 0.5}
+             for i in range(4)]
+    recs.append({"t": 8.0, "event": "done", "step": 7})
+    g = measure(recs, 8, fault_free_step_s=1.0)
+    assert g.useful_steps == pytest.approx(6.0)          # 4 x 1 + 4 x 0.5
+    assert g.value == pytest.approx(6.0 / 8.0)
+    whole = [{k: v for k, v in r.items() if k != "batch_share"} for r in recs]
+    assert measure(whole, 8, 1.0).useful_steps == 8 and isinstance(
+        measure(whole, 8, 1.0).useful_steps, int)        # restart mode: a plain step count
+    odd = [*recs[:-1], {"t": 9.0, "event": "step", "step": 8, "batch_share": "x"}]
+    assert measure(odd, 9, 1.0).useful_steps == pytest.approx(7.0)   # unreadable: counts 1
