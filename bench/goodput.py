@@ -62,7 +62,11 @@ from slurmft.testbed.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, 
 VARIANTS = ("slurmft", "slurm", "classic")
 #: Run only when asked (--variants ...,spare): slurmft's wrapper with one hot spare (a cluster of
 #: nodes + 1; the job trains on `nodes` and replaces the first lost node with the spare).
-EXTRA_VARIANTS = ("spare",)
+#: slurmft-torchft: per-step mode (`slurmft run --replicas NODES --spares 1`, one replica group
+#: per node, torchft's lighthouse on the batch host) on nodes + 1, with the watcher.
+EXTRA_VARIANTS = ("spare", "slurmft-torchft")
+#: Variants whose job holds one spare node on top of --nodes (their cluster has nodes + 1).
+WITH_SPARE = ("spare", "slurmft-torchft")
 BASELINE = "nofault"         # the same wrapper, no fault: always run; its step time scores all
 FAULT_KINDS = ("link-down", "kill-slurmd", "kill-job-procs")
 #: Drawn only when asked (--faults ...,hang): SIGSTOP of one training rank, SIGCONT at repair.
@@ -268,11 +272,11 @@ def phase_table(results: list[VariantResult]) -> list[str]:
         for kind, ps in sorted(by_kind.items()):
             cols = " ".join(f"{statistics.median(p[k] for p in ps):>9.2f}"
                             for k in (*RESTART_PHASES, "total_s"))
-            rows.append(f"{v:<8} {kind:<15} {len(ps):>3} {cols}")
+            rows.append(f"{v:<15} {kind:<15} {len(ps):>3} {cols}")
     if not rows:
         return []
     head = " ".join(f"{k.removesuffix('_s'):>9}" for k in (*RESTART_PHASES, "total_s"))
-    return [f"{'variant':<8} {'fault':<15} {'n':>3} {head}", *rows,
+    return [f"{'variant':<15} {'fault':<15} {'n':>3} {head}", *rows,
             *(f"  {k}: {what}" for k, what in RESTART_PHASES.items())]
 
 
@@ -312,7 +316,8 @@ class Run:
         self.a = a
         self.rng = rng
         self.demo = Demo(DemoOptions(name=f"gp-{variant}", nodes=a.nodes, steps=a.steps,
-                                     spares=1 if variant == "spare" else 0,
+                                     spares=1 if variant in WITH_SPARE else 0,
+                                     replicas=a.nodes if variant == "slurmft-torchft" else 0,
                                      step_time=a.step_time, step_interval=a.step_interval,
                                      watch_interval=a.watch_interval,
                                      probe_timeout=a.probe_timeout))
@@ -339,7 +344,7 @@ class Run:
         return self.result
 
     def _script(self, work: Path, ckpt: Path, progress: Path) -> str:
-        if self.v in ("slurmft", "spare", BASELINE):   # nofault: the same wrapper, no fault
+        if self.v in ("slurmft", "spare", "slurmft-torchft", BASELINE):   # nofault: the same wrapper, no fault
             return self.demo.job_script(work, ckpt, progress)
         a, o = self.a, self.demo.o
         train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(a.steps),
@@ -365,7 +370,7 @@ class Run:
         if cp.returncode != 0:
             raise SlurmFTError(f"sbatch failed: {cp.stderr.strip()}")
         job_id = res.job_id = int(cp.stdout.strip().split(";")[0])
-        if self.v in ("slurmft", "spare"):
+        if self.v in ("slurmft", *WITH_SPARE):
             self.demo.start_watcher(job_id, work / "watch.log")
         self.say(f"job {job_id} submitted ({a.steps} steps, step time {a.step_time:g} s, "
                  f"checkpoint every {a.step_interval} steps)")
@@ -453,7 +458,7 @@ class Run:
         # kill-job-procs on the batch host would kill the batch script itself, not a rank.
         spare = kind == "kill-job-procs" or self.a.spare_batch_host
         nodes = [n for n in job.nodes if not (spare and n == job.batch_host)]
-        if self.v == "spare":       # a fault costs something only on a node that trains
+        if self.v in WITH_SPARE:    # a fault costs something only on a node that trains
             training = self._training_nodes()
             nodes = [n for n in nodes if n in training] if training else nodes
         if not nodes:
@@ -470,11 +475,16 @@ class Run:
         return Fault(t, kind, node, latest, latest_step, what)
 
     def _training_nodes(self) -> set[str]:
-        """The nodes of the supervisor's latest launch (its `run` events in the audit file)."""
+        """The nodes of the supervisor's latest launch (its `run` events in the audit file);
+        per-step mode: of every replica group's latest launch."""
         audit = AuditFile(self.cluster.shared_dir / "slurmft" / "audit.jsonl")
-        launches = [e for e in audit.events()
-                    if isinstance(e, RunTransition) and e.state == "launching"]
-        return set(launches[-1].nodes) if launches else set()
+        launches = [e for e in audit.events() if isinstance(e, RunTransition)
+                    and e.state in ("launching", "relaunching") and e.nodes]
+        per_group = {e.replica: e.nodes for e in launches if e.replica is not None}
+        if per_group:
+            return {n for nodes in per_group.values() for n in nodes}
+        plain = [e for e in launches if e.state == "launching"]
+        return set(plain[-1].nodes) if plain else set()
 
     def _repair(self, f: Fault) -> None:
         try:
@@ -567,14 +577,14 @@ def _f(x, fmt="{:.1f}") -> str:
 
 
 def table(results: list[VariantResult]) -> str:
-    head = (f"{'variant':<8} {'seed':>4} {'wall s':>7} {'goodput':>8} {'faults':>6} {'recov':>5} "
+    head = (f"{'variant':<15} {'seed':>4} {'wall s':>7} {'goodput':>8} {'faults':>6} {'recov':>5} "
             f"{'med rec s':>9} {'max rec s':>9} {'lost':>5} {'done':>5} {'stale':>5}  final; "
             f"seconds at each world size")
     rows = [head, "-" * len(head)]
     for r in results:
         rec = r.recoveries
         rows.append(
-            f"{r.variant:<8} {r.seed:>4} {_f(r.wall_s):>7} {_f(r.goodput, '{:.1%}'):>8} {len(r.faults):>6} "
+            f"{r.variant:<15} {r.seed:>4} {_f(r.wall_s):>7} {_f(r.goodput, '{:.1%}'):>8} {len(r.faults):>6} "
             f"{len(rec):>5} {_f(statistics.median(rec) if rec else None):>9} "
             f"{_f(max(rec) if rec else None):>9} {r.steps_lost:>5} "
             f"{'yes' if r.completed else 'NO':>5} {r.stale_resumes:>5}  "
@@ -592,7 +602,7 @@ def table(results: list[VariantResult]) -> str:
 def fault_lines(r: VariantResult) -> list[str]:
     out = []
     for f in r.faults:
-        out.append(f"  {r.variant:<8} s{r.seed:<3} {f.kind:<15} {f.node:<6} latest ckpt step "
+        out.append(f"  {r.variant:<15} s{r.seed:<3} {f.kind:<15} {f.node:<6} latest ckpt step "
                    f"{_f(f.latest_step, '{}'):>5} -> resumed from {_f(f.resumed_from, '{}'):>5}, "
                    f"recovery {_f(f.recovery_s, '{:.1f}'):>6} s (no step for "
                    f"{_f(f.downtime_s, '{:.1f}'):>5} s), lost {_f(f.steps_lost, '{}'):>3}"
@@ -670,7 +680,7 @@ def print_report(results: list[VariantResult], fault_every: float) -> None:
         for line in fault_lines(r):
             print(line)
         for n in r.notes:
-            print(f"  {r.variant:<8} note: {n}")
+            print(f"  {r.variant:<15} note: {n}")
     print()
     phases = phase_table(results)
     if phases:
@@ -681,7 +691,7 @@ def print_report(results: list[VariantResult], fault_every: float) -> None:
         runs = [r for r in results if r.variant == v]
         goodputs = [r.goodput for r in runs if r.goodput is not None]
         if goodputs:
-            print(f"{v:<8} mean goodput {statistics.mean(goodputs):.1%} over {len(goodputs)} "
+            print(f"{v:<15} mean goodput {statistics.mean(goodputs):.1%} over {len(goodputs)} "
                   f"run(s) (min {min(goodputs):.1%}, max {max(goodputs):.1%}); completed "
                   f"{sum(r.completed for r in runs)}/{len(runs)}; stale resumes "
                   f"{sum(r.stale_resumes for r in runs)}")

@@ -42,6 +42,8 @@ from slurmft.testbed import Cluster
 log = get_logger(__name__)
 
 EXAMPLE_TRAIN = Path(str(files("slurmft") / "examples" / "train.py"))   # package data
+#: Per-step mode's training (one torchft replica group): DemoOptions.replicas
+EXAMPLE_TRAIN_TORCHFT = Path(str(files("slurmft") / "examples" / "train_torchft.py"))
 
 
 @dataclass
@@ -49,6 +51,7 @@ class DemoOptions:
     name: str = "sft-demo"
     nodes: int = 4                  # nodes the training runs on
     spares: int = 0                 # extra nodes the job holds to replace a lost one
+    replicas: int = 0               # per-step mode with torchft: replica groups (0: restart mode)
     steps: int = 300
     step_time: float = 0.1          # simulated compute per step on all `nodes` ranks (s); on
                                     # k ranks a step takes nodes/k as long (see sample_time)
@@ -253,7 +256,8 @@ class Demo:
         cfg = RescheduleConfig(state_dir=str(self.cluster.shared_dir / "slurmft"), slots=1,
                                mpirun_args=mpirun_args(self.cluster),
                                ssh_args=f"-F {self.cluster.ssh_config_path}")
-        train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(o.steps),
+        script = EXAMPLE_TRAIN_TORCHFT if o.replicas else EXAMPLE_TRAIN
+        train = [sys.executable, str(script), "--steps", str(o.steps),
                  "--global-batch", str(o.global_batch),
                  "--sample-time", f"{sample_time(o.step_time, o.nodes, o.global_batch):.9g}",
                  "--step-interval", str(o.step_interval),
@@ -262,7 +266,8 @@ class Demo:
                           job_name="slurmft-demo", nodes=o.nodes, work_dir=str(work),
                           output=str(work / "job.out"),
                           slurmft_cmd=slurmft_cmd or slurmft_argv(),
-                          reschedule_log=str(work / "reschedule.log"), spares=o.spares)
+                          reschedule_log=str(work / "reschedule.log"), spares=o.spares,
+                          replicas=o.replicas)
         return render("job.sh.j2", ctx)
 
     def start_watcher(self, job_id: int, log_path: Path) -> None:
