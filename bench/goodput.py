@@ -44,6 +44,7 @@ import random
 import shlex
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -64,9 +65,15 @@ VARIANTS = ("slurmft", "slurm", "classic")
 #: nodes + 1; the job trains on `nodes` and replaces the first lost node with the spare).
 #: slurmft-torchft: per-step mode (`slurmft run --replicas NODES --spares 1`, one replica group
 #: per node, torchft's lighthouse on the batch host) on nodes + 1, with the watcher.
-EXTRA_VARIANTS = ("spare", "slurmft-torchft")
+#: torchft-runner: torchft's own way on Slurm (its examples/slurm/runner.py): each replica is a
+#: one-node Slurm job, a loop resubmits a replica whose job is gone every 10 s, no health
+#: check, no exclusion; the lighthouse on the controller host; nodes + 1 in the cluster.
+EXTRA_VARIANTS = ("spare", "slurmft-torchft", "torchft-runner")
 #: Variants whose job holds one spare node on top of --nodes (their cluster has nodes + 1).
 WITH_SPARE = ("spare", "slurmft-torchft")
+#: torchft-runner's loop: seconds between two looks at the replicas' jobs (runner.py's sleep).
+RUNNER_POLL_S = 10.0
+LIGHTHOUSE_PORT = 29510
 BASELINE = "nofault"         # the same wrapper, no fault: always run; its step time scores all
 FAULT_KINDS = ("link-down", "kill-slurmd", "kill-job-procs")
 #: Drawn only when asked (--faults ...,hang): SIGSTOP of one training rank, SIGCONT at repair.
@@ -316,7 +323,7 @@ class Run:
         self.a = a
         self.rng = rng
         self.demo = Demo(DemoOptions(name=f"gp-{variant}", nodes=a.nodes, steps=a.steps,
-                                     spares=1 if variant in WITH_SPARE else 0,
+                                     spares=1 if variant in (*WITH_SPARE, "torchft-runner") else 0,
                                      replicas=a.nodes if variant == "slurmft-torchft" else 0,
                                      step_time=a.step_time, step_interval=a.step_interval,
                                      watch_interval=a.watch_interval,
@@ -533,13 +540,152 @@ class Run:
         if out is not None:
             keep = Path(keep_dir(out, self.v, self.a.seed, len(self.a.seeds)))
             keep.mkdir(parents=True, exist_ok=True)
-            for name in ("progress.jsonl", "job.out", "watch.log", "reschedule.log", "job.sh"):
+            for name in ("progress.jsonl", "job.out", "watch.log", "reschedule.log", "job.sh",
+                         "lighthouse.log"):
                 if (work / name).exists():
                     (keep / name).write_bytes((work / name).read_bytes())
             audit = self.cluster.shared_dir / "slurmft" / "audit.jsonl"
             if audit.exists():
                 (keep / "audit.jsonl").write_bytes(audit.read_bytes())
         attach_phases(res.faults, records, self.cluster.shared_dir / "slurmft" / "audit.jsonl")
+
+
+def runner_script(*, replica: int, replicas: int, work: Path, train: list[str]) -> str:
+    """One replica of torchft-runner: a one-node job that runs the training itself."""
+    q = shlex.quote
+    return f"""#!/bin/bash
+#SBATCH --job-name=tft-replica-{int(replica)}
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --no-requeue
+#SBATCH --open-mode=append
+#SBATCH --output={q(str(work / 'job.out'))}
+#SBATCH --chdir={q(str(work))}
+MASTER_ADDR="$(hostname)"
+export MASTER_ADDR TORCHFT_LIGHTHOUSE=http://ctl:{LIGHTHOUSE_PORT} REPLICA_GROUP_ID={int(replica)}
+export NUM_REPLICA_GROUPS={int(replicas)} MASTER_PORT={29600 + int(replica)}
+exec {shlex.join(train)}
+"""
+
+
+class RunnerRun(Run):
+    """torchft-runner: torchft's own Slurm runner, as its examples/slurm/runner.py does it
+    (one job per replica, a loop that resubmits a replica whose job is not there, every
+    ``RUNNER_POLL_S``), with the same training script, fault schedule and repairs. A replica
+    job PENDING counts as alive (runner.py counts only RUNNING ones and would submit
+    duplicates)."""
+
+    def _execute(self) -> None:
+        a, c = self.a, self.cluster
+        up = self.demo.bring_up()
+        self.say(f"cluster up in {up.seconds:.1f} s: {', '.join(up.nodes)}")
+        work = c.shared_dir / "gp"
+        ckpt, progress = work / "checkpoints", work / "progress.jsonl"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        from slurmft.testbed.demo import EXAMPLE_TRAIN_TORCHFT
+
+        o = self.demo.o
+        train = [sys.executable, str(EXAMPLE_TRAIN_TORCHFT), "--steps", str(a.steps),
+                 "--global-batch", str(o.global_batch),
+                 "--sample-time", f"{sample_time(a.step_time, a.nodes, o.global_batch):.9g}",
+                 "--step-interval", str(a.step_interval),
+                 "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
+        self.scripts = []
+        for i in range(a.nodes):
+            path = work / f"replica-{i}.sh"
+            path.write_text(runner_script(replica=i, replicas=a.nodes, work=work, train=train))
+            self.scripts.append(path)
+        lighthouse = str(Path(sys.executable).parent / "torchft_lighthouse")
+        with open(work / "lighthouse.log", "ab") as log:
+            self.lighthouse = subprocess.Popen(
+                c.exec_argv([lighthouse, "--min_replicas", "1", "--bind",
+                             f"0.0.0.0:{LIGHTHOUSE_PORT}", "--join_timeout_ms", "1000",
+                             "--quorum_tick_ms", "100", "--heartbeat_timeout_ms", "2000"]),
+                env=c.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        self.say(f"lighthouse pid {self.lighthouse.pid} on ctl; {a.nodes} replica jobs, "
+                 f"resubmitted every {RUNNER_POLL_S:g} s when gone")
+        try:
+            self._follow_runner(ckpt, progress)
+        finally:
+            end_t = time.time()
+            try:
+                os.killpg(self.lighthouse.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            self._collect(work, progress, end_t)
+
+    def _alive(self, client) -> dict[int, object]:
+        """replica id -> its job, for the replicas with a job pending or running."""
+        out = {}
+        for j in client.jobs():
+            if j.name.startswith("tft-replica-") and not j.has_ended:
+                out[int(j.name.rsplit("-", 1)[1])] = j
+        return out
+
+    def _follow_runner(self, ckpt: Path, progress: Path) -> None:
+        from types import SimpleNamespace
+
+        a, c, res = self.a, self.cluster, self.result
+        client = c.slurm_client()
+        store = Store(ckpt)
+        deadline = time.monotonic() + a.variant_timeout
+        next_poll, next_fault, last_report = 0.0, None, 0.0
+        repairs: list[tuple[float, Fault]] = []
+        to_resume: dict[str, float] = {}
+        while True:
+            now = time.time()
+            recs = _records(progress)
+            if any(r["event"] == "done" for r in recs):
+                res.final_state = "COMPLETED"
+                self.say("training done")
+                break
+            if time.monotonic() > deadline:
+                res.notes.append(f"hard timeout {a.variant_timeout:g} s")
+                break
+            last_t = recs[-1]["t"] if recs else 0.0
+            if recs and now - max(last_t, res.faults[-1].t if res.faults else 0.0) > a.stall:
+                res.notes.append(f"stalled: no progress for {a.stall:g} s")
+                res.final_state = "stalled"
+                break
+            try:
+                alive = self._alive(client)
+            except SlurmFTError as exc:
+                self.say(f"  (squeue: {exc})")
+                time.sleep(1)
+                continue
+            if now >= next_poll:           # runner.py's monitor(): resubmit what is gone
+                next_poll = now + RUNNER_POLL_S
+                for i, script in enumerate(self.scripts):
+                    if i not in alive:
+                        cp = c.run(["sbatch", "--parsable", str(script)], timeout=30)
+                        self.say(f"  replica {i}: no job; sbatch -> "
+                                 f"{cp.stdout.strip() or cp.stderr.strip()}")
+            first = next((r["t"] for r in recs if r["event"] == "step"), None)
+            if next_fault is None and first is not None:
+                next_fault = first + a.fault_every
+            running = sorted({n for j in alive.values() if j.state == "RUNNING" for n in j.nodes})
+            if next_fault is not None and now >= next_fault and running:
+                f = self._inject(SimpleNamespace(nodes=running, batch_host=None), store)
+                if f is not None:
+                    res.faults.append(f)
+                    if f.kind in REPAIR:
+                        repairs.append((f.t + a.repair_after, f))
+                    next_fault = now + a.fault_every
+            for due, f in list(repairs):
+                if now >= due:
+                    repairs.remove((due, f))
+                    self._repair(f)
+                    to_resume[f.node] = now + 90
+            if to_resume:
+                self._resume_drained(to_resume)
+            if now - last_report >= 15:
+                last_report = now
+                self.say(f"  replicas alive {sorted(alive)} on {','.join(running) or '-'}; "
+                         f"{_last_step_line(recs)}; latest ckpt {store.latest_name()}")
+            time.sleep(0.5)
+        for j in self._alive(client).values():
+            c.run(["scancel", str(j.job_id)], timeout=30)
 
 
 def keep_dir(out: Path, variant: str, seed: int, n_seeds: int) -> str:
@@ -756,7 +902,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in a.seeds:
             a.seed = seed
             for v in a.variants:
-                run = Run(v, a, random.Random(seed))   # the same fault sequence for each
+                kind = RunnerRun if v == "torchft-runner" else Run
+                run = kind(v, a, random.Random(seed))   # the same fault sequence for each
                 results.append(run.result)
                 runs.append(run)
                 run.execute()

@@ -154,3 +154,19 @@ def test_no_audit_file_means_no_phases(gp, tmp_path):
     gp.attach_phases([fault], records(), tmp_path / "missing.jsonl")
     assert fault.phases is None and gp.phase_table([gp.VariantResult("x", "c",
                                                                        faults=[fault])]) == []
+
+
+def test_the_torchft_runner_replica_job_passes_shellcheck_and_says_who_it_is(gp, tmp_path):
+    text = gp.runner_script(replica=2, replicas=4, work=Path("/w k"),
+                            train=["python", "train_torchft.py", "--steps", "9"])
+    script = tmp_path / "r.sh"
+    script.write_text(text)
+    if shutil.which("shellcheck"):
+        proc = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True,
+                              text=True, check=False)
+        assert proc.returncode == 0, proc.stdout
+    assert "#SBATCH --job-name=tft-replica-2" in text and "#SBATCH --no-requeue" in text
+    assert "REPLICA_GROUP_ID=2" in text and "NUM_REPLICA_GROUPS=4" in text
+    assert "MASTER_PORT=29602" in text and "#SBATCH --chdir='/w k'" in text
+    assert text.rstrip().endswith("exec python train_torchft.py --steps 9")
+    assert "torchft-runner" in gp.parse_args(["--variants", "torchft-runner"]).variants
