@@ -34,11 +34,15 @@ At start a group loads the newest verified checkpoint there (after losing every 
 comes back from its own latest), and the first quorum brings the groups that are behind up to
 date by live recovery from one that is furthest ahead.
 
-Progress records (JSON lines in ``--log-jsonl``, as ``train.py``'s): ``step``, ``save`` and
-``done`` come only from group rank 0 of the group at rank 0 of the step's quorum, so the file
-holds one stream of steps while groups come and go; steps torchft did not commit are not
-recorded. ``start``, ``resume`` (this group continues from its checkpoint), ``heal`` (its state
-came from a peer) and ``stopped`` come from group rank 0 of the group they are about.
+Progress records (JSON lines in ``--log-jsonl``, as ``train.py``'s, each with ``t``, ``event``,
+``attempt`` (this process's launch) and ``replica`` (the group that wrote it)): ``step`` (with
+``loss``, ``step_s``, ``world_size`` = ranks that took part, ``replicas`` = groups that took
+part), ``save`` and ``done`` come only from group rank 0 of the group at rank 0 of the step's
+quorum, so the file holds one stream of steps while groups come and go; steps torchft did not
+commit are not recorded. ``start`` (``world_size`` = all groups' ranks), ``resume`` (at this
+launch's first committed step: the group trained on from its own checkpoint, ``from_step``),
+``heal`` (a committed step whose state came from a peer; ``since_start_s``: seconds since the
+process started) and ``stopped`` come from group rank 0 of the group they are about.
 
 SIGUSR1/SIGTERM: save at the next step boundary and exit 143. Exit 0 when ``--steps`` are
 committed; 1 when torchft gives up (quorum or store timeouts, lighthouse gone); 2 bad input;
@@ -59,16 +63,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import torch
+PROCESS_STARTED = time.time()   # before torch is imported: "heal" says how long a rejoin took
 
-from slurmft.checkpoint import CheckpointManager, CheckpointPolicy
-from slurmft.checkpoint.torch import TorchCheckpointer
-from slurmft.core.errors import CheckpointError, ConfigError, FencedError, SlurmFTError
+import torch  # noqa: E402
+
+from slurmft.checkpoint import CheckpointManager, CheckpointPolicy  # noqa: E402
+from slurmft.checkpoint.torch import TorchCheckpointer  # noqa: E402
+from slurmft.core.errors import CheckpointError, ConfigError, FencedError, SlurmFTError  # noqa: E402
 
 PROG = "train_torchft.py"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FENCED, EXIT_STOPPED = 0, 1, 2, 3, 143
 FEATURES = 16
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?$")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252}[A-Za-z0-9])?$")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -363,7 +369,9 @@ class Replica:
         """One torchft step; returns its result and whether any rank of the group was asked
         to stop (the group decides together)."""
         self.optimizer.zero_grad(set_to_none=False)      # starts the step's quorum
-        quorum_rank = self.manager.participating_rank()  # waits for it (and any healing)
+        # Wait for it (and the fetch of a peer's state when healing): the group's share of
+        # the batch is its rank in the quorum, so the forward pass cannot overlap the quorum.
+        quorum_rank = self.manager.participating_rank()
         participants = self.manager.num_participants()
         healing = not self.manager.is_participating()
         step = self.manager.current_step()
@@ -454,7 +462,6 @@ def load_checkpoint(ckpt: CheckpointManager, torch_ckpt: TorchCheckpointer,
 
 def train(args: argparse.Namespace, env: ReplicaEnv, plan: BatchPlan) -> int:
     torch.set_num_threads(1)
-    started = time.time()
     lead = env.rank == 0
     log = ProgressLog(args.log_jsonl, lead, env.replica_id)
     policy = CheckpointPolicy(interval=args.interval, step_interval=args.step_interval,
@@ -477,6 +484,7 @@ def train(args: argparse.Namespace, env: ReplicaEnv, plan: BatchPlan) -> int:
         if torchft_state:
             replica.manager.load_state_dict(torchft_state)
         origin_known = False      # whether this launch said where its state came from
+        waiting_said = 0.0        # when it last said it waits for more groups
         last = next_step - 1
         while replica.manager.current_step() < args.steps:
             t0 = time.perf_counter()
@@ -488,7 +496,7 @@ def train(args: argparse.Namespace, env: ReplicaEnv, plan: BatchPlan) -> int:
                 if res.healed:
                     # Live recovery: the state of this step came from a peer.
                     log.write("heal", step=res.step, from_step=next_step - 1,
-                              since_start_s=round(time.time() - started, 3))
+                              since_start_s=round(time.time() - PROCESS_STARTED, 3))
                 elif not origin_known and loaded:
                     # This group trained on from its own checkpoint (no peer was ahead of
                     # it): the steps after it are redone.
@@ -505,16 +513,25 @@ def train(args: argparse.Namespace, env: ReplicaEnv, plan: BatchPlan) -> int:
             elif res.error and lead:
                 print(f"replica {env.replica_id}: step {res.step} not committed: {res.error}",
                       file=sys.stderr, flush=True)
-            stopping = stop or ckpt.should_stop
+            elif lead and time.monotonic() - waiting_said > 10:
+                waiting_said = time.monotonic()
+                print(f"replica {env.replica_id}: step {res.step} not committed: "
+                      f"{res.participants} group(s) took part, --min-replicas is "
+                      f"{args.min_replicas}", file=sys.stderr, flush=True)
+            # One rank: its own flag. More: the flag the group agreed on in this step (a
+            # signal that came after the vote counts at the next step, on every rank alike).
+            stopping = stop or (replica.intra is None and ckpt.should_stop)
             final = replica.manager.current_step() >= args.steps
-            due = lead and res.committed and ckpt.should_save(res.step)
+            if lead and res.committed:
+                due = ckpt.should_save(res.step)          # beats the heartbeat too
+            else:
+                due = False
+                ckpt.beat(res.step)     # waiting for peers is not a hang
             if lead and last >= 0 and (due or final or stopping):
                 ckpt.save(torch_ckpt.state(last, extra={"torchft": replica.manager.state_dict()}),
                           last, wait=final or stopping)
                 if writer or stopping:
                     log.write("save", step=last)
-            elif not lead:
-                ckpt.beat(res.step)
             if stopping and not final:
                 ckpt.close()
                 log.write("stopped", step=last, reason="signal")
@@ -565,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except (RuntimeError, TimeoutError, OSError) as exc:
         # torchft gave up: no quorum in time, the lighthouse or the group's store unreachable.
-        print(f"{PROG}: replica {env.replica_id}: torchft failed: {_first_line(exc)}",
+        print(f"{PROG}: replica {env.replica_id} stopped: {_first_line(exc)}",
               file=sys.stderr, flush=True)
         return EXIT_FAILED
 
