@@ -13,7 +13,7 @@ import click
 
 from slurmft.cli import adapters
 from slurmft.cli.options import FiniteFloat, count, echo_json, get_config, job_id_type
-from slurmft.core.errors import ExitCode, PolicyError, SlurmFTError
+from slurmft.core.errors import ExitCode, PolicyError, SlurmFTError, UsageError
 
 
 def _echo_refusal(exc: PolicyError, job_id: int, as_json: bool) -> None:
@@ -65,12 +65,19 @@ def _echo_refusal(exc: PolicyError, job_id: int, as_json: bool) -> None:
 @click.option("--restart-count", type=count(0), default=None,
               help="With --in-place: the caller's SLURM_RESTART_COUNT. If Slurm requeued the "
                    "job since, the caller is a copy left behind: exit 6, change nothing.")
+@click.option("--regain", "regain_nodes", type=count(1), default=None, metavar="N",
+              help="Asked by the job's supervisor (slurmft run --total-steps) when a job "
+                   "that shrank sees its nodes return and the rest of the run at full size "
+                   "saves more than a requeue costs: probe the nodes it excluded, requeue it "
+                   "at up to N nodes with the healthy ones back (the others stay excluded). "
+                   "Spends no retry.")
 @click.pass_context
 def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool,
                    max_retry: int | None, min_nodes: int | None, no_drain: bool, settle: float,
                    nodes_hint: str | None, train_cmd: str | None, checkpoint_dir: str | None,
                    state_dir: str | None, wait: float, restart_failed: bool,
-                   in_place: bool, restart_count: int | None) -> None:
+                   in_place: bool, restart_count: int | None,
+                   regain_nodes: int | None) -> None:
     """Recover JOB_ID from failed nodes: probe, decide, act, report.
 
     \b
@@ -85,6 +92,9 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
       the batch script gets SIGUSR2: it relaunches the training on the nodes
       left, in the same allocation. Nodes only DEGRADED (slurmd dead, a check
       failing) still run their ranks: drained, the job left running.
+    With --regain N (a RUNNING job that shrank): requeuehold, ExcNodeList
+      without the excluded nodes that probe healthy again, NumNodes=n-n,
+      release, StartTime=now.
     Nothing failed: change nothing (exit 0).
 
     \b
@@ -98,6 +108,9 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     from slurmft.slurm.commands import check_job_id
 
     jid = check_job_id(job_id)
+    if regain_nodes and (in_place or restart_failed):
+        raise UsageError("--regain asks for a running job's size back: it does not go with "
+                         "--in-place or --restart-failed")
     cfg = get_config(ctx, reschedule={"max_retry": max_retry, "min_nodes": min_nodes,
                                       "drain": False if no_drain else None,
                                       "state_dir": state_dir})
@@ -107,7 +120,8 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
         report = resched.reschedule(jid, settle=settle, train_cmd=train_cmd,
                                     checkpoint_dir=checkpoint_dir, nodes_hint=hint,
                                     restart_failed=restart_failed, in_place=in_place,
-                                    caller_restarts=restart_count)
+                                    caller_restarts=restart_count,
+                                    regain_nodes=regain_nodes)
     except PolicyError as exc:
         _echo_refusal(exc, jid, as_json)
         raise

@@ -64,6 +64,7 @@ class _RenderRequest:
     node_count: int | None = None
     spares: int = 0
     replicas: int = 0
+    total_steps: int | None = None
 
 
 def _check_train_cmd(which: str, train: str) -> None:
@@ -115,19 +116,20 @@ def _render_text(req: _RenderRequest) -> str:
     return render("job.sh.j2", job_context(
         rcfg, train_cmd=req.train, checkpoint_dir=req.ckpt,
         job_name=req.job_name or (job.name if job else "train"), nodes=n_nodes,
-        partition=job.partition if job else "", spares=req.spares, replicas=req.replicas))
+        partition=job.partition if job else "", spares=req.spares, replicas=req.replicas,
+        total_steps=req.total_steps))
 
 
 def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: str | None,
                 exclude: str | None, slots: int | None, train_cmd: str | None,
                 checkpoint_dir: str | None, job_name: str | None, launcher: str | None,
                 launch_from: str | None, out: str | None, spares: int = 0,
-                replicas: int = 0) -> None:
+                replicas: int = 0, total_steps: int | None = None) -> None:
     cfg = get_config(ctx, reschedule={"slots": slots, "launcher": launcher,
                                       "launch_from": launch_from})
     req = _RenderRequest(which, cfg, train=train_cmd or cfg.reschedule.train_cmd,
                          ckpt=checkpoint_dir or cfg.reschedule.checkpoint_dir, job_name=job_name,
-                         spares=spares, replicas=replicas)
+                         spares=spares, replicas=replicas, total_steps=total_steps)
     if which in ("job", "restart"):       # usage errors first, before Slurm is asked
         _check_train_cmd(which, req.train)
         if not req.ckpt:
@@ -173,11 +175,15 @@ def render_restart(ctx: click.Context, **kw: Any) -> None:
               help="Per-step mode with torchft (`slurmft run --replicas`): the training "
                    "nodes in this many replica groups; a lost group is relaunched alone and "
                    "rejoins from a peer while the others train on. 0: restart mode.")
+@click.option("--total-steps", type=count(1, 10**12), default=None,
+              help="The training's total steps (`slurmft run --total-steps`): a job that "
+                   "shrank asks for full size back when nodes return and it pays.")
 @click.pass_context
-def render_job(ctx: click.Context, spares: int, replicas: int, **kw: Any) -> None:
+def render_job(ctx: click.Context, spares: int, replicas: int, total_steps: int | None,
+               **kw: Any) -> None:
     """The job wrapper to submit training with: requeueable, `exec slurmft run` (relaunches in
     place on node loss, a dead or hung rank; hands the rest to a requeue)."""
-    _render_cmd(ctx, "job", spares=spares, replicas=replicas, **kw)
+    _render_cmd(ctx, "job", spares=spares, replicas=replicas, total_steps=total_steps, **kw)
 
 
 def _logging_context(fmt: str, log_paths: tuple[str, ...], logstash_hosts: tuple[str, ...],

@@ -92,6 +92,18 @@ class HangTimeout(click.ParamType):
                    "swap: also relaunch with a spare (--spares) in its node's place, the node "
                    "left idle for the rest of the job (a watcher or operator drains it); off. "
                    "Needs heartbeats (not with --hang-timeout off).")
+@click.option("--total-steps", type=count(1, 10**12), default=None,
+              help="The training's total steps. Lets a job that shrank (a node lost, no spare "
+                   "left) ask for full size back: when enough healthy idle nodes return and "
+                   "the steps left x (step time now - step time at full size) exceed the "
+                   "restart cost, it is requeued at full size at its next checkpoint "
+                   "(`slurmft reschedule --regain`), the arithmetic logged. Needs heartbeats.")
+@click.option("--regain", "regain_mode", type=click.Choice(["auto", "off"]), default="auto",
+              show_default=True,
+              help="auto: regain full size as --total-steps describes; off: never.")
+@click.option("--requeue-cost", type=FiniteFloat(min=0), default=None, metavar="SECONDS",
+              help="What a requeue adds to the measured relaunch time, in the regain "
+                   "arithmetic (default 15).")
 @click.option("--replicas", type=count(0, 4096), default=0, show_default=True,
               help="Per-step mode with torchft (pip install 'slurmft[torchft]'): start "
                    "torchft's lighthouse on the batch host and the training as this many "
@@ -121,6 +133,7 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
             mpirun_args: str | None, launch_from: str | None, ssh_args: str | None,
             spares: int, train_nodes: int | None, hang_timeout: Any, hang_factor: float, hang_floor: float,
             straggler_factor: float, straggler_steps: int, straggler_action: str,
+            total_steps: int | None, regain_mode: str, requeue_cost: float | None,
             replicas: int, min_replicas: int, lighthouse_port: int, store_port: int,
             slurmft_cmd: str | None, reschedule_log: str | None, dry_run: bool,
             as_json: bool) -> None:
@@ -189,6 +202,8 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
     elif straggler_action != "off":
         log.warning("--hang-timeout off: no heartbeats, so no straggler detection")
     slurm, sink = adapters.slurm_client(get_config(ctx)), adapters.run_event_sink(get_config(ctx))
+    regainer = _regainer(slurm, ckpt, total_steps, regain_mode, requeue_cost, train_nodes,
+                         spares, monitor is not None)
     if replica is not None:
         from slurmft.supervise.replicas import ReplicaSupervisor
 
@@ -196,9 +211,31 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
                                             emit=sink, replica=replica)
     else:
         sup = Supervisor(settings, options, slurm, SubprocessProcesses(), monitor=monitor,
-                         stragglers=stragglers, emit=sink)
+                         stragglers=stragglers, regainer=regainer, emit=sink)
     sup.install_signal_handlers()
     ctx.exit(sup.run())
+
+
+def _regainer(slurm: Any, ckpt: Path, total_steps: int | None, mode: str,
+              requeue_cost: float | None, train_nodes: int | None, spares: int,
+              heartbeats: bool) -> Any:
+    """The regain watch (None: off, or nothing to decide it with)."""
+    if mode == "off" or total_steps is None:
+        return None
+    if not heartbeats:
+        log.warning("--total-steps without heartbeats (--hang-timeout off): the step and "
+                    "step time are unknown, so the job never regains full size")
+        return None
+    from slurmft.checkpoint.store import Store
+    from slurmft.core.nodeset import expand
+    from slurmft.supervise.regain import REQUEUE_COST_S, Regainer
+
+    nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
+    full = train_nodes or len(expand(nodelist) if nodelist else []) - spares
+    store = Store(ckpt)
+    return Regainer(total_steps=total_steps, nodes_full=max(1, full), list_nodes=slurm.nodes,
+                    latest_checkpoint=store.latest_name,
+                    requeue_cost_s=REQUEUE_COST_S if requeue_cost is None else requeue_cost)
 
 
 def _replica_settings(replicas: int, min_replicas: int, lighthouse_port: int,

@@ -63,6 +63,7 @@ class Outcome(str, enum.Enum):
     REQUEUE = "requeue"            # running (or ended, requeueable) -> requeuehold fast path
     UPDATE_PENDING = "update_pending"
     RESUBMIT = "resubmit"          # ended and not requeueable -> rendered restart job
+    REGAIN = "regain"              # shrunk and running, its nodes back: requeue at full size
     EXHAUSTED = "exhausted"        # retry budget spent: hold with a reason, exit 3
     REFUSED = "refused"            # would go below the minimum node count, exit 3
 
@@ -102,6 +103,9 @@ class PolicyConfig:
     # SLURM_RESTART_COUNT of the wrapper asking in place: when Slurm has requeued the job since,
     # the caller is a copy left behind (its node was cut off) and must stop, not relaunch.
     caller_restarts: int | None = None
+    # The job's supervisor asks for its size back (it shrank, nodes returned, and the rest of
+    # the run at full size saves more than a requeue costs): requeue it at this many nodes.
+    regain_nodes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,8 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     if not needs_probe(job):
         return Decision(Outcome.NOTHING, message=f"job {jid} is {job.state}: nothing to do",
                         **base)
+    if config.regain_nodes:
+        return _regain(job, status, history, config, base)
     if config.in_place or (job.state == "RUNNING" and failed and is_relaunchable(job)):
         relaunch = _relaunch(job, failed, status, history, config, base)
         if relaunch is not None:
@@ -241,6 +247,43 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                         message=f"job {jid}: only {len(healthy)} healthy node(s) left, below "
                         f"the minimum of {config.min_nodes}; not rescheduled", **base)
     return _move_off_failed(job, status, config, base)
+
+
+def regain_candidates(job: JobInfo, history: History) -> tuple[str, ...]:
+    """The nodes a job that shrank could get back: the ones it (or slurmft) excluded."""
+    return _merge(job.excluded_nodes, history.excluded)
+
+
+def _regain(job: JobInfo, status: Mapping[str, Health], history: History,
+            config: PolicyConfig, base: dict) -> Decision:
+    """Requeue a running job that shrank at up to ``regain_nodes`` nodes, taking back the
+    excluded nodes that probe healthy again (the others stay excluded). Not a failure: no
+    retry is spent."""
+    jid, want, have = job.job_id, int(config.regain_nodes or 0), len(job.nodes)
+    if not job.is_running:
+        return Decision(Outcome.NOTHING, message=f"job {jid} is {job.state}: not regaining "
+                        "its size", **base)
+    if base["failed"]:
+        return Decision(Outcome.NOTHING, message=f"job {jid}: node(s) "
+                        f"{', '.join(base['failed'])} failed: recover first, regain later",
+                        **base)
+    out = regain_candidates(job, history)
+    back = tuple(n for n in out if n in status and not status[n].is_failed)
+    n = min(want, have + len(back))
+    if n <= have:
+        return Decision(Outcome.NOTHING, message=f"job {jid}: no excluded node is healthy "
+                        f"again ({', '.join(out) or 'none excluded'}); it keeps running on "
+                        f"{have} node(s)", **base)
+    still = tuple(x for x in out if x not in back)
+    base = {**base, "exclude": still, "num_nodes": n, "healthy": (*job.nodes, *back)}
+    update = UpdateJob(jid, exclude=still, **shrink_params(job, n), **pinned_params(job, still))
+    return Decision(Outcome.REGAIN,
+                    actions=(RequeueHoldJob(jid), update, ReleaseJob(jid),
+                             UpdateJob(jid, start_now=True)),
+                    message=f"job {jid} requeued at {n} node(s) (it ran on {have}): "
+                    f"{', '.join(back)} healthy again",
+                    plan=f"would requeue job {jid} at {n} node(s) (it runs on {have}): "
+                    f"{', '.join(back)} healthy again", **base)
 
 
 def _restart_failed(job: JobInfo, history: History, config: PolicyConfig,

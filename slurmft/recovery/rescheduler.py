@@ -54,6 +54,7 @@ from slurmft.recovery.policy import (
     drain_reason,
     needs_probe,
     pinned_params,
+    regain_candidates,
     shrink_params,
 )
 from slurmft.recovery.scripts import job_context, restart_context  # noqa: F401 (job_context: for callers that import it from here)
@@ -254,6 +255,7 @@ class Rescheduler:
                    health: Mapping[str, ProbeResult] | None = None,
                    restart_failed: bool = False, in_place: bool = False,
                    caller_restarts: int | None = None,
+                   regain_nodes: int | None = None,
                    view: CachedSlurmClient | None = None) -> Report:
         """Reschedule ``job_id`` if any of its nodes failed. Raises PolicyError (exit 3) when
         the budget is spent or too few nodes remain, after holding the job.
@@ -275,6 +277,7 @@ class Rescheduler:
             restart_failed=restart_failed,
             in_place=in_place,
             caller_restarts=caller_restarts,
+            regain_nodes=regain_nodes,
         )
         if self.dry_run:
             report = self._run_locked(job, pcfg, train_cmd, checkpoint_dir, nodes_hint,
@@ -291,7 +294,8 @@ class Rescheduler:
         # watcher (a view) nothing waits here: its next cycles nudge and follow the job.
         if (view is None and not self.dry_run and self.start_wait > 0
                 and report.decision.outcome in
-                (Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.ALREADY_DONE)):
+                (Outcome.REQUEUE, Outcome.UPDATE_PENDING, Outcome.ALREADY_DONE,
+                 Outcome.REGAIN)):
             report.state_after, report.running_after_s = self._kick(
                 job_id, report.decision.num_nodes)
         report.elapsed_s = self.clock() - start
@@ -322,6 +326,8 @@ class Rescheduler:
         health: dict[str, ProbeResult] = {}
         if needs_probe(job):
             names = candidate_nodes(job, history)
+            if pcfg.regain_nodes:        # the excluded nodes too: which are healthy again
+                names = tuple(dict.fromkeys((*names, *regain_candidates(job, history))))
             if known is not None and names and all(n in known for n in names):
                 health = {n: known[n] for n in names}
             else:
@@ -533,8 +539,8 @@ class Rescheduler:
         if job.nodes:
             record.last_nodes = list(job.nodes)
         counted = decision.spends_retry
-        if decision.outcome is Outcome.DRAIN:         # no retry spent; stays out of restarts
-            record.excluded = list(decision.exclude)
+        if decision.outcome in (Outcome.DRAIN, Outcome.REGAIN):     # no retry spent
+            record.excluded = list(decision.exclude)      # (regain: the nodes back are not)
         if counted:
             record.attempts.append(Attempt(time=round(time.time(), 3), job_id=job.job_id,
                                            outcome=decision.outcome.value,
@@ -549,6 +555,7 @@ class Rescheduler:
             record.job_ids.append(report.new_job_id)
             record.last_nodes = list(decision.healthy)
             self.store.add_alias(report.new_job_id, record.original_job_id)
-        if (counted or decision.outcome in (Outcome.EXHAUSTED, Outcome.DRAIN) or train_cmd
+        if (counted or decision.outcome in (Outcome.EXHAUSTED, Outcome.DRAIN, Outcome.REGAIN)
+                or train_cmd
                 or checkpoint_dir):
             self.store.save(record)

@@ -42,13 +42,15 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
                 slurmft_cmd: Sequence[str] = (), reschedule_log: str = "",
                 hang_timeout: str = "auto", spares: int = 0,
                 straggler_action: str = "", straggler_factor: float | None = None,
-                straggler_steps: int | None = None, replicas: int = 0) -> dict[str, Any]:
+                straggler_steps: int | None = None, replicas: int = 0,
+                total_steps: int | None = None) -> dict[str, Any]:
     """Variables for templates/job.sh.j2 (the job wrapper). ``hang_timeout``: auto, off or
     seconds, for ``slurmft run --hang-timeout``. ``spares``: extra nodes the job holds
     (``--nodes`` is then nodes + spares) to replace a lost one. ``straggler_*``: ``slurmft
     run --straggler-action/--straggler-factor/--straggler-steps`` (empty/None: its
     defaults, no option written). ``replicas``: per-step mode with torchft (``slurmft run
-    --replicas``; 0: restart mode)."""
+    --replicas``; 0: restart mode). ``total_steps``: ``slurmft run --total-steps`` (a job
+    that shrank regains full size when it pays; None: not written)."""
     if straggler_action not in ("", "report", "swap", "off"):
         raise RenderError(f"straggler action {straggler_action!r}: use report, swap or off")
     words = shlex.split(train_cmd) if isinstance(train_cmd, str) else list(train_cmd)
@@ -83,6 +85,7 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "hang_timeout": hang_timeout,
         "spares": int(spares),
         "replicas": int(replicas),
+        "total_steps": int(total_steps) if total_steps else 0,
         # slurmft run's straggler options, as argv words (none given: its defaults)
         "straggler_args": [
             *(["--straggler-action", straggler_action] if straggler_action else []),

@@ -167,6 +167,7 @@ class Supervisor:
     def __init__(self, settings: LaunchSettings, options: RunOptions, slurm: SlurmView,
                  processes: Processes, *, monitor: ProgressMonitor | None = None,
                  stragglers: StragglerMonitor | None = None,
+                 regainer: Any = None,
                  emit: Callable[[Event], None] | None = None,
                  environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -174,6 +175,7 @@ class Supervisor:
         self.settings, self.options = settings, options
         self.slurm, self.processes, self.monitor = slurm, processes, monitor
         self.stragglers = stragglers
+        self.regainer = regainer          # supervise.regain.Regainer: ask for full size back
         self.emit = emit or (lambda event: None)
         self.environ = dict(os.environ if environ is None else environ)
         self.clock, self.sleep = clock, sleep
@@ -273,6 +275,8 @@ class Supervisor:
             self.monitor.reset(len(nodes) * self.settings.slots)
         if self.stragglers is not None:
             self.stragglers.reset()
+        if self.regainer is not None:
+            self.regainer.launched()
         self._to(RunState.RUNNING, f"launcher pid {proc.pid}", nodes=nodes)
         return self._wait(proc, nodes)
 
@@ -329,6 +333,8 @@ class Supervisor:
                     return self._end(proc), Ended.HUNG
                 if self.stragglers is not None and self._check_stragglers(nodes):
                     return self._end(proc), Ended.STRAGGLER
+                if self.regainer is not None:
+                    self._check_regain(nodes)
             self.sleep(self.options.poll_interval)
 
     def _lost_a_training_node(self, nodes: list[str]) -> bool:
@@ -442,6 +448,31 @@ class Supervisor:
                             "(slurmft run runs as the job's user and does not)", job, node,
                             extra=extra)
         return swap
+
+    def _check_regain(self, nodes: list[str]) -> None:
+        """Shrunk: log each look at whether full size pays (with its arithmetic); at the first
+        checkpoint after it paid, hand the job to ``slurmft reschedule --regain`` (detached:
+        it requeues this very job at full size; the training goes on until Slurm stops it)."""
+        r, o = self.regainer, self.options
+        seen = r.last
+        beats = getattr(self.monitor, "beats", None)
+        decision = r.check(nodes, beats() if beats is not None else {},
+                           getattr(self.monitor, "step_time", None))
+        job = o.job_id
+        if decision is None:
+            if r.last is not None and r.last is not seen:
+                log.info("job %s: enough idle nodes to run on %s again (runs on %s); full "
+                         "size %s: %s", job, r.last.nodes_full, r.last.nodes_now,
+                         "pays, asking at the next checkpoint" if r.last.pays else "does not pay",
+                         r.last.describe(), extra={"job": str(job)})
+            return
+        log.warning("job %s: requeueing at full size (%s node(s), runs on %s) after this "
+                    "checkpoint: %s", job, decision.nodes_full, decision.nodes_now,
+                    decision.describe(), extra={"job": str(job)})
+        self._to(RunState.HANDING_OFF, f"regain full size: {decision.describe()}", nodes=nodes)
+        argv = [*o.slurmft_cmd, "reschedule", str(job), "--regain", str(decision.nodes_full),
+                "--checkpoint-dir", str(o.checkpoint_dir)]
+        self.processes.detach(argv, self.environ, o.reschedule_log)
 
     def _free_spare(self, nodes: list[str]) -> str | None:
         """A node of the allocation that neither trains nor was benched (None: none)."""
