@@ -504,9 +504,12 @@ def train(args: argparse.Namespace, env: ReplicaEnv, plan: BatchPlan) -> int:
                               world_size=res.participants * env.world_size)
                 origin_known = True
                 if writer:
+                    # the part of the global batch this step trained (goodput counts it so)
                     log.write("step", step=res.step, loss=res.loss, step_s=step_s,
                               world_size=res.participants * env.world_size,
-                              replicas=res.participants)
+                              replicas=res.participants,
+                              batch_share=round(min(res.participants, env.num_replicas)
+                                                / env.num_replicas, 6))
                 if lead and (res.step % args.print_every == 0 or res.step == args.steps - 1):
                     print(f"replica {env.replica_id}: step {res.step} loss {res.loss:.5f} "
                           f"replicas {res.participants} at {time.time():.3f}", flush=True)

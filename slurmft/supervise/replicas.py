@@ -252,6 +252,12 @@ class ReplicaSupervisor(Supervisor):
         allocation = self._allocation()
         if not allocation:
             return False
+        if any(g.done for g in self.groups):
+            # The training is over for the group that finished: a group started now would
+            # train alone from its own checkpoint and redo steps the run already has.
+            for g in failed:
+                self._retire(g, "another replica group finished the training")
+            return True
         for g in failed:
             busy = [n for other in self.groups if other is not g and not other.retired
                     for n in other.nodes]

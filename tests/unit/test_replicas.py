@@ -250,3 +250,13 @@ def test_render_job_with_replicas_tells_the_supervisor_and_checks_the_split():
     bad = CliRunner().invoke(cli, ["render", "job", "--nodes", "3", "--replicas", "2",
                                    "--train-cmd", "t", "--checkpoint-dir", "/c"])
     assert bad.exit_code != 0 and "multiple of 2" in bad.output
+
+
+def test_a_group_that_fails_after_another_finished_is_not_relaunched(tmp_path, caplog):
+    # group 0 finishes; group 1 then fails: a relaunch would redo steps alone
+    sup, procs, _, events = make(tmp_path, launches=[[None, 0], [None, None, None, 1]],
+                                 allocations=[["node1", "node2", "node3", "node4"]])
+    assert sup.run() == 0
+    assert len(groups_started(procs)) == 2
+    assert "another replica group finished the training" in caplog.text
+    assert events[-1].state == "done"
