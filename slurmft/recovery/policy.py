@@ -86,6 +86,8 @@ class History:
     excluded: tuple[str, ...] = ()       # every node slurmft excluded so far
     last_nodes: tuple[str, ...] = ()     # the allocation seen last (pending jobs have none)
     exhausted: bool = False              # the job was held because the budget was spent
+    regain_nodes: int | None = None      # a regain in flight (requeued held, not yet resized)
+    regain_exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,9 @@ class PolicyConfig:
     # The job's supervisor asks for its size back (it shrank, nodes returned, and the rest of
     # the run at full size saves more than a requeue costs): requeue it at this many nodes.
     regain_nodes: int | None = None
+    # With regain_nodes: the nodes Slurm lists idle (no flag) now; the requeue happens only if
+    # they make up the difference (a job requeued at a size it cannot get would wait).
+    regain_idle: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -228,6 +233,8 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                         **base)
     if config.regain_nodes:
         return _regain(job, status, history, config, base)
+    if history.regain_nodes and job.is_pending:
+        return _finish_regain(job, history, base)
     if config.in_place or (job.state == "RUNNING" and failed and is_relaunchable(job)):
         relaunch = _relaunch(job, failed, status, history, config, base)
         if relaunch is not None:
@@ -256,10 +263,10 @@ def regain_candidates(job: JobInfo, history: History) -> tuple[str, ...]:
 
 def _regain(job: JobInfo, status: Mapping[str, Health], history: History,
             config: PolicyConfig, base: dict) -> Decision:
-    """Requeue a running job that shrank at up to ``regain_nodes`` nodes, taking back the
-    excluded nodes that probe healthy again (the others stay excluded). Not a failure: no
-    retry is spent."""
-    jid, want, have = job.job_id, int(config.regain_nodes or 0), len(job.nodes)
+    """Requeue a running job that shrank at ``regain_nodes`` nodes (its supervisor saw
+    enough idle nodes), no longer excluding the nodes it excluded that probe healthy again
+    (the others stay excluded). Not a failure: no retry is spent."""
+    jid, n, have = job.job_id, int(config.regain_nodes or 0), len(job.nodes)
     if not job.is_running:
         return Decision(Outcome.NOTHING, message=f"job {jid} is {job.state}: not regaining "
                         "its size", **base)
@@ -267,23 +274,43 @@ def _regain(job: JobInfo, status: Mapping[str, Health], history: History,
         return Decision(Outcome.NOTHING, message=f"job {jid}: node(s) "
                         f"{', '.join(base['failed'])} failed: recover first, regain later",
                         **base)
-    out = regain_candidates(job, history)
-    back = tuple(n for n in out if n in status and not status[n].is_failed)
-    n = min(want, have + len(back))
     if n <= have:
-        return Decision(Outcome.NOTHING, message=f"job {jid}: no excluded node is healthy "
-                        f"again ({', '.join(out) or 'none excluded'}); it keeps running on "
-                        f"{have} node(s)", **base)
+        return Decision(Outcome.NOTHING, message=f"job {jid} runs on {have} node(s) already: "
+                        f"nothing to regain for {n}", **base)
+    out = regain_candidates(job, history)
+    usable = tuple(x for x in config.regain_idle
+                   if x not in job.nodes and not (x in status and status[x].is_failed))
+    if have + len(usable) < n:
+        return Decision(Outcome.NOTHING, message=f"job {jid}: {len(usable)} idle node(s) "
+                        f"({', '.join(usable) or 'none'}) cannot take it from {have} to {n} "
+                        "node(s): not requeued (it would wait for nodes)", **base)
+    back = tuple(x for x in out if x in usable)
     still = tuple(x for x in out if x not in back)
-    base = {**base, "exclude": still, "num_nodes": n, "healthy": (*job.nodes, *back)}
+    base = {**base, "exclude": still, "num_nodes": n}
     update = UpdateJob(jid, exclude=still, **shrink_params(job, n), **pinned_params(job, still))
+    again = f"; {', '.join(back)} healthy again" if back else ""
     return Decision(Outcome.REGAIN,
                     actions=(RequeueHoldJob(jid), update, ReleaseJob(jid),
                              UpdateJob(jid, start_now=True)),
-                    message=f"job {jid} requeued at {n} node(s) (it ran on {have}): "
-                    f"{', '.join(back)} healthy again",
-                    plan=f"would requeue job {jid} at {n} node(s) (it runs on {have}): "
-                    f"{', '.join(back)} healthy again", **base)
+                    message=f"job {jid} requeued at {n} node(s) (it ran on {have}){again}",
+                    plan=f"would requeue job {jid} at {n} node(s) (it runs on {have}){again}",
+                    **base)
+
+
+def _finish_regain(job: JobInfo, history: History, base: dict) -> Decision:
+    """A regain whose requeue happened (the job is pending, held) but whose caller died with
+    the job before it could resize and release it: finish it."""
+    jid, n, still = job.job_id, int(history.regain_nodes or 0), history.regain_exclude
+    base = {**base, "exclude": still, "num_nodes": n}
+    update = UpdateJob(jid, exclude=still, **shrink_params(job, n), **pinned_params(job, still))
+    actions: list[Action] = [update]
+    if job.reason in HELD_REASONS:
+        actions.append(ReleaseJob(jid))
+    actions.append(UpdateJob(jid, start_now=True))
+    return Decision(Outcome.REGAIN, actions=tuple(actions),
+                    message=f"job {jid}: regain finished: {n} node(s), released",
+                    plan=f"would finish the regain of job {jid}: {n} node(s), release it",
+                    **base)
 
 
 def _restart_failed(job: JobInfo, history: History, config: PolicyConfig,

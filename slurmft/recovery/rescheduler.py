@@ -15,6 +15,7 @@ Safety:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shlex
@@ -328,6 +329,9 @@ class Rescheduler:
             names = candidate_nodes(job, history)
             if pcfg.regain_nodes:        # the excluded nodes too: which are healthy again
                 names = tuple(dict.fromkeys((*names, *regain_candidates(job, history))))
+                listed = view.nodes() if view is not None else self.client.nodes()
+                pcfg = dataclasses.replace(pcfg, regain_idle=tuple(
+                    n.name for n in listed if n.state == "idle" and not n.flags))
             if known is not None and names and all(n in known for n in names):
                 health = {n: known[n] for n in names}
             else:
@@ -353,6 +357,13 @@ class Rescheduler:
                                      outcome=decision.outcome.value, failed=decision.failed,
                                      message=decision.message,
                                      health={n: r.health.value for n, r in health.items()}))
+        if (not self.dry_run and decision.outcome is Outcome.REGAIN and job.is_running
+                and decision.num_nodes):
+            # Requeue-holding the job kills the job's processes, this one too when the job's
+            # own supervisor started it: whoever reschedules the held job next finishes it.
+            record.regain_nodes = decision.num_nodes
+            record.regain_exclude = list(decision.exclude)
+            self.store.save(record)
         self._execute(job, decision, record, report, train_cmd, checkpoint_dir)
         if self.dry_run:
             report.commands = list(self.recorder.writes)
@@ -541,6 +552,8 @@ class Rescheduler:
         counted = decision.spends_retry
         if decision.outcome in (Outcome.DRAIN, Outcome.REGAIN):     # no retry spent
             record.excluded = list(decision.exclude)      # (regain: the nodes back are not)
+        if decision.outcome is Outcome.REGAIN:
+            record.regain_nodes, record.regain_exclude = None, []    # done: resized, released
         if counted:
             record.attempts.append(Attempt(time=round(time.time(), 3), job_id=job.job_id,
                                            outcome=decision.outcome.value,

@@ -73,6 +73,11 @@ class RetryRecord:
     # Submit times Slurm gave the original job: the first, then one per requeue (a requeue
     # sets a new one). Empty in records written before slurmft keyed them by submit time.
     submit_times: list[int] = field(default_factory=list)
+    # A regain in flight: the size asked for and the nodes still excluded. Saved before the
+    # job is requeued-held (the job's own reschedule dies with it), so that the next
+    # reschedule of the held job (the watcher's, the epilog's) finishes it: size, release.
+    regain_nodes: int | None = None
+    regain_exclude: list[str] = field(default_factory=list)
 
     def belongs_to(self, submit_time: int | None, restart_count: int = 0) -> bool:
         """Whether a job with this id, ``submit_time`` and ``restart_count`` is the job this
@@ -91,6 +96,8 @@ class RetryRecord:
             excluded=tuple(self.excluded),
             last_nodes=tuple(self.last_nodes),
             exhausted=self.exhausted,
+            regain_nodes=self.regain_nodes,
+            regain_exclude=tuple(self.regain_exclude),
         )
 
     def to_dict(self) -> dict:

@@ -30,7 +30,7 @@ from slurmft.core.log import failed_extra, failure_level, get_logger
 from slurmft.core.nodeset import NodeSet
 from slurmft.observe.events import Detected, Event, Recovered
 from slurmft.probe.records import ProbeResult, Prober
-from slurmft.recovery.policy import Outcome
+from slurmft.recovery.policy import HELD_REASONS, Outcome, is_relaunchable
 from slurmft.recovery.rescheduler import Report, Rescheduler
 from slurmft.recovery.shard import Ownership
 from slurmft.recovery.suspicion import ConfirmPolicy, FailureTracker, too_many_failed
@@ -139,6 +139,7 @@ class Watcher:
         self.owner = owner or Ownership()
         self._originals: dict[int, int] = {}        # restart job id -> its chain's first id
         self._not_owned = 0
+        self._held: list[JobInfo] = []              # relaunchable jobs requeued held
 
     def _watch(self, job_id: int) -> JobWatch:
         return self.watches.setdefault(job_id, JobWatch(job_id))
@@ -149,6 +150,9 @@ class Watcher:
         the view's one job listing."""
         all_jobs = self.view.refresh().jobs
         self._advance(all_jobs)
+        self._held = [j for j in all_jobs if j.is_pending and j.reason in HELD_REASONS
+                      and is_relaunchable(j)
+                      and (not self.job_ids or j.job_id in self.job_ids)]
         jobs = [j for j in all_jobs if j.state == "RUNNING" and j.nodes]
         if self.job_ids:
             jobs = [j for j in jobs if j.job_id in self.job_ids]
@@ -274,9 +278,27 @@ class Watcher:
                     "; ".join(health[n].reason for n in failed),
                     extra={"job": str(job.job_id), **failed_extra(failed)})
             self._act(job, failed, health, res)
+        self._finish_regains(res)
         res.phases = {jid: w.phase.value for jid, w in self.watches.items()}
         res.slurm_reads = self.view.reads.to_dict()
         return res
+
+    def _finish_regains(self, res: CycleResult) -> None:
+        """A job's supervisor asked for its size back (``reschedule --regain``) and died with
+        the requeue-hold before resizing and releasing it: finish it. Only jobs whose retry
+        record holds a regain in flight: a job held for any other reason is left held."""
+        for job in self.owned(self._held):
+            record = self.rescheduler.store.load(job.job_id, read_only=True)
+            if not record.regain_nodes:
+                continue
+            try:
+                report = self.rescheduler.reschedule(job.job_id, view=self.view)
+            except SlurmFTError as exc:
+                res.errors[job.job_id] = str(exc)
+                log.error("watch: job %s: cannot finish its regain: %s", job.job_id, exc,
+                          extra={"job": str(job.job_id)})
+                continue
+            res.reports.append(report)
 
     def _act(self, job: JobInfo, failed: list[str], health: dict[str, ProbeResult],
              res: CycleResult) -> None:

@@ -17,6 +17,7 @@ its first step, the checkpoint the decision waits to see pass) for the superviso
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ class RegainDecision:
     step_s_now: float
     step_s_full: float
     restart_s: float
+    idle: tuple[str, ...] = ()      # the idle nodes Slurm listed when it was weighed
 
     @property
     def remaining(self) -> int:
@@ -53,23 +55,24 @@ class RegainDecision:
 
     def describe(self) -> str:
         verb = ">" if self.pays else "<="
+        idle = f" (idle: {','.join(self.idle)})" if self.idle else ""
         return (f"{self.remaining} steps left x ({self.step_s_now:.3f} s per step on "
                 f"{self.nodes_now} node(s) - {self.step_s_full:.3f} s on {self.nodes_full}) = "
                 f"{self.saved_s:.1f} s saved {verb} {self.restart_s:.1f} s to requeue at full "
-                f"size")
+                f"size{idle}")
 
 
 def regain_decision(*, step: int, total_steps: int, step_s: float, nodes_now: int,
-                    nodes_full: int, restart_s: float) -> RegainDecision:
+                    nodes_full: int, restart_s: float,
+                    idle: Sequence[str] = ()) -> RegainDecision:
     """Whether requeueing at ``nodes_full`` nodes pays for a run at ``step`` of
     ``total_steps`` that takes ``step_s`` per step on ``nodes_now`` nodes."""
     full = step_s * nodes_now / max(1, nodes_full)
     d = RegainDecision(False, step, total_steps, nodes_now, nodes_full, step_s, full,
-                       restart_s)
+                       restart_s, tuple(idle))
     pays = (nodes_now < nodes_full and math.isfinite(step_s) and step_s > 0
             and d.saved_s > restart_s)
-    return RegainDecision(pays, step, total_steps, nodes_now, nodes_full, step_s, full,
-                          restart_s)
+    return dataclasses.replace(d, pays=pays)
 
 
 def idle_nodes(nodes: Sequence[Any], busy: Sequence[str]) -> list[str]:
@@ -136,7 +139,7 @@ class Regainer:
         restart = (self.relaunch_s or 0.0) + self.requeue_cost_s
         self.last = decision = regain_decision(
             step=max(steps), total_steps=self.total_steps, step_s=step_s,
-            nodes_now=len(nodes), nodes_full=self.nodes_full, restart_s=restart)
+            nodes_now=len(nodes), nodes_full=self.nodes_full, restart_s=restart, idle=free)
         if decision.pays:
             self._armed = (self.latest_checkpoint(), decision)
         return None

@@ -15,7 +15,8 @@ from slurmft.testbed.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
 
 def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
                   train_args: tuple[str, ...] = (), hang_timeout: str = "auto",
-                  spares: int = 0, straggler_action: str = "", **config) -> Path:
+                  spares: int = 0, straggler_action: str = "", total_steps: int | None = None,
+                  **config) -> Path:
     """``work/job.sh``: ``steps`` training steps of 0.05 s on ``nodes`` nodes (longer on
     fewer: compute is per sample), a checkpoint
     every 10 steps into ``work/ckpt``, progress in ``work/progress.jsonl``, output in
@@ -34,5 +35,6 @@ def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
         cfg, train_cmd=train, checkpoint_dir=str(ckpt), job_name=name, nodes=nodes,
         work_dir=str(work), output=str(work / "job.out"),
         slurmft_cmd=slurmft_argv(), reschedule_log=str(work / "resched.log"),
-        hang_timeout=hang_timeout, spares=spares, straggler_action=straggler_action)))
+        hang_timeout=hang_timeout, spares=spares, straggler_action=straggler_action,
+        total_steps=total_steps)))
     return script

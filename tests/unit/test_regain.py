@@ -114,22 +114,26 @@ def test_regain_requeues_at_full_size_with_the_healthy_nodes_back():
     hist = History(excluded=("node2", "node3"))
     d = decide(job(excluded=("node2", "node3")),
                {"node1": Health.HEALTHY, "node2": Health.HEALTHY, "node3": Health.UNREACHABLE},
-               hist, PolicyConfig(regain_nodes=3))
-    assert d.outcome is Outcome.REGAIN and d.num_nodes == 2      # node3 is still out
-    assert d.exclude == ("node3",) and not d.spends_retry
+               hist, PolicyConfig(regain_nodes=3, regain_idle=("node2", "node3", "node5")))
+    assert d.outcome is Outcome.REGAIN and d.num_nodes == 3      # node2 back, node5 idle
+    assert d.exclude == ("node3",) and not d.spends_retry          # node3 is still out
     assert [type(a) for a in d.actions] == [RequeueHoldJob, UpdateJob, ReleaseJob, UpdateJob]
     update = d.actions[1]
-    assert update.exclude == ("node3",) and update.num_nodes == (2, 2)
+    assert update.exclude == ("node3",) and update.num_nodes == (3, 3)
+    assert "node2 healthy again" in d.message
 
 
 @pytest.mark.parametrize("j, health, why", [
     (job(state="PENDING"), {}, "not regaining"),
-    (job(), {"node1": Health.HEALTHY, "node2": Health.UNREACHABLE}, "no excluded node"),
+    (job(), {"node1": Health.HEALTHY, "node2": Health.UNREACHABLE}, "cannot take it"),
+    (job(nodes=("node1", "node4")), {"node1": Health.HEALTHY, "node4": Health.HEALTHY},
+     "nothing to regain"),
     (job(nodes=("node1", "node4")), {"node1": Health.HEALTHY, "node4": Health.UNREACHABLE,
                                      "node2": Health.HEALTHY}, "recover first"),
 ])
 def test_regain_changes_nothing_when_it_cannot_help(j, health, why):
-    d = decide(j, health, History(excluded=("node2",)), PolicyConfig(regain_nodes=2))
+    d = decide(j, health, History(excluded=("node2",)),
+               PolicyConfig(regain_nodes=2, regain_idle=("node2",)))
     assert d.outcome is Outcome.NOTHING and not d.actions and why in d.message
 
 
@@ -188,3 +192,27 @@ def test_run_and_render_take_total_steps(tmp_path, monkeypatch):
     assert "--train-nodes 2 --total-steps 900" in rendered.output
     bad = CliRunner().invoke(cli, ["reschedule", "5", "--regain", "2", "--in-place"])
     assert bad.exit_code == 2 and "does not go with --in-place" in bad.output
+
+
+def test_a_regain_whose_caller_died_with_the_requeue_is_finished_by_the_next_reschedule():
+    held = JobInfo(job_id=7, name="train", state="PENDING", reason="job_requeued_in_held_state",
+                   node_count=1, requeue=True, comment=RELAUNCH_MARK)
+    d = decide(held, {}, History(regain_nodes=2, regain_exclude=("node3",)), PolicyConfig())
+    assert d.outcome is Outcome.REGAIN and d.num_nodes == 2
+    assert [type(a) for a in d.actions] == [UpdateJob, ReleaseJob, UpdateJob]
+    assert d.actions[0].num_nodes == (2, 2) and d.actions[0].exclude == ("node3",)
+    # without a regain in flight, a held job is left alone (an operator may have held it)
+    d = decide(held, {}, History(), PolicyConfig())
+    assert d.outcome is not Outcome.REGAIN and not any(isinstance(a, ReleaseJob)
+                                                       for a in d.actions)
+
+
+def test_the_regain_in_flight_survives_in_the_retry_record(tmp_path):
+    from slurmft.recovery.state import RetryRecord
+
+    rec = RetryRecord(original_job_id=7, regain_nodes=2, regain_exclude=["node3"])
+    again = RetryRecord.from_dict(rec.to_dict())
+    h = again.history(7)
+    assert h.regain_nodes == 2 and h.regain_exclude == ("node3",)
+    old = RetryRecord.from_dict({"original_job_id": 7})          # written before regains
+    assert old.history(7).regain_nodes is None
