@@ -438,27 +438,37 @@ class Run:
             if next_fault is None and first is not None:
                 next_fault = first + a.fault_every
             last_fault = last_fault_t = res.faults[-1].t if res.faults else 0.0
-            if (next_fault is not None and now >= next_fault and self.v != BASELINE
-                    and job.state == "RUNNING"
-                    and job.nodes and _training_live(recs, job.restart_count, last_fault, now)):
-                f = self._inject(job, store)
-                if f is not None:
-                    res.faults.append(f)
-                    if f.kind in REPAIR:
-                        repairs.append((f.t + a.repair_after, f))
-                    next_fault = now + a.fault_every
-            for due, f in list(repairs):
-                if now >= due:
-                    repairs.remove((due, f))
-                    self._repair(f)
-                    to_resume[f.node] = now + 90
-            if to_resume:
-                self._resume_drained(to_resume)
+            due = (next_fault is not None and now >= next_fault and self.v != BASELINE
+                   and job.state == "RUNNING"
+                   and job.nodes and _training_live(recs, job.restart_count, last_fault, now))
+            next_fault = self._faults_and_repairs(now, due, job, store, next_fault, repairs,
+                                                  to_resume)
             if now - last_report >= 15:
                 last_report = now
                 self.say(f"  job {job.state} on {','.join(job.nodes) or '-'}; "
                          f"{_last_step_line(recs)}; latest ckpt {store.latest_name()}")
             time.sleep(0.5)
+
+    def _faults_and_repairs(self, now: float, due: bool, job, store: Store,
+                            next_fault: float | None, repairs: list[tuple[float, Fault]],
+                            to_resume: dict[str, float]) -> float | None:
+        """Inject a fault on ``job``'s nodes when one is ``due``, then the repairs whose time
+        has come; returns when the next fault is due."""
+        if due:
+            f = self._inject(job, store)
+            if f is not None:
+                self.result.faults.append(f)
+                if f.kind in REPAIR:
+                    repairs.append((f.t + self.a.repair_after, f))
+                next_fault = now + self.a.fault_every
+        for when, f in list(repairs):
+            if now >= when:
+                repairs.remove((when, f))
+                self._repair(f)
+                to_resume[f.node] = now + 90
+        if to_resume:
+            self._resume_drained(to_resume)
+        return next_fault
 
     def _inject(self, job, store: Store) -> Fault | None:
         kind = self.rng.choice(self.a.faults)
@@ -665,20 +675,10 @@ class RunnerRun(Run):
             if next_fault is None and first is not None:
                 next_fault = first + a.fault_every
             running = sorted({n for j in alive.values() if j.state == "RUNNING" for n in j.nodes})
-            if next_fault is not None and now >= next_fault and running:
-                f = self._inject(SimpleNamespace(nodes=running, batch_host=None), store)
-                if f is not None:
-                    res.faults.append(f)
-                    if f.kind in REPAIR:
-                        repairs.append((f.t + a.repair_after, f))
-                    next_fault = now + a.fault_every
-            for due, f in list(repairs):
-                if now >= due:
-                    repairs.remove((due, f))
-                    self._repair(f)
-                    to_resume[f.node] = now + 90
-            if to_resume:
-                self._resume_drained(to_resume)
+            due = next_fault is not None and now >= next_fault and bool(running)
+            next_fault = self._faults_and_repairs(
+                now, due, SimpleNamespace(nodes=running, batch_host=None), store, next_fault,
+                repairs, to_resume)
             if now - last_report >= 15:
                 last_report = now
                 self.say(f"  replicas alive {sorted(alive)} on {','.join(running) or '-'}; "

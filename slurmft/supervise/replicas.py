@@ -239,11 +239,11 @@ class ReplicaSupervisor(Supervisor):
     def _recover(self, failed: list[_Group]) -> bool:
         """Probe and relaunch the failed groups; False when no group can run any more."""
         o = self.options
-        everyone = not any(g.proc is not None for g in self.groups)
-        if everyone:
+        answer = self._ask_in_place(max(g.history[-1] for g in failed), hung=False)
+        failed = failed + self._collect_exits()      # died meanwhile: the same probe serves
+        if not any(g.proc is not None for g in self.groups):
             log.error("job %s: no replica group survived; every group restarts from its "
                       "latest verified checkpoint", o.job_id, extra={"job": str(o.job_id)})
-        answer = self._ask_in_place(max(g.history[-1] for g in failed), hung=False)
         if answer != 0:
             for g in failed:
                 self._retire(g, "slurmft reschedule refused a relaunch (retry budget spent or "

@@ -5,10 +5,6 @@ job reported to the lost host. Real cluster, real mpirun + train.py, the real wa
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +12,7 @@ import pytest
 from slurmft.observe.report import read_progress
 from slurmft.recovery.state import StateStore
 from tests.integration.waiting import wait_for
+from tests.integration.watching import start_watcher, stop_watcher
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -37,12 +34,7 @@ def test_lost_batch_host_requeues_and_resumes_on_the_nodes_left(cluster, cluster
     assert cp.returncode == 0, cp.stderr
     jid = int(cp.stdout.strip())
     client = cluster.slurm_client()
-    with open(work / "watch.log", "ab") as log:
-        watcher = subprocess.Popen(
-            cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch", "--job", str(jid),
-                               "--interval", "1"]),
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+    watcher = start_watcher(cluster, env, work / "watch.log", "--job", str(jid))
     lost = ""
     try:
         wait_for(lambda: progress.exists() and any(
@@ -78,11 +70,7 @@ def test_lost_batch_host_requeues_and_resumes_on_the_nodes_left(cluster, cluster
         [recovered] = [r for r in audit if r["event"] == "recovered" and r["job_id"] == jid]
         assert recovered["step"].startswith(f"{jid}.") and recovered["recovery_seconds"] > 0
     finally:
-        try:
-            os.killpg(watcher.pid, signal.SIGTERM)             # the group started above
-            watcher.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(watcher.pid, signal.SIGKILL)
+        stop_watcher(watcher)
         if lost:
             cluster.fault(lost, "link-up")
         cluster_run(["scancel", str(jid)])

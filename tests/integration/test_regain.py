@@ -9,16 +9,14 @@ there and completes. Real cluster, real mpirun + train.py, the real watcher."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from slurmft.observe.report import read_progress
 from tests.integration.waiting import wait_for
+from tests.integration.watching import start_watcher, stop_watcher
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -43,12 +41,7 @@ def test_a_shrunk_job_is_requeued_at_full_size_when_its_node_returns(cluster, cl
     assert cp.returncode == 0, cp.stderr
     jid = int(cp.stdout.strip())
     client = cluster.slurm_client()
-    with open(work / "watch.log", "ab") as log:
-        watcher = subprocess.Popen(
-            cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch", "--job", str(jid),
-                               "--interval", "1"]),
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+    watcher = start_watcher(cluster, env, work / "watch.log", "--job", str(jid))
     lost = "node2"
     down = False
 
@@ -103,11 +96,7 @@ def test_a_shrunk_job_is_requeued_at_full_size_when_its_node_returns(cluster, cl
         # cycle finishes the regain from the retry record (size, release)
         print("; ".join(a["message"] for a in regain))
     finally:
-        try:
-            os.killpg(watcher.pid, signal.SIGTERM)
-            watcher.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(watcher.pid, signal.SIGKILL)
+        stop_watcher(watcher)
         if down:
             cluster.fault(lost, "link-up")
         cluster_run(["scancel", str(jid), blocker.stdout.strip()])

@@ -29,6 +29,7 @@ from slurmft.recovery.scripts import job_context
 from slurmft.render import render
 from slurmft.testbed import procs
 from tests.integration.waiting import wait_for
+from tests.integration.watching import start_watcher, stop_watcher
 
 torchft = pytest.importorskip("torchft")
 
@@ -97,12 +98,8 @@ class Run:
         self.client = cluster.slurm_client()
         self.watcher = None
         if watch:
-            with open(self.work / "watch.log", "ab") as log:
-                self.watcher = subprocess.Popen(
-                    cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch", "--job",
-                                       str(self.jid), "--interval", "1"]),
-                    env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    start_new_session=True)
+            self.watcher = start_watcher(cluster, self.env, self.work / "watch.log", "--job",
+                                         str(self.jid))
 
     def tail(self, name: str) -> str:
         path = self.work / name
@@ -126,11 +123,7 @@ class Run:
 
     def close(self) -> None:
         if self.watcher is not None:
-            try:
-                os.killpg(self.watcher.pid, signal.SIGTERM)    # the group started above
-                self.watcher.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(self.watcher.pid, signal.SIGKILL)
+            stop_watcher(self.watcher)
         self.cluster_run(["scancel", str(self.jid)])
 
 

@@ -5,16 +5,13 @@ on the node left plus the spare: the world size stays 2, no requeue. Real cluste
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from slurmft.observe.report import read_progress
 from tests.integration.waiting import wait_for
+from tests.integration.watching import start_watcher, stop_watcher
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -34,12 +31,7 @@ def test_a_lost_node_is_replaced_by_the_spare_and_the_world_size_kept(cluster, c
     assert cp.returncode == 0, cp.stderr
     jid = int(cp.stdout.strip())
     client = cluster.slurm_client()
-    with open(work / "watch.log", "ab") as log:
-        watcher = subprocess.Popen(
-            cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch", "--job", str(jid),
-                               "--interval", "1"]),
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+    watcher = start_watcher(cluster, env, work / "watch.log", "--job", str(jid))
     lost = ""
     try:
         wait_for(lambda: progress.exists() and any(
@@ -72,11 +64,7 @@ def test_a_lost_node_is_replaced_by_the_spare_and_the_world_size_kept(cluster, c
         assert recs[-1]["event"] == "done" and recs[-1]["step"] == STEPS - 1
         assert "0 spare(s) left" in (work / "job.out").read_text()
     finally:
-        try:
-            os.killpg(watcher.pid, signal.SIGTERM)             # the group started above
-            watcher.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(watcher.pid, signal.SIGKILL)
+        stop_watcher(watcher)
         if lost:
             cluster.fault(lost, "link-up")
         cluster_run(["scancel", str(jid)])

@@ -10,10 +10,7 @@ once requeued, without the node. Watchers are stopped by pid in the finally."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,32 +20,15 @@ from slurmft.recovery.shard import shard_of
 from slurmft.recovery.state import StateStore
 from tests.integration.jobs import LoopJob, running_on, show_job
 from tests.integration.waiting import wait_for
+from tests.integration.watching import start_watcher, stop_watcher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 
-def start_watcher(cluster, env: dict, work: Path, name: str, *args: str) -> subprocess.Popen:
-    """`slurmft watch --json` in the controller's namespace, its own session (so the
-    finally can stop it and whatever it started by its pid), stdout to <name>.jsonl."""
-    out = open(work / f"{name}.jsonl", "wb")
-    err = open(work / f"{name}.log", "wb")
-    with out, err:
-        return subprocess.Popen(
-            cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch", "--json",
-                               "--interval", "1", *args]),
-            env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-            start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)             # the session started above
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+def start(cluster, env: dict, work: Path, name: str, *args: str) -> subprocess.Popen:
+    """`slurmft watch --json ARGS`: the cycles to <name>.jsonl, the log to <name>.log."""
+    return start_watcher(cluster, env, work / f"{name}.log", "--json", *args,
+                         stdout=work / f"{name}.jsonl")
 
 
 def cycles(work: Path, name: str) -> list[dict]:
@@ -70,9 +50,9 @@ def test_two_watchers_recover_a_lost_node_once(cluster):
     try:
         jid = jobs.submit(nodes=3)
         mine = shard_of(jid, 2)
-        watchers["all"] = start_watcher(cluster, env, work, "all")
-        watchers["owner"] = start_watcher(cluster, env, work, "owner", "--shard", f"{mine}/2")
-        watchers["other"] = start_watcher(cluster, env, work, "other",
+        watchers["all"] = start(cluster, env, work, "all")
+        watchers["owner"] = start(cluster, env, work, "owner", "--shard", f"{mine}/2")
+        watchers["other"] = start(cluster, env, work, "other",
                                           "--shard", f"{1 - mine}/2")
         # all three have listed the queue (and the two owners probed the job) before the cut
         wait_for(lambda: all(cycles(work, n) for n in watchers), 30, "a cycle of each watcher",
@@ -124,5 +104,5 @@ def test_two_watchers_recover_a_lost_node_once(cluster):
               f"{len(detected)} watcher(s); reports from {acted_by}; decisions {decisions}")
     finally:
         for proc in watchers.values():
-            stop(proc)
+            stop_watcher(proc)
         jobs.cleanup()

@@ -260,3 +260,13 @@ def test_a_group_that_fails_after_another_finished_is_not_relaunched(tmp_path, c
     assert len(groups_started(procs)) == 2
     assert "another replica group finished the training" in caplog.text
     assert events[-1].state == "done"
+
+
+def test_a_group_that_dies_while_the_first_is_probed_shares_the_probe(tmp_path, caplog):
+    # group 0 exits at its 2nd poll; group 1 at its 3rd, i.e. while group 0's probe runs
+    sup, procs, _, _ = make(tmp_path, launches=[[None, 1], [None, None, 1], [0], [0]],
+                            allocations=[["node1", "node2", "node3", "node4"]])
+    assert sup.run() == 0
+    assert len(procs.called) == 1                      # one probe for both
+    assert groups_started(procs)[2:] == [("0", "node[1-2]"), ("1", "node[3-4]")]
+    assert "no replica group survived" in caplog.text

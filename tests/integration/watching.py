@@ -1,0 +1,35 @@
+"""`slurmft watch` started and stopped around an integration test: in the controller's
+namespace, in a session of its own (so the test stops it, and whatever it started, by its pid
+alone), its output to a file the test shows when something times out."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+def start_watcher(cluster, env: dict, log_path: Path, *args: str,
+                  stdout: Path | None = None) -> subprocess.Popen:
+    """``slurmft -v watch --interval 1 ARGS``; stderr (and stdout, unless ``stdout`` names a
+    file of its own, e.g. for ``--json``) appended to ``log_path``."""
+    with open(log_path, "ab") as err, open(stdout or os.devnull, "ab") as out:
+        return subprocess.Popen(
+            cluster.exec_argv([sys.executable, "-m", "slurmft", "-v", "watch", "--interval",
+                               "1", *args]),
+            env=env, stdin=subprocess.DEVNULL, stdout=out if stdout else err,
+            stderr=err, start_new_session=True)
+
+
+def stop_watcher(proc: subprocess.Popen) -> None:
+    """TERM to the watcher's session, KILL after 10 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
