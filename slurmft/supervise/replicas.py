@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from slurmft.core.errors import SlurmFTError
+from slurmft.core.errors import ExitCode, SlurmFTError
 from slurmft.core.log import failed_extra, get_logger
 from slurmft.core.nodeset import fold
 from slurmft.observe.events import RunTransition
@@ -201,6 +201,8 @@ class ReplicaSupervisor(Supervisor):
                 self._signal_training("USR1")
             failed = self._collect_exits()
             live = [g for g in self.groups if not (g.done or g.retired)]
+            if self.state is RunState.STALE:
+                return 1
             if not live and any(g.done for g in self.groups):
                 self._to(RunState.DONE, "every replica group finished", rc=0)
                 return 0
@@ -241,7 +243,17 @@ class ReplicaSupervisor(Supervisor):
         o = self.options
         answer = self._ask_in_place(max(g.history[-1] for g in failed), hung=False)
         failed = failed + self._collect_exits()      # died meanwhile: the same probe serves
-        if not any(g.proc is not None for g in self.groups):
+        if answer == ExitCode.STALE_COPY:
+            # Slurm requeued the job while this copy was cut off: it runs elsewhere now.
+            log.warning("job %s runs elsewhere since its requeue; this copy stops", o.job_id,
+                        extra={"job": str(o.job_id)})
+            for g in self.groups:
+                if g.proc is not None:
+                    self._end(g.proc)
+                g.retired = True
+            self._to(RunState.STALE, "Slurm requeued the job since this copy started")
+            return True
+        if answer == 0 and not any(g.proc is not None for g in self.groups):
             log.error("job %s: no replica group survived; every group restarts from its "
                       "latest verified checkpoint", o.job_id, extra={"job": str(o.job_id)})
         if answer != 0:

@@ -270,3 +270,13 @@ def test_a_group_that_dies_while_the_first_is_probed_shares_the_probe(tmp_path, 
     assert len(procs.called) == 1                      # one probe for both
     assert groups_started(procs)[2:] == [("0", "node[1-2]"), ("1", "node[3-4]")]
     assert "no replica group survived" in caplog.text
+
+
+def test_a_stale_copy_stops_every_group_and_hands_nothing_off(tmp_path):
+    from slurmft.core.errors import ExitCode
+
+    sup, procs, _, events = make(tmp_path, launches=[FOREVER, [None, 1]],
+                                 calls_rc=[int(ExitCode.STALE_COPY)])
+    assert sup.run() == 1
+    assert procs.procs[1].signals == ["TERM"]         # the survivor of this copy is ended
+    assert procs.detached == [] and events[-1].state == "stale"
