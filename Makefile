@@ -61,11 +61,14 @@ unit: venv
 
 # All tests; integration tests need root (they build real clusters in network namespaces, and
 # the docker backend's suite starts a private dockerd).
-# The import contracts and the wheel check first (seconds), then pytest, whose summary line
-# closes the output.
+# The import contracts and the wheel check first (seconds), then the docker suite on the
+# other Slurm releases (24.11 trixie, 26.05 sid; pytest below runs it on 22.05), then pytest,
+# whose summary line closes the output.
+CI_SLURM_RELEASES ?= 24.11,26.05
 test: install docker-apt
 	$(VENV)/bin/lint-imports
 	@$(MAKE) --no-print-directory wheel-check
+	@$(MAKE) --no-print-directory test-slurm-matrix SLURM_RELEASES=$(CI_SLURM_RELEASES) PYTEST_ARGS=
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 # The wheel as a site gets it: built, installed into a fresh venv outside the checkout
