@@ -446,7 +446,7 @@ class Run:
             if now - last_report >= 15:
                 last_report = now
                 self.say(f"  job {job.state} on {','.join(job.nodes) or '-'}; "
-                         f"{_last_step_line(recs)}; latest ckpt {store.latest_name()}")
+                         f"{_last_step_line(recs)}; latest ckpt {latest_checkpoint(store)[0]}")
             time.sleep(0.5)
 
     def _faults_and_repairs(self, now: float, due: bool, job, store: Store,
@@ -481,8 +481,7 @@ class Run:
         if not nodes:
             return None
         node = validate_hostname(self.rng.choice(sorted(nodes)))
-        latest = store.latest_name()
-        latest_step = store.read_manifest(latest).step if latest else None
+        latest, latest_step = latest_checkpoint(store)
         t = time.time()
         try:
             what = self.cluster.fault(node, kind)
@@ -682,10 +681,29 @@ class RunnerRun(Run):
             if now - last_report >= 15:
                 last_report = now
                 self.say(f"  replicas alive {sorted(alive)} on {','.join(running) or '-'}; "
-                         f"{_last_step_line(recs)}; latest ckpt {store.latest_name()}")
+                         f"{_last_step_line(recs)}; latest ckpt {latest_checkpoint(store)[0]}")
             time.sleep(0.5)
         for j in self._alive(client).values():
             c.run(["scancel", str(j.job_id)], timeout=30)
+
+
+def latest_checkpoint(store: Store) -> tuple[str | None, int | None]:
+    """(name, step) of the newest checkpoint ``latest`` names: the store's own, else (per-step
+    mode: one directory per replica group, ``replica-<id>``) the newest over the groups."""
+    found: list[tuple[int, str]] = []
+    for s in [store, *(Store(d) for d in sorted(store.root.glob("replica-*")) if d.is_dir())]:
+        name = s.latest_name()
+        if name is not None:
+            try:
+                found.append((s.read_manifest(name).step, name))
+            except SlurmFTError:
+                continue
+        if s is store and found:
+            break
+    if not found:
+        return None, None
+    step, name = max(found)
+    return name, step
 
 
 def keep_dir(out: Path, variant: str, seed: int, n_seeds: int) -> str:

@@ -170,3 +170,17 @@ def test_the_torchft_runner_replica_job_passes_shellcheck_and_says_who_it_is(gp,
     assert "MASTER_PORT=29602" in text and "#SBATCH --chdir='/w k'" in text
     assert text.rstrip().endswith("exec python train_torchft.py --steps 9")
     assert "torchft-runner" in gp.parse_args(["--variants", "torchft-runner"]).variants
+
+
+def test_the_latest_checkpoint_of_a_per_step_run_is_the_newest_over_its_groups(gp, tmp_path):
+    import numpy as np
+
+    from slurmft.checkpoint import CheckpointManager, CheckpointPolicy
+    from slurmft.checkpoint.store import Store
+
+    assert gp.latest_checkpoint(Store(tmp_path)) == (None, None)
+    for group, step in (("replica-0", 40), ("replica-1", 60)):
+        with CheckpointManager(tmp_path / group, CheckpointPolicy()) as mgr:
+            mgr.save({"w": np.zeros(3)}, step, wait=True)
+    name, step = gp.latest_checkpoint(Store(tmp_path))
+    assert step == 60 and name.endswith("60")
