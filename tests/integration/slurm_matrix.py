@@ -25,6 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = "tests/integration/test_docker_cluster.py"
 RELEASES = ("22.05", "24.11", "26.05")
+#: The slurmrestd backend's suite (its own netns cluster: Debian's 22.05) and the releases
+#: whose slurmrestd API it speaks (OpenAPI v0.0.38); later ones serve other APIs.
+REST_SUITE = "tests/integration/test_slurmrestd.py"
+REST_RELEASES = ("22.05",)
+#: Where --readme writes the tables.
+README_START, README_END = "<!-- slurm-matrix:start -->", "<!-- slurm-matrix:end -->"
 MARK = {"passed": "pass", "failed": "FAIL", "error": "ERROR", "skipped": "skip"}
 
 
@@ -51,12 +57,13 @@ def slurm_version(stdout: str) -> str:
     return ""
 
 
-def run_release(release: str, out: Path, extra: list[str]) -> dict:
-    xml = out.parent / f"{out.name}-{release}.xml"
+def run_release(release: str, out: Path, extra: list[str], suite: str = SUITE,
+                tag: str = "") -> dict:
+    xml = out.parent / f"{out.name}-{tag or release}.xml"
     env = dict(os.environ, SLURMFT_DOCKER_TEST_SLURM=release,
                SLURMFT_DOCKER_TEST_CLUSTER=f"sft-dm{release.replace('.', '')}")
     t0 = time.monotonic()
-    cp = subprocess.run([sys.executable, "-m", "pytest", SUITE, "-q", "-s", "-p",
+    cp = subprocess.run([sys.executable, "-m", "pytest", suite, "-q", "-s", "-p",
                          "no:cacheprovider", f"--junitxml={xml}", *extra],
                         cwd=ROOT, env=env, capture_output=True, text=True)
     tests = junit_results(xml)
@@ -82,11 +89,49 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _count(r: dict) -> str:
+    passed = sum(1 for v in r["tests"].values() if v == "passed")
+    ok = "passed" if r["returncode"] == 0 else f"FAILED (rc={r['returncode']})"
+    return f"{ok}: {passed} of {len(r['tests'])} tests"
+
+
+def backend_table(results: list[dict], rest: dict | None) -> str:
+    """Backend x release: what this run tested on each (``rest``: the slurmrestd suite's
+    result on 22.05, None when it was not run)."""
+    head = "| backend (`slurm.backend`) | " + " | ".join(
+        f"{r['release']} ({r['version'] or '?'})" for r in results) + " |"
+    cli = [f"{_count(r)} (`{SUITE}`)" for r in results]
+    rest_cells = []
+    for r in results:
+        if r["release"] not in REST_RELEASES:
+            rest_cells.append("not supported: its slurmrestd serves later APIs than v0.0.38")
+        elif rest is None:
+            rest_cells.append("supported, not run")
+        else:
+            rest_cells.append(f"{_count(rest)} (`{REST_SUITE}`, real slurmrestd)")
+    return "\n".join([head, "|---|" + "---|" * len(results),
+                      "| `cli` | " + " | ".join(cli) + " |",
+                      "| `rest` | " + " | ".join(rest_cells) + " |"])
+
+
+def write_readme(path: Path, text: str) -> None:
+    """Put ``text`` between the README's slurm-matrix markers."""
+    doc = path.read_text()
+    if README_START not in doc or README_END not in doc:
+        raise SystemExit(f"slurm_matrix: {path} has no {README_START} ... {README_END} section")
+    head, rest = doc.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--releases", default=",".join(RELEASES))
     ap.add_argument("--out", default="build/slurm-matrix", type=Path,
                     help="path prefix of the .md/.json/.xml files (default build/slurm-matrix)")
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="also write the tables into this file, between its "
+                         f"{README_START} and {README_END} lines")
     ap.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = ap.parse_args(argv)
     out = args.out if args.out.is_absolute() else ROOT / args.out
@@ -103,14 +148,23 @@ def main(argv: list[str] | None = None) -> int:
         r = run_release(release, out, args.pytest_args)
         print(r["summary"], flush=True)
         results.append(r)
+    rest = None
+    if any(r in REST_RELEASES for r in releases):
+        print(f"== slurmrestd backend, Slurm {', '.join(REST_RELEASES)}: {REST_SUITE}", flush=True)
+        rest = run_release(REST_RELEASES[0], out, args.pytest_args, REST_SUITE, "rest")
+        print(rest["summary"], flush=True)
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    md = (f"Slurm release matrix ({SUITE}, docker backend), run {when}:\n\n"
-          f"{table(results)}\n")
+    md = (f"Slurm release matrix ({SUITE}, docker cluster per release), run {when}:\n\n"
+          f"{table(results)}\n\nBackends of the Slurm adapter, same run:\n\n"
+          f"{backend_table(results, rest)}\n")
     out.with_suffix(".md").write_text(md)
     out.with_suffix(".json").write_text(json.dumps({"when": when, "suite": SUITE,
-                                                    "results": results}, indent=1) + "\n")
+                                                    "results": results, "rest": rest},
+                                                   indent=1) + "\n")
     print(md)
-    failed = [r["release"] for r in results if r["returncode"] != 0]
+    if args.readme is not None:
+        write_readme(args.readme if args.readme.is_absolute() else ROOT / args.readme, md)
+    failed = [r["release"] for r in results + ([rest] if rest else []) if r["returncode"] != 0]
     print(f"slurm matrix: {len(results) - len(failed)} of {len(results)} releases passed")
     return 1 if failed else 0
 

@@ -308,3 +308,29 @@ def test_each_job_moves_through_the_watchers_states(tmp_path):
     assert res.jobs == [jid] and res.phases == {jid: "watched"}
     fake.job(jid)["job_state"] = "COMPLETED"
     assert w.cycle().phases == {}                            # an ended job is forgotten
+
+
+def test_the_watcher_finishes_a_regain_whose_caller_died_with_the_requeue(tmp_path):
+    from slurmft.recovery.policy import RELAUNCH_MARK
+
+    prober = ScriptedProber({})
+    fake, jid, client, store, r = one_job(tmp_path, prober, nodes=("node1",),
+                                          comment=RELAUNCH_MARK, no_kill=True)
+    other = fake.add_job("RUNNING", ["node3"], comment=RELAUNCH_MARK)
+    client.requeue_hold(other)                 # held for another reason: left alone
+    # `reschedule --regain 2`, started by the job, saved its plan, requeue-held the job and
+    # died with it
+    record = store.load(jid)
+    record.regain_nodes, record.regain_exclude = 2, ["node4"]
+    store.save(record)
+    client.requeue_hold(jid)
+    w = Watcher(client, prober, r, interval=0.01)
+    res = w.cycle()
+    assert [(rep.decision.outcome, rep.decision.job_id) for rep in res.reports] == [
+        (Outcome.REGAIN, jid)]
+    job = fake.job(jid)
+    assert job["node_count"] == 2 and job["excluded_nodes"] == "node4"
+    assert job["state_reason"] != "JobHeldUser" and job["priority"] > 0
+    assert store.load(jid).regain_nodes is None
+    assert fake.job(other)["state_reason"] == "JobHeldUser"
+    assert w.cycle().reports == []              # done: nothing more to do
