@@ -294,8 +294,17 @@ def test_epilog_after_slurm_requeued_the_job(dcluster):
         dcluster.fault("node1", "link-down")
         # Slurm's own handling, without waiting SlurmdTimeout: the node is declared DOWN.
         run(dcluster, "scontrol", "update", "nodename=node1", "state=down", "reason=test-dead")
-        wait_for(lambda: job_fields(dcluster, jid).get("JobState") == "PENDING", 30,
-                 "Slurm's requeue")
+        seen: list[str] = []
+
+        def requeued() -> bool:
+            f = job_fields(dcluster, jid)
+            state = f"{f.get('JobState')} ({f.get('Reason')})"
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            return f.get("JobState") == "PENDING"
+        t0 = time.monotonic()
+        wait_for(requeued, 60, "Slurm's requeue", show=lambda: " -> ".join(seen))
+        print(f"requeued by Slurm after {time.monotonic() - t0:.1f} s: {' -> '.join(seen)}")
         cp = run(dcluster, "env", f"SLURM_JOB_ID={jid}", "SLURM_JOB_NODELIST=node[1-4]",
                  "SLURM_JOB_EXIT_CODE=0", "SLURM_SCRIPT_CONTEXT=epilog_slurmctld",
                  "slurmft", "epilog", timeout=30, check=False)
