@@ -202,6 +202,10 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
     elif straggler_action != "off":
         log.warning("--hang-timeout off: no heartbeats, so no straggler detection")
     slurm, sink = adapters.slurm_client(get_config(ctx)), adapters.run_event_sink(get_config(ctx))
+    if replica is not None and total_steps is not None and regain_mode != "off":
+        log.warning("--total-steps: per-step mode (--replicas) does not regain full size yet; "
+                    "a lost group is replaced by a spare or the run goes on with one less")
+        total_steps = None
     regainer = _regainer(slurm, ckpt, total_steps, regain_mode, requeue_cost, train_nodes,
                          spares, monitor is not None)
     if replica is not None:
