@@ -35,7 +35,7 @@ def test_a_shrunk_job_is_requeued_at_full_size_when_its_node_returns(cluster, cl
            "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
            "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
     blocker = cluster_run(["sbatch", "--parsable", "-w", "node3,node4", "-N", "2",
-                           "--wrap", "sleep 600"], env=env)
+                           "-o", str(work / "blocker.out"), "--wrap", "sleep 600"], env=env)
     assert blocker.returncode == 0, blocker.stderr
     cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2", script], env=env)
     assert cp.returncode == 0, cp.stderr
