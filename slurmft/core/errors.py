@@ -56,6 +56,14 @@ class SlurmCommandError(SlurmFTError):
         self.slurm_message = slurm_message
 
 
+class RestAuthError(SlurmCommandError):
+    """slurmrestd or slurmctld refused the token (missing, invalid, expired, other user)."""
+
+
+class RestUnsupportedError(SlurmCommandError):
+    """slurmrestd's API cannot do this operation (and no CLI fallback is configured)."""
+
+
 class InvalidJobError(SlurmCommandError):
     """Slurm does not know the job id."""
 

@@ -39,13 +39,15 @@ from slurmft.slurm.rest import (
     RestSlurmClient,
     RestUnsupportedError,
     TokenSource,
-    build_submit_body,
-    build_update_body,
     check_rest_url,
     error_for_response,
+    token_expiry,
+)
+from slurmft.slurm.rest_requests import (
+    build_submit_body,
+    build_update_body,
     job_properties,
     sbatch_directives,
-    token_expiry,
 )
 from slurmft.slurm.runner import CommandResult
 
