@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from slurmft.core.errors import ExitCode, SlurmFTError
 from slurmft.core.log import failed_extra, get_logger
 from slurmft.core.nodeset import fold
-from slurmft.observe.events import RunTransition
 from slurmft.supervise.launch import LaunchSettings, choose_nodes, slurm_env
 from slurmft.supervise.processes import Launched
 from slurmft.supervise.supervisor import RunState, Supervisor, exit_code
@@ -338,10 +337,7 @@ class ReplicaSupervisor(Supervisor):
         return max((rc for rc in rcs if rc is not None), default=0)
 
     def _emit(self, g: _Group, state: RunState, reason: str, *, rc: int | None = None) -> None:
-        previous, self.state = self.state, state
-        self.emit(RunTransition(job_id=self.options.job_id, state=state.value,
-                                previous=previous.value, reason=reason, nodes=tuple(g.nodes),
-                                launch=g.launches or None, rc=rc, replica=g.replica))
+        self._to(state, reason, nodes=g.nodes, rc=rc, launch=g.launches, replica=g.replica)
 
 
 __all__ = ["ENV_LIGHTHOUSE", "ENV_NUM_REPLICAS", "ENV_REPLICA_ID", "ReplicaSettings",

@@ -556,11 +556,14 @@ class Supervisor:
         return env
 
     def _to(self, state: RunState, reason: str, *, nodes: Sequence[str] = (),
-            rc: int | None = None) -> None:
+            rc: int | None = None, launch: int | None = None,
+            replica: int | None = None) -> None:
+        """One state change: the event (``launch``: default, this supervisor's launches so
+        far; ``replica``: per-step mode's group) and ``self.state``."""
         previous, self.state = self.state, state
         self.emit(RunTransition(job_id=self.options.job_id, state=state.value,
                                 previous=previous.value, reason=reason, nodes=tuple(nodes),
-                                launch=self.launches or None, rc=rc))
+                                launch=launch or self.launches or None, rc=rc, replica=replica))
 
 
 def initial_resume(mode: str, ckpt: Path) -> list[str]:
