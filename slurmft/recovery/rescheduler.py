@@ -444,13 +444,15 @@ class Rescheduler:
 
     def nudge(self, job: JobInfo, target_nodes: int | None = None) -> bool:
         """Keep a job we requeued moving. Pending for BeginTime (the requeue delay Slurm
-        applies once the job has finished COMPLETING): ``StartTime=now`` again. Pending for
-        BadConstraints with more nodes than ``target_nodes`` (a shrink sent while the job was
-        still COMPLETING can be undone by the requeue, seen on 22.05 when the batch host
-        died): send the shrink again, then ``StartTime=now``. True if anything was sent."""
+        applies once the job has finished COMPLETING): ``StartTime=now`` again. Pending, not
+        held, with more nodes than ``target_nodes``: a shrink sent while the job was still
+        COMPLETING can be undone by the requeue (seen on 22.05 when the batch host died; the
+        job then waits for BadConstraints, or for Resources when a spare could make up the
+        count but is busy): send the shrink again, then ``StartTime=now``. True if anything
+        was sent."""
         if self.dry_run or not job.is_pending:
             return False
-        reshrink = (job.reason == "BadConstraints" and target_nodes is not None
+        reshrink = (not job.reason.startswith("JobHeld") and target_nodes is not None
                     and 0 < target_nodes < job.node_count)
         if job.reason != "BeginTime" and not reshrink:
             return False

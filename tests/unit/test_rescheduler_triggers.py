@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from click.testing import CliRunner
 
 from slurmft.cli import cli
@@ -242,20 +243,35 @@ def test_a_requeued_job_is_recovered_at_its_first_step_and_one_without_steps_at_
     assert rec["step"] == f"{jid}.0"
 
 
-def test_watch_sends_the_shrink_again_when_slurm_undid_it(tmp_path):
+@pytest.mark.parametrize("reason", ["BadConstraints", "Resources"])
+def test_watch_sends_the_shrink_again_when_slurm_undid_it(tmp_path, reason):
     """Seen on 22.05 when the batch host died: the requeue restored NumNodes=4 and the job sat
-    PENDING (BadConstraints) with the dead node excluded. The watcher shrinks it again."""
+    PENDING with the dead node excluded: BadConstraints, or Resources when another node could
+    make up the count but is busy (a CI run). The watcher shrinks it again."""
     prober = ScriptedProber({"node1": Health.UNREACHABLE})
     fake, jid, client, _store, r = one_job(tmp_path, prober)
     w = Watcher(client, prober, r, interval=0.01)
     w.cycle()                                               # requeue on node[2-4]
-    fake.job(jid).update(node_count=4, state_reason="BadConstraints")  # Slurm undid NumNodes
+    fake.job(jid).update(node_count=4, state_reason=reason)  # Slurm undid NumNodes
     n_calls = len(fake.calls)
     w.cycle()
     sent = [c[2:] for c in fake.calls[n_calls:] if c[:2] == ("scontrol", "update")]
     assert sent == [(f"JobId={jid}", "ExcNodeList=node1", "NumNodes=3-3"),
                     (f"JobId={jid}", "StartTime=now")]
     assert fake.job(jid)["node_count"] == 3
+
+
+def test_watch_leaves_a_held_job_with_more_nodes_alone(tmp_path):
+    """Held (by an admin, or by a regain in progress): not ours to shrink or start."""
+    prober = ScriptedProber({"node1": Health.UNREACHABLE})
+    fake, jid, client, _store, r = one_job(tmp_path, prober)
+    w = Watcher(client, prober, r, interval=0.01)
+    w.cycle()
+    fake.job(jid).update(node_count=4, state_reason="JobHeldAdmin")
+    n_calls = len(fake.calls)
+    w.cycle()
+    assert [c for c in fake.calls[n_calls:] if c[:2] == ("scontrol", "update")] == []
+    assert fake.job(jid)["node_count"] == 4
 
 
 def test_watch_relaunches_in_place_and_leaves_a_degraded_node_alone_after_draining(tmp_path):
