@@ -9,6 +9,7 @@ from slurmft import __version__
 from slurmft.cli.checkpoint import checkpoint_group
 from slurmft.cli.errors import SlurmFTGroup
 from slurmft.cli.exporter import exporter_cmd
+from slurmft.cli.lighthouse import lighthouse_cmd
 from slurmft.cli.options import note_json_errors
 from slurmft.cli.probe import probe_cmd
 from slurmft.cli.recovery import epilog_cmd, reschedule_cmd, watch_cmd
@@ -27,6 +28,7 @@ COMMANDS: dict[str, click.Command] = {
     "epilog": epilog_cmd,
     "exporter": exporter_cmd,
     "inject": inject_cmd,
+    "lighthouse": lighthouse_cmd,
     "probe": probe_cmd,
     "render": render_group,
     "reschedule": reschedule_cmd,

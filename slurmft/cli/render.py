@@ -65,6 +65,8 @@ class _RenderRequest:
     spares: int = 0
     replicas: int = 0
     total_steps: int | None = None
+    group_jobs: bool = False
+    lighthouse: str = ""
 
 
 def _check_train_cmd(which: str, train: str) -> None:
@@ -117,19 +119,22 @@ def _render_text(req: _RenderRequest) -> str:
         rcfg, train_cmd=req.train, checkpoint_dir=req.ckpt,
         job_name=req.job_name or (job.name if job else "train"), nodes=n_nodes,
         partition=job.partition if job else "", spares=req.spares, replicas=req.replicas,
-        total_steps=req.total_steps))
+        total_steps=req.total_steps, group_jobs=req.group_jobs, lighthouse=req.lighthouse))
 
 
 def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: str | None,
                 exclude: str | None, slots: int | None, train_cmd: str | None,
                 checkpoint_dir: str | None, job_name: str | None, launcher: str | None,
                 launch_from: str | None, out: str | None, spares: int = 0,
-                replicas: int = 0, total_steps: int | None = None) -> None:
+                replicas: int = 0, total_steps: int | None = None, group_jobs: bool = False,
+                lighthouse: str | None = None) -> None:
     cfg = get_config(ctx, reschedule={"slots": slots, "launcher": launcher,
                                       "launch_from": launch_from})
     req = _RenderRequest(which, cfg, train=train_cmd or cfg.reschedule.train_cmd,
                          ckpt=checkpoint_dir or cfg.reschedule.checkpoint_dir, job_name=job_name,
-                         spares=spares, replicas=replicas, total_steps=total_steps)
+                         spares=spares, replicas=replicas, total_steps=total_steps,
+                         group_jobs=group_jobs, lighthouse=_lighthouse(group_jobs, replicas,
+                                                                       lighthouse))
     if which in ("job", "restart"):       # usage errors first, before Slurm is asked
         _check_train_cmd(which, req.train)
         if not req.ckpt:
@@ -148,6 +153,23 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
         click.echo(out)
     else:
         click.echo(text, nl=False)
+
+
+def _lighthouse(group_jobs: bool, replicas: int, url: str | None) -> str:
+    """--group-jobs' lighthouse URL, checked (``""`` without --group-jobs)."""
+    if not group_jobs:
+        if url:
+            raise UsageError("render job: --lighthouse goes with --group-jobs")
+        return ""
+    if not replicas or not url:
+        raise UsageError("render job: --group-jobs needs --replicas R and --lighthouse "
+                         "http://HOST:PORT (where `slurmft lighthouse` runs)")
+    from slurmft.supervise.launch import check_lighthouse_url
+
+    try:
+        return check_lighthouse_url(url)
+    except ValueError as exc:
+        raise UsageError(f"render job: --lighthouse: {exc}") from None
 
 
 @render_group.command("hostfile")
@@ -178,12 +200,20 @@ def render_restart(ctx: click.Context, **kw: Any) -> None:
 @click.option("--total-steps", type=count(1, 10**12), default=None,
               help="The training's total steps (`slurmft run --total-steps`): a job that "
                    "shrank asks for full size back when nodes return and it pays.")
+@click.option("--group-jobs", is_flag=True,
+              help="With --replicas R: one job per replica group, a job array of R tasks on "
+                   "--nodes/R nodes each (`slurmft run --group-id`), torchft's lighthouse "
+                   "outside the groups (--lighthouse): losing any node costs one group a "
+                   "requeue, never the whole run.")
+@click.option("--lighthouse", default=None, metavar="URL",
+              help="With --group-jobs: http://HOST:PORT of `slurmft lighthouse`.")
 @click.pass_context
 def render_job(ctx: click.Context, spares: int, replicas: int, total_steps: int | None,
-               **kw: Any) -> None:
+               group_jobs: bool, lighthouse: str | None, **kw: Any) -> None:
     """The job wrapper to submit training with: requeueable, `exec slurmft run` (relaunches in
     place on node loss, a dead or hung rank; hands the rest to a requeue)."""
-    _render_cmd(ctx, "job", spares=spares, replicas=replicas, total_steps=total_steps, **kw)
+    _render_cmd(ctx, "job", spares=spares, replicas=replicas, total_steps=total_steps,
+                group_jobs=group_jobs, lighthouse=lighthouse, **kw)
 
 
 def _logging_context(fmt: str, log_paths: tuple[str, ...], logstash_hosts: tuple[str, ...],

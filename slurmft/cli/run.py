@@ -118,6 +118,15 @@ class HangTimeout(click.ParamType):
                    "store listens on --store-port + i on its first node.")
 @click.option("--store-port", type=count(1024, 65535), default=29600, show_default=True,
               help="With --replicas: the first group's store port.")
+@click.option("--group-id", type=count(0, 4095), default=None, metavar="I",
+              help="Per-step mode with one job per replica group (a job array: "
+                   "\"$SLURM_ARRAY_TASK_ID\"; `render job --group-jobs` writes it): this job is "
+                   "group I of --replicas and trains alone, the lighthouse runs elsewhere "
+                   "(--lighthouse). A group whose node is lost is requeued without it while "
+                   "the others train on. Launches with srun.")
+@click.option("--lighthouse", default=None, metavar="URL",
+              help="With --group-id: http://HOST:PORT of torchft's lighthouse "
+                   "(`slurmft lighthouse` on a login or service node).")
 @click.option("--slurmft-cmd", default=None,
               help="How to run slurmft for the in-place reschedule, shell words "
                    "(default: this Python, -m slurmft).")
@@ -135,7 +144,7 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
             straggler_factor: float, straggler_steps: int, straggler_action: str,
             total_steps: int | None, regain_mode: str, requeue_cost: float | None,
             replicas: int, min_replicas: int, lighthouse_port: int, store_port: int,
-            slurmft_cmd: str | None, reschedule_log: str | None, dry_run: bool,
+            group_id: int | None, lighthouse: str | None, slurmft_cmd: str | None, reschedule_log: str | None, dry_run: bool,
             as_json: bool) -> None:
     """Supervise the training CMD inside a Slurm job (the rendered job script runs
     `exec slurmft run ... -- CMD`).
@@ -162,14 +171,24 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
     if not checkpoint_dir:
         raise UsageError("a checkpoint directory is required: --checkpoint-dir or "
                          "CHECKPOINT_PATH")
+    from slurmft.cli.lighthouse import group_job
+
+    group = group_job(replicas, group_id, lighthouse, store_port)
+    if group is not None:
+        if launcher == "mpirun":
+            raise UsageError("--group-id launches with srun (each rank takes its rank in the "
+                             "group from srun): drop --launcher mpirun")
+        launcher = "srun"
     settings = _settings(cfg, train_cmd, launcher, slots, mpirun_args, launch_from, ssh_args)
     job_id = _job_id()
     ckpt = Path(checkpoint_dir)
     options = _options(cfg, job_id, ckpt, resume_mode, train_cmd, slurmft_cmd, reschedule_log)
     options.spares, options.train_nodes = spares, train_nodes
     options.straggler_action = straggler_action
-    replica = _replica_settings(replicas, min_replicas, lighthouse_port, store_port)
-    if replica is not None:
+    options.group = group
+    replica = (None if group is not None
+               else _replica_settings(replicas, min_replicas, lighthouse_port, store_port))
+    if replica is not None or group is not None:
         # per rank heartbeats are numbered by rank, and every group has a rank 0
         hang_timeout, straggler_action = "off", "off"
     if hang_timeout != "off":
@@ -202,7 +221,8 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
     elif straggler_action != "off":
         log.warning("--hang-timeout off: no heartbeats, so no straggler detection")
     slurm, sink = adapters.slurm_client(get_config(ctx)), adapters.run_event_sink(get_config(ctx))
-    if replica is not None and total_steps is not None and regain_mode != "off":
+    if ((replica is not None or group is not None) and total_steps is not None
+            and regain_mode != "off"):
         log.warning("--total-steps: per-step mode (--replicas) does not regain full size yet; "
                     "a lost group is replaced by a spare or the run goes on with one less")
         total_steps = None
@@ -248,17 +268,10 @@ def _replica_settings(replicas: int, min_replicas: int, lighthouse_port: int,
     (next to this Python, as pip puts it, or on PATH)."""
     if not replicas:
         return None
-    import shutil
-    import sys
-
+    from slurmft.cli.lighthouse import lighthouse_binary
     from slurmft.supervise.replicas import ReplicaSettings
 
-    beside = Path(sys.executable).parent / "torchft_lighthouse"
-    found = str(beside) if os.access(beside, os.X_OK) else shutil.which("torchft_lighthouse")
-    if not found:
-        raise UsageError("--replicas needs torchft's lighthouse (torchft_lighthouse), which is "
-                         "neither next to this Python nor on PATH: pip install "
-                         "'slurmft[torchft]'")
+    found = lighthouse_binary()
     try:
         return ReplicaSettings(replicas=replicas, min_replicas=min_replicas,
                                lighthouse_port=lighthouse_port, store_port=store_port,
@@ -326,13 +339,17 @@ def _print_plan(settings: Any, options: Any, as_json: bool, replica: Any = None)
     want = (min(options.train_nodes, len(allocation)) if options.train_nodes
             else max(1, len(allocation) - options.spares) if options.spares else None)
     nodes = choose_nodes(allocation, [], want)
-    resume = initial_resume(options.resume, options.checkpoint_dir)
+    resume = ([] if options.group is not None
+              else initial_resume(options.resume, options.checkpoint_dir))
     peer = pick_peer(nodes, options.here) if settings.launch_from == "peer" else None
     doc = {"job_id": options.job_id, "nodes": nodes,
            "spares": [n for n in allocation if n not in nodes], "launcher": settings.launcher,
            "launch_host": peer or options.here, "argv": launch_argv(settings, nodes, resume),
            "resume": bool(resume), "heartbeat": options.heartbeat_env,
            "reschedule_log": str(options.reschedule_log)}
+    if options.group is not None and nodes:
+        doc.update(group=options.group.group_id, replicas=options.group.replicas,
+                   lighthouse=options.group.lighthouse, torchft_env=options.group.env(nodes))
     if replica is not None:
         from slurmft.supervise.replicas import group_argv, lighthouse_argv, split_groups
 
@@ -350,6 +367,9 @@ def _print_plan(settings: Any, options: Any, as_json: bool, replica: Any = None)
                f"({','.join(nodes) or 'none'}){spare}, launched from {doc['launch_host']}"
                f"{', resuming' if resume else ''}")
     click.echo(f"  {shlex.join(doc['argv'])}")
+    if "group" in doc:
+        click.echo(f"  replica group {doc['group']} of {doc['replicas']}, lighthouse "
+                   f"{doc['lighthouse']}")
     for g in doc.get("replica_groups", []):
         click.echo(f"  replica group {g['replica']} on {','.join(g['nodes'])}: "
                    f"{shlex.join(g['argv'])}")

@@ -43,14 +43,17 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
                 hang_timeout: str = "auto", spares: int = 0,
                 straggler_action: str = "", straggler_factor: float | None = None,
                 straggler_steps: int | None = None, replicas: int = 0,
-                total_steps: int | None = None) -> dict[str, Any]:
+                total_steps: int | None = None, group_jobs: bool = False,
+                lighthouse: str = "") -> dict[str, Any]:
     """Variables for templates/job.sh.j2 (the job wrapper). ``hang_timeout``: auto, off or
     seconds, for ``slurmft run --hang-timeout``. ``spares``: extra nodes the job holds
     (``--nodes`` is then nodes + spares) to replace a lost one. ``straggler_*``: ``slurmft
     run --straggler-action/--straggler-factor/--straggler-steps`` (empty/None: its
     defaults, no option written). ``replicas``: per-step mode with torchft (``slurmft run
     --replicas``; 0: restart mode). ``total_steps``: ``slurmft run --total-steps`` (a job
-    that shrank regains full size when it pays; None: not written)."""
+    that shrank regains full size when it pays; None: not written). ``group_jobs``: one
+    job per replica group, a job array (``slurmft run --group-id``), with torchft's
+    lighthouse at ``lighthouse`` (checked by the caller)."""
     if straggler_action not in ("", "report", "swap", "off"):
         raise RenderError(f"straggler action {straggler_action!r}: use report, swap or off")
     words = shlex.split(train_cmd) if isinstance(train_cmd, str) else list(train_cmd)
@@ -61,6 +64,9 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
                           f"groups of equal size: give a multiple of {replicas}")
     if not checkpoint_dir:
         raise RenderError("a checkpoint directory is required (--checkpoint-dir)")
+    if group_jobs and not (replicas and lighthouse):
+        raise RenderError("one job per replica group needs --replicas R and --lighthouse "
+                          "http://HOST:PORT")
     slurmft = list(slurmft_cmd) or slurmft_argv()
     return {
         "job_name": safe_job_name(job_name),
@@ -70,7 +76,7 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "time_limit": sbatch_value("time limit", time_limit),
         "work_dir": sbatch_value("work dir", work_dir),
         "output": sbatch_value("output", output),
-        "launcher": config.launcher,
+        "launcher": "srun" if group_jobs else config.launcher,   # a group's ranks: srun's
         "launch_from": config.launch_from,
         # shell lines `slurmft run` splits again (shlex): quoting inside them survives
         "mpirun_args_line": shlex.join(shlex.split(config.mpirun_args)),
@@ -86,6 +92,8 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "spares": int(spares),
         "replicas": int(replicas),
         "total_steps": int(total_steps) if total_steps else 0,
+        "group_jobs": bool(group_jobs),
+        "lighthouse": lighthouse,
         # slurmft run's straggler options, as argv words (none given: its defaults)
         "straggler_args": [
             *(["--straggler-action", straggler_action] if straggler_action else []),

@@ -125,3 +125,70 @@ def rank_node(rank: int, nodes: Sequence[str], slots: int) -> str:
     heartbeat's host is preferred. '?' when the rank is out of range."""
     i = rank // max(1, slots)
     return nodes[i] if 0 <= i < len(nodes) else "?"
+
+
+#: What a torchft replica-group process reads (the contract with the training script).
+ENV_LIGHTHOUSE = "TORCHFT_LIGHTHOUSE"
+ENV_REPLICA_ID = "REPLICA_GROUP_ID"
+ENV_NUM_REPLICAS = "NUM_REPLICA_GROUPS"
+_LIGHTHOUSE_URL = re.compile(r"^http://(?P<host>[A-Za-z0-9][A-Za-z0-9.\-]*):(?P<port>\d{1,5})/?$")
+
+
+def lighthouse_command(cmd: Sequence[str], port: int, min_replicas: int,
+                       join_timeout_ms: int = 1000, quorum_tick_ms: int = 100,
+                       heartbeat_timeout_ms: int = 2000) -> list[str]:
+    """torchft's lighthouse, listening on every address of its host."""
+    return [*cmd, "--min_replicas", str(int(min_replicas)), "--bind", f"0.0.0.0:{int(port)}",
+            "--join_timeout_ms", str(int(join_timeout_ms)),
+            "--quorum_tick_ms", str(int(quorum_tick_ms)),
+            "--heartbeat_timeout_ms", str(int(heartbeat_timeout_ms))]
+
+
+def torchft_env(lighthouse: str, replica: int, replicas: int, nodes: Sequence[str],
+                store_port: int) -> dict[str, str]:
+    """The variables of one torchft replica group on ``nodes``: the lighthouse's URL, its
+    replica id, the number of groups, and its own store (its first node, ``store_port``)."""
+    return {ENV_LIGHTHOUSE: lighthouse, ENV_REPLICA_ID: str(int(replica)),
+            ENV_NUM_REPLICAS: str(int(replicas)), "MASTER_ADDR": nodes[0],
+            "MASTER_PORT": str(int(store_port))}
+
+
+def check_lighthouse_url(url: str) -> str:
+    """``http://HOST:PORT`` with a valid host name or IPv4 address and a TCP port, else
+    ValueError saying what to give."""
+    m = _LIGHTHOUSE_URL.match(url.strip())
+    if not m or not is_valid_hostname(m["host"]) or not 1 <= int(m["port"]) <= 65535:
+        raise ValueError(f"{url!r} is not a lighthouse address: give http://HOST:PORT, e.g. "
+                         "http://login1:29510 (where `slurmft lighthouse` runs)")
+    return url.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class GroupJob:
+    """This job is replica group ``group_id`` of ``replicas`` (``slurmft run --group-id``):
+    per-step mode with one Slurm job per group, e.g. a job array, and torchft's lighthouse
+    outside every group (``slurmft lighthouse`` on a login or service node). A group that
+    loses a node is requeued by slurmft like any job, without that node; the other groups
+    train on. The group's store port is ``store_port + group_id``, so that two groups that
+    share a node never collide."""
+
+    group_id: int
+    replicas: int
+    lighthouse: str
+    store_port: int = 29600
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError("replicas must be >= 1")
+        if not 0 <= self.group_id < self.replicas:
+            raise ValueError(f"group id {self.group_id} is not one of the {self.replicas} "
+                             f"groups (0-{self.replicas - 1})")
+        if not (1024 <= self.store_port and self.store_port + self.replicas - 1 <= 65535):
+            raise ValueError(f"store ports {self.store_port}-"
+                             f"{self.store_port + self.replicas - 1} are not in 1024-65535")
+        check_lighthouse_url(self.lighthouse)
+
+    def env(self, nodes: Sequence[str]) -> dict[str, str]:
+        """The group's torchft variables for a launch on ``nodes``."""
+        return torchft_env(self.lighthouse, self.group_id, self.replicas, nodes,
+                           self.store_port + self.group_id)

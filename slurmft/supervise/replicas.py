@@ -31,7 +31,16 @@ from dataclasses import dataclass, field
 from slurmft.core.errors import ExitCode, SlurmFTError
 from slurmft.core.log import failed_extra, get_logger
 from slurmft.core.nodeset import fold
-from slurmft.supervise.launch import LaunchSettings, choose_nodes, slurm_env
+from slurmft.supervise.launch import (
+    ENV_LIGHTHOUSE,
+    ENV_NUM_REPLICAS,
+    ENV_REPLICA_ID,
+    LaunchSettings,
+    choose_nodes,
+    lighthouse_command,
+    slurm_env,
+    torchft_env,
+)
 from slurmft.supervise.processes import Launched
 from slurmft.supervise.supervisor import RunState, Supervisor, exit_code
 
@@ -40,10 +49,6 @@ log = get_logger(__name__)
 #: Starts of torchft's lighthouse per job before per-step mode gives up (a port taken, a
 #: broken install: restarting it for ever would only fill the log).
 MAX_LIGHTHOUSE_STARTS = 5
-#: What a replica-group process reads (the contract with the training script).
-ENV_LIGHTHOUSE = "TORCHFT_LIGHTHOUSE"
-ENV_REPLICA_ID = "REPLICA_GROUP_ID"
-ENV_NUM_REPLICAS = "NUM_REPLICA_GROUPS"
 
 
 @dataclass(frozen=True)
@@ -86,11 +91,8 @@ def split_groups(nodes: Sequence[str], replicas: int) -> list[list[str]]:
 
 def lighthouse_argv(rs: ReplicaSettings) -> list[str]:
     """torchft's lighthouse, listening on every address of the batch host."""
-    return [*rs.lighthouse_cmd, "--min_replicas", str(rs.min_replicas),
-            "--bind", f"0.0.0.0:{rs.lighthouse_port}",
-            "--join_timeout_ms", str(rs.join_timeout_ms),
-            "--quorum_tick_ms", str(rs.quorum_tick_ms),
-            "--heartbeat_timeout_ms", str(rs.heartbeat_timeout_ms)]
+    return lighthouse_command(rs.lighthouse_cmd, rs.lighthouse_port, rs.min_replicas,
+                              rs.join_timeout_ms, rs.quorum_tick_ms, rs.heartbeat_timeout_ms)
 
 
 def group_argv(settings: LaunchSettings, replica: int, nodes: Sequence[str]) -> list[str]:
@@ -108,9 +110,8 @@ def group_env(base: Mapping[str, str], rs: ReplicaSettings, replica: int,
     its own store (its first node, a port of its own) and Slurm's view of its nodes."""
     env = dict(base)
     env.update(slurm_env(nodes, slots))
-    env.update({ENV_LIGHTHOUSE: f"http://{lighthouse_host}:{rs.lighthouse_port}",
-                ENV_REPLICA_ID: str(int(replica)), ENV_NUM_REPLICAS: str(rs.replicas),
-                "MASTER_ADDR": nodes[0], "MASTER_PORT": str(rs.store_port + int(replica))})
+    env.update(torchft_env(f"http://{lighthouse_host}:{rs.lighthouse_port}", replica,
+                           rs.replicas, nodes, rs.store_port + int(replica)))
     return env
 
 

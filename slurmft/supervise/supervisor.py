@@ -53,6 +53,7 @@ from slurmft.core.nodeset import fold
 from slurmft.observe.events import Event, RunTransition, Straggler
 from slurmft.supervise.hang import read_interval
 from slurmft.supervise.launch import (
+    GroupJob,
     LaunchSettings,
     choose_nodes,
     launch_argv,
@@ -159,6 +160,7 @@ class RunOptions:
     spares: int = 0                             # nodes of the allocation kept idle as spares
     train_nodes: int | None = None              # with spares: nodes the training runs on
     straggler_action: str = "report"            # report | swap (a spare takes its place)
+    group: GroupJob | None = None               # this job is one torchft replica group
 
 
 class Supervisor:
@@ -231,7 +233,7 @@ class Supervisor:
             if rc == 0 and ended is Ended.EXITED:
                 self._to(RunState.DONE, "the training finished", rc=0)
                 return 0
-            resume = ["--resume", str(ckpt)]
+            resume = self._relaunch_resume()
             if ended in (Ended.EXITED, Ended.HUNG):
                 answer = self._ask_in_place(rc, hung=ended is Ended.HUNG)
                 if answer == ExitCode.STALE_COPY:
@@ -538,7 +540,16 @@ class Supervisor:
 
     # ------------------------------------------------------------------ environment
     def _initial_resume(self) -> list[str]:
+        if self.options.group is not None:
+            return []
         return initial_resume(self.options.resume, self.options.checkpoint_dir)
+
+    def _relaunch_resume(self) -> list[str]:
+        """A relaunch resumes from the latest verified checkpoint; a torchft group finds its
+        own (``replica-<id>``) or recovers live from a peer that is ahead: no option."""
+        if self.options.group is not None:
+            return []
+        return ["--resume", str(self.options.checkpoint_dir)]
 
     def _launch_env(self, nodes: list[str]) -> dict[str, str]:
         """This environment, the restart env file (read before every launch: e.g.
@@ -552,6 +563,8 @@ class Supervisor:
             log.warning("%s; starting without it", exc, extra={"job": str(self.options.job_id)})
         env.update(self.options.heartbeat_env)
         env.update(slurm_env(nodes, self.settings.slots))
+        if self.options.group is not None:
+            env.update(self.options.group.env(nodes))
         self.environ.update(slurm_env(nodes, self.settings.slots))
         return env
 

@@ -75,6 +75,7 @@ def base_case(path: tuple[str, ...], ws: Path) -> tuple[dict[str, str], list[str
         ("inject",): ({"action": "kill-rank"}, ["--job", "1"]),
         ("cluster", "fault"): ({"node": "node1", "action": "kill-slurmd"}, []),
         ("cluster", "exec"): ({"command": "true"}, []),
+        ("lighthouse",): ({}, ["--dry-run"]),       # it would exec torchft's lighthouse
     }
     args, opts = table.get(path, ({}, []))
     return dict(args), list(opts)

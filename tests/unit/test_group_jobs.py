@@ -1,0 +1,143 @@
+"""Per-step mode with one job per replica group: ``slurmft run --group-id``, ``render job
+--group-jobs`` and ``slurmft lighthouse`` (fakes, no processes)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+from click.testing import CliRunner
+
+from slurmft.cli import cli
+from slurmft.supervise.launch import GroupJob, LaunchSettings, check_lighthouse_url
+from slurmft.supervise.supervisor import RunOptions, Supervisor
+from tests.unit.test_supervisor import FakeProcesses, FakeSlurm
+
+LIGHTHOUSE = "http://login1:29510"
+
+
+def group_supervisor(tmp_path, *, launches, allocations=(), group_id=2, replicas=4):
+    procs = FakeProcesses(launches=launches)
+    slurm = FakeSlurm(allocations=list(allocations))
+    opts = RunOptions(job_id=31, checkpoint_dir=tmp_path / "ck", here="node5",
+                      cwd=str(tmp_path), slurmft_cmd=("slurmft",),
+                      reschedule_log=tmp_path / "r.log", kill_grace=0.0,
+                      group=GroupJob(group_id, replicas, LIGHTHOUSE))
+    (tmp_path / "ck" / "replica-2" / "step_000000000040.abc").mkdir(parents=True)
+    sup = Supervisor(LaunchSettings(train_cmd=("python", "train_torchft.py"), launcher="srun",
+                                    launch_from="batch"),
+                     opts, slurm, procs, emit=lambda e: None,
+                     environ={"SLURM_JOB_NODELIST": "node5"},
+                     sleep=lambda s: None, clock=iter(range(10**6)).__next__)
+    return sup, procs
+
+
+def test_a_group_job_gives_its_ranks_torchft_s_variables_and_never_resume(tmp_path):
+    """The group resumes by itself (its replica-<id> checkpoint, or live from a peer that is
+    ahead): no --resume on the first launch nor on a relaunch after a crash."""
+    sup, procs = group_supervisor(tmp_path, launches=[[None, 1], [0]],
+                                  allocations=[["node5"]])
+    assert sup.run() == 0
+    assert len(procs.started) == 2
+    for argv, env, _ in procs.started:
+        assert argv[0] == "srun" and "--resume" not in argv
+        assert argv[-2:] == ["python", "train_torchft.py"]
+        assert (env["TORCHFT_LIGHTHOUSE"], env["REPLICA_GROUP_ID"],
+                env["NUM_REPLICA_GROUPS"]) == (LIGHTHOUSE, "2", "4")
+        assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("node5", "29602")
+    assert procs.called[0][:4] == ["slurmft", "reschedule", "31", "--in-place"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"group_id": 4, "replicas": 4, "lighthouse": LIGHTHOUSE}, "not one of the 4 groups"),
+    ({"group_id": 0, "replicas": 0, "lighthouse": LIGHTHOUSE}, "replicas must be"),
+    ({"group_id": 0, "replicas": 2, "lighthouse": "login1:29510"}, "http://HOST:PORT"),
+    ({"group_id": 0, "replicas": 2, "lighthouse": "http://a;b:1"}, "http://HOST:PORT"),
+    ({"group_id": 0, "replicas": 2, "lighthouse": "http://a:70000"}, "http://HOST:PORT"),
+    ({"group_id": 0, "replicas": 2, "lighthouse": LIGHTHOUSE, "store_port": 65535},
+     "not in 1024-65535"),
+])
+def test_group_job_refuses_what_cannot_work(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GroupJob(**kwargs)
+
+
+def test_lighthouse_url_is_normalised():
+    assert check_lighthouse_url(" http://10.0.0.2:29510/ ") == "http://10.0.0.2:29510"
+
+
+def _run(args, env=None):
+    return CliRunner().invoke(cli, args, env=env)
+
+
+def test_run_dry_run_shows_the_group_and_launches_with_srun(tmp_path):
+    env = {"SLURM_JOB_ID": "31", "SLURM_JOB_NODELIST": "node5", "SLURMD_NODENAME": "node5"}
+    r = _run(["run", "--checkpoint-dir", str(tmp_path), "--replicas", "4", "--group-id", "1",
+              "--lighthouse", LIGHTHOUSE, "--dry-run", "--json", "--", "python", "t.py"], env)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["launcher"] == "srun" and doc["argv"][0] == "srun"
+    assert (doc["group"], doc["replicas"], doc["lighthouse"]) == (1, 4, LIGHTHOUSE)
+    assert doc["torchft_env"]["MASTER_PORT"] == "29601" and doc["resume"] is False
+    assert doc["heartbeat"] == {}          # heartbeats are numbered over all groups: off
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--group-id", "1"], "needs all of --replicas R, --group-id I"),
+    (["--replicas", "2", "--lighthouse", LIGHTHOUSE], "needs all of"),
+    (["--replicas", "2", "--group-id", "1", "--lighthouse", "x"], "not a lighthouse address"),
+    (["--replicas", "2", "--group-id", "1", "--lighthouse", LIGHTHOUSE, "--launcher", "mpirun"],
+     "launches with srun"),
+])
+def test_run_group_options_errors_are_one_line(tmp_path, extra, message):
+    env = {"SLURM_JOB_ID": "31", "SLURM_JOB_NODELIST": "node5"}
+    r = _run(["run", "--checkpoint-dir", str(tmp_path), *extra, "--dry-run", "--", "t"], env)
+    assert r.exit_code != 0 and message in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_render_job_group_jobs_is_an_array_of_one_group_each(tmp_path):
+    r = _run(["render", "job", "--nodes", "4", "--replicas", "2", "--group-jobs", "--spares", "1",
+              "--lighthouse", LIGHTHOUSE, "--train-cmd", "python train_torchft.py",
+              "--checkpoint-dir", "/shared/ck"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert "#SBATCH --nodes=3" in lines and "#SBATCH --array=0-1" in lines
+    words = shlex.split(r.output.split("exec ", 1)[1].replace("\\\n", " "))
+    run = words[words.index("run"):]
+    assert run[run.index("--launcher") + 1] == "srun"
+    assert run[run.index("--group-id") + 1] == "$SLURM_ARRAY_TASK_ID"
+    assert run[run.index("--lighthouse") + 1] == LIGHTHOUSE
+    assert run[run.index("--replicas") + 1] == "2" and "--train-nodes" not in run
+    assert '--group-id "$SLURM_ARRAY_TASK_ID"' in r.output       # expanded by bash
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--group-jobs", "--lighthouse", LIGHTHOUSE], "--group-jobs needs --replicas"),
+    (["--replicas", "2", "--group-jobs"], "--group-jobs needs --replicas R and --lighthouse"),
+    (["--replicas", "2", "--lighthouse", LIGHTHOUSE], "--lighthouse goes with --group-jobs"),
+    (["--replicas", "2", "--group-jobs", "--lighthouse", "http://x y:1"], "lighthouse address"),
+])
+def test_render_job_group_jobs_errors(extra, message):
+    r = _run(["render", "job", "--nodes", "4", *extra, "--train-cmd", "t",
+              "--checkpoint-dir", "/c"])
+    assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
+
+
+def test_lighthouse_dry_run_prints_torchft_s_command():
+    r = _run(["lighthouse", "--port", "29700", "--min-replicas", "2", "--dry-run", "--json"])
+    assert r.exit_code == 0, r.output
+    argv = json.loads(r.output)["argv"]
+    assert argv[0] == "torchft_lighthouse"
+    assert argv[argv.index("--bind") + 1] == "0.0.0.0:29700"
+    assert argv[argv.index("--min_replicas") + 1] == "2"
+
+
+def test_lighthouse_without_torchft_says_what_to_install(monkeypatch, tmp_path):
+    import slurmft.cli.lighthouse as mod
+
+    monkeypatch.setattr(mod.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    r = _run(["lighthouse"])
+    assert r.exit_code != 0 and "pip install 'slurmft[torchft]'" in r.output
