@@ -231,3 +231,23 @@ def test_restart_in_place_respects_the_retry_budget():
                   requeue=True, restart_count=1)
     d = decide(job, healthy, History(attempts=3), PolicyConfig(restart_failed=True, max_retry=3))
     assert d.outcome is Outcome.EXHAUSTED and not d.actions
+
+
+def test_a_one_node_job_that_loses_its_node_is_requeued_at_its_size_elsewhere():
+    """One replica group of per-step mode (render job --group-jobs) holds one node: losing it
+    leaves no healthy node to shrink to. It is requeued at one node, the failed one excluded
+    (Slurm gives it an idle one), not refused."""
+    d = decide(job(nodes=("node2",)), health(node2=U), History(), CFG)
+    assert d.outcome is Outcome.REQUEUE and d.num_nodes == 1 and d.exclude == ("node2",)
+    assert "on 1 node(s) without node2" in d.message
+    assert ops(d)[:3] == ["kill_job", "requeue_hold", "down"]
+
+
+def test_a_job_whose_every_node_failed_keeps_its_size_or_is_refused_below_the_minimum():
+    d = decide(job(), health(node1=U, node2=U, node3=U, node4=U), History(), CFG)
+    assert d.outcome is Outcome.REQUEUE and d.num_nodes == 4
+    assert d.exclude == NODES
+    small = decide(job(nodes=("node2",)), health(node2=U), History(),
+                   PolicyConfig(min_nodes=2))
+    assert small.outcome is Outcome.REFUSED and not small.actions
+    assert "no healthy node left and its size, 1 node(s), is below the minimum of 2" in small.message

@@ -126,7 +126,8 @@ def test_watch_refuses_when_most_of_a_job_fails_at_once(tmp_path):
 
 def test_watch_cools_down_after_refusal_and_stops(tmp_path):
     prober = ScriptedProber({"node1": Health.UNREACHABLE})
-    _fake, jid, client, _store, r = one_job(tmp_path, prober, ["node1"])
+    _fake, jid, client, _store, r = one_job(tmp_path, prober, ["node1", "node2"])
+    r.config = RescheduleConfig(state_dir=str(tmp_path), min_nodes=2)
     cycles = []
     stop = threading.Event()
     w = Watcher(client, prober, r, job_ids=[jid], interval=0.01, cooldown=3600, stop=stop,
