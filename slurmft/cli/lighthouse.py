@@ -34,7 +34,7 @@ def group_job(replicas: int, group_id: int | None, lighthouse: str | None,
         return None
     if group_id is None or lighthouse is None or not replicas:
         raise UsageError("one job per replica group needs all of --replicas R, --group-id I "
-                         "(e.g. $SLURM_ARRAY_TASK_ID) and --lighthouse http://HOST:PORT")
+                         "and --lighthouse http://HOST:PORT")
     from slurmft.supervise.launch import GroupJob
 
     try:
@@ -62,10 +62,10 @@ def lighthouse_cmd(port: int, min_replicas: int, join_timeout_ms: int,
     \b
     Start it where no training runs (a login or service node): a group that
     loses its node is then requeued alone, and the other groups keep their
-    quorum. Each group is a job of its own, e.g. the array `slurmft render job
-    --replicas R --group-jobs --lighthouse http://HOST:PORT` writes:
+    quorum. Each group is a job of its own, as `slurmft render job --replicas R
+    --group-jobs --lighthouse http://HOST:PORT -o job.sh` writes it:
       slurmft lighthouse --port 29510 &
-      sbatch job.sh             # #SBATCH --array=0-(R-1)
+      for i in 0 1 2 3; do sbatch job.sh $i; done    # R=4
     The lighthouse keeps no state worth saving: restart it and the groups join
     again within one heartbeat. Runs in the foreground until stopped.
     """

@@ -201,8 +201,9 @@ def render_restart(ctx: click.Context, **kw: Any) -> None:
               help="The training's total steps (`slurmft run --total-steps`): a job that "
                    "shrank asks for full size back when nodes return and it pays.")
 @click.option("--group-jobs", is_flag=True,
-              help="With --replicas R: one job per replica group, a job array of R tasks on "
-                   "--nodes/R nodes each (`slurmft run --group-id`), torchft's lighthouse "
+              help="With --replicas R: one job per replica group, submitted R times with the "
+                   "group id as argument (`sbatch job.sh I`), --nodes/R nodes each (`slurmft "
+                   "run --group-id`), torchft's lighthouse "
                    "outside the groups (--lighthouse): losing any node costs one group a "
                    "requeue, never the whole run.")
 @click.option("--lighthouse", default=None, metavar="URL",

@@ -119,8 +119,8 @@ class HangTimeout(click.ParamType):
 @click.option("--store-port", type=count(1024, 65535), default=29600, show_default=True,
               help="With --replicas: the first group's store port.")
 @click.option("--group-id", type=count(0, 4095), default=None, metavar="I",
-              help="Per-step mode with one job per replica group (a job array: "
-                   "\"$SLURM_ARRAY_TASK_ID\"; `render job --group-jobs` writes it): this job is "
+              help="Per-step mode with one job per replica group (`render job --group-jobs` "
+                   "writes it, the group id the script's argument): this job is "
                    "group I of --replicas and trains alone, the lighthouse runs elsewhere "
                    "(--lighthouse). A group whose node is lost is requeued without it while "
                    "the others train on. Launches with srun.")

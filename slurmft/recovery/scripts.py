@@ -52,7 +52,7 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
     defaults, no option written). ``replicas``: per-step mode with torchft (``slurmft run
     --replicas``; 0: restart mode). ``total_steps``: ``slurmft run --total-steps`` (a job
     that shrank regains full size when it pays; None: not written). ``group_jobs``: one
-    job per replica group, a job array (``slurmft run --group-id``), with torchft's
+    job per replica group, submitted once per group (``slurmft run --group-id``), torchft's
     lighthouse at ``lighthouse`` (checked by the caller)."""
     if straggler_action not in ("", "report", "swap", "off"):
         raise RenderError(f"straggler action {straggler_action!r}: use report, swap or off")

@@ -166,7 +166,7 @@ def check_lighthouse_url(url: str) -> str:
 @dataclass(frozen=True)
 class GroupJob:
     """This job is replica group ``group_id`` of ``replicas`` (``slurmft run --group-id``):
-    per-step mode with one Slurm job per group, e.g. a job array, and torchft's lighthouse
+    per-step mode with one Slurm job per group, and torchft's lighthouse
     outside every group (``slurmft lighthouse`` on a login or service node). A group that
     loses a node is requeued by slurmft like any job, without that node; the other groups
     train on. The group's store port is ``store_port + group_id``, so that two groups that

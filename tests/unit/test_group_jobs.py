@@ -97,20 +97,21 @@ def test_run_group_options_errors_are_one_line(tmp_path, extra, message):
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
 
 
-def test_render_job_group_jobs_is_an_array_of_one_group_each(tmp_path):
+def test_render_job_group_jobs_is_one_job_per_group_with_the_id_as_argument(tmp_path):
     r = _run(["render", "job", "--nodes", "4", "--replicas", "2", "--group-jobs", "--spares", "1",
               "--lighthouse", LIGHTHOUSE, "--train-cmd", "python train_torchft.py",
               "--checkpoint-dir", "/shared/ck"])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    assert "#SBATCH --nodes=3" in lines and "#SBATCH --array=0-1" in lines
+    assert "#SBATCH --nodes=3" in lines and not any("--array" in ln for ln in lines)
+    assert "for i in $(seq 0 1); do sbatch" in r.output
     words = shlex.split(r.output.split("exec ", 1)[1].replace("\\\n", " "))
     run = words[words.index("run"):]
     assert run[run.index("--launcher") + 1] == "srun"
-    assert run[run.index("--group-id") + 1] == "$SLURM_ARRAY_TASK_ID"
+    assert run[run.index("--group-id") + 1] == "$1"
     assert run[run.index("--lighthouse") + 1] == LIGHTHOUSE
     assert run[run.index("--replicas") + 1] == "2" and "--train-nodes" not in run
-    assert '--group-id "$SLURM_ARRAY_TASK_ID"' in r.output       # expanded by bash
+    assert '--group-id "$1"' in r.output       # the script's argument, expanded by bash
 
 
 @pytest.mark.parametrize("extra, message", [
