@@ -53,11 +53,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slurmft.checkpoint.store import Store
+from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.nodeset import validate_hostname
 from slurmft.observe.goodput import describe_world_sizes, step_time
 from slurmft.observe.events import AuditFile, RunTransition
+from slurmft.core.selfcmd import slurmft_argv
 from slurmft.observe.report import RESTART_PHASES, read_progress, restart_phases, summarize
+from slurmft.recovery.scripts import job_context
+from slurmft.render import render
+from slurmft.testbed import procs
 from slurmft.testbed.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, sample_time
 
 VARIANTS = ("slurmft", "slurm", "classic")
@@ -68,7 +73,10 @@ VARIANTS = ("slurmft", "slurm", "classic")
 #: torchft-runner: torchft's own way on Slurm (its examples/slurm/runner.py): each replica is a
 #: one-node Slurm job, a loop resubmits a replica whose job is gone every 10 s, no health
 #: check, no exclusion; the lighthouse on the controller host; nodes + 1 in the cluster.
-EXTRA_VARIANTS = ("spare", "slurmft-torchft", "torchft-runner")
+#: slurmft-torchft-jobs: per-step mode with one job per replica group (`render job
+#: --group-jobs`), `slurmft lighthouse` on the controller host, the watcher on every group's
+#: job; nodes + 1 in the cluster (the idle node takes a lost group's requeue).
+EXTRA_VARIANTS = ("spare", "slurmft-torchft", "torchft-runner", "slurmft-torchft-jobs")
 #: Variants whose job holds one spare node on top of --nodes (their cluster has nodes + 1).
 WITH_SPARE = ("spare", "slurmft-torchft")
 #: torchft-runner's loop: seconds between two looks at the replicas' jobs (runner.py's sleep).
@@ -323,7 +331,8 @@ class Run:
         self.a = a
         self.rng = rng
         self.demo = Demo(DemoOptions(name=f"gp-{variant}", nodes=a.nodes, steps=a.steps,
-                                     spares=1 if variant in (*WITH_SPARE, "torchft-runner") else 0,
+                                     spares=1 if variant in (*WITH_SPARE, "torchft-runner",
+                                                             "slurmft-torchft-jobs") else 0,
                                      replicas=a.nodes if variant == "slurmft-torchft" else 0,
                                      step_time=a.step_time, step_interval=a.step_interval,
                                      watch_interval=a.watch_interval,
@@ -484,11 +493,14 @@ class Run:
         latest, latest_step = latest_checkpoint(store)
         t = time.time()
         try:
-            what = self.cluster.fault(node, kind)
+            what = self._fault(node, kind)
         except SlurmFTError as exc:
             what = f"fault failed: {exc}"
         self.say(f"FAULT {kind} on {node} ({what}); latest verified checkpoint {latest}")
         return Fault(t, kind, node, latest, latest_step, what)
+
+    def _fault(self, node: str, kind: str) -> str:
+        return self.cluster.fault(node, kind)
 
     def _training_nodes(self) -> set[str]:
         """The nodes of the supervisor's latest launch (its `run` events in the audit file);
@@ -599,22 +611,12 @@ class RunnerRun(Run):
                  "--sample-time", f"{sample_time(a.step_time, a.nodes, o.global_batch):.9g}",
                  "--step-interval", str(a.step_interval),
                  "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
-        self.scripts = []
-        for i in range(a.nodes):
-            path = work / f"replica-{i}.sh"
-            path.write_text(runner_script(replica=i, replicas=a.nodes, work=work, train=train))
-            self.scripts.append(path)
-        lighthouse = str(Path(sys.executable).parent / "torchft_lighthouse")
         with open(work / "lighthouse.log", "ab") as log:
             self.lighthouse = subprocess.Popen(
-                c.exec_argv([lighthouse, "--min_replicas", "1", "--bind",
-                             f"0.0.0.0:{LIGHTHOUSE_PORT}", "--join_timeout_ms", "1000",
-                             "--quorum_tick_ms", "100", "--heartbeat_timeout_ms", "2000"]),
-                env=c.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        self.say(f"lighthouse pid {self.lighthouse.pid} on ctl; {a.nodes} replica jobs, "
-                 f"resubmitted every {RUNNER_POLL_S:g} s when gone")
+                c.exec_argv(self._lighthouse_argv()), env=c.env(), stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
+            self._prepare(work, train)
             self._follow_runner(ckpt, progress)
         finally:
             end_t = time.time()
@@ -624,11 +626,31 @@ class RunnerRun(Run):
                 pass
             self._collect(work, progress, end_t)
 
+    #: the replica jobs' names: PREFIX-<replica id>
+    PREFIX = "tft-replica"
+    #: runner.py's monitor loop: resubmit a replica whose job is gone
+    RESUBMIT = True
+
+    def _lighthouse_argv(self) -> list[str]:
+        return [str(Path(sys.executable).parent / "torchft_lighthouse"), "--min_replicas", "1",
+                "--bind", f"0.0.0.0:{LIGHTHOUSE_PORT}", "--join_timeout_ms", "1000",
+                "--quorum_tick_ms", "100", "--heartbeat_timeout_ms", "2000"]
+
+    def _prepare(self, work: Path, train: list[str]) -> None:
+        a = self.a
+        self.scripts = []
+        for i in range(a.nodes):
+            path = work / f"replica-{i}.sh"
+            path.write_text(runner_script(replica=i, replicas=a.nodes, work=work, train=train))
+            self.scripts.append(path)
+        self.say(f"lighthouse pid {self.lighthouse.pid} on ctl; {a.nodes} replica jobs, "
+                 f"resubmitted every {RUNNER_POLL_S:g} s when gone")
+
     def _alive(self, client) -> dict[int, object]:
         """replica id -> its job, for the replicas with a job pending or running."""
         out = {}
         for j in client.jobs():
-            if j.name.startswith("tft-replica-") and not j.has_ended:
+            if j.name.startswith(f"{self.PREFIX}-") and not j.has_ended:
                 out[int(j.name.rsplit("-", 1)[1])] = j
         return out
 
@@ -663,7 +685,7 @@ class RunnerRun(Run):
                 self.say(f"  (squeue: {exc})")
                 time.sleep(1)
                 continue
-            if now >= next_poll:           # runner.py's monitor(): resubmit what is gone
+            if now >= next_poll and self.RESUBMIT:   # runner.py's monitor(): resubmit what is gone
                 next_poll = now + RUNNER_POLL_S
                 for i, script in enumerate(self.scripts):
                     if i not in alive:
@@ -685,6 +707,48 @@ class RunnerRun(Run):
             time.sleep(0.5)
         for j in self._alive(client).values():
             c.run(["scancel", str(j.job_id)], timeout=30)
+
+
+class GroupJobsRun(RunnerRun):
+    """slurmft-torchft-jobs: per-step mode with one job per replica group (`slurmft render
+    job --group-jobs`, each job `slurmft run --group-id I`), `slurmft lighthouse` on the
+    controller host (as on a login node), the watcher on every group's job: a group whose node
+    is lost is requeued without it (on the idle node) while the others train on. Nothing
+    resubmits. kill-job-procs kills a group's training process, not its supervisor (what
+    the other slurmft variants spare the batch host for)."""
+
+    PREFIX = "tft-group"
+    RESUBMIT = False
+
+    def _lighthouse_argv(self) -> list[str]:
+        return [*slurmft_argv(), "lighthouse", "--port", str(LIGHTHOUSE_PORT)]
+
+    def _prepare(self, work: Path, train: list[str]) -> None:
+        a, c = self.a, self.cluster
+        cfg = RescheduleConfig(state_dir=str(c.shared_dir / "slurmft"), slots=1)
+        script = work / "job.sh"
+        script.write_text(render("job.sh.j2", job_context(
+            cfg, train_cmd=train, checkpoint_dir=str(work / "checkpoints"), job_name=self.PREFIX,
+            nodes=a.nodes, replicas=a.nodes, group_jobs=True,
+            lighthouse=f"http://ctl:{LIGHTHOUSE_PORT}", work_dir=str(work),
+            output=str(work / "job.out"), slurmft_cmd=slurmft_argv(),
+            reschedule_log=str(work / "reschedule.log"))))
+        job_ids = []
+        for i in range(a.nodes):
+            cp = c.run(["sbatch", "--parsable", f"--job-name={self.PREFIX}-{i}", str(script),
+                        str(i)], timeout=30)
+            if cp.returncode != 0:
+                raise SlurmFTError(f"sbatch failed: {cp.stderr.strip()}")
+            job_ids.append(int(cp.stdout.strip().split(";")[0]))
+        self.result.job_id = job_ids[0]
+        self.demo.start_watcher(job_ids, work / "watch.log")
+        self.say(f"lighthouse pid {self.lighthouse.pid} on ctl; group jobs {job_ids}, "
+                 "the watcher on them")
+
+    def _fault(self, node: str, kind: str) -> str:
+        if kind != "kill-job-procs":
+            return self.cluster.fault(node, kind)
+        return procs.kill_job_procs(node, procs.training_ranks(self.cluster.job_pids(node)))
 
 
 def latest_checkpoint(store: Store) -> tuple[str | None, int | None]:
@@ -920,7 +984,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in a.seeds:
             a.seed = seed
             for v in a.variants:
-                kind = RunnerRun if v == "torchft-runner" else Run
+                kind = {"torchft-runner": RunnerRun,
+                        "slurmft-torchft-jobs": GroupJobsRun}.get(v, Run)
                 run = kind(v, a, random.Random(seed))   # the same fault sequence for each
                 results.append(run.result)
                 runs.append(run)

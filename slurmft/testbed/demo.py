@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -270,15 +270,18 @@ class Demo:
                           replicas=o.replicas)
         return render("job.sh.j2", ctx)
 
-    def start_watcher(self, job_id: int, log_path: Path) -> None:
+    def start_watcher(self, job_id: int | Sequence[int], log_path: Path) -> None:
+        """``slurmft watch`` on one job, or on several (per-step mode, one job per group)."""
+        ids = [job_id] if isinstance(job_id, int) else list(job_id)
         env = self.cluster.env()
         env["SLURMFT_PROBE_TIMEOUT"] = str(self.o.probe_timeout)
         env["SLURMFT_PROBE_CHECK_SLURMD"] = "1"     # a dead slurmd: drain, keep training
         # A bridge answers ping in well under a millisecond: 0.5 s of silence is a dead link
         # (the watcher re-probes a suspect once before acting, so load spikes do not count).
         env["SLURMFT_PROBE_PING_TIMEOUT"] = str(min(0.5, self.o.probe_timeout))
-        argv = self.cluster.exec_argv([*slurmft_argv(), "-v", "watch",
-                                       "--job", str(job_id), "--interval", str(self.o.watch_interval)])
+        jobs = [w for jid in ids for w in ("--job", str(int(jid)))]
+        argv = self.cluster.exec_argv([*slurmft_argv(), "-v", "watch", *jobs,
+                                       "--interval", str(self.o.watch_interval)])
         with open(log_path, "ab") as fh:
             self._watcher = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=fh,
                                              stderr=subprocess.STDOUT, start_new_session=True)
