@@ -76,7 +76,14 @@ VARIANTS = ("slurmft", "slurm", "classic")
 #: slurmft-torchft-jobs: per-step mode with one job per replica group (`render job
 #: --group-jobs`), `slurmft lighthouse` on the controller host, the watcher on every group's
 #: job; nodes + 1 in the cluster (the idle node takes a lost group's requeue).
-EXTRA_VARIANTS = ("spare", "slurmft-torchft", "torchft-runner", "slurmft-torchft-jobs")
+#: nofault-torchft: slurmft-torchft-jobs with no fault: torchft's own fault-free step time, a
+#: second figure for the torchft variants (their throughput against torchft's, the price of
+#: torchft's per-step quorum left out; the main figure keeps restart mode's nofault).
+EXTRA_VARIANTS = ("spare", "slurmft-torchft", "torchft-runner", "slurmft-torchft-jobs",
+                  "nofault-torchft")
+TORCHFT_VARIANTS = ("slurmft-torchft", "torchft-runner", "slurmft-torchft-jobs",
+                    "nofault-torchft")
+TORCHFT_BASELINE = "nofault-torchft"
 #: Variants whose job holds one spare node on top of --nodes (their cluster has nodes + 1).
 WITH_SPARE = ("spare", "slurmft-torchft")
 #: torchft-runner's loop: seconds between two looks at the replicas' jobs (runner.py's sleep).
@@ -124,6 +131,7 @@ class VariantResult:
     fault_free_from: str = ""                # "nofault" (that run's steps) or "own" (fallback)
     useful_s: float | None = None            # useful_steps x fault_free_step_s
     goodput: float | None = None
+    goodput_torchft: float | None = None     # torchft variants: at nofault-torchft's step time
     world_size_seconds: dict[int, float] = field(default_factory=dict)
     resumes: int = 0
     steps_lost: int = 0
@@ -319,6 +327,13 @@ def score(runs: list[Measured], steps: int) -> None:
         for k, v in info.items():
             setattr(r, k, v)
         r.fault_free_from = BASELINE if ff is not None else "own"
+    own = {m.result.seed: step_time(m.records) for m in runs
+           if m.result.variant == TORCHFT_BASELINE and m.records}
+    for m in runs:
+        if m.result.variant in TORCHFT_VARIANTS and own.get(m.result.seed) is not None:
+            info = analyse(m.records, m.result.faults, steps, m.end_t,
+                           fault_free_step_s=own[m.result.seed])
+            m.result.goodput_torchft = info.get("goodput")
 
 
 # ---- one variant ----------------------------------------------------------------------------
@@ -331,8 +346,8 @@ class Run:
         self.a = a
         self.rng = rng
         self.demo = Demo(DemoOptions(name=f"gp-{variant}", nodes=a.nodes, steps=a.steps,
-                                     spares=1 if variant in (*WITH_SPARE, "torchft-runner",
-                                                             "slurmft-torchft-jobs") else 0,
+                                     spares=1 if variant in (*WITH_SPARE,
+                                                             *TORCHFT_VARIANTS) else 0,
                                      replicas=a.nodes if variant == "slurmft-torchft" else 0,
                                      step_time=a.step_time, step_interval=a.step_interval,
                                      watch_interval=a.watch_interval,
@@ -696,7 +711,8 @@ class RunnerRun(Run):
             if next_fault is None and first is not None:
                 next_fault = first + a.fault_every
             running = sorted({n for j in alive.values() if j.state == "RUNNING" for n in j.nodes})
-            due = next_fault is not None and now >= next_fault and bool(running)
+            due = (next_fault is not None and now >= next_fault and bool(running)
+                   and self.v != TORCHFT_BASELINE)
             next_fault = self._faults_and_repairs(
                 now, due, SimpleNamespace(nodes=running, batch_host=None), store, next_fault,
                 repairs, to_resume)
@@ -923,6 +939,12 @@ def print_report(results: list[VariantResult], fault_every: float) -> None:
                   f"run(s) (min {min(goodputs):.1%}, max {max(goodputs):.1%}); completed "
                   f"{sum(r.completed for r in runs)}/{len(runs)}; stale resumes "
                   f"{sum(r.stale_resumes for r in runs)}")
+    for v in dict.fromkeys(r.variant for r in results if r.goodput_torchft is not None):
+        own = [r.goodput_torchft for r in results if r.variant == v
+               and r.goodput_torchft is not None]
+        print(f"{v:<15} at torchft's own fault-free step time ({TORCHFT_BASELINE}): mean "
+              f"{statistics.mean(own):.1%} over {len(own)} run(s) "
+              f"({', '.join(f'{g:.1%}' for g in own)})")
     mine = [r for r in results if r.variant == "slurmft"]
     if mine and all(r.goodput is not None for r in mine):
         # No fixed target here: in fault-free time a job that shrinks and never grows back
@@ -984,8 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in a.seeds:
             a.seed = seed
             for v in a.variants:
-                kind = {"torchft-runner": RunnerRun,
-                        "slurmft-torchft-jobs": GroupJobsRun}.get(v, Run)
+                kind = {"torchft-runner": RunnerRun, "slurmft-torchft-jobs": GroupJobsRun,
+                        TORCHFT_BASELINE: GroupJobsRun}.get(v, Run)
                 run = kind(v, a, random.Random(seed))   # the same fault sequence for each
                 results.append(run.result)
                 runs.append(run)
