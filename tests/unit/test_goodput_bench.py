@@ -107,6 +107,30 @@ def test_every_variant_is_scored_at_the_step_time_of_its_seeds_nofault_run(gp):
     assert other_seed.fault_free_from == "own" and other_seed.fault_free_step_s == pytest.approx(1.0)
 
 
+def test_torchft_variants_also_get_a_goodput_at_torchfts_own_fault_free_step_time(gp, capsys):
+    def steady(step_s):
+        recs = [{"t": 0.0, "event": "start", "world_size": 4}]
+        recs += [{"t": step_s * (i + 1), "event": "step", "step": i, "world_size": 4}
+                 for i in range(6)]
+        return recs + [{"t": step_s * 6, "event": "done", "step": 5, "world_size": 4}]
+    base = gp.VariantResult("nofault", "c", seed=1)
+    own = gp.VariantResult("nofault-torchft", "c", seed=1)
+    jobs = gp.VariantResult("slurmft-torchft-jobs", "c", seed=1,
+                            faults=[gp.Fault(t=4.5, kind="link-down", node="node4",
+                                             latest="step_1", latest_step=1)])
+    mpi = gp.VariantResult("slurmft", "c", seed=1)
+    gp.score([gp.Measured(base, steady(0.5), 3.0), gp.Measured(own, steady(1.0), 6.0),
+              gp.Measured(jobs, records(), 15.0), gp.Measured(mpi, records(), 15.0)], steps=6)
+    assert jobs.goodput == pytest.approx(6 * 0.5 / 15, abs=1e-3)        # the main figure
+    assert jobs.goodput_torchft == pytest.approx(6 * 1.0 / 15, abs=1e-3)
+    assert own.goodput_torchft == pytest.approx(1.0)
+    assert mpi.goodput_torchft is None                 # restart mode: one figure
+    gp.print_report([base, own, jobs, mpi], 120.0)
+    out = capsys.readouterr().out
+    assert "slurmft-torchft-jobs at torchft's own fault-free step time (nofault-torchft): " \
+           "mean 40.0%" in out
+
+
 def test_a_run_that_left_no_records_gets_no_goodput(gp):
     r = gp.VariantResult("slurmft", "c", seed=1)
     gp.score([gp.Measured(r, [], 0.0)], steps=6)
