@@ -24,7 +24,7 @@ from slurmft.core.selfcmd import slurmft_argv
 from slurmft.observe.report import read_progress
 from slurmft.recovery.scripts import job_context
 from slurmft.render import render
-from tests.integration.test_replicas import TRAIN, steps
+from tests.integration.test_replicas import TRAIN, bring_back, steps
 from tests.integration.waiting import wait_for
 from tests.integration.watching import start_watcher, stop_watcher
 
@@ -121,9 +121,4 @@ def test_a_group_that_loses_its_node_is_requeued_alone(cluster, cluster_run):
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(lighthouse.pid, signal.SIGKILL)
         if lost:
-            cluster.fault(lost, "link-up")
-
-            def idle() -> bool:
-                cluster_run(["scontrol", "update", f"nodename={lost}", "state=resume"])
-                return cluster_run(["sinfo", "-h", "-n", lost, "-o", "%T"]).stdout.strip() == "idle"
-            wait_for(idle, 90, f"{lost} idle again")
+            bring_back(cluster, cluster_run, lost)

@@ -80,6 +80,17 @@ def kill_ranks(cluster, node: str) -> list[int]:
     return pids
 
 
+def bring_back(cluster, cluster_run, node: str) -> None:
+    """Link up and resume a node a test cut off, until Slurm lists it idle (the next test
+    needs every node)."""
+    cluster.fault(node, "link-up")
+
+    def idle() -> bool:
+        cluster_run(["scontrol", "update", f"nodename={node}", "state=resume"])
+        return cluster_run(["sinfo", "-h", "-n", node, "-o", "%T"]).stdout.strip() == "idle"
+    wait_for(idle, 90, f"{node} idle again")
+
+
 class Run:
     """One submitted job, with the watcher on it (taken down by ``close``)."""
 
@@ -166,12 +177,7 @@ def test_a_lost_group_is_relaunched_alone_while_the_other_trains_on(cluster, clu
     finally:
         run.close()
         if lost:
-            cluster.fault(lost, "link-up")
-
-            def idle() -> bool:
-                cluster_run(["scontrol", "update", f"nodename={lost}", "state=resume"])
-                return cluster_run(["sinfo", "-h", "-n", lost, "-o", "%T"]).stdout.strip() == "idle"
-            wait_for(idle, 90, f"{lost} idle again")
+            bring_back(cluster, cluster_run, lost)
 
 
 def test_when_every_group_dies_each_resumes_from_its_checkpoint(cluster, cluster_run):
