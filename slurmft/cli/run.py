@@ -144,8 +144,8 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
             straggler_factor: float, straggler_steps: int, straggler_action: str,
             total_steps: int | None, regain_mode: str, requeue_cost: float | None,
             replicas: int, min_replicas: int, lighthouse_port: int, store_port: int,
-            group_id: int | None, lighthouse: str | None, slurmft_cmd: str | None, reschedule_log: str | None, dry_run: bool,
-            as_json: bool) -> None:
+            group_id: int | None, lighthouse: str | None, slurmft_cmd: str | None,
+            reschedule_log: str | None, dry_run: bool, as_json: bool) -> None:
     """Supervise the training CMD inside a Slurm job (the rendered job script runs
     `exec slurmft run ... -- CMD`).
 
