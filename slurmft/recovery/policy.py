@@ -245,16 +245,19 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
         return _nothing_failed(job, nodes, history, config, base)
     # The job goes on at the size of its healthy nodes (k-k); with none left (a one-node job,
     # e.g. one replica group of per-step mode, or a whole rack gone) at its own size on other
-    # nodes, the failed ones excluded: Slurm finds them, or the job waits for them.
+    # nodes, the failed ones excluded: Slurm finds them, or the job waits for them. Not a
+    # restart job (an ended job that cannot be requeued): that one is pinned to healthy nodes.
+    resubmit = job.has_ended and not job.requeue
     base.update(exclude=_merge(job.excluded_nodes, history.excluded, failed),
-                num_nodes=len(healthy) or len(nodes))
+                num_nodes=len(healthy) or (0 if resubmit else len(nodes)))
     if job.is_pending and not NodeSet(failed) - NodeSet(job.excluded_nodes):
         return _already_excluded(job, history, base)
     if used >= config.max_retry:
         return _hold_exhausted(job, status, config, base)
     if base["num_nodes"] < config.min_nodes:
         left = (f"only {len(healthy)} healthy node(s) left," if healthy else
-                f"no healthy node left and its size, {base['num_nodes']} node(s), is")
+                f"no healthy node left and its size, {base['num_nodes']} node(s), is"
+                if base["num_nodes"] else "no healthy node left to pin a restart job to,")
         return Decision(Outcome.REFUSED, message=f"job {jid}: {left} below the minimum of "
                         f"{config.min_nodes}; not rescheduled", **base)
     return _move_off_failed(job, status, config, base)

@@ -47,6 +47,7 @@ from slurmft.recovery.actions import (
     starts_job,
 )
 from slurmft.recovery.policy import (
+    HELD_REASONS,
     Decision,
     Outcome,
     PolicyConfig,
@@ -452,7 +453,7 @@ class Rescheduler:
         was sent."""
         if self.dry_run or not job.is_pending:
             return False
-        reshrink = (not job.reason.startswith("JobHeld") and target_nodes is not None
+        reshrink = (job.reason not in HELD_REASONS and target_nodes is not None
                     and 0 < target_nodes < job.node_count)
         if job.reason != "BeginTime" and not reshrink:
             return False

@@ -251,3 +251,11 @@ def test_a_job_whose_every_node_failed_keeps_its_size_or_is_refused_below_the_mi
                    PolicyConfig(min_nodes=2))
     assert small.outcome is Outcome.REFUSED and not small.actions
     assert "no healthy node left and its size, 1 node(s), is below the minimum of 2" in small.message
+
+
+def test_an_ended_job_that_cannot_be_requeued_with_no_healthy_node_is_refused():
+    """Its restart job would be pinned to the healthy nodes: there are none."""
+    d = decide(job("NODE_FAIL", nodes=("node2",), requeue=False), health(node2=U), History(),
+               CFG)
+    assert d.outcome is Outcome.REFUSED and not d.actions
+    assert "no healthy node left to pin a restart job to" in d.message

@@ -262,13 +262,14 @@ def test_watch_sends_the_shrink_again_when_slurm_undid_it(tmp_path, reason):
     assert fake.job(jid)["node_count"] == 3
 
 
-def test_watch_leaves_a_held_job_with_more_nodes_alone(tmp_path):
+@pytest.mark.parametrize("reason", ["JobHeldAdmin", "JobHeldUser", "job_requeued_in_held_state"])
+def test_watch_leaves_a_held_job_with_more_nodes_alone(tmp_path, reason):
     """Held (by an admin, or by a regain in progress): not ours to shrink or start."""
     prober = ScriptedProber({"node1": Health.UNREACHABLE})
     fake, jid, client, _store, r = one_job(tmp_path, prober)
     w = Watcher(client, prober, r, interval=0.01)
     w.cycle()
-    fake.job(jid).update(node_count=4, state_reason="JobHeldAdmin")
+    fake.job(jid).update(node_count=4, state_reason=reason)
     n_calls = len(fake.calls)
     w.cycle()
     assert [c for c in fake.calls[n_calls:] if c[:2] == ("scontrol", "update")] == []
