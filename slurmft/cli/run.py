@@ -330,7 +330,7 @@ def _options(cfg: Any, job_id: int, ckpt: Path, resume_mode: str, train_cmd: tup
 def _print_plan(settings: Any, options: Any, as_json: bool, replica: Any = None) -> None:
     from slurmft.core.nodeset import expand
     from slurmft.supervise.launch import launch_argv, pick_peer
-    from slurmft.supervise.supervisor import initial_resume
+    from slurmft.supervise.supervisor import resume_args
 
     from slurmft.supervise.launch import choose_nodes
 
@@ -339,8 +339,7 @@ def _print_plan(settings: Any, options: Any, as_json: bool, replica: Any = None)
     want = (min(options.train_nodes, len(allocation)) if options.train_nodes
             else max(1, len(allocation) - options.spares) if options.spares else None)
     nodes = choose_nodes(allocation, [], want)
-    resume = ([] if options.group is not None
-              else initial_resume(options.resume, options.checkpoint_dir))
+    resume = resume_args(options, first=True)
     peer = pick_peer(nodes, options.here) if settings.launch_from == "peer" else None
     doc = {"job_id": options.job_id, "nodes": nodes,
            "spares": [n for n in allocation if n not in nodes], "launcher": settings.launcher,

@@ -223,7 +223,7 @@ class Supervisor:
         allocation = self._initial_nodes()
         want = self._world_nodes(allocation)
         nodes = choose_nodes(allocation, [], want)
-        resume = self._initial_resume()
+        resume = resume_args(self.options, first=True)
         rc = 1
         while True:
             rc, ended = self._launch_once(nodes, resume)
@@ -233,7 +233,7 @@ class Supervisor:
             if rc == 0 and ended is Ended.EXITED:
                 self._to(RunState.DONE, "the training finished", rc=0)
                 return 0
-            resume = self._relaunch_resume()
+            resume = resume_args(self.options, first=False)
             if ended in (Ended.EXITED, Ended.HUNG):
                 answer = self._ask_in_place(rc, hung=ended is Ended.HUNG)
                 if answer == ExitCode.STALE_COPY:
@@ -539,18 +539,6 @@ class Supervisor:
         return nodes
 
     # ------------------------------------------------------------------ environment
-    def _initial_resume(self) -> list[str]:
-        if self.options.group is not None:
-            return []
-        return initial_resume(self.options.resume, self.options.checkpoint_dir)
-
-    def _relaunch_resume(self) -> list[str]:
-        """A relaunch resumes from the latest verified checkpoint; a torchft group finds its
-        own (``replica-<id>``) or recovers live from a peer that is ahead: no option."""
-        if self.options.group is not None:
-            return []
-        return ["--resume", str(self.options.checkpoint_dir)]
-
     def _launch_env(self, nodes: list[str]) -> dict[str, str]:
         """This environment, the restart env file (read before every launch: e.g.
         CUDA_VISIBLE_DEVICES from ``slurmft inject mask-gpu``), the heartbeat settings and
@@ -577,6 +565,17 @@ class Supervisor:
         self.emit(RunTransition(job_id=self.options.job_id, state=state.value,
                                 previous=previous.value, reason=reason, nodes=tuple(nodes),
                                 launch=launch or self.launches or None, rc=rc, replica=replica))
+
+
+def resume_args(options: RunOptions, *, first: bool) -> list[str]:
+    """What a launch appends to the training command: for the first, ``initial_resume``;
+    a relaunch resumes from the latest verified checkpoint. A torchft group (``group``) gets
+    neither: it finds its own checkpoint (``replica-<id>``) or recovers live from a peer."""
+    if options.group is not None:
+        return []
+    if first:
+        return initial_resume(options.resume, options.checkpoint_dir)
+    return ["--resume", str(options.checkpoint_dir)]
 
 
 def initial_resume(mode: str, ckpt: Path) -> list[str]:
