@@ -43,9 +43,9 @@ from slurmft.checkpoint import CheckpointPolicy
 from slurmft.checkpoint.mpi import MPICheckpointManager
 from slurmft.checkpoint.torch import TorchCheckpointer
 from slurmft.core.errors import FencedError
+from slurmft.examples.data import batch_indices, make_data, make_model
 
 EXIT_STOPPED = 143   # 128 + SIGTERM: stopped on a signal before the last step (saved first)
-FEATURES = 16
 HANG_MARKER = ".slurmft-hang-injected"   # in the checkpoint directory: --hang-at-step happened
 
 
@@ -120,20 +120,6 @@ class ProgressLog:
             self._fh.close()
 
 
-def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, FEATURES, generator=g)
-    w = torch.randn(FEATURES, 1, generator=g)
-    y = torch.tanh(x @ w) + 0.05 * torch.randn(n, 1, generator=g)
-    return x, y
-
-
-def batch_indices(step: int, global_batch: int, n: int, seed: int) -> torch.Tensor:
-    """The global batch of ``step``: a seeded permutation per epoch, independent of ranks."""
-    per_epoch = n // global_batch
-    epoch, offset = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-    return order[offset * global_batch:(offset + 1) * global_batch]
 
 
 class DataParallelStep:
@@ -226,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     hang = hang_armed(args, rank)
     log = ProgressLog(args.log_jsonl, rank)
     torch.manual_seed(args.seed)
-    model = torch.nn.Sequential(torch.nn.Linear(FEATURES, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    model = make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.7)
     train_step = DataParallelStep(model, optimizer, scheduler,

@@ -44,7 +44,9 @@ launch's first committed step: the group trained on from its own checkpoint, ``f
 ``heal`` (a committed step whose state came from a peer; ``since_start_s``: seconds since the
 process started) and ``stopped`` come from group rank 0 of the group they are about.
 
-SIGUSR1/SIGTERM: save at the next step boundary and exit 143. Exit 0 when ``--steps`` are
+SIGUSR1/SIGTERM: save at the next step boundary and exit 143. SIGURG (``slurmft watch``: a peer
+group's node is lost): this group's connections of the step are shut down, so the step fails at
+once instead of at ``--timeout`` and the next quorum goes on without the lost group. Exit 0 when ``--steps`` are
 committed; 1 when torchft gives up (quorum or store timeouts, lighthouse gone); 2 bad input;
 3 fenced (a newer launch of this group owns its checkpoint directory).
 """
@@ -68,12 +70,13 @@ PROCESS_STARTED = time.time()   # before torch is imported: "heal" says how long
 import torch  # noqa: E402
 
 from slurmft.checkpoint import CheckpointManager, CheckpointPolicy  # noqa: E402
+from slurmft.checkpoint.peerloss import PeerLossListener, breakable  # noqa: E402
 from slurmft.checkpoint.torch import TorchCheckpointer  # noqa: E402
 from slurmft.core.errors import CheckpointError, ConfigError, FencedError, SlurmFTError  # noqa: E402
+from slurmft.examples.data import batch_indices, make_data, make_model  # noqa: E402
 
 PROG = "train_torchft.py"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FENCED, EXIT_STOPPED = 0, 1, 2, 3, 143
-FEATURES = 16
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,252}[A-Za-z0-9])?$")
 
 
@@ -230,20 +233,6 @@ class BatchPlan:
         return share[rank * self.per_rank:(rank + 1) * self.per_rank]
 
 
-def batch_indices(step: int, global_batch: int, n: int, seed: int) -> torch.Tensor:
-    """The global batch of ``step`` (as train.py): a seeded permutation per epoch."""
-    per_epoch = n // global_batch
-    epoch, offset = divmod(step, per_epoch)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-    return order[offset * global_batch:(offset + 1) * global_batch]
-
-
-def make_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, FEATURES, generator=g)
-    w = torch.randn(FEATURES, 1, generator=g)
-    y = torch.tanh(x @ w) + 0.05 * torch.randn(n, 1, generator=g)
-    return x, y
 
 
 def replica_checkpoint_dir(root: str, replica_id: int) -> str:
@@ -322,8 +311,7 @@ class Replica:
         self.args, self.env, self.plan = args, env, plan
         self.x, self.y = make_data(args.dataset_size, args.seed)
         torch.manual_seed(args.seed)          # every group starts from the same weights
-        self.module = torch.nn.Sequential(torch.nn.Linear(FEATURES, 64), torch.nn.Tanh(),
-                                          torch.nn.Linear(64, 1))
+        self.module = make_model()
         self.inner_opt = torch.optim.SGD(self.module.parameters(), lr=args.lr, momentum=0.9)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.inner_opt, step_size=100, gamma=0.7)
         timeout = timedelta(seconds=args.timeout)
@@ -339,7 +327,8 @@ class Replica:
             dist.init_process_group("gloo", store=dist.PrefixStore("slurmft-intra", self.store),
                                     rank=env.rank, world_size=env.world_size, timeout=timeout)
             self.intra = dist.group.WORLD
-        self.pg = ProcessGroupGloo(timeout=timeout)
+        # its connections can be shut down from the peer-loss listener's thread (see train)
+        self.pg = breakable(ProcessGroupGloo)(timeout=timeout)
         self.manager = Manager(
             pg=self.pg,
             load_state_dict=self._load_live_state, state_dict=self._live_state,
@@ -471,9 +460,12 @@ def train(args: argparse.Namespace, env: ReplicaEnv, plan: BatchPlan) -> int:
                              owner=run_token(env.replica_id) if lead else "",
                              rank=env.global_rank)
     ckpt.install_signal_handlers()
-    replica = None
+    replica = listener = None
     try:
         replica = Replica(args, env, plan)
+        # SIGURG from `slurmft watch`: a peer group's node is lost; end the step's collective
+        # now instead of at --timeout (gloo cannot abort a pending receive: shut its sockets)
+        listener = PeerLossListener(replica.pg.break_connections).start()
         torch_ckpt = TorchCheckpointer(ckpt, replica.module, replica.inner_opt, replica.scheduler)
         full_world = env.num_replicas * env.world_size
         log.write("start", world_size=full_world, replicas=env.num_replicas,
@@ -552,6 +544,8 @@ def train(args: argparse.Namespace, env: ReplicaEnv, plan: BatchPlan) -> int:
         print(f"{PROG}: replica {env.replica_id} stopping: {exc}", file=sys.stderr, flush=True)
         return EXIT_FENCED
     finally:
+        if listener is not None:
+            listener.stop()
         if replica is not None:
             replica.shutdown()
         log.close()

@@ -42,6 +42,11 @@ from slurmft.slurm.records import JobInfo
 #: ``--no-kill`` itself, hence the mark.
 RELAUNCH_MARK = "slurmft:relaunch"
 RELAUNCH_SIGNAL = "USR2"
+#: Per-step mode, one job per replica group: ``--comment=slurmft:relaunch,slurmft:group=URL``
+#: (torchft's lighthouse, which the groups of one run share). A group whose node is lost
+#: leaves its peers, the running jobs with the same mark, blocked in the step's collective:
+#: the watcher tells them (``replica_run``).
+GROUP_MARK = "slurmft:group="
 
 #: Failures that cut a node off from the job's collectives (a DEGRADED node still runs them).
 CUT_OFF = frozenset({Health.UNREACHABLE, Health.UNRESPONSIVE})
@@ -201,6 +206,14 @@ def candidate_nodes(job: JobInfo, history: History) -> tuple[str, ...]:
 def is_relaunchable(job: JobInfo) -> bool:
     """The job's wrapper relaunches its training itself (see ``RELAUNCH_MARK``)."""
     return RELAUNCH_MARK in job.comment
+
+
+def replica_run(job: JobInfo) -> str:
+    """The run a replica group's job belongs to (its lighthouse, see ``GROUP_MARK``), or ''."""
+    for word in job.comment.split(","):
+        if word.startswith(GROUP_MARK) and len(word) > len(GROUP_MARK):
+            return word[len(GROUP_MARK):]
+    return ""
 
 
 def needs_probe(job: JobInfo) -> bool:

@@ -17,7 +17,7 @@ from slurmft.core import nodeset as hosts
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import RenderError
 from slurmft.core.selfcmd import slurmft_argv
-from slurmft.recovery.policy import RELAUNCH_MARK
+from slurmft.recovery.policy import GROUP_MARK, RELAUNCH_MARK
 from slurmft.slurm.records import JobInfo
 
 _SBATCH_SAFE = re.compile(r"^[A-Za-z0-9_.,:/%+=@-]+$")
@@ -86,7 +86,9 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "slurmft_cmd": slurmft,
         "slurmft_cmd_line": shlex.join(slurmft),
         "reschedule_log": reschedule_log or str(Path(config.state_dir) / "reschedule.log"),
-        "relaunch_mark": RELAUNCH_MARK,
+        # --comment: the wrapper relaunches itself; a group job also names its run
+        "comment": sbatch_value("lighthouse", f"{RELAUNCH_MARK},{GROUP_MARK}{lighthouse}")
+        if group_jobs else RELAUNCH_MARK,
         "resume": "auto",
         "hang_timeout": hang_timeout,
         "spares": int(spares),

@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from slurmft.checkpoint.peerloss import PEER_LOST_SIGNAL_NAME
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import failed_extra, failure_level, get_logger
 from slurmft.core.nodeset import NodeSet
 from slurmft.observe.events import Detected, Event, Recovered
 from slurmft.probe.records import ProbeResult, Prober
-from slurmft.recovery.policy import HELD_REASONS, Outcome, is_relaunchable
+from slurmft.recovery.policy import HELD_REASONS, Outcome, is_relaunchable, replica_run
 from slurmft.recovery.rescheduler import Report, Rescheduler
 from slurmft.recovery.shard import Ownership
 from slurmft.recovery.suspicion import ConfirmPolicy, FailureTracker, too_many_failed
@@ -97,10 +98,13 @@ class CycleResult:
     phases: dict[int, str] = field(default_factory=dict)   # job id -> JobPhase value, after
     slurm_reads: dict[str, int] = field(default_factory=dict)  # ViewReads of the cycle
     not_owned: int = 0            # running jobs left to other watchers (--shard/--partition)
+    # job id -> its replica group peers told that it was lost (per-step mode, group jobs)
+    peers_told: dict[int, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"started": round(self.started, 3), "jobs": self.jobs,
                 "failed": self.failed, "probe_s": round(self.probe_s, 3),
+                "peers_told": self.peers_told,
                 "reports": [r.to_dict() for r in self.reports], "errors": self.errors,
                 "list_error": self.list_error, "phases": self.phases,
                 "slurm_reads": self.slurm_reads, "not_owned": self.not_owned}
@@ -140,6 +144,7 @@ class Watcher:
         self._originals: dict[int, int] = {}        # restart job id -> its chain's first id
         self._not_owned = 0
         self._held: list[JobInfo] = []              # relaunchable jobs requeued held
+        self._listing: list[JobInfo] = []           # the cycle's one job listing
 
     def _watch(self, job_id: int) -> JobWatch:
         return self.watches.setdefault(job_id, JobWatch(job_id))
@@ -148,7 +153,7 @@ class Watcher:
         """The running jobs to probe this cycle; moves every known job on first (drops ended
         ones, ends cool-downs, nudges requeued ones, records recoveries). Starts the cycle:
         the view's one job listing."""
-        all_jobs = self.view.refresh().jobs
+        all_jobs = self._listing = self.view.refresh().jobs
         self._advance(all_jobs)
         self._held = [j for j in all_jobs if j.is_pending and j.reason in HELD_REASONS
                       and is_relaunchable(j)
@@ -277,11 +282,41 @@ class Watcher:
                     "watch: job %s: failed node(s) %s: %s", job.job_id, ",".join(failed),
                     "; ".join(health[n].reason for n in failed),
                     extra={"job": str(job.job_id), **failed_extra(failed)})
+            self._tell_peers(job, failed, res)
             self._act(job, failed, health, res)
         self._finish_regains(res)
         res.phases = {jid: w.phase.value for jid, w in self.watches.items()}
         res.slurm_reads = self.view.reads.to_dict()
         return res
+
+    def _tell_peers(self, job: JobInfo, failed: Sequence[str], res: CycleResult) -> None:
+        """Per-step mode, one job per replica group: the other groups of ``job``'s run are
+        blocked in the step's collective with the lost one until their timeout (a host cut
+        off sends no reset). Send their training steps ``PEER_LOST_SIGNAL`` so they end it
+        now (``slurmft.checkpoint.peerloss``) and train on without it; before the
+        reschedule, which takes seconds. A peer that already moved on loses one step."""
+        run = replica_run(job)
+        if not run:
+            return
+        peers = [j for j in self._listing if j.job_id != job.job_id and j.state == "RUNNING"
+                 and j.user_id == job.user_id and replica_run(j) == run]
+        client = self.rescheduler.client
+        for peer in peers:
+            steps = self._steps_now(peer.job_id)
+            if not steps:
+                continue
+            try:
+                client.signal_steps(peer.job_id, steps, PEER_LOST_SIGNAL_NAME)
+            except SlurmFTError as exc:
+                log.warning("watch: job %s: cannot tell its peer job %s of the loss: %s",
+                            job.job_id, peer.job_id, exc, extra={"job": str(job.job_id)})
+                continue
+            res.peers_told.setdefault(job.job_id, []).append(peer.job_id)
+        told = res.peers_told.get(job.job_id, [])
+        if told:
+            log.info("watch: job %s lost %s: told its replica peers %s to end the step "
+                     "(SIG%s)", job.job_id, ",".join(failed), ",".join(map(str, told)),
+                     PEER_LOST_SIGNAL_NAME, extra={"job": str(job.job_id)})
 
     def _finish_regains(self, res: CycleResult) -> None:
         """A job's supervisor asked for its size back (``reschedule --regain``) and died with

@@ -133,14 +133,15 @@ def build_signal_batch_argv(job_id: int, signal: str, bin_dir: str = "") -> list
 
 
 #: Signals slurmft may send to a job's numbered steps (the training).
-STEP_SIGNALS = frozenset({"KILL", "TERM", "USR1", "USR2", "CONT", "STOP"})
+STEP_SIGNALS = frozenset({"KILL", "TERM", "USR1", "USR2", "CONT", "STOP", "URG"})
 
 
 def build_signal_steps_argv(job_id: int, steps: Sequence[int], signal: str = "KILL",
                             bin_dir: str = "") -> list[str]:
     """``scancel --signal=SIG <id>.<step>...``: signal those steps only (never the batch
     step: the job's own script survives). KILL stops the training wherever its launcher ran;
-    USR1 asks it to save (slurmft's checkpoint managers save on it)."""
+    USR1 asks it to save (slurmft's checkpoint managers save on it); URG tells a replica
+    group that a peer group was lost (``slurmft.checkpoint.peerloss``)."""
     jid = check_job_id(job_id)
     sig = signal.upper().removeprefix("SIG")
     if sig not in STEP_SIGNALS:

@@ -16,6 +16,7 @@ import copy
 import datetime
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ class FakeSlurm:
         self.no_kill: set[int] = set()              # jobs submitted with --no-kill
         self.signals: list[tuple[int, str, bool]] = []  # (job, signal, --batch) sent by scancel
         self.steps: dict[int, list[int]] = {}       # job -> its numbered steps (start_step)
+        self.step_signals: list[tuple[int, int, str]] = []  # (job, step, signal): scancel J.S
         self._scripted: list[tuple[int, str, str]] = []
         self.next_job_id = max(self.jobs, default=0) + 1
         self._next_step: dict[int, int] = {}
@@ -238,10 +240,19 @@ class FakeSlurm:
     def _cmd_scancel(self, args: list[str]) -> tuple[int, str, str]:
         """22.05 scancel is silent (rc 0) for unknown and already finished jobs."""
         ids = [a for a in args if not a.startswith("-")]
+        signal = next((a.split("=", 1)[1] for a in args if a.startswith("--signal=")), "")
+        if signal and ids and all(re.fullmatch(r"\d+\.\d+", i) for i in ids):
+            # JOB.STEP ...: those steps only (recorded per step, never the batch script)
+            for i in ids:
+                jid, step = map(int, i.split("."))
+                if step not in self.steps.get(jid, []):
+                    return 1, "", (f"scancel: error: Kill job error on job id {i}: "
+                                   "Invalid job id specified\n")
+                self.step_signals.append((jid, step, signal))
+            return 0, "", ""
         if not ids or not ids[0].isdigit():
             return 1, "", f"scancel: error: Invalid job id {ids[0] if ids else ''}\n"
         j = self.jobs.get(int(ids[0]))
-        signal = next((a.split("=", 1)[1] for a in args if a.startswith("--signal=")), "")
         if signal:
             if j is None or j["job_state"] in ENDED:
                 return 1, "", (f"scancel: error: Kill job error on job id {ids[0]}: "

@@ -10,6 +10,17 @@ import pytest
 from click.testing import CliRunner
 
 from slurmft.cli import cli
+from slurmft.core.config import RescheduleConfig
+from slurmft.core.errors import SlurmCommandError
+from slurmft.probe.records import Health
+from slurmft.recovery.policy import Outcome, is_relaunchable, replica_run
+from slurmft.recovery.rescheduler import Rescheduler
+from slurmft.recovery.state import StateStore
+from slurmft.recovery.watcher import Watcher
+from slurmft.slurm.client import CommandSlurmClient
+from slurmft.slurm.records import JobInfo
+from tests.fakes.fake_slurm import FakeSlurm as FakeSlurmCli
+from tests.unit.test_rescheduler import ScriptedProber
 from slurmft.supervise.launch import GroupJob, LaunchSettings, check_lighthouse_url
 from slurmft.supervise.supervisor import RunOptions, Supervisor
 from tests.unit.test_supervisor import FakeProcesses, FakeSlurm
@@ -112,6 +123,77 @@ def test_render_job_group_jobs_is_one_job_per_group_with_the_id_as_argument(tmp_
     assert run[run.index("--lighthouse") + 1] == LIGHTHOUSE
     assert run[run.index("--replicas") + 1] == "2" and "--train-nodes" not in run
     assert '--group-id "$1"' in r.output       # the script's argument, expanded by bash
+    # the comment names the run (its lighthouse): the watcher finds a lost group's peers by it
+    assert f"#SBATCH --comment=slurmft:relaunch,slurmft:group={LIGHTHOUSE}" in lines
+
+
+def test_replica_run_reads_the_group_mark_only():
+    def job(comment):
+        return JobInfo(job_id=1, name="j", state="RUNNING", comment=comment)
+    assert replica_run(job(f"slurmft:relaunch,slurmft:group={LIGHTHOUSE}")) == LIGHTHOUSE
+    assert replica_run(job("slurmft:relaunch")) == ""
+    assert replica_run(job("slurmft:group=")) == ""
+    assert replica_run(job("")) == ""
+    assert is_relaunchable(job(f"slurmft:relaunch,slurmft:group={LIGHTHOUSE}"))
+
+
+def watched_groups(tmp_path, prober_health):
+    """Three group jobs of one run (node1-3), one of another run (node4), a plain job (node5),
+    each with a training step; a watcher over all of them."""
+    fake = FakeSlurmCli()
+    fake.jobs.clear()
+    mark = f"slurmft:relaunch,slurmft:group={LIGHTHOUSE}"
+    ids = {name: fake.add_job("RUNNING", [node], comment=comment, no_kill=True)
+           for name, node, comment in [
+               ("a0", "node1", mark), ("a1", "node2", mark), ("a2", "node3", mark),
+               ("b0", "node4", "slurmft:relaunch,slurmft:group=http://other:29510"),
+               ("plain", "node5", "slurmft:relaunch")]}
+    for jid in ids.values():
+        fake.start_step(jid)
+    prober = ScriptedProber(prober_health)
+    client = CommandSlurmClient(runner=fake)
+    r = Rescheduler(client, prober, StateStore(tmp_path), RescheduleConfig(state_dir=str(tmp_path)),
+                    uid=0)
+    return fake, ids, Watcher(client, prober, r, interval=0.01)
+
+
+def test_watch_tells_a_lost_group_s_peers_and_no_one_else(tmp_path):
+    fake, ids, w = watched_groups(tmp_path, {"node2": Health.UNREACHABLE})
+    res = w.cycle()
+    assert res.failed == {ids["a1"]: ["node2"]}
+    assert res.peers_told == {ids["a1"]: [ids["a0"], ids["a2"]]}
+    assert sorted(fake.step_signals) == [(ids["a0"], 0, "URG"), (ids["a2"], 0, "URG")]
+    # the lost group itself is rescheduled as before (requeued without node2)
+    assert [rep.decision.outcome for rep in res.reports] == [Outcome.REQUEUE]
+    assert "node2" in fake.job(ids["a1"])["excluded_nodes"]
+    assert res.to_dict()["peers_told"] == {ids["a1"]: [ids["a0"], ids["a2"]]}
+
+
+def test_watch_tells_no_peer_of_a_job_outside_group_mode(tmp_path):
+    fake, ids, w = watched_groups(tmp_path, {"node5": Health.UNREACHABLE})
+    res = w.cycle()
+    assert res.failed == {ids["plain"]: ["node5"]}
+    assert res.peers_told == {} and fake.step_signals == []
+
+
+def test_a_peer_that_cannot_be_signalled_does_not_stop_the_others(tmp_path):
+    """One peer's scancel fails, another has no step (between two launches): the third is
+    told, and the lost group is rescheduled all the same."""
+    fake, ids, w = watched_groups(tmp_path, {"node1": Health.UNREACHABLE})
+    b = fake.add_job("RUNNING", ["node6"], comment=fake.job(ids["a0"])["comment"])   # no step
+    client = w.rescheduler.client
+    real = client.signal_steps
+
+    def signal_steps(job_id, steps, signal="KILL"):
+        if job_id == ids["a1"]:
+            raise SlurmCommandError("scancel: error: Kill job error: Job/step already completed")
+        return real(job_id, steps, signal)
+
+    client.signal_steps = signal_steps
+    res = w.cycle()
+    assert res.peers_told == {ids["a0"]: [ids["a2"]]} and b not in res.peers_told[ids["a0"]]
+    assert fake.step_signals == [(ids["a2"], 0, "URG")]
+    assert [rep.decision.outcome for rep in res.reports] == [Outcome.REQUEUE]
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from slurmft.core.errors import ConfigError  # noqa: E402
 from slurmft.examples import train_torchft as tt  # noqa: E402
+from slurmft.examples.data import batch_indices  # noqa: E402
 
 BASE = {"TORCHFT_LIGHTHOUSE": "http://head:29510", "REPLICA_GROUP_ID": "1",
         "NUM_REPLICA_GROUPS": "3", "MASTER_ADDR": "node-2", "MASTER_PORT": "29601"}
@@ -55,7 +56,7 @@ def test_replica_env_rejects_bad_values(change, message):
 def test_batch_plan_shares_train_py_global_batch():
     plan = tt.BatchPlan(global_batch=48, num_replicas=3, group_size=2, dataset_size=480, seed=7)
     assert (plan.per_replica, plan.per_rank) == (16, 8)
-    full = tt.batch_indices(5, 48, 480, 7)
+    full = batch_indices(5, 48, 480, 7)
     parts = [plan.indices(5, slot, rank) for slot in range(3) for rank in range(2)]
     # All groups present: exactly train.py's global batch, each sample once.
     assert torch.equal(torch.cat(parts), full)
