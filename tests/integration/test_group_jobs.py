@@ -3,8 +3,9 @@
 jobs (the rendered script submitted once per group), the lighthouse on the controller host (as
 on a login node), the watcher on.
 
-A group's node is cut off: the other group trains on (alone once its allreduce gives up on the
-lost peer, the training's --timeout), the watcher requeues the lost group's job without that
+A group's node is cut off: the watcher confirms it and tells the other group (SIGURG to its
+training step), which ends the step's allreduce with the lost peer at once and trains on alone,
+long before its collective timeout; the watcher requeues the lost group's job without that
 node, the group starts on an idle node, heals from its peer and both finish; the other group's
 job is never requeued and the lost node is drained.
 """
@@ -35,6 +36,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 STEPS = 1500
 PORT = 29710
+TIMEOUT = 30     # the training's collective timeout
 
 
 def groups(cluster_run, job_ids: list[int]) -> dict[int, dict[str, str]]:
@@ -54,9 +56,9 @@ def test_a_group_that_loses_its_node_is_requeued_alone(cluster, cluster_run):
     train = [sys.executable, str(TRAIN), "--steps", str(STEPS), "--sample-time",
              f"{0.05 / 24:.9g}", "--global-batch", "48", "--step-interval", "10",
              "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress),
-             # the survivor's allreduce gives up on the cut-off peer after 3 s; with the default
-             # 10 s the lost group can be back first, and no step is ever taken alone
-             "--timeout", "3"]
+             # long: only the watcher's word (SIGURG to the survivor) ends its step's
+             # allreduce with the cut-off peer within the test's limit below
+             "--timeout", str(TIMEOUT)]
     script = work / "job.sh"
     script.write_text(render("job.sh.j2", job_context(
         RescheduleConfig(state_dir=str(state), slots=1), train_cmd=train,
@@ -100,6 +102,9 @@ def test_a_group_that_loses_its_node_is_requeued_alone(cluster, cluster_run):
         lost, other = tasks[1]["NodeList"], tasks[0]["NodeList"]
         cut_at = time.time()
         cluster.fault(lost, "link-down")
+        # The watcher confirms the loss and tells group 0, which ends the step's allreduce
+        # with group 1 at once and trains alone, long before its own --timeout.
+        alone = step_after(cut_at, 1, TIMEOUT - 10)
 
         def moved():
             now = groups(cluster_run, job_ids)[1]
@@ -109,15 +114,13 @@ def test_a_group_that_loses_its_node_is_requeued_alone(cluster, cluster_run):
                              show=diagnose)
         restarted_at = time.time()
         back = step_after(restarted_at, 2, 150)
-        between = [r for r in steps(progress) if cut_at + 0.5 < r["t"] < back["t"]]
-        alone = [r for r in between if r.get("replicas") == 1]
-        # the lost group comes back while the survivor's allreduce gives up on it (--timeout):
-        # the survivor trains alone in between, unless the group was back first
         tasks = groups(cluster_run, job_ids)
         assert tasks[0]["Restarts"] == "0" and tasks[0]["NodeList"] == other
-        alone_from = f"+{alone[0]['t'] - cut_at:.1f} s" if alone else "- (no step alone)"
-        print(f"node of group 1 cut off: group 0 alone from {alone_from}, both again "
-              f"+{back['t'] - cut_at:.1f} s on {moved_job['NodeList']}")
+        watch_log = (work / "watch.log").read_text()
+        assert f"told its replica peers {job_ids[0]}" in watch_log, diagnose()
+        print(f"node of group 1 cut off: group 0 alone from +{alone['t'] - cut_at:.1f} s "
+              f"(its --timeout: {TIMEOUT} s), both again +{back['t'] - cut_at:.1f} s on "
+              f"{moved_job['NodeList']}")
 
         def both_done():
             now = groups(cluster_run, job_ids)
