@@ -53,17 +53,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from slurmft.checkpoint.store import Store
-from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.nodeset import validate_hostname
 from slurmft.observe.goodput import describe_world_sizes, step_time
 from slurmft.observe.events import AuditFile, RunTransition
 from slurmft.core.selfcmd import slurmft_argv
 from slurmft.observe.report import RESTART_PHASES, read_progress, restart_phases, summarize
-from slurmft.recovery.scripts import job_context
-from slurmft.render import render
 from slurmft.testbed import procs
-from slurmft.testbed.demo import EXAMPLE_TRAIN, Demo, DemoOptions, mpirun_args, sample_time
+from slurmft.testbed.demo import Demo, DemoOptions, mpirun_args
 
 VARIANTS = ("slurmft", "slurm", "classic")
 #: Run only when asked (--variants ...,spare): slurmft's wrapper with one hot spare (a cluster of
@@ -377,12 +374,8 @@ class Run:
     def _script(self, work: Path, ckpt: Path, progress: Path) -> str:
         if self.v in ("slurmft", "spare", "slurmft-torchft", BASELINE):   # nofault: the same wrapper, no fault
             return self.demo.job_script(work, ckpt, progress)
-        a, o = self.a, self.demo.o
-        train = [sys.executable, str(EXAMPLE_TRAIN), "--steps", str(a.steps),
-                 "--global-batch", str(o.global_batch),
-                 "--sample-time", f"{sample_time(a.step_time, a.nodes, o.global_batch):.9g}",
-                 "--step-interval", str(a.step_interval),
-                 "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
+        a = self.a
+        train = self.demo.train_command(ckpt, progress, torchft=False)
         make = slurm_script if self.v == "slurm" else classic_script
         return make(nodes=a.nodes, work=work, ckpt_dir=ckpt,
                     mpirun_opts=shlex.join(shlex.split(mpirun_args(self.cluster))), train=train)
@@ -618,14 +611,7 @@ class RunnerRun(Run):
         work = c.shared_dir / "gp"
         ckpt, progress = work / "checkpoints", work / "progress.jsonl"
         ckpt.mkdir(parents=True, exist_ok=True)
-        from slurmft.testbed.demo import EXAMPLE_TRAIN_TORCHFT
-
-        o = self.demo.o
-        train = [sys.executable, str(EXAMPLE_TRAIN_TORCHFT), "--steps", str(a.steps),
-                 "--global-batch", str(o.global_batch),
-                 "--sample-time", f"{sample_time(a.step_time, a.nodes, o.global_batch):.9g}",
-                 "--step-interval", str(a.step_interval),
-                 "--checkpoint-dir", str(ckpt), "--log-jsonl", str(progress)]
+        train = self.demo.train_command(ckpt, progress, torchft=True)
         with open(work / "lighthouse.log", "ab") as log:
             self.lighthouse = subprocess.Popen(
                 c.exec_argv(self._lighthouse_argv()), env=c.env(), stdin=subprocess.DEVNULL,
@@ -741,14 +727,10 @@ class GroupJobsRun(RunnerRun):
 
     def _prepare(self, work: Path, train: list[str]) -> None:
         a, c = self.a, self.cluster
-        cfg = RescheduleConfig(state_dir=str(c.shared_dir / "slurmft"), slots=1)
         script = work / "job.sh"
-        script.write_text(render("job.sh.j2", job_context(
-            cfg, train_cmd=train, checkpoint_dir=str(work / "checkpoints"), job_name=self.PREFIX,
-            nodes=a.nodes, replicas=a.nodes, group_jobs=True,
-            lighthouse=f"http://ctl:{LIGHTHOUSE_PORT}", work_dir=str(work),
-            output=str(work / "job.out"), slurmft_cmd=slurmft_argv(),
-            reschedule_log=str(work / "reschedule.log"))))
+        script.write_text(self.demo.job_script(work, work / "checkpoints",
+                                               work / "progress.jsonl",
+                                               lighthouse=f"http://ctl:{LIGHTHOUSE_PORT}"))
         job_ids = []
         for i in range(a.nodes):
             cp = c.run(["sbatch", "--parsable", f"--job-name={self.PREFIX}-{i}", str(script),

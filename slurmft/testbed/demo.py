@@ -250,24 +250,38 @@ class Demo:
         self._started_cluster = True
         return self.cluster.up(nodes=self.o.nodes + self.o.spares)
 
+    def train_command(self, ckpt_dir: Path, progress_path: Path, *,
+                      torchft: bool | None = None) -> list[str]:
+        """The example training's command: ``train.py``, or ``train_torchft.py`` (``torchft``;
+        default: in per-step mode), sized for the demo's nodes, steps and step time."""
+        o = self.o
+        use_torchft = bool(o.replicas) if torchft is None else torchft
+        script = EXAMPLE_TRAIN_TORCHFT if use_torchft else EXAMPLE_TRAIN
+        return [sys.executable, str(script), "--steps", str(o.steps),
+                "--global-batch", str(o.global_batch),
+                "--sample-time", f"{sample_time(o.step_time, o.nodes, o.global_batch):.9g}",
+                "--step-interval", str(o.step_interval),
+                "--checkpoint-dir", str(ckpt_dir), "--log-jsonl", str(progress_path)]
+
     def job_script(self, work: Path, ckpt_dir: Path, progress_path: Path,
-                    slurmft_cmd: list[str] | None = None) -> str:
+                   slurmft_cmd: list[str] | None = None, *, lighthouse: str = "") -> str:
+        """The rendered job wrapper. ``lighthouse``: per-step mode as one job per replica
+        group (one node each, ``render job --group-jobs``), torchft's lighthouse there."""
         o = self.o
         cfg = RescheduleConfig(state_dir=str(self.cluster.shared_dir / "slurmft"), slots=1,
                                mpirun_args=mpirun_args(self.cluster),
                                ssh_args=f"-F {self.cluster.ssh_config_path}")
-        script = EXAMPLE_TRAIN_TORCHFT if o.replicas else EXAMPLE_TRAIN
-        train = [sys.executable, str(script), "--steps", str(o.steps),
-                 "--global-batch", str(o.global_batch),
-                 "--sample-time", f"{sample_time(o.step_time, o.nodes, o.global_batch):.9g}",
-                 "--step-interval", str(o.step_interval),
-                 "--checkpoint-dir", str(ckpt_dir), "--log-jsonl", str(progress_path)]
+        groups = bool(lighthouse)
+        train = self.train_command(ckpt_dir, progress_path, torchft=groups or None)
         ctx = job_context(cfg, train_cmd=train, checkpoint_dir=str(ckpt_dir),
                           job_name="slurmft-demo", nodes=o.nodes, work_dir=str(work),
                           output=str(work / "job.out"),
                           slurmft_cmd=slurmft_cmd or slurmft_argv(),
-                          reschedule_log=str(work / "reschedule.log"), spares=o.spares,
-                          replicas=o.replicas)
+                          reschedule_log=str(work / "reschedule.log"),
+                          # a group job holds its group's node; the idle ones are the spares
+                          spares=0 if groups else o.spares,
+                          replicas=o.nodes if groups else o.replicas,
+                          group_jobs=groups, lighthouse=lighthouse)
         return render("job.sh.j2", ctx)
 
     def start_watcher(self, job_id: int | Sequence[int], log_path: Path) -> None:

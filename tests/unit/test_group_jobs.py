@@ -224,3 +224,24 @@ def test_lighthouse_without_torchft_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     r = _run(["lighthouse"])
     assert r.exit_code != 0 and "pip install 'slurmft[torchft]'" in r.output
+
+
+def test_the_demo_renders_group_jobs_and_restart_mode_from_one_builder(tmp_path):
+    """``Demo.job_script`` serves the benchmark's group jobs too: one node per group (the
+    idle nodes are the spares), train_torchft.py, the run's mark in the comment."""
+    from types import SimpleNamespace
+
+    from slurmft.testbed.demo import Demo, DemoOptions
+
+    demo = Demo(DemoOptions(name="t", nodes=4, steps=10, spares=1))
+    demo.cluster = SimpleNamespace(shared_dir=tmp_path, subnet="10.0.0.0/24",
+                                   ssh_config_path=tmp_path / "ssh_config")
+    ck, progress = tmp_path / "ck", tmp_path / "p.jsonl"
+    groups = demo.job_script(tmp_path, ck, progress, lighthouse=LIGHTHOUSE).splitlines()
+    assert "#SBATCH --nodes=1" in groups
+    assert f"#SBATCH --comment=slurmft:relaunch,slurmft:group={LIGHTHOUSE}" in groups
+    assert any("examples/train_torchft.py" in ln for ln in groups)
+    restart = demo.job_script(tmp_path, ck, progress).splitlines()
+    assert "#SBATCH --nodes=5" in restart and "#SBATCH --comment=slurmft:relaunch" in restart
+    assert any("examples/train.py" in ln for ln in restart)
+    assert demo.train_command(ck, progress, torchft=True)[1].endswith("train_torchft.py")
