@@ -67,6 +67,7 @@ class _RenderRequest:
     total_steps: int | None = None
     group_jobs: bool = False
     lighthouse: str = ""
+    warm: bool = False
 
 
 def _check_train_cmd(which: str, train: str) -> None:
@@ -119,7 +120,8 @@ def _render_text(req: _RenderRequest) -> str:
         rcfg, train_cmd=req.train, checkpoint_dir=req.ckpt,
         job_name=req.job_name or (job.name if job else "train"), nodes=n_nodes,
         partition=job.partition if job else "", spares=req.spares, replicas=req.replicas,
-        total_steps=req.total_steps, group_jobs=req.group_jobs, lighthouse=req.lighthouse))
+        total_steps=req.total_steps, group_jobs=req.group_jobs, lighthouse=req.lighthouse,
+        warm=req.warm))
 
 
 def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: str | None,
@@ -127,14 +129,14 @@ def _render_cmd(ctx: click.Context, which: str, job_id: str | None, nodelist: st
                 checkpoint_dir: str | None, job_name: str | None, launcher: str | None,
                 launch_from: str | None, out: str | None, spares: int = 0,
                 replicas: int = 0, total_steps: int | None = None, group_jobs: bool = False,
-                lighthouse: str | None = None) -> None:
+                lighthouse: str | None = None, warm: bool = False) -> None:
     cfg = get_config(ctx, reschedule={"slots": slots, "launcher": launcher,
                                       "launch_from": launch_from})
     req = _RenderRequest(which, cfg, train=train_cmd or cfg.reschedule.train_cmd,
                          ckpt=checkpoint_dir or cfg.reschedule.checkpoint_dir, job_name=job_name,
                          spares=spares, replicas=replicas, total_steps=total_steps,
                          group_jobs=group_jobs, lighthouse=_lighthouse(group_jobs, replicas,
-                                                                       lighthouse))
+                                                                       lighthouse), warm=warm)
     if which in ("job", "restart"):       # usage errors first, before Slurm is asked
         _check_train_cmd(which, req.train)
         if not req.ckpt:
@@ -208,13 +210,17 @@ def render_restart(ctx: click.Context, **kw: Any) -> None:
                    "requeue, never the whole run.")
 @click.option("--lighthouse", default=None, metavar="URL",
               help="With --group-jobs: http://HOST:PORT of `slurmft lighthouse`.")
+@click.option("--warm", is_flag=True,
+              help="`slurmft run --warm`: one pre-imported Python per node forks the ranks, "
+                   "so a relaunch skips interpreter and import start-up (restart mode; a "
+                   "`python SCRIPT` or `python -m MODULE` training command).")
 @click.pass_context
 def render_job(ctx: click.Context, spares: int, replicas: int, total_steps: int | None,
-               group_jobs: bool, lighthouse: str | None, **kw: Any) -> None:
+               group_jobs: bool, lighthouse: str | None, warm: bool, **kw: Any) -> None:
     """The job wrapper to submit training with: requeueable, `exec slurmft run` (relaunches in
     place on node loss, a dead or hung rank; hands the rest to a requeue)."""
     _render_cmd(ctx, "job", spares=spares, replicas=replicas, total_steps=total_steps,
-                group_jobs=group_jobs, lighthouse=lighthouse, **kw)
+                group_jobs=group_jobs, lighthouse=lighthouse, warm=warm, **kw)
 
 
 def _logging_context(fmt: str, log_paths: tuple[str, ...], logstash_hosts: tuple[str, ...],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shlex
@@ -127,6 +128,13 @@ class HangTimeout(click.ParamType):
 @click.option("--lighthouse", default=None, metavar="URL",
               help="With --group-id: http://HOST:PORT of torchft's lighthouse "
                    "(`slurmft lighthouse` on a login or service node).")
+@click.option("--warm", is_flag=True,
+              help="Keep one Python per node that has imported --warm-preload, and fork each "
+                   "rank from it: a relaunch skips the interpreter and import start-up "
+                   "(CMD must be `python SCRIPT ...` or `python -m MODULE ...`).")
+@click.option("--warm-preload", default="torch,mpi4py", show_default=True, metavar="MODULES",
+              help="With --warm: modules the pool imports once, comma-separated (mpi4py "
+                   "without MPI_Init: each rank initialises its own).")
 @click.option("--slurmft-cmd", default=None,
               help="How to run slurmft for the in-place reschedule, shell words "
                    "(default: this Python, -m slurmft).")
@@ -144,8 +152,9 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
             straggler_factor: float, straggler_steps: int, straggler_action: str,
             total_steps: int | None, regain_mode: str, requeue_cost: float | None,
             replicas: int, min_replicas: int, lighthouse_port: int, store_port: int,
-            group_id: int | None, lighthouse: str | None, slurmft_cmd: str | None,
-            reschedule_log: str | None, dry_run: bool, as_json: bool) -> None:
+            group_id: int | None, lighthouse: str | None, warm: bool, warm_preload: str,
+            slurmft_cmd: str | None, reschedule_log: str | None, dry_run: bool,
+            as_json: bool) -> None:
     """Supervise the training CMD inside a Slurm job (the rendered job script runs
     `exec slurmft run ... -- CMD`).
 
@@ -160,7 +169,9 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
                          budget is spent
       SIGTERM/SIGINT     Slurm ends the job: no relaunch; exit 128+signal
     Each relaunch kills the last launch's job steps first. Each state change is
-    logged and written to <state_dir>/audit.jsonl (event "run").
+    logged and written to <state_dir>/audit.jsonl (event "run"). With --warm, a
+    pool step keeps one pre-imported Python per node for the whole job and each
+    rank is forked from it (a relaunch then starts in a fraction of a second).
 
     \b
     Example (what `slurmft render job` writes):
@@ -180,9 +191,18 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
                              "group from srun): drop --launcher mpirun")
         launcher = "srun"
     settings = _settings(cfg, train_cmd, launcher, slots, mpirun_args, launch_from, ssh_args)
+    if warm:
+        if replicas or group is not None:
+            raise UsageError("--warm is for restart mode: per-step mode (--replicas, "
+                             "--group-id) keeps the survivors' processes through a loss")
+        try:
+            settings = dataclasses.replace(settings, warm=True)
+        except ValueError as exc:
+            raise UsageError(f"--warm: {exc}") from None
     job_id = _job_id()
     ckpt = Path(checkpoint_dir)
     options = _options(cfg, job_id, ckpt, resume_mode, train_cmd, slurmft_cmd, reschedule_log)
+    options.warm_preload = tuple(m.strip() for m in warm_preload.split(",") if m.strip())
     options.spares, options.train_nodes = spares, train_nodes
     options.straggler_action = straggler_action
     options.group = group
@@ -329,10 +349,8 @@ def _options(cfg: Any, job_id: int, ckpt: Path, resume_mode: str, train_cmd: tup
 
 def _print_plan(settings: Any, options: Any, as_json: bool, replica: Any = None) -> None:
     from slurmft.core.nodeset import expand
-    from slurmft.supervise.launch import launch_argv, pick_peer
+    from slurmft.supervise.launch import choose_nodes, launch_argv, pick_peer, pool_argv
     from slurmft.supervise.supervisor import resume_args
-
-    from slurmft.supervise.launch import choose_nodes
 
     nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
     allocation = expand(nodelist) if nodelist else []
@@ -346,6 +364,8 @@ def _print_plan(settings: Any, options: Any, as_json: bool, replica: Any = None)
            "launch_host": peer or options.here, "argv": launch_argv(settings, nodes, resume),
            "resume": bool(resume), "heartbeat": options.heartbeat_env,
            "reschedule_log": str(options.reschedule_log)}
+    if settings.warm:                # the pool step, on every node of the allocation
+        doc["warm_pool"] = pool_argv(settings.train_cmd[0], allocation, options.warm_preload)
     if options.group is not None and nodes:
         doc.update(group=options.group.group_id, replicas=options.group.replicas,
                    lighthouse=options.group.lighthouse, torchft_env=options.group.env(nodes))
@@ -366,6 +386,8 @@ def _print_plan(settings: Any, options: Any, as_json: bool, replica: Any = None)
                f"({','.join(nodes) or 'none'}){spare}, launched from {doc['launch_host']}"
                f"{', resuming' if resume else ''}")
     click.echo(f"  {shlex.join(doc['argv'])}")
+    if "warm_pool" in doc:
+        click.echo(f"  warm pool: {shlex.join(doc['warm_pool'])}")
     if "group" in doc:
         click.echo(f"  replica group {doc['group']} of {doc['replicas']}, lighthouse "
                    f"{doc['lighthouse']}")

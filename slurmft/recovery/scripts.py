@@ -16,7 +16,7 @@ from typing import Any
 from slurmft.core import nodeset as hosts
 from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import RenderError
-from slurmft.core.selfcmd import slurmft_argv
+from slurmft.core.selfcmd import python_target, slurmft_argv
 from slurmft.recovery.policy import GROUP_MARK, RELAUNCH_MARK
 from slurmft.slurm.records import JobInfo
 
@@ -44,7 +44,7 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
                 straggler_action: str = "", straggler_factor: float | None = None,
                 straggler_steps: int | None = None, replicas: int = 0,
                 total_steps: int | None = None, group_jobs: bool = False,
-                lighthouse: str = "") -> dict[str, Any]:
+                lighthouse: str = "", warm: bool = False) -> dict[str, Any]:
     """Variables for templates/job.sh.j2 (the job wrapper). ``hang_timeout``: auto, off or
     seconds, for ``slurmft run --hang-timeout``. ``spares``: extra nodes the job holds
     (``--nodes`` is then nodes + spares) to replace a lost one. ``straggler_*``: ``slurmft
@@ -53,7 +53,8 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
     --replicas``; 0: restart mode). ``total_steps``: ``slurmft run --total-steps`` (a job
     that shrank regains full size when it pays; None: not written). ``group_jobs``: one
     job per replica group, submitted once per group (``slurmft run --group-id``), torchft's
-    lighthouse at ``lighthouse`` (checked by the caller)."""
+    lighthouse at ``lighthouse`` (checked by the caller). ``warm``: ``slurmft run --warm``
+    (ranks forked from a pre-imported Python per node; restart mode, a Python command)."""
     if straggler_action not in ("", "report", "swap", "off"):
         raise RenderError(f"straggler action {straggler_action!r}: use report, swap or off")
     words = shlex.split(train_cmd) if isinstance(train_cmd, str) else list(train_cmd)
@@ -67,6 +68,10 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
     if group_jobs and not (replicas and lighthouse):
         raise RenderError("one job per replica group needs --replicas R and --lighthouse "
                           "http://HOST:PORT")
+    if warm and (replicas or python_target(words) is None):
+        raise RenderError("--warm starts the ranks of restart mode from a warm Python: it "
+                          "needs a `python SCRIPT ...` or `python -m MODULE ...` training "
+                          "command and no --replicas")
     slurmft = list(slurmft_cmd) or slurmft_argv()
     return {
         "job_name": safe_job_name(job_name),
@@ -96,6 +101,7 @@ def job_context(config: RescheduleConfig, *, train_cmd: str | Sequence[str], che
         "total_steps": int(total_steps) if total_steps else 0,
         "group_jobs": bool(group_jobs),
         "lighthouse": lighthouse,
+        "warm": bool(warm),
         # slurmft run's straggler options, as argv words (none given: its defaults)
         "straggler_args": [
             *(["--straggler-action", straggler_action] if straggler_action else []),

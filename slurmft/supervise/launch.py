@@ -13,14 +13,19 @@ requeued. On a peer, losing the batch host ends the launch at once.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from slurmft.core.nodeset import fold, is_valid_hostname
+from slurmft.core.selfcmd import python_target
 
 LAUNCHERS = ("mpirun", "srun")
+#: Files of slurmft's own in the checkpoint directory: they do not make a run "resumable".
+OWN_FILES_PREFIX = ".slurmft-"
 LAUNCH_FROM = ("peer", "batch")
 
 #: Variables that describe the host or the login and must not be copied to the peer (the
@@ -41,6 +46,7 @@ class LaunchSettings:
     mpirun_args: tuple[str, ...] = ()
     launch_from: str = "peer"
     ssh_cmd: tuple[str, ...] = ("ssh", "-o", "BatchMode=yes")
+    warm: bool = False              # ranks start from the node's warm pool (supervise.warm)
 
     def __post_init__(self) -> None:
         if not self.train_cmd:
@@ -51,6 +57,9 @@ class LaunchSettings:
             raise ValueError(f"launch_from must be one of {', '.join(LAUNCH_FROM)}")
         if self.slots < 1:
             raise ValueError("slots must be >= 1")
+        if self.warm and python_target(self.train_cmd) is None:
+            raise ValueError("a warm start runs `python SCRIPT ...` or `python -m MODULE ...`: "
+                             f"not {shlex.join(self.train_cmd[:2])} (drop --warm)")
 
 
 def slurm_env(nodes: Sequence[str], slots: int) -> dict[str, str]:
@@ -67,15 +76,31 @@ def launch_argv(settings: LaunchSettings, nodes: Sequence[str],
                 resume: Sequence[str] = ()) -> list[str]:
     """The launcher's argv for ``nodes``, with ``resume`` appended to the training command."""
     n, slots = len(nodes), settings.slots
+    train = client_argv(settings.train_cmd) if settings.warm else list(settings.train_cmd)
     if settings.launcher == "mpirun":
         # --no-kill for its srun: a node whose slurmd dies keeps running its ranks (slurmft
         # drains it); --overlap: a new launch need not wait for a stopped one's steps to end.
         return ["mpirun", "-np", str(n * slots), "--mca", "plm_slurm_args", "--no-kill --overlap",
-                *settings.mpirun_args, *settings.train_cmd, *resume]
+                *settings.mpirun_args, *train, *resume]
     # srun starts the ranks itself (PMIx); --kill-on-bad-exit: a rank that dies ends the step.
     return ["srun", "--mpi=pmix", "--no-kill", "--overlap", "--kill-on-bad-exit=1",
             f"--nodes={n}", f"--nodelist={fold(nodes)}", f"--ntasks-per-node={slots}",
-            *settings.train_cmd, *resume]
+            *train, *resume]
+
+
+def pool_argv(interpreter: str, nodes: Sequence[str], preload: Sequence[str]) -> list[str]:
+    """One pool server per node of ``nodes``: a job step of its own that outlives launches
+    (--overlap: it holds no resources the training needs; --no-kill: a lost node leaves the
+    servers elsewhere running)."""
+    return ["srun", "--overlap", "--no-kill", "--kill-on-bad-exit=0", "--job-name=slurmft-warm",
+            f"--nodes={len(nodes)}", f"--nodelist={fold(nodes)}", "--ntasks-per-node=1",
+            interpreter, "-m", "slurmft.supervise.warm", "serve",
+            "--preload", ",".join(preload)]
+
+
+def client_argv(train_cmd: Sequence[str]) -> list[str]:
+    """The training command started through this node's pool (same interpreter)."""
+    return [train_cmd[0], "-m", "slurmft.supervise.warm", "run", "--", *train_cmd]
 
 
 def on_peer_argv(settings: LaunchSettings, job_id: int, peer: str, nodes: Sequence[str],
@@ -192,3 +217,24 @@ class GroupJob:
         """The group's torchft variables for a launch on ``nodes``."""
         return torchft_env(self.lighthouse, self.group_id, self.replicas, nodes,
                            self.store_port + self.group_id)
+
+
+def initial_resume(mode: str, ckpt: Path) -> list[str]:
+    """``--resume DIR`` for the first launch: always, never, or (auto) when the directory
+    holds anything but slurmft's own files (a requeued or restarted run)."""
+    if mode == "always" or (mode == "auto" and _has_checkpoints(ckpt)):
+        return ["--resume", str(ckpt)]
+    return []
+
+
+def exit_code(rc: int | None) -> int | None:
+    """A child's exit code as a shell reports it: killed by signal N -> 128 + N."""
+    return 128 - rc if rc is not None and rc < 0 else rc
+
+
+def _has_checkpoints(directory: Path) -> bool:
+    """Anything in the directory but slurmft's own files (a requeued or restarted run)."""
+    try:
+        return any(not n.startswith(OWN_FILES_PREFIX) for n in os.listdir(directory))
+    except OSError:
+        return False

@@ -52,23 +52,14 @@ from slurmft.core.log import failed_extra, get_logger
 from slurmft.core.nodeset import fold
 from slurmft.observe.events import Event, RunTransition, Straggler
 from slurmft.supervise.hang import read_interval
-from slurmft.supervise.launch import (
-    GroupJob,
-    LaunchSettings,
-    choose_nodes,
-    launch_argv,
-    on_peer_argv,
-    peer_script,
-    pick_peer,
-    rank_node,
-    slurm_env,
-)
+from slurmft.supervise.launch import (GroupJob, LaunchSettings, choose_nodes, exit_code,
+                                      initial_resume, launch_argv, on_peer_argv, peer_script,
+                                      pick_peer, rank_node, slurm_env)
+from slurmft.supervise.pool import WarmPool
 from slurmft.supervise.processes import Launched, Processes
+from slurmft.supervise.warm import DEFAULT_PRELOAD
 
 log = get_logger(__name__)
-
-#: Files of slurmft's own in the checkpoint directory: they do not make a run "resumable".
-OWN_FILES_PREFIX = ".slurmft-"
 
 
 class RunState(enum.Enum):
@@ -161,6 +152,7 @@ class RunOptions:
     train_nodes: int | None = None              # with spares: nodes the training runs on
     straggler_action: str = "report"            # report | swap (a spare takes its place)
     group: GroupJob | None = None               # this job is one torchft replica group
+    warm_preload: tuple[str, ...] = DEFAULT_PRELOAD   # with LaunchSettings.warm
 
 
 class Supervisor:
@@ -189,6 +181,8 @@ class Supervisor:
         self._peer_ok = True           # False once ssh to a peer failed: launch here from then
         self._checked_peer: str | None = None
         self.benched: list[str] = []   # stragglers' nodes: never trained on again in this job
+        self.pool = WarmPool(options.job_id, settings.train_cmd[0], options.warm_preload,
+                             processes, slurm.steps, sleep) if settings.warm else None
         self.stragglers_named = 0
 
     # ------------------------------------------------------------------ signals
@@ -224,6 +218,8 @@ class Supervisor:
         want = self._world_nodes(allocation)
         nodes = choose_nodes(allocation, [], want)
         resume = resume_args(self.options, first=True)
+        if self.pool is not None:                  # on every node, spares too, for the job
+            self.pool.start(allocation, self._launch_env(allocation))
         rc = 1
         while True:
             rc, ended = self._launch_once(nodes, resume)
@@ -513,7 +509,7 @@ class Supervisor:
     def _signal_training(self, sig: str) -> None:
         job = self.options.job_id
         try:
-            steps = self.slurm.steps(job)
+            steps = [s for s in self.slurm.steps(job) if not self.pool or s not in self.pool.steps]
             if steps:
                 self.slurm.signal_steps(job, steps, sig)
         except SlurmFTError as exc:
@@ -553,6 +549,8 @@ class Supervisor:
         env.update(slurm_env(nodes, self.settings.slots))
         if self.options.group is not None:
             env.update(self.options.group.env(nodes))
+        if self.pool is not None and self.pool.proc is not None:
+            env.update(self.pool.env())
         self.environ.update(slurm_env(nodes, self.settings.slots))
         return env
 
@@ -576,24 +574,3 @@ def resume_args(options: RunOptions, *, first: bool) -> list[str]:
     if first:
         return initial_resume(options.resume, options.checkpoint_dir)
     return ["--resume", str(options.checkpoint_dir)]
-
-
-def initial_resume(mode: str, ckpt: Path) -> list[str]:
-    """``--resume DIR`` for the first launch: always, never, or (auto) when the directory
-    holds anything but slurmft's own files (a requeued or restarted run)."""
-    if mode == "always" or (mode == "auto" and _has_checkpoints(ckpt)):
-        return ["--resume", str(ckpt)]
-    return []
-
-
-def exit_code(rc: int | None) -> int | None:
-    """A child's exit code as a shell reports it: killed by signal N -> 128 + N."""
-    return 128 - rc if rc is not None and rc < 0 else rc
-
-
-def _has_checkpoints(directory: Path) -> bool:
-    """Anything in the directory but slurmft's own files (a requeued or restarted run)."""
-    try:
-        return any(not n.startswith(OWN_FILES_PREFIX) for n in os.listdir(directory))
-    except OSError:
-        return False

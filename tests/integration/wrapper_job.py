@@ -16,12 +16,13 @@ from slurmft.testbed.demo import EXAMPLE_TRAIN, mpirun_args, sample_time
 def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
                   train_args: tuple[str, ...] = (), hang_timeout: str = "auto",
                   spares: int = 0, straggler_action: str = "", total_steps: int | None = None,
-                  **config) -> Path:
+                  warm: bool = False, **config) -> Path:
     """``work/job.sh``: ``steps`` training steps of 0.05 s on ``nodes`` nodes (longer on
     fewer: compute is per sample), a checkpoint
     every 10 steps into ``work/ckpt``, progress in ``work/progress.jsonl``, output in
     ``work/job.out``; slurmft's state in ``work/state``. ``config``: RescheduleConfig fields.
-    ``straggler_action``: ``slurmft run --straggler-action`` (empty: its default)."""
+    ``straggler_action``: ``slurmft run --straggler-action`` (empty: its default); ``warm``:
+    ``slurmft run --warm``."""
     ckpt = work / "ckpt"
     cfg = RescheduleConfig(state_dir=str(work / "state"), slots=1,
                            mpirun_args=mpirun_args(cluster),
@@ -36,5 +37,5 @@ def write_wrapper(cluster, work: Path, *, steps: int, nodes: int, name: str,
         work_dir=str(work), output=str(work / "job.out"),
         slurmft_cmd=slurmft_argv(), reschedule_log=str(work / "resched.log"),
         hang_timeout=hang_timeout, spares=spares, straggler_action=straggler_action,
-        total_steps=total_steps)))
+        total_steps=total_steps, warm=warm)))
     return script

@@ -1,0 +1,76 @@
+"""The supervisor's side of the warm pool (``slurmft run --warm``, ``supervise.warm``).
+
+At the job's start, one ``srun`` step puts a pool server on every node of the allocation (the
+spares too: a rank relaunched there starts warm as well) and lives as long as the job. The
+supervisor must never stop that step with the training's: ``steps`` are the pool's step ids,
+which ``Supervisor._signal_training`` leaves alone. The first launch's clients wait up to
+``ready_wait`` seconds for their node's server to finish its imports (instead of importing
+the same modules next to it on the same cores); later launches do not wait: a node without a
+server starts its rank cold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from slurmft.core.errors import SlurmFTError
+from slurmft.core.log import get_logger
+from slurmft.core.nodeset import fold
+from slurmft.supervise.launch import pool_argv
+from slurmft.supervise.processes import Launched, Processes
+from slurmft.supervise.warm import ENV_WAIT
+
+log = get_logger(__name__)
+
+
+
+class WarmPool:
+    """Starts the pool step once and remembers its step id."""
+
+    def __init__(self, job_id: int, interpreter: str, preload: Sequence[str],
+                 processes: Processes, steps: Callable[[int], list[int]],
+                 sleep: Callable[[float], None], ready_wait: float = 30.0) -> None:
+        self.job_id, self.interpreter, self.preload = job_id, interpreter, tuple(preload)
+        self.processes, self._steps, self.sleep = processes, steps, sleep
+        self.ready_wait = ready_wait
+        self.proc: Launched | None = None
+        self.steps: frozenset[int] = frozenset()
+        self.launches = 0
+
+    def start(self, nodes: Sequence[str], env: Mapping[str, str],
+              find_for: float = 5.0, poll: float = 0.1) -> bool:
+        """Start the pool step on ``nodes`` and find its step id (no other step runs yet).
+        False (and no pool) when Slurm never shows the step."""
+        try:
+            before = set(self._steps(self.job_id))
+        except SlurmFTError:
+            before = set()
+        self.proc = self.processes.start(pool_argv(self.interpreter, nodes, self.preload), env)
+        for _ in range(max(1, int(find_for / poll))):
+            try:
+                new = set(self._steps(self.job_id)) - before
+            except SlurmFTError:
+                new = set()
+            if new:
+                self.steps = frozenset(new)
+                log.info("warm pool on %s: job step %s (preloading %s)", fold(nodes),
+                         ",".join(map(str, sorted(new))), ",".join(self.preload),
+                         extra={"job": str(self.job_id)})
+                return True
+            if self.proc.poll() is not None:
+                break
+            self.sleep(poll)
+        log.warning("warm pool: its job step never showed up; the training starts cold",
+                    extra={"job": str(self.job_id)})
+        self.stop()
+        return False
+
+    def env(self) -> dict[str, str]:
+        """What one launch's clients read: only the first waits for the servers."""
+        self.launches += 1
+        return {ENV_WAIT: f"{self.ready_wait:g}" if self.launches == 1 else "0"}
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        self.proc, self.steps = None, frozenset()

@@ -1,0 +1,90 @@
+"""The warm pool (`slurmft run --warm`) on the real cluster: real srun, mpirun, mpi4py, torch.
+
+The job holds 3 nodes and trains on 2 (one spare). The pool step puts one pre-imported Python
+on each of the 3 nodes; every rank of every launch is forked from its node's server (the job
+output names each fork). A training node is cut off; the watcher takes it out and the
+supervisor relaunches on the node left plus the spare: those ranks are forked again, from
+servers that imported torch and mpi4py at the job's start, and the job completes. Prints
+launch -> the training's start record for both launches.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from slurmft.observe.report import read_progress
+from tests.integration.waiting import wait_for
+from tests.integration.watching import start_watcher, stop_watcher
+from tests.integration.wrapper_job import write_wrapper
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+STEPS = 300
+
+
+def test_ranks_start_from_the_warm_pool_and_again_after_a_node_loss(cluster, cluster_run):
+    work = Path(cluster.shared_dir) / "warm"
+    progress, state = work / "progress.jsonl", work / "state"
+    work.mkdir(parents=True, exist_ok=True)
+    script = write_wrapper(cluster, work, steps=STEPS, nodes=2, spares=1, name="warm",
+                           warm=True)
+    env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
+           "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
+           "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+    cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2,node3", script], env=env)
+    assert cp.returncode == 0, cp.stderr
+    jid = int(cp.stdout.strip())
+    client = cluster.slurm_client()
+    watcher = start_watcher(cluster, env, work / "watch.log", "--job", str(jid))
+    lost = ""
+    out = work / "job.out"
+
+    def diagnose() -> str:
+        j = client.job(jid)
+        return (f"state {j.state} on {j.nodes}\njob.out:\n"
+                f"{out.read_text()[-2500:] if out.exists() else '(none)'}")
+
+    try:
+        wait_for(lambda: progress.exists() and any(
+            r["event"] == "save" and r["step"] >= 30 for r in read_progress(progress)),
+            120, "a checkpoint at step 30", show=diagnose)
+        first = client.job(jid)
+        lost = next(n for n in first.nodes if n != first.batch_host
+                    and f"{n}: rank" in out.read_text())      # a training node, not the batch host
+        forks_before = len(re.findall(r"slurmft warm: \S+: rank \S+ forked", out.read_text()))
+        cluster.fault(lost, "link-down")
+        job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
+                       "the job to complete on the spare", show=diagnose)
+        assert job.restart_count == 0 and lost not in job.nodes
+        text = out.read_text()
+        # every node's server came up with torch and mpi4py imported
+        ready = re.findall(r"slurmft warm: (\S+) ready in [\d.]+ s \(preloaded torch, mpi4py\)",
+                           text)
+        assert sorted(ready) == ["node1", "node2", "node3"], diagnose()
+        forks = re.findall(r"slurmft warm: (\S+): rank (\S+) forked", text)
+        # 2 ranks at the first launch, 2 more at the relaunch (one of them on the spare)
+        assert forks_before == 2 and len(forks) == 4, diagnose()
+        assert {n for n, _ in forks[2:]} == set(job.nodes)
+        recs = read_progress(progress)
+        starts = [r for r in recs if r["event"] == "start"]
+        assert [r["world_size"] for r in starts] == [2, 2]
+        assert recs[-1]["event"] == "done" and recs[-1]["step"] == STEPS - 1
+        audit = [json.loads(ln) for ln in (state / "audit.jsonl").read_text().splitlines()]
+        launching = [e["time"] for e in audit if e.get("event") == "run"
+                     and e.get("state") == "launching" and e.get("job_id") == jid]
+        print("launch -> training start: " + ", ".join(
+            f"{s['t'] - t:.2f} s" for t, s in zip(launching, starts)))
+    finally:
+        stop_watcher(watcher)
+        if lost:
+            cluster.fault(lost, "link-up")
+        cluster_run(["scancel", str(jid)])
+        if lost:
+            def back() -> bool:
+                cluster_run(["scontrol", "update", f"nodename={lost}", "state=resume"])
+                return cluster_run(["sinfo", "-h", "-n", lost, "-o", "%T"]).stdout.strip() == "idle"
+            wait_for(back, 90, f"{lost} idle again")

@@ -1,0 +1,264 @@
+"""The warm pool (``slurmft.supervise.warm``): a real server process and real clients on this
+machine, with a made-up job id and node name (no Slurm, no MPI: nothing is preloaded but a
+module of the standard library)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from slurmft.core.selfcmd import Target, python_target
+from slurmft.supervise.warm import socket_name
+
+PY = sys.executable
+
+
+@pytest.fixture
+def pool(tmp_path):
+    """A pool server for a job id of its own; yields the environment its clients need."""
+    env = {**os.environ, "SLURM_JOB_ID": str(900000 + os.getpid() % 1000),
+           "SLURMD_NODENAME": f"test-{uuid.uuid4().hex[:8]}"}
+    log = open(tmp_path / "server.log", "wb")
+    server = subprocess.Popen([PY, "-m", "slurmft.supervise.warm", "serve", "--preload",
+                               "json"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    for _ in range(500):
+        if b"ready" in (tmp_path / "server.log").read_bytes():
+            break
+        time.sleep(0.01)
+    else:
+        server.kill()
+        pytest.fail((tmp_path / "server.log").read_text())
+    yield env
+    server.terminate()
+    server.wait(10)
+    log.close()
+
+
+def script(tmp_path, body: str) -> str:
+    path = tmp_path / f"s{uuid.uuid4().hex[:6]}.py"
+    path.write_text(body)
+    return str(path)
+
+
+def client(env, cmd, **kw):
+    return subprocess.run([PY, "-m", "slurmft.supervise.warm", "run", "--", *cmd], env=env,
+                          capture_output=True, text=True, timeout=60, **kw)
+
+
+def test_only_plain_python_commands_start_warm():
+    assert python_target([PY, "t.py", "--x"]) == Target(PY, "path", "t.py", ("--x",))
+    assert python_target(["python3.11", "-m", "pkg.mod", "a"]) == Target(
+        "python3.11", "module", "pkg.mod", ("a",))
+    assert python_target([PY, "-u", "t.py"]) is None           # interpreter options: cold
+    assert python_target(["bash", "t.sh"]) is None
+    assert python_target([PY]) is None and python_target([PY, "-m"]) is None
+    assert socket_name("12", "node1").startswith("\0")         # abstract: per network namespace
+
+
+def test_a_rank_runs_forked_from_the_server_with_its_own_env_cwd_and_output(pool, tmp_path):
+    env = {**pool, "ONLY_IN_CLIENT": "yes"}
+    path = script(tmp_path, "import os, sys, json\n"
+                            "print(os.environ['ONLY_IN_CLIENT'], os.getcwd(), sys.argv[1:],\n"
+                            "      'json' in sys.modules, __name__, os.getppid())\n"
+                            "print('err', file=sys.stderr)\n"
+                            "sys.exit(3)\n")
+    r = client(env, [PY, path, "a b", "c"], cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    words = r.stdout.split()
+    assert words[:2] == ["yes", str(tmp_path)] and "['a b', 'c']" in r.stdout
+    assert words[-3:-1] == ["True", "__main__"]          # preloaded in the server, as __main__
+    assert int(words[-1]) != os.getpid()                 # a child of the server, not of ours
+    assert r.stderr.strip() == "err"
+
+
+def test_an_exception_is_printed_and_exits_1(pool, tmp_path):
+    r = client(pool, [PY, script(tmp_path, "raise ValueError('boom')\n")])
+    assert r.returncode == 1 and "ValueError: boom" in r.stderr
+
+
+def test_a_module_runs_as_main(pool, tmp_path):
+    (tmp_path / "warmmod_t.py").write_text("import sys\nprint('mod', sys.argv[1:])\n")
+    r = client(pool, [PY, "-m", "warmmod_t", "x"], cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "mod ['x']", r.stderr
+
+
+def test_signals_reach_the_rank_and_a_killed_client_takes_it_along(pool, tmp_path):
+    pidfile = tmp_path / "pid"
+    path = script(tmp_path, "import os, signal, sys, time\n"
+                            f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                            "signal.signal(signal.SIGUSR1, lambda *a: sys.exit(42))\n"
+                            "time.sleep(60)\n")
+    c = subprocess.Popen([PY, "-m", "slurmft.supervise.warm", "run", "--", PY, path], env=pool)
+    wait_file(pidfile)
+    c.send_signal(signal.SIGUSR1)                    # forwarded: the rank exits 42
+    assert c.wait(20) == 42
+    pidfile.unlink()
+    c = subprocess.Popen([PY, "-m", "slurmft.supervise.warm", "run", "--", PY, path], env=pool)
+    wait_file(pidfile)
+    rank = int(pidfile.read_text())
+    c.kill()                                         # SIGKILL: nothing to forward
+    c.wait(10)
+    for _ in range(500):                             # the server kills the rank
+        if not os.path.exists(f"/proc/{rank}") or _zombie(rank):
+            break
+        time.sleep(0.01)
+    assert not os.path.exists(f"/proc/{rank}") or _zombie(rank)
+
+
+def test_a_rank_killed_by_a_signal_kills_its_client_the_same_way(pool, tmp_path):
+    r = client(pool, [PY, script(tmp_path, "import os, signal\n"
+                                           "os.kill(os.getpid(), signal.SIGTERM)\n")])
+    assert r.returncode == -signal.SIGTERM
+
+
+def test_without_a_server_the_command_runs_cold(tmp_path):
+    env = {**os.environ, "SLURM_JOB_ID": "1", "SLURMD_NODENAME": f"none-{uuid.uuid4().hex}"}
+    path = script(tmp_path, "import os, sys\nprint(os.getppid())\nsys.exit(5)\n")
+    r = client(env, [PY, path])
+    assert r.returncode == 5 and r.stdout.strip()
+    r = client({k: v for k, v in env.items() if k != "SLURM_JOB_ID"}, [PY, path])
+    assert r.returncode == 5                         # not in a job: cold too
+
+
+def test_another_interpreter_or_a_shell_command_runs_cold(pool, tmp_path):
+    r = client(pool, ["sh", "-c", "echo cold; exit 4"])
+    assert r.returncode == 4 and r.stdout.strip() == "cold"
+    r = client(pool, [PY, "-c", "import sys; sys.exit(6)"])   # an option: cold unasked
+    assert r.returncode == 6
+    system = "/usr/bin/python3"                      # another interpreter: the server refuses
+    if not os.path.exists(system) or os.path.samefile(system, PY):
+        pytest.skip("no second Python on this machine")
+    r = client(pool, [system, script(tmp_path, "import sys; print(sys.executable)\n")])
+    assert r.returncode == 0 and r.stdout.strip() == system
+
+
+def wait_file(path, seconds=20.0):
+    for _ in range(int(seconds / 0.01)):
+        if path.exists() and path.read_text():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{path} never written")
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1].startswith("Z")
+    except OSError:
+        return True
+
+
+# ---- the supervisor's side (fakes: no processes, no Slurm) ---------------------------------------
+
+def warm_supervisor(tmp_path, *, launches, allocations=(), pool_shows=True):
+    from slurmft.supervise.launch import LaunchSettings
+    from slurmft.supervise.supervisor import RunOptions, Supervisor
+    from tests.unit.test_supervisor import FakeProcesses, FakeSlurm
+
+    class PoolSlurm(FakeSlurm):
+        """Slurm shows the pool's step (id 0) once its srun started."""
+
+        def steps(self, job_id):
+            started = any("serve" in argv for argv, _env, _in in procs.started)
+            return ([0] if started and pool_shows else []) + list(self.step_ids)
+
+    procs = FakeProcesses(launches=[[None], *launches])    # the pool's srun never ends
+    slurm = PoolSlurm(allocations=list(allocations), step_ids=[])
+    opts = RunOptions(job_id=7, checkpoint_dir=tmp_path / "ck", here="node1", cwd=str(tmp_path),
+                      slurmft_cmd=("slurmft",), reschedule_log=tmp_path / "r.log",
+                      kill_grace=0.0, warm_preload=("torch", "mpi4py"))
+    sup = Supervisor(LaunchSettings(train_cmd=(PY, "train.py", "--x"), launch_from="batch",
+                                    warm=True),
+                     opts, slurm, procs, emit=lambda e: None,
+                     environ={"SLURM_JOB_NODELIST": "node[1-3]"},
+                     sleep=lambda s: None, clock=iter(range(10**6)).__next__)
+    return sup, procs, slurm
+
+
+def test_warm_run_starts_the_pool_on_every_node_and_ranks_through_it(tmp_path):
+    sup, procs, slurm = warm_supervisor(tmp_path, launches=[[None, 255], [0]],
+                                        allocations=[["node2", "node3"]])
+    slurm.step_ids = [1]                                 # the first launch's step
+    assert sup.run() == 0
+    pool_argv, pool_env, _ = procs.started[0]
+    assert pool_argv[:1] == ["srun"] and "--overlap" in pool_argv and "--no-kill" in pool_argv
+    assert "--nodes=3" in pool_argv and "--nodelist=node[1-3]" in pool_argv
+    assert pool_argv[-6:] == [PY, "-m", "slurmft.supervise.warm", "serve", "--preload",
+                              "torch,mpi4py"]
+    assert sup.pool.steps == frozenset({0})
+    first, second = procs.started[1], procs.started[2]
+    assert first[0][-8:] == [PY, "-m", "slurmft.supervise.warm", "run", "--", PY, "train.py",
+                             "--x"]
+    assert first[1]["SLURMFT_WARM_WAIT"] == "30" and second[1]["SLURMFT_WARM_WAIT"] == "0"
+    # the relaunch stopped the training's step only, never the pool's
+    assert slurm.killed == [[1]]
+
+
+def test_a_pool_whose_step_never_shows_is_stopped_and_the_training_starts_cold(tmp_path):
+    sup, procs, slurm = warm_supervisor(tmp_path, launches=[[0]], pool_shows=False)
+    assert sup.run() == 0
+    assert procs.procs[0].signals == ["KILL"] and sup.pool.proc is None
+    assert "SLURMFT_WARM_WAIT" not in procs.started[1][1]
+
+
+def test_warm_needs_a_python_command():
+    from slurmft.supervise.launch import LaunchSettings, launch_argv
+
+    with pytest.raises(ValueError, match="python SCRIPT"):
+        LaunchSettings(train_cmd=("bash", "train.sh"), warm=True)
+    argv = launch_argv(LaunchSettings(train_cmd=(PY, "t.py"), launcher="srun", warm=True),
+                       ["node1"], ["--resume", "/ck"])
+    assert argv[-9:] == [PY, "-m", "slurmft.supervise.warm", "run", "--", PY, "t.py",
+                         "--resume", "/ck"]
+
+
+# ---- the commands ---------------------------------------------------------------------------------
+
+def _cli(args, env=None):
+    from click.testing import CliRunner
+
+    from slurmft.cli import cli
+    return CliRunner().invoke(cli, args, env=env)
+
+
+JOB_ENV = {"SLURM_JOB_ID": "31", "SLURM_JOB_NODELIST": "node[1-3]", "SLURMD_NODENAME": "node1"}
+
+
+def test_run_warm_dry_run_shows_the_pool_and_the_wrapped_ranks(tmp_path):
+    import json
+
+    r = _cli(["run", "--checkpoint-dir", str(tmp_path), "--warm", "--warm-preload", "torch",
+              "--spares", "1", "--dry-run", "--json", "--", "python3", "t.py", "--x"], JOB_ENV)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["warm_pool"][-6:] == ["python3", "-m", "slurmft.supervise.warm", "serve",
+                                     "--preload", "torch"]
+    assert "--nodelist=node[1-3]" in doc["warm_pool"]          # the spare's too
+    assert doc["argv"][-8:] == ["python3", "-m", "slurmft.supervise.warm", "run", "--",
+                                "python3", "t.py", "--x"]
+
+
+@pytest.mark.parametrize("extra, cmd, message", [
+    ([], ["bash", "train.sh"], "--warm: a warm start runs `python SCRIPT"),
+    (["--replicas", "2"], ["python3", "t.py"], "--warm is for restart mode"),
+])
+def test_run_warm_errors_are_one_line(tmp_path, extra, cmd, message):
+    r = _cli(["run", "--checkpoint-dir", str(tmp_path), "--warm", *extra, "--dry-run", "--",
+              *cmd], JOB_ENV)
+    assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
+
+
+def test_render_job_warm():
+    r = _cli(["render", "job", "--nodes", "4", "--warm", "--train-cmd", "python3 train.py",
+              "--checkpoint-dir", "/shared/ck"])
+    assert r.exit_code == 0, r.output
+    assert " --warm " in r.output.split("exec ", 1)[1].replace("\\\n", " ")
+    r = _cli(["render", "job", "--nodes", "4", "--warm", "--train-cmd", "./train.sh",
+              "--checkpoint-dir", "/shared/ck"])
+    assert r.exit_code != 0 and "`python SCRIPT ...`" in r.output and "Traceback" not in r.output
