@@ -186,6 +186,7 @@ def _child(request: dict, fds: Sequence[int]) -> None:
     """In the forked child: become the rank, run it, never return."""
     code = 1
     try:
+        _die_with_parent()
         for sig in FORWARDED:
             signal.signal(sig, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -213,6 +214,17 @@ def _child(request: dict, fds: Sequence[int]) -> None:
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this rank when the server dies (prctl PR_SET_PDEATHSIG): its client then
+    reports it gone, and no rank runs on outside the launcher's reach."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() == 1:                      # the server died before prctl took effect
+        os._exit(1)
 
 
 def _run_main(request: dict) -> int:

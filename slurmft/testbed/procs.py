@@ -293,14 +293,31 @@ def _is_python(pid: int) -> bool:
     return comm(pid).startswith("python")
 
 
+def _pool_role(pid: int, ppid_of: Mapping[int, int]) -> str:
+    """A warm pool's process (``slurmft run --warm``): "server", "client" (a rank's stand-in
+    the launcher started), "rank" (forked by the server: it shows the server's command
+    line), or "" for anything else."""
+    line = cmdline(pid)
+    if "slurmft.supervise.warm run" in line:
+        return "client"
+    if "slurmft.supervise.warm serve" in line:
+        return "rank" if _is_python(ppid_of.get(pid, 0)) else "server"
+    return ""
+
+
 def training_ranks(pids: Iterable[int], ppid_of: Mapping[int, int] | None = None) -> list[int]:
     """Of a node's job processes, the training ranks: Python processes whose parent is not
     Python (a DataLoader worker is not a rank) and with no descendant that is not Python (a
-    Python launcher such as ``slurmft run`` has mpirun or srun below it). Sorted."""
+    Python launcher such as ``slurmft run`` has mpirun or srun below it), and the ranks a
+    warm pool forked (not the pool's server or its clients). Sorted."""
     ppid_of = parents() if ppid_of is None else ppid_of
     out = []
     for pid in pids:
-        if not _is_python(pid) or _is_python(ppid_of.get(pid, 0)):
+        role = _pool_role(pid, ppid_of)
+        if role == "rank":                  # forked by a warm pool server (slurmft run --warm)
+            out.append(pid)
+            continue
+        if role or not _is_python(pid) or _is_python(ppid_of.get(pid, 0)):
             continue
         if all(_is_python(d) for d in descendants([pid], ppid_of)):
             out.append(pid)

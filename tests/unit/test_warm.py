@@ -34,7 +34,7 @@ def pool(tmp_path):
     else:
         server.kill()
         pytest.fail((tmp_path / "server.log").read_text())
-    yield env
+    yield {**env, "_POOL_PID": str(server.pid)}
     server.terminate()
     server.wait(10)
     log.close()
@@ -262,3 +262,29 @@ def test_render_job_warm():
     r = _cli(["render", "job", "--nodes", "4", "--warm", "--train-cmd", "./train.sh",
               "--checkpoint-dir", "/shared/ck"])
     assert r.exit_code != 0 and "`python SCRIPT ...`" in r.output and "Traceback" not in r.output
+
+
+def test_fault_injection_finds_the_forked_rank_and_a_dead_server_takes_its_ranks(pool, tmp_path):
+    """``procs.training_ranks`` (what `slurmft inject` and the benchmark's faults stop or kill)
+    names the forked rank, not the server or the client; the rank dies with its server."""
+    from slurmft.testbed import procs
+
+    pidfile = tmp_path / "pid"
+    path = script(tmp_path, "import os, time\n"
+                            f"open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
+                            "time.sleep(60)\n")
+    c = subprocess.Popen([PY, "-m", "slurmft.supervise.warm", "run", "--", PY, path], env=pool)
+    wait_file(pidfile)
+    rank, server = int(pidfile.read_text()), int(pool["_POOL_PID"])
+    # as under Slurm: the server and the client below a launcher that is not Python
+    launcher = next(p for p in (1, os.getppid(), os.getpid())
+                    if not procs.comm(p).startswith("python"))
+    tree = {server: launcher, c.pid: launcher, rank: server}
+    assert procs.training_ranks([server, c.pid, rank], tree) == [rank]
+    os.kill(server, signal.SIGKILL)
+    assert c.wait(20) != 0                           # the client reports its rank gone
+    for _ in range(500):
+        if _zombie(rank):
+            break
+        time.sleep(0.01)
+    assert _zombie(rank)
