@@ -76,13 +76,15 @@ VARIANTS = ("slurmft", "slurm", "classic")
 #: nofault-torchft: slurmft-torchft-jobs with no fault: torchft's own fault-free step time, a
 #: second figure for the torchft variants (their throughput against torchft's, the price of
 #: torchft's per-step quorum left out; the main figure keeps restart mode's nofault).
-EXTRA_VARIANTS = ("spare", "slurmft-torchft", "torchft-runner", "slurmft-torchft-jobs",
+#: spare-warm: spare with `slurmft run --warm` (ranks forked from a pre-imported Python per
+#: node: a relaunch skips the interpreter and torch/mpi4py imports).
+EXTRA_VARIANTS = ("spare", "spare-warm", "slurmft-torchft", "torchft-runner", "slurmft-torchft-jobs",
                   "nofault-torchft")
 TORCHFT_VARIANTS = ("slurmft-torchft", "torchft-runner", "slurmft-torchft-jobs",
                     "nofault-torchft")
 TORCHFT_BASELINE = "nofault-torchft"
 #: Variants whose job holds one spare node on top of --nodes (their cluster has nodes + 1).
-WITH_SPARE = ("spare", "slurmft-torchft")
+WITH_SPARE = ("spare", "spare-warm", "slurmft-torchft")
 #: torchft-runner's loop: seconds between two looks at the replicas' jobs (runner.py's sleep).
 RUNNER_POLL_S = 10.0
 LIGHTHOUSE_PORT = 29510
@@ -348,7 +350,8 @@ class Run:
                                      replicas=a.nodes if variant == "slurmft-torchft" else 0,
                                      step_time=a.step_time, step_interval=a.step_interval,
                                      watch_interval=a.watch_interval,
-                                     probe_timeout=a.probe_timeout))
+                                     probe_timeout=a.probe_timeout,
+                                     warm=variant == "spare-warm"))
         self.cluster = self.demo.cluster
         self.result = VariantResult(variant, self.cluster.name, seed=a.seed)
         self.measured = Measured(self.result, [], time.time())
@@ -372,7 +375,7 @@ class Run:
         return self.result
 
     def _script(self, work: Path, ckpt: Path, progress: Path) -> str:
-        if self.v in ("slurmft", "spare", "slurmft-torchft", BASELINE):   # nofault: the same wrapper, no fault
+        if self.v in ("slurmft", "spare", "spare-warm", "slurmft-torchft", BASELINE):   # nofault: the same wrapper, no fault
             return self.demo.job_script(work, ckpt, progress)
         a = self.a
         train = self.demo.train_command(ckpt, progress, torchft=False)

@@ -52,6 +52,7 @@ class DemoOptions:
     nodes: int = 4                  # nodes the training runs on
     spares: int = 0                 # extra nodes the job holds to replace a lost one
     replicas: int = 0               # per-step mode with torchft: replica groups (0: restart mode)
+    warm: bool = False              # slurmft run --warm: ranks forked from a warm Python per node
     steps: int = 300
     step_time: float = 0.1          # simulated compute per step on all `nodes` ranks (s); on
                                     # k ranks a step takes nodes/k as long (see sample_time)
@@ -281,7 +282,7 @@ class Demo:
                           # a group job holds its group's node; the idle ones are the spares
                           spares=0 if groups else o.spares,
                           replicas=o.nodes if groups else o.replicas,
-                          group_jobs=groups, lighthouse=lighthouse)
+                          group_jobs=groups, lighthouse=lighthouse, warm=o.warm)
         return render("job.sh.j2", ctx)
 
     def start_watcher(self, job_id: int | Sequence[int], log_path: Path) -> None:

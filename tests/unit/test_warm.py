@@ -288,3 +288,15 @@ def test_fault_injection_finds_the_forked_rank_and_a_dead_server_takes_its_ranks
             break
         time.sleep(0.01)
     assert _zombie(rank)
+
+
+def test_the_benchmark_s_warm_variant_renders_a_warm_wrapper(tmp_path):
+    from types import SimpleNamespace
+
+    from slurmft.testbed.demo import Demo, DemoOptions
+
+    demo = Demo(DemoOptions(name="t", nodes=4, steps=10, spares=1, warm=True))
+    demo.cluster = SimpleNamespace(shared_dir=tmp_path, subnet="10.0.0.0/24",
+                                   ssh_config_path=tmp_path / "ssh_config")
+    text = demo.job_script(tmp_path, tmp_path / "ck", tmp_path / "p.jsonl")
+    assert " --warm " in text.split("exec ", 1)[1].replace("\\\n", " ")
