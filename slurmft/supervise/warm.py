@@ -106,14 +106,18 @@ def _wait_for(environ: Mapping[str, str]) -> float:
         return 0.0
 
 
-def _connect(sock: socket.socket, name: str, wait: float) -> None:
-    """Connect, retrying while nobody listens yet, for up to ``wait`` seconds."""
+def _connect(name: str, wait: float, timeout: float) -> socket.socket:
+    """A socket connected to ``name``, retrying while nobody listens yet (a server still
+    importing), for up to ``wait`` seconds; a new socket for each try."""
     deadline = time.monotonic() + wait
     while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
         try:
             sock.connect(name)
-            return
+            return sock
         except (ConnectionRefusedError, FileNotFoundError):
+            sock.close()
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.05)
@@ -127,17 +131,15 @@ def run_client(cmd: Sequence[str], environ: Mapping[str, str] | None = None,
     target, where = python_target(cmd), here(environ)
     sock = None
     if target is not None and where is not None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(connect_timeout)
         try:
-            _connect(sock, socket_name(*where), _wait_for(environ))
+            sock = _connect(socket_name(*where), _wait_for(environ), connect_timeout)
             _send(sock, {"interpreter": target.interpreter, "kind": target.kind,
                          "name": target.name, "args": list(target.args), "env": environ,
                          "cwd": os.getcwd()}, [0, 1, 2])
             reply = _recv_doc(sock)
         except (OSError, ValueError, ConnectionError):
             reply = {}
-        if "pid" not in reply:
+        if "pid" not in reply and sock is not None:
             sock.close()
             sock = None
     if sock is None:

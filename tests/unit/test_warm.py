@@ -300,3 +300,22 @@ def test_the_benchmark_s_warm_variant_renders_a_warm_wrapper(tmp_path):
                                    ssh_config_path=tmp_path / "ssh_config")
     text = demo.job_script(tmp_path, tmp_path / "ck", tmp_path / "p.jsonl")
     assert " --warm " in text.split("exec ", 1)[1].replace("\\\n", " ")
+
+
+def test_a_first_launch_waits_for_a_server_still_importing(tmp_path):
+    """SLURMFT_WARM_WAIT (the supervisor sets it for the first launch): the client started
+    before its server waits for it, then runs warm."""
+    env = {**os.environ, "SLURM_JOB_ID": "77", "SLURMD_NODENAME": f"late-{uuid.uuid4().hex[:8]}",
+           "SLURMFT_WARM_WAIT": "30"}
+    path = script(tmp_path, "import os\nprint(os.getppid())\n")
+    c = subprocess.Popen([PY, "-m", "slurmft.supervise.warm", "run", "--", PY, path], env=env,
+                         stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    server = subprocess.Popen([PY, "-m", "slurmft.supervise.warm", "serve", "--preload", "json"],
+                              env=env, stderr=subprocess.DEVNULL)
+    try:
+        out, _ = c.communicate(timeout=30)
+        assert c.returncode == 0 and int(out) == server.pid     # forked by the late server
+    finally:
+        server.terminate()
+        server.wait(10)
