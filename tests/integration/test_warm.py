@@ -1,6 +1,7 @@
 """The warm pool (`slurmft run --warm`) on the real cluster: real srun, mpirun, mpi4py, torch.
 
-The job holds 3 nodes and trains on 2 (one spare). The pool step puts one pre-imported Python
+The job holds 3 nodes and trains on 2 (one spare), launched by mpirun (its daemons through srun,
+the ranks' PMIx from them) or by `srun --mpi=pmix` (PMIx from slurmstepd). The pool step puts one pre-imported Python
 on each of the 3 nodes; every rank of every launch is forked from its node's server (the job
 output names each fork). A training node is cut off; the watcher takes it out and the
 supervisor relaunches on the node left plus the spare: those ranks are forked again, from
@@ -26,12 +27,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 STEPS = 300
 
 
-def test_ranks_start_from_the_warm_pool_and_again_after_a_node_loss(cluster, cluster_run):
-    work = Path(cluster.shared_dir) / "warm"
+@pytest.mark.parametrize("launcher", ["mpirun", "srun"])
+def test_ranks_start_from_the_warm_pool_and_again_after_a_node_loss(cluster, cluster_run,
+                                                                    launcher):
+    work = Path(cluster.shared_dir) / f"warm-{launcher}"
     progress, state = work / "progress.jsonl", work / "state"
     work.mkdir(parents=True, exist_ok=True)
     script = write_wrapper(cluster, work, steps=STEPS, nodes=2, spares=1, name="warm",
-                           warm=True)
+                           warm=True, launcher=launcher)
     env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
            "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
            "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
