@@ -12,7 +12,7 @@ import pytest
 from slurmft.observe.report import read_progress
 from slurmft.recovery.state import StateStore
 from tests.integration.waiting import wait_for
-from tests.integration.watching import start_watcher, stop_watcher
+from tests.integration.watching import start_watcher, stop_watcher, watch_env
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -25,10 +25,7 @@ def test_lost_batch_host_requeues_and_resumes_on_the_nodes_left(cluster, cluster
     progress, state = work / "progress.jsonl", work / "state"
     work.mkdir(parents=True, exist_ok=True)
     script = write_wrapper(cluster, work, steps=STEPS, nodes=3, name="bhl")
-    env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
-           # a link-down is what ping sees; SSH probing has its own tests (see test_reschedule)
-           "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
-           "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+    env = watch_env(cluster, state)
     # pinned with -w: the requeue must also drop the lost node from the required nodes
     cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2,node3", script], env=env)
     assert cp.returncode == 0, cp.stderr

@@ -28,7 +28,7 @@ from slurmft.recovery.scripts import job_context
 from slurmft.render import render
 from tests.integration.test_replicas import TRAIN, bring_back, steps
 from tests.integration.waiting import wait_for
-from tests.integration.watching import start_watcher, stop_watcher
+from tests.integration.watching import start_watcher, stop_watcher, watch_env
 
 torchft = pytest.importorskip("torchft")
 
@@ -65,9 +65,7 @@ def test_a_group_that_loses_its_node_is_requeued_alone(cluster, cluster_run):
         checkpoint_dir=str(ckpt), job_name="groups", nodes=2, replicas=2, group_jobs=True,
         lighthouse=f"http://ctl:{PORT}", work_dir=str(work), output=str(work / "job-%j.out"),
         slurmft_cmd=slurmft_argv(), reschedule_log=str(work / "resched.log"))))
-    env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
-           "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
-           "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+    env = watch_env(cluster, state)
     with open(work / "lighthouse.log", "ab") as log:
         lighthouse = subprocess.Popen(
             cluster.exec_argv([sys.executable, "-m", "slurmft", "lighthouse", "--port",

@@ -16,7 +16,7 @@ import pytest
 
 from slurmft.observe.report import read_progress
 from tests.integration.waiting import wait_for
-from tests.integration.watching import start_watcher, stop_watcher
+from tests.integration.watching import start_watcher, stop_watcher, watch_env
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -31,9 +31,7 @@ def test_a_shrunk_job_is_requeued_at_full_size_when_its_node_returns(cluster, cl
     progress, state = work / "progress.jsonl", work / "state"
     script = write_wrapper(cluster, work, steps=STEPS, nodes=2, name="regain",
                            total_steps=STEPS)
-    env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
-           "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
-           "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+    env = watch_env(cluster, state)
     blocker = cluster_run(["sbatch", "--parsable", "-w", "node3,node4", "-N", "2",
                            "-o", str(work / "blocker.out"), "--wrap", "sleep 600"], env=env)
     assert blocker.returncode == 0, blocker.stderr

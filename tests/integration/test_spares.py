@@ -11,7 +11,7 @@ import pytest
 
 from slurmft.observe.report import read_progress
 from tests.integration.waiting import wait_for
-from tests.integration.watching import start_watcher, stop_watcher
+from tests.integration.watching import start_watcher, stop_watcher, watch_env
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -24,9 +24,7 @@ def test_a_lost_node_is_replaced_by_the_spare_and_the_world_size_kept(cluster, c
     progress, state = work / "progress.jsonl", work / "state"
     work.mkdir(parents=True, exist_ok=True)
     script = write_wrapper(cluster, work, steps=STEPS, nodes=2, spares=1, name="spare")
-    env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
-           "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
-           "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+    env = watch_env(cluster, state)
     cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2,node3", script], env=env)
     assert cp.returncode == 0, cp.stderr
     jid = int(cp.stdout.strip())

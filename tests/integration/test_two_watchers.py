@@ -20,7 +20,7 @@ from slurmft.recovery.shard import shard_of
 from slurmft.recovery.state import StateStore
 from tests.integration.jobs import LoopJob, running_on, show_job
 from tests.integration.waiting import wait_for
-from tests.integration.watching import start_watcher, stop_watcher
+from tests.integration.watching import start_watcher, stop_watcher, watch_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -41,10 +41,7 @@ def test_two_watchers_recover_a_lost_node_once(cluster):
     work = Path(cluster.shared_dir) / "two-watchers"
     state = work / "state"
     work.mkdir(parents=True, exist_ok=True)
-    env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
-           # a link-down is what ping sees; SSH probing has its own tests
-           "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
-           "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+    env = watch_env(cluster, state)
     jobs = LoopJob(cluster, name="two-watchers")
     watchers: dict[str, subprocess.Popen] = {}
     try:

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from slurmft.observe.report import read_progress
+from tests.integration.test_replicas import bring_back
 from tests.integration.waiting import wait_for
-from tests.integration.watching import start_watcher, stop_watcher
+from tests.integration.watching import start_watcher, stop_watcher, watch_env
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -35,9 +36,7 @@ def test_ranks_start_from_the_warm_pool_and_again_after_a_node_loss(cluster, clu
     work.mkdir(parents=True, exist_ok=True)
     script = write_wrapper(cluster, work, steps=STEPS, nodes=2, spares=1, name="warm",
                            warm=True, launcher=launcher)
-    env = {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
-           "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
-           "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+    env = watch_env(cluster, state)
     cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2,node3", script], env=env)
     assert cp.returncode == 0, cp.stderr
     jid = int(cp.stdout.strip())
@@ -83,11 +82,6 @@ def test_ranks_start_from_the_warm_pool_and_again_after_a_node_loss(cluster, clu
             f"{s['t'] - t:.2f} s" for t, s in zip(launching, starts)))
     finally:
         stop_watcher(watcher)
-        if lost:
-            cluster.fault(lost, "link-up")
         cluster_run(["scancel", str(jid)])
         if lost:
-            def back() -> bool:
-                cluster_run(["scontrol", "update", f"nodename={lost}", "state=resume"])
-                return cluster_run(["sinfo", "-h", "-n", lost, "-o", "%T"]).stdout.strip() == "idle"
-            wait_for(back, 90, f"{lost} idle again")
+            bring_back(cluster, cluster_run, lost)

@@ -11,6 +11,15 @@ import sys
 from pathlib import Path
 
 
+def watch_env(cluster, state: Path) -> dict:
+    """The cluster's environment with slurmft's state in ``state`` and the probe a link-down
+    test wants: ping only (a cut link is what ping sees; SSH probing has its own tests),
+    quick timeouts."""
+    return {**cluster.env(), "SLURMFT_RESCHEDULE_STATE_DIR": str(state),
+            "SLURMFT_PROBE_SSH": "false", "SLURMFT_PROBE_TIMEOUT": "2",
+            "SLURMFT_PROBE_PING_TIMEOUT": "0.5"}
+
+
 def start_watcher(cluster, env: dict, log_path: Path, *args: str,
                   stdout: Path | None = None) -> subprocess.Popen:
     """``slurmft -v watch --interval 1 ARGS``; stderr (and stdout, unless ``stdout`` names a
