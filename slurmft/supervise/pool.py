@@ -23,7 +23,6 @@ from slurmft.supervise.warm import ENV_WAIT
 log = get_logger(__name__)
 
 
-
 class WarmPool:
     """Starts the pool step once and remembers its step id."""
 

@@ -1,9 +1,9 @@
 """The warm pool (`slurmft run --warm`) on the real cluster: real srun, mpirun, mpi4py, torch.
 
-The job holds 3 nodes and trains on 2 (one spare), launched by mpirun (its daemons through srun,
-the ranks' PMIx from them) or by `srun --mpi=pmix` (PMIx from slurmstepd). The pool step puts one pre-imported Python
-on each of the 3 nodes; every rank of every launch is forked from its node's server (the job
-output names each fork). A training node is cut off; the watcher takes it out and the
+The job holds 3 nodes and trains on 2 (one spare), launched by mpirun (its daemons through
+srun, the ranks' PMIx from them) or by `srun --mpi=pmix` (PMIx from slurmstepd). The pool step
+puts one pre-imported Python on each of the 3 nodes; every rank of every launch is forked from
+its node's server (the job output names each fork). A training node is cut off; the watcher takes it out and the
 supervisor relaunches on the node left plus the spare: those ranks are forked again, from
 servers that imported torch and mpi4py at the job's start, and the job completes. Prints
 launch -> the training's start record for both launches.

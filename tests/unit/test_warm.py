@@ -218,7 +218,7 @@ def test_warm_needs_a_python_command():
                          "--resume", "/ck"]
 
 
-# ---- the commands ---------------------------------------------------------------------------------
+# ---- the commands ------------------------------------------------------------------------------
 
 def _cli(args, env=None):
     from click.testing import CliRunner
