@@ -20,14 +20,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 HANG_TIMEOUT = 8.0
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
 def test_a_rank_hung_in_a_collective_is_named_and_the_training_relaunched(cluster,
-                                                                            cluster_run):
-    work = Path(cluster.shared_dir) / "hang-recovery"
+                                                                            cluster_run, warm):
+    """``warm``: the ranks are forked by the warm pool (`slurmft run --warm`): the hung rank
+    still writes its own stacks, and the relaunch's step kill reaches it through its client."""
+    work = Path(cluster.shared_dir) / f"hang-recovery-{'warm' if warm else 'cold'}"
     progress = work / "progress.jsonl"
     work.mkdir(parents=True, exist_ok=True)
     script = write_wrapper(cluster, work, steps=100, nodes=2, name="hang",
                            train_args=("--hang-at-step", "45", "--hang-rank", "1"),
-                           hang_timeout=str(HANG_TIMEOUT))
+                           hang_timeout=str(HANG_TIMEOUT), warm=warm)
     cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2", script],
                      env={"SLURMFT_RESCHEDULE_STATE_DIR": str(work / "state")})
     assert cp.returncode == 0, cp.stderr

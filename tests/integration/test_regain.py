@@ -77,11 +77,14 @@ def test_a_shrunk_job_is_requeued_at_full_size_when_its_node_returns(cluster, cl
                  "the job back at 2 nodes", show=diagnose)
         job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 240,
                        "the job to complete", show=diagnose)
-        assert job.restart_count == 1                 # one requeue: the regain
-        assert world_sizes() == [2, 1, 2]
+        assert job.restart_count == 1, diagnose()     # one requeue: the regain
+        # full size, shrunk, full size again; a launch at full size that failed on its own
+        # after the requeue (once in CI: [2, 1, 2, 2]) is relaunched in place at full size
+        sizes = world_sizes()
+        assert sizes[:3] == [2, 1, 2] and set(sizes[2:]) == {2}, f"{sizes}\n{diagnose()}"
         recs = read_progress(progress)
         resumes = [r for r in recs if r["event"] == "resume"]
-        assert len(resumes) == 2 and resumes[-1]["world_size"] == 2
+        assert len(resumes) == len(sizes) - 1 and resumes[-1]["world_size"] == 2
         assert recs[-1]["event"] == "done" and recs[-1]["step"] == STEPS - 1
         out = (work / "job.out").read_text()
         [line] = [ln for ln in out.splitlines() if "requeueing at full size" in ln]
