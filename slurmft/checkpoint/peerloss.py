@@ -115,7 +115,9 @@ class PeerLossListener:
         if self._thread is None:
             return
         signal.set_wakeup_fd(self._old_fd)
-        signal.signal(self.signum, self._old_handler)  # type: ignore[arg-type]
+        # None: the handler was not set from Python; give the signal its default back
+        old = signal.SIG_DFL if self._old_handler is None else self._old_handler
+        signal.signal(self.signum, old)  # type: ignore[arg-type]
         assert self._write is not None and self._read is not None
         self._write.close()                            # ends recv() with b"" ... or EBADF
         self._read.shutdown(socket.SHUT_RDWR)
