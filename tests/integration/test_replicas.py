@@ -163,11 +163,16 @@ def test_a_lost_group_is_relaunched_alone_while_the_other_trains_on(cluster, clu
         lost = "node2"
         cut_at = time.time()
         cluster.fault(lost, "link-down")
-        alone = run.wait_step(0, 60, after=cut_at, replicas=1)
         wait_for(lambda: group_launches(run.state, 1)[-1:] == [["node3"]], 150,
                  "group 1 relaunched on the spare", show=run.diagnose)
-        rejoined = run.wait_step(0, 120, after=alone["t"], replicas=2)
-        print(f"node cut off: both groups again +{rejoined['t'] - cut_at:.1f} s (on node3)")
+        rejoined = run.wait_step(0, 120, after=time.time(), replicas=2)
+        # group 0 trains alone once its allreduce gives up on the cut-off peer (the training's
+        # --timeout, 10 s), unless group 1 is back on the spare first (once in CI)
+        alone = [r for r in steps(run.progress) if cut_at + 0.5 < r["t"] < rejoined["t"]
+                 and r.get("replicas") == 1]
+        alone_from = f"+{alone[0]['t'] - cut_at:.1f} s" if alone else "- (no step alone)"
+        print(f"node cut off: group 0 alone from {alone_from}, both groups again "
+              f"+{rejoined['t'] - cut_at:.1f} s (on node3)")
         job = run.completed(240)
         assert job.restart_count == 0 and lost not in job.nodes
         node = next(n for n in run.client.nodes() if n.name == lost)
