@@ -11,6 +11,7 @@ import pytest
 
 from slurmft.observe.report import read_progress
 from slurmft.recovery.state import StateStore
+from tests.integration.test_replicas import bring_back
 from tests.integration.waiting import wait_for
 from tests.integration.watching import start_watcher, stop_watcher, watch_env
 from tests.integration.wrapper_job import write_wrapper
@@ -68,11 +69,6 @@ def test_lost_batch_host_requeues_and_resumes_on_the_nodes_left(cluster, cluster
         assert recovered["step"].startswith(f"{jid}.") and recovered["recovery_seconds"] > 0
     finally:
         stop_watcher(watcher)
-        if lost:
-            cluster.fault(lost, "link-up")
         cluster_run(["scancel", str(jid)])
         if lost:
-            def back() -> bool:
-                cluster_run(["scontrol", "update", f"nodename={lost}", "state=resume"])
-                return cluster_run(["sinfo", "-h", "-n", lost, "-o", "%T"]).stdout.strip() == "idle"
-            wait_for(back, 90, f"{lost} idle again")
+            bring_back(cluster, cluster_run, lost)

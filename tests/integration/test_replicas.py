@@ -82,13 +82,20 @@ def kill_ranks(cluster, node: str) -> list[int]:
 
 def bring_back(cluster, cluster_run, node: str) -> None:
     """Link up and resume a node a test cut off, until Slurm lists it idle (the next test
-    needs every node)."""
+    needs every node), and end what the test's job left running there: a rank cut off with
+    its node can outlive the job (once in CI a later test slowed such a leftover instead of
+    its own rank)."""
     cluster.fault(node, "link-up")
 
     def idle() -> bool:
         cluster_run(["scontrol", "update", f"nodename={node}", "state=resume"])
         return cluster_run(["sinfo", "-h", "-n", node, "-o", "%T"]).stdout.strip() == "idle"
     wait_for(idle, 90, f"{node} idle again")
+    for pid in cluster.job_pids(node):      # the job is gone: these are its leftovers
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 class Run:

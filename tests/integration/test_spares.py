@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from slurmft.observe.report import read_progress
+from tests.integration.test_replicas import bring_back
 from tests.integration.waiting import wait_for
 from tests.integration.watching import start_watcher, stop_watcher, watch_env
 from tests.integration.wrapper_job import write_wrapper
@@ -63,11 +64,6 @@ def test_a_lost_node_is_replaced_by_the_spare_and_the_world_size_kept(cluster, c
         assert "0 spare(s) left" in (work / "job.out").read_text()
     finally:
         stop_watcher(watcher)
-        if lost:
-            cluster.fault(lost, "link-up")
         cluster_run(["scancel", str(jid)])
         if lost:
-            def back() -> bool:
-                cluster_run(["scontrol", "update", f"nodename={lost}", "state=resume"])
-                return cluster_run(["sinfo", "-h", "-n", lost, "-o", "%T"]).stdout.strip() == "idle"
-            wait_for(back, 90, f"{lost} idle again")
+            bring_back(cluster, cluster_run, lost)
