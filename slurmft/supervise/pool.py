@@ -34,7 +34,6 @@ class WarmPool:
         self.ready_wait = ready_wait
         self.proc: Launched | None = None
         self.steps: frozenset[int] = frozenset()
-        self.launches = 0
 
     def start(self, nodes: Sequence[str], env: Mapping[str, str],
               find_for: float = 5.0, poll: float = 0.1) -> bool:
@@ -64,10 +63,10 @@ class WarmPool:
         self.stop()
         return False
 
-    def env(self) -> dict[str, str]:
-        """What one launch's clients read: only the first waits for the servers."""
-        self.launches += 1
-        return {ENV_WAIT: f"{self.ready_wait:g}" if self.launches == 1 else "0"}
+    def env(self, first: bool) -> dict[str, str]:
+        """What one launch's clients read: only the job's ``first`` launch waits for the
+        servers."""
+        return {ENV_WAIT: f"{self.ready_wait:g}" if first else "0"}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -550,7 +550,7 @@ class Supervisor:
         if self.options.group is not None:
             env.update(self.options.group.env(nodes))
         if self.pool is not None and self.pool.proc is not None:
-            env.update(self.pool.env())
+            env.update(self.pool.env(first=self.launches == 1))
         self.environ.update(slurm_env(nodes, self.settings.slots))
         return env
 
