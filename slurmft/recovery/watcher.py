@@ -30,7 +30,7 @@ from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import failed_extra, failure_level, get_logger
 from slurmft.core.nodeset import NodeSet
 from slurmft.observe.events import Detected, Event, Recovered
-from slurmft.probe.records import ProbeResult, Prober
+from slurmft.probe.records import Health, ProbeResult, Prober
 from slurmft.recovery.policy import HELD_REASONS, Outcome, is_relaunchable, replica_run
 from slurmft.recovery.rescheduler import Report, Rescheduler
 from slurmft.recovery.shard import Ownership
@@ -260,7 +260,8 @@ class Watcher:
         health: dict[str, ProbeResult] = {}
         if names:
             t0 = self.clock()
-            health = self._probe_confirmed(names)
+            health = self._probe_confirmed(
+                names, on_first=lambda first: self._tell_peers_of_cut_hosts(jobs, first, res))
             res.probe_s = self.clock() - t0
         policy = self.tracker.policy
         for job in jobs:
@@ -282,14 +283,36 @@ class Watcher:
                     "watch: job %s: failed node(s) %s: %s", job.job_id, ",".join(failed),
                     "; ".join(health[n].reason for n in failed),
                     extra={"job": str(job.job_id), **failed_extra(failed)})
-            self._tell_peers(job, failed, res)
+            if job.job_id not in res.peers_told:     # told at the first probe already
+                self._tell_peers(job, failed, res)
             self._act(job, failed, health, res)
         self._finish_regains(res)
         res.phases = {jid: w.phase.value for jid, w in self.watches.items()}
         res.slurm_reads = self.view.reads.to_dict()
         return res
 
-    def _tell_peers(self, job: JobInfo, failed: Sequence[str], res: CycleResult) -> None:
+    def _tell_peers_of_cut_hosts(self, jobs: Sequence[JobInfo], health: dict[str, ProbeResult],
+                                 res: CycleResult) -> None:
+        """Per-step mode, one job per replica group: a host that stopped answering ping keeps
+        its peers' collective waiting for every second the re-probes take to confirm it. Tell
+        the peers at the first failed probe instead (a suspect that then clears costs each
+        of them one step). Only a host cut off (no ping): a host that answers ping but not
+        SSH sends resets, and its peers are told when it is confirmed, as before. Not when
+        more than ``max_failed_fraction`` of the hosts look cut off at once (the prober's
+        side, more likely), nor for a host already drained and left running for its job."""
+        cut = {h for h in self.tracker.suspects()
+               if h in health and health[h].health is Health.UNREACHABLE}
+        if not cut or len(cut) / len(health) > self.tracker.policy.max_failed_fraction:
+            return
+        for job in jobs:
+            if not replica_run(job):
+                continue
+            lost = self._not_left_running(job.job_id, [n for n in job.nodes if n in cut], health)
+            if lost:
+                self._tell_peers(job, lost, res, why="stopped answering ping")
+
+    def _tell_peers(self, job: JobInfo, failed: Sequence[str], res: CycleResult,
+                    why: str = "lost") -> None:
         """Per-step mode, one job per replica group: the other groups of ``job``'s run are
         blocked in the step's collective with the lost one until their timeout (a host cut
         off sends no reset). Send their training steps ``PEER_LOST_SIGNAL`` so they end it
@@ -314,8 +337,8 @@ class Watcher:
             res.peers_told.setdefault(job.job_id, []).append(peer.job_id)
         told = res.peers_told.get(job.job_id, [])
         if told:
-            log.info("watch: job %s lost %s: told its replica peers %s to end the step "
-                     "(SIG%s)", job.job_id, ",".join(failed), ",".join(map(str, told)),
+            log.info("watch: job %s %s %s: told its replica peers %s to end the step "
+                     "(SIG%s)", job.job_id, why, ",".join(failed), ",".join(map(str, told)),
                      PEER_LOST_SIGNAL_NAME, extra={"job": str(job.job_id)})
 
     def _finish_regains(self, res: CycleResult) -> None:
@@ -394,11 +417,15 @@ class Watcher:
         except SlurmFTError as exc:   # the audit must never stop the recovery
             log.warning("watch: cannot write the audit record: %s", exc)
 
-    def _probe_confirmed(self, names: Sequence[str]) -> dict[str, ProbeResult]:
+    def _probe_confirmed(self, names: Sequence[str], on_first: Callable[[dict[str, ProbeResult]],
+                         None] | None = None) -> dict[str, ProbeResult]:
         """Probe ``names``; re-probe suspects at once until each is confirmed or cleared
-        (a dead host costs ``confirm`` probe timeouts, not ``confirm`` intervals)."""
+        (a dead host costs ``confirm`` probe timeouts, not ``confirm`` intervals).
+        ``on_first`` sees the first probe's results, before any re-probe."""
         health = dict(self.prober.probe(names))
         self.tracker.observe(health, now=time.time())
+        if on_first is not None:
+            on_first(health)
         for _ in range(self.tracker.policy.confirm - 1):
             suspects = [n for n in self.tracker.suspects() if n in health]
             if not suspects or self.stop.is_set():

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from slurmft.checkpoint.peerloss import PEER_LOST_SIGNAL_NAME
 from slurmft.core.errors import ExitCode, SlurmFTError
 from slurmft.core.log import failed_extra, get_logger
 from slurmft.core.nodeset import fold
@@ -298,17 +299,24 @@ class ReplicaSupervisor(Supervisor):
 
     def _end_groups_off_the_allocation(self) -> None:
         """SIGUSR2: slurmft took nodes out of the job. A group on such a node is ended; the
-        next look relaunches it with a spare. Groups whose nodes all stay are left alone."""
+        next look relaunches it with a spare. Groups whose nodes all stay train on: they are
+        told to end the step they wait in (``PEER_LOST_SIGNAL``), nothing else."""
         allocation = set(self._allocation())
         if not allocation:
             return
-        for g in self.groups:
-            if g.proc is not None and not set(g.nodes) <= allocation:
-                log.warning("job %s: %s left the job; ending replica group %s", self.options.job_id,
-                            fold(sorted(set(g.nodes) - allocation)), g.replica,
-                            extra={"job": str(self.options.job_id)})
-                self._end(g.proc)
-                g.lost_node = True
+        live = [g for g in self.groups if g.proc is not None]
+        lost = [g for g in live if not set(g.nodes) <= allocation]
+        if lost and len(lost) < len(live):
+            # the other groups wait in the step's collective for the lost one until their
+            # timeout (a host cut off sends no reset): tell them first to end the step now
+            # (slurmft.checkpoint.peerloss); the lost groups' steps get it too, harmlessly
+            self._signal_training(PEER_LOST_SIGNAL_NAME)
+        for g in lost:
+            log.warning("job %s: %s left the job; ending replica group %s", self.options.job_id,
+                        fold(sorted(set(g.nodes) - allocation)), g.replica,
+                        extra={"job": str(self.options.job_id)})
+            self._end(g.proc)
+            g.lost_node = True
 
     # ------------------------------------------------------------------ processes
     def _launch_group(self, g: _Group, *, relaunch: bool = False) -> None:

@@ -196,6 +196,65 @@ def test_a_peer_that_cannot_be_signalled_does_not_stop_the_others(tmp_path):
     assert [rep.decision.outcome for rep in res.reports] == [Outcome.REQUEUE]
 
 
+class ClearingProber(ScriptedProber):
+    """Fails its hosts on the first probe only: each re-probe finds them healthy again."""
+
+    def probe(self, hosts):
+        answer = super().probe(hosts)
+        self.failed.clear()
+        return answer
+
+
+def test_a_cut_off_host_is_told_to_the_peers_at_its_first_failed_probe(tmp_path):
+    """The peers hear of a host that stopped answering ping before the re-probe confirms it
+    (the first probe calls the lost group's peers, then the re-probe, then the requeue), and
+    are told once, not again at the confirmation."""
+    fake, ids, w = watched_groups(tmp_path, {"node2": Health.UNREACHABLE})
+    order = []
+    probe, signal = w.prober.probe, w.rescheduler.client.signal_steps
+    w.prober.probe = lambda hosts: (order.append(("probe", sorted(hosts))), probe(hosts))[1]
+    w.rescheduler.client.signal_steps = lambda job_id, steps, sig="KILL": (
+        order.append(("signal", job_id)), signal(job_id, steps, sig))[1]
+    res = w.cycle()
+    assert order[:4] == [("probe", ["node1", "node2", "node3", "node4", "node5"]),
+                         ("signal", ids["a0"]), ("signal", ids["a2"]), ("probe", ["node2"])]
+    assert sorted(fake.step_signals) == [(ids["a0"], 0, "URG"), (ids["a2"], 0, "URG")]
+    assert res.peers_told == {ids["a1"]: [ids["a0"], ids["a2"]]}
+    assert [rep.decision.outcome for rep in res.reports] == [Outcome.REQUEUE]
+
+
+def test_a_suspect_that_clears_cost_its_peers_one_signal_and_nothing_else(tmp_path):
+    fake, ids, w = watched_groups(tmp_path, {})
+    w.prober = ClearingProber({"node2": Health.UNREACHABLE})
+    res = w.cycle()
+    assert res.peers_told == {ids["a1"]: [ids["a0"], ids["a2"]]}
+    assert res.failed == {} and res.reports == []
+    assert "node2" not in (fake.job(ids["a1"])["excluded_nodes"] or "")
+    assert fake.job(ids["a1"])["job_state"] == "RUNNING"
+    assert not [c for c in fake.calls if c[0] == "scontrol" and "update" in c]
+
+
+def test_a_host_that_answers_ping_is_told_only_once_confirmed(tmp_path):
+    """Ping answers, SSH does not: its training's sockets still reset, no early word; a
+    suspect of that kind that clears tells no one."""
+    fake, ids, w = watched_groups(tmp_path, {})
+    w.prober = ClearingProber({"node2": Health.UNRESPONSIVE})
+    res = w.cycle()
+    assert res.peers_told == {} and fake.step_signals == []
+    fake, ids, w = watched_groups(tmp_path / "confirmed", {"node2": Health.UNRESPONSIVE})
+    res = w.cycle()
+    assert res.peers_told == {ids["a1"]: [ids["a0"], ids["a2"]]}
+
+
+def test_no_early_word_when_most_hosts_look_cut_off_at_once(tmp_path):
+    """The prober's own link more likely: no peer is told on a first probe of that kind."""
+    fake, ids, w = watched_groups(tmp_path, {})
+    w.prober = ClearingProber({n: Health.UNREACHABLE for n in ["node1", "node2", "node3",
+                                                               "node4"]})
+    res = w.cycle()
+    assert res.peers_told == {} and fake.step_signals == []
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--group-jobs", "--lighthouse", LIGHTHOUSE], "--group-jobs needs --replicas"),
     (["--replicas", "2", "--group-jobs"], "--group-jobs needs --replicas R and --lighthouse"),

@@ -169,6 +169,46 @@ def test_sigusr2_ends_only_the_group_on_the_node_that_left(tmp_path):
     assert groups_started(procs)[-1] == ("1", "node[3,5]")
 
 
+def test_the_groups_that_stay_are_told_to_end_their_step_before_the_lost_one_ends(tmp_path):
+    """A host cut off sends no reset: without a word the survivors wait out their collective
+    timeout. SIGURG goes to the job's steps (group 0's, 1's) before group 1's srun is ended."""
+    sup, procs, slurm, _ = make(tmp_path, nodelist="node[1-5]", spares=1,
+                                launches=[[None] * 8 + [0], [None] * 3 + [0], [None, 0]],
+                                allocations=[["node1", "node2", "node3", "node5"]] * 2)
+    slurm.step_ids = [0, 1]
+    order = []
+    signal_steps = slurm.signal_steps
+    slurm.signal_steps = lambda job, steps, sig="KILL": (order.append(("signal", sig, steps)),
+                                                         signal_steps(job, steps, sig))
+    asked = iter([True])
+
+    def sleep(_):
+        if next(asked, False):
+            group1 = procs.procs[2]
+            group1.terminate = lambda: (order.append(("end", "group 1")),
+                                        setattr(group1, "rc", 0))
+            sup.on_relaunch_signal()
+    sup.sleep = sleep
+    assert sup.run() == 0
+    assert order == [("signal", "URG", [0, 1]), ("end", "group 1")]
+    assert procs.procs[1].signals == []               # group 0 trains on
+
+
+def test_no_word_when_every_running_group_lost_its_node(tmp_path):
+    sup, procs, slurm, _ = make(tmp_path, nodelist="node[1-6]", spares=2,
+                                launches=[[None] * 3 + [0], [None] * 3 + [0], [None, 0], [0]],
+                                allocations=[["node1", "node3", "node5", "node6"]] * 3)
+    asked = iter([True])
+
+    def sleep(_):
+        if next(asked, False):
+            sup.on_relaunch_signal()
+    sup.sleep = sleep
+    sup.run()
+    assert procs.procs[1].signals == ["TERM"] and procs.procs[2].signals == ["TERM"]
+    assert slurm.signalled == []
+
+
 def test_a_lighthouse_that_dies_is_started_again(tmp_path, caplog):
     sup, procs, _, _ = make(tmp_path, launches=[[None, None, None, 0], [None, None, None, 0],
                                                 FOREVER])
