@@ -13,7 +13,7 @@ from slurmft.observe.report import read_progress
 from slurmft.recovery.state import StateStore
 from tests.integration.test_replicas import bring_back
 from tests.integration.waiting import wait_for
-from tests.integration.watching import start_watcher, stop_watcher, watch_env
+from tests.integration.watching import stop_watcher, submit_and_watch, watch_env
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -28,11 +28,9 @@ def test_lost_batch_host_requeues_and_resumes_on_the_nodes_left(cluster, cluster
     script = write_wrapper(cluster, work, steps=STEPS, nodes=3, name="bhl")
     env = watch_env(cluster, state)
     # pinned with -w: the requeue must also drop the lost node from the required nodes
-    cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2,node3", script], env=env)
-    assert cp.returncode == 0, cp.stderr
-    jid = int(cp.stdout.strip())
+    jid, watcher = submit_and_watch(cluster, cluster_run, script, "node1,node2,node3", env,
+                                    work / "watch.log")
     client = cluster.slurm_client()
-    watcher = start_watcher(cluster, env, work / "watch.log", "--job", str(jid))
     lost = ""
     try:
         wait_for(lambda: progress.exists() and any(

@@ -16,7 +16,7 @@ import pytest
 
 from slurmft.observe.report import read_progress
 from tests.integration.waiting import wait_for
-from tests.integration.watching import start_watcher, stop_watcher, watch_env
+from tests.integration.watching import stop_watcher, submit_and_watch, watch_env
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -35,11 +35,9 @@ def test_a_shrunk_job_is_requeued_at_full_size_when_its_node_returns(cluster, cl
     blocker = cluster_run(["sbatch", "--parsable", "-w", "node3,node4", "-N", "2",
                            "-o", str(work / "blocker.out"), "--wrap", "sleep 600"], env=env)
     assert blocker.returncode == 0, blocker.stderr
-    cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2", script], env=env)
-    assert cp.returncode == 0, cp.stderr
-    jid = int(cp.stdout.strip())
+    jid, watcher = submit_and_watch(cluster, cluster_run, script, "node1,node2", env,
+                                    work / "watch.log")
     client = cluster.slurm_client()
-    watcher = start_watcher(cluster, env, work / "watch.log", "--job", str(jid))
     lost = "node2"
     down = False
 

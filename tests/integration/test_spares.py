@@ -12,7 +12,7 @@ import pytest
 from slurmft.observe.report import read_progress
 from tests.integration.test_replicas import bring_back
 from tests.integration.waiting import wait_for
-from tests.integration.watching import start_watcher, stop_watcher, watch_env
+from tests.integration.watching import stop_watcher, submit_and_watch, watch_env
 from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -26,11 +26,9 @@ def test_a_lost_node_is_replaced_by_the_spare_and_the_world_size_kept(cluster, c
     work.mkdir(parents=True, exist_ok=True)
     script = write_wrapper(cluster, work, steps=STEPS, nodes=2, spares=1, name="spare")
     env = watch_env(cluster, state)
-    cp = cluster_run(["sbatch", "--parsable", "-w", "node1,node2,node3", script], env=env)
-    assert cp.returncode == 0, cp.stderr
-    jid = int(cp.stdout.strip())
+    jid, watcher = submit_and_watch(cluster, cluster_run, script, "node1,node2,node3", env,
+                                    work / "watch.log")
     client = cluster.slurm_client()
-    watcher = start_watcher(cluster, env, work / "watch.log", "--job", str(jid))
     lost = ""
     try:
         wait_for(lambda: progress.exists() and any(

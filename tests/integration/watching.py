@@ -32,6 +32,16 @@ def start_watcher(cluster, env: dict, log_path: Path, *args: str,
             stderr=err, start_new_session=True)
 
 
+def submit_and_watch(cluster, cluster_run, script: Path | str, nodes: str, env: dict,
+                     log_path: Path) -> tuple[int, subprocess.Popen]:
+    """``sbatch -w NODES SCRIPT`` in the cluster, then a watcher on that job alone (its log in
+    ``log_path``): the job id and the watcher, for ``stop_watcher``."""
+    cp = cluster_run(["sbatch", "--parsable", "-w", nodes, str(script)], env=env)
+    assert cp.returncode == 0, cp.stderr
+    job_id = int(cp.stdout.strip())
+    return job_id, start_watcher(cluster, env, log_path, "--job", str(job_id))
+
+
 def stop_watcher(proc: subprocess.Popen) -> None:
     """TERM to the watcher's session, KILL after 10 s."""
     try:
