@@ -78,13 +78,15 @@ VARIANTS = ("slurmft", "slurm", "classic")
 #: torchft's per-step quorum left out; the main figure keeps restart mode's nofault).
 #: spare-warm: spare with `slurmft run --warm` (ranks forked from a pre-imported Python per
 #: node: a relaunch skips the interpreter and torch/mpi4py imports).
-EXTRA_VARIANTS = ("spare", "spare-warm", "slurmft-torchft", "torchft-runner", "slurmft-torchft-jobs",
-                  "nofault-torchft")
+#: spare-warm-srun: spare-warm launched by `srun --mpi=pmix` instead of mpirun (no ORTE
+#: daemons to start and wire up on a relaunch).
+EXTRA_VARIANTS = ("spare", "spare-warm", "spare-warm-srun", "slurmft-torchft", "torchft-runner",
+                  "slurmft-torchft-jobs", "nofault-torchft")
 TORCHFT_VARIANTS = ("slurmft-torchft", "torchft-runner", "slurmft-torchft-jobs",
                     "nofault-torchft")
 TORCHFT_BASELINE = "nofault-torchft"
 #: Variants whose job holds one spare node on top of --nodes (their cluster has nodes + 1).
-WITH_SPARE = ("spare", "spare-warm", "slurmft-torchft")
+WITH_SPARE = ("spare", "spare-warm", "spare-warm-srun", "slurmft-torchft")
 #: torchft-runner's loop: seconds between two looks at the replicas' jobs (runner.py's sleep).
 RUNNER_POLL_S = 10.0
 LIGHTHOUSE_PORT = 29510
@@ -351,7 +353,9 @@ class Run:
                                      step_time=a.step_time, step_interval=a.step_interval,
                                      watch_interval=a.watch_interval,
                                      probe_timeout=a.probe_timeout,
-                                     warm=variant == "spare-warm"))
+                                     warm=variant in ("spare-warm", "spare-warm-srun"),
+                                     launcher="srun" if variant == "spare-warm-srun"
+                                     else "mpirun"))
         self.cluster = self.demo.cluster
         self.result = VariantResult(variant, self.cluster.name, seed=a.seed)
         self.measured = Measured(self.result, [], time.time())
@@ -375,7 +379,7 @@ class Run:
         return self.result
 
     def _script(self, work: Path, ckpt: Path, progress: Path) -> str:
-        if self.v in ("slurmft", "spare", "spare-warm", "slurmft-torchft", BASELINE):   # nofault: the same wrapper, no fault
+        if self.v in ("slurmft", *WITH_SPARE, BASELINE):   # nofault: the same wrapper, no fault
             return self.demo.job_script(work, ckpt, progress)
         a = self.a
         train = self.demo.train_command(ckpt, progress, torchft=False)

@@ -53,6 +53,7 @@ class DemoOptions:
     spares: int = 0                 # extra nodes the job holds to replace a lost one
     replicas: int = 0               # per-step mode with torchft: replica groups (0: restart mode)
     warm: bool = False              # slurmft run --warm: ranks forked from a warm Python per node
+    launcher: str = "mpirun"        # how the job's supervisor starts the ranks: mpirun or srun
     steps: int = 300
     step_time: float = 0.1          # simulated compute per step on all `nodes` ranks (s); on
                                     # k ranks a step takes nodes/k as long (see sample_time)
@@ -270,7 +271,7 @@ class Demo:
         group (one node each, ``render job --group-jobs``), torchft's lighthouse there."""
         o = self.o
         cfg = RescheduleConfig(state_dir=str(self.cluster.shared_dir / "slurmft"), slots=1,
-                               mpirun_args=mpirun_args(self.cluster),
+                               launcher=o.launcher, mpirun_args=mpirun_args(self.cluster),
                                ssh_args=f"-F {self.cluster.ssh_config_path}")
         groups = bool(lighthouse)
         train = self.train_command(ckpt_dir, progress_path, torchft=groups or None)

@@ -299,7 +299,11 @@ def test_the_benchmark_s_warm_variant_renders_a_warm_wrapper(tmp_path):
     demo.cluster = SimpleNamespace(shared_dir=tmp_path, subnet="10.0.0.0/24",
                                    ssh_config_path=tmp_path / "ssh_config")
     text = demo.job_script(tmp_path, tmp_path / "ck", tmp_path / "p.jsonl")
-    assert " --warm " in text.split("exec ", 1)[1].replace("\\\n", " ")
+    run = text.split("exec ", 1)[1].replace("\\\n", " ")
+    assert " --warm " in run and " --launcher mpirun " in run
+    demo.o.launcher = "srun"                       # the spare-warm-srun variant
+    run = demo.job_script(tmp_path, tmp_path / "ck", tmp_path / "p.jsonl").split("exec ", 1)[1]
+    assert " --launcher srun " in run.replace("\\\n", " ")
 
 
 def test_a_first_launch_waits_for_a_server_still_importing(tmp_path):
