@@ -366,6 +366,8 @@ def _print_plan(settings: Any, options: Any, as_json: bool, replica: Any = None)
            "reschedule_log": str(options.reschedule_log)}
     if settings.warm:                # the pool step, on every node of the allocation
         doc["warm_pool"] = pool_argv(settings.train_cmd[0], allocation, options.warm_preload)
+        doc["warm_pool_host"] = ((pick_peer(allocation, options.here)
+                                  if settings.launch_from == "peer" else None) or options.here)
     if options.group is not None and nodes:
         doc.update(group=options.group.group_id, replicas=options.group.replicas,
                    lighthouse=options.group.lighthouse, torchft_env=options.group.env(nodes))
@@ -387,7 +389,8 @@ def _print_plan(settings: Any, options: Any, as_json: bool, replica: Any = None)
                f"{', resuming' if resume else ''}")
     click.echo(f"  {shlex.join(doc['argv'])}")
     if "warm_pool" in doc:
-        click.echo(f"  warm pool: {shlex.join(doc['warm_pool'])}")
+        click.echo(f"  warm pool, started from {doc['warm_pool_host']}: "
+                   f"{shlex.join(doc['warm_pool'])}")
     if "group" in doc:
         click.echo(f"  replica group {doc['group']} of {doc['replicas']}, lighthouse "
                    f"{doc['lighthouse']}")

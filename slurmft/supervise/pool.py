@@ -1,7 +1,12 @@
 """The supervisor's side of the warm pool (``slurmft run --warm``, ``supervise.warm``).
 
 At the job's start, one ``srun`` step puts a pool server on every node of the allocation (the
-spares too: a rank relaunched there starts warm as well) and lives as long as the job. The
+spares too: a rank relaunched there starts warm as well) and lives as long as the job. Its srun
+runs on a peer node, like the launcher: with it on the batch host, losing that host would keep
+the other nodes' step daemons sending the pool's task exits to it (Slurm's MessageTimeout,
+several times over) before the requeue can start the job again (measured here: running again
+18-19 s after the fault, against 2.6-2.7 s with the srun on a peer). A peer that is lost takes
+only its own server: the step's tasks elsewhere keep running (``--no-kill``). The
 supervisor must never stop that step with the training's: ``steps`` are the pool's step ids,
 which ``Supervisor._signal_training`` leaves alone. The first launch's clients wait up to
 ``ready_wait`` seconds for their node's server to finish its imports (instead of importing
@@ -36,14 +41,17 @@ class WarmPool:
         self.steps: frozenset[int] = frozenset()
 
     def start(self, nodes: Sequence[str], env: Mapping[str, str],
+              launch: Callable[[list[str], Mapping[str, str]], Launched] | None = None,
               find_for: float = 5.0, poll: float = 0.1) -> bool:
         """Start the pool step on ``nodes`` and find its step id (no other step runs yet).
-        False (and no pool) when Slurm never shows the step."""
+        ``launch`` runs its srun (default: here; the supervisor runs it on a peer, as it does
+        the launcher). False (and no pool) when Slurm never shows the step."""
         try:
             before = set(self._steps(self.job_id))
         except SlurmFTError:
             before = set()
-        self.proc = self.processes.start(pool_argv(self.interpreter, nodes, self.preload), env)
+        start = launch or self.processes.start
+        self.proc = start(pool_argv(self.interpreter, nodes, self.preload), env)
         for _ in range(max(1, int(find_for / poll))):
             try:
                 new = set(self._steps(self.job_id)) - before

@@ -218,8 +218,10 @@ class Supervisor:
         want = self._world_nodes(allocation)
         nodes = choose_nodes(allocation, [], want)
         resume = resume_args(self.options, first=True)
-        if self.pool is not None:                  # on every node, spares too, for the job
-            self.pool.start(allocation, self._launch_env(allocation))
+        if self.pool is not None:    # on every node, spares too, for the job; from a peer
+            self.pool.start(allocation, self._launch_env(allocation),
+                            launch=lambda argv, env: self._start(allocation, argv, env,
+                                                                 own_step=True))
         rc = 1
         while True:
             rc, ended = self._launch_once(nodes, resume)
@@ -278,14 +280,19 @@ class Supervisor:
         self._to(RunState.RUNNING, f"launcher pid {proc.pid}", nodes=nodes)
         return self._wait(proc, nodes)
 
-    def _start(self, nodes: list[str], argv: list[str], env: dict[str, str]) -> Launched:
+    def _start(self, nodes: list[str], argv: list[str], env: Mapping[str, str], *,
+               own_step: bool = False) -> Launched:
+        """Start ``argv`` on a peer over ssh (``launch_from`` peer) or here. ``own_step``:
+        ``argv`` is an srun that makes its own job step (the warm pool), run on the peer as
+        it is; else the launcher, which ``on_peer_argv`` puts in a step when it needs one."""
         s, o = self.settings, self.options
         if s.launch_from == "peer":
             peer = pick_peer(nodes, o.here)
             if peer is not None and self._peer_ok and peer != self._checked_peer:
                 self._check_peer(peer, env)
             if peer is not None and self._peer_ok:
-                script = peer_script(env, o.cwd, on_peer_argv(s, o.job_id, peer, nodes, argv))
+                run = list(argv) if own_step else on_peer_argv(s, o.job_id, peer, nodes, argv)
+                script = peer_script(env, o.cwd, run)
                 return self.processes.start([*s.ssh_cmd, peer, "bash", "-s"], env, script)
         return self.processes.start(argv, env)
 

@@ -5,6 +5,7 @@ module of the standard library)."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -156,7 +157,7 @@ def _zombie(pid: int) -> bool:
 
 # ---- the supervisor's side (fakes: no processes, no Slurm) ---------------------------------------
 
-def warm_supervisor(tmp_path, *, launches, allocations=(), pool_shows=True):
+def warm_supervisor(tmp_path, *, launches, allocations=(), pool_shows=True, launch_from="batch"):
     from slurmft.supervise.launch import LaunchSettings
     from slurmft.supervise.supervisor import RunOptions, Supervisor
     from tests.unit.test_supervisor import FakeProcesses, FakeSlurm
@@ -165,7 +166,8 @@ def warm_supervisor(tmp_path, *, launches, allocations=(), pool_shows=True):
         """Slurm shows the pool's step (id 0) once its srun started."""
 
         def steps(self, job_id):
-            started = any("serve" in argv for argv, _env, _in in procs.started)
+            started = any("serve" in argv or "serve" in (text or "")
+                          for argv, _env, text in procs.started)
             return ([0] if started and pool_shows else []) + list(self.step_ids)
 
     procs = FakeProcesses(launches=[[None], *launches])    # the pool's srun never ends
@@ -173,7 +175,7 @@ def warm_supervisor(tmp_path, *, launches, allocations=(), pool_shows=True):
     opts = RunOptions(job_id=7, checkpoint_dir=tmp_path / "ck", here="node1", cwd=str(tmp_path),
                       slurmft_cmd=("slurmft",), reschedule_log=tmp_path / "r.log",
                       kill_grace=0.0, warm_preload=("torch", "mpi4py"))
-    sup = Supervisor(LaunchSettings(train_cmd=(PY, "train.py", "--x"), launch_from="batch",
+    sup = Supervisor(LaunchSettings(train_cmd=(PY, "train.py", "--x"), launch_from=launch_from,
                                     warm=True),
                      opts, slurm, procs, emit=lambda e: None,
                      environ={"SLURM_JOB_NODELIST": "node[1-3]"},
@@ -198,6 +200,25 @@ def test_warm_run_starts_the_pool_on_every_node_and_ranks_through_it(tmp_path):
     assert first[1]["SLURMFT_WARM_WAIT"] == "30" and second[1]["SLURMFT_WARM_WAIT"] == "0"
     # the relaunch stopped the training's step only, never the pool's
     assert slurm.killed == [[1]]
+
+
+def test_the_pool_s_srun_runs_on_the_launcher_s_peer_not_on_the_batch_host(tmp_path):
+    """Lost with the batch host, an srun there keeps the other nodes' step daemons sending it
+    task exits before the requeue can go on: the pool's srun runs on the peer, as it is (it
+    makes its own step), after the one ssh check of that peer."""
+    sup, procs, slurm = warm_supervisor(tmp_path, launches=[[0]], launch_from="peer")
+    slurm.step_ids = [1]
+    assert sup.run() == 0
+    assert procs.called[0][-2] == "node2"                     # ssh node2 'cd ...': the check
+    pool_argv, _env, script = procs.started[0]
+    assert pool_argv[0] == "ssh" and pool_argv[-3:] == ["node2", "bash", "-s"]
+    run = shlex.split(script.splitlines()[-1])
+    assert run[:2] == ["exec", "srun"] and "--nodelist=node[1-3]" in run
+    assert run[-6:] == [PY, "-m", "slurmft.supervise.warm", "serve", "--preload", "torch,mpi4py"]
+    assert "--jobid=7" not in run                  # no second step around the pool's own
+    assert sup.pool.steps == frozenset({0})
+    launch_argv, _env, launch_script = procs.started[1]
+    assert launch_argv[-3:] == ["node2", "bash", "-s"] and "warm run --" in launch_script
 
 
 def test_a_pool_whose_step_never_shows_is_stopped_and_the_training_starts_cold(tmp_path):
@@ -240,6 +261,10 @@ def test_run_warm_dry_run_shows_the_pool_and_the_wrapped_ranks(tmp_path):
     assert doc["warm_pool"][-6:] == ["python3", "-m", "slurmft.supervise.warm", "serve",
                                      "--preload", "torch"]
     assert "--nodelist=node[1-3]" in doc["warm_pool"]          # the spare's too
+    assert doc["warm_pool_host"] == doc["launch_host"] == "node2"  # a peer, not the batch host
+    r = _cli(["run", "--checkpoint-dir", str(tmp_path), "--warm", "--launch-from", "batch",
+              "--dry-run", "--", "python3", "t.py"], JOB_ENV)
+    assert "warm pool, started from node1: srun " in r.output, r.output
     assert doc["argv"][-8:] == ["python3", "-m", "slurmft.supervise.warm", "run", "--",
                                 "python3", "t.py", "--x"]
 
