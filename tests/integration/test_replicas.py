@@ -173,13 +173,17 @@ def test_a_lost_group_is_relaunched_alone_while_the_other_trains_on(cluster, clu
         wait_for(lambda: group_launches(run.state, 1)[-1:] == [["node3"]], 150,
                  "group 1 relaunched on the spare", show=run.diagnose)
         rejoined = run.wait_step(0, 120, after=time.time(), replicas=2)
-        # group 0 trains alone once its allreduce gives up on the cut-off peer (the training's
-        # --timeout, 10 s), unless group 1 is back on the spare first (once in CI)
-        alone = [r for r in steps(run.progress) if cut_at + 0.5 < r["t"] < rejoined["t"]
-                 and r.get("replicas") == 1]
+        # group 0 trains alone once told of the loss (SIGURG, when the supervisor ends
+        # group 1), not after its allreduce's --timeout (10 s), unless group 1 is back first
+        around = sorted((r for r in steps(run.progress) if cut_at - 1 <= r["t"] <= rejoined["t"]),
+                        key=lambda r: r["t"])
+        gap = max((b["t"] - a["t"] for a, b in zip(around, around[1:])), default=0.0)
+        alone = [r for r in around if r["t"] > cut_at + 0.5 and r.get("replicas") == 1]
         alone_from = f"+{alone[0]['t'] - cut_at:.1f} s" if alone else "- (no step alone)"
         print(f"node cut off: group 0 alone from {alone_from}, both groups again "
-              f"+{rejoined['t'] - cut_at:.1f} s (on node3)")
+              f"+{rejoined['t'] - cut_at:.1f} s (on node3); longest pause {gap:.2f} s")
+        assert gap < 9, (f"group 0 paused {gap:.1f} s: it waited out its collective timeout "
+                         f"(10 s) instead of being told of the loss\n{run.diagnose()}")
         job = run.completed(240)
         assert job.restart_count == 0 and lost not in job.nodes
         node = next(n for n in run.client.nodes() if n.name == lost)
