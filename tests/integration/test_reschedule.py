@@ -92,7 +92,12 @@ def loop_job(cluster, cluster_run):
             argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *argv]
         jid = int(cluster_run(argv, check=True).stdout.strip().split(";")[0])
         jobs.append(jid)
-        wait_for(lambda: running_on(cluster_run, jid, n), 30, f"job {jid} RUNNING")
+        # a job that cannot start at submit (a node still settling after the last test)
+        # waits for Slurm's next scheduling pass (up to 60 s here): give it that, and say why
+        wait_for(lambda: running_on(cluster_run, jid, n), 90, f"job {jid} RUNNING",
+                 show=lambda: ({k: v for k, v in show_job(cluster_run, jid).items()
+                                if k in ("JobState", "Reason", "NodeList")},
+                               {x: node_line(cluster_run, x) for x in cluster.nodes}))
         return jid
 
     def fault(node: str) -> None:
@@ -111,7 +116,8 @@ def loop_job(cluster, cluster_run):
              show=lambda: {j: squeue_job(cluster_run, j).get("job_state") for j in jobs})
     for node in cluster.nodes:
         cluster_run(["scontrol", "update", f"nodename={node}", "state=resume"])
-    wait_for(lambda: all(node_line(cluster_run, n).startswith("idle") for n in cluster.nodes),
+    # "idle", not "idle*": a node Slurm still sees as not responding takes no job
+    wait_for(lambda: all(node_line(cluster_run, n).split("|")[0] == "idle" for n in cluster.nodes),
              60, "nodes idle again",
              show=lambda: {n: node_line(cluster_run, n) for n in cluster.nodes})
 
