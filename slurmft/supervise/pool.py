@@ -4,8 +4,8 @@ At the job's start, one ``srun`` step puts a pool server on every node of the al
 spares too: a rank relaunched there starts warm as well) and lives as long as the job. Its srun
 runs on a peer node, like the launcher: with it on the batch host, losing that host would keep
 the other nodes' step daemons sending the pool's task exits to it (Slurm's MessageTimeout,
-several times over) before the requeue can start the job again (measured here: running again
-17-19 s after the fault, against 2.6-2.7 s with the srun on a peer). A peer that is lost takes
+several times over) before the requeue can start the job again (``bench/requeue_srun_host.py``:
+running again 18.1 s after the fault, against 1.8 s with the srun on a peer). A peer lost takes
 only its own server: the step's tasks elsewhere keep running (``--no-kill``). The
 supervisor must never stop that step with the training's: ``steps`` are the pool's step ids,
 which ``Supervisor._signal_training`` leaves alone. The first launch's clients wait up to
