@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="bench-requeue", help="the local cluster's name")
     ap.add_argument("--json", default="", metavar="FILE", help="also write the results here")
     a = ap.parse_args(argv)
+    if a.trials < 1:
+        ap.error("--trials must be at least 1")
     bench = Bench(a.name)
     bench.cluster.down()
     results: dict[str, list[float]] = {m: [] for m in MODES}
