@@ -139,7 +139,7 @@ class _Group:
     launches: int = 0
     done: bool = False
     retired: bool = False        # no nodes or no budget left for it: the run goes on without it
-    lost_node: bool = False      # ended by the supervisor: a node of it left the job
+    lost_node: bool = False      # a node of it left the job (ended on SIGUSR2, or its step ended)
     history: list[int] = field(default_factory=list)    # exit codes
 
 
@@ -225,9 +225,13 @@ class ReplicaSupervisor(Supervisor):
                 continue
             g.proc = None
             g.history.append(rc)
-            if g.lost_node:          # ended here because its node left: whatever srun said
-                g.lost_node = False
+            told = g.lost_node           # ended on SIGUSR2: the others were told then
+            g.lost_node = g.lost_node or bool(self._gone_from_the_job(g.nodes, rc))
+            if g.lost_node:              # its node left the job: whatever srun said
                 rc = rc or 1
+                if not told and any(o.proc is not None for o in self.groups):
+                    # before SIGUSR2 came: the others wait in the step for it, tell them now
+                    self._signal_training(PEER_LOST_SIGNAL_NAME)
             if rc == 0:
                 g.done = True
                 self._emit(g, RunState.DONE, "replica group finished", rc=0)
@@ -242,8 +246,15 @@ class ReplicaSupervisor(Supervisor):
     def _recover(self, failed: list[_Group]) -> bool:
         """Probe and relaunch the failed groups; False when no group can run any more."""
         o = self.options
-        answer = self._ask_in_place(max(g.history[-1] for g in failed), hung=False)
-        failed = failed + self._collect_exits()      # died meanwhile: the same probe serves
+        if all(g.lost_node for g in failed):
+            # their nodes are out of the job already, the relaunch counted by whoever took
+            # them out (slurmft's reschedule): asking again would count it twice
+            answer = 0
+        else:
+            answer = self._ask_in_place(max(g.history[-1] for g in failed), hung=False)
+            failed = failed + self._collect_exits()  # died meanwhile: the same probe serves
+        for g in failed:
+            g.lost_node = False
         if answer == ExitCode.STALE_COPY:
             # Slurm requeued the job while this copy was cut off: it runs elsewhere now.
             log.warning("job %s runs elsewhere since its requeue; this copy stops", o.job_id,

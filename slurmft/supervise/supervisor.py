@@ -228,7 +228,9 @@ class Supervisor:
             if ended is Ended.STOP:
                 self._to(RunState.STOPPED, f"signal {self._stop_signal}", rc=rc)
                 return rc if rc != 0 else 128 + int(self._stop_signal or signal.SIGTERM)
-            if rc == 0 and ended is Ended.EXITED:
+            if ended is Ended.EXITED and self._gone_from_the_job(nodes, rc):
+                rc, ended = rc or 1, Ended.RELAUNCH     # out already: nothing to ask
+            elif rc == 0 and ended is Ended.EXITED:
                 self._to(RunState.DONE, "the training finished", rc=0)
                 return 0
             resume = resume_args(self.options, first=False)
@@ -355,6 +357,23 @@ class Supervisor:
                         extra={"job": str(self.options.job_id)})
             return False
         return True
+
+    def _gone_from_the_job(self, nodes: Sequence[str], rc: int) -> list[str]:
+        """After a launcher exited with ``rc``: those of ``nodes`` no longer in the job.
+
+        Slurm ends a step whose node it set DOWN (slurmft's reschedule, or Slurm itself),
+        often before slurmft's SIGUSR2 comes, and the step's srun can exit 0 (its tasks there
+        were never heard from again): a lost node, not a finished training. The node is out
+        and the relaunch counted by whoever took it out: no in-place request (it would count
+        the same loss twice against the retry budget, and probe for seconds)."""
+        allocation = self._allocation()
+        gone = [n for n in nodes if allocation and n not in allocation]
+        if gone:
+            log.warning("job %s: the launcher exited with %s and %s left the job: a lost node%s; "
+                        "relaunching without it", self.options.job_id, rc, fold(gone),
+                        ", not the end of the training" if rc == 0 else "",
+                        extra={"job": str(self.options.job_id), **failed_extra(gone[0])})
+        return gone
 
     def _world_nodes(self, allocation: list[str]) -> int | None:
         """How many nodes train (None: all of them); the rest of the allocation are spares.

@@ -121,13 +121,21 @@ class Run:
                                          str(self.jid))
 
     def tail(self, name: str) -> str:
+        """The end of one of the run's files, without the watcher's healthy-probe lines."""
         path = self.work / name
-        return path.read_text()[-2500:] if path.exists() else "(none)"
+        if not path.exists():
+            return "(none)"
+        lines = [x for x in path.read_text().splitlines() if " 0 unhealthy" not in x]
+        return "\n".join(lines)[-2500:]
 
     def diagnose(self) -> str:
         j = self.client.job(self.jid)
+        runs = [f"{a.get('replica', '-')} {a['state']} {a.get('nodes')} {a.get('reason', '')}"
+                for a in audit(self.state) if a["event"] == "run"]
         return (f"state {j.state} on {j.nodes} restarts {j.restart_count}\n"
-                f"job.out:\n{self.tail('job.out')}\nwatch.log:\n{self.tail('watch.log')}")
+                f"supervisor (replica, state, nodes, reason):\n" + "\n".join(runs[-12:]) +
+                f"\nresched.log:\n{self.tail('resched.log')}"
+                f"\njob.out:\n{self.tail('job.out')}\nwatch.log:\n{self.tail('watch.log')}")
 
     def wait_step(self, at_least: int, timeout: float, after: float = 0.0, **match) -> dict:
         def found():

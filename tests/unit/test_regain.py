@@ -168,7 +168,8 @@ def test_the_supervisor_asks_for_full_size_through_the_rescheduler(tmp_path, cap
     yes = regain_decision(step=500, total_steps=1500, step_s=0.1, nodes_now=1, nodes_full=2,
                           restart_s=20.0)
     sup, procs, _, events = make(tmp_path, launches=[[None] * 6 + [0]], monitor=monitor,
-                                 allocations=[["node1"]])
+                                 allocations=[["node1"]],
+                                 environ={"SLURM_JOB_NODELIST": "node1"})   # shrunk to 1 of 2
     sup.regainer = FakeRegainer([no, None, yes])
     with caplog.at_level(logging.INFO, logger="slurmft"):
         assert sup.run() == 0

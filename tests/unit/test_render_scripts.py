@@ -157,8 +157,11 @@ class Wrapper:
                      'while [ "${1#--}" != "$1" ]; do shift; done; exec "$@"'),
             "scontrol": ('case "$3" in "node[1-2]") printf "node1\\nnode2\\n";; '
                          '*) echo "$3";; esac'),
-            "squeue": ('case "$*" in *--steps*) echo "$SQUEUE_STEPS";; *) echo "$SQUEUE_NODES";; '
-                       'esac'),
+            # the allocation: both nodes until a reschedule took one out (the in-place one
+            # logged here, or the watcher's before its SIGUSR2: SHRUNK set)
+            "squeue": ('case "$*" in *--steps*) echo "$SQUEUE_STEPS";; *) '
+                       'if [ -n "$SHRUNK" ] || grep -qs -- --in-place "$CALLS"; '
+                       'then echo "$SQUEUE_NODES"; else echo "node[1-2]"; fi;; esac'),
             "scancel": 'echo "scancel $*" >>"$CALLS"',
             # `run` is the real supervisor; the reschedules it asks for are logged here
             "slurmft": (f'if [ "$1" = run ]; then exec {sys.executable} -m slurmft "$@"; fi; '
@@ -256,7 +259,7 @@ def test_usr2_stops_the_launcher_and_relaunches_without_asking_again(tmp_path):
     import time
 
     w = Wrapper(tmp_path)
-    p = w.start(MPI_RCS="hang,0")
+    p = w.start(MPI_RCS="hang,0", SHRUNK="1")       # the watcher took node1 out
     deadline = time.monotonic() + 20
     while not w.lines() and time.monotonic() < deadline:   # the first launch is running
         time.sleep(0.05)

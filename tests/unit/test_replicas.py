@@ -169,6 +169,21 @@ def test_sigusr2_ends_only_the_group_on_the_node_that_left(tmp_path):
     assert groups_started(procs)[-1] == ("1", "node[3,5]")
 
 
+def test_a_group_whose_step_ends_0_after_its_node_left_gets_the_spare_not_done(
+        tmp_path, caplog):
+    # Slurm set node4 DOWN: group 1's srun ends 0 before slurmft's SIGUSR2 comes (seen in
+    # CI under load: the group was taken as finished and never relaunched)
+    sup, procs, slurm, events = make(tmp_path, nodelist="node[1-5]", spares=1,
+                                     launches=[[None] * 8 + [0], [None, 0], [None, 0]],
+                                     allocations=[["node1", "node2", "node3", "node5"]])
+    assert sup.run() == 0
+    assert groups_started(procs)[-1] == ("1", "node[3,5]")
+    assert not any(e.replica == 1 and e.state == "done" and e.launch == 1 for e in events)
+    assert "exited with 0 and node4 left the job" in caplog.text
+    assert procs.called == []         # slurmft took node4 out and counted it: not asked again
+    assert slurm.signalled[0][0] == "URG"     # group 0 told to end the step it waits in
+
+
 def test_the_groups_that_stay_are_told_to_end_their_step_before_the_lost_one_ends(tmp_path):
     """A host cut off sends no reset: without a word the survivors wait out their collective
     timeout. SIGURG goes to the job's steps (group 0's, 1's) before group 1's srun is ended."""
@@ -295,7 +310,7 @@ def test_render_job_with_replicas_tells_the_supervisor_and_checks_the_split():
 def test_a_group_that_fails_after_another_finished_is_not_relaunched(tmp_path, caplog):
     # group 0 finishes; group 1 then fails: a relaunch would redo steps alone
     sup, procs, _, events = make(tmp_path, launches=[[None, 0], [None, None, None, 1]],
-                                 allocations=[["node1", "node2", "node3", "node4"]])
+                                 allocations=[["node1", "node2", "node3", "node4"]] * 2)
     assert sup.run() == 0
     assert len(groups_started(procs)) == 2
     assert "another replica group finished the training" in caplog.text

@@ -80,7 +80,10 @@ class FakeSlurm:
     def allocation(self, job_id):
         if self.fail:
             raise SlurmCommandError("squeue failed")
-        return self.allocations.pop(0) if self.allocations else []
+        # one answer per read; the last one stands from then on
+        if len(self.allocations) > 1:
+            return self.allocations.pop(0)
+        return list(self.allocations[0]) if self.allocations else []
 
     def steps(self, job_id):
         return list(self.step_ids)
@@ -144,8 +147,9 @@ def test_a_training_that_succeeds_is_launched_once_and_ends_done(tmp_path):
 
 
 def test_a_failed_launcher_asks_in_place_kills_the_steps_and_relaunches_resuming(tmp_path):
+    # node1 is still in the job when the launcher exits; the in-place reschedule takes it out
     sup, procs, slurm, events = make(tmp_path, launches=[[None, 255], [0]],
-                                     allocations=[["node2"]])
+                                     allocations=[["node1", "node2"], ["node2"]])
     assert sup.run() == 0
     assert procs.called == [["slurmft", "reschedule", "7", "--in-place", "--restart-count", "0",
                              "--checkpoint-dir", str(tmp_path / "ck")]]
@@ -182,6 +186,28 @@ def test_sigusr2_stops_the_launcher_and_relaunches_without_asking(tmp_path):
     assert sup.run() == 0
     assert procs.procs[0].signals == ["TERM"] and procs.called == []
     assert slurm.killed == [[0]] and procs.started[1][1]["SLURM_JOB_NODELIST"] == "node2"
+
+
+@pytest.mark.parametrize("rc", [0, 137])
+def test_a_launcher_that_exits_after_its_node_left_the_job_is_relaunched_without_asking(
+        tmp_path, caplog, rc):
+    # slurmft set node2 DOWN: its step ends (srun with 0, even) before the SIGUSR2 comes
+    sup, procs, slurm, events = make(tmp_path, launches=[[None, rc], [0]],
+                                     allocations=[["node1"]])
+    assert sup.run() == 0
+    assert [e.state for e in events if e.state in ("relaunching", "done")] == [
+        "relaunching", "done"]
+    assert procs.called == []       # taken out and counted by slurmft: not asked again
+    assert slurm.killed             # the old steps are ended before the relaunch
+    assert procs.started[1][1]["SLURM_JOB_NODELIST"] == "node1"
+    assert f"exited with {rc} and node2 left the job" in caplog.text
+
+
+def test_a_launcher_that_exits_0_with_every_node_in_the_job_is_done(tmp_path):
+    sup, procs, _, events = make(tmp_path, launches=[[None, 0]],
+                                 allocations=[["node1", "node2"]])
+    assert sup.run() == 0
+    assert len(procs.started) == 1 and events[-1].state == "done"
 
 
 def test_sigusr1_is_passed_to_the_trainings_steps_and_it_trains_on(tmp_path):
@@ -230,7 +256,8 @@ def test_a_rank_that_left_no_stacks_is_said_to_be_maybe_stopped(tmp_path, caplog
 
 
 def test_the_restart_env_file_is_read_before_every_launch(tmp_path):
-    sup, procs, _, _ = make(tmp_path, launches=[[1], [0]], allocations=[["node1"]])
+    sup, procs, _, _ = make(tmp_path, launches=[[1], [0]],
+                            allocations=[["node1", "node2"], ["node1"]])
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / RESTART_ENV).write_text(format_env_file({"CUDA_VISIBLE_DEVICES": "0,1"}))
     orig_call = procs.call
@@ -317,7 +344,10 @@ def test_with_a_spare_the_training_runs_on_the_others_and_a_lost_node_is_replace
 
 def test_when_the_spares_are_used_up_the_run_shrinks(tmp_path):
     sup, procs, _, events = make(tmp_path, spares=1, environ=FOUR, launches=[[5], [5], [0]],
-                                 allocations=[["node1", "node3", "node4"], ["node1", "node4"]])
+                                 allocations=[["node1", "node2", "node3", "node4"],  # at exit
+                                              ["node1", "node3", "node4"],   # after the ask
+                                              ["node1", "node3", "node4"],   # at exit
+                                              ["node1", "node4"]])           # after the ask
     assert sup.run() == 0
     assert [s[1]["SLURM_JOB_NODELIST"] for s in procs.started] == [
         "node[1-3]", "node[1,3-4]", "node[1,4]"]
@@ -409,7 +439,7 @@ def test_the_heartbeats_are_read_every_two_steps_once_the_step_time_is_known(
     orig = monitor.poll
     monitor.poll = lambda: polls.append(1) or orig()
     sup, *_ = make(tmp_path, launches=[[None] * 30 + [0]], monitor=monitor,
-                   allocations=[["node1"]])
+                   allocations=[["node1", "node2"]])
     now = [0.0]
     sup.clock = lambda: now[0]
     sup.sleep = lambda s: now.__setitem__(0, now[0] + s)     # 30 polls of 0.1 s: 3 s
