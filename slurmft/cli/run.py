@@ -132,9 +132,11 @@ class HangTimeout(click.ParamType):
               help="Keep one Python per node that has imported --warm-preload, and fork each "
                    "rank from it: a relaunch skips the interpreter and import start-up "
                    "(CMD must be `python SCRIPT ...` or `python -m MODULE ...`).")
-@click.option("--warm-preload", default="torch,mpi4py", show_default=True, metavar="MODULES",
+@click.option("--warm-preload", default="torch,torch._dynamo,mpi4py", show_default=True,
+              metavar="MODULES",
               help="With --warm: modules the pool imports once, comma-separated (mpi4py "
-                   "without MPI_Init: each rank initialises its own).")
+                   "without MPI_Init: each rank initialises its own; torch._dynamo, which "
+                   "torch imports at the first optimizer, costs each rank a second or more).")
 @click.option("--slurmft-cmd", default=None,
               help="How to run slurmft for the in-place reschedule, shell words "
                    "(default: this Python, -m slurmft).")

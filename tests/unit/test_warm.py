@@ -348,3 +348,16 @@ def test_a_first_launch_waits_for_a_server_still_importing(tmp_path):
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_the_run_command_s_default_preload_is_the_pool_s():
+    """`slurmft run --warm` and the pool server preload the same modules by default, among
+    them torch._dynamo (torch imports it at a training's first optimizer: a second or more
+    per forked rank otherwise)."""
+    from slurmft.cli import cli
+    from slurmft.supervise.warm import DEFAULT_PRELOAD
+
+    run = cli.get_command(None, "run")
+    [opt] = [p for p in run.params if p.name == "warm_preload"]
+    assert opt.default == ",".join(DEFAULT_PRELOAD)
+    assert "torch._dynamo" in DEFAULT_PRELOAD
