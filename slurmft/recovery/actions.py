@@ -133,6 +133,13 @@ class UpdateJob(JobAction):
 
     op: ClassVar[str] = "update_job"
 
+    @property
+    def only_comment(self) -> bool:
+        """Sets the comment and nothing else."""
+        return self.comment is not None and not any(
+            getattr(self, f.name) not in (None, False) for f in dataclasses.fields(self)
+            if f.name not in ("job_id", "comment"))
+
     def apply(self, client: Any) -> None:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                   if f.name != "job_id"}

@@ -42,6 +42,7 @@ from slurmft.recovery.actions import (
     DownNodes,
     NodeAction,
     SubmitRestart,
+    UpdateJob,
     holds_job,
     requeues_job,
     starts_job,
@@ -395,6 +396,13 @@ class Rescheduler:
                     log.warning("job %s: cannot %s %s as uid %s (%s); going on without it",
                                 job.job_id, action.op, ",".join(action.nodes), self.uid,
                                 exc.slurm_message or exc, extra={"job": str(job.job_id)})
+                    continue
+                if isinstance(action, UpdateJob) and action.only_comment:
+                    # the comment says why: the job is held, its nodes out all the same
+                    # (Slurm refuses updates to a job still COMPLETING after a requeue-hold)
+                    log.warning("job %s: cannot set its comment (%s); going on without it",
+                                job.job_id, exc.slurm_message or exc,
+                                extra={"job": str(job.job_id)})
                     continue
                 if held and decision.outcome is not Outcome.EXHAUSTED:
                     self._unhold(job.job_id)

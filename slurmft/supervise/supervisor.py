@@ -359,13 +359,11 @@ class Supervisor:
         return True
 
     def _gone_from_the_job(self, nodes: Sequence[str], rc: int) -> list[str]:
-        """After a launcher exited with ``rc``: those of ``nodes`` no longer in the job.
-
-        Slurm ends a step whose node it set DOWN (slurmft's reschedule, or Slurm itself),
-        often before slurmft's SIGUSR2 comes, and the step's srun can exit 0 (its tasks there
-        were never heard from again): a lost node, not a finished training. The node is out
-        and the relaunch counted by whoever took it out: no in-place request (it would count
-        the same loss twice against the retry budget, and probe for seconds)."""
+        """After a launcher exited with ``rc``: those of ``nodes`` no longer in the job. Slurm
+        ends a step whose node it set DOWN (slurmft's reschedule, or Slurm), often before the
+        SIGUSR2, and its srun can exit 0: a lost node, not a finished training. Out already,
+        the relaunch counted by whoever took it out: no in-place request (it would count the
+        same loss twice against the retry budget, and probe for seconds)."""
         allocation = self._allocation()
         gone = [n for n in nodes if allocation and n not in allocation]
         if gone:

@@ -11,6 +11,7 @@ from slurmft.core.config import RescheduleConfig
 from slurmft.core.errors import InvalidJobError, PermissionDeniedError, PolicyError
 from slurmft.core.nodeset import expand
 from slurmft.probe.records import Health, ProbeResult
+from slurmft.recovery.actions import UpdateJob
 from slurmft.recovery.policy import Outcome
 from slurmft.recovery.rescheduler import Rescheduler
 from slurmft.recovery.state import Attempt, LockBusyError, RetryRecord, StateStore
@@ -219,6 +220,31 @@ def test_budget_spent_holds_job_and_raises_policy_error(fake, tmp_path):
     assert "retry budget spent" in j["comment"]
     rec = store.load(jid)
     assert rec.exhausted and len(rec.attempts) == 2
+
+
+def test_budget_spent_holds_the_job_even_when_slurm_refuses_the_comment(fake, tmp_path, caplog):
+    # seen on the real cluster: "Unexpected message received" for a job still COMPLETING
+    # after its requeue-hold; the hold and the nodes count, the comment is only words
+    jid = fake.add_job("RUNNING", NODES)
+    fake.job(jid)["restart_cnt"] = 2
+    r, _, store = make(fake, tmp_path, {"node1": Health.UNREACHABLE}, max_retry=2)
+    store.save(RetryRecord(original_job_id=jid, job_ids=[jid], attempts=[
+        Attempt(time=1.0, job_id=jid, outcome="requeue") for _ in range(2)]))
+    real_run = fake.run
+
+    def run(argv, timeout):
+        if any(a.startswith("Comment=") for a in argv):
+            return real_run(["scontrol", "update", "JobId=999999", "Comment=x"], timeout)
+        return real_run(argv, timeout)
+
+    r.client.runner.run = run
+    with pytest.raises(PolicyError, match=r"retry budget spent \(2/2\)"):
+        r.reschedule(jid)
+    j = fake.job(jid)
+    assert j["job_state"] == "PENDING" and j["priority"] == 0      # held all the same
+    assert "cannot set its comment" in caplog.text
+    assert not UpdateJob(7, comment="x", start_now=True).only_comment
+    assert UpdateJob(7, comment="x").only_comment
 
 
 def test_retry_budget_across_requeues(fake, tmp_path):
