@@ -66,6 +66,12 @@ class HangTimeout(click.ParamType):
                    "others, and a lost node is replaced by a spare (the world size stays the "
                    "same) until the spares are used up; then the run shrinks. The watcher probes "
                    "spares too, and a failed spare is drained, never used.")
+@click.option("--refill-spares/--no-refill-spares", default=True, show_default=True,
+              help="With --spares: once a spare is used, take an idle node into the running "
+                   "job as a new spare (Slurm's job expansion: the site's slurm.conf needs "
+                   "SchedulerParameters=permit_job_expansion; without it the run goes on, one "
+                   "WARNING). Looks every 10 s while a spare is missing; the training is not "
+                   "touched.")
 @click.option("--train-nodes", type=count(1, 100000), default=None,
               help="With spares: train on this many nodes of the allocation, the rest are "
                    "spares (default: all nodes minus --spares). It holds across a requeue: a "
@@ -150,7 +156,8 @@ class HangTimeout(click.ParamType):
 def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str | None,
             resume_mode: str, launcher: str | None, slots: int | None,
             mpirun_args: str | None, launch_from: str | None, ssh_args: str | None,
-            spares: int, train_nodes: int | None, hang_timeout: Any, hang_factor: float, hang_floor: float,
+            spares: int, refill_spares: bool, train_nodes: int | None, hang_timeout: Any,
+            hang_factor: float, hang_floor: float,
             straggler_factor: float, straggler_steps: int, straggler_action: str,
             total_steps: int | None, regain_mode: str, requeue_cost: float | None,
             replicas: int, min_replicas: int, lighthouse_port: int, store_port: int,
@@ -250,16 +257,33 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
         total_steps = None
     regainer = _regainer(slurm, ckpt, total_steps, regain_mode, requeue_cost, train_nodes,
                          spares, monitor is not None)
+    refill = _refill(slurm, job_id, spares, train_nodes) if refill_spares else None
     if replica is not None:
         from slurmft.supervise.replicas import ReplicaSupervisor
 
         sup: Supervisor = ReplicaSupervisor(settings, options, slurm, SubprocessProcesses(),
-                                            emit=sink, replica=replica)
+                                            emit=sink, replica=replica, refill=refill)
     else:
         sup = Supervisor(settings, options, slurm, SubprocessProcesses(), monitor=monitor,
-                         stragglers=stragglers, regainer=regainer, emit=sink)
+                         stragglers=stragglers, regainer=regainer, refill=refill, emit=sink)
+    if refill is not None:
+        refill.avoid = lambda: sup.benched      # stragglers' nodes are not taken back
     sup.install_signal_handlers()
     ctx.exit(sup.run())
+
+
+def _refill(slurm: Any, job_id: int, spares: int, train_nodes: int | None) -> Any:
+    """The spare refill (None: no spares, or a Slurm client that cannot grow a job): the
+    job is kept at its training nodes + ``spares``."""
+    if not spares or not hasattr(slurm, "expand"):
+        return None
+    from slurmft.core.nodeset import expand
+    from slurmft.supervise.refill import SpareRefill
+
+    nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
+    held = len(expand(nodelist)) if nodelist else 0
+    target = (train_nodes or held - spares) + spares
+    return SpareRefill(job_id, target, slurm, partition=os.environ.get("SLURM_JOB_PARTITION", ""))
 
 
 def _regainer(slurm: Any, ckpt: Path, total_steps: int | None, mode: str,

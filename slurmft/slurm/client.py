@@ -161,6 +161,21 @@ class CommandSlurmClient:
                                              start_now=start_now, required=required,
                                              comment=comment, bin_dir=self.bin_dir))
 
+    def expand(self, job_id: int, node: str, partition: str = "", wait: int = 10) -> None:
+        """Merge the idle ``node`` into the running job ``job_id`` (Slurm's job expansion:
+        ``salloc --no-shell --dependency=expand:JOB`` on it, that helper sized to 0 nodes and
+        cancelled, the job sized to ALL). Raises ``SlurmCommandError`` when Slurm refuses
+        (no ``permit_job_expansion``, the node taken meanwhile): nothing then changed."""
+        res = self._run(scli.build_expand_alloc_argv(job_id, node, partition, wait,
+                                                     self.bin_dir))
+        helper = sparse.parse_salloc_granted(res.stderr + res.stdout)
+        try:
+            self._run(scli.build_resize_argv(helper, "0", self.bin_dir))
+        finally:
+            self._run(scli.build_cancel_argv(helper, self.bin_dir), check=False)
+        # 22.05 merges at the helper's NumNodes=0 and refuses this; later releases want it
+        self._run(scli.build_resize_argv(job_id, "ALL", self.bin_dir), check=False)
+
     def submit(self, script: str, args: Sequence[str] = ()) -> int:
         """``sbatch --parsable``; returns the new job id."""
         res = self._run(scli.build_sbatch_argv(script, args, self.bin_dir))

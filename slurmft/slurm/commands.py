@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from slurmft.core.errors import UsageError
-from slurmft.core.nodeset import NodeSet
+from slurmft.core.nodeset import NodeSet, validate_hostname
 
 SLURM_COMMANDS = ("squeue", "sinfo", "scontrol", "sbatch", "scancel")
 NODE_STATES = ("DRAIN", "DOWN", "RESUME", "UNDRAIN")
 _CTRL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: A Slurm partition name as slurmft passes it on (letters, digits, ``._-``).
+_PARTITION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -111,6 +113,32 @@ def build_job_action_argv(action: str, job_id: int, bin_dir: str = "") -> list[s
 
 def build_cancel_argv(job_id: int, bin_dir: str = "") -> list[str]:
     return [_bin("scancel", bin_dir), str(check_job_id(job_id))]
+
+
+def build_expand_alloc_argv(job_id: int, node: str, partition: str = "", wait: int = 10,
+                            bin_dir: str = "") -> list[str]:
+    """``salloc --no-shell --dependency=expand:JOB``: one node (``node``) allocated to be
+    merged into the running job ``job_id`` (Slurm's job expansion; needs
+    ``SchedulerParameters=permit_job_expansion``). ``--immediate``: given up after ``wait``
+    seconds rather than left queued."""
+    jid = check_job_id(job_id)
+    argv = [_bin("salloc", bin_dir), "--no-shell", f"--immediate={int(wait)}", "--nodes=1",
+            f"--nodelist={validate_hostname(node)}", f"--dependency=expand:{jid}",
+            f"--job-name=slurmft-spare-{jid}"]
+    if partition:
+        if not _PARTITION_RE.match(partition):
+            raise UsageError(f"invalid partition name {partition!r}")
+        argv.append(f"--partition={partition}")
+    return argv
+
+
+def build_resize_argv(job_id: int, num_nodes: str, bin_dir: str = "") -> list[str]:
+    """``scontrol update JobId=.. NumNodes=0|ALL``: the two halves of a job expansion (the
+    helper gives its nodes up, the job takes all it was given)."""
+    if num_nodes not in ("0", "ALL"):
+        raise UsageError(f"invalid resize {num_nodes!r}: 0 or ALL")
+    return [_bin("scontrol", bin_dir), "update", f"JobId={check_job_id(job_id)}",
+            f"NumNodes={num_nodes}"]
 
 
 #: Signals slurmft may send to a job's batch script (never one that kills it outright).

@@ -430,6 +430,14 @@ def parse_sbatch_parsable(text: str) -> int:
     return int(head)
 
 
+def parse_salloc_granted(text: str) -> int:
+    """The job id in salloc's ``salloc: Granted job allocation <id>``."""
+    m = re.search(r"Granted job allocation (\d+)", text or "")
+    if m is None:
+        raise SlurmParseError(f"salloc printed {text.strip()[:200]!r}, not a granted allocation")
+    return int(m.group(1))
+
+
 def node_from_key_values(kv: Mapping[str, str]) -> NodeInfo:
     """One ``scontrol show node -o`` line: ``State=IDLE+DRAIN`` (base state, then flags),
     ``Reason=text [user@time]``, ``NodeAddr``, ``CPUTot``, ``Partitions``."""

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from slurmft.checkpoint.heartbeat import Beat, heartbeat_path, parse_beat, stacks_path
 from slurmft.core.errors import UsageError
-from slurmft.core.log import get_logger
+from slurmft.core.log import failed_extra, get_logger
+from slurmft.supervise.launch import rank_node
 
 log = get_logger(__name__)
 
@@ -312,5 +313,29 @@ def py_spy_dump(pid: int, *, runner: Runner = run_command,
     return res.stdout
 
 
+def report_stuck(job: int, stuck: Sequence[StuckRank], nodes: Sequence[str], slots: int) -> None:
+    """One ERROR line per stuck rank, naming its node (``failed_node=``), then its stacks.
+    The ranks at the lowest step are the likely cause; the others wait for them inside a
+    collective."""
+    lowest = min((r.last_step for r in stuck if r.last_step is not None), default=None)
+    for r in sorted(stuck, key=lambda r: (r.last_step is None or r.last_step != lowest, r.rank)):
+        host = getattr(r, "host", "")        # the heartbeat's, when it names a job node
+        node = host if host in nodes else rank_node(r.rank, nodes, slots)
+        cause = " (likely the cause: lowest step)" if (
+            len(stuck) > 1 and r.last_step is not None and r.last_step == lowest) else ""
+        extra = {"job": str(job), **failed_extra(node)}
+        log.error("job %s: rank %s on %s made no progress for %.0f s (last step %s)%s: "
+                  "hung; relaunching from the latest verified checkpoint", job, r.rank, node,
+                  r.seconds_without_progress, "none" if r.last_step is None else r.last_step,
+                  cause, extra=extra)
+        if r.stacks:
+            log.error("job %s: stacks of rank %s on %s:\n%s", job, r.rank, node,
+                      r.stacks.rstrip(), extra=extra)
+        else:
+            log.error("job %s: rank %s on %s left no stacks (the process may be stopped)",
+                      job, r.rank, node, extra=extra)
+
+
 __all__ = ["READ_INTERVAL_MAX", "READ_INTERVAL_MIN", "CommandResult", "HangDetector", "StuckRank",
-           "laggards", "py_spy_argv", "py_spy_dump", "read_interval", "read_stacks", "run_command"]
+           "laggards", "py_spy_argv", "py_spy_dump", "read_interval", "read_stacks",
+           "report_stuck", "run_command"]

@@ -29,7 +29,8 @@ log = get_logger(__name__)
 
 
 class WarmPool:
-    """Starts the pool step once and remembers its step id."""
+    """Starts the pool step (and one more for each node taken into the job later) and
+    remembers their step ids."""
 
     def __init__(self, job_id: int, interpreter: str, preload: Sequence[str],
                  processes: Processes, steps: Callable[[int], list[int]],
@@ -37,35 +38,49 @@ class WarmPool:
         self.job_id, self.interpreter, self.preload = job_id, interpreter, tuple(preload)
         self.processes, self._steps, self.sleep = processes, steps, sleep
         self.ready_wait = ready_wait
-        self.proc: Launched | None = None
+        self.procs: list[Launched] = []
         self.steps: frozenset[int] = frozenset()
+
+    @property
+    def proc(self) -> Launched | None:
+        """The srun of the pool's latest step (None: no pool)."""
+        return self.procs[-1] if self.procs else None
 
     def start(self, nodes: Sequence[str], env: Mapping[str, str],
               launch: Callable[[list[str], Mapping[str, str]], Launched] | None = None,
               find_for: float = 5.0, poll: float = 0.1) -> bool:
-        """Start the pool step on ``nodes`` and find its step id (no other step runs yet).
-        ``launch`` runs its srun (default: here; the supervisor runs it on a peer, as it does
-        the launcher). False (and no pool) when Slurm never shows the step."""
+        """Start a pool step on ``nodes`` and find its step id (no other step starts
+        meanwhile: one thread starts them all). ``launch`` runs its srun (default: here; the
+        supervisor runs it on a peer, as it does the launcher). False when Slurm never shows
+        the step: no pool at the job's start, no server on ``nodes`` later."""
         try:
             before = set(self._steps(self.job_id))
         except SlurmFTError:
             before = set()
         start = launch or self.processes.start
-        self.proc = start(pool_argv(self.interpreter, nodes, self.preload), env)
+        proc = start(pool_argv(self.interpreter, nodes, self.preload), env)
+        self.procs.append(proc)
         for _ in range(max(1, int(find_for / poll))):
             try:
                 new = set(self._steps(self.job_id)) - before
             except SlurmFTError:
                 new = set()
             if new:
-                self.steps = frozenset(new)
+                self.steps = self.steps | frozenset(new)
                 log.info("warm pool on %s: job step %s (preloading %s)", fold(nodes),
                          ",".join(map(str, sorted(new))), ",".join(self.preload),
                          extra={"job": str(self.job_id)})
                 return True
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 break
             self.sleep(poll)
+        if len(self.procs) > 1:          # a later step: the pool elsewhere stays
+            log.warning("warm pool: its job step on %s never showed up; ranks start cold there",
+                        fold(nodes), extra={"job": str(self.job_id)})
+            if proc.poll() is None:
+                proc.kill()
+            self.procs.remove(proc)
+            return False
         log.warning("warm pool: its job step never showed up; the training starts cold",
                     extra={"job": str(self.job_id)})
         self.stop()
@@ -77,6 +92,7 @@ class WarmPool:
         return {ENV_WAIT: f"{self.ready_wait:g}" if first else "0"}
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        self.proc, self.steps = None, frozenset()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        self.procs, self.steps = [], frozenset()

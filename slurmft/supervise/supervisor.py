@@ -22,12 +22,10 @@ starts a detached ``slurmft reschedule`` that requeues the job) or STALE_COPY (S
 the job while this host was cut off: this copy stops). Before every relaunch the training's
 job steps are killed through Slurm, wherever their launcher ran.
 
-A straggler (``supervise.straggler``: a rank whose own busy time per step, from its
-heartbeat, stays ``factor`` x its peers' median) is logged at ERROR with its node and a
-``Straggler`` event; with ``straggler_action="swap"`` and a free spare, its node is left
-out of the training for the rest of the job (it stays in the allocation, idle: draining it
-is for a watcher or an operator, this supervisor runs as the job's user) and the training
-relaunched from the latest checkpoint with a spare in its place.
+A straggler (``supervise.straggler``: busy time per step ``factor`` x its peers' median) is
+logged at ERROR with its node; with ``straggler_action="swap"`` and a free spare, its node is
+left out of the training for the rest of the job and the training relaunched with a spare in
+its place. A used spare is refilled with an idle node (``supervise.refill``) while it trains.
 
 The supervisor owns no Slurm logic of its own: the rescheduler decides, the Slurm client
 reads the allocation and kills steps, and ``Processes`` starts the launcher (replaced by a
@@ -51,7 +49,7 @@ from slurmft.core.errors import ExitCode, SlurmFTError
 from slurmft.core.log import failed_extra, get_logger
 from slurmft.core.nodeset import fold
 from slurmft.observe.events import Event, RunTransition, Straggler
-from slurmft.supervise.hang import read_interval
+from slurmft.supervise.hang import read_interval, report_stuck
 from slurmft.supervise.launch import (GroupJob, LaunchSettings, choose_nodes, exit_code,
                                       initial_resume, launch_argv, on_peer_argv, peer_script,
                                       pick_peer, rank_node, slurm_env)
@@ -161,7 +159,7 @@ class Supervisor:
     def __init__(self, settings: LaunchSettings, options: RunOptions, slurm: SlurmView,
                  processes: Processes, *, monitor: ProgressMonitor | None = None,
                  stragglers: StragglerMonitor | None = None,
-                 regainer: Any = None,
+                 regainer: Any = None, refill: Any = None,
                  emit: Callable[[Event], None] | None = None,
                  environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -170,6 +168,7 @@ class Supervisor:
         self.slurm, self.processes, self.monitor = slurm, processes, monitor
         self.stragglers = stragglers
         self.regainer = regainer          # supervise.regain.Regainer: ask for full size back
+        self.refill = refill              # supervise.refill.SpareRefill: used spares back
         self.emit = emit or (lambda event: None)
         self.environ = dict(os.environ if environ is None else environ)
         self.clock, self.sleep = clock, sleep
@@ -329,6 +328,8 @@ class Supervisor:
             if self._save_asked:
                 self._save_asked = False
                 self._signal_training("USR1")
+            if self.refill is not None:
+                self._warm_up(self.refill.poll())
             if self.monitor is not None and self.clock() >= next_check:
                 # heartbeats live on shared storage: one read of every rank's file every
                 # two steps or so (at most 4 a second), not one per poll of the launcher
@@ -336,13 +337,19 @@ class Supervisor:
                                                           fixed=self.options.monitor_interval)
                 stuck = self.monitor.poll()
                 if stuck:
-                    self._report_hang(stuck, nodes)
+                    report_stuck(self.options.job_id, stuck, nodes, self.settings.slots)
                     return self._end(proc), Ended.HUNG
                 if self.stragglers is not None and self._check_stragglers(nodes):
                     return self._end(proc), Ended.STRAGGLER
                 if self.regainer is not None:
                     self._check_regain(nodes)
             self.sleep(self.options.poll_interval)
+
+    def _warm_up(self, added: list[str]) -> None:
+        """Spares taken into the job while it runs get a pool server (its srun on one of them)."""
+        if added and self.pool is not None:
+            self.pool.start(added, {**self.environ, **slurm_env(added, 1)},
+                            launch=lambda argv, env: self._start(added, argv, env, own_step=True))
 
     def _lost_a_training_node(self, nodes: list[str]) -> bool:
         """After SIGUSR2: whether a node the training runs on left the job. A spare that was
@@ -410,30 +417,6 @@ class Supervisor:
         if proc.poll() is None:
             proc.kill()
         return exit_code(proc.wait())
-
-    def _report_hang(self, stuck: Sequence[StuckRankLike], nodes: list[str]) -> None:
-        """One ERROR line per stuck rank, naming its node (``failed_node=``), then its stacks.
-        The ranks at the lowest step are the likely cause; the others wait for them inside a
-        collective."""
-        job = self.options.job_id
-        lowest = min((r.last_step for r in stuck if r.last_step is not None), default=None)
-        for r in sorted(stuck, key=lambda r: (r.last_step is None or r.last_step != lowest,
-                                              r.rank)):
-            host = getattr(r, "host", "")        # the heartbeat's, when it names a job node
-            node = host if host in nodes else rank_node(r.rank, nodes, self.settings.slots)
-            cause = " (likely the cause: lowest step)" if (
-                len(stuck) > 1 and r.last_step is not None and r.last_step == lowest) else ""
-            extra = {"job": str(job), **failed_extra(node)}
-            log.error("job %s: rank %s on %s made no progress for %.0f s (last step %s)%s: "
-                      "hung; relaunching from the latest verified checkpoint", job, r.rank, node,
-                      r.seconds_without_progress, "none" if r.last_step is None else r.last_step,
-                      cause, extra=extra)
-            if r.stacks:
-                log.error("job %s: stacks of rank %s on %s:\n%s", job, r.rank, node,
-                          r.stacks.rstrip(), extra=extra)
-            else:
-                log.error("job %s: rank %s on %s left no stacks (the process may be stopped)",
-                          job, r.rank, node, extra=extra)
 
     def _check_stragglers(self, nodes: list[str]) -> bool:
         """Report the stragglers named now (ERROR line, ``Straggler`` event); True when one's

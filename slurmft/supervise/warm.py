@@ -4,8 +4,8 @@ A rank started from scratch pays for an interpreter and its imports at every rel
 and mpi4py: 1.3 s alone, about 5 s for four ranks sharing two cores). With ``slurmft run
 --warm``, the supervisor starts one server per node of the allocation for the whole job (a job
 step of its own) that imports the training's heavy modules once (``--warm-preload``, default
-``torch,torch._dynamo,mpi4py``; mpi4py without MPI_Init). The launcher (mpirun or srun) then starts, for each
-rank, a small client instead of the training::
+``torch,torch._dynamo,mpi4py``; mpi4py without MPI_Init). The launcher (mpirun or srun) then
+starts, for each rank, a small client instead of the training::
 
     python -m slurmft.supervise.warm run -- python train.py ARGS...
 

@@ -1,7 +1,9 @@
 """Hot spares (`slurmft run --spares 1`): the job holds 3 nodes and trains on 2. A training node
 is cut off; `slurmft watch` takes it out of the job and signals the supervisor, which relaunches
-on the node left plus the spare: the world size stays 2, no requeue. Real cluster, real mpirun
-+ train.py, the real watcher."""
+on the node left plus the spare: the world size stays 2, no requeue. The used spare is then
+refilled while the training runs: the cluster's idle fourth node is taken into the job (Slurm's
+job expansion; the test cluster's slurm.conf permits it). Real cluster, real mpirun + train.py,
+the real watcher."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from tests.integration.wrapper_job import write_wrapper
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
-STEPS = 300
+STEPS = 500
 
 
 def test_a_lost_node_is_replaced_by_the_spare_and_the_world_size_kept(cluster, cluster_run):
@@ -47,10 +49,17 @@ def test_a_lost_node_is_replaced_by_the_spare_and_the_world_size_kept(cluster, c
             return (f"state {j.state} on {j.nodes} restarts {j.restart_count}\nwatch.log:\n"
                     f"{tail(work / 'watch.log')}\njob.out:\n{tail(work / 'job.out')}")
 
+        spare = next(n for n in ("node1", "node2", "node3", "node4") if n not in first.nodes)
+        # the used spare is refilled with the idle node, the training going on meanwhile
+        refilled = wait_for(lambda: (j := client.job(jid)).state == "RUNNING"
+                            and spare in j.nodes and j, 60, f"{spare} taken in as a spare",
+                            show=diagnose)
+        assert lost not in refilled.nodes and len(refilled.nodes) == 3
+        assert not any(r["event"] == "done" for r in read_progress(progress)), diagnose()
         job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
                        "the job to complete on the spare", show=diagnose)
         assert job.restart_count == 0                          # relaunched in place
-        assert lost not in job.nodes and len(job.nodes) == 2
+        assert lost not in job.nodes and spare in job.nodes
         node = next(n for n in client.nodes() if n.name == lost)
         assert node.is_drained and "slurmft" in node.reason
         recs = read_progress(progress)
@@ -59,7 +68,9 @@ def test_a_lost_node_is_replaced_by_the_spare_and_the_world_size_kept(cluster, c
         [resume] = [r for r in recs if r["event"] == "resume"]
         assert resume["from_step"] >= 30 and resume["world_size"] == 2
         assert recs[-1]["event"] == "done" and recs[-1]["step"] == STEPS - 1
-        assert "0 spare(s) left" in (work / "job.out").read_text()
+        text = (work / "job.out").read_text()
+        assert "0 spare(s) left" in text
+        assert f"{spare} idle again, taken into the job as spare(s) (3 of 3" in text
     finally:
         stop_watcher(watcher)
         cluster_run(["scancel", str(jid)])

@@ -1,0 +1,108 @@
+"""Spares back: a job that used a spare takes an idle node into its allocation again.
+
+With ``slurmft run --spares K`` a lost node is replaced at once by a spare of the allocation;
+once the K spares are used, the next loss shrinks the run (or needs a requeue). Nodes come
+back meanwhile (an admin resumes the drained node after its repair, ``ReturnToService``
+returns it). Slurm can grow a running job: an allocation of the idle node with
+``--dependency=expand:JOB``, that helper job sized to 0 nodes (its node moves into the job)
+and cancelled, then the job sized to ALL (``SlurmClient.expand``). It needs
+``SchedulerParameters=permit_job_expansion`` in slurm.conf (AWS HyperPod's auto-resume needs
+the same); without it Slurm answers "Requested operation not supported on this system" and
+the run goes on without refills (one WARNING). Nothing of the training stops: the node is a
+spare again for the next loss.
+
+At most one look every ``interval`` seconds (one squeue; sinfo only when a spare is missing).
+Only a node Slurm shows ``idle`` with no flag (not drained, not down, responding) in the job's
+partition, not one the supervisor benched, is taken; the watcher probes it with the job's
+other nodes from then on, as any spare.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from slurmft.core.errors import SlurmFTError
+from slurmft.core.log import get_logger
+from slurmft.core.nodeset import fold
+
+log = get_logger(__name__)
+
+#: Seconds between two looks at the allocation while a spare is missing.
+REFILL_INTERVAL_S = 10.0
+#: Slurm's answer when job expansion is not permitted (SchedulerParameters).
+NOT_PERMITTED = "not supported on this system"
+
+
+class ExpandingSlurm(Protocol):
+    """The part of the Slurm client a refill uses."""
+
+    def allocation(self, job_id: int) -> list[str]: ...
+    def nodes(self) -> Sequence[Any]: ...
+    def expand(self, job_id: int, node: str, partition: str = "") -> None: ...
+
+
+def refill_candidates(nodes: Sequence[Any], holding: Sequence[str], partition: str,
+                      avoid: Sequence[str]) -> list[str]:
+    """Idle nodes (no flag: not drained, not down, responding) of ``partition`` (any when
+    empty) that the job does not hold and the supervisor does not ``avoid``, by name."""
+    taken = set(holding) | set(avoid)
+    return sorted(n.name for n in nodes
+                  if n.state == "idle" and not n.flags and n.name not in taken
+                  and (not partition or not n.partitions or partition in n.partitions))
+
+
+class SpareRefill:
+    """Keeps a job at ``target`` nodes (training nodes + spares) by growing it with idle
+    nodes; ``poll()`` from the supervisor's loop returns the nodes it added."""
+
+    def __init__(self, job_id: int, target: int, slurm: ExpandingSlurm, *,
+                 partition: str = "", interval: float = REFILL_INTERVAL_S,
+                 avoid: Callable[[], Sequence[str]] = tuple,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.job_id, self.target, self.slurm = job_id, target, slurm
+        self.partition, self.interval, self.avoid, self.clock = partition, interval, avoid, clock
+        self.next_look = clock() + interval
+        self.enabled = target > 0
+        self.added: list[str] = []
+
+    def poll(self) -> list[str]:
+        if not self.enabled or self.clock() < self.next_look:
+            return []
+        self.next_look = self.clock() + self.interval
+        try:
+            holding = self.slurm.allocation(self.job_id)
+            missing = self.target - len(holding)
+            if not holding or missing <= 0:
+                return []
+            idle = refill_candidates(self.slurm.nodes(), holding, self.partition, self.avoid())
+        except SlurmFTError as exc:
+            log.warning("job %s: cannot look for a node to refill its spares: %s", self.job_id,
+                        exc, extra={"job": str(self.job_id)})
+            return []
+        added = []
+        for node in idle[:missing]:
+            try:
+                self.slurm.expand(self.job_id, node, self.partition)
+            except SlurmFTError as exc:
+                if NOT_PERMITTED in str(exc).lower():
+                    self.enabled = False
+                    log.warning("job %s: Slurm does not let a running job grow (slurm.conf "
+                                "needs SchedulerParameters=permit_job_expansion): used spares "
+                                "are not refilled in this run", self.job_id,
+                                extra={"job": str(self.job_id)})
+                    break
+                log.warning("job %s: could not take the idle node %s as a spare: %s",
+                            self.job_id, node, exc, extra={"job": str(self.job_id)})
+                continue
+            added.append(node)
+        if added:
+            self.added += added
+            log.warning("job %s: %s idle again, taken into the job as spare(s) (%s of %s "
+                        "node(s) held)", self.job_id, fold(added), len(holding) + len(added),
+                        self.target, extra={"job": str(self.job_id)})
+        return added
+
+
+__all__ = ["ExpandingSlurm", "REFILL_INTERVAL_S", "SpareRefill", "refill_candidates"]
