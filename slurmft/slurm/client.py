@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from slurmft.core.errors import InvalidJobError
+from slurmft.core.errors import InvalidJobError, SlurmFTError
 from slurmft.core.log import get_logger
 from slurmft.slurm import commands as scli
 from slurmft.slurm import parse as sparse
@@ -161,14 +161,18 @@ class CommandSlurmClient:
                                              start_now=start_now, required=required,
                                              comment=comment, bin_dir=self.bin_dir))
 
-    def expand(self, job_id: int, node: str, partition: str = "", wait: int = 10) -> None:
+    def expand(self, job_id: int, node: str, partition: str = "", wait: int = 3) -> None:
         """Merge the idle ``node`` into the running job ``job_id`` (Slurm's job expansion:
         ``salloc --no-shell --dependency=expand:JOB`` on it, that helper sized to 0 nodes and
         cancelled, the job sized to ALL). Raises ``SlurmCommandError`` when Slurm refuses
         (no ``permit_job_expansion``, the node taken meanwhile): nothing then changed."""
         res = self._run(scli.build_expand_alloc_argv(job_id, node, partition, wait,
                                                      self.bin_dir))
-        helper = sparse.parse_salloc_granted(res.stderr + res.stdout)
+        try:
+            helper = sparse.parse_salloc_granted(res.stderr + res.stdout)
+        except SlurmFTError:        # granted, but no id to cancel it by: by its name then
+            self._run(scli.build_cancel_spare_helpers_argv(job_id, self.bin_dir), check=False)
+            raise
         try:
             self._run(scli.build_resize_argv(helper, "0", self.bin_dir))
         finally:

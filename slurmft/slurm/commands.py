@@ -115,7 +115,7 @@ def build_cancel_argv(job_id: int, bin_dir: str = "") -> list[str]:
     return [_bin("scancel", bin_dir), str(check_job_id(job_id))]
 
 
-def build_expand_alloc_argv(job_id: int, node: str, partition: str = "", wait: int = 10,
+def build_expand_alloc_argv(job_id: int, node: str, partition: str = "", wait: int = 3,
                             bin_dir: str = "") -> list[str]:
     """``salloc --no-shell --dependency=expand:JOB``: one node (``node``) allocated to be
     merged into the running job ``job_id`` (Slurm's job expansion; needs
@@ -130,6 +130,12 @@ def build_expand_alloc_argv(job_id: int, node: str, partition: str = "", wait: i
             raise UsageError(f"invalid partition name {partition!r}")
         argv.append(f"--partition={partition}")
     return argv
+
+
+def build_cancel_spare_helpers_argv(job_id: int, bin_dir: str = "") -> list[str]:
+    """``scancel --name=slurmft-spare-JOB``: the expansion helpers of ``job_id`` by name
+    (one whose id salloc did not print)."""
+    return [_bin("scancel", bin_dir), f"--name=slurmft-spare-{check_job_id(job_id)}"]
 
 
 def build_resize_argv(job_id: int, num_nodes: str, bin_dir: str = "") -> list[str]:

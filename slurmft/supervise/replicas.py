@@ -201,7 +201,7 @@ class ReplicaSupervisor(Supervisor):
                 self._save_asked = False
                 self._signal_training("USR1")
             if self.refill is not None:
-                self.refill.poll()              # a used spare back: the next lost group's
+                self.refill.poll()              # a used spare back, for the next lost group
             failed = self._collect_exits()
             live = [g for g in self.groups if not (g.done or g.retired)]
             if self.state is RunState.STALE:

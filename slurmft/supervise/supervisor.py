@@ -329,7 +329,7 @@ class Supervisor:
                 self._save_asked = False
                 self._signal_training("USR1")
             if self.refill is not None:
-                self._warm_up(self.refill.poll())
+                self._warm_up(self.refill.poll(), nodes)
             if self.monitor is not None and self.clock() >= next_check:
                 # heartbeats live on shared storage: one read of every rank's file every
                 # two steps or so (at most 4 a second), not one per poll of the launcher
@@ -345,11 +345,12 @@ class Supervisor:
                     self._check_regain(nodes)
             self.sleep(self.options.poll_interval)
 
-    def _warm_up(self, added: list[str]) -> None:
-        """Spares taken into the job while it runs get a pool server (its srun on one of them)."""
+    def _warm_up(self, added: list[str], nodes: list[str]) -> None:
+        """Spares taken into the job while it runs get a pool server (its srun on the
+        launcher's peer, checked already)."""
         if added and self.pool is not None:
-            self.pool.start(added, {**self.environ, **slurm_env(added, 1)},
-                            launch=lambda argv, env: self._start(added, argv, env, own_step=True))
+            self.pool.start(added, {**self.environ, **slurm_env(added, 1)}, launch=lambda argv,
+                            env: self._start([*nodes, *added], argv, env, own_step=True))
 
     def _lost_a_training_node(self, nodes: list[str]) -> bool:
         """After SIGUSR2: whether a node the training runs on left the job. A spare that was

@@ -200,3 +200,10 @@ def test_run_keeps_the_job_at_its_training_nodes_plus_its_spares(monkeypatch):
     assert _refill(slurm, 7, 1, 4).target == 5
     assert _refill(slurm, 7, 0, None) is None                 # no spares: nothing to refill
     assert _refill(object(), 7, 1, None) is None              # a client that cannot grow a job
+
+
+def test_a_helper_granted_without_an_id_is_cancelled_by_its_name():
+    runner = ScriptedRunner({"salloc --no-shell": (0, "", "salloc: something unexpected\n")})
+    with pytest.raises(Exception, match="not a granted allocation"):
+        CommandSlurmClient(runner=runner, timeout=5).expand(7, "node4")
+    assert runner.calls[-1] == ["scancel", "--name=slurmft-spare-7"]
