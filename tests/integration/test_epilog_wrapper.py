@@ -92,7 +92,8 @@ def test_the_cluster_runs_the_rendered_wrapper(epilog_site):
     c, kit = epilog_site
     slurm_conf = conf_lines(c.slurm_conf_path.read_text())
     snippet = conf_lines((kit / "slurm.conf.slurmft").read_text())
-    assert snippet == [f"EpilogSlurmctld={kit / 'slurmft-epilog'}", "JobRequeue=1"]
+    assert snippet == [f"EpilogSlurmctld={kit / 'slurmft-epilog'}", "JobRequeue=1",
+                       "SchedulerParameters=permit_job_expansion"]
     assert all(line in slurm_conf for line in snippet), (snippet, slurm_conf)
     wrapper = (kit / "slurmft-epilog").read_text()
     assert wrapper.startswith("#!/bin/sh\n# EpilogSlurmctld wrapper for slurmft")
