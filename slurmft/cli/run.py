@@ -257,7 +257,8 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
         total_steps = None
     regainer = _regainer(slurm, ckpt, total_steps, regain_mode, requeue_cost, train_nodes,
                          spares, monitor is not None)
-    refill = _refill(slurm, job_id, spares, train_nodes) if refill_spares else None
+    refill = (_refill(slurm, job_id, spares, train_nodes, options.restart_count)
+              if refill_spares else None)
     if replica is not None:
         from slurmft.supervise.replicas import ReplicaSupervisor
 
@@ -272,7 +273,8 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
     ctx.exit(sup.run())
 
 
-def _refill(slurm: Any, job_id: int, spares: int, train_nodes: int | None) -> Any:
+def _refill(slurm: Any, job_id: int, spares: int, train_nodes: int | None,
+            restart_count: int = 0) -> Any:
     """The spare refill (None: no spares, or a Slurm client that cannot grow a job): the
     job is kept at its training nodes + ``spares``."""
     if not spares or not hasattr(slurm, "expand"):
@@ -283,7 +285,8 @@ def _refill(slurm: Any, job_id: int, spares: int, train_nodes: int | None) -> An
     nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
     held = len(expand(nodelist)) if nodelist else 0
     target = (train_nodes or held - spares) + spares
-    return SpareRefill(job_id, target, slurm, partition=os.environ.get("SLURM_JOB_PARTITION", ""))
+    return SpareRefill(job_id, target, slurm, restart_count=restart_count,
+                       partition=os.environ.get("SLURM_JOB_PARTITION", ""))
 
 
 def _regainer(slurm: Any, ckpt: Path, total_steps: int | None, mode: str,

@@ -39,6 +39,7 @@ class ExpandingSlurm(Protocol):
     """The part of the Slurm client a refill uses."""
 
     def allocation(self, job_id: int) -> list[str]: ...
+    def job(self, job_id: int) -> Any: ...
     def nodes(self) -> Sequence[Any]: ...
     def expand(self, job_id: int, node: str, partition: str = "") -> None: ...
 
@@ -58,10 +59,12 @@ class SpareRefill:
     nodes; ``poll()`` from the supervisor's loop returns the nodes it added."""
 
     def __init__(self, job_id: int, target: int, slurm: ExpandingSlurm, *,
-                 partition: str = "", interval: float = REFILL_INTERVAL_S,
+                 restart_count: int = 0, partition: str = "",
+                 interval: float = REFILL_INTERVAL_S,
                  avoid: Callable[[], Sequence[str]] = tuple,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.job_id, self.target, self.slurm = job_id, target, slurm
+        self.restart_count = restart_count
         self.partition, self.interval, self.avoid, self.clock = partition, interval, avoid, clock
         self.next_look = clock() + interval
         self.enabled = target > 0
@@ -77,6 +80,8 @@ class SpareRefill:
             if not holding or missing <= 0:
                 return []
             idle = refill_candidates(self.slurm.nodes(), holding, self.partition, self.avoid())
+            if idle and not self._same_run():
+                return []
         except SlurmFTError as exc:
             log.warning("job %s: cannot look for a node to refill its spares: %s", self.job_id,
                         exc, extra={"job": str(self.job_id)})
@@ -97,12 +102,27 @@ class SpareRefill:
                             self.job_id, node, exc, extra={"job": str(self.job_id)})
                 continue
             added.append(node)
+        try:
+            requeued = bool(added) and not self._same_run()
+        except SlurmFTError:
+            requeued = False
+        if requeued:
+            log.error("job %s: requeued while %s was taken in: check its node count "
+                      "(scontrol show job %s)", self.job_id, fold(added), self.job_id,
+                      extra={"job": str(self.job_id)})
         if added:
             self.added += added
             log.warning("job %s: %s idle again, taken into the job as spare(s) (%s of %s "
                         "node(s) held)", self.job_id, fold(added), len(holding) + len(added),
                         self.target, extra={"job": str(self.job_id)})
         return added
+
+
+    def _same_run(self) -> bool:
+        """Grow only the run this copy belongs to: RUNNING, not requeued since it started
+        (a job requeued meanwhile and grown was seen to end FAILED)."""
+        job = self.slurm.job(self.job_id)
+        return job.state == "RUNNING" and job.restart_count == self.restart_count
 
 
 __all__ = ["ExpandingSlurm", "REFILL_INTERVAL_S", "SpareRefill", "refill_candidates"]

@@ -248,7 +248,7 @@ class ReplicaSupervisor(Supervisor):
     def _recover(self, failed: list[_Group]) -> bool:
         """Probe and relaunch the failed groups; False when no group can run any more."""
         o = self.options
-        if all(g.lost_node for g in failed):
+        if all(g.lost_node for g in failed) and self._same_run():
             # their nodes are out of the job already, the relaunch counted by whoever took
             # them out (slurmft's reschedule): asking again would count it twice
             answer = 0

@@ -86,6 +86,7 @@ class SlurmView(Protocol):
     """The part of the Slurm client the supervisor uses."""
 
     def allocation(self, job_id: int) -> list[str]: ...
+    def job(self, job_id: int) -> Any: ...
     def steps(self, job_id: int) -> list[int]: ...
     def signal_steps(self, job_id: int, steps: Sequence[int], signal: str = "KILL") -> None: ...
 
@@ -228,7 +229,8 @@ class Supervisor:
                 self._to(RunState.STOPPED, f"signal {self._stop_signal}", rc=rc)
                 return rc if rc != 0 else 128 + int(self._stop_signal or signal.SIGTERM)
             if ended is Ended.EXITED and self._gone_from_the_job(nodes, rc):
-                rc, ended = rc or 1, Ended.RELAUNCH     # out already: nothing to ask
+                rc = rc or 1                            # a stale copy asks, and stops
+                ended = Ended.RELAUNCH if self._same_run() else ended
             elif rc == 0 and ended is Ended.EXITED:
                 self._to(RunState.DONE, "the training finished", rc=0)
                 return 0
@@ -380,6 +382,14 @@ class Supervisor:
                         ", not the end of the training" if rc == 0 else "",
                         extra={"job": str(self.options.job_id), **failed_extra(gone[0])})
         return gone
+
+    def _same_run(self) -> bool:
+        """The job RUNNING and not requeued since this copy started (else it must ask)."""
+        try:
+            job = self.slurm.job(self.options.job_id)
+        except SlurmFTError:
+            return False
+        return job.state == "RUNNING" and job.restart_count == self.options.restart_count
 
     def _world_nodes(self, allocation: list[str]) -> int | None:
         """How many nodes train (None: all of them); the rest of the allocation are spares.

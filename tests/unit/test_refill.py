@@ -36,12 +36,17 @@ class Clock:
 class FakeSlurm:
     def __init__(self, held, listed, fail=None):
         self.held, self.listed, self.fail = list(held), list(listed), fail
+        self.state, self.restarts = "RUNNING", 0
         self.expanded: list[str] = []
         self.reads = {"allocation": 0, "nodes": 0}
 
     def allocation(self, job_id):
         self.reads["allocation"] += 1
         return list(self.held)
+
+    def job(self, job_id):
+        from types import SimpleNamespace
+        return SimpleNamespace(state=self.state, restart_count=self.restarts)
 
     def nodes(self):
         self.reads["nodes"] += 1
@@ -97,6 +102,19 @@ def test_a_node_taken_meanwhile_is_tried_again_at_the_next_look(caplog):
     assert "could not take the idle node node2" in caplog.text
     slurm.fail, clock.t = None, 20
     assert refill.poll() == ["node2"]
+
+
+@pytest.mark.parametrize("state, restarts", [("PENDING", 1), ("COMPLETING", 0),
+                                             ("RUNNING", 1)])
+def test_a_job_requeued_or_ending_is_never_grown(state, restarts):
+    # seen in the goodput bench: a job requeued (its batch host's slurmd killed) and grown by
+    # the old copy's refill meanwhile ended FAILED
+    clock = Clock()
+    slurm = FakeSlurm(["node2", "node3"], [node("node1")])
+    slurm.state, slurm.restarts = state, restarts
+    refill = SpareRefill(7, 3, slurm, interval=10, clock=clock)
+    clock.t = 10
+    assert refill.poll() == [] and slurm.expanded == []
 
 
 def test_the_supervisor_s_benched_nodes_are_not_taken_back():

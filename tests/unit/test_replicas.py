@@ -184,6 +184,17 @@ def test_a_group_whose_step_ends_0_after_its_node_left_gets_the_spare_not_done(
     assert slurm.signalled[0][0] == "URG"     # group 0 told to end the step it waits in
 
 
+def test_a_copy_requeued_meanwhile_asks_before_relaunching_a_group(tmp_path):
+    # node4 "left" because the job was requeued (restart 1): ask, and stop on STALE_COPY
+    sup, procs, slurm, events = make(tmp_path, nodelist="node[1-5]", spares=1, calls_rc=[6],
+                                     launches=[[None] * 8 + [0], [None, 0]],
+                                     allocations=[["node2", "node3", "node5"]])
+    slurm.restarts = 1
+    assert sup.run() == 1
+    assert procs.called and procs.called[0][3] == "--in-place"
+    assert len(groups_started(procs)) == 2 and events[-1].state == "stale"
+
+
 def test_the_groups_that_stay_are_told_to_end_their_step_before_the_lost_one_ends(tmp_path):
     """A host cut off sends no reset: without a word the survivors wait out their collective
     timeout. SIGURG goes to the job's steps (group 0's, 1's) before group 1's srun is ended."""

@@ -76,6 +76,12 @@ class FakeSlurm:
     killed: list[list[int]] = field(default_factory=list)
     signalled: list[tuple[str, list[int]]] = field(default_factory=list)
     fail: bool = False
+    state: str = "RUNNING"
+    restarts: int = 0
+
+    def job(self, job_id):
+        from types import SimpleNamespace
+        return SimpleNamespace(state=self.state, restart_count=self.restarts)
 
     def allocation(self, job_id):
         if self.fail:
@@ -201,6 +207,17 @@ def test_a_launcher_that_exits_after_its_node_left_the_job_is_relaunched_without
     assert slurm.killed             # the old steps are ended before the relaunch
     assert procs.started[1][1]["SLURM_JOB_NODELIST"] == "node1"
     assert f"exited with {rc} and node2 left the job" in caplog.text
+
+
+def test_a_copy_requeued_meanwhile_asks_and_stops_instead_of_relaunching(tmp_path):
+    # the job was requeued (restart 1) while this copy ran: its nodes "left"; it must not
+    # launch onto the new allocation but ask, and stop on the answer
+    sup, procs, slurm, events = make(tmp_path, launches=[[None, 1]], calls_rc=[6],
+                                     allocations=[["node3"]])
+    slurm.restarts = 1
+    assert sup.run() == 1
+    assert len(procs.started) == 1 and procs.called[0][3] == "--in-place"
+    assert events[-1].state == "stale"
 
 
 def test_a_launcher_that_exits_0_with_every_node_in_the_job_is_done(tmp_path):
