@@ -72,6 +72,8 @@ T = TypeVar("T")
 
 #: States in which the job is still winding down; ``settle`` waits them out.
 TRANSIENT_STATES = frozenset({"COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING"})
+#: How long a held job's comment waits for it to finish COMPLETING (Slurm refuses it before).
+COMMENT_SETTLE_S = 15.0
 
 
 def poll_delays(first: float = 0.5, factor: float = 1.5, cap: float = 5.0) -> Iterator[float]:
@@ -398,11 +400,10 @@ class Rescheduler:
                                 exc.slurm_message or exc, extra={"job": str(job.job_id)})
                     continue
                 if isinstance(action, UpdateJob) and action.only_comment:
-                    # the comment says why: the job is held, its nodes out all the same
-                    # (Slurm refuses updates to a job still COMPLETING after a requeue-hold)
-                    log.warning("job %s: cannot set its comment (%s); going on without it",
-                                job.job_id, exc.slurm_message or exc,
-                                extra={"job": str(job.job_id)})
+                    # Slurm refuses updates to a job still COMPLETING after a requeue-hold:
+                    # once settled, again; the comment only says why (the job is held, its
+                    # nodes out all the same)
+                    self._comment_when_settled(job, action, exc)
                     continue
                 if held and decision.outcome is not Outcome.EXHAUSTED:
                     self._unhold(job.job_id)
@@ -415,6 +416,16 @@ class Rescheduler:
                 self._audit(job, action, argv, "ok")
                 log.info("job %s: ran %s", job.job_id, shlex.join(argv),
                          extra={"job": str(job.job_id)})
+
+    def _comment_when_settled(self, job: JobInfo, action: UpdateJob,
+                              exc: SlurmCommandError) -> None:
+        try:
+            self.wait_settled(self.client.job(job.job_id), COMMENT_SETTLE_S)
+            action.apply(self.client)
+        except SlurmFTError as again:
+            log.warning("job %s: cannot set its comment (%s); going on without it",
+                        job.job_id, getattr(again, "slurm_message", "") or again or exc,
+                        extra={"job": str(job.job_id)})
 
     def _credential_gap(self, requeued_at: float) -> None:
         """Requeue revokes the job's credential on its nodes; slurmd refuses a credential

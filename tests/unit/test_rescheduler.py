@@ -244,6 +244,27 @@ def test_budget_spent_holds_the_job_even_when_slurm_refuses_the_comment(fake, tm
     assert j["job_state"] == "PENDING" and j["priority"] == 0      # held all the same
     assert "cannot set its comment" in caplog.text
     assert not UpdateJob(7, comment="x", start_now=True).only_comment
+
+
+def test_a_refused_comment_is_set_again_once_the_job_settled(fake, tmp_path, caplog):
+    jid = fake.add_job("RUNNING", NODES)
+    fake.job(jid)["restart_cnt"] = 2
+    r, _, store = make(fake, tmp_path, {"node1": Health.UNREACHABLE}, max_retry=2)
+    store.save(RetryRecord(original_job_id=jid, job_ids=[jid], attempts=[
+        Attempt(time=1.0, job_id=jid, outcome="requeue") for _ in range(2)]))
+    real_run, refused = fake.run, []
+
+    def run(argv, timeout):                 # refused once (the job still COMPLETING)
+        if any(a.startswith("Comment=") for a in argv) and not refused:
+            refused.append(argv)
+            return real_run(["scontrol", "update", "JobId=999999", "Comment=x"], timeout)
+        return real_run(argv, timeout)
+
+    r.client.runner.run = run
+    with pytest.raises(PolicyError, match=r"retry budget spent"):
+        r.reschedule(jid)
+    assert refused and "retry budget spent" in fake.job(jid)["comment"]
+    assert "cannot set its comment" not in caplog.text
     assert UpdateJob(7, comment="x").only_comment
 
 
