@@ -106,17 +106,17 @@ class SpareRefill:
             requeued = bool(added) and not self._same_run()
         except SlurmFTError:
             requeued = False
-        if requeued:
+        if requeued:                 # this copy is stale now: nothing of it to warm up
             log.error("job %s: requeued while %s was taken in: check its node count "
                       "(scontrol show job %s)", self.job_id, fold(added), self.job_id,
                       extra={"job": str(self.job_id)})
+            return []
         if added:
             self.added += added
             log.warning("job %s: %s idle again, taken into the job as spare(s) (%s of %s "
                         "node(s) held)", self.job_id, fold(added), len(holding) + len(added),
                         self.target, extra={"job": str(self.job_id)})
         return added
-
 
     def _same_run(self) -> bool:
         """Grow only the run this copy belongs to: RUNNING, not requeued since it started

@@ -117,6 +117,21 @@ def test_a_job_requeued_or_ending_is_never_grown(state, restarts):
     assert refill.poll() == [] and slurm.expanded == []
 
 
+def test_a_requeue_landing_during_the_expansion_is_reported_and_nothing_warmed(caplog):
+    clock = Clock()
+    slurm = FakeSlurm(["node2", "node3"], [node("node1")])
+    expand = slurm.expand
+
+    def requeued_meanwhile(job_id, name, partition=""):
+        expand(job_id, name, partition)
+        slurm.state, slurm.restarts = "PENDING", 1
+    slurm.expand = requeued_meanwhile
+    refill = SpareRefill(7, 3, slurm, interval=10, clock=clock)
+    clock.t = 10
+    assert refill.poll() == [] and slurm.expanded == ["node1"]
+    assert "requeued while node1 was taken in" in caplog.text
+
+
 def test_the_supervisor_s_benched_nodes_are_not_taken_back():
     clock = Clock()
     slurm = FakeSlurm(["node1"], [node("node2"), node("node3")])
