@@ -206,12 +206,18 @@ def test_lock_held_elsewhere_times_out_cleanly(fake, tmp_path):
     assert scontrol_writes(fake) == []
 
 
-def test_budget_spent_holds_job_and_raises_policy_error(fake, tmp_path):
+def budget_spent(fake, tmp_path):
+    """A running job whose node1 is lost, its retry budget (2) spent already."""
     jid = fake.add_job("RUNNING", NODES)
     fake.job(jid)["restart_cnt"] = 2
     r, _, store = make(fake, tmp_path, {"node1": Health.UNREACHABLE}, max_retry=2)
     store.save(RetryRecord(original_job_id=jid, job_ids=[jid], attempts=[
         Attempt(time=1.0, job_id=jid, outcome="requeue") for _ in range(2)]))
+    return jid, r, store
+
+
+def test_budget_spent_holds_job_and_raises_policy_error(fake, tmp_path):
+    jid, r, store = budget_spent(fake, tmp_path)
     with pytest.raises(PolicyError, match=r"retry budget spent \(2/2\)") as exc:
         r.reschedule(jid)
     assert exc.value.exit_code == 3
@@ -225,11 +231,7 @@ def test_budget_spent_holds_job_and_raises_policy_error(fake, tmp_path):
 def test_budget_spent_holds_the_job_even_when_slurm_refuses_the_comment(fake, tmp_path, caplog):
     # seen on the real cluster: "Unexpected message received" for a job still COMPLETING
     # after its requeue-hold; the hold and the nodes count, the comment is only words
-    jid = fake.add_job("RUNNING", NODES)
-    fake.job(jid)["restart_cnt"] = 2
-    r, _, store = make(fake, tmp_path, {"node1": Health.UNREACHABLE}, max_retry=2)
-    store.save(RetryRecord(original_job_id=jid, job_ids=[jid], attempts=[
-        Attempt(time=1.0, job_id=jid, outcome="requeue") for _ in range(2)]))
+    jid, r, store = budget_spent(fake, tmp_path)
     real_run = fake.run
 
     def run(argv, timeout):
@@ -247,11 +249,7 @@ def test_budget_spent_holds_the_job_even_when_slurm_refuses_the_comment(fake, tm
 
 
 def test_a_refused_comment_is_set_again_once_the_job_settled(fake, tmp_path, caplog):
-    jid = fake.add_job("RUNNING", NODES)
-    fake.job(jid)["restart_cnt"] = 2
-    r, _, store = make(fake, tmp_path, {"node1": Health.UNREACHABLE}, max_retry=2)
-    store.save(RetryRecord(original_job_id=jid, job_ids=[jid], attempts=[
-        Attempt(time=1.0, job_id=jid, outcome="requeue") for _ in range(2)]))
+    jid, r, store = budget_spent(fake, tmp_path)
     real_run, refused = fake.run, []
 
     def run(argv, timeout):                 # refused once (the job still COMPLETING)
