@@ -96,6 +96,11 @@ class UnsatisfiableRequestError(SlurmCommandError):
     """Slurm cannot satisfy the request (node configuration not available, unsupported field)."""
 
 
+class SlurmBusyError(SlurmCommandError):
+    """Slurm asks to try the same request again shortly (e.g. a job's accounting record is
+    being set right after a requeue: "the DB index is being set, try again in a bit")."""
+
+
 class ControllerUnreachableError(SlurmCommandError):
     """slurmctld did not answer."""
 

@@ -7,9 +7,10 @@ Slurm's own message (see ``slurmft.slurm.parse.error_for``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
-from slurmft.core.errors import InvalidJobError, SlurmFTError
+from slurmft.core.errors import InvalidJobError, SlurmBusyError, SlurmFTError
 from slurmft.core.log import get_logger
 from slurmft.slurm import commands as scli
 from slurmft.slurm import parse as sparse
@@ -19,6 +20,10 @@ from slurmft.slurm.version import SlurmVersion, parse_version
 
 log = get_logger(__name__)
 
+#: How long a command Slurm answers "try again in a bit" is sent again (``SlurmBusyError``:
+#: on 22.05 a job update right after a requeue, while the job's accounting record is set).
+BUSY_WAIT_S = 10.0
+
 
 class CommandSlurmClient:
     """Talks to Slurm by running its commands.
@@ -26,30 +31,44 @@ class CommandSlurmClient:
     ``runner``: object with ``run(argv, timeout)``; default ``SubprocessRunner(prefix)``.
     ``timeout``: seconds per command. ``prefix``: argv prepended to every command (e.g.
     ``nsenter --net=...`` to reach a cluster in a namespace); used only by the default runner.
-    ``bin_dir``: directory of the Slurm binaries (empty: PATH).
+    ``bin_dir``: directory of the Slurm binaries (empty: PATH). ``busy_wait``: seconds a
+    command Slurm asks to try again shortly is sent again (0.25 s apart, doubling up to 2 s)
+    before its ``SlurmBusyError`` is raised.
     """
 
     def __init__(self, runner: Runner | None = None, timeout: float = 30.0,
-                 prefix: Sequence[str] = (), bin_dir: str = "") -> None:
+                 prefix: Sequence[str] = (), bin_dir: str = "", *,
+                 busy_wait: float = BUSY_WAIT_S,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         if not timeout > 0:
             raise ValueError("timeout must be > 0")
         self.runner: Runner = runner if runner is not None else SubprocessRunner(prefix)
         self.timeout = float(timeout)
         self.bin_dir = bin_dir
+        self.busy_wait, self.sleep = busy_wait, sleep
 
     def recording(self, *, dry_run: bool) -> tuple[CommandSlurmClient, RecordingRunner]:
         """The same client behind a ``RecordingRunner``: reads go through, writes are recorded
         in ``recorder.writes`` (and with ``dry_run`` not run at all)."""
         recorder = RecordingRunner(self.runner, scli.is_write, dry_run=dry_run,
                                    reply=scli.dry_run_reply)
-        return type(self)(recorder, self.timeout, bin_dir=self.bin_dir), recorder
+        return type(self)(recorder, self.timeout, bin_dir=self.bin_dir,
+                          busy_wait=self.busy_wait, sleep=self.sleep), recorder
 
     # ------------------------------------------------------------------ plumbing
     def _run(self, argv: list[str], check: bool = True) -> CommandResult:
-        res = self.runner.run(argv, self.timeout)
-        if check and res.returncode != 0:
-            raise sparse.error_for(argv, res.returncode, res.stderr, res.stdout)
-        return res
+        waited, delay = 0.0, 0.25
+        while True:
+            res = self.runner.run(argv, self.timeout)
+            if not check or res.returncode == 0:
+                return res
+            exc = sparse.error_for(argv, res.returncode, res.stderr, res.stdout)
+            if not isinstance(exc, SlurmBusyError) or waited + delay > self.busy_wait:
+                raise exc
+            log.info("Slurm is busy (%s); sending %s again in %.2fs", exc.slurm_message,
+                     argv[0] if argv else "the command", delay)
+            self.sleep(delay)
+            waited, delay = waited + delay, min(2.0, delay * 2)
 
     # ------------------------------------------------------------------ reads
     def version(self) -> SlurmVersion:

@@ -16,6 +16,7 @@ from slurmft.recovery.policy import Outcome
 from slurmft.recovery.rescheduler import Rescheduler
 from slurmft.recovery.state import Attempt, LockBusyError, RetryRecord, StateStore
 from slurmft.slurm.client import CommandSlurmClient
+from slurmft.slurm.runner import CommandResult
 from tests.fakes.fake_slurm import FakeSlurm
 
 NODES = ["node1", "node2", "node3", "node4"]
@@ -264,6 +265,32 @@ def test_a_refused_comment_is_set_again_once_the_job_settled(fake, tmp_path, cap
     assert refused and "retry budget spent" in fake.job(jid)["comment"]
     assert "cannot set its comment" not in caplog.text
     assert UpdateJob(7, comment="x").only_comment
+
+
+def test_an_update_refused_while_slurm_sets_the_db_index_is_sent_again_not_given_up(
+        fake, tmp_path, caplog):
+    # seen on 22.05: a dead slurmd on the batch host, our requeue-hold seconds after Slurm's
+    # own requeue; the shrink was refused once, the job released unshrunk, the watcher's next
+    # try came 30 s later
+    jid = fake.add_job("RUNNING", NODES)
+    r, _, _ = make(fake, tmp_path, {"node3": Health.UNREACHABLE})
+    slept = []
+    r.client.sleep = slept.append
+    real_run = fake.run
+
+    def run(argv, timeout):
+        if any(a.startswith("ExcNodeList=") for a in argv) and not slept:
+            return CommandResult(tuple(argv), 1, "", (
+                "slurm_update error: Job update not available right now, the DB index is "
+                "being set, try again in a bit for job 1\n"))
+        return real_run(argv, timeout)
+
+    r.client.runner.run = run
+    report = r.reschedule(jid)
+    assert report.decision.outcome is Outcome.REQUEUE and slept == [0.25]
+    j = fake.job(jid)
+    assert j["excluded_nodes"] == "node3" and j["node_count"] == 3
+    assert "released again" not in caplog.text
 
 
 def test_retry_budget_across_requeues(fake, tmp_path):

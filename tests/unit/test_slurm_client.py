@@ -12,6 +12,7 @@ from slurmft.core.errors import (
     JobPendingError,
     NodeStateError,
     RequeueDisabledError,
+    SlurmBusyError,
     UnsatisfiableRequestError,
     UsageError,
 )
@@ -120,6 +121,38 @@ def test_fast_path_back_to_running(client, fake):
     assert job.state == "RUNNING" and job.nodes == ("node1", "node2", "node4")
     node3 = client.node("node3")
     assert node3.is_down and node3.is_drained
+
+
+DB_INDEX_BUSY = ("slurm_update error: Job update not available right now, the DB index is being "
+                 "set, try again in a bit for job 1")   # 22.05, an update right after a requeue
+
+
+def test_an_update_slurm_asks_to_try_again_is_sent_again_after_a_short_pause(fake):
+    slept = []
+    client = CommandSlurmClient(runner=fake, timeout=7, sleep=slept.append)
+    client.requeue_hold(1)
+    fake.fail_next(DB_INDEX_BUSY)
+    fake.fail_next(DB_INDEX_BUSY)
+    client.update_job(1, exclude=["node3"], num_nodes=(3, 3))
+    assert client.job(1).excluded_nodes == ("node3",) and client.job(1).node_count == 3
+    updates = [c for c in fake.calls if c[:2] == ("scontrol", "update")]
+    assert len(updates) == 3 and len(set(updates)) == 1      # the same request, three times
+    assert slept == [0.25, 0.5]
+
+
+def test_slurm_still_busy_after_the_busy_wait_raises_a_typed_error(fake):
+    slept = []
+    client = CommandSlurmClient(runner=fake, timeout=7, sleep=slept.append, busy_wait=3.0)
+    for _ in range(10):
+        fake.fail_next(DB_INDEX_BUSY)
+    with pytest.raises(SlurmBusyError, match="try again shortly"):
+        client.update_job(1, exclude=["node3"])
+    assert slept == [0.25, 0.5, 1.0] and sum(slept) <= 3.0
+    # other refusals are not sent again
+    fake._scripted.clear()
+    with pytest.raises(JobNotPendingError):
+        client.update_job(1, exclude=["node3"])
+    assert len(slept) == 3
 
 
 def test_minnodes_is_rejected_by_fake_like_slurm(fake):
