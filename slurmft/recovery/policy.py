@@ -263,7 +263,10 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     resubmit = job.has_ended and not job.requeue
     base.update(exclude=_merge(job.excluded_nodes, history.excluded, failed),
                 num_nodes=len(healthy) or (0 if resubmit else len(nodes)))
-    if job.is_pending and not NodeSet(failed) - NodeSet(job.excluded_nodes):
+    if ((job.is_pending or job.state == "COMPLETING")
+            and not NodeSet(failed) - NodeSet(job.excluded_nodes)):
+        # COMPLETING: an earlier call's requeue is winding down the old run, still listed
+        # on its nodes, the failed ones already excluded (requeueing again spends a retry)
         return _already_excluded(job, history, base)
     if used >= config.max_retry:
         return _hold_exhausted(job, status, config, base)
@@ -363,7 +366,8 @@ def _nothing_failed(job: JobInfo, nodes: tuple[str, ...], history: History,
 
 
 def _already_excluded(job: JobInfo, history: History, base: dict) -> Decision:
-    """A pending job that already excludes every failed node (an earlier call's work)."""
+    """A pending job, or one an earlier call requeued that is still COMPLETING, that
+    already excludes every failed node (an earlier call's work)."""
     jid, failed = job.job_id, ", ".join(base["failed"])
     if job.reason in HELD_REASONS and not history.exhausted:
         return Decision(
@@ -372,8 +376,9 @@ def _already_excluded(job: JobInfo, history: History, base: dict) -> Decision:
             plan=f"would release job {jid}: it already excludes {failed} but is held",
             actions=(ReleaseJob(jid), UpdateJob(jid, start_now=True)),
             **base)
+    state = "pending" if job.is_pending else "being requeued (COMPLETING)"
     return Decision(Outcome.ALREADY_DONE,
-                    message=f"job {jid} is pending and already excludes {failed}: not "
+                    message=f"job {jid} is {state} and already excludes {failed}: not "
                     "requeueing again", **base)
 
 

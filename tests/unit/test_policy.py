@@ -104,6 +104,19 @@ def test_pending_job_that_already_excludes_the_node_is_not_requeued_again():
     assert d.actions == ()
 
 
+def test_a_requeue_still_completing_is_not_requeued_again_by_a_second_caller():
+    # the CI: two `slurmft reschedule` at once; the second got the lock while the first's
+    # requeue was still COMPLETING (the old run listed on its nodes, node2 among them, and
+    # already excluded) and requeued again, a second retry spent
+    completing = job("COMPLETING", excluded_nodes=("node2",), restart_count=1)
+    d = decide(completing, health(node2=U), History(attempts=1, excluded=("node2",)), CFG)
+    assert d.outcome is Outcome.ALREADY_DONE and d.actions == ()
+    assert "being requeued" in d.message and d.retries_after == 1
+    # a job COMPLETING for any other reason, the failed node not excluded: moved off it
+    d = decide(job("COMPLETING"), health(node2=U), History(), CFG)
+    assert d.outcome is Outcome.REQUEUE and "requeue_hold" in ops(d)
+
+
 def test_ended_not_requeueable_gets_a_restart_job():
     d = decide(job("NODE_FAIL", requeue=False), health(node4=U), History(), CFG)
     assert d.outcome is Outcome.RESUBMIT
