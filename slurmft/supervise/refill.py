@@ -11,7 +11,10 @@ the same); without it Slurm answers "Requested operation not supported on this s
 the run goes on without refills (one WARNING). Nothing of the training stops: the node is a
 spare again for the next loss.
 
-At most one look every ``interval`` seconds (one squeue; sinfo only when a spare is missing).
+At most one look every ``interval`` seconds (one squeue; sinfo only when a spare is missing),
+on a worker thread: the expansion's ``salloc`` can take seconds, and the supervisor's loop,
+which answers a relaunch, must not wait for it (seen in the restart benchmark: a relaunch
+5.4 s late behind a refill).
 Only a node Slurm shows ``idle`` with no flag (not drained, not down, responding) in the job's
 partition, not one the supervisor benched, is taken; the watcher probes it with the job's
 other nodes from then on, as any spare.
@@ -19,8 +22,10 @@ other nodes from then on, as any spare.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from slurmft.core.errors import SlurmFTError
@@ -44,6 +49,19 @@ class ExpandingSlurm(Protocol):
     def expand(self, job_id: int, node: str, partition: str = "") -> None: ...
 
 
+def in_thread(fn: Callable[[], list[str]]) -> Future:
+    """Run ``fn`` on a daemon thread (one that hangs in salloc never holds the exit up)."""
+    fut: Future = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:     # handed to the caller through the future
+            fut.set_exception(exc)
+    threading.Thread(target=run, name="slurmft-refill", daemon=True).start()
+    return fut
+
+
 def refill_candidates(nodes: Sequence[Any], holding: Sequence[str], partition: str,
                       avoid: Sequence[str]) -> list[str]:
     """Idle nodes (no flag: not drained, not down, responding) of ``partition`` (any when
@@ -56,24 +74,41 @@ def refill_candidates(nodes: Sequence[Any], holding: Sequence[str], partition: s
 
 class SpareRefill:
     """Keeps a job at ``target`` nodes (training nodes + spares) by growing it with idle
-    nodes; ``poll()`` from the supervisor's loop returns the nodes it added."""
+    nodes; ``poll()`` from the supervisor's loop starts a ``look`` when one is due (on
+    ``submit``'s worker: a thread by default) and returns the nodes a finished look added."""
 
     def __init__(self, job_id: int, target: int, slurm: ExpandingSlurm, *,
                  restart_count: int = 0, partition: str = "",
                  interval: float = REFILL_INTERVAL_S,
                  avoid: Callable[[], Sequence[str]] = tuple,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 submit: Callable[[Callable[[], list[str]]], Future] = in_thread) -> None:
         self.job_id, self.target, self.slurm = job_id, target, slurm
         self.restart_count = restart_count
         self.partition, self.interval, self.avoid, self.clock = partition, interval, avoid, clock
+        self.submit = submit
         self.next_look = clock() + interval
         self.enabled = target > 0
         self.added: list[str] = []
+        self._look: Future | None = None
 
     def poll(self) -> list[str]:
-        if not self.enabled or self.clock() < self.next_look:
+        """The nodes taken in by a look that finished since the last call (never waits)."""
+        if self.enabled and self._look is None and self.clock() >= self.next_look:
+            self._look = self.submit(self.look)
+        if self._look is None or not self._look.done():
             return []
+        look, self._look = self._look, None
         self.next_look = self.clock() + self.interval
+        try:
+            return look.result()
+        except Exception as exc:          # look() handles Slurm's errors; anything else
+            log.error("job %s: the spare refill failed: %s", self.job_id, exc,
+                      extra={"job": str(self.job_id)})
+            return []
+
+    def look(self) -> list[str]:
+        """One look: grow the job by the idle nodes it misses; the nodes it took."""
         try:
             holding = self.slurm.allocation(self.job_id)
             missing = self.target - len(holding)
@@ -125,4 +160,4 @@ class SpareRefill:
         return job.state == "RUNNING" and job.restart_count == self.restart_count
 
 
-__all__ = ["ExpandingSlurm", "REFILL_INTERVAL_S", "SpareRefill", "refill_candidates"]
+__all__ = ["ExpandingSlurm", "REFILL_INTERVAL_S", "SpareRefill", "in_thread", "refill_candidates"]

@@ -5,6 +5,8 @@ server on the node taken in)."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import pytest
@@ -19,6 +21,13 @@ from slurmft.supervise.refill import SpareRefill, refill_candidates
 
 NOT_PERMITTED = ("Job submit/allocate failed: Requested operation not supported on this "
                  "system")
+
+
+def run_now(fn):
+    """The refill's look at once, on this thread (the default is a worker thread)."""
+    fut = Future()
+    fut.set_result(fn())
+    return fut
 
 
 def node(name, state="idle", flags=(), partitions=("main",)):
@@ -71,7 +80,8 @@ def test_candidates_are_idle_unflagged_nodes_of_the_partition_the_job_does_not_h
 def test_a_missing_spare_is_refilled_with_an_idle_node_once_per_interval(caplog):
     clock = Clock()
     slurm = FakeSlurm(["node1", "node2", "node3"], [node("node4"), node("node5")])
-    refill = SpareRefill(7, 4, slurm, partition="main", interval=10, clock=clock)
+    refill = SpareRefill(7, 4, slurm, partition="main", interval=10, clock=clock,
+                         submit=run_now)
     assert refill.poll() == [] and slurm.reads["allocation"] == 0     # not before the interval
     clock.t = 10
     assert refill.poll() == ["node4"] and slurm.expanded == ["node4"]
@@ -82,10 +92,36 @@ def test_a_missing_spare_is_refilled_with_an_idle_node_once_per_interval(caplog)
     assert refill.poll() == [] and slurm.reads == {"allocation": 2, "nodes": 1}   # full
 
 
+def test_a_slow_expansion_runs_beside_the_supervisor_s_loop_which_never_waits_for_it():
+    # the restart benchmark: salloc held the loop ~4 s and a relaunch started 5.4 s late
+    clock, entered, go = Clock(), threading.Event(), threading.Event()
+    slurm = FakeSlurm(["node1", "node2"], [node("node3")])
+    expand = slurm.expand
+
+    def slow_expand(job_id, name, partition=""):
+        entered.set()
+        assert go.wait(10)
+        expand(job_id, name, partition)
+    slurm.expand = slow_expand
+    refill = SpareRefill(7, 3, slurm, interval=10, clock=clock)      # the default: a thread
+    clock.t = 10
+    assert refill.poll() == []                  # the look started, the loop goes on
+    assert entered.wait(10)
+    assert refill.poll() == [] and refill.poll() == []     # still in salloc: no second look
+    go.set()
+    for _ in range(1000):
+        added = refill.poll()
+        if added:
+            break
+        threading.Event().wait(0.01)
+    assert added == ["node3"] and slurm.expanded == ["node3"] and refill.added == ["node3"]
+    assert refill.next_look == 20               # the next look an interval after this one
+
+
 def test_without_job_expansion_the_run_goes_on_and_stops_asking(caplog):
     clock = Clock()
     slurm = FakeSlurm(["node1"], [node("node2")], fail=NOT_PERMITTED)
-    refill = SpareRefill(7, 2, slurm, interval=10, clock=clock)
+    refill = SpareRefill(7, 2, slurm, interval=10, clock=clock, submit=run_now)
     clock.t = 10
     assert refill.poll() == [] and not refill.enabled
     assert "SchedulerParameters=permit_job_expansion" in caplog.text
@@ -96,7 +132,7 @@ def test_without_job_expansion_the_run_goes_on_and_stops_asking(caplog):
 def test_a_node_taken_meanwhile_is_tried_again_at_the_next_look(caplog):
     clock = Clock()
     slurm = FakeSlurm(["node1"], [node("node2")], fail="Requested node config unavailable")
-    refill = SpareRefill(7, 2, slurm, interval=10, clock=clock)
+    refill = SpareRefill(7, 2, slurm, interval=10, clock=clock, submit=run_now)
     clock.t = 10
     assert refill.poll() == [] and refill.enabled
     assert "could not take the idle node node2" in caplog.text
@@ -112,7 +148,7 @@ def test_a_job_requeued_or_ending_is_never_grown(state, restarts):
     clock = Clock()
     slurm = FakeSlurm(["node2", "node3"], [node("node1")])
     slurm.state, slurm.restarts = state, restarts
-    refill = SpareRefill(7, 3, slurm, interval=10, clock=clock)
+    refill = SpareRefill(7, 3, slurm, interval=10, clock=clock, submit=run_now)
     clock.t = 10
     assert refill.poll() == [] and slurm.expanded == []
 
@@ -126,7 +162,7 @@ def test_a_requeue_landing_during_the_expansion_is_reported_and_nothing_warmed(c
         expand(job_id, name, partition)
         slurm.state, slurm.restarts = "PENDING", 1
     slurm.expand = requeued_meanwhile
-    refill = SpareRefill(7, 3, slurm, interval=10, clock=clock)
+    refill = SpareRefill(7, 3, slurm, interval=10, clock=clock, submit=run_now)
     clock.t = 10
     assert refill.poll() == [] and slurm.expanded == ["node1"]
     assert "requeued while node1 was taken in" in caplog.text
@@ -135,7 +171,8 @@ def test_a_requeue_landing_during_the_expansion_is_reported_and_nothing_warmed(c
 def test_the_supervisor_s_benched_nodes_are_not_taken_back():
     clock = Clock()
     slurm = FakeSlurm(["node1"], [node("node2"), node("node3")])
-    refill = SpareRefill(7, 2, slurm, interval=10, clock=clock, avoid=lambda: ["node2"])
+    refill = SpareRefill(7, 2, slurm, interval=10, clock=clock, submit=run_now,
+                         avoid=lambda: ["node2"])
     clock.t = 10
     assert refill.poll() == ["node3"]
 
