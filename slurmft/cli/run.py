@@ -71,7 +71,8 @@ class HangTimeout(click.ParamType):
                    "job as a new spare (Slurm's job expansion: the site's slurm.conf needs "
                    "SchedulerParameters=permit_job_expansion; without it the run goes on, one "
                    "WARNING). Looks every 10 s while a spare is missing; the training is not "
-                   "touched.")
+                   "touched, unless it runs shrunk (a loss found no spare): then it relaunches "
+                   "on full size at the first checkpoint 10 s after the node came in.")
 @click.option("--train-nodes", type=count(1, 100000), default=None,
               help="With spares: train on this many nodes of the allocation, the rest are "
                    "spares (default: all nodes minus --spares). It holds across a requeue: a "
@@ -266,7 +267,8 @@ def run_cmd(ctx: click.Context, train_cmd: tuple[str, ...], checkpoint_dir: str 
                                             emit=sink, replica=replica, refill=refill)
     else:
         sup = Supervisor(settings, options, slurm, SubprocessProcesses(), monitor=monitor,
-                         stragglers=stragglers, regainer=regainer, refill=refill, emit=sink)
+                         stragglers=stragglers, regainer=regainer, refill=refill,
+                         grow=_grow(ckpt) if refill is not None else None, emit=sink)
     if refill is not None:
         refill.avoid = lambda: sup.benched      # stragglers' nodes are not taken back
     sup.install_signal_handlers()
@@ -287,6 +289,14 @@ def _refill(slurm: Any, job_id: int, spares: int, train_nodes: int | None,
     target = (train_nodes or held - spares) + spares
     return SpareRefill(job_id, target, slurm, restart_count=restart_count,
                        partition=os.environ.get("SLURM_JOB_PARTITION", ""))
+
+
+def _grow(ckpt: Path) -> Any:
+    """Back to full size in place once a refill brought a node (``supervise.grow``)."""
+    from slurmft.checkpoint.store import Store
+    from slurmft.supervise.grow import GrowInPlace
+
+    return GrowInPlace(Store(ckpt).latest_name)
 
 
 def _regainer(slurm: Any, ckpt: Path, total_steps: int | None, mode: str,

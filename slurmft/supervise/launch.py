@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from slurmft.core.nodeset import fold, is_valid_hostname
+from slurmft.core.errors import SlurmFTError
+from slurmft.core.nodeset import expand, fold, is_valid_hostname, validate_hostname
 from slurmft.core.selfcmd import python_target
 
 LAUNCHERS = ("mpirun", "srun")
@@ -60,6 +61,16 @@ class LaunchSettings:
         if self.warm and python_target(self.train_cmd) is None:
             raise ValueError("a warm start runs `python SCRIPT ...` or `python -m MODULE ...`: "
                              f"not {shlex.join(self.train_cmd[:2])} (drop --warm)")
+
+
+def job_nodes(environ: Mapping[str, str]) -> list[str]:
+    """The job's nodes, from ``SLURM_JOB_NODELIST`` (``slurmft run`` runs in a Slurm job)."""
+    nodelist = environ.get("SLURM_JOB_NODELIST", "")
+    nodes = [validate_hostname(n) for n in expand(nodelist)] if nodelist else []
+    if not nodes:
+        raise SlurmFTError("SLURM_JOB_NODELIST is not set: `slurmft run` runs inside a "
+                           "Slurm job (the script sbatch runs)")
+    return nodes
 
 
 def slurm_env(nodes: Sequence[str], slots: int) -> dict[str, str]:

@@ -38,6 +38,7 @@ from slurmft.supervise.launch import (
     ENV_REPLICA_ID,
     LaunchSettings,
     choose_nodes,
+    job_nodes,
     lighthouse_command,
     slurm_env,
     torchft_env,
@@ -161,7 +162,7 @@ class ReplicaSupervisor(Supervisor):
         except OSError as exc:
             raise SlurmFTError(f"cannot create the checkpoint directory {o.checkpoint_dir}: "
                                f"{exc.strerror}") from None
-        allocation = self._initial_nodes()
+        allocation = job_nodes(self.environ)
         nodes = choose_nodes(allocation, [], self._world_nodes(allocation))
         self.groups = [_Group(i, g) for i, g in enumerate(split_groups(nodes, rs.replicas))]
         self._start_lighthouse()

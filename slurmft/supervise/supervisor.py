@@ -25,7 +25,8 @@ job steps are killed through Slurm, wherever their launcher ran.
 A straggler (``supervise.straggler``: busy time per step ``factor`` x its peers' median) is
 logged at ERROR with its node; with ``straggler_action="swap"`` and a free spare, its node is
 left out of the training for the rest of the job and the training relaunched with a spare in
-its place. A used spare is refilled with an idle node (``supervise.refill``) while it trains.
+its place. A used spare is refilled with an idle node (``supervise.refill``) while it trains;
+a run that shrank meanwhile relaunches on full size at the next checkpoint (``supervise.grow``).
 
 The supervisor owns no Slurm logic of its own: the rescheduler decides, the Slurm client
 reads the allocation and kills steps, and ``Processes`` starts the launcher (replaced by a
@@ -51,8 +52,8 @@ from slurmft.core.nodeset import fold
 from slurmft.observe.events import Event, RunTransition, Straggler
 from slurmft.supervise.hang import read_interval, report_stuck
 from slurmft.supervise.launch import (GroupJob, LaunchSettings, choose_nodes, exit_code,
-                                      initial_resume, launch_argv, on_peer_argv, peer_script,
-                                      pick_peer, rank_node, slurm_env)
+                                      initial_resume, job_nodes, launch_argv, on_peer_argv,
+                                      peer_script, pick_peer, rank_node, slurm_env)
 from slurmft.supervise.pool import WarmPool
 from slurmft.supervise.processes import Launched, Processes
 from slurmft.supervise.warm import DEFAULT_PRELOAD
@@ -160,7 +161,7 @@ class Supervisor:
     def __init__(self, settings: LaunchSettings, options: RunOptions, slurm: SlurmView,
                  processes: Processes, *, monitor: ProgressMonitor | None = None,
                  stragglers: StragglerMonitor | None = None,
-                 regainer: Any = None, refill: Any = None,
+                 regainer: Any = None, refill: Any = None, grow: Any = None,
                  emit: Callable[[Event], None] | None = None,
                  environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -170,6 +171,8 @@ class Supervisor:
         self.stragglers = stragglers
         self.regainer = regainer          # supervise.regain.Regainer: ask for full size back
         self.refill = refill              # supervise.refill.SpareRefill: used spares back
+        self.grow = grow                  # supervise.grow.GrowInPlace: full size again, here
+        self.want: int | None = None      # the nodes to train on (None: all)
         self.emit = emit or (lambda event: None)
         self.environ = dict(os.environ if environ is None else environ)
         self.clock, self.sleep = clock, sleep
@@ -214,8 +217,8 @@ class Supervisor:
         except OSError as exc:
             raise SlurmFTError(f"cannot create the checkpoint directory {ckpt}: "
                                f"{exc.strerror}") from None
-        allocation = self._initial_nodes()
-        want = self._world_nodes(allocation)
+        allocation = job_nodes(self.environ)
+        want = self.want = self._world_nodes(allocation)
         nodes = choose_nodes(allocation, [], want)
         resume = resume_args(self.options, first=True)
         if self.pool is not None:    # on every node, spares too, for the job; from a peer
@@ -280,6 +283,8 @@ class Supervisor:
             self.stragglers.reset()
         if self.regainer is not None:
             self.regainer.launched()
+        if self.grow is not None:
+            self.grow.launched()
         self._to(RunState.RUNNING, f"launcher pid {proc.pid}", nodes=nodes)
         return self._wait(proc, nodes)
 
@@ -332,6 +337,10 @@ class Supervisor:
                 self._signal_training("USR1")
             if self.refill is not None:
                 self._warm_up(self.refill.poll(), nodes)
+                if self.grow is not None and self.grow.due():
+                    log.warning("job %s: a node is back in the job and a checkpoint just "
+                                "landed: relaunching on full size", self.options.job_id)
+                    return self._end(proc), Ended.RELAUNCH
             if self.monitor is not None and self.clock() >= next_check:
                 # heartbeats live on shared storage: one read of every rank's file every
                 # two steps or so (at most 4 a second), not one per poll of the launcher
@@ -349,7 +358,9 @@ class Supervisor:
 
     def _warm_up(self, added: list[str], nodes: list[str]) -> None:
         """Spares taken into the job while it runs get a pool server (its srun on the
-        launcher's peer, checked already)."""
+        launcher's peer, checked already); a shrunk run grows onto them (``grow``)."""
+        if added and self.grow is not None and self.want and len(nodes) < self.want:
+            self.grow.node_added()
         if added and self.pool is not None:
             self.pool.start(added, {**self.environ, **slurm_env(added, 1)}, launch=lambda argv,
                             env: self._start([*nodes, *added], argv, env, own_step=True))
@@ -541,16 +552,6 @@ class Supervisor:
             log.error("job %s: cannot read the allocation: %s", self.options.job_id, exc,
                       extra={"job": str(self.options.job_id)})
             return []
-
-    def _initial_nodes(self) -> list[str]:
-        from slurmft.core.nodeset import expand, validate_hostname
-
-        nodelist = self.environ.get("SLURM_JOB_NODELIST", "")
-        nodes = [validate_hostname(n) for n in expand(nodelist)] if nodelist else []
-        if not nodes:
-            raise SlurmFTError("SLURM_JOB_NODELIST is not set: `slurmft run` runs inside a "
-                               "Slurm job (the script sbatch runs)")
-        return nodes
 
     # ------------------------------------------------------------------ environment
     def _launch_env(self, nodes: list[str]) -> dict[str, str]:
