@@ -76,3 +76,66 @@ def test_a_lost_node_is_replaced_by_the_spare_and_the_world_size_kept(cluster, c
         cluster_run(["scancel", str(jid)])
         if lost:
             bring_back(cluster, cluster_run, lost)
+
+
+GROW_STEPS = 1500
+
+
+def test_a_run_that_shrank_grows_back_in_place_when_a_node_returns(cluster, cluster_run):
+    """Two losses and one spare: the run shrinks to one rank. The cluster's fourth node
+    (drained so far, so no refill could take it) comes back: the refill takes it in and the
+    run relaunches on two ranks again at its next checkpoint, in the same allocation."""
+    work = Path(cluster.shared_dir) / "grow"
+    progress = work / "progress.jsonl"
+    work.mkdir(parents=True, exist_ok=True)
+    script = write_wrapper(cluster, work, steps=GROW_STEPS, nodes=2, spares=1, name="grow")
+    env = watch_env(cluster, work / "state")
+    cluster_run(["scontrol", "update", "nodename=node4", "state=drain", "reason=test-held"],
+                check=True)
+    jid, watcher = submit_and_watch(cluster, cluster_run, script, "node1,node2,node3", env,
+                                    work / "watch.log")
+    client = cluster.slurm_client()
+    cut: list[str] = []
+
+    def starts() -> list[int]:
+        if not progress.exists():
+            return []
+        return [r["world_size"] for r in read_progress(progress) if r["event"] == "start"]
+
+    def saved_since_the_last_start() -> bool:
+        recs = read_progress(progress)
+        last = max(i for i, r in enumerate(recs) if r["event"] == "start")
+        return any(r["event"] == "save" for r in recs[last:])
+
+    def diagnose() -> str:
+        j = client.job(jid)
+        out = (work / "job.out").read_text()[-2500:] if (work / "job.out").exists() else ""
+        return f"state {j.state} on {j.nodes}; starts {starts()}\njob.out:\n{out}"
+
+    try:
+        wait_for(lambda: starts() == [2], 120, "the training started on 2 ranks", show=diagnose)
+        for node, left in (("node2", [2, 2]), ("node3", [2, 2, 1])):
+            wait_for(saved_since_the_last_start, 60, "a checkpoint of this launch",
+                     show=diagnose)
+            cluster.fault(node, "link-down")
+            cut.append(node)
+            wait_for(lambda left=left: starts() == left, 90,
+                     f"relaunched on {left[-1]} rank(s) without {node}", show=diagnose)
+        cluster_run(["scontrol", "update", "nodename=node4", "state=resume"], check=True)
+        wait_for(lambda: starts() == [2, 2, 1, 2], 90, "back on 2 ranks", show=diagnose)
+        job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
+                       "the job to complete", show=diagnose)
+        assert job.restart_count == 0 and "node4" in job.nodes       # in place, on node4
+        text = (work / "job.out").read_text()
+        assert "node4 idle again, taken into the job" in text, diagnose()
+        assert "relaunching on full size" in text, diagnose()
+        recs = read_progress(progress)
+        assert recs[-1]["event"] == "done" and recs[-1]["step"] == GROW_STEPS - 1
+        resumes = [r for r in recs if r["event"] == "resume"]
+        assert len(resumes) == 3 and resumes[-1]["world_size"] == 2
+    finally:
+        stop_watcher(watcher)
+        cluster_run(["scancel", str(jid)])
+        cluster_run(["scontrol", "update", "nodename=node4", "state=resume"])
+        for node in cut:
+            bring_back(cluster, cluster_run, node)
