@@ -66,6 +66,7 @@ def test_no_checkpoint_yet_never_triggers():
 
 
 def test_a_shrunk_run_relaunches_on_full_size_once_a_refill_brought_a_node(tmp_path):
+    from tests.unit.test_refill import RefillOnce
     from tests.unit.test_supervisor import make
 
     # trains on 3 (node[1-3]) + 1 spare slot; node2 lost with no spare: shrunk to 2 nodes; the
@@ -74,16 +75,8 @@ def test_a_shrunk_run_relaunches_on_full_size_once_a_refill_brought_a_node(tmp_p
         tmp_path, spares=1, train_nodes=3, environ={"SLURM_JOB_NODELIST": "node[1-3]"},
         launches=[[5], [None, None, None, None, None, 0], [0]],
         allocations=[["node1", "node3"], ["node1", "node3"], ["node1", "node3", "node4"]])
-
-    class OneRefill:
-        def __init__(self):
-            self.polls = 0
-
-        def poll(self):
-            self.polls += 1
-            return ["node4"] if self.polls == 1 else []
     names = iter(["step_000000000020", "step_000000000020", "step_000000000040"])
-    sup.refill = OneRefill()
+    sup.refill = RefillOnce(["node4"])
     sup.grow = GrowInPlace(lambda: next(names, "step_000000000040"), after_s=0, check_s=0,
                            clock=lambda: 0.0)
     assert sup.run() == 0

@@ -231,6 +231,17 @@ def test_slurm_refusing_the_expansion_leaves_nothing_behind():
     assert len(runner.calls) == 1
 
 
+class RefillOnce:
+    """A refill for the supervisor's loop: ``nodes`` taken in at its first poll, then none."""
+
+    def __init__(self, nodes):
+        self.nodes, self.polls = list(nodes), 0
+
+    def poll(self):
+        self.polls += 1
+        return self.nodes if self.polls == 1 else []
+
+
 def test_the_supervisor_gives_a_node_taken_in_a_pool_server(tmp_path):
     from tests.unit.test_warm import warm_supervisor
 
@@ -242,15 +253,7 @@ def test_the_supervisor_gives_a_node_taken_in_a_pool_server(tmp_path):
                     if "serve" in argv or "serve" in (text or ""))
         return pool_steps(job_id) + ([5] if pools >= 2 else [])
     sup.pool._steps = steps
-
-    class OneRefill:
-        def __init__(self):
-            self.polls = 0
-
-        def poll(self):
-            self.polls += 1
-            return ["node4"] if self.polls == 1 else []
-    sup.refill = OneRefill()
+    sup.refill = RefillOnce(["node4"])
     assert sup.run() == 0
     pools = [argv for argv, _env, _in in procs.started if "serve" in argv]
     assert len(pools) == 2 and "--nodelist=node4" in pools[1]
