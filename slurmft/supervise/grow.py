@@ -13,7 +13,7 @@ requeue's tens of seconds):
   redone: the relaunch resumes from it.
 
 Pure state over two callables (the latest checkpoint's name, a clock); the supervisor asks
-``due()`` from its loop, at most once a ``check_s`` seconds of listing the checkpoints.
+``due()`` from its loop, which reads that name at most once every ``check_s`` seconds.
 """
 
 from __future__ import annotations
