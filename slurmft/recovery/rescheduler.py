@@ -15,6 +15,7 @@ Safety:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -72,8 +73,8 @@ T = TypeVar("T")
 
 #: States in which the job is still winding down; ``settle`` waits them out.
 TRANSIENT_STATES = frozenset({"COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING"})
-#: How long a held job's comment waits for it to finish COMPLETING (Slurm refuses it before).
-COMMENT_SETTLE_S = 15.0
+#: How long an update refused for a held job waits for it to finish COMPLETING, then again.
+HELD_UPDATE_SETTLE_S = 15.0
 
 
 def poll_delays(first: float = 0.5, factor: float = 1.5, cap: float = 5.0) -> Iterator[float]:
@@ -390,7 +391,17 @@ class Rescheduler:
                 self._submit_restart(job, action, record, report, train_cmd, checkpoint_dir)
                 continue
             try:
-                argv = self._carry_out(job, action, lambda a=action: a.apply(self.client))[1]
+                try:
+                    argv = self._carry_out(job, action, lambda a=action: a.apply(self.client))[1]
+                except SlurmCommandError:
+                    if not (held and isinstance(action, UpdateJob)):
+                        raise
+                    # Slurm refuses updates to a job still COMPLETING after a requeue-hold
+                    # (22.05: "Unexpected message received", a dead slurmd on the batch host):
+                    # once it settled, again (released unshrunk, it was seen to end FAILED)
+                    with contextlib.suppress(SlurmFTError):   # (unread: try again anyway)
+                        self.wait_settled(self.client.job(job.job_id), HELD_UPDATE_SETTLE_S)
+                    argv = self._carry_out(job, action, lambda a=action: a.apply(self.client))[1]
             except SlurmCommandError as exc:
                 if isinstance(action, NodeAction) and self.uid != 0:
                     # Only root (or a Slurm operator) may change node states; a user can still
@@ -400,10 +411,10 @@ class Rescheduler:
                                 exc.slurm_message or exc, extra={"job": str(job.job_id)})
                     continue
                 if isinstance(action, UpdateJob) and action.only_comment:
-                    # Slurm refuses updates to a job still COMPLETING after a requeue-hold:
-                    # once settled, again; the comment only says why (the job is held, its
-                    # nodes out all the same)
-                    self._comment_when_settled(job, action, exc)
+                    # the comment only says why: the job is held, its nodes out all the same
+                    log.warning("job %s: cannot set its comment (%s); going on without it",
+                                job.job_id, exc.slurm_message or exc,
+                                extra={"job": str(job.job_id)})
                     continue
                 if held and decision.outcome is not Outcome.EXHAUSTED:
                     self._unhold(job.job_id)
@@ -416,16 +427,6 @@ class Rescheduler:
                 self._audit(job, action, argv, "ok")
                 log.info("job %s: ran %s", job.job_id, shlex.join(argv),
                          extra={"job": str(job.job_id)})
-
-    def _comment_when_settled(self, job: JobInfo, action: UpdateJob,
-                              exc: SlurmCommandError) -> None:
-        try:
-            self.wait_settled(self.client.job(job.job_id), COMMENT_SETTLE_S)
-            action.apply(self.client)
-        except SlurmFTError as again:
-            log.warning("job %s: cannot set its comment (%s); going on without it",
-                        job.job_id, getattr(again, "slurm_message", "") or again or exc,
-                        extra={"job": str(job.job_id)})
 
     def _credential_gap(self, requeued_at: float) -> None:
         """Requeue revokes the job's credential on its nodes; slurmd refuses a credential

@@ -293,6 +293,37 @@ def test_an_update_refused_while_slurm_sets_the_db_index_is_sent_again_not_given
     assert "released again" not in caplog.text
 
 
+def test_a_shrink_refused_while_the_held_job_completes_is_sent_again_once_it_settled(
+        fake, tmp_path, caplog):
+    # the goodput bench (22.05): slurmd killed on the batch host, requeue-hold ok, the shrink
+    # refused with "Unexpected message received" while the job was COMPLETING; released
+    # unshrunk, the job ended FAILED once slurmd was back
+    jid = fake.add_job("RUNNING", NODES)
+    r, _, _ = make(fake, tmp_path, {"node3": Health.DEGRADED})
+    real_run, refused = fake.run, []
+
+    def run(argv, timeout):
+        if any(a.startswith("ExcNodeList=") for a in argv) and not refused:
+            refused.append(fake.job(jid)["job_state"])
+            fake.job(jid)["job_state"] = "COMPLETING"          # until the next read
+            return CommandResult(tuple(argv), 1, "", "slurm_update error: Unexpected message "
+                                 "received for job 1\n")
+        if tuple(argv[:2]) == ("squeue", "--all") and fake.job(jid)["job_state"] == "COMPLETING":
+            out = real_run(argv, timeout)
+            fake.job(jid)["job_state"] = "PENDING"              # settled after this read
+            return out
+        return real_run(argv, timeout)
+
+    r.client.runner.run = run
+    report = r.reschedule(jid)
+    assert report.decision.outcome is Outcome.REQUEUE and refused
+    j = fake.job(jid)
+    assert j["excluded_nodes"] == "node3" and j["node_count"] == 3
+    assert "released again" not in caplog.text
+    updates = [c for c in fake.calls if any(a.startswith("ExcNodeList=") for a in c)]
+    assert len(updates) == 1          # the fake saw the second one; the first was refused
+
+
 def test_retry_budget_across_requeues(fake, tmp_path):
     """The same kind of failure after every restart: 3 reschedules, then held."""
     jid = fake.add_job("RUNNING", NODES)
