@@ -261,7 +261,10 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     # nodes, the failed ones excluded: Slurm finds them, or the job waits for them. Not a
     # restart job (an ended job that cannot be requeued): that one is pinned to healthy nodes.
     resubmit = job.has_ended and not job.requeue
-    base.update(exclude=_merge(job.excluded_nodes, history.excluded, failed),
+    # not the healthy nodes it holds: a node excluded once and taken back in as a spare
+    # (refill) would make NumNodes unsatisfiable (seen: pending for BadConstraints for good)
+    base.update(exclude=tuple(n for n in _merge(job.excluded_nodes, history.excluded, failed)
+                              if n not in healthy),
                 num_nodes=len(healthy) or (0 if resubmit else len(nodes)))
     if ((job.is_pending or job.state == "COMPLETING")
             and not NodeSet(failed) - NodeSet(job.excluded_nodes)):

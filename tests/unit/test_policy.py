@@ -117,6 +117,21 @@ def test_a_requeue_still_completing_is_not_requeued_again_by_a_second_caller():
     assert d.outcome is Outcome.REQUEUE and "requeue_hold" in ops(d)
 
 
+def test_a_node_excluded_once_and_taken_back_in_is_not_excluded_again():
+    # the goodput bench: node1 lost (excluded, requeue), later taken back into the running
+    # job as a spare (refill); then node2's slurmd died: the requeue asked for 4 nodes while
+    # still excluding node1, and the job stayed pending (BadConstraints)
+    five = ("node1", "node2", "node3", "node4", "node5")
+    held = job("RUNNING", nodes=five, excluded_nodes=("node1",), restart_count=1)
+    status = {n: H for n in five}
+    status["node2"] = Health.DEGRADED
+    d = decide(held, status, History(attempts=1, excluded=("node1",)), CFG)
+    assert d.outcome is Outcome.REQUEUE
+    assert d.exclude == ("node2",) and d.num_nodes == 4
+    update = next(a for a in d.actions if a.op == "update_job" and a.exclude)
+    assert update.exclude == ("node2",)
+
+
 def test_ended_not_requeueable_gets_a_restart_job():
     d = decide(job("NODE_FAIL", requeue=False), health(node4=U), History(), CFG)
     assert d.outcome is Outcome.RESUBMIT
