@@ -52,8 +52,9 @@ from slurmft.core.nodeset import fold
 from slurmft.observe.events import Event, RunTransition, Straggler
 from slurmft.supervise.hang import read_interval, report_stuck
 from slurmft.supervise.launch import (GroupJob, LaunchSettings, choose_nodes, exit_code,
-                                      initial_resume, job_nodes, launch_argv, on_peer_argv,
-                                      peer_script, pick_peer, rank_node, slurm_env)
+                                      initial_resume, job_nodes, launch_argv, rank_node,
+                                      slurm_env)
+from slurmft.supervise.peer import PeerLauncher
 from slurmft.supervise.pool import WarmPool
 from slurmft.supervise.processes import Launched, Processes
 from slurmft.supervise.warm import DEFAULT_PRELOAD
@@ -181,8 +182,8 @@ class Supervisor:
         self._relaunch_asked = False
         self._save_asked = False
         self._stop_signal: int | None = None
-        self._peer_ok = True           # False once ssh to a peer failed: launch here from then
-        self._checked_peer: str | None = None
+        self._known_allocation: list[str] | None = None
+        self.peer = PeerLauncher(settings, options, processes)
         self.benched: list[str] = []   # stragglers' nodes: never trained on again in this job
         self.pool = WarmPool(options.job_id, settings.train_cmd[0], options.warm_preload,
                              processes, slurm.steps, sleep) if settings.warm else None
@@ -211,6 +212,12 @@ class Supervisor:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.peer.close(self.environ)
+
+    def _run(self) -> int:
         job, ckpt = self.options.job_id, self.options.checkpoint_dir
         try:
             ckpt.mkdir(parents=True, exist_ok=True)
@@ -252,7 +259,8 @@ class Supervisor:
                 self._to(RunState.STOPPED, f"signal {self._stop_signal}", rc=rc)
                 return 128 + int(self._stop_signal)
             self._stop_training()
-            allocation = [n for n in self._allocation() if n not in self.benched]
+            known, self._known_allocation = self._known_allocation, None  # read since SIGUSR2
+            allocation = [n for n in known or self._allocation() if n not in self.benched]
             if not allocation:
                 log.error("cannot read the allocation of job %s", job, extra={"job": str(job)})
                 break
@@ -290,31 +298,7 @@ class Supervisor:
 
     def _start(self, nodes: list[str], argv: list[str], env: Mapping[str, str], *,
                own_step: bool = False) -> Launched:
-        """Start ``argv`` on a peer over ssh (``launch_from`` peer) or here. ``own_step``:
-        ``argv`` is an srun that makes its own job step (the warm pool), run on the peer as
-        it is; else the launcher, which ``on_peer_argv`` puts in a step when it needs one."""
-        s, o = self.settings, self.options
-        if s.launch_from == "peer":
-            peer = pick_peer(nodes, o.here)
-            if peer is not None and self._peer_ok and peer != self._checked_peer:
-                self._check_peer(peer, env)
-            if peer is not None and self._peer_ok:
-                run = list(argv) if own_step else on_peer_argv(s, o.job_id, peer, nodes, argv)
-                script = peer_script(env, o.cwd, run)
-                return self.processes.start([*s.ssh_cmd, peer, "bash", "-s"], env, script)
-        return self.processes.start(argv, env)
-
-    def _check_peer(self, peer: str, env: Mapping[str, str]) -> None:
-        """ssh works and this directory is there too (shared storage): once per peer."""
-        o = self.options
-        rc = self.processes.call([*self.settings.ssh_cmd, peer, f"cd {shlex.quote(o.cwd)}"], env,
-                                 o.reschedule_log, o.peer_check_timeout)
-        if rc == 0:
-            self._checked_peer = peer
-            return
-        self._peer_ok = False
-        log.warning("cannot ssh to %s or no %s there: %s runs on the batch host %s", peer,
-                    o.cwd, self.settings.launcher, o.here, extra={"job": str(o.job_id)})
+        return self.peer.start(nodes, argv, env, own_step=own_step)
 
     def _wait(self, proc: Launched, nodes: list[str]) -> tuple[int, Ended]:
         """Until the launcher exits, slurmft asks for a relaunch, a rank hangs or the job
@@ -377,6 +361,7 @@ class Supervisor:
                         self.options.job_id, len(set(allocation) - set(nodes)),
                         extra={"job": str(self.options.job_id)})
             return False
+        self._known_allocation = allocation        # the relaunch need not read it again
         return True
 
     def _gone_from_the_job(self, nodes: Sequence[str], rc: int) -> list[str]:
@@ -435,7 +420,7 @@ class Supervisor:
         proc.terminate()
         deadline = self.clock() + self.options.kill_grace
         while proc.poll() is None and self.clock() < deadline:
-            self.sleep(min(0.1, self.options.kill_grace))
+            self.sleep(min(0.02, self.options.kill_grace))   # an ssh client ends at once
         if proc.poll() is None:
             proc.kill()
         return exit_code(proc.wait())

@@ -381,6 +381,18 @@ def test_a_spare_that_leaves_the_job_does_not_stop_the_training(tmp_path):
     assert len(procs.started) == 1 and procs.procs[0].signals == [] and slurm.killed == []
 
 
+def test_a_relaunch_signal_reads_the_allocation_once(tmp_path):
+    """SIGUSR2 with spares: the read that tells a training node left is the one the relaunch
+    uses (one Slurm call less between the signal and the new launch)."""
+    sup, procs, slurm, _ = make(tmp_path, spares=1, environ=FOUR, launches=[[None, None], [0]],
+                                allocations=[["node1", "node3", "node4"], ["node9"]])
+    asked = iter([True])
+    sup.sleep = lambda s: next(asked, False) and sup.on_relaunch_signal()
+    assert sup.run() == 0
+    assert procs.started[1][1]["SLURM_JOB_NODELIST"] == "node[1,3-4]"   # not node9
+    assert slurm.allocations == [["node9"]]                           # read once
+
+
 def test_after_a_requeue_with_one_node_less_the_training_uses_every_node(tmp_path):
     # rendered for 3 training nodes + 1 spare; requeued without a lost node: 3 nodes left
     sup, procs, _, _ = make(tmp_path, spares=1, train_nodes=3,
