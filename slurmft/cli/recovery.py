@@ -190,6 +190,11 @@ def _stop_on_signals() -> threading.Event:
               help="Watch this job (repeatable); default: all running jobs.")
 @click.option("--interval", type=FiniteFloat(min=0.05), default=2.0, show_default=True,
               help="Seconds between probe cycles.")
+@click.option("--ping-every", type=FiniteFloat(min=0), default=0.25, show_default=True,
+              help="Between cycles, ping the nodes found healthy this often (ICMP only, at "
+                   "most 2,000 echo requests a second): a node that misses its echo starts "
+                   "the next cycle at once, and that miss counts as its first failed probe. "
+                   "0: wait for the next cycle.")
 @click.option("--once", is_flag=True, help="Run one cycle and exit.")
 @click.option("--max-cycles", type=count(1), default=None,
               help="Stop after this many cycles.")
@@ -214,7 +219,8 @@ def _stop_on_signals() -> threading.Event:
               help="Own only jobs running in this partition (repeatable). With --shard: the "
                    "jobs of these partitions in that share.")
 @click.pass_context
-def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, once: bool,
+def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float,
+              ping_every: float, once: bool,
               max_cycles: int | None, cooldown: float, as_json: bool, wait: float,
               confirm: int, max_failed_fraction: float, shard: str | None,
               partitions: tuple[str, ...]) -> None:
@@ -252,7 +258,8 @@ def watch_cmd(ctx: click.Context, job_ids: tuple[int, ...], interval: float, onc
                       on_cycle=_cycle_printer(as_json, once),
                       confirm=ConfirmPolicy(confirm=confirm,
                                             max_failed_fraction=max_failed_fraction),
-                      owner=owner)
+                      owner=owner, pinger=parts.prober.silent,
+                      ping_every=ping_every)
     watcher.run(once=once, max_cycles=max_cycles)
     if once and watcher.last is not None and watcher.last.list_error:
         raise SlurmFTError(f"cannot list jobs: {watcher.last.list_error}")

@@ -420,6 +420,28 @@ class FanoutProber:
         return ProbeResult(h, full.health, full.reason, max(cheap.latency_s, full.latency_s),
                            {**cheap.checks, **full.checks})
 
+    def silent(self, hosts: Sequence[str]) -> list[str]:
+        """Those of ``hosts`` that send no echo reply within the ping wait: one ICMP sweep,
+        no SSH (the watcher's cheap check between its probe cycles). [] when ping is off or
+        no ICMP socket is allowed; a name that does not resolve is left to the next probe."""
+        c = self.config
+        if not c.ping or not self._icmp_allowed or not hosts:
+            return []
+        targets = self._sweep_targets(hosts)
+        hosts_map = self._hosts_file_map()
+        endpoints: dict[str, tuple[str, int]] = {}
+        for h in hosts:
+            try:
+                endpoints[h] = (self._address(targets[h].address, hosts_map), targets[h].port)
+            except OSError:
+                continue
+        try:
+            seen, _ = self._sweep_fn(endpoints, self.ping_wait, ping=True, ssh=False,
+                                     slurmd_port=0, max_sockets=c.max_sockets)
+        except PermissionError:
+            return []                    # the next probe finds out and says so
+        return [h for h in endpoints if not seen[h].echo]
+
     def _sweep_probe(self, names: list[str]) -> dict[str, ProbeResult] | None:
         """The sweep's verdicts; None when it cannot check what is asked (ping only, and no
         ICMP socket allowed): the full check, with the ``ping`` program, does it then."""

@@ -110,6 +110,16 @@ class CycleResult:
                 "slurm_reads": self.slurm_reads, "not_owned": self.not_owned}
 
 
+#: The most echo requests a second the pings between cycles send (a site of 10,000 nodes is
+#: pinged every 5 s between its cycles, not every ``ping_every``).
+MAX_IDLE_PINGS_PER_S = 2000
+
+
+def idle_ping_period(ping_every: float, hosts: int) -> float:
+    """Seconds between the pings of ``hosts`` between cycles (0: none)."""
+    return max(ping_every, hosts / MAX_IDLE_PINGS_PER_S) if ping_every > 0 else 0.0
+
+
 class Watcher:
     """Watches running jobs (``job_ids``, or all running jobs when empty).
 
@@ -124,7 +134,9 @@ class Watcher:
                  clock: Callable[[], float] = time.monotonic,
                  on_cycle: Callable[[CycleResult], None] | None = None,
                  confirm: ConfirmPolicy | None = None,
-                 owner: Ownership | None = None) -> None:
+                 owner: Ownership | None = None,
+                 pinger: Callable[[Sequence[str]], list[str]] | None = None,
+                 ping_every: float = 0.0) -> None:
         if not interval > 0:
             raise SlurmFTError(f"watch interval must be > 0, not {interval}")
         self.client = client
@@ -145,6 +157,8 @@ class Watcher:
         self._not_owned = 0
         self._held: list[JobInfo] = []              # relaunchable jobs requeued held
         self._listing: list[JobInfo] = []           # the cycle's one job listing
+        self.pinger, self.ping_every = pinger, ping_every   # liveness between cycles
+        self._probed: list[str] = []                # the last cycle's healthy nodes
 
     def _watch(self, job_id: int) -> JobWatch:
         return self.watches.setdefault(job_id, JobWatch(job_id))
@@ -263,6 +277,8 @@ class Watcher:
             health = self._probe_confirmed(
                 names, on_first=lambda first: self._tell_peers_of_cut_hosts(jobs, first, res))
             res.probe_s = self.clock() - t0
+        # pinged between cycles: the hosts found healthy (a failed one is this cycle's case)
+        self._probed = [h for h in names if h in health and not health[h].health.is_failed]
         policy = self.tracker.policy
         for job in jobs:
             failed = self._not_left_running(job.job_id, self.tracker.confirmed(job.nodes), health)
@@ -452,6 +468,35 @@ class Watcher:
                 self.on_cycle(res)
             if once or (max_cycles is not None and n >= max_cycles):
                 break
-            self.stop.wait(max(0.0, self.interval - (self.clock() - t0)))
+            self._between_cycles(t0 + self.interval)
         log.info("watch: stopped after %d cycle(s)", n)
         return n
+
+    def _between_cycles(self, deadline: float) -> None:
+        """Wait until ``deadline`` (the next cycle). With a ``pinger``, ping the last cycle's
+        nodes every ``ping_every`` seconds meanwhile (never more than ``MAX_IDLE_PINGS_PER_S``
+        echo requests a second): a host that misses its echo starts the next cycle at once,
+        the miss counting as its first failed probe, so that the cycle's own probe confirms
+        it. A host cut off just after a cycle is found a ping wait later, not an interval."""
+        every = idle_ping_period(self.ping_every, len(self._probed))
+        while not self.stop.is_set():
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            if not (self.pinger and every and self._probed):
+                self.stop.wait(left)
+                return
+            if self.stop.wait(min(every, left)) or self.clock() >= deadline:
+                return
+            try:
+                silent = self.pinger(self._probed)
+            except (OSError, SlurmFTError) as exc:
+                log.warning("watch: cannot ping between cycles (%s): waiting for the next "
+                            "cycle", exc)
+                self.pinger = None
+                continue
+            if silent:
+                why = "no echo reply between probe cycles"
+                self.tracker.observe({h: ProbeResult(h, Health.UNREACHABLE, why) for h in silent})
+                log.info("watch: %s missed a ping between cycles: probing now", ",".join(silent))
+                return

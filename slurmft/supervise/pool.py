@@ -10,12 +10,15 @@ only its own server: the step's tasks elsewhere keep running (``--no-kill``). Th
 supervisor must never stop that step with the training's: ``steps`` are the pool's step ids,
 which ``Supervisor._signal_training`` leaves alone. The first launch's clients wait up to
 ``ready_wait`` seconds for their node's server to finish its imports (instead of importing
-the same modules next to it on the same cores); later launches do not wait: a node without a
-server starts its rank cold.
+the same modules next to it on the same cores). So do a later launch's clients on a node whose
+server started less than ``ready_wait`` ago (a node the spare refill just took in: its rank
+waits a second or two for the server instead of importing torch for nine next to it); on any
+other node, a rank without a server starts cold at once (its server died: none is coming).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from slurmft.core.errors import SlurmFTError
@@ -34,10 +37,12 @@ class WarmPool:
 
     def __init__(self, job_id: int, interpreter: str, preload: Sequence[str],
                  processes: Processes, steps: Callable[[int], list[int]],
-                 sleep: Callable[[float], None], ready_wait: float = 30.0) -> None:
+                 sleep: Callable[[float], None], ready_wait: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.job_id, self.interpreter, self.preload = job_id, interpreter, tuple(preload)
         self.processes, self._steps, self.sleep = processes, steps, sleep
-        self.ready_wait = ready_wait
+        self.ready_wait, self.clock = ready_wait, clock
+        self.started_at: dict[str, float] = {}    # node -> when its server's step showed up
         self.procs: list[Launched] = []
         self.steps: frozenset[int] = frozenset()
 
@@ -67,6 +72,7 @@ class WarmPool:
                 new = set()
             if new:
                 self.steps = self.steps | frozenset(new)
+                self.started_at.update(dict.fromkeys(nodes, self.clock()))
                 log.info("warm pool on %s: job step %s (preloading %s)", fold(nodes),
                          ",".join(map(str, sorted(new))), ",".join(self.preload),
                          extra={"job": str(self.job_id)})
@@ -86,13 +92,17 @@ class WarmPool:
         self.stop()
         return False
 
-    def env(self, first: bool) -> dict[str, str]:
-        """What one launch's clients read: only the job's ``first`` launch waits for the
-        servers."""
-        return {ENV_WAIT: f"{self.ready_wait:g}" if first else "0"}
+    def env(self, nodes: Sequence[str]) -> dict[str, str]:
+        """What one launch on ``nodes`` tells its clients: how long to wait for a server
+        still importing (the rest of ``ready_wait`` of the youngest server among ``nodes``; a
+        client whose server listens already does not wait at all)."""
+        now = self.clock()
+        left = max((self.started_at[n] + self.ready_wait - now for n in nodes
+                    if n in self.started_at), default=0.0)
+        return {ENV_WAIT: f"{max(0.0, left):.3g}"}
 
     def stop(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
-        self.procs, self.steps = [], frozenset()
+        self.procs, self.steps, self.started_at = [], frozenset(), {}

@@ -186,7 +186,8 @@ class Supervisor:
         self.peer = PeerLauncher(settings, options, processes)
         self.benched: list[str] = []   # stragglers' nodes: never trained on again in this job
         self.pool = WarmPool(options.job_id, settings.train_cmd[0], options.warm_preload,
-                             processes, slurm.steps, sleep) if settings.warm else None
+                             processes, slurm.steps, sleep,
+                             clock=clock) if settings.warm else None
         self.stragglers_named = 0
 
     # ------------------------------------------------------------------ signals
@@ -554,7 +555,7 @@ class Supervisor:
         if self.options.group is not None:
             env.update(self.options.group.env(nodes))
         if self.pool is not None and self.pool.proc is not None:
-            env.update(self.pool.env(first=self.launches == 1))
+            env.update(self.pool.env(nodes))
         self.environ.update(slurm_env(nodes, self.settings.slots))
         return env
 

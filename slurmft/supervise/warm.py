@@ -51,7 +51,8 @@ DEFAULT_PRELOAD = ("torch", "torch._dynamo", "mpi4py")
 #: Signals the client passes on to the rank it stands for.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
              signal.SIGCONT, signal.SIGQUIT, signal.SIGALRM, signal.SIGURG)
-#: Set by the supervisor for a job's first launch (``supervise.pool.ENV_WAIT``).
+#: Set by the supervisor for a launch that includes a server still importing
+#: (``supervise.pool.WarmPool.env``).
 ENV_WAIT = "SLURMFT_WARM_WAIT"
 _HEADER = struct.Struct("!I")
 _MAX_REQUEST = 16 << 20
@@ -101,8 +102,8 @@ def _recv_doc(sock: socket.socket) -> dict:
 
 
 def _wait_for(environ: Mapping[str, str]) -> float:
-    """Seconds to wait for a server still importing (``SLURMFT_WARM_WAIT``; the first launch
-    of a job sets it), 0 when unset or bad."""
+    """Seconds to wait for a server still importing (``SLURMFT_WARM_WAIT``: the supervisor
+    sets it when a server of the launch started recently), 0 when unset or bad."""
     try:
         return max(0.0, min(600.0, float(environ.get(ENV_WAIT, "0"))))
     except ValueError:

@@ -150,8 +150,10 @@ class Wrapper:
                        f'{launched}'),
             # what srun (the srun launcher) starts: the training itself
             "train": f'echo "train $*" >>"$CALLS"; {launched}',
-            "ssh": ('while :; do case "$1" in -o|-F) shift 2;; -*) shift;; *) break;; esac; done; '
-                    'host=$1; shift; echo "ssh@$host $*" >>"$CALLS"; '
+            "ssh": ('ctl=; while :; do case "$1" in -o|-F) shift 2;; -O) ctl=$2; shift 2;; '
+                    '-*) shift;; *) break;; esac; done; '
+                    'host=$1; shift; [ -z "$ctl" ] || { echo "ssh@$host -O $ctl" >>"$CALLS"; '
+                    'exit 0; }; echo "ssh@$host $*" >>"$CALLS"; '
                     'case ",$SSH_DOWN," in *",$host,"*) exit 255;; esac; exec bash -c "$*"'),
             "srun": ('echo "srun $*" >>"$CALLS"; '
                      'while [ "${1#--}" != "$1" ]; do shift; done; exec "$@"'),
@@ -285,6 +287,7 @@ def test_mpirun_runs_on_a_peer_node_in_a_job_step_with_this_environment(tmp_path
          "SLURM_JOB_NUM_NODES=2 SLURM_TASKS_PER_NODE=1(x2) SLURM_NTASKS=2 SLURM_NPROCS=2 "
          "mpirun -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1"),
         "mpirun@node[1-2]/1(x2) -np 2 --mca plm_slurm_args --no-kill --overlap train --x 1",
+        "ssh@node2 -O exit",                    # the shared connection ended with the run
     ]
     # the job's environment reaches the ranks intact, quotes and all
     assert w.env_seen() == ["FOO=a 'quoted' $value; with spaces"]
@@ -394,6 +397,7 @@ def test_srun_launcher_runs_srun_itself_on_the_peer(tmp_path):
         "srun --mpi=pmix --no-kill --overlap --kill-on-bad-exit=1 --nodes=2 --nodelist=node[1-2] "
         "--ntasks-per-node=1 train --x 1",
         "train --x 1",
+        "ssh@node2 -O exit",
     ]
     assert w.env_seen() == ["FOO=a 'quoted' $value; with spaces"]
     text = w.script.read_text()

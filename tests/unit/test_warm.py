@@ -187,6 +187,8 @@ def test_warm_run_starts_the_pool_on_every_node_and_ranks_through_it(tmp_path):
     sup, procs, slurm = warm_supervisor(tmp_path, launches=[[None, 255], [0]],
                                         allocations=[["node2", "node3"]])
     slurm.step_ids = [1]                                 # the first launch's step
+    times = iter([100.0, 100.0])                         # pool up, first launch; then later
+    sup.pool.clock = lambda: next(times, 200.0)
     assert sup.run() == 0
     pool_argv, pool_env, _ = procs.started[0]
     assert pool_argv[:1] == ["srun"] and "--overlap" in pool_argv and "--no-kill" in pool_argv
@@ -200,6 +202,22 @@ def test_warm_run_starts_the_pool_on_every_node_and_ranks_through_it(tmp_path):
     assert first[1]["SLURMFT_WARM_WAIT"] == "30" and second[1]["SLURMFT_WARM_WAIT"] == "0"
     # the relaunch stopped the training's step only, never the pool's
     assert slurm.killed == [[1]]
+
+
+def test_a_launch_waits_for_a_server_still_importing_and_only_for_the_rest_of_its_imports():
+    """A node the refill took in 8 s ago: its server is importing still, so the launch's
+    clients wait up to 22 s more for it (one that listens already is used at once); on a node
+    whose server is old, none is coming (it died): no wait, a cold start at once."""
+    from slurmft.supervise.pool import WarmPool
+
+    now = [100.0]
+    pool = WarmPool(7, PY, ("torch",), processes=None, steps=lambda job: [],
+                    sleep=lambda s: None, clock=lambda: now[0])
+    pool.started_at = {"node1": 0.0, "node2": 0.0, "node4": 92.0}
+    assert pool.env(["node1", "node2", "node4"]) == {"SLURMFT_WARM_WAIT": "22"}
+    assert pool.env(["node1", "node2"]) == {"SLURMFT_WARM_WAIT": "0"}
+    now[0] = 130.0
+    assert pool.env(["node1", "node4"]) == {"SLURMFT_WARM_WAIT": "0"}
 
 
 def test_the_pool_s_srun_runs_on_the_launcher_s_peer_not_on_the_batch_host(tmp_path):
