@@ -13,20 +13,25 @@ which ``Supervisor._signal_training`` leaves alone. The first launch's clients w
 the same modules next to it on the same cores). So do a later launch's clients on a node whose
 server started less than ``ready_wait`` ago (a node the spare refill just took in: its rank
 waits a second or two for the server instead of importing torch for nine next to it); on any
-other node, a rank without a server starts cold at once (its server died: none is coming).
+other node, a rank without a server starts cold at once. Its client then leaves the node's
+name in ``missing_dir`` (shared storage), and ``dead_servers`` tells the supervisor, which
+starts a new server there (a server killed with the job's processes on its node, by the OOM
+killer or by hand, would otherwise leave that node cold for the rest of the job).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from slurmft.core.errors import SlurmFTError
 from slurmft.core.log import get_logger
-from slurmft.core.nodeset import fold
+from slurmft.core.nodeset import fold, is_valid_hostname
 from slurmft.supervise.launch import pool_argv
 from slurmft.supervise.processes import Launched, Processes
-from slurmft.supervise.warm import ENV_WAIT
+from slurmft.supervise.warm import ENV_MISSING, ENV_WAIT
 
 log = get_logger(__name__)
 
@@ -38,11 +43,13 @@ class WarmPool:
     def __init__(self, job_id: int, interpreter: str, preload: Sequence[str],
                  processes: Processes, steps: Callable[[int], list[int]],
                  sleep: Callable[[float], None], ready_wait: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 missing_dir: Path | None = None) -> None:
         self.job_id, self.interpreter, self.preload = job_id, interpreter, tuple(preload)
         self.processes, self._steps, self.sleep = processes, steps, sleep
         self.ready_wait, self.clock = ready_wait, clock
         self.started_at: dict[str, float] = {}    # node -> when its server's step showed up
+        self.missing_dir = missing_dir            # clients that found no server say so here
         self.procs: list[Launched] = []
         self.steps: frozenset[int] = frozenset()
 
@@ -58,6 +65,8 @@ class WarmPool:
         meanwhile: one thread starts them all). ``launch`` runs its srun (default: here; the
         supervisor runs it on a peer, as it does the launcher). False when Slurm never shows
         the step: no pool at the job's start, no server on ``nodes`` later."""
+        if not self.procs:
+            self._reset_missing()
         try:
             before = set(self._steps(self.job_id))
         except SlurmFTError:
@@ -99,7 +108,47 @@ class WarmPool:
         now = self.clock()
         left = max((self.started_at[n] + self.ready_wait - now for n in nodes
                     if n in self.started_at), default=0.0)
-        return {ENV_WAIT: f"{max(0.0, left):.3g}"}
+        env = {ENV_WAIT: f"{max(0.0, left):.3g}"}
+        if self.missing_dir is not None:
+            env[ENV_MISSING] = str(self.missing_dir)
+        return env
+
+    def dead_servers(self) -> list[str]:
+        """Nodes whose client found no server since the last call (their notes removed),
+        but those whose server started less than ``ready_wait`` ago (it is on its way)."""
+        found = self._take_missing()
+        now = self.clock()
+        return [n for n in found
+                if now - self.started_at.get(n, float("-inf")) >= self.ready_wait]
+
+    def _reset_missing(self) -> None:
+        """An empty ``missing_dir`` at the job's start (a requeued run's notes are stale); no
+        such directory (an unwritable checkpoint path): no servers started again."""
+        if self.missing_dir is None:
+            return
+        try:
+            self.missing_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("warm pool: cannot create %s (%s): a server that dies is not started "
+                        "again", self.missing_dir, exc.strerror, extra={"job": str(self.job_id)})
+            self.missing_dir = None
+            return
+        self._take_missing()
+
+    def _take_missing(self) -> list[str]:
+        """The nodes noted in ``missing_dir``, their notes removed."""
+        if self.missing_dir is None:
+            return []
+        try:
+            names = sorted(os.listdir(self.missing_dir))
+        except OSError:
+            return []
+        for name in names:
+            try:
+                os.unlink(self.missing_dir / name)
+            except OSError:
+                pass
+        return [n for n in names if is_valid_hostname(n)]
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -61,6 +61,11 @@ from slurmft.supervise.warm import DEFAULT_PRELOAD
 
 log = get_logger(__name__)
 
+#: Where a rank that found no pool server on its node notes it (in the checkpoint directory,
+#: shared storage), and how often the supervisor looks (``WarmPool.dead_servers``).
+WARM_DIR = ".slurmft-warm"
+POOL_CHECK_S = 2.0
+
 
 class RunState(enum.Enum):
     STARTING = "starting"
@@ -186,8 +191,9 @@ class Supervisor:
         self.peer = PeerLauncher(settings, options, processes)
         self.benched: list[str] = []   # stragglers' nodes: never trained on again in this job
         self.pool = WarmPool(options.job_id, settings.train_cmd[0], options.warm_preload,
-                             processes, slurm.steps, sleep,
-                             clock=clock) if settings.warm else None
+                             processes, slurm.steps, sleep, clock=clock,
+                             missing_dir=options.checkpoint_dir / WARM_DIR / str(options.job_id),
+                             ) if settings.warm else None
         self.stragglers_named = 0
 
     # ------------------------------------------------------------------ signals
@@ -304,7 +310,7 @@ class Supervisor:
     def _wait(self, proc: Launched, nodes: list[str]) -> tuple[int, Ended]:
         """Until the launcher exits, slurmft asks for a relaunch, a rank hangs or the job
         is stopped. A launcher that is stopped gets TERM, then KILL after ``kill_grace``."""
-        next_check = self.clock()
+        next_check = next_pool_check = self.clock()
         while True:
             rc = exit_code(proc.poll())
             if rc is not None:
@@ -326,6 +332,9 @@ class Supervisor:
                     log.warning("job %s: a node is back in the job and a checkpoint just "
                                 "landed: relaunching on full size", self.options.job_id)
                     return self._end(proc), Ended.RELAUNCH
+            if self.pool is not None and self.clock() >= next_pool_check:
+                next_pool_check = self.clock() + POOL_CHECK_S
+                self._pool_on(self.pool.dead_servers(), nodes, why="no warm pool server")
             if self.monitor is not None and self.clock() >= next_check:
                 # heartbeats live on shared storage: one read of every rank's file every
                 # two steps or so (at most 4 a second), not one per poll of the launcher
@@ -346,9 +355,19 @@ class Supervisor:
         launcher's peer, checked already); a shrunk run grows onto them (``grow``)."""
         if added and self.grow is not None and self.want and len(nodes) < self.want:
             self.grow.node_added()
-        if added and self.pool is not None:
-            self.pool.start(added, {**self.environ, **slurm_env(added, 1)}, launch=lambda argv,
-                            env: self._start([*nodes, *added], argv, env, own_step=True))
+        self._pool_on(added, nodes)
+
+    def _pool_on(self, new: list[str], nodes: list[str], why: str = "") -> None:
+        """A pool server on each of ``new`` (nodes taken in, or whose server is gone: a rank
+        there found none and started cold), its srun on the launcher's peer."""
+        if not new or self.pool is None:
+            return
+        if why:
+            job = str(self.options.job_id)
+            log.warning("job %s: %s on %s (killed?): a new one for the next launch", job, why,
+                        fold(new), extra={"job": job})
+        self.pool.start(new, {**self.environ, **slurm_env(new, 1)}, launch=lambda argv,
+                        env: self._start([*nodes, *new], argv, env, own_step=True))
 
     def _lost_a_training_node(self, nodes: list[str]) -> bool:
         """After SIGUSR2: whether a node the training runs on left the job. A spare that was

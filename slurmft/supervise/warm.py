@@ -54,6 +54,10 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signa
 #: Set by the supervisor for a launch that includes a server still importing
 #: (``supervise.pool.WarmPool.env``).
 ENV_WAIT = "SLURMFT_WARM_WAIT"
+#: A directory on shared storage where a client that found no server on its node leaves a file
+#: named after the node, for the supervisor to start that node's server again
+#: (``supervise.pool.WarmPool.dead_servers``).
+ENV_MISSING = "SLURMFT_WARM_MISSING_DIR"
 _HEADER = struct.Struct("!I")
 _MAX_REQUEST = 16 << 20
 
@@ -141,6 +145,9 @@ def run_client(cmd: Sequence[str], environ: Mapping[str, str] | None = None,
                          "name": target.name, "args": list(target.args), "env": environ,
                          "cwd": os.getcwd()}, [0, 1, 2])
             reply = _recv_doc(sock)
+        except (ConnectionRefusedError, FileNotFoundError):
+            _report_missing(environ, where[1])      # nobody listens: the server is gone
+            reply = {}
         except (OSError, ValueError, ConnectionError):
             reply = {}
         if "pid" not in reply and sock is not None:
@@ -168,6 +175,18 @@ def run_client(cmd: Sequence[str], environ: Mapping[str, str] | None = None,
         os.kill(os.getpid(), -code)
         time.sleep(1)
     return code
+
+
+def _report_missing(environ: Mapping[str, str], node: str) -> None:
+    """Leave ``ENV_MISSING``/NODE for the supervisor (best effort: the rank starts cold
+    either way)."""
+    directory = environ.get(ENV_MISSING, "")
+    if not directory:
+        return
+    try:
+        os.close(os.open(os.path.join(directory, node), os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError:
+        pass
 
 
 # ---- the server: one per node for the whole job -------------------------------------------------

@@ -127,6 +127,20 @@ def test_without_a_server_the_command_runs_cold(tmp_path):
     assert r.returncode == 5                         # not in a job: cold too
 
 
+def test_a_client_that_finds_no_server_notes_its_node_for_the_supervisor(tmp_path, pool):
+    node = f"none-{uuid.uuid4().hex[:8]}"
+    missing = tmp_path / "missing"
+    missing.mkdir()
+    env = {**os.environ, "SLURM_JOB_ID": "1", "SLURMD_NODENAME": node,
+           "SLURMFT_WARM_MISSING_DIR": str(missing)}
+    path = script(tmp_path, "import sys; sys.exit(5)\n")
+    assert client(env, [PY, path]).returncode == 5                  # cold, as before
+    assert [p.name for p in missing.iterdir()] == [node]
+    # a server that answers (even one that refuses another interpreter) is not "gone"
+    r = client({**pool, "SLURMFT_WARM_MISSING_DIR": str(missing)}, [PY, path])
+    assert r.returncode == 5 and [p.name for p in missing.iterdir()] == [node]
+
+
 def test_another_interpreter_or_a_shell_command_runs_cold(pool, tmp_path):
     r = client(pool, ["sh", "-c", "echo cold; exit 4"])
     assert r.returncode == 4 and r.stdout.strip() == "cold"
@@ -218,6 +232,38 @@ def test_a_launch_waits_for_a_server_still_importing_and_only_for_the_rest_of_it
     assert pool.env(["node1", "node2"]) == {"SLURMFT_WARM_WAIT": "0"}
     now[0] = 130.0
     assert pool.env(["node1", "node4"]) == {"SLURMFT_WARM_WAIT": "0"}
+
+
+def test_dead_servers_are_the_nodes_noted_but_not_those_whose_server_is_on_its_way(tmp_path):
+    from slurmft.supervise.pool import WarmPool
+
+    now = [100.0]
+    missing = tmp_path / "ck" / ".slurmft-warm" / "7"
+    pool = WarmPool(7, PY, ("torch",), processes=None, steps=lambda job: [],
+                    sleep=lambda s: None, clock=lambda: now[0], missing_dir=missing)
+    pool._reset_missing()
+    assert pool.env(["node1"])["SLURMFT_WARM_MISSING_DIR"] == str(missing)
+    pool.started_at = {"node1": 0.0, "node2": 0.0, "node3": 90.0}
+    for name in ("node2", "node3", "bad/../name"):
+        (missing / name.replace("/", "_")).touch()
+    assert pool.dead_servers() == ["node2"]          # node3's started 10 s ago: coming
+    assert list(missing.iterdir()) == [] and pool.dead_servers() == []
+
+
+def test_a_rank_that_found_no_server_gets_its_node_a_new_one_for_the_next_launch(tmp_path):
+    # the training polls running 6 times, then ends; the second pool step never ends
+    sup, procs, slurm = warm_supervisor(tmp_path, launches=[[None] * 6 + [0], [None]])
+    slurm.step_ids = [1]
+    missing = tmp_path / "ck" / ".slurmft-warm" / "7"
+    missing.mkdir(parents=True)
+    (missing / "node9").touch()                       # a requeued run's note: cleared
+    hooks = iter([lambda: (missing / "node2").touch()])   # node2's rank found no server
+    sup.sleep = lambda _s: next(hooks, lambda: None)()
+    sup.pool.ready_wait = 0.0
+    assert sup.run() == 0
+    pools = [argv for argv, _env, _text in procs.started if "serve" in argv]
+    assert len(pools) == 2 and "--nodelist=node2" in pools[1] and "--nodes=1" in pools[1]
+    assert list(missing.iterdir()) == []
 
 
 def test_the_pool_s_srun_runs_on_the_launcher_s_peer_not_on_the_batch_host(tmp_path):
