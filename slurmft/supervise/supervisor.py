@@ -271,12 +271,12 @@ class Supervisor:
             if not allocation:
                 log.error("cannot read the allocation of job %s", job, extra={"job": str(job)})
                 break
-            nodes = choose_nodes(allocation, nodes, want)
-            spare = ""
+            was, nodes = len(nodes), choose_nodes(allocation, nodes, want)
+            spare, where = "", "full size again" if len(nodes) > was else "the nodes left"
             if want is not None:
                 spare = (f" ({len(allocation) - len(nodes)} spare(s) left)" if len(nodes) == want
                          else f" (spares used up: {len(nodes)} of {want} node(s))")
-            self._to(RunState.RELAUNCHING, f"relaunch on the nodes left{spare}", nodes=nodes)
+            self._to(RunState.RELAUNCHING, f"relaunch on {where}{spare}", nodes=nodes)
             log.warning("relaunching the training on %s in job %s%s", fold(nodes), job, spare,
                         extra={"job": str(job)})
         rc = rc if rc != 0 else 1

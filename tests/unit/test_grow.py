@@ -85,7 +85,8 @@ def test_a_shrunk_run_relaunches_on_full_size_once_a_refill_brought_a_node(tmp_p
     assert procs.procs[1].signals[:1] == ["TERM"]          # the shrunk launch was ended
     assert not sup.grow.armed                               # the full-size launch disarmed it
     relaunches = [e.reason for e in events if e.state == "relaunching"]
-    assert relaunches[-1].endswith("(0 spare(s) left)")
+    assert relaunches == ["relaunch on the nodes left (spares used up: 2 of 3 node(s))",
+                          "relaunch on full size again (0 spare(s) left)"]
 
 
 def test_a_run_at_full_size_does_not_grow_when_a_spare_comes_back(tmp_path):
