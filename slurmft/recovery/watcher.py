@@ -113,6 +113,8 @@ class CycleResult:
 #: The most echo requests a second the pings between cycles send (a site of 10,000 nodes is
 #: pinged every 5 s between its cycles, not every ``ping_every``).
 MAX_IDLE_PINGS_PER_S = 2000
+#: Cycles a host is left out of those pings after a miss its probe did not confirm.
+QUIET_CYCLES = 30
 
 
 def idle_ping_period(ping_every: float, hosts: int) -> float:
@@ -159,6 +161,8 @@ class Watcher:
         self._listing: list[JobInfo] = []           # the cycle's one job listing
         self.pinger, self.ping_every = pinger, ping_every   # liveness between cycles
         self._probed: list[str] = []                # the last cycle's healthy nodes
+        self._early: set[str] = set()               # missed a ping: this cycle came early
+        self._quiet: dict[str, int] = {}            # host -> cycles left without pings
 
     def _watch(self, job_id: int) -> JobWatch:
         return self.watches.setdefault(job_id, JobWatch(job_id))
@@ -278,7 +282,7 @@ class Watcher:
                 names, on_first=lambda first: self._tell_peers_of_cut_hosts(jobs, first, res))
             res.probe_s = self.clock() - t0
         # pinged between cycles: the hosts found healthy (a failed one is this cycle's case)
-        self._probed = [h for h in names if h in health and not health[h].health.is_failed]
+        self._probed = self._to_ping(names, health)
         policy = self.tracker.policy
         for job in jobs:
             failed = self._not_left_running(job.job_id, self.tracker.confirmed(job.nodes), health)
@@ -472,6 +476,20 @@ class Watcher:
         log.info("watch: stopped after %d cycle(s)", n)
         return n
 
+    def _to_ping(self, names: Sequence[str], health: dict[str, ProbeResult]) -> list[str]:
+        """The hosts to ping before the next cycle: those found healthy, but a host whose
+        missed ping this cycle's probe did not confirm (ICMP dropped or rate-limited there)
+        for ``QUIET_CYCLES`` cycles: it would start a cycle early again and again."""
+        for h in self._early:
+            if h in health and not health[h].health.is_failed:
+                self._quiet[h] = QUIET_CYCLES
+                log.info("watch: %s missed a ping but passed the probe: not pinged between "
+                         "the next %d cycles", h, QUIET_CYCLES)
+        self._early = set()
+        self._quiet = {h: n - 1 for h, n in self._quiet.items() if n > 1}
+        return [h for h in names if h in health and not health[h].health.is_failed
+                and h not in self._quiet]
+
     def _between_cycles(self, deadline: float) -> None:
         """Wait until ``deadline`` (the next cycle). With a ``pinger``, ping the last cycle's
         nodes every ``ping_every`` seconds meanwhile (never more than ``MAX_IDLE_PINGS_PER_S``
@@ -496,6 +514,7 @@ class Watcher:
                 self.pinger = None
                 continue
             if silent:
+                self._early = set(silent)
                 why = "no echo reply between probe cycles"
                 self.tracker.observe({h: ProbeResult(h, Health.UNREACHABLE, why) for h in silent})
                 log.info("watch: %s missed a ping between cycles: probing now", ",".join(silent))

@@ -125,3 +125,20 @@ def test_silent_says_nothing_without_ping_or_without_an_icmp_socket():
     assert prober.silent(["node1"]) == [] and calls == []
     prober, _ = prober_with(PermissionError("no ICMP socket"))
     assert prober.silent(["node1"]) == []
+
+
+def test_a_miss_the_probe_does_not_confirm_leaves_that_host_out_of_the_pings(tmp_path):
+    """ICMP dropped on node2 (SSH fine): each miss would start a cycle early, forever."""
+    prober = ScriptedProber()
+    _fake, _jid, client, _store, r = one_job(tmp_path, prober)
+    pinged = []
+
+    def pinger(hosts):
+        pinged.append(list(hosts))
+        return ["node2"] if "node2" in hosts else []
+
+    w = Watcher(client, prober, r, interval=0.05, pinger=pinger, ping_every=0.001)
+    assert w.run(max_cycles=3) == 3
+    assert pinged[0] == NODES                                  # missed: a cycle at once
+    assert all(p == ["node1", "node3", "node4"] for p in pinged[1:])
+    assert prober.calls[:2] == [NODES, NODES] and w.tracker.confirmed(NODES) == []
