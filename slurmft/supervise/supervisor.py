@@ -61,8 +61,7 @@ from slurmft.supervise.warm import DEFAULT_PRELOAD
 
 log = get_logger(__name__)
 
-#: Where a rank that found no pool server on its node notes it (in the checkpoint directory,
-#: shared storage), and how often the supervisor looks (``WarmPool.dead_servers``).
+#: Where a rank that found no pool server notes it (checkpoint dir), how often it is read.
 WARM_DIR = ".slurmft-warm"
 POOL_CHECK_S = 2.0
 
@@ -287,6 +286,7 @@ class Supervisor:
     def _launch_once(self, nodes: list[str], resume: Sequence[str]) -> tuple[int, Ended]:
         self.launches += 1
         self._relaunch_asked = False
+        self._pool_on(nodes, nodes)          # a node taken in a moment ago: its server first
         env = self._launch_env(nodes)
         self._to(RunState.LAUNCHING, f"{self.settings.launcher} on {len(nodes)} node(s)",
                  nodes=nodes)
@@ -351,16 +351,16 @@ class Supervisor:
             self.sleep(self.options.poll_interval)
 
     def _warm_up(self, added: list[str], nodes: list[str]) -> None:
-        """Spares taken into the job while it runs get a pool server (its srun on the
-        launcher's peer, checked already); a shrunk run grows onto them (``grow``)."""
+        """Spares taken into the job get a pool server; a shrunk run grows onto them."""
         if added and self.grow is not None and self.want and len(nodes) < self.want:
             self.grow.node_added()
         self._pool_on(added, nodes)
 
     def _pool_on(self, new: list[str], nodes: list[str], why: str = "") -> None:
-        """A pool server on each of ``new`` (nodes taken in, or whose server is gone: a rank
-        there found none and started cold), its srun on the launcher's peer."""
-        if not new or self.pool is None:
+        """A pool server on each of ``new`` that never had one (taken in), or whose server
+        is gone (``why``: a rank there found none), its srun on the launcher's peer."""
+        new = new if why or not self.pool else [n for n in new if n not in self.pool.started_at]
+        if not new or self.pool is None or self.pool.proc is None:
             return
         if why:
             job = str(self.options.job_id)

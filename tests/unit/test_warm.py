@@ -266,6 +266,27 @@ def test_a_rank_that_found_no_server_gets_its_node_a_new_one_for_the_next_launch
     assert list(missing.iterdir()) == []
 
 
+def test_a_relaunch_onto_a_node_without_a_server_starts_one_first_and_waits_for_it(tmp_path):
+    """node4 came into the allocation (the refill's expansion) just before the relaunch
+    read it: its server starts before the launch, whose clients wait for it (not cold)."""
+    sup, procs, slurm = warm_supervisor(tmp_path, launches=[[5], [None], [0]],
+                                        allocations=[["node1", "node2", "node4"]])
+
+    def steps(job_id):               # one step per pool srun started
+        return list(range(sum("serve" in (t or "") or "serve" in a
+                              for a, _e, t in procs.started)))
+    sup.pool._steps = steps
+    assert sup.run() == 0
+    pools = [argv for argv, _env, _t in procs.started if "serve" in argv]
+    assert len(pools) == 2 and "--nodelist=node4" in pools[1]
+    launch = procs.started[-1]
+    assert launch[1]["SLURM_JOB_NODELIST"] == "node[1-2,4]"
+    assert float(launch[1]["SLURMFT_WARM_WAIT"]) > 0       # node4's server is importing
+    # the refill reporting node4 afterwards starts nothing more
+    sup._warm_up(["node4"], ["node1", "node2", "node4"])
+    assert len([a for a, _e, _t in procs.started if "serve" in a]) == 2
+
+
 def test_the_pool_s_srun_runs_on_the_launcher_s_peer_not_on_the_batch_host(tmp_path):
     """Lost with the batch host, an srun there keeps the other nodes' step daemons sending it
     task exits before the requeue can go on: the pool's srun runs on the peer, as it is (it
