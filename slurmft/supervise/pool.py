@@ -50,6 +50,7 @@ class WarmPool:
         self.ready_wait, self.clock = ready_wait, clock
         self.started_at: dict[str, float] = {}    # node -> when its server's step showed up
         self.missing_dir = missing_dir            # clients that found no server say so here
+        self.failed: set[str] = set()             # nodes whose later step never showed up
         self.procs: list[Launched] = []
         self.steps: frozenset[int] = frozenset()
 
@@ -90,6 +91,7 @@ class WarmPool:
                 break
             self.sleep(poll)
         if len(self.procs) > 1:          # a later step: the pool elsewhere stays
+            self.failed.update(nodes)
             log.warning("warm pool: its job step on %s never showed up; ranks start cold there",
                         fold(nodes), extra={"job": str(self.job_id)})
             if proc.poll() is None:
@@ -112,6 +114,11 @@ class WarmPool:
         if self.missing_dir is not None:
             env[ENV_MISSING] = str(self.missing_dir)
         return env
+
+    def never_started(self, nodes: Sequence[str]) -> list[str]:
+        """Those of ``nodes`` no server was started on, nor tried and failed (a launch
+        must not wait for the step search again and again)."""
+        return [n for n in nodes if n not in self.started_at and n not in self.failed]
 
     def dead_servers(self) -> list[str]:
         """Nodes whose client found no server since the last call (their notes removed),

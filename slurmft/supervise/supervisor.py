@@ -359,7 +359,7 @@ class Supervisor:
     def _pool_on(self, new: list[str], nodes: list[str], why: str = "") -> None:
         """A pool server on each of ``new`` that never had one (taken in), or whose server
         is gone (``why``: a rank there found none), its srun on the launcher's peer."""
-        new = new if why or not self.pool else [n for n in new if n not in self.pool.started_at]
+        new = new if why or not self.pool else self.pool.never_started(new)
         if not new or self.pool is None or self.pool.proc is None:
             return
         if why:

@@ -285,6 +285,10 @@ def test_a_relaunch_onto_a_node_without_a_server_starts_one_first_and_waits_for_
     # the refill reporting node4 afterwards starts nothing more
     sup._warm_up(["node4"], ["node1", "node2", "node4"])
     assert len([a for a, _e, _t in procs.started if "serve" in a]) == 2
+    # a node whose step never showed up is not tried again at every launch
+    sup.pool._steps = lambda job_id: [0, 1]               # node5's step: never there
+    assert not sup.pool.start(["node5"], {}, launch=lambda argv, env: procs.start(argv, env))
+    assert sup.pool.never_started(["node1", "node4", "node5", "node6"]) == ["node6"]
 
 
 def test_the_pool_s_srun_runs_on_the_launcher_s_peer_not_on_the_batch_host(tmp_path):
