@@ -145,6 +145,7 @@ class FanoutProber:
         self._targets: tuple[tuple[str, float], dict[str, _ssh.SshTarget]] = (("", 0.0), {})
         self.last_sweep: _sweep.SweepStats | None = None
         self._icmp_allowed = True                 # False once no ICMP socket could be opened
+        self._silent_refused = False              # silent() warned that it has no ICMP socket
 
     @property
     def ping_wait(self) -> float:
@@ -438,8 +439,11 @@ class FanoutProber:
         try:
             seen, _ = self._sweep_fn(endpoints, self.ping_wait, ping=True, ssh=False,
                                      slurmd_port=0, max_sockets=c.max_sockets)
-        except PermissionError:
-            return []                    # the next probe finds out and says so
+        except PermissionError as exc:
+            if not self._silent_refused:
+                self._silent_refused = True
+                log.warning("probe: no pings between watch cycles: %s", exc)
+            return []
         return [h for h in endpoints if not seen[h].echo]
 
     def _sweep_probe(self, names: list[str]) -> dict[str, ProbeResult] | None:

@@ -120,11 +120,14 @@ def test_silent_is_one_ping_only_sweep_with_the_ping_wait():
     assert kw["ping"] is True and kw["ssh"] is False
 
 
-def test_silent_says_nothing_without_ping_or_without_an_icmp_socket():
+def test_silent_says_nothing_without_ping_or_without_an_icmp_socket(caplog):
     prober, calls = prober_with(set(), ping=False)
     assert prober.silent(["node1"]) == [] and calls == []
     prober, _ = prober_with(PermissionError("no ICMP socket"))
-    assert prober.silent(["node1"]) == []
+    with caplog.at_level(logging.WARNING):
+        assert prober.silent(["node1"]) == [] and prober.silent(["node1"]) == []
+    assert [m for m in caplog.messages if "no pings between watch cycles" in m] == [
+        "probe: no pings between watch cycles: no ICMP socket"]                # said once
 
 
 def test_a_miss_the_probe_does_not_confirm_leaves_that_host_out_of_the_pings(tmp_path):
