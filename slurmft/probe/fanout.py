@@ -428,14 +428,7 @@ class FanoutProber:
         c = self.config
         if not c.ping or not self._icmp_allowed or not hosts:
             return []
-        targets = self._sweep_targets(hosts)
-        hosts_map = self._hosts_file_map()
-        endpoints: dict[str, tuple[str, int]] = {}
-        for h in hosts:
-            try:
-                endpoints[h] = (self._address(targets[h].address, hosts_map), targets[h].port)
-            except OSError:
-                continue
+        endpoints, _ = self._endpoints(hosts, self._sweep_targets(hosts), self._hosts_file_map())
         try:
             seen, _ = self._sweep_fn(endpoints, self.ping_wait, ping=True, ssh=False,
                                      slurmd_port=0, max_sockets=c.max_sockets)
@@ -446,6 +439,19 @@ class FanoutProber:
             return []
         return [h for h in endpoints if not seen[h].echo]
 
+    def _endpoints(self, names: Sequence[str], targets: Mapping[str, _ssh.SshTarget],
+                   hosts_map: Mapping[str, str]) -> tuple[dict[str, tuple[str, int]],
+                                                          dict[str, OSError]]:
+        """({host: (IPv4 address, SSH port)}, {host: why its name did not resolve})."""
+        endpoints: dict[str, tuple[str, int]] = {}
+        unresolved: dict[str, OSError] = {}
+        for h in names:
+            try:
+                endpoints[h] = (self._address(targets[h].address, hosts_map), targets[h].port)
+            except OSError as exc:
+                unresolved[h] = exc
+        return endpoints, unresolved
+
     def _sweep_probe(self, names: list[str]) -> dict[str, ProbeResult] | None:
         """The sweep's verdicts; None when it cannot check what is asked (ping only, and no
         ICMP socket allowed): the full check, with the ``ping`` program, does it then."""
@@ -453,22 +459,16 @@ class FanoutProber:
         start = self._clock()
         targets = self._sweep_targets(names)
         hosts_map = self._hosts_file_map()
-        endpoints: dict[str, tuple[str, int]] = {}
-        failed: dict[str, ProbeResult] = {}
-        for h in names:
+        endpoints, unresolved = self._endpoints(names, targets, hosts_map)
+        failed = {h: ProbeResult(h, Health.UNREACHABLE, f"ping failed: cannot resolve "
+                                 f"{targets[h].address}: {getattr(exc, 'strerror', '') or exc}")
+                  for h, exc in unresolved.items()}
+        for h, (address, _port) in endpoints.items():
             t = targets[h]
-            try:
-                address = self._address(t.address, hosts_map)
-            except OSError as exc:
-                failed[h] = ProbeResult(h, Health.UNREACHABLE, f"ping failed: cannot resolve "
-                                        f"{t.address}: {getattr(exc, 'strerror', '') or exc}")
-                continue
-            endpoints[h] = (address, t.port)
-            if not is_ipv4(t.address):
-                # paramiko must reach the address the sweep checked (the name may resolve
-                # only through probe.hosts_file); host keys of IPs: see docs/probe.md
-                if hosts_map.get(t.address) == address:
-                    targets[h] = dataclasses.replace(t, address=address)
+            # paramiko must reach the address the sweep checked (the name may resolve only
+            # through probe.hosts_file); host keys of IPs: see docs/probe.md
+            if not is_ipv4(t.address) and hosts_map.get(t.address) == address:
+                targets[h] = dataclasses.replace(t, address=address)
         slurmd = c.slurmd_port if c.check_slurmd else 0
         logins: list[str] = []
         full = _FullChecks(self)
