@@ -499,6 +499,8 @@ class Run:
         # kill-job-procs on the batch host would kill the batch script itself, not a rank.
         spare = kind == "kill-job-procs" or self.a.spare_batch_host
         nodes = [n for n in job.nodes if not (spare and n == job.batch_host)]
+        if self.a.batch_host_only and kind != "kill-job-procs":
+            nodes = [n for n in nodes if n == job.batch_host]
         if self.v in WITH_SPARE:    # a fault costs something only on a node that trains
             training = self._training_nodes()
             nodes = [n for n in nodes if n in training] if training else nodes
@@ -865,6 +867,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "sequence each) and report the mean; default: --seed alone")
     ap.add_argument("--spare-batch-host", action="store_true",
                     help="never fault the job's batch host (default: only kill-job-procs spares it)")
+    ap.add_argument("--batch-host-only", action="store_true",
+                    help="fault only the job's batch host (a requeue each time: measures its "
+                         "restart; kill-job-procs still spares it)")
     ap.add_argument("--watch-interval", type=float, default=1.0)
     ap.add_argument("--probe-timeout", type=float, default=2.0,
                     help="SLURMFT_PROBE_TIMEOUT for the watcher")

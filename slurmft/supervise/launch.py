@@ -109,6 +109,14 @@ def pool_argv(interpreter: str, nodes: Sequence[str], preload: Sequence[str]) ->
             "--preload", ",".join(preload)]
 
 
+def alive_argv(interpreter: str, nodes: Sequence[str]) -> list[str]:
+    """One short step that asks each of ``nodes`` whether its pool server answers (each task
+    prints ``NODE up`` or ``NODE down``)."""
+    return ["srun", "--overlap", "--kill-on-bad-exit=0", "--job-name=slurmft-warm-alive",
+            f"--nodes={len(nodes)}", f"--nodelist={fold(nodes)}", "--ntasks-per-node=1",
+            interpreter, "-m", "slurmft.supervise.warm", "alive"]
+
+
 def client_argv(train_cmd: Sequence[str]) -> list[str]:
     """The training command started through this node's pool (same interpreter)."""
     return [train_cmd[0], "-m", "slurmft.supervise.warm", "run", "--", *train_cmd]
@@ -144,14 +152,16 @@ def pick_peer(nodes: Sequence[str], here: str) -> str | None:
 
 
 def choose_nodes(allocation: Sequence[str], active: Sequence[str],
-                 want: int | None) -> list[str]:
+                 want: int | None, avoid: Sequence[str] = ()) -> list[str]:
     """The nodes to train on: all of ``allocation`` when ``want`` is None; else ``want`` of
     them, keeping the nodes that trained before (``active``) and filling up with spares in
-    allocation order. Fewer than ``want`` when the spares are used up (the run shrinks)."""
+    allocation order. Fewer than ``want`` when the spares are used up (the run shrinks).
+    A node of ``avoid`` (its warm pool server is gone: a rank there would start cold) is
+    swapped for a spare not in ``avoid`` when there is one, and trains only when none is."""
     if want is None:
         return list(allocation)
-    kept = [n for n in allocation if n in set(active)]
-    spares = [n for n in allocation if n not in set(kept)]
+    kept = [n for n in allocation if n in set(active) and n not in set(avoid)]
+    spares = sorted((n for n in allocation if n not in set(kept)), key=lambda n: n in avoid)
     return sorted(kept + spares[:max(0, want - len(kept))], key=list(allocation).index)
 
 

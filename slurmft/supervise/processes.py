@@ -39,6 +39,9 @@ class Processes(Protocol):
 
     def detach(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None: ...
 
+    def output(self, argv: Sequence[str], env: Mapping[str, str],
+               timeout: float) -> str | None: ...
+
 
 class SubprocessProcesses:
     """``Processes`` with subprocess: the launcher in this process group (Slurm signals the
@@ -78,6 +81,18 @@ class SubprocessProcesses:
                                  stderr=out, start_new_session=True)
             except OSError as exc:
                 log.error("cannot run %s: %s", argv[0], exc.strerror)
+
+
+    def output(self, argv: Sequence[str], env: Mapping[str, str],
+               timeout: float) -> str | None:
+        """What a short command prints (None: it failed, did not end in ``timeout`` s or
+        could not start)."""
+        try:
+            done = subprocess.run(list(argv), env=dict(env), stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=timeout, check=False)
+        except (subprocess.TimeoutExpired, OSError):
+            return None
+        return done.stdout.decode(errors="replace") if done.returncode == 0 else None
 
 
 def _log_file(path: Path) -> IO[bytes]:

@@ -270,7 +270,9 @@ class Supervisor:
             if not allocation:
                 log.error("cannot read the allocation of job %s", job, extra={"job": str(job)})
                 break
-            was, nodes = len(nodes), choose_nodes(allocation, nodes, want)
+            cold = (self.pool.silent(allocation, self.environ) if self.pool and self.pool.proc
+                    and ended is Ended.EXITED and want and len(allocation) > want else [])
+            was, nodes = len(nodes), choose_nodes(allocation, nodes, want, avoid=cold)
             spare, where = "", "full size again" if len(nodes) > was else "the nodes left"
             if want is not None:
                 spare = (f" ({len(allocation) - len(nodes)} spare(s) left)" if len(nodes) == want
@@ -310,7 +312,8 @@ class Supervisor:
     def _wait(self, proc: Launched, nodes: list[str]) -> tuple[int, Ended]:
         """Until the launcher exits, slurmft asks for a relaunch, a rank hangs or the job
         is stopped. A launcher that is stopped gets TERM, then KILL after ``kill_grace``."""
-        next_check = next_pool_check = self.clock()
+        next_check = self.clock()
+        next_pool_check = next_check + POOL_CHECK_S      # the ranks start first
         while True:
             rc = exit_code(proc.poll())
             if rc is not None:
@@ -318,7 +321,7 @@ class Supervisor:
                     return rc, Ended.STOP
                 return rc, Ended.EXITED
             if self._stop_signal is not None:
-                return self._wait_stopped(proc), Ended.STOP
+                return exit_code(proc.wait()), Ended.STOP    # TERMed by Slurm too: it saves
             if self._relaunch_asked:
                 if not self._lost_a_training_node(nodes):
                     continue
@@ -428,11 +431,6 @@ class Supervisor:
                                f"not enough for --spares {k} and at least one to train on "
                                f"(submit with --nodes N+{k})")
         return len(allocation) - k
-
-    def _wait_stopped(self, proc: Launched) -> int:
-        """Slurm sent TERM to the training too: let it save and exit (Slurm KILLs it after
-        KillWait anyway)."""
-        return exit_code(proc.wait())
 
     def _end(self, proc: Launched) -> int:
         """Stop a launcher: TERM, then KILL after the grace (it may wait for a node that is

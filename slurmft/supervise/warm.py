@@ -177,6 +177,21 @@ def run_client(cmd: Sequence[str], environ: Mapping[str, str] | None = None,
     return code
 
 
+def alive(environ: Mapping[str, str], timeout: float = 2.0) -> bool:
+    """Whether this node's pool server listens and answers (``alive``: the supervisor asks
+    every training node before a relaunch after a rank failure, whose kill may have taken
+    the server with it)."""
+    where = here(environ)
+    if where is None:
+        return False
+    try:
+        with _connect(socket_name(*where), 0.0, timeout) as sock:
+            _send(sock, {"ping": True})
+            return "pong" in _recv_doc(sock)
+    except (OSError, ValueError, ConnectionError):
+        return False
+
+
 def _report_missing(environ: Mapping[str, str], node: str) -> None:
     """Leave ``ENV_MISSING``/NODE for the supervisor (best effort: the rank starts cold
     either way)."""
@@ -317,6 +332,10 @@ class Server:
             if size > _MAX_REQUEST:
                 raise ValueError(f"request of {size} bytes")
             request = json.loads(_recv_exact(conn, size))
+            if request.get("ping"):                 # `alive`: a listening server, no rank
+                _send(conn, {"pong": self.node})
+                conn.close()
+                return
             if not _same_interpreter(request["interpreter"], sys.executable):
                 raise ValueError(f"{request['interpreter']} is not {sys.executable}")
         except (OSError, ValueError, KeyError, ConnectionError) as exc:
@@ -409,11 +428,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("serve", help="this node's pool server (one per node, a job step)")
     s.add_argument("--preload", default=",".join(DEFAULT_PRELOAD),
                    help="modules to import once, comma-separated")
+    sub.add_parser("alive", help="print NODE up|down: whether this node's server answers")
     r = sub.add_parser("run", help="run one rank from this node's pool (cold when none)")
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- the training command")
     args = p.parse_args(argv)
     if args.cmd == "serve":
         return serve_main([m for m in args.preload.split(",") if m], os.environ)
+    if args.cmd == "alive":
+        node = (here(os.environ) or ("", "?"))[1]
+        print(f"{node} {'up' if alive(os.environ) else 'down'}", flush=True)
+        return 0
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         p.error("run needs the training command after --")

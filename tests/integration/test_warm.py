@@ -107,3 +107,74 @@ def test_ranks_start_from_the_warm_pool_and_again_after_a_node_loss(cluster, clu
         cluster_run(["scancel", str(jid)])
         if lost:
             bring_back(cluster, cluster_run, lost)
+
+
+def test_killed_ranks_relaunch_warm_on_the_spare_and_their_node_gets_a_new_server(
+        cluster, cluster_run):
+    """kill-job-procs on a training node kills its rank and its pool server. The in-place
+    reschedule finds the node healthy; before relaunching, the supervisor asks every node's
+    server (one short step): the spare, whose server answers, trains in that node's place
+    (its rank forked, not started cold), and the node gets a new server and becomes the
+    spare. Prints the launch -> training start of the relaunch."""
+    work = Path(cluster.shared_dir) / "warm-killed"
+    progress, state, out = work / "progress.jsonl", work / "state", work / "job.out"
+    work.mkdir(parents=True, exist_ok=True)
+    script = write_wrapper(cluster, work, steps=3 * STEPS, nodes=3, spares=1, name="warmkill",
+                           warm=True, launcher="mpirun")
+    jid, watcher = submit_and_watch(cluster, cluster_run, script, "node1,node2,node3,node4",
+                                    watch_env(cluster, state), work / "watch.log")
+    client = cluster.slurm_client()
+
+    def diagnose() -> str:
+        j = client.job(jid)
+        return (f"state {j.state} on {j.nodes}\njob.out:\n"
+                f"{out.read_text()[-3000:] if out.exists() else '(none)'}")
+
+    try:
+        wait_for(lambda: progress.exists() and any(
+            r["event"] == "save" and r["step"] >= 30 for r in read_progress(progress)),
+            150, "a checkpoint at step 30", show=diagnose)
+        # a server younger than the pool's ready wait (30 s) may be importing still: the
+        # supervisor would not start it again; kill once the servers are older
+        started = next(r["t"] for r in read_progress(progress) if r["event"] == "start")
+        time.sleep(max(0.0, started + 32 - time.time()))
+        first = client.job(jid)
+        text = out.read_text()
+        trained = [n for n in first.nodes if f"{n}: rank" in text]
+        spare = next(n for n in first.nodes if n not in trained)
+        victim = trained[-1]                  # neither the batch host nor the launcher's peer
+        assert victim != first.batch_host and len(trained) == 3, diagnose()
+        cluster.fault(victim, "kill-job-procs")
+        killed_at = time.time()
+
+        def relaunch_trains() -> bool:
+            recs = read_progress(progress)
+            start = next((r["t"] for r in recs if r["event"] == "start"
+                          and r["t"] > killed_at), None)
+            return start is not None and any(r["event"] == "step" and r["t"] > start
+                                              for r in recs)
+
+        wait_for(relaunch_trains, 120, "a step of the relaunch", show=diagnose)
+        assert forked_ranks(cluster, spare), diagnose()          # warm on the spare
+        assert not procs.training_ranks(cluster.job_pids(victim)), diagnose()
+        wait_for(lambda: len(re.findall(rf"slurmft warm: {victim} ready in", out.read_text()))
+                 == 2, 60, f"a new server on {victim}", show=diagnose)
+        job = wait_for(lambda: (j := client.job(jid)).state == "COMPLETED" and j, 200,
+                       "the job to complete", show=diagnose)
+        assert job.restart_count == 0 and victim in job.nodes
+        assert f"no server answers on {victim}" in out.read_text(), diagnose()
+        recs = read_progress(progress)
+        starts = [r for r in recs if r["event"] == "start"]
+        assert [r["world_size"] for r in starts] == [3, 3]
+        assert recs[-1]["event"] == "done" and recs[-1]["step"] == 3 * STEPS - 1
+        audit = [json.loads(ln) for ln in (state / "audit.jsonl").read_text().splitlines()]
+        launching = [e for e in audit if e.get("event") == "run"
+                     and e.get("state") == "launching" and e.get("job_id") == jid]
+        assert [victim in e["nodes"] for e in launching] == [True, False]
+        assert spare in launching[1]["nodes"]
+        print(f"relaunch after kill-job-procs on {victim}: launch -> training start "
+              f"{starts[1]['t'] - launching[1]['time']:.2f} s, kill -> first step "
+              f"{next(r['t'] for r in recs if r['event'] == 'step' and r['t'] > starts[1]['t']) - killed_at:.2f} s")
+    finally:
+        stop_watcher(watcher)
+        cluster_run(["scancel", str(jid)])

@@ -53,6 +53,8 @@ class FakeProcesses:
     procs: list[FakeProc] = field(default_factory=list)
     called: list[list[str]] = field(default_factory=list)
     detached: list[list[str]] = field(default_factory=list)
+    outputs: list = field(default_factory=list)             # answers of output(), in order
+    asked: list[list[str]] = field(default_factory=list)
     on_poll: object = None
 
     def start(self, argv, env, stdin_text=None):
@@ -67,6 +69,10 @@ class FakeProcesses:
 
     def detach(self, argv, env, log_path):
         self.detached.append(list(argv))
+
+    def output(self, argv, env, timeout):
+        self.asked.append(list(argv))
+        return self.outputs.pop(0) if self.outputs else None
 
 
 @dataclass
@@ -415,6 +421,17 @@ def test_choose_nodes_keeps_the_training_nodes_and_fills_up_in_order():
     assert choose_nodes(["a", "b", "c", "d"], [], 3) == ["a", "b", "c"]
     assert choose_nodes(["a", "c", "d"], ["a", "b", "c"], 3) == ["a", "c", "d"]
     assert choose_nodes(["b", "d"], ["a", "b", "c"], 3) == ["b", "d"]
+
+
+def test_choose_nodes_swaps_a_node_to_avoid_for_a_spare_and_uses_it_only_when_none_is_left():
+    # b's warm server is gone: the spare d trains in its place, b becomes the spare
+    assert choose_nodes(["a", "b", "c", "d"], ["a", "b", "c"], 3, avoid=["b"]) == ["a", "c", "d"]
+    # the spare's server is gone too: b keeps training (a spare as cold as b gains nothing)
+    assert choose_nodes(["a", "b", "c", "d"], ["a", "b", "c"], 3, avoid=["b", "d"]) == [
+        "a", "b", "c"]
+    # no spare: b trains, cold, rather than the run shrinking
+    assert choose_nodes(["a", "b", "c"], ["a", "b", "c"], 3, avoid=["b"]) == ["a", "b", "c"]
+    assert choose_nodes(["a", "b"], ["a", "b"], None, avoid=["b"]) == ["a", "b"]
 
 
 # --------------------------------------------------------------------------- launch builders

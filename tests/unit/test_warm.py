@@ -171,7 +171,8 @@ def _zombie(pid: int) -> bool:
 
 # ---- the supervisor's side (fakes: no processes, no Slurm) ---------------------------------------
 
-def warm_supervisor(tmp_path, *, launches, allocations=(), pool_shows=True, launch_from="batch"):
+def warm_supervisor(tmp_path, *, launches, allocations=(), pool_shows=True, launch_from="batch",
+                    spares=0):
     from slurmft.supervise.launch import LaunchSettings
     from slurmft.supervise.supervisor import RunOptions, Supervisor
     from tests.unit.test_supervisor import FakeProcesses, FakeSlurm
@@ -188,7 +189,7 @@ def warm_supervisor(tmp_path, *, launches, allocations=(), pool_shows=True, laun
     slurm = PoolSlurm(allocations=list(allocations), step_ids=[])
     opts = RunOptions(job_id=7, checkpoint_dir=tmp_path / "ck", here="node1", cwd=str(tmp_path),
                       slurmft_cmd=("slurmft",), reschedule_log=tmp_path / "r.log",
-                      kill_grace=0.0, warm_preload=("torch", "mpi4py"))
+                      kill_grace=0.0, warm_preload=("torch", "mpi4py"), spares=spares)
     sup = Supervisor(LaunchSettings(train_cmd=(PY, "train.py", "--x"), launch_from=launch_from,
                                     warm=True),
                      opts, slurm, procs, emit=lambda e: None,
@@ -289,6 +290,87 @@ def test_a_relaunch_onto_a_node_without_a_server_starts_one_first_and_waits_for_
     sup.pool._steps = lambda job_id: [0, 1]               # node5's step: never there
     assert not sup.pool.start(["node5"], {}, launch=lambda argv, env: procs.start(argv, env))
     assert sup.pool.never_started(["node1", "node4", "node5", "node6"]) == ["node6"]
+
+
+def _one_step_per_pool_srun(procs):
+    def steps(job_id):
+        return list(range(sum("serve" in (t or "") or "serve" in a
+                              for a, _e, t in procs.started)))
+    return steps
+
+
+def test_after_a_rank_failure_a_spare_whose_server_answers_replaces_a_node_whose_server_died(
+        tmp_path):
+    """kill-job-procs on node2 killed its rank and its pool server: the relaunch asks every
+    node's server (one short step), trains on the spare node3 instead of starting node2's
+    rank cold, and gives node2 a new server once the ranks have started."""
+    sup, procs, slurm = warm_supervisor(tmp_path, launches=[[None, 137], [None] * 8 + [0]],
+                                        allocations=[["node1", "node2", "node3"]], spares=1)
+    sup.pool._steps = _one_step_per_pool_srun(procs)
+    sup.pool.ready_wait = 0.0
+    procs.outputs = ["node1 up\nnode2 down\nnode3 up\n"]
+    assert sup.run() == 0
+    [alive] = procs.asked
+    assert alive[0] == "srun" and "--nodelist=node[1-3]" in alive and alive[-1] == "alive"
+    launches = [env for argv, env, _t in procs.started if "run" in argv]
+    assert [e["SLURM_JOB_NODELIST"] for e in launches] == ["node[1-2]", "node[1,3]"]
+    pools = [argv for argv, _env, _t in procs.started if "serve" in argv]
+    assert len(pools) == 2 and "--nodelist=node2" in pools[1]
+    # node2's new server started after the relaunch, not before it (the ranks start first)
+    assert [i for i, (a, _e, _t) in enumerate(procs.started) if "serve" in a] == [0, 3]
+
+
+@pytest.mark.parametrize("answer, spares, asked", [
+    (None, 1, True),                  # the question failed: relaunch as before, on node2
+    ("node1 up\nnode2 up\nnode3 up\n", 1, True),      # a crash that left the server alive
+    ("node2 down\n", 0, False),      # no spare: nothing to swap, nothing asked
+])
+def test_a_rank_failure_keeps_its_nodes_when_no_answering_spare_can_do_better(
+        tmp_path, answer, spares, asked):
+    sup, procs, slurm = warm_supervisor(
+        tmp_path, launches=[[None, 137], [0]],
+        allocations=[["node1", "node2", "node3"] if spares else ["node1", "node2"]],
+        spares=spares)
+    if not spares:
+        sup.environ["SLURM_JOB_NODELIST"] = "node[1-2]"
+    sup.pool._steps = _one_step_per_pool_srun(procs)
+    sup.pool.ready_wait = 0.0
+    procs.outputs = [answer]
+    assert sup.run() == 0
+    assert bool(procs.asked) is asked
+    launches = [env for argv, env, _t in procs.started if "run" in argv]
+    assert [e["SLURM_JOB_NODELIST"] for e in launches] == ["node[1-2]", "node[1-2]"]
+
+
+def test_a_young_server_that_does_not_answer_is_avoided_but_not_started_again():
+    """node3's server started 10 s ago: not answering, it may be importing still. A spare
+    that answers takes its place all the same, but only node2 (old, silent: dead) gets a new
+    server; a node that never had one is not asked."""
+    from slurmft.supervise.pool import WarmPool
+
+    class Answers:
+        def output(self, argv, env, timeout):
+            assert "--nodelist=node[1-3]" in argv and env["SLURM_JOB_NODELIST"] == "node[1-3]"
+            return "node1 up\nnode2 down\n"
+
+    pool = WarmPool(7, PY, ("torch",), processes=Answers(), steps=lambda job: [],
+                    sleep=lambda s: None, clock=lambda: 100.0)
+    pool.started_at = {"node1": 0.0, "node2": 0.0, "node3": 90.0}
+    assert pool.silent(["node1", "node2", "node3", "node4"], {}) == ["node2", "node3"]
+    assert pool.dead_servers() == ["node2"] and pool.dead_servers() == []
+
+
+def test_alive_answers_up_for_a_listening_server_and_down_without_one(pool, tmp_path):
+    def alive(env):
+        return subprocess.run([PY, "-m", "slurmft.supervise.warm", "alive"], env=env,
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+    node = pool["SLURMD_NODENAME"]
+    assert alive(pool) == f"{node} up"
+    assert alive({**pool, "SLURMD_NODENAME": node + "-none"}) == f"{node}-none down"
+    # the question is not a client: nothing refused, and a rank still runs warm after it
+    assert "refused" not in (tmp_path / "server.log").read_text()
+    out = client(pool, [PY, script(tmp_path, "import os; print(os.getppid())")])
+    assert out.returncode == 0 and out.stdout.strip() == pool["_POOL_PID"]
 
 
 def test_the_pool_s_srun_runs_on_the_launcher_s_peer_not_on_the_batch_host(tmp_path):
