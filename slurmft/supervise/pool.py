@@ -146,16 +146,17 @@ class WarmPool:
         return up
 
     def silent(self, nodes: Sequence[str], env: Mapping[str, str]) -> list[str]:
-        """Those of ``nodes`` whose server does not answer (``answering``; [] when the
-        question failed), logged. One that started less than ``ready_wait`` ago may be
-        importing still: a spare that answers is better all the same."""
+        """Those of ``nodes`` where a rank would not start warm now: no server answers
+        (``answering``), or none was started; [] when the question failed. Logged. One
+        that started less than ``ready_wait`` ago may be importing still: a spare that
+        answers is better all the same."""
         up = self.answering(nodes, env)
-        dead = [n for n in nodes if up is not None and n in self.started_at and n not in up]
-        if dead:
+        cold = [n for n in nodes if up is not None and n not in up]
+        if dead := [n for n in cold if n in self.started_at]:
             log.warning("warm pool: no server answers on %s (killed with the job's processes "
                         "there?): a spare whose server answers trains in its place, and it gets "
                         "a new one", fold(dead), extra={"job": str(self.job_id)})
-        return dead
+        return cold
 
     def dead_servers(self) -> list[str]:
         """Nodes whose client found no server since the last call (their notes removed), or

@@ -22,15 +22,14 @@ starts a detached ``slurmft reschedule`` that requeues the job) or STALE_COPY (S
 the job while this host was cut off: this copy stops). Before every relaunch the training's
 job steps are killed through Slurm, wherever their launcher ran.
 
-A straggler (``supervise.straggler``: busy time per step ``factor`` x its peers' median) is
-logged at ERROR with its node; with ``straggler_action="swap"`` and a free spare, its node is
-left out of the training for the rest of the job and the training relaunched with a spare in
-its place. A used spare is refilled with an idle node (``supervise.refill``) while it trains;
-a run that shrank meanwhile relaunches on full size at the next checkpoint (``supervise.grow``).
+A straggler (``supervise.straggler``) is logged at ERROR with its node; with
+``straggler_action="swap"`` and a free spare, its node is left out for the rest of the job and
+a spare takes its place. A used spare is refilled (``supervise.refill``) while it trains; a
+shrunk run relaunches on full size at the next checkpoint (``supervise.grow``). With the warm
+pool (``supervise.pool``), a spare whose server answers replaces a node whose server died.
 
-The supervisor owns no Slurm logic of its own: the rescheduler decides, the Slurm client
-reads the allocation and kills steps, and ``Processes`` starts the launcher (replaced by a
-fake in unit tests).
+No Slurm logic of its own: the rescheduler decides, the Slurm client reads the allocation and
+kills steps, ``Processes`` starts the launcher (a fake in unit tests).
 """
 
 from __future__ import annotations
@@ -165,9 +164,8 @@ class Supervisor:
 
     def __init__(self, settings: LaunchSettings, options: RunOptions, slurm: SlurmView,
                  processes: Processes, *, monitor: ProgressMonitor | None = None,
-                 stragglers: StragglerMonitor | None = None,
-                 regainer: Any = None, refill: Any = None, grow: Any = None,
-                 emit: Callable[[Event], None] | None = None,
+                 stragglers: StragglerMonitor | None = None, regainer: Any = None,
+                 refill: Any = None, grow: Any = None, emit: Callable[[Event], None] | None = None,
                  environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -423,8 +421,7 @@ class Supervisor:
                             "left, the training runs on all of them", o.job_id,
                             len(allocation), o.train_nodes, extra={"job": str(o.job_id)})
             return min(o.train_nodes, len(allocation))
-        k = o.spares
-        if not k:
+        if not (k := o.spares):
             return None
         if len(allocation) <= k:
             raise SlurmFTError(f"job {o.job_id} holds {len(allocation)} node(s): "
