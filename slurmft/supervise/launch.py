@@ -133,12 +133,16 @@ def on_peer_argv(settings: LaunchSettings, job_id: int, peer: str, nodes: Sequen
             "--ntasks=1", f"--nodelist={peer}", "env", *env, *argv]
 
 
-def peer_script(env: Mapping[str, str], cwd: str, argv: Sequence[str]) -> str:
+def peer_script(env: Mapping[str, str], cwd: str, argv: Sequence[str],
+                note: str = "") -> str:
     """Bash input for ``ssh PEER bash -s``: export this environment (values quoted, so they
-    reach the ranks intact), cd to ``cwd`` (shared storage), exec ``argv``."""
+    reach the ranks intact), cd to ``cwd`` (shared storage), run ``note`` (a line that
+    leaves the pid somewhere: ``supervise.strays``), exec ``argv``."""
     lines = [f"export {k}={shlex.quote(v)}" for k, v in env.items()
              if _NAME_RE.match(k) and k not in _HOST_VARS and not k.startswith(("SSH_", "BASH"))]
     lines.append(f"cd {shlex.quote(cwd)} || exit 1")
+    if note:
+        lines.append(note)
     lines.append(f"exec {shlex.join(argv)}")
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,9 @@ on a connection that is up already (0.016 s on the same node). The master lives 
 session on it does (the warm pool's step keeps one for the whole job) and ``ControlPersist``
 seconds after; ``close()`` ends it. A user turns it off with ``--ssh-args "-o
 ControlMaster=no"`` (ssh keeps the first value it is given, and the user's come first).
+
+Each peer script leaves its pid for the next run (``supervise.strays``); a requeued run's first
+act is ``stop_strays``.
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from __future__ import annotations
 import shlex
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from slurmft.core.log import get_logger
 from slurmft.supervise.launch import LaunchSettings, on_peer_argv, peer_script, pick_peer
 from slurmft.supervise.processes import Launched, Processes
+from slurmft.supervise.strays import (find_strays, forget, kill_command, log_found, note_dir,
+                                      note_line)
 
 log = get_logger(__name__)
 
@@ -79,7 +85,8 @@ class PeerLauncher:
                 self._check(peer, env)
             if peer is not None and self.ok:
                 run = list(argv) if own_step else on_peer_argv(s, o.job_id, peer, nodes, argv)
-                script = peer_script(env, o.cwd, run)
+                note = note_line(note_dir(o.checkpoint_dir, o.job_id, o.restart_count), peer)
+                script = peer_script(env, o.cwd, run, note)
                 return self.processes.start([*self.ssh(), peer, "bash", "-s"], env, script)
         return self.processes.start(argv, env)
 
@@ -105,6 +112,28 @@ class PeerLauncher:
         self.ok = False
         log.warning("cannot ssh to %s or no %s there: %s runs on the batch host %s", peer,
                     o.cwd, self.settings.launcher, o.here, extra={"job": str(o.job_id)})
+
+    def stop_strays(self, env: Mapping[str, str], wait: float = 3.0) -> None:
+        """Before a requeued run's first job step: SIGKILL the srun clients the runs before
+        it left on peers (``supervise.strays``), over ssh, all nodes at once, for at most
+        ``wait`` seconds (a node that does not answer is gone, and its sruns with it)."""
+        o = self.options
+        if self.settings.launch_from != "peer" or o.restart_count <= 0:
+            return
+        strays = find_strays(o.checkpoint_dir, o.job_id, o.restart_count)
+        log_found(o.job_id, strays)
+        procs = []
+        for node, pids in strays.pids.items():
+            procs.append(self.processes.start([*self.ssh(), node, kill_command(o.job_id, pids)],
+                                              env))
+            self._used.append(node)
+        deadline = time.monotonic() + wait
+        for proc in procs:
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            if proc.poll() is None:
+                proc.kill()
+        forget(strays)
 
     def close(self, env: Mapping[str, str]) -> None:
         """End the master connections and remove their directory (best effort: Slurm ends

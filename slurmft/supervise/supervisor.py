@@ -232,6 +232,7 @@ class Supervisor:
         want = self.want = self._world_nodes(allocation)
         nodes = choose_nodes(allocation, [], want)
         resume = resume_args(self.options, first=True)
+        self.peer.stop_strays(self.environ)      # a requeued run: before its first step
         if self.pool is not None:    # on every node, spares too, for the job; from a peer
             self.pool.start(allocation, self._launch_env(allocation),
                             launch=lambda argv, env: self._start(allocation, argv, env,

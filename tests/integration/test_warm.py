@@ -38,6 +38,21 @@ def forked_ranks(cluster, node: str) -> list[int]:
             if "slurmft.supervise.warm serve" in procs.cmdline(p)]
 
 
+def diagnosis(client, jid: int, out: Path):
+    """What a failed wait shows: the job's state and nodes, the end of its output."""
+    def show() -> str:
+        j = client.job(jid)
+        return (f"state {j.state} on {j.nodes}\njob.out:\n"
+                f"{out.read_text()[-2500:] if out.exists() else '(none)'}")
+    return show
+
+
+def wait_checkpoint(progress: Path, step: int, seconds: float, show) -> None:
+    wait_for(lambda: progress.exists() and any(
+        r["event"] == "save" and r["step"] >= step for r in read_progress(progress)),
+        seconds, f"a checkpoint at step {step}", show=show)
+
+
 @pytest.mark.parametrize("launcher", ["mpirun", "srun"])
 def test_ranks_start_from_the_warm_pool_and_again_after_a_node_loss(cluster, cluster_run,
                                                                     launcher):
@@ -53,15 +68,9 @@ def test_ranks_start_from_the_warm_pool_and_again_after_a_node_loss(cluster, clu
     lost = ""
     out = work / "job.out"
 
-    def diagnose() -> str:
-        j = client.job(jid)
-        return (f"state {j.state} on {j.nodes}\njob.out:\n"
-                f"{out.read_text()[-2500:] if out.exists() else '(none)'}")
-
+    diagnose = diagnosis(client, jid, out)
     try:
-        wait_for(lambda: progress.exists() and any(
-            r["event"] == "save" and r["step"] >= 30 for r in read_progress(progress)),
-            120, "a checkpoint at step 30", show=diagnose)
+        wait_checkpoint(progress, 30, 120, diagnose)
         first = client.job(jid)
         lost = next(n for n in first.nodes if n != first.batch_host
                     and f"{n}: rank" in out.read_text())      # a training node, not the batch host
@@ -125,15 +134,9 @@ def test_killed_ranks_relaunch_warm_on_the_spare_and_their_node_gets_a_new_serve
                                     watch_env(cluster, state), work / "watch.log")
     client = cluster.slurm_client()
 
-    def diagnose() -> str:
-        j = client.job(jid)
-        return (f"state {j.state} on {j.nodes}\njob.out:\n"
-                f"{out.read_text()[-3000:] if out.exists() else '(none)'}")
-
+    diagnose = diagnosis(client, jid, out)
     try:
-        wait_for(lambda: progress.exists() and any(
-            r["event"] == "save" and r["step"] >= 30 for r in read_progress(progress)),
-            150, "a checkpoint at step 30", show=diagnose)
+        wait_checkpoint(progress, 30, 150, diagnose)
         # a server younger than the pool's ready wait (30 s) may be importing still: the
         # supervisor would not start it again; kill once the servers are older
         started = next(r["t"] for r in read_progress(progress) if r["event"] == "start")

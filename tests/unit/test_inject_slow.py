@@ -20,17 +20,19 @@ from slurmft.testbed import Fault, procs
 from slurmft.testbed.inject import InjectRequest, Injector
 from tests.fakes.fake_slurm import FakeSlurm
 
-# A launcher (python) -> sh -> the rank (python): it counts steps of 0.05 s of sleep in a file.
+# A launcher (python) -> sh -> the rank (python): it counts steps of 0.05 s of sleep in a file
+# (replaced whole: a read between a truncate and a write once gave a negative rate).
 TREE = textwrap.dedent("""
     import subprocess, sys, time
     rank = '''
-    import sys, time
+    import os, sys, time
     n = 0
     while True:
         time.sleep(0.05)
         n += 1
-        with open(sys.argv[1], "w") as fh:
+        with open(sys.argv[1] + ".tmp", "w") as fh:
             fh.write(str(n))
+        os.replace(sys.argv[1] + ".tmp", sys.argv[1])    # a reader never sees it empty
     '''
     subprocess.Popen(["sh", "-c", '"$0" -c "$1" "$2"; true', sys.executable, rank, sys.argv[1]])
     print("up", flush=True)

@@ -26,9 +26,10 @@ class Procs:
         return SimpleNamespace(pid=1)
 
 
-def options(tmp_path: Path) -> SimpleNamespace:
+def options(tmp_path: Path, restart_count: int = 0) -> SimpleNamespace:
     return SimpleNamespace(here="node1", job_id=7, cwd=str(tmp_path),
-                           reschedule_log=tmp_path / "r.log", peer_check_timeout=30.0)
+                           reschedule_log=tmp_path / "r.log", peer_check_timeout=30.0,
+                           checkpoint_dir=tmp_path / "ck", restart_count=restart_count)
 
 
 def settings(**kw) -> LaunchSettings:
@@ -115,3 +116,85 @@ def test_the_socket_directory_is_private_and_short_enough_for_a_socket_path():
         assert len(f"{path}/{'c' * 40}.{'x' * 16}") < 104        # sun_path, with ssh's suffix
     finally:
         os.rmdir(path)
+
+
+# ---- the previous run's sruns (supervise.strays) -------------------------------------------------
+
+def test_each_peer_script_leaves_its_pid_for_the_next_run_before_it_execs_srun(tmp_path):
+    procs = Procs()
+    peer = PeerLauncher(settings(), options(tmp_path, restart_count=2), procs,
+                        make_dir=lambda: None)
+    peer.start(["node1", "node2"], ["mpirun", "true"], {})
+    [(_argv, script)] = procs.started
+    lines = script.splitlines()
+    note = f"mkdir -p {tmp_path}/ck/.slurmft-peer/7/2 2>/dev/null && : > "
+    assert lines[-2].startswith(note) and lines[-2].endswith("/node2.$$ 2>/dev/null")
+    assert lines[-1].startswith("exec srun")
+    # the line works: bash writes NODE.PID, the pid of the shell that then execs
+    import subprocess
+    out = subprocess.run(["bash", "-c", lines[-2] + "; echo $$"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert [p.name for p in (tmp_path / "ck/.slurmft-peer/7/2").iterdir()] == [f"node2.{out}"]
+
+
+def test_a_requeued_run_kills_the_earlier_runs_sruns_on_their_nodes_then_forgets_them(tmp_path):
+    from slurmft.supervise.strays import find_strays
+
+    root = tmp_path / "ck" / ".slurmft-peer" / "7"
+    for run, name in [("0", "node2.4242"), ("0", "node3.77"), ("1", "node2.999"),
+                      ("1", "bad;name.5"), ("2", "node4.1"), ("1", "node2.notapid")]:
+        (root / run).mkdir(parents=True, exist_ok=True)
+        (root / run / name).touch()
+    found = find_strays(tmp_path / "ck", 7, 2)
+    assert found.pids == {"node2": [4242, 999], "node3": [77]}     # run 2 is this one
+
+    class Done:
+        pid = 1
+
+        def poll(self):
+            return 0
+
+    procs = Procs()
+    procs.start = lambda argv, env, stdin_text=None: (procs.started.append((argv, None)),
+                                                      Done())[1]
+    peer = PeerLauncher(settings(), options(tmp_path, restart_count=2), procs,
+                        make_dir=lambda: None)
+    peer.stop_strays({})
+    by_node = {argv[-2]: argv[-1] for argv, _ in procs.started}
+    assert set(by_node) == {"node2", "node3"}
+    assert "for p in 4242 999;" in by_node["node2"] and "SLURM_JOB_ID=7" in by_node["node2"]
+    assert "kill -KILL $p" in by_node["node2"] and "*/srun" in by_node["node2"]
+    assert sorted(p.name for p in root.iterdir()) == ["2"]        # the old notes are gone
+    # the first run, or one launched from the batch host: nothing to look for
+    procs.started.clear()
+    PeerLauncher(settings(), options(tmp_path, restart_count=0), procs).stop_strays({})
+    PeerLauncher(LaunchSettings(train_cmd=("python", "train.py"), launch_from="batch"),
+                 options(tmp_path, 3), procs).stop_strays({})
+    assert procs.started == []
+
+
+def test_the_kill_command_spares_a_pid_that_is_not_an_srun_of_this_job(tmp_path):
+    """Run for real: a sleep of this job is not an srun (left alone); an 'srun' (a copy of
+    sleep named srun) of another job is left alone; one of this job is killed."""
+    import shutil
+    import subprocess
+    import time
+
+    from slurmft.supervise.strays import kill_command
+
+    fake = tmp_path / "srun"
+    shutil.copy(shutil.which("sleep"), fake)
+    mine = subprocess.Popen([str(fake), "30"], env={"SLURM_JOB_ID": "7"})
+    other = subprocess.Popen([str(fake), "30"], env={"SLURM_JOB_ID": "8"})
+    plain = subprocess.Popen(["sleep", "30"], env={"SLURM_JOB_ID": "7"})
+    try:
+        # sshd hands the command line to the login shell as `$SHELL -c LINE`
+        subprocess.run(["sh", "-c", kill_command(7, [mine.pid, other.pid, plain.pid])],
+                       check=True)
+        time.sleep(0.2)
+        assert mine.poll() == -9
+        assert other.poll() is None and plain.poll() is None
+    finally:
+        for p in (mine, other, plain):
+            p.kill()
+            p.wait()
