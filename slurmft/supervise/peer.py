@@ -126,7 +126,8 @@ class PeerLauncher:
         for node, pids in strays.pids.items():
             procs.append(self.processes.start([*self.ssh(), node, kill_command(o.job_id, pids)],
                                               env))
-            self._used.append(node)
+            if node not in self._used:
+                self._used.append(node)
         deadline = time.monotonic() + wait
         for proc in procs:
             while proc.poll() is None and time.monotonic() < deadline:

@@ -82,7 +82,6 @@ class SubprocessProcesses:
             except OSError as exc:
                 log.error("cannot run %s: %s", argv[0], exc.strerror)
 
-
     def output(self, argv: Sequence[str], env: Mapping[str, str],
                timeout: float) -> str | None:
         """What a short command prints (None: it failed, did not end in ``timeout`` s or
