@@ -88,6 +88,17 @@ def forget(strays: Strays) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def clear_job_notes(checkpoint_dir: Path, job_id: int, kinds: tuple[str, ...]) -> None:
+    """A finished job's notes of every run, ``<checkpoint dir>/<kind>/<job>`` for each kind
+    (best effort), and each ``<kind>`` folder left empty: nothing of them is read again."""
+    for kind in kinds:
+        shutil.rmtree(checkpoint_dir / kind / str(int(job_id)), ignore_errors=True)
+        try:
+            (checkpoint_dir / kind).rmdir()
+        except OSError:
+            pass                # another job's notes are there, or it never existed
+
+
 def note_line(directory: Path, node: str) -> str:
     """The peer script's line that leaves its pid (``$$``: the srun it execs next)."""
     d = shlex.quote(str(directory))

@@ -56,6 +56,7 @@ from slurmft.supervise.launch import (GroupJob, LaunchSettings, choose_nodes, ex
 from slurmft.supervise.peer import PeerLauncher
 from slurmft.supervise.pool import WarmPool
 from slurmft.supervise.processes import Launched, Processes
+from slurmft.supervise.strays import PEER_DIR, clear_job_notes
 from slurmft.supervise.warm import DEFAULT_PRELOAD
 
 log = get_logger(__name__)
@@ -248,6 +249,7 @@ class Supervisor:
                 ended = Ended.RELAUNCH if self._same_run() else ended
             elif rc == 0 and ended is Ended.EXITED:
                 self._to(RunState.DONE, "the training finished", rc=0)
+                clear_job_notes(ckpt, job, (PEER_DIR, WARM_DIR))
                 return 0
             resume = resume_args(self.options, first=False)
             if ended in (Ended.EXITED, Ended.HUNG):

@@ -158,6 +158,20 @@ def test_a_training_that_succeeds_is_launched_once_and_ends_done(tmp_path):
     assert procs.called == [] and procs.detached == [] and slurm.killed == []
 
 
+def test_a_finished_training_leaves_no_notes_of_its_runs_but_other_jobs_notes_stay(tmp_path):
+    sup, procs, slurm, events = make(tmp_path)
+    ck = tmp_path / "ck"
+    for kind in (".slurmft-peer/7/0", ".slurmft-peer/7/1", ".slurmft-peer/8/0",
+                 ".slurmft-warm/7"):
+        (ck / kind).mkdir(parents=True)
+        (ck / kind / "node2.123").touch()
+    (ck / "step_000000000020").mkdir()
+    assert sup.run() == 0 and events[-1].state == "done"
+    assert sorted(p.relative_to(ck).as_posix() for p in ck.rglob("*")) == [
+        ".slurmft-peer", ".slurmft-peer/8", ".slurmft-peer/8/0", ".slurmft-peer/8/0/node2.123",
+        "step_000000000020"]
+
+
 def test_a_failed_launcher_asks_in_place_kills_the_steps_and_relaunches_resuming(tmp_path):
     # node1 is still in the job when the launcher exits; the in-place reschedule takes it out
     sup, procs, slurm, events = make(tmp_path, launches=[[None, 255], [0]],
