@@ -540,7 +540,14 @@ class Run:
         self.say(f"repair {f.node}: {what}")
 
     def _resume_drained(self, to_resume: dict[str, float]) -> None:
-        """``state=resume`` for repaired nodes Slurm or slurmft left drained/down."""
+        """``state=resume`` for repaired nodes Slurm or slurmft left drained/down, right after
+        the repair, as an operator does. Waiting until slurmctld sees the node respond again
+        held it out for a minute: a node cut off while it ran a step of the job that excised it
+        is marked responding 38 s after link-up (22.05, local cluster; ~50 s in the goodput
+        run, the repaired node came back as a spare just as the next fault came, before it had
+        a warm pool server), 3 s without such a step; after a resume slurmctld asks it to
+        register at once (responding 0.1 s later, its stale step killed).
+        """
         try:
             nodes = {n.name: n for n in self.cluster.slurm_client().nodes()}
         except SlurmFTError:
@@ -552,7 +559,7 @@ class Run:
                 to_resume.pop(name)
                 continue
             drained = "DRAIN" in n.flags or n.state.startswith(("drain", "down"))
-            if drained and "NOT_RESPONDING" not in n.flags:
+            if drained:
                 cp = self.cluster.run(["scontrol", "update", f"nodename={name}", "state=resume"],
                                       timeout=30)
                 self.say(f"resume {name} (was {n.state}{'+' + '+'.join(n.flags) if n.flags else ''})"

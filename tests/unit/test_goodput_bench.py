@@ -208,3 +208,27 @@ def test_the_latest_checkpoint_of_a_per_step_run_is_the_newest_over_its_groups(g
             mgr.save({"w": np.zeros(3)}, step, wait=True)
     name, step = gp.latest_checkpoint(Store(tmp_path))
     assert step == 60 and name.endswith("60")
+
+
+def test_a_repaired_node_is_resumed_at_once_even_before_slurmctld_hears_from_it(gp):
+    """Waiting for NOT_RESPONDING to clear held a repaired node out for ~50 s in the goodput
+    run; a resume makes slurmctld ask it to register at once."""
+    from types import SimpleNamespace
+
+    from slurmft.slurm.records import NodeInfo
+
+    ran: list[list[str]] = []
+    nodes = [NodeInfo("node3", "down", flags=("DRAIN", "NOT_RESPONDING")),
+             NodeInfo("node4", "idle"),
+             NodeInfo("node5", "idle", flags=("DRAIN",))]
+    cluster = SimpleNamespace(
+        slurm_client=lambda: SimpleNamespace(nodes=lambda: nodes),
+        run=lambda argv, timeout: ran.append(argv) or SimpleNamespace(returncode=0, stderr=""))
+    run = gp.Run.__new__(gp.Run)
+    run.v, run.cluster, said = "spare-warm", cluster, []
+    run.say = said.append
+    to_resume = {"node3": float("inf"), "node4": float("inf"), "node5": 0.0}
+    run._resume_drained(to_resume)
+    assert ran == [["scontrol", "update", "nodename=node3", "state=resume"]]
+    assert to_resume == {}          # node3 resumed, node4 back on its own, node5 given up
+    assert said == ["resume node3 (was down+DRAIN+NOT_RESPONDING): rc 0 "]
