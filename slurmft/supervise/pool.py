@@ -121,6 +121,15 @@ class WarmPool:
             env[ENV_MISSING] = str(self.missing_dir)
         return env
 
+    def left_job(self, allocation: Sequence[str]) -> None:
+        """Forget the servers of nodes no longer in ``allocation`` (the job's nodes as Slurm
+        lists them now; empty: unknown, nothing forgotten): Slurm ended each with the node's
+        part of the job, so one taken in again later (the spare refill) needs a new server."""
+        if allocation:
+            for node in [n for n in self.started_at if n not in allocation]:
+                del self.started_at[node]
+            self.failed.intersection_update(allocation)
+
     def never_started(self, nodes: Sequence[str]) -> list[str]:
         """Those of ``nodes`` no server was started on, nor tried and failed (a launch
         must not wait for the step search again and again)."""

@@ -340,8 +340,7 @@ class Supervisor:
                 next_pool_check = self.clock() + POOL_CHECK_S
                 self._pool_on(self.pool.dead_servers(), nodes, why="no warm pool server")
             if self.monitor is not None and self.clock() >= next_check:
-                # heartbeats live on shared storage: one read of every rank's file every
-                # two steps or so (at most 4 a second), not one per poll of the launcher
+                # heartbeats on shared storage: read every ~2 steps (<= 4/s), not every poll
                 next_check = self.clock() + read_interval(self.monitor.step_time,
                                                           fixed=self.options.monitor_interval)
                 stuck = self.monitor.poll()
@@ -361,8 +360,8 @@ class Supervisor:
         self._pool_on(added, nodes)
 
     def _pool_on(self, new: list[str], nodes: list[str], why: str = "") -> None:
-        """A pool server on each of ``new`` that never had one (taken in), or whose server
-        is gone (``why``: a rank there found none), its srun on the launcher's peer."""
+        """A pool server on each of ``new`` that has none (taken in: never had one, or left
+        the job since), or whose server is gone (``why``: a rank there found none)."""
         new = new if why or not self.pool else self.pool.never_started(new)
         if not new or self.pool is None or self.pool.proc is None:
             return
@@ -550,11 +549,14 @@ class Supervisor:
 
     def _allocation(self) -> list[str]:
         try:
-            return self.slurm.allocation(self.options.job_id)
+            nodes = self.slurm.allocation(self.options.job_id)
         except SlurmFTError as exc:
             log.error("job %s: cannot read the allocation: %s", self.options.job_id, exc,
                       extra={"job": str(self.options.job_id)})
             return []
+        if self.pool is not None:        # a node that left the job lost its server with it
+            self.pool.left_job(nodes)
+        return nodes
 
     # ------------------------------------------------------------------ environment
     def _launch_env(self, nodes: list[str]) -> dict[str, str]:
