@@ -595,16 +595,14 @@ class Run:
             self._keep_daemon_logs(keep)
         attach_phases(res.faults, records, self.cluster.shared_dir / "slurmft" / "audit.jsonl")
 
-
     def _keep_daemon_logs(self, keep: Path) -> None:
         """slurmctld's and each slurmd's log next to the run's own files: what Slurm did
         between slurmft's actions (a requeue nobody asked for is only explained there)."""
         for what in ("slurmctld", *(f"slurmd-{n}" for n in self.cluster.nodes)):
             try:
-                log_file = self.cluster.log_path(what)
-                (keep / f"{what}.log").write_bytes(log_file.read_bytes())
-            except (OSError, AttributeError, NotImplementedError):
-                continue
+                (keep / f"{what}.log").write_bytes(self.cluster.log_path(what).read_bytes())
+            except OSError:
+                continue                 # a daemon that wrote no log
 
 
 def runner_script(*, replica: int, replicas: int, work: Path, train: list[str]) -> str:
