@@ -681,6 +681,11 @@ class RunnerRun(Run):
                 out[int(j.name.rsplit("-", 1)[1])] = j
         return out
 
+    def _ended_states(self, client) -> list[str]:
+        """The states of this variant's jobs, when every one of them has ended (else [])."""
+        mine = [j for j in client.jobs() if j.name.startswith(f"{self.PREFIX}-")]
+        return [j.state for j in mine] if mine and all(j.has_ended for j in mine) else []
+
     def _follow_runner(self, ckpt: Path, progress: Path) -> None:
         from types import SimpleNamespace
 
@@ -708,10 +713,17 @@ class RunnerRun(Run):
                 break
             try:
                 alive = self._alive(client)
+                ended = self._ended_states(client) if recs and not alive else []
             except SlurmFTError as exc:
                 self.say(f"  (squeue: {exc})")
                 time.sleep(1)
                 continue
+            if ended and not self.RESUBMIT:      # nothing will run again: the run is over
+                res.final_state = "/".join(sorted(set(ended)))
+                res.notes.append(f"every group job ended ({res.final_state}) without a "
+                                 "'done' record")
+                self.say(f"group jobs ended: {res.final_state}")
+                break
             if now >= next_poll and self.RESUBMIT:   # runner.py's monitor(): resubmit what is gone
                 next_poll = now + RUNNER_POLL_S
                 for i, script in enumerate(self.scripts):

@@ -232,3 +232,22 @@ def test_a_repaired_node_is_resumed_at_once_even_before_slurmctld_hears_from_it(
     assert ran == [["scontrol", "update", "nodename=node3", "state=resume"]]
     assert to_resume == {}          # node3 resumed, node4 back on its own, node5 given up
     assert said == ["resume node3 (was down+DRAIN+NOT_RESPONDING): rc 0 "]
+
+
+def test_the_group_jobs_run_is_over_when_every_group_job_has_ended(gp):
+    """A per-step run whose groups all completed once left no 'done' record, and the benchmark
+    waited out its stall limit: it now also ends when Slurm shows every group job ended."""
+    from types import SimpleNamespace
+
+    def job(name, state, ended):
+        return SimpleNamespace(name=name, state=state, has_ended=ended)
+
+    run = gp.GroupJobsRun.__new__(gp.GroupJobsRun)
+    other = job("someone-else", "RUNNING", False)
+    client = SimpleNamespace(jobs=lambda: listing)
+    listing = [job("tft-group-0", "COMPLETED", True), job("tft-group-1", "PENDING", False), other]
+    assert run._ended_states(client) == []            # one group requeued: not over
+    listing = [job("tft-group-0", "COMPLETED", True), job("tft-group-1", "FAILED", True), other]
+    assert sorted(run._ended_states(client)) == ["COMPLETED", "FAILED"]
+    listing = [other]
+    assert run._ended_states(client) == []            # none of ours listed (yet): not over
