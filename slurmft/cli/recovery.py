@@ -63,8 +63,9 @@ def _echo_refusal(exc: PolicyError, job_id: int, as_json: bool) -> None:
                    "DRAIN) and exit 0 so the wrapper relaunches on the nodes left, in the same "
                    "job; exit 5 if it needs a requeue instead (its batch host failed).")
 @click.option("--restart-count", type=count(0), default=None,
-              help="With --in-place: the caller's SLURM_RESTART_COUNT. If Slurm requeued the "
-                   "job since, the caller is a copy left behind: exit 6, change nothing.")
+              help="The caller's SLURM_RESTART_COUNT (the job's supervisor passes it, in "
+                   "place or handing off). If Slurm requeued the job since, the caller is a "
+                   "copy left behind: exit 6, change nothing.")
 @click.option("--regain", "regain_nodes", type=count(1), default=None, metavar="N",
               help="Asked by the job's supervisor (slurmft run --total-steps) when a job "
                    "that shrank sees its nodes return and the rest of the run at full size "
@@ -100,8 +101,8 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     \b
     Exit codes: 0 done or nothing to do; 1 Slurm failed; 2 usage; 3 policy refused
     (retry budget spent: job held; or too few nodes); 4 not your job; 5 (--in-place)
-    not relaunched in place: the job needs a requeue; 6 (--in-place) the caller
-    is a copy of the job Slurm has requeued since: it must stop.
+    not relaunched in place: the job needs a requeue; 6 (--restart-count) the
+    caller is a copy of the job Slurm has requeued since: it must stop.
     """
     from slurmft.core import nodeset
     from slurmft.recovery.policy import Outcome

@@ -107,8 +107,9 @@ class PolicyConfig:
     # The caller is the job's own wrapper, inside the allocation, whose launcher just failed:
     # plan only what keeps the job running (RELAUNCH), else HAND_OFF to a requeue.
     in_place: bool = False
-    # SLURM_RESTART_COUNT of the wrapper asking in place: when Slurm has requeued the job since,
-    # the caller is a copy left behind (its node was cut off) and must stop, not relaunch.
+    # SLURM_RESTART_COUNT of the job's own supervisor asking (in place, or handing off): when
+    # Slurm has requeued the job since, the caller is a copy left behind (its node was cut off)
+    # and must stop, not relaunch, and nothing is done to the job's new run.
     caller_restarts: int | None = None
     # The job's supervisor asks for its size back (it shrank, nodes returned, and the rest of
     # the run at full size saves more than a requeue costs): requeue it at this many nodes.
@@ -241,6 +242,12 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     base = dict(job_id=jid, failed=failed, healthy=healthy, retries_used=used,
                 max_retry=config.max_retry)
 
+    if config.caller_restarts is not None and config.caller_restarts != job.restart_count:
+        # in place or handing off: a copy cut off from the job that Slurm has requeued since
+        # acts on the new run otherwise (requeues it, takes its nodes out)
+        return Decision(Outcome.STALE, message=f"job {jid} was requeued since this wrapper "
+                        f"started (restart {config.caller_restarts}, now {job.restart_count}): "
+                        "this copy must stop", **base)
     if not needs_probe(job):
         return Decision(Outcome.NOTHING, message=f"job {jid} is {job.state}: nothing to do",
                         **base)
@@ -463,11 +470,6 @@ def _relaunch(job: JobInfo, failed: tuple[str, ...], status: Mapping[str, Health
     failed (a rank crashed), the training restarts on the same nodes. Each relaunch counts
     against the retry budget. ``None``: not a relaunch; decide as for any job."""
     jid = job.job_id
-    if (config.in_place and config.caller_restarts is not None
-            and config.caller_restarts != job.restart_count):
-        return Decision(Outcome.STALE, message=f"job {jid} was requeued since this wrapper "
-                        f"started (restart {config.caller_restarts}, now {job.restart_count}): "
-                        "this copy must stop", **base)
     hand_off = None
     if not (job.state == "RUNNING" and is_relaunchable(job)):
         hand_off = f"job {jid} is {job.state}" + ("" if is_relaunchable(job) else

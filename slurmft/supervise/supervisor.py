@@ -525,10 +525,10 @@ class Supervisor:
         self._to(RunState.HANDING_OFF, "asking slurmft to reschedule the job", rc=rc)
         log.warning("launcher exited with %s in job %s; asking slurmft to reschedule", rc,
                     o.job_id, extra={"job": str(o.job_id)})
-        argv = [*o.slurmft_cmd, "reschedule", str(o.job_id), "--settle", "30",
-                "--restart-failed", "--nodes", self.environ.get("SLURM_JOB_NODELIST", ""),
-                "--checkpoint-dir", str(o.checkpoint_dir), "--train-cmd",
-                o.train_cmd_line or shlex.join(self.settings.train_cmd)]   # nodes: the last launch's
+        argv = [*o.slurmft_cmd, "reschedule", str(o.job_id), "--settle", "30", "--restart-failed",
+                "--restart-count", str(o.restart_count), "--nodes", self.environ.get(
+                    "SLURM_JOB_NODELIST", ""), "--checkpoint-dir", str(o.checkpoint_dir),
+                "--train-cmd", o.train_cmd_line or shlex.join(self.settings.train_cmd)]
         self.processes.detach(argv, self.environ, o.reschedule_log)
 
     # ------------------------------------------------------------------ Slurm

@@ -113,3 +113,17 @@ def test_a_wrapper_copy_from_before_a_requeue_is_told_to_stop():
     assert d.outcome is Outcome.STALE and not d.actions
     current = PolicyConfig(max_retry=3, in_place=True, caller_restarts=1)
     assert decide(job(restart_count=1), health(), History(), current).outcome is Outcome.RELAUNCH
+
+
+def test_a_hand_off_from_a_copy_cut_off_before_a_requeue_leaves_the_new_run_alone():
+    """A supervisor whose batch host was cut off hands off once its launcher dies; Slurm has
+    requeued the job meanwhile: the detached reschedule must not requeue the new run again or
+    take its nodes out, running or still pending."""
+    stale = PolicyConfig(max_retry=3, restart_failed=True, caller_restarts=0)
+    for now in (job(restart_count=1), job(restart_count=1, state="PENDING")):
+        d = decide(now, health(node3=U), History(), stale)
+        assert d.outcome is Outcome.STALE and not d.actions
+    # the same hand-off from the current copy goes ahead (the failed node is moved off)
+    current = PolicyConfig(max_retry=3, restart_failed=True, caller_restarts=1)
+    d = decide(job(restart_count=1), health(node3=U), History(), current)
+    assert d.outcome is not Outcome.STALE and d.actions

@@ -194,7 +194,8 @@ def test_needs_requeue_hands_off_to_a_detached_reschedule_with_the_launchers_cod
                                  calls_rc=[int(ExitCode.NEEDS_REQUEUE)])
     assert sup.run() == 3
     assert procs.detached == [["slurmft", "reschedule", "7", "--settle", "30",
-                               "--restart-failed", "--nodes", "node[1-2]", "--checkpoint-dir",
+                               "--restart-failed", "--restart-count", "0", "--nodes",
+                               "node[1-2]", "--checkpoint-dir",
                                str(tmp_path / "ck"), "--train-cmd", "train --x 1"]]
     assert events[-1].state == "handing-off" and events[-1].rc == 3
 
