@@ -233,6 +233,15 @@ class HangDetector:
                                        st.beat.pid if st.beat else None))
         return stuck
 
+    def finished(self) -> bool:
+        """Every rank's heartbeat, read now, says it closed (``done``): the training ran to
+        its end, whatever happened to a node after that (no ranks: False)."""
+        now = self.clock()
+        for rank in range(self.world_size):
+            self._observe(rank, now)
+        return bool(self._ranks) and all(st.beat is not None and st.beat.done
+                                         for st in self._ranks)
+
     def stacks(self, rank: int) -> str | None:
         """The newest faulthandler dump in ``rank-<r>.stacks`` (None: none written, e.g. the
         process is stopped or has no ``SLURMFT_HANG_DUMP_AFTER``)."""

@@ -28,9 +28,8 @@ a spare takes its place. A used spare is refilled (``supervise.refill``) while i
 shrunk run relaunches on full size at the next checkpoint (``supervise.grow``). With the warm
 pool (``supervise.pool``), a spare whose server answers replaces a node whose server died.
 
-No Slurm logic of its own: the rescheduler decides, the Slurm client reads the allocation and
-kills steps, ``Processes`` starts the launcher (a fake in unit tests).
-"""
+No Slurm logic of its own: the rescheduler decides, the Slurm client reads the allocation
+and kills steps, ``Processes`` starts the launcher (a fake in unit tests)."""
 
 from __future__ import annotations
 
@@ -109,6 +108,7 @@ class ProgressMonitor(Protocol):
 
     def reset(self, world_size: int) -> None: ...
     def poll(self) -> Sequence[StuckRankLike]: ...
+    def finished(self) -> bool: ...
     @property
     def step_time(self) -> float | None: ...
 
@@ -147,8 +147,7 @@ class RunOptions:
     restart_count: int = 0                      # SLURM_RESTART_COUNT when this copy started
     train_cmd_line: str = ""                    # for a restart job (hand-off)
     poll_interval: float = 0.1
-    monitor_interval: float | None = None       # seconds between reads of the heartbeats
-                                                # (None: about two steps, 0.25-1 s)
+    monitor_interval: float | None = None       # heartbeat reads (None: ~2 steps, 0.25-1 s)
     kill_grace: float = 1.0                     # TERM, then KILL after this long
     peer_check_timeout: float = 30.0
     in_place_timeout: float = 600.0
@@ -170,9 +169,8 @@ class Supervisor:
                  environ: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self.settings, self.options = settings, options
+        self.settings, self.options, self.stragglers = settings, options, stragglers
         self.slurm, self.processes, self.monitor = slurm, processes, monitor
-        self.stragglers = stragglers
         self.regainer = regainer          # supervise.regain.Regainer: ask for full size back
         self.refill = refill              # supervise.refill.SpareRefill: used spares back
         self.grow = grow                  # supervise.grow.GrowInPlace: full size again, here
@@ -389,10 +387,12 @@ class Supervisor:
 
     def _gone_from_the_job(self, nodes: Sequence[str], rc: int) -> list[str]:
         """After a launcher exited with ``rc``: those of ``nodes`` no longer in the job. Slurm
-        ends a step whose node it set DOWN (slurmft's reschedule, or Slurm), often before the
-        SIGUSR2, and its srun can exit 0: a lost node, not a finished training. Out already,
-        the relaunch counted by whoever took it out: no in-place request (it would count the
-        same loss twice against the retry budget, and probe for seconds)."""
+        ends a step whose node it set DOWN, often before the SIGUSR2, and its srun can exit 0:
+        a lost node, not a finished training, unless every rank's heartbeat says it closed
+        (the node left after the last step). Out already, the relaunch counted by whoever took
+        it out: no in-place request (it would count the loss twice, and probe for seconds)."""
+        if rc == 0 and self.monitor is not None and self.monitor.finished():
+            return []
         allocation = self._allocation()
         gone = [n for n in nodes if allocation and n not in allocation]
         if gone:

@@ -175,6 +175,18 @@ def test_a_rank_that_finished_is_never_stuck(tmp_path):
     assert [s.rank for s in det.poll()] == [0]
 
 
+def test_the_training_finished_once_every_rank_closed(tmp_path):
+    det, _ = detector(tmp_path, world=2, timeout=5.0)
+    assert not det.finished()                   # no heartbeat yet
+    ranks = Ranks(tmp_path, 2)
+    ranks.beat()
+    ranks.hb[1].close()
+    assert not det.finished()                   # rank 0 still runs
+    ranks.hb[0].close()
+    assert det.finished()                       # read now, no poll() needed
+    assert not HangDetector(tmp_path, 0).finished()     # no ranks: nothing finished
+
+
 def test_reset_forgets_the_old_launch_and_removes_its_files(tmp_path):
     det, clock = detector(tmp_path, world=3, timeout=5.0)
     ranks = Ranks(tmp_path, 3)

@@ -118,9 +118,13 @@ class Stuck:
 class FakeMonitor:
     step_time = None
 
-    def __init__(self, answers: list[list[Stuck]]) -> None:
+    def __init__(self, answers: list[list[Stuck]], done: bool = False) -> None:
         self.answers = answers
+        self.done = done
         self.resets: list[int] = []
+
+    def finished(self):
+        return self.done
 
     def reset(self, world_size):
         self.resets.append(world_size)
@@ -228,6 +232,19 @@ def test_a_launcher_that_exits_after_its_node_left_the_job_is_relaunched_without
     assert slurm.killed             # the old steps are ended before the relaunch
     assert procs.started[1][1]["SLURM_JOB_NODELIST"] == "node1"
     assert f"exited with {rc} and node2 left the job" in caplog.text
+
+
+def test_a_node_lost_after_every_rank_closed_does_not_restart_a_finished_training(tmp_path):
+    # the goodput run: node5's slurmd killed near the end, Slurm removed node5 from the job
+    # after the last step was saved; mpirun exited 0, every heartbeat said done: no relaunch
+    sup, procs, _, events = make(tmp_path, launches=[[None, 0], [0]],
+                                 allocations=[["node1"]], monitor=FakeMonitor([], done=True))
+    assert sup.run() == 0
+    assert len(procs.started) == 1 and events[-1].state == "done"
+    # not every rank closed: the same exit is a lost node, relaunched
+    sup, procs, _, events = make(tmp_path, launches=[[None, 0], [0]],
+                                 allocations=[["node1"]], monitor=FakeMonitor([], done=False))
+    assert sup.run() == 0 and len(procs.started) == 2
 
 
 def test_a_copy_requeued_meanwhile_asks_and_stops_instead_of_relaunching(tmp_path):
