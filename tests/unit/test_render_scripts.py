@@ -241,7 +241,8 @@ def test_what_cannot_be_relaunched_in_place_is_handed_to_a_requeue(tmp_path):
     assert p.returncode == 255
     lines = w.lines(want=3)
     assert lines[1] == f"slurmft reschedule 7 --in-place --restart-count 0 --checkpoint-dir {w.ckpt}"
-    assert lines[2] == (f"slurmft reschedule 7 --settle 30 --restart-failed --nodes node[1-2] "
+    # the hand-off carries the restart count: a copy cut off before Slurm's requeue is STALE
+    assert lines[2] == (f"slurmft reschedule 7 --settle 30 --restart-failed --restart-count 0 --nodes node[1-2] "
                         f"--checkpoint-dir {w.ckpt} --train-cmd train --x 1")
 
 
