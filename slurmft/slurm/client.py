@@ -157,8 +157,25 @@ class CommandSlurmClient:
         self._run(scli.build_signal_batch_argv(job_id, signal, self.bin_dir))
 
     def kill_job(self, job_id: int) -> None:
-        """SIGKILL to every step and the batch script (``scancel --signal=KILL --full``); the
-        rescheduler requeues the job right after, so it ends in the queue, not FAILED."""
+        """SIGKILL to every numbered step (``scancel --signal=KILL 42.0 42.1``), then the whole
+        job (``scancel --signal=KILL --full``); the rescheduler requeues it right after, so it
+        ends in the queue, not FAILED.
+
+        The steps first, because Slurm ends a running job killed whole the polite way: slurmd
+        sends its steps SIGTERM and SIGKILL only ``KillWait`` later (slurmctld's job_signal
+        deallocates the job; slurmd's terminate request). mpirun catches SIGTERM and waits for
+        its daemon on a cut-off node, so the requeue waited ``KillWait`` (30 s by default) after
+        every lost batch host. A step signalled by number gets the SIGKILL itself."""
+        try:
+            steps = self.steps(job_id)
+        except SlurmFTError as e:     # the whole-job kill below still ends them, KillWait later
+            log.warning("job %s: steps not listed before the kill (%s); they get SIGTERM first",
+                        job_id, e)
+            steps = []
+        try:
+            self.signal_steps(job_id, steps, "KILL")
+        except SlurmFTError as e:     # a step that ended meanwhile: the job kill still follows
+            log.warning("job %s: SIGKILL to steps %s failed (%s)", job_id, steps, e)
         self._run(scli.build_kill_job_argv(job_id, self.bin_dir))
 
     def signal_steps(self, job_id: int, steps: Sequence[int], signal: str = "KILL") -> None:

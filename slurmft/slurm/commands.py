@@ -152,8 +152,9 @@ BATCH_SIGNALS = frozenset({"USR1", "USR2", "HUP", "CONT", "INT", "TERM"})
 
 
 def build_kill_job_argv(job_id: int, bin_dir: str = "") -> list[str]:
-    """``scancel --signal=KILL --full <id>``: SIGKILL to every step and the batch script, at
-    once (no SIGTERM, no KillWait), leaving the job to be requeued."""
+    """``scancel --signal=KILL --full <id>``: the job ends CANCELLED (left to be requeued).
+    On a running job this is no immediate SIGKILL: slurmd sends its steps SIGTERM, then SIGKILL
+    after ``KillWait`` (``CommandSlurmClient.kill_job`` SIGKILLs the steps by number first)."""
     return [_bin("scancel", bin_dir), "--signal=KILL", "--full", str(check_job_id(job_id))]
 
 

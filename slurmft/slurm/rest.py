@@ -494,7 +494,12 @@ class RestSlurmClient:
                 job_id, steps, signal)
 
     def kill_job(self, job_id: int) -> None:
-        """SIGKILL to every step and the batch script (``scancel --signal=KILL --full``)."""
+        """End the job for a requeue. With the commands as fallback, their ``kill_job`` (the
+        steps SIGKILLed by number first: v0.0.38 cannot signal single steps); else ``DELETE
+        ?signal=KILL``, which Slurm carries out as SIGTERM, then SIGKILL after ``KillWait``."""
+        if self.fallback is not None:
+            self.fallback.kill_job(job_id)
+            return
         self._call("DELETE", f"/job/{check_job_id(job_id)}?signal=KILL")
 
     def cancel(self, job_id: int) -> None:

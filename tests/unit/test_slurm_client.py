@@ -220,3 +220,26 @@ def test_cancel(client, fake):
     client.cancel(1)   # like 22.05: silent for finished and unknown jobs
     client.cancel(77)
     assert client.job(1).state == "CANCELLED"
+
+
+def test_kill_job_sigkills_the_steps_by_number_before_the_whole_job(client, fake):
+    # A running job killed whole gets SIGTERM and its SIGKILL only KillWait later (slurmd's
+    # terminate request); mpirun waits on SIGTERM for a daemon on the cut-off node.
+    fake.start_step(1), fake.start_step(1)
+    client.kill_job(1)
+    scancels = [c for c in fake.calls if c[0] == "scancel"]
+    assert scancels == [("scancel", "--signal=KILL", "1.0", "1.1"),
+                        ("scancel", "--signal=KILL", "--full", "1")]
+    assert fake.step_signals == [(1, 0, "KILL"), (1, 1, "KILL")]
+    assert fake.signals == [(1, "KILL", True)]
+
+
+def test_kill_job_without_steps_or_when_listing_them_fails_still_kills_the_job(client, fake):
+    client.kill_job(1)                                   # no steps: only the whole job
+    assert [c for c in fake.calls if c[0] == "scancel"] == [
+        ("scancel", "--signal=KILL", "--full", "1")]
+    fake.start_step(1)
+    fake.fail_next("squeue: error: Unable to contact slurm controller (connect failure)")
+    client.kill_job(1)                                   # the step listing failed: job kill
+    assert fake.calls[-2][0] == "squeue" and fake.step_signals == []
+    assert fake.calls[-1] == ("scancel", "--signal=KILL", "--full", "1")

@@ -381,6 +381,13 @@ def test_what_v0038_cannot_do_is_refused_or_falls_back(call, name, client, restd
     assert [c[0] for c in fb.calls] == [name]
 
 
+def test_kill_job_goes_to_the_commands_when_they_are_there(client, restd):
+    # v0.0.38 cannot SIGKILL single steps; its DELETE is SIGTERM, then SIGKILL after KillWait
+    fb = _FakeFallback()
+    RestSlurmClient(client.transport, fallback=fb).kill_job(4)
+    assert fb.calls == [("kill_job", (4,), {})] and restd.requests == []
+
+
 def test_num_cpus_only_as_tasks_times_cpus_per_task(client):
     assert build_update_body(num_tasks=4, num_cpus=8) == {"tasks": 4, "cpus_per_task": 2}
     with pytest.raises(RestUnsupportedError, match="NumCPUs=3 without NumTasks"):
