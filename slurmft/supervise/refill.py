@@ -18,6 +18,15 @@ which answers a relaunch, must not wait for it (seen in the restart benchmark: a
 Only a node Slurm shows ``idle`` with no flag (not drained, not down, responding) in the job's
 partition, not one the supervisor benched, is taken; the watcher probes it with the job's
 other nodes from then on, as any spare.
+
+And only a node Slurm lists after the job's batch host. slurmctld keeps a batch job marked
+alive through the registrations of the first node of its node bitmap (the lowest in its node
+table, slurm.conf order), which is the batch host unless the job grew by a lower node; when the
+batch host registers and the mark is older than BatchStartTimeout + MessageTimeout, the job is
+requeued "due to node failure" ("Batch JobId=.. missing from batch node"; job_mgr.c,
+validate_jobs_on_node and _purge_missing_jobs, 22.05 to 26.05). A job grown by a
+node before its batch host (the old batch host, repaired, after a requeue) was requeued that
+way at its batch host's next periodic registration, 49 s after the refill in the benchmark.
 """
 
 from __future__ import annotations
@@ -72,6 +81,19 @@ def refill_candidates(nodes: Sequence[Any], holding: Sequence[str], partition: s
                   and (not partition or not n.partitions or partition in n.partitions))
 
 
+def after_batch_host(candidates: Sequence[str], listed: Sequence[str],
+                     batch_host: str) -> tuple[list[str], list[str]]:
+    """``candidates`` split into those Slurm lists (``listed``: its node table order) after
+    ``batch_host`` and those before it (which would make Slurm requeue the job: module
+    docstring). All are usable when the batch host is unknown or not listed."""
+    if batch_host not in listed:
+        return list(candidates), []
+    first = listed.index(batch_host)
+    index = {name: i for i, name in enumerate(listed)}
+    return ([c for c in candidates if index.get(c, -1) > first],
+            [c for c in candidates if index.get(c, -1) <= first])
+
+
 class SpareRefill:
     """Keeps a job at ``target`` nodes (training nodes + spares) by growing it with idle
     nodes; ``poll()`` from the supervisor's loop starts a ``look`` when one is due (on
@@ -90,6 +112,7 @@ class SpareRefill:
         self.next_look = clock() + interval
         self.enabled = target > 0
         self.added: list[str] = []
+        self._skipped: list[str] = []        # idle nodes last left out (logged once)
         self._look: Future | None = None
 
     def poll(self) -> list[str]:
@@ -114,9 +137,20 @@ class SpareRefill:
             missing = self.target - len(holding)
             if not holding or missing <= 0:
                 return []
-            idle = refill_candidates(self.slurm.nodes(), holding, self.partition, self.avoid())
-            if idle and not self._same_run():
+            listed = self.slurm.nodes()
+            idle = refill_candidates(listed, holding, self.partition, self.avoid())
+            if not idle:
                 return []
+            job = self.slurm.job(self.job_id)
+            if not self._is_this_run(job):
+                return []
+            idle, before = after_batch_host(idle, [n.name for n in listed], job.batch_host)
+            if before and before != self._skipped:
+                log.warning("job %s: idle %s not taken as spare(s): Slurm lists them before "
+                            "the batch host %s, and it requeues a grown job whose first node is "
+                            "not its batch host", self.job_id, fold(before), job.batch_host,
+                            extra={"job": str(self.job_id)})
+            self._skipped = before
         except SlurmFTError as exc:
             log.warning("job %s: cannot look for a node to refill its spares: %s", self.job_id,
                         exc, extra={"job": str(self.job_id)})
@@ -154,10 +188,13 @@ class SpareRefill:
         return added
 
     def _same_run(self) -> bool:
+        return self._is_this_run(self.slurm.job(self.job_id))
+
+    def _is_this_run(self, job: Any) -> bool:
         """Grow only the run this copy belongs to: RUNNING, not requeued since it started
         (a job requeued meanwhile and grown was seen to end FAILED)."""
-        job = self.slurm.job(self.job_id)
         return job.state == "RUNNING" and job.restart_count == self.restart_count
 
 
-__all__ = ["ExpandingSlurm", "REFILL_INTERVAL_S", "SpareRefill", "in_thread", "refill_candidates"]
+__all__ = ["ExpandingSlurm", "REFILL_INTERVAL_S", "SpareRefill", "after_batch_host", "in_thread",
+           "refill_candidates"]

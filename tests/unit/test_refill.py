@@ -17,7 +17,7 @@ from slurmft.slurm import parse as sparse
 from slurmft.slurm.client import CommandSlurmClient
 from slurmft.slurm.records import NodeInfo
 from slurmft.slurm.runner import CommandResult
-from slurmft.supervise.refill import SpareRefill, refill_candidates
+from slurmft.supervise.refill import SpareRefill, after_batch_host, refill_candidates
 
 NOT_PERMITTED = ("Job submit/allocate failed: Requested operation not supported on this "
                  "system")
@@ -45,7 +45,7 @@ class Clock:
 class FakeSlurm:
     def __init__(self, held, listed, fail=None):
         self.held, self.listed, self.fail = list(held), list(listed), fail
-        self.state, self.restarts = "RUNNING", 0
+        self.state, self.restarts, self.batch_host = "RUNNING", 0, ""
         self.expanded: list[str] = []
         self.reads = {"allocation": 0, "nodes": 0}
 
@@ -55,7 +55,8 @@ class FakeSlurm:
 
     def job(self, job_id):
         from types import SimpleNamespace
-        return SimpleNamespace(state=self.state, restart_count=self.restarts)
+        return SimpleNamespace(state=self.state, restart_count=self.restarts,
+                               batch_host=self.batch_host)
 
     def nodes(self):
         self.reads["nodes"] += 1
@@ -90,6 +91,30 @@ def test_a_missing_spare_is_refilled_with_an_idle_node_once_per_interval(caplog)
     assert refill.poll() == []                                           # not yet
     clock.t = 20
     assert refill.poll() == [] and slurm.reads == {"allocation": 2, "nodes": 1}   # full
+
+
+def test_only_nodes_slurm_lists_after_the_batch_host_are_taken(caplog):
+    # slurmctld keeps a batch job alive through its first node's registrations only: a job
+    # grown by a node before its batch host was requeued at the batch host's next one
+    assert after_batch_host(["node1", "node5"], ["node1", "node2", "node5"], "node2") == (
+        ["node5"], ["node1"])
+    assert after_batch_host(["node1"], ["node1", "node2"], "") == (["node1"], [])
+    clock = Clock()
+    slurm = FakeSlurm(["node2", "node3", "node4"], [node("node1"), node("node2", "allocated"),
+                                                    node("node3", "allocated"),
+                                                    node("node4", "allocated"), node("node5")])
+    slurm.batch_host = "node2"
+    refill = SpareRefill(7, 5, slurm, interval=10, clock=clock, submit=run_now)
+    clock.t = 10
+    assert refill.poll() == ["node5"] and slurm.expanded == ["node5"]
+    assert "idle node1 not taken as spare(s): Slurm lists them before the batch host node2" \
+        in caplog.text
+    slurm.held.remove("node5")                    # lost again: node1 still is never taken
+    slurm.listed[-1] = node("node5", "down")
+    caplog.clear()
+    clock.t = 20
+    assert refill.poll() == [] and slurm.expanded == ["node5"]
+    assert "node1 not taken" not in caplog.text   # said once
 
 
 def test_a_slow_expansion_runs_beside_the_supervisor_s_loop_which_never_waits_for_it():
