@@ -10,8 +10,14 @@ call runs is built once, by ``slurm.commands``, and seen at the runner seam (a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
+
+from slurmft.core.errors import SlurmFTError
+
+
+D = TypeVar("D")
 
 
 @dataclass(frozen=True)
@@ -101,12 +107,15 @@ class RequeueHoldJob(JobAction):
 
 @dataclass(frozen=True)
 class KillJob(JobAction):
-    """SIGKILL to every step and the batch script; a requeue follows."""
+    """SIGKILL to the job's ``steps`` by number (None: those Slurm lists then), then to the
+    whole job; a requeue follows (``SlurmClient.kill_job``)."""
+
+    steps: tuple[int, ...] | None = None
 
     op: ClassVar[str] = "kill_job"
 
     def apply(self, client: Any) -> None:
-        client.kill_job(self.job_id)
+        client.kill_job(self.job_id, steps=self.steps)
 
 
 @dataclass(frozen=True)
@@ -156,6 +165,21 @@ class SubmitRestart(JobAction):
     num_nodes: int = 0
 
     op: ClassVar[str] = "submit_restart"
+
+
+def with_kill_steps(decision: D, steps_of: Callable[[int], list[int]]) -> D:
+    """``decision`` (a record with ``actions``) with each ``KillJob``'s steps read through
+    ``steps_of`` (the watcher's one listing of every job's steps per cycle: no ``squeue
+    --steps`` per killed job); a kill whose read fails lists its job's steps itself."""
+    def resolved(action: Action) -> Action:
+        if not isinstance(action, KillJob) or action.steps is not None:
+            return action
+        try:
+            return dataclasses.replace(action, steps=tuple(steps_of(action.job_id)))
+        except SlurmFTError:
+            return action
+    return dataclasses.replace(decision,
+                               actions=tuple(resolved(a) for a in decision.actions))
 
 
 def starts_job(action: Action) -> bool:

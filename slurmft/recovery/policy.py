@@ -2,7 +2,8 @@
 
 Nothing here talks to Slurm or the network; the rescheduler carries out ``Decision.actions``
 in order. The order of the fast path is the one measured on Slurm 22.05 (CLUSTER_NOTES.md):
-(``scancel --signal=KILL --full`` when a node is cut off) -> ``requeuehold`` -> node ``down``
+(``scancel --ctld --signal=KILL`` to the job's steps, then ``scancel --signal=KILL --full``,
+when a node is cut off) -> ``requeuehold`` -> node ``down``
 -> node ``drain`` -> ``update ExcNodeList NumNodes=k-k`` -> ``release`` ->
 ``update StartTime=now``.
 
@@ -426,7 +427,8 @@ def _move_off_failed(job: JobInfo, status: Mapping[str, Health], config: PolicyC
         actions: list[Action] = []
         if job.is_running and any(status.get(n) in CUT_OFF for n in failed):
             # A rank on a cut-off node never reaches the collective save a SIGTERM asks for:
-            # the others would sit out KillWait (30 s by default) before Slurm kills them.
+            # the others would sit out KillWait (30 s by default) before Slurm kills them
+            # (kill_job SIGKILLs the steps by number: a job killed whole gets SIGTERM first).
             actions.append(KillJob(jid))
         actions.append(RequeueHoldJob(jid))
         actions += _node_actions(jid, failed, status, config, down=job.is_running)

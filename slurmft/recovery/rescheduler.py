@@ -47,6 +47,7 @@ from slurmft.recovery.actions import (
     holds_job,
     requeues_job,
     starts_job,
+    with_kill_steps,
 )
 from slurmft.recovery.policy import (
     HELD_REASONS,
@@ -369,6 +370,8 @@ class Rescheduler:
             record.regain_nodes = decision.num_nodes
             record.regain_exclude = list(decision.exclude)
             self.store.save(record)
+        if view is not None:        # a kill's steps from the cycle's one listing of them
+            decision = with_kill_steps(decision, view.steps)
         self._execute(job, decision, record, report, train_cmd, checkpoint_dir)
         if self.dry_run:
             report.commands = list(self.recorder.writes)

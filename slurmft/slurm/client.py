@@ -156,22 +156,24 @@ class CommandSlurmClient:
         """Send ``signal`` to the job's batch script (``scancel --batch --signal``)."""
         self._run(scli.build_signal_batch_argv(job_id, signal, self.bin_dir))
 
-    def kill_job(self, job_id: int) -> None:
-        """SIGKILL to every numbered step (``scancel --signal=KILL 42.0 42.1``), then the whole
-        job (``scancel --signal=KILL --full``); the rescheduler requeues it right after, so it
-        ends in the queue, not FAILED.
+    def kill_job(self, job_id: int, steps: Sequence[int] | None = None) -> None:
+        """SIGKILL to the job's numbered ``steps`` (None: those ``squeue --steps`` lists;
+        ``scancel --ctld --signal=KILL 42.0 42.1``), then the whole job (``scancel
+        --signal=KILL --full``); the rescheduler requeues it right after, so it ends in the
+        queue, not FAILED.
 
         The steps first, because Slurm ends a running job killed whole the polite way: slurmd
         sends its steps SIGTERM and SIGKILL only ``KillWait`` later (slurmctld's job_signal
         deallocates the job; slurmd's terminate request). mpirun catches SIGTERM and waits for
         its daemon on a cut-off node, so the requeue waited ``KillWait`` (30 s by default) after
         every lost batch host. A step signalled by number gets the SIGKILL itself."""
-        try:
-            steps = self.steps(job_id)
-        except SlurmFTError as e:     # the whole-job kill below still ends them, KillWait later
-            log.warning("job %s: steps not listed before the kill (%s); they get SIGTERM first",
-                        job_id, e)
-            steps = []
+        if steps is None:
+            try:
+                steps = self.steps(job_id)
+            except SlurmFTError as e:     # the job kill below still ends them, KillWait later
+                log.warning("job %s: steps not listed before the kill (%s); they get SIGTERM "
+                            "first", job_id, e)
+                steps = []
         try:
             self.signal_steps(job_id, steps, "KILL")
         except SlurmFTError as e:     # a step that ended meanwhile: the job kill still follows

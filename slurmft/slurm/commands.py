@@ -173,10 +173,15 @@ STEP_SIGNALS = frozenset({"KILL", "TERM", "USR1", "USR2", "CONT", "STOP", "URG"}
 
 def build_signal_steps_argv(job_id: int, steps: Sequence[int], signal: str = "KILL",
                             bin_dir: str = "") -> list[str]:
-    """``scancel --signal=SIG <id>.<step>...``: signal those steps only (never the batch
-    step: the job's own script survives). KILL stops the training wherever its launcher ran;
-    USR1 asks it to save (slurmft's checkpoint managers save on it); URG tells a replica
-    group that a peer group was lost (``slurmft.checkpoint.peerloss``)."""
+    """``scancel --ctld --signal=SIG <id>.<step>...``: signal those steps only (never the
+    batch step: the job's own script survives). KILL stops the training wherever its launcher
+    ran; USR1 asks it to save (slurmft's checkpoint managers save on it); URG tells a replica
+    group that a peer group was lost (``slurmft.checkpoint.peerloss``).
+
+    ``--ctld``: slurmctld signals the steps' nodes and scancel returns at once. Without it,
+    scancel (22.05, launch/slurm) sends a step's SIGKILL to each of its slurmds itself and
+    waits: a step on a cut-off node held it 6 s (TCPTimeout=1, MessageTimeout=5 on the local
+    cluster) before the rescheduler's next command."""
     jid = check_job_id(job_id)
     sig = signal.upper().removeprefix("SIG")
     if sig not in STEP_SIGNALS:
@@ -184,7 +189,8 @@ def build_signal_steps_argv(job_id: int, steps: Sequence[int], signal: str = "KI
                          f"(one of {', '.join(sorted(STEP_SIGNALS))})")
     if not steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
         raise ValueError(f"step ids must be integers >= 0, got {list(steps)!r}")
-    return [_bin("scancel", bin_dir), f"--signal={sig}", *(f"{jid}.{s}" for s in steps)]
+    return [_bin("scancel", bin_dir), "--ctld", f"--signal={sig}",
+            *(f"{jid}.{s}" for s in steps)]
 
 
 def build_node_update_argv(nodes: Sequence[str] | str, state: str, reason: str | None = None,

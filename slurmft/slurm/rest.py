@@ -493,12 +493,12 @@ class RestSlurmClient:
             self._unsupported("signal_steps", "cannot signal single job steps").signal_steps(
                 job_id, steps, signal)
 
-    def kill_job(self, job_id: int) -> None:
+    def kill_job(self, job_id: int, steps: Sequence[int] | None = None) -> None:
         """End the job for a requeue. With the commands as fallback, their ``kill_job`` (the
         steps SIGKILLed by number first: v0.0.38 cannot signal single steps); else ``DELETE
         ?signal=KILL``, which Slurm carries out as SIGTERM, then SIGKILL after ``KillWait``."""
         if self.fallback is not None:
-            self.fallback.kill_job(job_id)
+            self.fallback.kill_job(job_id, steps)
             return
         self._call("DELETE", f"/job/{check_job_id(job_id)}?signal=KILL")
 

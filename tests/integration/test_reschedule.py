@@ -135,7 +135,7 @@ def test_reschedule_running_job_after_link_down(cluster, cluster_run, loop_job):
     # KillWait later), then the job, then the requeue
     cmds = report["commands"]
     kill = cmds.index(["scancel", "--signal=KILL", "--full", str(jid)])
-    assert cmds[:kill] in ([], [["scancel", "--signal=KILL", f"{jid}.0"]]), cmds
+    assert cmds[:kill] in ([], [["scancel", "--ctld", "--signal=KILL", f"{jid}.0"]]), cmds
     assert cmds[kill + 1] == ["scontrol", "requeuehold", str(jid)]
     nodes = wait_for(lambda: running_on(cluster_run, jid, 3), 15, "RUNNING on 3 nodes")
     took = time.monotonic() - t0

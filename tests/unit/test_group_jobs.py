@@ -162,7 +162,9 @@ def test_watch_tells_a_lost_group_s_peers_and_no_one_else(tmp_path):
     res = w.cycle()
     assert res.failed == {ids["a1"]: ["node2"]}
     assert res.peers_told == {ids["a1"]: [ids["a0"], ids["a2"]]}
-    assert sorted(fake.step_signals) == [(ids["a0"], 0, "URG"), (ids["a2"], 0, "URG")]
+    # the peers get URG; the lost group's own step SIGKILL (its job's kill before the requeue)
+    assert sorted(fake.step_signals) == [(ids["a0"], 0, "URG"), (ids["a1"], 0, "KILL"),
+                                         (ids["a2"], 0, "URG")]
     # the lost group itself is rescheduled as before (requeued without node2)
     assert [rep.decision.outcome for rep in res.reports] == [Outcome.REQUEUE]
     assert "node2" in fake.job(ids["a1"])["excluded_nodes"]
@@ -173,7 +175,8 @@ def test_watch_tells_no_peer_of_a_job_outside_group_mode(tmp_path):
     fake, ids, w = watched_groups(tmp_path, {"node5": Health.UNREACHABLE})
     res = w.cycle()
     assert res.failed == {ids["plain"]: ["node5"]}
-    assert res.peers_told == {} and fake.step_signals == []
+    # no URG to anyone (the step SIGKILL is the lost job's own kill before its requeue)
+    assert res.peers_told == {} and fake.step_signals == [(ids["plain"], 0, "KILL")]
 
 
 def test_a_peer_that_cannot_be_signalled_does_not_stop_the_others(tmp_path):
@@ -192,7 +195,7 @@ def test_a_peer_that_cannot_be_signalled_does_not_stop_the_others(tmp_path):
     client.signal_steps = signal_steps
     res = w.cycle()
     assert res.peers_told == {ids["a0"]: [ids["a2"]]} and b not in res.peers_told[ids["a0"]]
-    assert fake.step_signals == [(ids["a2"], 0, "URG")]
+    assert [s for s in fake.step_signals if s[2] == "URG"] == [(ids["a2"], 0, "URG")]
     assert [rep.decision.outcome for rep in res.reports] == [Outcome.REQUEUE]
 
 
@@ -218,7 +221,8 @@ def test_a_cut_off_host_is_told_to_the_peers_at_its_first_failed_probe(tmp_path)
     res = w.cycle()
     assert order[:4] == [("probe", ["node1", "node2", "node3", "node4", "node5"]),
                          ("signal", ids["a0"]), ("signal", ids["a2"]), ("probe", ["node2"])]
-    assert sorted(fake.step_signals) == [(ids["a0"], 0, "URG"), (ids["a2"], 0, "URG")]
+    assert sorted(s for s in fake.step_signals if s[2] == "URG") == [(ids["a0"], 0, "URG"),
+                                                                       (ids["a2"], 0, "URG")]
     assert res.peers_told == {ids["a1"]: [ids["a0"], ids["a2"]]}
     assert [rep.decision.outcome for rep in res.reports] == [Outcome.REQUEUE]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from slurmft.probe.records import Health, ProbeResult
-from slurmft.recovery.actions import UpdateJob
+from slurmft.core.errors import SlurmCommandError
+from slurmft.recovery.actions import KillJob, UpdateJob, with_kill_steps
 from slurmft.recovery.policy import (History, Outcome, PolicyConfig, decide, drain_reason,
                                      retries_used)
 from slurmft.slurm.records import JobInfo
@@ -48,6 +49,19 @@ def test_running_with_failed_node_takes_the_measured_fast_path():
     update = d.actions[4]
     assert update == UpdateJob(42, exclude=("node3",), num_nodes=(3, 3))
     assert d.actions[6] == UpdateJob(42, start_now=True)
+
+
+def test_the_kill_takes_its_steps_from_the_watcher_s_one_listing():
+    d = decide(job(), health(node3=U), History(), CFG)
+    assert d.actions[0] == KillJob(42)                      # steps: the client lists them
+    asked = []
+    listed = with_kill_steps(d, lambda jid: asked.append(jid) or [0, 3])
+    assert listed.actions[0] == KillJob(42, steps=(0, 3)) and asked == [42]
+    assert listed.actions[1:] == d.actions[1:]
+
+    def unreadable(jid):
+        raise SlurmCommandError("squeue: error: Unable to contact slurm controller")
+    assert with_kill_steps(d, unreadable).actions[0] == KillJob(42)   # the client lists them
     assert d.actions[2].nodes == ("node3",)
     assert "slurmft" in d.actions[3].reason and "42" in d.actions[3].reason
 

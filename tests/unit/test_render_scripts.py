@@ -228,7 +228,7 @@ def test_failed_launcher_is_relaunched_in_place_on_the_nodes_left(tmp_path):
     lines = w.lines()
     assert len(lines) == 4
     assert lines[1] == f"slurmft reschedule 7 --in-place --restart-count 0 --checkpoint-dir {w.ckpt}"
-    assert lines[2] == "scancel --signal=KILL 7.0"          # what the last launch left behind
+    assert lines[2] == "scancel --ctld --signal=KILL 7.0"          # what the last launch left behind
     # the second launch: one node (squeue's allocation now), resuming from the checkpoint
     assert lines[3] == f"mpirun@node2/1(x1) -np 1 --mca plm_slurm_args --no-kill --overlap train --x 1 --resume {w.ckpt}"
     assert "relaunching the training on node2 in job 7" in err
@@ -327,7 +327,7 @@ def test_usr2_kills_the_training_steps_but_not_the_batch_step(tmp_path):
     p.send_signal(signal.SIGUSR2)
     _, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
-    assert "scancel --signal=KILL 7.0 7.1" in w.lines()
+    assert "scancel --ctld --signal=KILL 7.0 7.1" in w.lines()
 
 
 def test_unsafe_sbatch_values_are_refused():
@@ -380,7 +380,7 @@ def test_srun_launcher_relaunches_in_place_on_the_nodes_left(tmp_path):
         "--ntasks-per-node=1 train --x 1",
         "train --x 1",
         f"slurmft reschedule 7 --in-place --restart-count 0 --checkpoint-dir {w.ckpt}",
-        "scancel --signal=KILL 7.0",
+        "scancel --ctld --signal=KILL 7.0",
         "srun --mpi=pmix --no-kill --overlap --kill-on-bad-exit=1 --nodes=1 --nodelist=node2 "
         f"--ntasks-per-node=1 train --x 1 --resume {w.ckpt}",
         f"train --x 1 --resume {w.ckpt}",

@@ -304,8 +304,10 @@ def test_required_nodes_are_parsed_from_squeue_and_scontrol():
 
 
 def test_signal_steps_argv_names_each_step_and_refuses_other_signals():
-    assert scli.build_signal_steps_argv(7, [0, 2]) == ["scancel", "--signal=KILL", "7.0", "7.2"]
-    assert scli.build_signal_steps_argv(7, [1], "SIGUSR1")[1] == "--signal=USR1"
+    # --ctld: slurmctld signals the nodes; scancel does not wait on a cut-off node's slurmd
+    assert scli.build_signal_steps_argv(7, [0, 2]) == ["scancel", "--ctld", "--signal=KILL",
+                                                       "7.0", "7.2"]
+    assert scli.build_signal_steps_argv(7, [1], "SIGUSR1")[2] == "--signal=USR1"
     with pytest.raises(UsageError):
         scli.build_signal_steps_argv(7, [0], "HUP;rm")
     for bad in ([], [-1], [True], ["0"]):

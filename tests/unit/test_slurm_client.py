@@ -228,7 +228,7 @@ def test_kill_job_sigkills_the_steps_by_number_before_the_whole_job(client, fake
     fake.start_step(1), fake.start_step(1)
     client.kill_job(1)
     scancels = [c for c in fake.calls if c[0] == "scancel"]
-    assert scancels == [("scancel", "--signal=KILL", "1.0", "1.1"),
+    assert scancels == [("scancel", "--ctld", "--signal=KILL", "1.0", "1.1"),
                         ("scancel", "--signal=KILL", "--full", "1")]
     assert fake.step_signals == [(1, 0, "KILL"), (1, 1, "KILL")]
     assert fake.signals == [(1, "KILL", True)]

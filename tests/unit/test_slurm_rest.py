@@ -385,7 +385,7 @@ def test_kill_job_goes_to_the_commands_when_they_are_there(client, restd):
     # v0.0.38 cannot SIGKILL single steps; its DELETE is SIGTERM, then SIGKILL after KillWait
     fb = _FakeFallback()
     RestSlurmClient(client.transport, fallback=fb).kill_job(4)
-    assert fb.calls == [("kill_job", (4,), {})] and restd.requests == []
+    assert fb.calls == [("kill_job", (4, None), {})] and restd.requests == []
 
 
 def test_num_cpus_only_as_tasks_times_cpus_per_task(client):
