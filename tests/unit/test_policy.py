@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from slurmft.probe.records import Health, ProbeResult
 from slurmft.core.errors import SlurmCommandError
+from slurmft.probe.records import Health, ProbeResult
 from slurmft.recovery.actions import KillJob, UpdateJob, with_kill_steps
 from slurmft.recovery.policy import (History, Outcome, PolicyConfig, decide, drain_reason,
                                      retries_used)
@@ -49,6 +49,8 @@ def test_running_with_failed_node_takes_the_measured_fast_path():
     update = d.actions[4]
     assert update == UpdateJob(42, exclude=("node3",), num_nodes=(3, 3))
     assert d.actions[6] == UpdateJob(42, start_now=True)
+    assert d.actions[2].nodes == ("node3",)
+    assert "slurmft" in d.actions[3].reason and "42" in d.actions[3].reason
 
 
 def test_the_kill_takes_its_steps_from_the_watcher_s_one_listing():
@@ -62,8 +64,6 @@ def test_the_kill_takes_its_steps_from_the_watcher_s_one_listing():
     def unreadable(jid):
         raise SlurmCommandError("squeue: error: Unable to contact slurm controller")
     assert with_kill_steps(d, unreadable).actions[0] == KillJob(42)   # the client lists them
-    assert d.actions[2].nodes == ("node3",)
-    assert "slurmft" in d.actions[3].reason and "42" in d.actions[3].reason
 
 
 def test_a_degraded_node_lets_the_job_save_on_sigterm_before_the_requeue():
