@@ -231,8 +231,8 @@ class Rescheduler:
         if failed:
             action = DownNodes(tuple(failed), drain_reason(job.job_id))
             try:
-                argv = self._carry_out(job, action, lambda: action.apply(self.client))[1]
-                self._audit(job, action, argv, "ok (settle)")
+                argvs = self._carry_out(job, action, lambda: action.apply(self.client))[1]
+                self._audit(job, action, argvs, "ok (settle)")
                 log.info("job %s is %s: set %s DOWN to let it finish", job.job_id, job.state,
                          ",".join(failed), extra={"job": str(job.job_id)})
             except SlurmCommandError as exc:   # e.g. not root: wait for Slurm instead
@@ -395,7 +395,7 @@ class Rescheduler:
                 continue
             try:
                 try:
-                    argv = self._carry_out(job, action, lambda a=action: a.apply(self.client))[1]
+                    argvs = self._carry_out(job, action, lambda a=action: a.apply(self.client))[1]
                 except SlurmCommandError:
                     if not (held and isinstance(action, UpdateJob)):
                         raise
@@ -404,7 +404,7 @@ class Rescheduler:
                     # once it settled, again (released unshrunk, it was seen to end FAILED)
                     with contextlib.suppress(SlurmFTError):   # (unread: try again anyway)
                         self.wait_settled(self.client.job(job.job_id), HELD_UPDATE_SETTLE_S)
-                    argv = self._carry_out(job, action, lambda a=action: a.apply(self.client))[1]
+                    argvs = self._carry_out(job, action, lambda a=action: a.apply(self.client))[1]
             except SlurmCommandError as exc:
                 if isinstance(action, NodeAction) and self.uid != 0:
                     # Only root (or a Slurm operator) may change node states; a user can still
@@ -426,9 +426,9 @@ class Rescheduler:
             if requeues_job(action):
                 requeued_at = self.wall()
             if not self.dry_run:
-                report.commands.append(argv)
-                self._audit(job, action, argv, "ok")
-                log.info("job %s: ran %s", job.job_id, shlex.join(argv),
+                report.commands += argvs
+                self._audit(job, action, argvs, "ok")
+                log.info("job %s: ran %s", job.job_id, "; ".join(map(shlex.join, argvs)),
                          extra={"job": str(job.job_id)})
 
     def _credential_gap(self, requeued_at: float) -> None:
@@ -503,10 +503,10 @@ class Rescheduler:
         except SlurmFTError as exc:
             log.error("job %s: could not release after a failed step: %s", job_id, exc)
 
-    def _carry_out(self, job: JobInfo, action: Action, call: Callable[[], T]) -> tuple[T, list[str]]:
-        """``call()`` (which carries ``action`` out) and the argv it ran (or, in a dry run,
-        would run), as the recorder saw it at the runner seam. A refused command is audited
-        with Slurm's message and raised again."""
+    def _carry_out(self, job: JobInfo, action: Action, call: Callable[[], T]) -> tuple[T, list[list[str]]]:
+        """``call()`` (which carries ``action`` out) and the commands it ran (or, in a dry
+        run, would run), as the recorder saw them at the runner seam. A refused command is
+        audited with Slurm's message and raised again."""
         mark = len(self.recorder.writes)
         try:
             result = call()
@@ -516,14 +516,14 @@ class Rescheduler:
             raise
         return result, self._written_since(mark)
 
-    def _written_since(self, mark: int) -> list[str]:
-        return [arg for argv in self.recorder.writes[mark:] for arg in argv]
+    def _written_since(self, mark: int) -> list[list[str]]:
+        return [list(argv) for argv in self.recorder.writes[mark:]]
 
-    def _audit(self, job: JobInfo, action: Action, argv: Sequence[str], result: str) -> None:
-        if self.dry_run:
-            return
-        self.store.audit(Acted(job_id=job.job_id, op=action.op, argv=tuple(argv),
-                               result=result))
+    def _audit(self, job: JobInfo, action: Action, argvs: Sequence[Sequence[str]], result: str) -> None:
+        """One audit line per action: its commands in one argv, ";" between two of them."""
+        argv = [arg for i, cmd in enumerate(argvs) for arg in ([";"] if i else []) + list(cmd)]
+        if not self.dry_run:
+            self.store.audit(Acted(job_id=job.job_id, op=action.op, argv=tuple(argv), result=result))
 
     def restart_context(self, job: JobInfo, healthy: Sequence[str], exclude: Sequence[str],
                         train_cmd: str, checkpoint_dir: str) -> dict[str, Any]:
@@ -559,11 +559,11 @@ class Rescheduler:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(script)
             path.chmod(0o755)
-        new_id, argv = self._carry_out(job, action, lambda: self.client.submit(str(path), args))
+        new_id, argvs = self._carry_out(job, action, lambda: self.client.submit(str(path), args))
         if not self.dry_run:
-            report.commands.append(argv)
+            report.commands += argvs
             report.new_job_id = new_id
-            self._audit(job, action, argv, f"ok: job {new_id}")
+            self._audit(job, action, argvs, f"ok: job {new_id}")
             log.info("job %s: restart job %s submitted (%s)", job.job_id, new_id, path,
                      extra={"job": str(job.job_id)})
 

@@ -134,7 +134,9 @@ def test_reschedule_running_job_after_link_down(cluster, cluster_run, loop_job):
     # its srun step SIGKILLed by number (a job killed whole gets SIGTERM first, SIGKILL only
     # KillWait later), then the job, then the requeue
     cmds = report["commands"]
-    kill = cmds.index(["scancel", "--signal=KILL", "--full", str(jid)])
+    full = ["scancel", "--signal=KILL", "--full", str(jid)]
+    assert full in cmds, cmds
+    kill = cmds.index(full)
     assert cmds[:kill] in ([], [["scancel", "--ctld", "--signal=KILL", f"{jid}.0"]]), cmds
     assert cmds[kill + 1] == ["scontrol", "requeuehold", str(jid)]
     nodes = wait_for(lambda: running_on(cluster_run, jid, 3), 15, "RUNNING on 3 nodes")

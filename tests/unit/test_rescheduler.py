@@ -104,6 +104,19 @@ def test_running_job_with_a_dead_node_is_requeued_on_the_healthy_nodes(fake, tmp
     assert rec["excluded"] == ["node3"] and len(rec["attempts"]) == 1
 
 
+def test_the_kill_s_two_commands_are_reported_apart_and_audited_on_one_line(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    fake.start_step(jid)
+    r, _, store = make(fake, tmp_path, {"node3": Health.UNREACHABLE})
+    report = r.reschedule(jid)
+    assert report.commands[:3] == [["scancel", "--ctld", "--signal=KILL", f"{jid}.0"],
+                                   ["scancel", "--signal=KILL", "--full", str(jid)],
+                                   ["scontrol", "requeuehold", str(jid)]]
+    kill = next(a for a in store.audit_lines() if a.get("op") == "kill_job")
+    assert kill["argv"] == ["scancel", "--ctld", "--signal=KILL", f"{jid}.0", ";",
+                            "scancel", "--signal=KILL", "--full", str(jid)]
+
+
 def test_a_job_pinned_with_w_is_requeued_on_its_pinned_nodes_left(fake, tmp_path):
     """sbatch -w node[1-3]: with node1 excluded but still required the job would pend for
     good (BadConstraints); the update drops it from the required nodes too."""
