@@ -199,7 +199,13 @@ def test_mask_gpu_reaches_every_rank_of_the_restarted_job(cluster, cluster_run):
                         "4", "--checkpoint-dir", str(ckpt))
         assert cp.returncode == 0, cp.stderr
         cluster_run(["scontrol", "requeue", str(jid)], check=True)
-        cluster_run(["scontrol", "update", f"jobid={jid}", "StartTime=now"])
+        # 22.05 refuses a job update right after a requeue ("try again in a bit") and the job
+        # then waits out its requeue delay: send StartTime=now until Slurm takes it (or the
+        # job no longer pends)
+        wait_for(lambda: cluster_run(["scontrol", "update", f"jobid={jid}",
+                                      "StartTime=now"]).returncode == 0
+                 or job_state(cluster_run, jid) != "PENDING",
+                 20, f"Slurm to take StartTime=now for job {jid}")
         wait_for(lambda: "Restarts=1" in cluster_run(["scontrol", "show", "job", str(jid)]).stdout
                  and job_state(cluster_run, jid) == "COMPLETED", 40, f"job {jid} to rerun")
     finally:
