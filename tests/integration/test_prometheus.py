@@ -199,7 +199,9 @@ def test_prometheus_sees_a_real_recovery_and_loads_the_alert_rules(cluster, site
                                   "slurmft_reschedules_total > 0 and the recovery histogram",
                                   step=0.5, show=lambda: (
                                       procs.tail(state / "audit.jsonl", 3),
-                                      procs.tail(tmp_path / "watch.log", 5)))
+                                      procs.tail(tmp_path / "watch.log", 5),
+                                      show_job(jobs.run, jid),
+                                      jobs.run(["squeue", "--steps", "--jobs", str(jid)]).stdout))
         fault_to_prometheus = time.monotonic() - t0
     finally:
         stop(watch)
