@@ -86,10 +86,10 @@ def after_batch_host(candidates: Sequence[str], listed: Sequence[str],
     """``candidates`` split into those Slurm lists (``listed``: its node table order) after
     ``batch_host`` and those before it (which would make Slurm requeue the job: module
     docstring). All are usable when the batch host is unknown or not listed."""
-    if batch_host not in listed:
-        return list(candidates), []
-    first = listed.index(batch_host)
     index = {name: i for i, name in enumerate(listed)}
+    if batch_host not in index:
+        return list(candidates), []
+    first = index[batch_host]
     return ([c for c in candidates if index.get(c, -1) > first],
             [c for c in candidates if index.get(c, -1) <= first])
 
