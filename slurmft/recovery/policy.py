@@ -2,8 +2,8 @@
 
 Nothing here talks to Slurm or the network; the rescheduler carries out ``Decision.actions``
 in order. The order of the fast path is the one measured on Slurm 22.05 (CLUSTER_NOTES.md):
-(``scancel --ctld --signal=KILL`` to the job's steps, then ``scancel --signal=KILL --full``,
-when a node is cut off) -> ``requeuehold`` -> node ``down``
+(``scancel --ctld --signal=KILL`` to the job's steps, then ``scancel --batch --full
+--signal=KILL`` to its batch host, when a node is cut off) -> ``requeuehold`` -> node ``down``
 -> node ``drain`` -> ``update ExcNodeList NumNodes=k-k`` -> ``release`` ->
 ``update StartTime=now``.
 

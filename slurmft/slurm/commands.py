@@ -151,11 +151,15 @@ def build_resize_argv(job_id: int, num_nodes: str, bin_dir: str = "") -> list[st
 BATCH_SIGNALS = frozenset({"USR1", "USR2", "HUP", "CONT", "INT", "TERM"})
 
 
-def build_kill_job_argv(job_id: int, bin_dir: str = "") -> list[str]:
-    """``scancel --signal=KILL --full <id>``: the job ends CANCELLED (left to be requeued).
-    On a running job this is no immediate SIGKILL: slurmd sends its steps SIGTERM, then SIGKILL
-    after ``KillWait`` (``CommandSlurmClient.kill_job`` SIGKILLs the steps by number first)."""
-    return [_bin("scancel", bin_dir), "--signal=KILL", "--full", str(check_job_id(job_id))]
+def build_kill_batch_argv(job_id: int, bin_dir: str = "") -> list[str]:
+    """``scancel --batch --full --signal=KILL <id>``: SIGKILL, now, to the batch script's
+    process group (the script, its srun, its mpirun) and to every step's processes on the
+    batch host. A signal, not a cancel: ``--signal=KILL`` without ``--batch`` ends a running
+    job the polite way (slurmd sends SIGTERM, SIGKILL only ``KillWait`` later), and
+    ``--batch`` alone SIGKILLs the script's shell only (slurmstepd ``kill()``s its pid;
+    ``--full`` makes it ``killpg()``)."""
+    return [_bin("scancel", bin_dir), "--batch", "--full", "--signal=KILL",
+            str(check_job_id(job_id))]
 
 
 def build_signal_batch_argv(job_id: int, signal: str, bin_dir: str = "") -> list[str]:

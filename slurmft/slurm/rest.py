@@ -19,7 +19,8 @@ What v0.0.38 can do, checked on 22.05.8 (captures in ``tests/data/slurmrestd-22.
   release), ``exclude_nodes``, ``nodelist``, ``nodes`` (``min-max``), ``tasks``,
   ``cpus_per_task``, ``begin_time: now``, ``comment``;
 - ``DELETE /job/{id}?signal=KILL``: ``slurm_kill_job2(KILL_FULL_JOB)``, which is
-  ``scancel --signal=KILL --full`` (``kill_job``) and ends the job CANCELLED (``cancel``).
+  ``scancel --signal=KILL --full`` (``kill_job`` without a fallback: SIGTERM first, SIGKILL
+  ``KillWait`` later) and ends the job CANCELLED (``cancel``).
 
 What it cannot do: change a node's state (no node write in v0.0.38: ``drain``, ``down``,
 ``resume``), ``requeue``/``requeue_hold`` (no endpoint), signal only the batch script

@@ -132,11 +132,11 @@ def test_reschedule_running_job_after_link_down(cluster, cluster_run, loop_job):
     print(f"report: elapsed {report['elapsed_s']}s, running_after {report['running_after_s']}s")
     assert report["outcome"] == "requeue" and report["failed"] == ["node3"]
     # its srun step SIGKILLed by number (a job killed whole gets SIGTERM first, SIGKILL only
-    # KillWait later), then the job, then the requeue
+    # KillWait later), then the batch script's process group, then the requeue
     cmds = report["commands"]
-    full = ["scancel", "--signal=KILL", "--full", str(jid)]
-    assert full in cmds, cmds
-    kill = cmds.index(full)
+    batch = ["scancel", "--batch", "--full", "--signal=KILL", str(jid)]
+    assert batch in cmds, cmds
+    kill = cmds.index(batch)
     assert cmds[:kill] in ([], [["scancel", "--ctld", "--signal=KILL", f"{jid}.0"]]), cmds
     assert cmds[kill + 1] == ["scontrol", "requeuehold", str(jid)]
     nodes = wait_for(lambda: running_on(cluster_run, jid, 3), 15, "RUNNING on 3 nodes")
@@ -151,6 +151,13 @@ def test_reschedule_running_job_after_link_down(cluster, cluster_run, loop_job):
     assert ops[-7:] == ["kill_job", "requeue_hold", "down", "drain", "update_job", "release",
                         "update_job"]
     print(f"reschedule -> RUNNING on 3 nodes in {took:.2f}s")
+    # The old run's srun is gone: one left alive cancels "step 0" KillWait + 2 s (7 s here)
+    # after its step was killed, and the requeued run's first step has that id.
+    time.sleep(8)
+    j = show_job(cluster_run, jid)
+    assert (j["JobState"], j["Restarts"]) == ("RUNNING", "1"), j
+    out = Path(cluster.shared_dir, f"resched-{jid}.out").read_text()
+    assert "Timed out waiting for job step" not in out, out
 
 
 def test_dry_run_changes_nothing(cluster, cluster_run, loop_job):

@@ -98,23 +98,23 @@ def test_running_job_with_a_dead_node_is_requeued_on_the_healthy_nodes(fake, tmp
     assert audit[0]["event"] == "decision" and audit[0]["failed"] == ["node3"]
     assert [a["op"] for a in audit[1:]] == ["kill_job", "requeue_hold", "down", "drain",
                                             "update_job", "release", "update_job"]
-    assert fake.signals == [(jid, "KILL", True)]      # scancel --signal=KILL --full
+    assert fake.signals == [(jid, "KILL", True)]      # scancel --batch --full --signal=KILL
     assert all(a["result"] == "ok" for a in audit[1:])
     rec = json.loads((tmp_path / "state" / "jobs" / f"{jid}.json").read_text())
     assert rec["excluded"] == ["node3"] and len(rec["attempts"]) == 1
 
 
-def test_the_kill_s_two_commands_are_reported_apart_and_audited_on_one_line(fake, tmp_path):
+def test_the_kill_s_commands_are_reported_apart_and_audited_on_one_line(fake, tmp_path):
     jid = fake.add_job("RUNNING", NODES)
     fake.start_step(jid)
     r, _, store = make(fake, tmp_path, {"node3": Health.UNREACHABLE})
     report = r.reschedule(jid)
     assert report.commands[:3] == [["scancel", "--ctld", "--signal=KILL", f"{jid}.0"],
-                                   ["scancel", "--signal=KILL", "--full", str(jid)],
+                                   ["scancel", "--batch", "--full", "--signal=KILL", str(jid)],
                                    ["scontrol", "requeuehold", str(jid)]]
     kill = next(a for a in store.audit_lines() if a.get("op") == "kill_job")
     assert kill["argv"] == ["scancel", "--ctld", "--signal=KILL", f"{jid}.0", ";",
-                            "scancel", "--signal=KILL", "--full", str(jid)]
+                            "scancel", "--batch", "--full", "--signal=KILL", str(jid)]
 
 
 def test_a_job_pinned_with_w_is_requeued_on_its_pinned_nodes_left(fake, tmp_path):
@@ -155,7 +155,7 @@ def test_dry_run_prints_exact_argv_and_changes_nothing(fake, tmp_path):
     assert scontrol_writes(fake) == []
     assert fake.job(jid)["job_state"] == "RUNNING"
     assert not (tmp_path / "state").exists()
-    assert report.commands[0] == ["scancel", "--signal=KILL", "--full", str(jid)]
+    assert report.commands[0] == ["scancel", "--batch", "--full", "--signal=KILL", str(jid)]
     assert report.commands[1] == ["scontrol", "requeuehold", str(jid)]
     assert report.commands[4] == ["scontrol", "update", f"JobId={jid}", "ExcNodeList=node2",
                                   "NumNodes=3-3"]

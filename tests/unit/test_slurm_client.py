@@ -222,24 +222,38 @@ def test_cancel(client, fake):
     assert client.job(1).state == "CANCELLED"
 
 
-def test_kill_job_sigkills_the_steps_by_number_before_the_whole_job(client, fake):
+BATCH_KILL = ("scancel", "--batch", "--full", "--signal=KILL", "1")
+
+
+def test_kill_job_sigkills_the_steps_by_number_then_the_batch_host(client, fake):
     # A running job killed whole gets SIGTERM and its SIGKILL only KillWait later (slurmd's
-    # terminate request); mpirun waits on SIGTERM for a daemon on the cut-off node.
+    # terminate request); mpirun waits on SIGTERM for a daemon on the cut-off node. Then the
+    # batch script's process group: an srun left alive cancels the requeued run's step 0.
     fake.start_step(1), fake.start_step(1)
     client.kill_job(1)
     scancels = [c for c in fake.calls if c[0] == "scancel"]
-    assert scancels == [("scancel", "--ctld", "--signal=KILL", "1.0", "1.1"),
-                        ("scancel", "--signal=KILL", "--full", "1")]
+    assert scancels == [("scancel", "--ctld", "--signal=KILL", "1.0", "1.1"), BATCH_KILL]
     assert fake.step_signals == [(1, 0, "KILL"), (1, 1, "KILL")]
     assert fake.signals == [(1, "KILL", True)]
 
 
-def test_kill_job_without_steps_or_when_listing_them_fails_still_kills_the_job(client, fake):
-    client.kill_job(1)                                   # no steps: only the whole job
-    assert [c for c in fake.calls if c[0] == "scancel"] == [
-        ("scancel", "--signal=KILL", "--full", "1")]
+def test_kill_job_without_steps_or_when_listing_them_fails_still_kills_the_batch_host(client,
+                                                                                       fake):
+    client.kill_job(1)                                   # no steps: the batch host only
+    assert [c for c in fake.calls if c[0] == "scancel"] == [BATCH_KILL]
     fake.start_step(1)
     fake.fail_next("squeue: error: Unable to contact slurm controller (connect failure)")
-    client.kill_job(1)                                   # the step listing failed: job kill
+    client.kill_job(1)                                   # the step listing failed
     assert fake.calls[-2][0] == "squeue" and fake.step_signals == []
-    assert fake.calls[-1] == ("scancel", "--signal=KILL", "--full", "1")
+    assert fake.calls[-1] == BATCH_KILL
+
+
+def test_kill_job_of_a_job_that_ended_meanwhile_is_no_error(client, fake):
+    # scancel says "Invalid job id specified" (exit 1) for a job that has ended; the steps'
+    # SIGKILL can end it (its srun exits, then its script)
+    fake.fail_next("scancel: error: Kill job error on job id 1: Invalid job id specified")
+    client.kill_job(1, steps=[])
+    assert fake.calls[-1] == BATCH_KILL and fake.signals == []
+    fake.fail_next("scancel: error: Unable to contact slurm controller (connect failure)")
+    with pytest.raises(ControllerUnreachableError):       # anything else is an error
+        client.kill_job(1, steps=[])

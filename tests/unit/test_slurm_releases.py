@@ -291,8 +291,8 @@ def test_client_over_each_release(s):
         c.requeue(s.job("held"))
     with pytest.raises(InvalidNodeError):
         c.drain([s.cap["bad_node"]], "x")
-    with pytest.raises(InvalidJobError):
-        c.kill_job(s.cap["bad_job"])
+    # scancel says "Invalid job id" for a job that has ended: nothing left to kill, no error
+    assert c.kill_job(s.cap["bad_job"]) is None
     with pytest.raises(InvalidJobError):
         c.allocation(s.cap["bad_job"])
     assert c.steps(s.cap["bad_job"]) == []          # real Slurm: nothing, exit 0

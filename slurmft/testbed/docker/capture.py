@@ -127,7 +127,7 @@ class Capture:
             "sbatch_unsatisfiable": ["sbatch", "--parsable", "-N4", "--exclude=node4",
                                      "--wrap", "true"],
             "signal_steps_invalid": scli.build_signal_steps_argv(BAD_JOB, [0], "KILL"),
-            "kill_job_invalid": scli.build_kill_job_argv(BAD_JOB),
+            "kill_job_invalid": scli.build_kill_batch_argv(BAD_JOB),
             "signal_batch_invalid": scli.build_signal_batch_argv(BAD_JOB, "USR1"),
             "release_invalid": scli.build_job_action_argv("release", BAD_JOB),
             "requeuehold_invalid": scli.build_job_action_argv("requeuehold", BAD_JOB),
