@@ -20,6 +20,15 @@ from slurmft.slurm.version import SlurmVersion, parse_version
 
 log = get_logger(__name__)
 
+#: How long ``kill_job`` leaves a step's daemons, after their SIGKILL, to tell their srun that
+#: the tasks exited, before it kills that srun (in the next step signalled, or the batch
+#: script's process group). A daemon whose srun is gone retries 5 times, 0.1 s to 0.8 s apart
+#: (22.05 slurmstepd ``_send_srun_resp_msg``): the step, and a requeue waiting on it, ended
+#: 2.3 s late.
+KILL_GRACE_S = 0.1
+#: How many of the newest steps ``kill_job`` signals one at a time (the older ones together).
+KILL_ONE_BY_ONE = 4
+
 #: How long a command Slurm answers "try again in a bit" is sent again (``SlurmBusyError``:
 #: on 22.05 a job update right after a requeue, while the job's accounting record is set).
 BUSY_WAIT_S = 10.0
@@ -169,6 +178,11 @@ class CommandSlurmClient:
         default) later, and mpirun on SIGTERM waits for its daemon on the cut-off node.
 
         The steps by number first: their SIGKILL reaches every node, not only the batch host.
+        One at a time, the newest first, ``KILL_GRACE_S`` apart (the newest ``KILL_ONE_BY_ONE``;
+        older ones together): a step's srun often runs in an older step (mpirun's ``srun
+        orted`` in the launcher's step) or in the batch script, and a step whose srun died with
+        it ended 2.3 s late.
+
         The batch script's process group next: an srun whose step was killed waits
         ``KillWait`` + 2 s for its task on the cut-off node, then cancels the step by id. Left
         alive (SIGTERM ends the shell; proctrack/linuxproc does not find the orphan), it
@@ -182,10 +196,14 @@ class CommandSlurmClient:
                 log.warning("job %s: steps not listed before the kill (%s); they get SIGTERM "
                             "first", job_id, e)
                 steps = []
-        try:
-            self.signal_steps(job_id, steps, "KILL")
-        except SlurmFTError as e:     # a step that ended meanwhile: the batch host's kill follows
-            log.warning("job %s: SIGKILL to steps %s failed (%s)", job_id, steps, e)
+        newest = sorted(set(steps), reverse=True)        # a launcher's srun runs in an older step
+        batches = [[s] for s in newest[:KILL_ONE_BY_ONE]] + [newest[KILL_ONE_BY_ONE:]]
+        for batch in filter(None, batches):
+            try:
+                self.signal_steps(job_id, batch, "KILL")
+            except SlurmFTError as e:  # a step that ended meanwhile: the others follow
+                log.warning("job %s: SIGKILL to steps %s failed (%s)", job_id, batch, e)
+            self.sleep(KILL_GRACE_S)
         try:
             self._run(scli.build_kill_batch_argv(job_id, self.bin_dir))
         except InvalidJobError:       # scancel's word for a job that has ended

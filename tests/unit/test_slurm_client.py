@@ -16,7 +16,7 @@ from slurmft.core.errors import (
     UnsatisfiableRequestError,
     UsageError,
 )
-from slurmft.slurm.client import CommandSlurmClient
+from slurmft.slurm.client import KILL_GRACE_S, KILL_ONE_BY_ONE, CommandSlurmClient
 from slurmft.slurm.runner import SubprocessRunner
 from tests.fakes.fake_slurm import FakeSlurm
 
@@ -225,16 +225,33 @@ def test_cancel(client, fake):
 BATCH_KILL = ("scancel", "--batch", "--full", "--signal=KILL", "1")
 
 
-def test_kill_job_sigkills_the_steps_by_number_then_the_batch_host(client, fake):
+def test_kill_job_sigkills_the_steps_by_number_newest_first_then_the_batch_host(fake):
     # A running job killed whole gets SIGTERM and its SIGKILL only KillWait later (slurmd's
-    # terminate request); mpirun waits on SIGTERM for a daemon on the cut-off node. Then the
-    # batch script's process group: an srun left alive cancels the requeued run's step 0.
+    # terminate request); mpirun waits on SIGTERM for a daemon on the cut-off node. The newest
+    # step first, a grace apart: its srun may run in an older step. Then the batch script's
+    # process group: an srun left alive cancels the requeued run's step 0.
+    slept: list[float] = []
+    client = CommandSlurmClient(runner=fake, timeout=7, sleep=slept.append)
     fake.start_step(1), fake.start_step(1)
     client.kill_job(1)
     scancels = [c for c in fake.calls if c[0] == "scancel"]
-    assert scancels == [("scancel", "--ctld", "--signal=KILL", "1.0", "1.1"), BATCH_KILL]
-    assert fake.step_signals == [(1, 0, "KILL"), (1, 1, "KILL")]
+    assert scancels == [("scancel", "--ctld", "--signal=KILL", "1.1"),
+                        ("scancel", "--ctld", "--signal=KILL", "1.0"), BATCH_KILL]
+    assert fake.step_signals == [(1, 1, "KILL"), (1, 0, "KILL")]
     assert fake.signals == [(1, "KILL", True)]
+    assert slept == [KILL_GRACE_S, KILL_GRACE_S]
+
+
+def test_kill_job_signals_only_the_newest_steps_one_by_one(fake):
+    slept: list[float] = []
+    client = CommandSlurmClient(runner=fake, timeout=7, sleep=slept.append)
+    for _ in range(KILL_ONE_BY_ONE + 2):
+        fake.start_step(1)
+    client.kill_job(1)
+    scancels = [c[3:] for c in fake.calls if c[0] == "scancel"]
+    newest = [(f"1.{s}",) for s in range(KILL_ONE_BY_ONE + 1, 1, -1)]
+    assert scancels == [*newest, ("1.1", "1.0"), BATCH_KILL[3:]]
+    assert len(slept) == KILL_ONE_BY_ONE + 1
 
 
 def test_kill_job_without_steps_or_when_listing_them_fails_still_kills_the_batch_host(client,
