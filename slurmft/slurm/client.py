@@ -167,7 +167,7 @@ class CommandSlurmClient:
 
     def kill_job(self, job_id: int, steps: Sequence[int] | None = None) -> None:
         """SIGKILL, now, to the job's numbered ``steps`` wherever they run (None: those
-        ``squeue --steps`` lists; ``scancel --ctld --signal=KILL 42.0 42.1``), then to its
+        ``squeue --steps`` lists; ``scancel --ctld --signal=KILL 42.1``, then ``42.0``), then to its
         batch script's process group and every step on the batch host (``scancel --batch
         --full --signal=KILL``). The rescheduler requeue-holds the job right after: Slurm ends
         what is left (a cut-off node's share) and the job waits in the queue, not FAILED. A
