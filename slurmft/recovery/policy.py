@@ -94,6 +94,7 @@ class History:
     exhausted: bool = False              # the job was held because the budget was spent
     regain_nodes: int | None = None      # a regain in flight (requeued held, not yet resized)
     regain_exclude: tuple[str, ...] = ()
+    full_nodes: int = 0                  # the most nodes slurmft saw the job hold
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,11 @@ class PolicyConfig:
     # The job's supervisor asks for its size back (it shrank, nodes returned, and the rest of
     # the run at full size saves more than a requeue costs): requeue it at this many nodes.
     regain_nodes: int | None = None
-    # With regain_nodes: the nodes Slurm lists idle (no flag) now; the requeue happens only if
-    # they make up the difference (a job requeued at a size it cannot get would wait).
-    regain_idle: tuple[str, ...] = ()
+    # The nodes Slurm lists idle (no flag) now. With regain_nodes: the requeue happens only if
+    # they make up the difference (a job requeued at a size it cannot get would wait). For a
+    # failure requeue of a job that shrank before: those of its excluded nodes among them that
+    # probe healthy come back (``taken_back``).
+    idle: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -269,11 +272,13 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
     # nodes, the failed ones excluded: Slurm finds them, or the job waits for them. Not a
     # restart job (an ended job that cannot be requeued): that one is pinned to healthy nodes.
     resubmit = job.has_ended and not job.requeue
+    back = taken_back(job, status, history, config, healthy, failed)
     # not the healthy nodes it holds: a node excluded once and taken back in as a spare
     # (refill) would make NumNodes unsatisfiable (seen: pending for BadConstraints for good)
     base.update(exclude=tuple(n for n in _merge(job.excluded_nodes, history.excluded, failed)
-                              if n not in healthy),
-                num_nodes=len(healthy) or (0 if resubmit else len(nodes)))
+                              if n not in healthy and n not in back),
+                num_nodes=(len(healthy) + len(back)) if healthy else
+                (0 if resubmit else len(nodes)))
     if ((job.is_pending or job.state == "COMPLETING")
             and not NodeSet(failed) - NodeSet(job.excluded_nodes)):
         # COMPLETING: an earlier call's requeue is winding down the old run, still listed
@@ -287,7 +292,32 @@ def decide(job: JobInfo, health: Mapping[str, ProbeResult | Health], history: Hi
                 if base["num_nodes"] else "no healthy node left to pin a restart job to,")
         return Decision(Outcome.REFUSED, message=f"job {jid}: {left} below the minimum of "
                         f"{config.min_nodes}; not rescheduled", **base)
-    return _move_off_failed(job, status, config, base)
+    return _move_off_failed(job, status, config, base, back)
+
+
+def full_size(job: JobInfo, history: History) -> int:
+    """The most nodes the job held, as slurmft saw it (its size before any loss)."""
+    return max(history.full_nodes, len(job.nodes))
+
+
+def taken_back(job: JobInfo, status: Mapping[str, Health], history: History,
+               config: PolicyConfig, healthy: Sequence[str],
+               failed: Sequence[str]) -> tuple[str, ...]:
+    """The nodes a failure requeue takes back: those the job excluded before (a loss it
+    shrank for) that Slurm lists idle now (``config.idle``) and that probe healthy, up to
+    the job's full size. The job is requeued anyway, so asking for them costs no restart:
+    without them it would start again shrunk and regain its size only once the rest of the
+    run paid for a second requeue (seen: a job that lost its batch host twice trained its last
+    47 s on 3 of 4 ranks, the node lost first idle and healthy again). Nodes the job never
+    held are not taken: a job shrinks when it loses a node (spares keep its size). Only for
+    a requeue: none when the job is neither running nor ended requeueable."""
+    if not config.idle or not (job.is_running or (job.has_ended and job.requeue)):
+        return ()
+    room = full_size(job, history) - len(healthy)
+    back = [n for n in regain_candidates(job, history)
+            if n in config.idle and n not in failed and n not in job.nodes
+            and status.get(n) is Health.HEALTHY]
+    return tuple(back[:max(0, room)])
 
 
 def regain_candidates(job: JobInfo, history: History) -> tuple[str, ...]:
@@ -312,7 +342,7 @@ def _regain(job: JobInfo, status: Mapping[str, Health], history: History,
         return Decision(Outcome.NOTHING, message=f"job {jid} runs on {have} node(s) already: "
                         f"nothing to regain for {n}", **base)
     out = regain_candidates(job, history)
-    usable = tuple(x for x in config.regain_idle
+    usable = tuple(x for x in config.idle
                    if x not in job.nodes and not (x in status and status[x].is_failed))
     if have + len(usable) < n:
         return Decision(Outcome.NOTHING, message=f"job {jid}: {len(usable)} idle node(s) "
@@ -415,11 +445,12 @@ def _hold_exhausted(job: JobInfo, status: Mapping[str, Health], config: PolicyCo
 
 
 def _move_off_failed(job: JobInfo, status: Mapping[str, Health], config: PolicyConfig,
-                     base: dict) -> Decision:
+                     base: dict, back: Sequence[str] = ()) -> Decision:
     """Requeue (running, or ended and requeueable), update (pending) or resubmit the job on
-    the ``num_nodes`` healthy nodes, excluding ``exclude``."""
+    the ``num_nodes`` healthy nodes (with ``back``, see ``taken_back``), excluding ``exclude``."""
     jid, failed, exclude, k = job.job_id, base["failed"], base["exclude"], base["num_nodes"]
-    without = ", ".join(failed)
+    without = ", ".join(failed) + (f" ({', '.join(back)} healthy again, taken back)"
+                                   if back else "")
     update = UpdateJob(jid, exclude=exclude, **shrink_params(job, k),
                        **pinned_params(job, exclude))
     start = UpdateJob(jid, start_now=True)

@@ -52,16 +52,19 @@ from slurmft.recovery.actions import (
 from slurmft.recovery.policy import (
     HELD_REASONS,
     Decision,
+    History,
     Outcome,
     PolicyConfig,
     candidate_nodes,
     decide,
     drain_reason,
+    full_size,
     needs_probe,
     pinned_params,
     regain_candidates,
     shrink_params,
 )
+from slurmft.recovery.report import Report
 from slurmft.recovery.scripts import job_context, restart_context  # noqa: F401 (job_context: for callers that import it from here)
 from slurmft.recovery.state import Attempt, RetryRecord, StateStore
 from slurmft.render import render as default_render
@@ -87,54 +90,6 @@ def poll_delays(first: float = 0.5, factor: float = 1.5, cap: float = 5.0) -> It
     while True:
         yield delay
         delay = min(cap, delay * factor)
-
-
-@dataclass
-class Report:
-    """What a reschedule call decided and did."""
-
-    decision: Decision
-    dry_run: bool = False
-    commands: list[list[str]] = field(default_factory=list)   # argv run (or, dry-run, planned)
-    new_job_id: int | None = None
-    restart_script: str | None = None
-    elapsed_s: float = 0.0
-    state_after: str = ""                  # the job's state when we stopped watching it
-    running_after_s: float | None = None   # seconds from the last action to RUNNING
-
-
-    def to_dict(self) -> dict:
-        doc = self.decision.to_dict()
-        if self.dry_run and self.decision.plan:
-            doc["message"] = self.decision.plan
-        doc.update(dry_run=self.dry_run, commands=self.commands, new_job_id=self.new_job_id,
-                   elapsed_s=round(self.elapsed_s, 3), state_after=self.state_after,
-                   running_after_s=(None if self.running_after_s is None
-                                    else round(self.running_after_s, 3)))
-        if self.restart_script:
-            doc["restart_script"] = self.restart_script
-        return doc
-
-    def text(self) -> str:
-        d = self.decision
-        lines = [f"dry run: {d.plan or d.message}" if self.dry_run and d.actions else d.message]
-        if d.failed:
-            lines.append(f"failed nodes: {', '.join(d.failed)}; healthy: {', '.join(d.healthy) or '-'}")
-        if self.dry_run and d.spends_retry:
-            lines.append(f"retries used: {d.retries_used}/{d.max_retry} "
-                         f"({d.retries_after}/{d.max_retry} if carried out)")
-        else:                                    # the count after what was done
-            lines.append(f"retries used: {d.retries_after}/{d.max_retry}")
-        if self.commands:
-            lines.append("would run:" if self.dry_run else "ran:")
-            lines += ["  " + shlex.join(argv) for argv in self.commands]
-        if self.new_job_id is not None:
-            lines.append(f"restart job: {self.new_job_id}")
-        if self.running_after_s is not None:
-            lines.append(f"job RUNNING again {self.running_after_s:.2f}s after the last command")
-        elif self.state_after:
-            lines.append(f"job state now: {self.state_after}")
-        return "\n".join(lines)
 
 
 def ended_normally(job: JobInfo, decision: Decision) -> bool:
@@ -222,6 +177,29 @@ class Rescheduler:
             if name not in health or not health[name].health.is_failed:
                 health[name] = res
         return health
+
+    def _idle(self, view: CachedSlurmClient | None) -> tuple[str, ...]:
+        """The nodes Slurm lists idle, with no flag (DRAIN, NOT_RESPONDING...), now."""
+        listed = view.nodes() if view is not None else self.client.nodes()
+        return tuple(n.name for n in listed if n.state == "idle" and not n.flags)
+
+    def _with_nodes_back(self, job: JobInfo, decision: Decision,
+                         health: dict[str, ProbeResult], history: History, pcfg: PolicyConfig,
+                         view: CachedSlurmClient | None) -> tuple[Decision, dict]:
+        """A failure requeue of a job that shrank before: probe those of its excluded nodes
+        Slurm lists idle now, and decide again with them (``policy.taken_back``). Only
+        those are probed (the job's own nodes were, a cut-off one takes a probe timeout)."""
+        try:
+            idle = self._idle(view)
+        except SlurmFTError as exc:
+            log.warning("job %s: cannot list idle nodes (%s): requeued without its excluded "
+                        "nodes", job.job_id, exc, extra={"job": str(job.job_id)})
+            return decision, health
+        ask = [n for n in regain_candidates(job, history) if n in idle and n not in health]
+        if not ask:
+            return decision, health
+        health = {**health, **self._health(ask, view)}
+        return decide(job, health, history, dataclasses.replace(pcfg, idle=idle)), health
 
     def _settle(self, job: JobInfo, names: Sequence[str], settle: float,
                 view: CachedSlurmClient | None = None) -> JobInfo:
@@ -335,14 +313,15 @@ class Rescheduler:
             names = candidate_nodes(job, history)
             if pcfg.regain_nodes:        # the excluded nodes too: which are healthy again
                 names = tuple(dict.fromkeys((*names, *regain_candidates(job, history))))
-                listed = view.nodes() if view is not None else self.client.nodes()
-                pcfg = dataclasses.replace(pcfg, regain_idle=tuple(
-                    n.name for n in listed if n.state == "idle" and not n.flags))
+                pcfg = dataclasses.replace(pcfg, idle=self._idle(view))
             if known is not None and names and all(n in known for n in names):
                 health = {n: known[n] for n in names}
             else:
                 health = self._health(names, view)
         decision = decide(job, health, history, pcfg)
+        if (decision.outcome is Outcome.REQUEUE and decision.healthy and not pcfg.idle
+                and (decision.num_nodes or 0) < full_size(job, history)):
+            decision, health = self._with_nodes_back(job, decision, health, history, pcfg, view)
         if (pcfg.restart_failed and not decision.failed and settle > 0
                 and job.state in TRANSIENT_STATES | {"RUNNING"}):
             # Called by the job wrapper whose launcher just failed on healthy nodes: the
@@ -575,6 +554,7 @@ class Rescheduler:
             record.checkpoint_dir = checkpoint_dir
         if job.nodes:
             record.last_nodes = list(job.nodes)
+            record.full_nodes = max(record.full_nodes, len(job.nodes))
         counted = decision.spends_retry
         if decision.outcome in (Outcome.DRAIN, Outcome.REGAIN):     # no retry spent
             record.excluded = list(decision.exclude)      # (regain: the nodes back are not)

@@ -78,6 +78,9 @@ class RetryRecord:
     # reschedule of the held job (the watcher's, the epilog's) finishes it: size, release.
     regain_nodes: int | None = None
     regain_exclude: list[str] = field(default_factory=list)
+    # The most nodes the job held as slurmft saw it: a failure requeue of a job that shrank
+    # takes its excluded nodes back up to this size when they are idle and healthy again.
+    full_nodes: int = 0
 
     def belongs_to(self, submit_time: int | None, restart_count: int = 0) -> bool:
         """Whether a job with this id, ``submit_time`` and ``restart_count`` is the job this
@@ -98,6 +101,7 @@ class RetryRecord:
             exhausted=self.exhausted,
             regain_nodes=self.regain_nodes,
             regain_exclude=tuple(self.regain_exclude),
+            full_nodes=self.full_nodes,
         )
 
     def to_dict(self) -> dict:

@@ -32,7 +32,8 @@ from slurmft.core.nodeset import NodeSet
 from slurmft.observe.events import Detected, Event, Recovered
 from slurmft.probe.records import Health, ProbeResult, Prober
 from slurmft.recovery.policy import HELD_REASONS, Outcome, is_relaunchable, replica_run
-from slurmft.recovery.rescheduler import Report, Rescheduler
+from slurmft.recovery.report import Report
+from slurmft.recovery.rescheduler import Rescheduler
 from slurmft.recovery.shard import Ownership
 from slurmft.recovery.suspicion import ConfirmPolicy, FailureTracker, too_many_failed
 from slurmft.slurm.records import JobInfo, SlurmClient

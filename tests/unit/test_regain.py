@@ -114,7 +114,7 @@ def test_regain_requeues_at_full_size_with_the_healthy_nodes_back():
     hist = History(excluded=("node2", "node3"))
     d = decide(job(excluded=("node2", "node3")),
                {"node1": Health.HEALTHY, "node2": Health.HEALTHY, "node3": Health.UNREACHABLE},
-               hist, PolicyConfig(regain_nodes=3, regain_idle=("node2", "node3", "node5")))
+               hist, PolicyConfig(regain_nodes=3, idle=("node2", "node3", "node5")))
     assert d.outcome is Outcome.REGAIN and d.num_nodes == 3      # node2 back, node5 idle
     assert d.exclude == ("node3",) and not d.spends_retry          # node3 is still out
     assert [type(a) for a in d.actions] == [RequeueHoldJob, UpdateJob, ReleaseJob, UpdateJob]
@@ -133,7 +133,7 @@ def test_regain_requeues_at_full_size_with_the_healthy_nodes_back():
 ])
 def test_regain_changes_nothing_when_it_cannot_help(j, health, why):
     d = decide(j, health, History(excluded=("node2",)),
-               PolicyConfig(regain_nodes=2, regain_idle=("node2",)))
+               PolicyConfig(regain_nodes=2, idle=("node2",)))
     assert d.outcome is Outcome.NOTHING and not d.actions and why in d.message
 
 
@@ -217,3 +217,50 @@ def test_the_regain_in_flight_survives_in_the_retry_record(tmp_path):
     assert h.regain_nodes == 2 and h.regain_exclude == ("node3",)
     old = RetryRecord.from_dict({"original_job_id": 7})          # written before regains
     assert old.history(7).regain_nodes is None
+
+
+# ---- a failure requeue takes the job's own nodes back --------------------------------------
+
+def shrunk(nodes=("node2", "node3", "node4")):
+    """A job that lost node1 before and runs shrunk on three nodes; its batch host failed."""
+    return JobInfo(job_id=7, name="train", state="RUNNING", nodes=tuple(nodes),
+                   node_count=len(nodes), requeue=True, batch_host=nodes[0],
+                   excluded_nodes=("node1",))
+
+
+HURT = {"node2": Health.UNREACHABLE, "node3": Health.HEALTHY, "node4": Health.HEALTHY}
+
+
+def test_a_failure_requeue_takes_back_its_excluded_nodes_idle_and_healthy_again():
+    d = decide(shrunk(), {**HURT, "node1": Health.HEALTHY},
+               History(excluded=("node1",), full_nodes=4, attempts=1),
+               PolicyConfig(idle=("node1", "node5")))
+    assert d.outcome is Outcome.REQUEUE and d.spends_retry
+    assert d.num_nodes == 3 and d.exclude == ("node2",)       # node3, node4 and node1 back
+    update = next(a for a in d.actions if isinstance(a, UpdateJob) and a.num_nodes)
+    assert update.num_nodes == (3, 3) and update.exclude == ("node2",)
+    assert "without node2 (node1 healthy again, taken back)" in d.message
+    # node5 was never the job's: a loss shrinks the job, it does not pull in other nodes
+    assert "node5" not in d.message and "node5" not in d.exclude
+
+
+@pytest.mark.parametrize("node1, idle, full, why", [
+    (Health.UNREACHABLE, ("node1",), 4, "probed bad again"),
+    (Health.HEALTHY, (), 4, "not idle (drained, or another job has it)"),
+    (None, ("node1",), 4, "not probed"),
+])
+def test_a_failure_requeue_leaves_an_excluded_node_out_otherwise(node1, idle, full, why):
+    health = {**HURT, **({"node1": node1} if node1 else {})}
+    d = decide(shrunk(), health, History(excluded=("node1",), full_nodes=full),
+               PolicyConfig(idle=idle))
+    assert d.outcome is Outcome.REQUEUE, why
+    assert d.num_nodes == 2 and d.exclude == ("node1", "node2"), why
+
+
+def test_taking_back_stops_at_the_full_size():
+    job = shrunk(nodes=("node3", "node4"))
+    d = decide(job, {"node3": Health.UNREACHABLE, "node4": Health.HEALTHY,
+                     "node1": Health.HEALTHY, "node2": Health.HEALTHY},
+               History(excluded=("node1", "node2"), full_nodes=2),
+               PolicyConfig(idle=("node1", "node2")))
+    assert d.num_nodes == 2 and d.exclude == ("node2", "node3")     # node1 back, node2 not

@@ -594,3 +594,38 @@ def test_relaunch_dry_run_lists_the_signal(fake, tmp_path):
     report = r.reschedule(jid)
     assert report.commands[-1] == ["scancel", "--batch", "--signal=USR2", str(jid)]
     assert fake.signals == [] and expand(fake.job(jid)["nodes"]) == NODES
+
+
+def test_a_second_loss_requeue_takes_the_first_lost_node_back_once_it_is_idle(fake, tmp_path):
+    """Seen in the lost-batch-host benchmark: the job lost node1, then (node1 repaired and
+    resumed by then) node2, and was requeued on the 3 nodes it had left, node1 still
+    excluded: it trained shrunk to the end. Now the second requeue takes node1 back, probing
+    only it beside what the first probe knew."""
+    jid = fake.add_job("RUNNING", NODES)
+    r, prober, store = make(fake, tmp_path, {"node1": Health.UNREACHABLE})
+    assert r.reschedule(jid).decision.num_nodes == 3
+    fake.start_pending(jid)
+    assert fake.job(jid)["nodes"] == "node[2-4]"
+    fake.node("node1").update(state="idle", state_flags=[])      # repaired, resumed by the admin
+    r, prober, store = make(fake, tmp_path, {"node2": Health.UNREACHABLE})
+    report = r.reschedule(jid)
+    d = report.decision
+    assert d.outcome is Outcome.REQUEUE and d.num_nodes == 3 and d.exclude == ("node2",)
+    assert prober.calls == [["node2", "node3", "node4"], ["node1"]]
+    assert ("update", f"JobId={jid}", "ExcNodeList=node2", "NumNodes=3-3") in [
+        c[1:] for c in scontrol_writes(fake)]
+    fake.start_pending(jid)
+    assert fake.job(jid)["nodes"] == "node[1,3-4]"
+    rec = json.loads((tmp_path / "state" / "jobs" / f"{jid}.json").read_text())
+    assert rec["full_nodes"] == 4 and rec["excluded"] == ["node2"]
+
+
+def test_a_requeue_leaves_the_lost_node_out_while_slurm_keeps_it_drained(fake, tmp_path):
+    jid = fake.add_job("RUNNING", NODES)
+    r, _, _ = make(fake, tmp_path, {"node1": Health.UNREACHABLE})
+    r.reschedule(jid)
+    fake.start_pending(jid)
+    r, prober, _ = make(fake, tmp_path, {"node2": Health.UNREACHABLE})
+    d = r.reschedule(jid).decision        # node1 still drained: not idle, not probed
+    assert d.num_nodes == 2 and d.exclude == ("node1", "node2")
+    assert prober.calls == [["node2", "node3", "node4"]]
