@@ -320,7 +320,8 @@ class Rescheduler:
                 health = self._health(names, view)
         decision = decide(job, health, history, pcfg)
         if (decision.outcome is Outcome.REQUEUE and decision.healthy and not pcfg.idle
-                and (decision.num_nodes or 0) < full_size(job, history)):
+                and (decision.num_nodes or 0) < full_size(job, history)
+                and regain_candidates(job, history)):     # (a first loss lists nothing more)
             decision, health = self._with_nodes_back(job, decision, health, history, pcfg, view)
         if (pcfg.restart_failed and not decision.failed and settle > 0
                 and job.state in TRANSIENT_STATES | {"RUNNING"}):
