@@ -404,3 +404,29 @@ def test_epilog_slurmctld_end_to_end(epilog_cluster):
     finally:
         c.fault("node2", "link-up")
         run(["scancel", str(jid)])
+
+
+def test_a_second_loss_takes_the_first_lost_node_back_once_it_is_healthy(
+        cluster, cluster_run, loop_job):
+    """A job that shrank for a lost node and loses another after the first came back (idle,
+    healthy) is requeued with it: it keeps its size instead of shrinking again."""
+    jid = loop_job(4)
+    loop_job.fault("node3")
+    res = run_slurmft(cluster_run, "reschedule", str(jid), "--json")
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: running_on(cluster_run, jid, 3), 30, "RUNNING on 3 nodes")
+    cluster.fault("node3", "link-up")                   # repaired; the admin resumes it
+    cluster_run(["scontrol", "update", "nodename=node3", "state=resume"], check=True)
+    wait_for(lambda: node_line(cluster_run, "node3").split("|")[0] == "idle", 60,
+             "node3 idle again", show=lambda: node_line(cluster_run, "node3"))
+    loop_job.fault("node2")
+    res = run_slurmft(cluster_run, "reschedule", str(jid), "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["outcome"] == "requeue" and report["failed"] == ["node2"]
+    assert report["num_nodes"] == 3 and report["exclude"] == ["node2"], report
+    assert "node3 healthy again, taken back" in report["message"]
+    nodes = wait_for(lambda: running_on(cluster_run, jid, 3), 30, "RUNNING on 3 nodes again")
+    assert "node3" in nodes and "node2" not in nodes
+    j = show_job(cluster_run, jid)
+    assert j["Restarts"] == "2" and j["ExcNodeList"] == "node2"
