@@ -85,6 +85,9 @@ def reschedule_cmd(ctx: click.Context, job_id: str, dry_run: bool, as_json: bool
     RUNNING with failed nodes: (SIGKILL to the job's processes when a node is
       cut off: no save-on-signal can finish), requeuehold, set the nodes DOWN
       then DRAIN, ExcNodeList (merged) + NumNodes=k-k, release, StartTime=now.
+      k counts the healthy nodes it holds, plus nodes it lost before that are
+      idle and probe healthy again (up to its first size): a job that shrank
+      for an earlier loss takes them back with this requeue.
     PENDING: update ExcNodeList/NumNodes, release, StartTime=now.
     Ended and not requeueable: submit a restart job that resumes from the checkpoint.
     FAILED on healthy nodes, with --restart-failed: requeue in place.
