@@ -23,7 +23,6 @@ Needs root; builds its own 4-node cluster and tears it down on exit (about 25 s 
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -31,13 +30,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cluster_trials import ClusterBench, run_trials, trial_args
 
-from slurmft.core.errors import SlurmFTError  # noqa: E402
-from slurmft.slurm import commands as scli  # noqa: E402
-from slurmft.slurm.client import CommandSlurmClient  # noqa: E402
-from slurmft.slurm.runner import CommandResult  # noqa: E402
-from slurmft.testbed import Cluster  # noqa: E402
+from slurmft.slurm import commands as scli
+from slurmft.slurm.client import CommandSlurmClient
+from slurmft.slurm.runner import CommandResult
 
 MODES = ("whole", "batch")
 BASELINE = "whole"
@@ -62,9 +59,11 @@ class ClusterRunner:
         return CommandResult(list(argv), cp.returncode, cp.stdout, cp.stderr)
 
 
-class Bench:
+class Bench(ClusterBench):
+    poll = 0.2
+
     def __init__(self, name: str) -> None:
-        self.cluster = Cluster(name)
+        super().__init__(name)
         self.client = CommandSlurmClient(ClusterRunner(self.cluster))
 
     def kill(self, mode: str, jid: int) -> None:
@@ -77,21 +76,9 @@ class Bench:
             self.run(scli.build_signal_steps_argv(jid, steps, "KILL"))
         self.run(["scancel", "--signal=KILL", "--full", str(jid)])
 
-    def run(self, argv: list[str]) -> subprocess.CompletedProcess:
-        return subprocess.run(self.cluster.exec_argv(argv), env=self.cluster.env(),
-                              capture_output=True, text=True, timeout=60, check=False)
-
     def job(self, jid: int) -> dict[str, str]:
         out = self.run(["scontrol", "show", "job", "-o", str(jid)]).stdout
         return dict(kv.split("=", 1) for kv in out.split() if "=" in kv)
-
-    def wait(self, what: str, until, limit: float = 60.0, poll: float = 0.2) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < limit:
-            if until():
-                return time.monotonic()
-            time.sleep(poll)
-        raise RuntimeError(f"{what}: not within {limit:.0f} s")
 
     def requeue(self, mode: str, jid: int) -> None:
         """The kill, then the rescheduler's requeue without LOST."""
@@ -156,32 +143,20 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trials", type=int, default=6, help="trials per kill (default 6)")
-    ap.add_argument("--name", default="bench-orphan", help="the local cluster's name")
-    ap.add_argument("--json", default="", metavar="FILE", help="also write the results here")
-    a = ap.parse_args(argv)
-    if a.trials < 1:
-        ap.error("--trials must be at least 1")
+    a = trial_args(__doc__, argv, trials=6, name="bench-orphan",
+                   trials_help="trials per kill (default 6)")
     bench = Bench(a.name)
-    bench.cluster.down()
-    results: dict[str, list[dict]] = {m: [] for m in MODES}
-    try:
-        bench.cluster.up(nodes=4)
-        for i in range(a.trials):
-            for mode in MODES:
-                r = bench.trial(mode)
-                results[mode].append(r)
-                print(f"trial {i + 1} {mode:5s} job {r['job']}: RUNNING again after "
-                      f"{r['fault_to_running_s']:.1f} s; old srun survived: "
-                      f"{r['old_srun_survived']}; requeued run survived: "
-                      f"{r['requeued_run_survived']} ({r['state_after']}, exit {r['exit_code']})",
-                      flush=True)
-    except (RuntimeError, SlurmFTError) as exc:
-        print(f"bench: {exc}", file=sys.stderr)
+
+    def say(i: int, mode: str, r: dict) -> None:
+        print(f"trial {i + 1} {mode:5s} job {r['job']}: RUNNING again after "
+              f"{r['fault_to_running_s']:.1f} s; old srun survived: "
+              f"{r['old_srun_survived']}; requeued run survived: "
+              f"{r['requeued_run_survived']} ({r['state_after']}, exit {r['exit_code']})",
+              flush=True)
+
+    results = run_trials(bench, MODES, a.trials, bench.trial, say)
+    if results is None:
         return 1
-    finally:
-        bench.cluster.down()
     print(f"\n{'kill before the requeue':<34}{'trials':>7}{'old srun alive':>16}"
           f"{'requeued run killed':>21}{'fault -> RUNNING (median)':>27}")
     for mode, label in (("whole", "steps, then whole job (baseline)"),

@@ -19,7 +19,6 @@ stays COMPLETING meanwhile. Needs root; builds its own cluster and tears it down
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -27,10 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from slurmft.core.errors import SlurmFTError  # noqa: E402
-from slurmft.testbed import Cluster  # noqa: E402
+from cluster_trials import ClusterBench, run_trials, trial_args
 
 MODES = ("batch", "peer", "none")
 BASELINE = "batch"
@@ -47,25 +43,9 @@ sleep 1000
 """
 
 
-class Bench:
-    def __init__(self, name: str) -> None:
-        self.cluster = Cluster(name)
-
-    def run(self, argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(self.cluster.exec_argv(argv),
-                              env={**self.cluster.env(), **(env or {})},
-                              capture_output=True, text=True, timeout=60, check=False)
-
+class Bench(ClusterBench):
     def state(self, jid: int) -> str:
         return self.run(["squeue", "-h", "-j", str(jid), "-o", "%T"]).stdout.strip()
-
-    def wait(self, what: str, until, limit: float = 60.0, poll: float = 0.1) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < limit:
-            if until():
-                return time.monotonic()
-            time.sleep(poll)
-        raise RuntimeError(f"{what}: not within {limit:.0f} s")
 
     def trial(self, mode: str) -> float:
         script = Path(self.cluster.shared_dir) / "bench-requeue.sh"     # the cluster is up now
@@ -111,27 +91,13 @@ class Bench:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trials", type=int, default=2)
-    ap.add_argument("--name", default="bench-requeue", help="the local cluster's name")
-    ap.add_argument("--json", default="", metavar="FILE", help="also write the results here")
-    a = ap.parse_args(argv)
-    if a.trials < 1:
-        ap.error("--trials must be at least 1")
+    a = trial_args(__doc__, argv, trials=2, name="bench-requeue")
     bench = Bench(a.name)
-    bench.cluster.down()
-    results: dict[str, list[float]] = {m: [] for m in MODES}
-    try:
-        bench.cluster.up(nodes=4)
-        for _ in range(a.trials):
-            for mode in MODES:
-                results[mode].append(round(bench.trial(mode), 2))
-                print(f"{mode:6s} fault -> RUNNING again {results[mode][-1]:.1f} s", flush=True)
-    except (RuntimeError, SlurmFTError) as exc:
-        print(f"bench: {exc}", file=sys.stderr)
+    results = run_trials(
+        bench, MODES, a.trials, lambda mode: round(bench.trial(mode), 2),
+        lambda _, mode, s: print(f"{mode:6s} fault -> RUNNING again {s:.1f} s", flush=True))
+    if results is None:
         return 1
-    finally:
-        bench.cluster.down()
     base = statistics.median(results[BASELINE])
     print(f"\n{'srun of the step':<30}{'fault -> RUNNING again (s)':<30}{'median':>8}"
           f"{'vs baseline':>13}")
