@@ -24,6 +24,7 @@ Needs root; builds its own 4-node cluster and tears it down on exit (about 25 s 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -88,7 +89,13 @@ class Bench(ClusterBench):
                      scli.build_update_job_argv(jid, exclude=[LOST], num_nodes=(3, 3)),
                      scli.build_job_action_argv("release", jid),
                      scli.build_update_job_argv(jid, start_now=True)):
+            if argv[:2] == ["scontrol", "release"]:
+                # as the rescheduler does (_credential_gap): slurmd refuses a credential made
+                # in the second the requeue revoked the old one (the run FAILS, exit 1)
+                time.sleep(max(0.0, math.floor(held) + 1.05 - time.time()))
             cp = self.run(argv)
+            if argv[:2] == ["scontrol", "requeuehold"]:
+                held = time.time()
             if cp.returncode != 0 and "StartTime=now" not in argv:
                 raise RuntimeError(f"{' '.join(argv)}: {cp.stderr.strip()}")
 
